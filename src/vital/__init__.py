@@ -1,0 +1,43 @@
+"""vital: VITAL feature visualisation for any image classifier.
+
+>>> import vital
+>>> results = vital.visualize("mobilenet_v2", ["espresso", "moped"], steps=...)  # doctest: +SKIP
+"""
+
+from vital.api import class_references, classify, visualize
+from vital.errors import VitalError
+from vital.optimize import Settings, learning_rate, transparency
+from vital.references import ReferenceSet, from_folder, from_imagenet_class, from_samples
+from vital.store import Result, ResultStore
+from vital.taps import PRESETS, Tap, list_layers
+from vital.targets import Channel, ClassTarget, Direction
+from vital.zoo import Model, Preprocessing, available_models, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "Channel",
+    "ClassTarget",
+    "Direction",
+    "Model",
+    "Preprocessing",
+    "ReferenceSet",
+    "Result",
+    "ResultStore",
+    "Settings",
+    "Tap",
+    "VitalError",
+    "__version__",
+    "available_models",
+    "class_references",
+    "classify",
+    "from_folder",
+    "from_imagenet_class",
+    "from_samples",
+    "learning_rate",
+    "list_layers",
+    "load_model",
+    "transparency",
+    "visualize",
+]

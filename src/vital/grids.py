@@ -1,0 +1,80 @@
+"""Compose result images into captioned grids for looking at and comparing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_image(pixels: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
+    """(3, H, W) pixels in [0, 1] (and an optional (H, W) alpha) as a Pillow image."""
+    array = (pixels.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+    if alpha is not None:
+        alpha_channel = (alpha.detach().cpu().clamp(0, 1).numpy() * 255).round()[..., None]
+        array = np.concatenate([array, alpha_channel], axis=-1)
+    return Image.fromarray(array.astype(np.uint8))
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(text: str, font: ImageFont.ImageFont, width: int, draw: ImageDraw.ImageDraw) -> str:
+    while text and draw.textlength(text, font=font) > width - 6:
+        text = text[:-2] + "…"
+        if text == "…":
+            break
+    return text
+
+
+def grid(
+    images: Sequence[Image.Image],
+    captions: Sequence[str] = (),
+    columns: int | None = None,
+    cell: int = 224,
+    row_labels: Sequence[str] = (),
+) -> Image.Image:
+    """Lay ``images`` out in a grid with a caption under each and optional row labels.
+
+    RGBA images are shown over a checkerboard so that transparency is visible.
+    """
+    if not images:
+        raise ValueError("grid needs at least one image")
+    columns = columns or min(len(images), 6)
+    rows = -(-len(images) // columns)
+    font = _font(13)
+    caption_height = 20 if captions else 0
+    label_width = 110 if row_labels else 0
+    sheet = Image.new(
+        "RGB",
+        (label_width + columns * (cell + 4) + 4, rows * (cell + caption_height + 4) + 4),
+        "white",
+    )
+    draw = ImageDraw.Draw(sheet)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        left = label_width + 4 + column * (cell + 4)
+        top = 4 + row * (cell + caption_height + 4)
+        sheet.paste(_flatten(image.resize((cell, cell), Image.Resampling.LANCZOS)), (left, top))
+        if i < len(captions):
+            text = _fit(captions[i], font, cell, draw)
+            draw.text((left + 2, top + cell + 3), text, fill="black", font=font)
+    for row, label in enumerate(row_labels):
+        top = 4 + row * (cell + caption_height + 4) + cell // 2
+        draw.text((4, top), _fit(label, font, label_width, draw), fill="black", font=font)
+    return sheet
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    board = np.indices(image.size[::-1]).sum(axis=0) // 16 % 2
+    checker = Image.fromarray((np.where(board, 200, 240)).astype(np.uint8)).convert("RGB")
+    checker.paste(image, mask=image.getchannel("A"))
+    return checker

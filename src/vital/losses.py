@@ -1,0 +1,91 @@
+"""Sort matching and image priors: pure functions on tensors (METHOD.md section 1).
+
+Every function returns one value per image, shape (B,), so that a batch of targets is a batch of
+independent problems: summing the per-image losses gives each image exactly the gradient it would
+get alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sorted_prototype(features: torch.Tensor) -> torch.Tensor:
+    """Mean quantile function of reference features.
+
+    Parameters
+    ----------
+    features
+        (N, C, P) features of N reference images.
+
+    Returns
+    -------
+    torch.Tensor
+        (C, P): for each channel, the ascending-sorted values averaged over the N references.
+    """
+    if features.dim() != 3:
+        raise ValueError(f"expected (N, C, P) features, got shape {tuple(features.shape)}")
+    return features.sort(dim=-1).values.mean(dim=0)
+
+
+def sort_matching_loss(
+    features: torch.Tensor,
+    prototype: torch.Tensor,
+    importance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Squared 1-D Wasserstein-2 distance per channel between features and prototype.
+
+    Each position's target is the prototype value at the position's rank within its channel;
+    ranks are constants, so gradients flow only through the feature values.
+
+    Parameters
+    ----------
+    features
+        (B, C, P) synthetic features.
+    prototype
+        (C, P) or (B, C, P) sorted prototypes (one per image when targets differ).
+    importance
+        Optional weights broadcastable to (B, C, P) multiplying the squared errors
+        (channel importance for inner neurons).
+
+    Returns
+    -------
+    torch.Tensor
+        (B,) mean squared error over (C, P) per image.
+    """
+    if features.shape[-2:] != prototype.shape[-2:]:
+        raise ValueError(
+            f"features {tuple(features.shape)} and prototype {tuple(prototype.shape)} differ in "
+            "(C, P): synthetic and reference images must have the same resolution"
+        )
+    prototype = prototype.expand_as(features)
+    order = features.detach().argsort(dim=-1)
+    target = torch.empty_like(prototype).scatter_(-1, order, prototype)
+    squared = (features - target) ** 2
+    if importance is not None:
+        squared = squared * importance
+    return squared.flatten(1).mean(dim=1)
+
+
+def _difference_images(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (
+        x[..., :, :-1] - x[..., :, 1:],
+        x[..., :-1, :] - x[..., 1:, :],
+        x[..., 1:, :-1] - x[..., :-1, 1:],
+        x[..., :-1, :-1] - x[..., 1:, 1:],
+    )
+
+
+def tv_l2(x: torch.Tensor) -> torch.Tensor:
+    """Sum of the Frobenius norms of the four difference images, per image: (B,)."""
+    return sum(d.flatten(1).norm(dim=1) for d in _difference_images(x))
+
+
+def tv_l1(x: torch.Tensor) -> torch.Tensor:
+    """Sum of the mean absolute values of the four difference images, per image: (B,)."""
+    return sum(d.abs().flatten(1).mean(dim=1) for d in _difference_images(x))
+
+
+def l2(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each image: (B,)."""
+    return x.flatten(1).norm(dim=1)

@@ -1,0 +1,277 @@
+"""The optimisation loop shared by every VITAL target (METHOD.md section 1, "Optimisation").
+
+The loop knows images, schedules, jitter and priors; what the image should match comes from an
+*objective*: a callable that maps a batch of model inputs to per-image loss terms. Each image in
+the batch is an independent problem with its own seed, so a batch of targets gives each target
+the result it would get alone (up to floating-point summation order).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vital import losses
+from vital.errors import VitalError
+from vital.zoo import Preprocessing
+
+# An objective maps (model input (B, 3, h, w), downsample factor) to named (B,) loss terms.
+Objective = Callable[[torch.Tensor, int], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Optimisation settings; defaults are the authors' "setting 1" (METHOD.md section 1).
+
+    Attributes
+    ----------
+    steps
+        Steps at full resolution.
+    half_resolution_steps
+        Steps before those at half resolution (2×2 average pooling, jitter halved); setting 0.
+    lr, betas, eps
+        Adam's parameters; ``lr`` is the peak of the schedule.
+    warmup
+        Steps of linear warm-up before the half-cosine decay.
+    jitter
+        Largest random circular shift in pixels, both axes.
+    flip
+        Random horizontal flips (p = 0.5).
+    clamp
+        Keep every pixel in [0, 1] after each step.
+    tv_l2, tv_l1, l2
+        Strengths of the image priors.
+    feature_weight
+        Overall factor on the sum of the feature terms.
+    resolution
+        Side of the synthetic image; ``None`` for the model's input size.
+    seed
+        Seed of the first image; image ``i`` of a batch uses ``seed + i``.
+    """
+
+    steps: int = 2000
+    half_resolution_steps: int = 0
+    lr: float = 1.0
+    betas: tuple[float, float] = (0.5, 0.9)
+    eps: float = 1e-8
+    warmup: int = 100
+    jitter: int = 30
+    flip: bool = False
+    clamp: bool = True
+    tv_l2: float = 0.0
+    tv_l1: float = 0.0
+    l2: float = 0.0
+    feature_weight: float = 1.0
+    resolution: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def setting(cls, number: int, **overrides) -> Settings:
+        """The authors' settings 0, 1 and 2, with overrides."""
+        presets = {
+            0: cls(steps=1000, half_resolution_steps=2000),
+            1: cls(),
+            2: cls(steps=20000, betas=(0.9, 0.999), clamp=False),
+        }
+        if number not in presets:
+            raise VitalError(f"setting {number} does not exist; choose 0, 1 or 2.")
+        return replace(presets[number], **overrides)
+
+    def stages(self) -> list[tuple[int, int]]:
+        """(steps, downsample factor) per stage, in order, skipping empty ones."""
+        stages = [(self.half_resolution_steps, 2), (self.steps, 1)]
+        return [(steps, factor) for steps, factor in stages if steps > 0]
+
+    def validate(self) -> None:
+        """Raise a :class:`VitalError` for settings that cannot run."""
+        if self.steps < 0 or self.half_resolution_steps < 0 or not self.stages():
+            raise VitalError("the number of steps must be positive (--steps N).")
+        if self.lr <= 0:
+            raise VitalError("the learning rate must be positive.")
+        if self.jitter < 0:
+            raise VitalError("jitter must be zero or positive (pixels).")
+        if self.resolution is not None and self.resolution < 16:
+            raise VitalError("the resolution must be at least 16 pixels (--resolution R).")
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up over ``warmup`` steps, then a half cosine to 0 at the end.
+
+    ``lr·(t+1)/warmup`` for ``t < warmup``, then ``lr·½(1 + cos(π(t − warmup)/(T − warmup)))``.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    remaining = max(total - warmup, 1)
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / remaining))
+
+
+@dataclass
+class Run:
+    """What the loop returns for a batch.
+
+    Attributes
+    ----------
+    images
+        Final images in the model's normalised input space, (B, 3, R, R).
+    pixels
+        Final images as pixels in [0, 1].
+    history
+        Total loss of each image at every step, (steps, B).
+    final_terms
+        Each loss term of each image at the last step.
+    gradient_magnitude
+        Sum over steps of |∂L/∂x|, (B, 3, R, R), for transparency maps.
+    seconds
+        Wall time of the loop.
+    seeds
+        Seed of each image.
+    """
+
+    images: torch.Tensor
+    pixels: torch.Tensor
+    history: torch.Tensor
+    final_terms: dict[str, torch.Tensor]
+    gradient_magnitude: torch.Tensor
+    seconds: float
+    seeds: list[int] = field(default_factory=list)
+
+
+def initial_images(count: int, resolution: int, seed: int, device: torch.device) -> torch.Tensor:
+    """N(0, 1) images in the normalised space; image ``i`` drawn from seed ``seed + i``."""
+    images = [
+        torch.randn(3, resolution, resolution, generator=torch.Generator().manual_seed(seed + i))
+        for i in range(count)
+    ]
+    return torch.stack(images).to(device)
+
+
+def _jitter(
+    x: torch.Tensor, generators: list[torch.Generator], reach: int, flip: bool
+) -> torch.Tensor:
+    """Roll each image by its own random offset in [-reach, reach]², optionally flip it."""
+    moved = []
+    for image, generator in zip(x, generators, strict=True):
+        dy, dx = torch.randint(-reach, reach + 1, (2,), generator=generator) if reach else (0, 0)
+        image = torch.roll(image, shifts=(int(dy), int(dx)), dims=(-2, -1))
+        if flip and torch.rand((), generator=generator) < 0.5:
+            image = image.flip(-1)
+        moved.append(image)
+    return torch.stack(moved)
+
+
+def priors(x: torch.Tensor, settings: Settings) -> dict[str, torch.Tensor]:
+    """The enabled image priors of ``settings``, each (B,)."""
+    terms = {}
+    if settings.tv_l2:
+        terms["tv_l2"] = settings.tv_l2 * losses.tv_l2(x)
+    if settings.tv_l1:
+        terms["tv_l1"] = settings.tv_l1 * losses.tv_l1(x)
+    if settings.l2:
+        terms["l2"] = settings.l2 * losses.l2(x)
+    return terms
+
+
+def optimize(
+    objective: Objective,
+    count: int,
+    preprocessing: Preprocessing,
+    settings: Settings,
+    device: torch.device,
+    progress: bool | str = True,
+) -> Run:
+    """Optimise ``count`` images against ``objective``.
+
+    Each step: jitter, compute the objective's terms on the (pooled, in setting 0's first
+    stage) jittered images plus the priors, one backward pass, an Adam step, clamping. Adam and
+    the schedule start afresh for each stage.
+
+    Parameters
+    ----------
+    objective
+        Maps model input and downsample factor to named per-image loss terms.
+    count
+        Number of images (B).
+    preprocessing
+        The model's normalisation (for clamping and the output pixels).
+    settings
+        Optimisation settings.
+    device
+        Where to optimise.
+    progress
+        Show a progress bar; a string is used as its label.
+    """
+    settings.validate()
+    resolution = settings.resolution or preprocessing.input_size
+    x = initial_images(count, resolution, settings.seed, device).requires_grad_(True)
+    generators = [torch.Generator().manual_seed(settings.seed + i) for i in range(count)]
+    low, high = preprocessing.bounds(x)
+    history: list[torch.Tensor] = []
+    gradient_magnitude = torch.zeros_like(x)
+    terms: dict[str, torch.Tensor] = {}
+    total_steps = sum(steps for steps, _ in settings.stages())
+    bar = tqdm(
+        total=total_steps,
+        desc=progress if isinstance(progress, str) else "optimising",
+        disable=not progress,
+        unit="step",
+        leave=False,
+    )
+    started = time.perf_counter()
+    try:
+        for steps, factor in settings.stages():
+            optimizer = torch.optim.Adam(
+                [x], lr=settings.lr, betas=settings.betas, eps=settings.eps
+            )
+            warmup = min(settings.warmup, max(steps - 1, 1))
+            for step in range(steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, steps, settings.lr, warmup)
+                jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
+                model_input = F.avg_pool2d(jittered, factor) if factor > 1 else jittered
+                terms = {
+                    name: settings.feature_weight * value
+                    for name, value in objective(model_input, factor).items()
+                }
+                terms.update(priors(jittered, settings))
+                total = torch.stack(list(terms.values())).sum(dim=0)
+                optimizer.zero_grad(set_to_none=True)
+                total.sum().backward()
+                gradient_magnitude += x.grad.abs()
+                optimizer.step()
+                if settings.clamp:
+                    with torch.no_grad():
+                        x.copy_(torch.maximum(torch.minimum(x, high), low))
+                history.append(total.detach().cpu())
+                bar.set_postfix(loss=f"{total.mean().item():.4g}", refresh=False)
+                bar.update()
+    finally:
+        bar.close()
+    images = x.detach()
+    return Run(
+        images=images,
+        pixels=preprocessing.denormalize(images).clamp(0, 1),
+        history=torch.stack(history),
+        final_terms={name: value.detach().cpu() for name, value in terms.items()},
+        gradient_magnitude=gradient_magnitude.detach(),
+        seconds=time.perf_counter() - started,
+        seeds=[settings.seed + i for i in range(count)],
+    )
+
+
+def transparency(gradient_magnitude: torch.Tensor, percentile: float = 98.0) -> torch.Tensor:
+    """Alpha maps from accumulated |∂L/∂x| (METHOD.md section 3), (B, H, W) in [0, 1].
+
+    Averaged over colour channels, clipped at the ``percentile`` of each image, divided by the
+    maximum.
+    """
+    mean = gradient_magnitude.mean(dim=1)
+    limit = torch.quantile(mean.flatten(1).float(), percentile / 100, dim=1).view(-1, 1, 1)
+    clipped = torch.minimum(mean, limit)
+    peak = clipped.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return clipped / peak

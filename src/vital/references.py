@@ -1,0 +1,411 @@
+"""Reference images: where they come from, how they are prepared, and their prototypes.
+
+A :class:`ReferenceSet` is a list of image sources (files or embedded photos) plus how many views
+to draw from them. Prototypes (sorted-quantile averages per tap, METHOD.md section 1) are computed
+in a streaming pass, so only one batch of reference features is ever in memory, and cached on
+disk keyed by model, taps, references and resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from vital.errors import VitalError
+from vital.losses import sorted_prototype
+from vital.taps import tapped
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+DEFAULT_REFERENCES = 50
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One reference image: a stable identity (for caching) and a way to open it."""
+
+    identity: str
+    open: Callable[[], Image.Image] = field(compare=False, repr=False)
+    label: str = ""
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> ImageSource:
+        """A file; its identity changes when the file does."""
+        path = Path(path)
+        stat = path.stat()
+        return cls(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", lambda: Image.open(path))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Decode fully and convert any mode (L, P, RGBA, CMYK, I;16 …) to RGB."""
+    image.load()
+    if image.mode in ("I", "I;16", "I;16B", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        span = array.max() - array.min()
+        array = (array - array.min()) / (span if span > 0 else 1.0) * 255
+        image = Image.fromarray(array.astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def open_rgb(source: ImageSource) -> Image.Image | None:
+    """Open a source as RGB, or warn and return ``None`` if it cannot be decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return to_rgb(source.open())
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        warnings.warn(f"skipping unreadable image {source.identity}: {error}", stacklevel=2)
+        return None
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """All image files under ``folder`` (any depth), sorted for determinism."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VitalError(f"reference folder {folder} does not exist or is not a folder.")
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+# --- the embedded photos ----------------------------------------------------------------------
+
+
+def _skimage(name: str) -> Callable[[], Image.Image]:
+    def load() -> Image.Image:
+        import skimage.data
+
+        array = getattr(skimage.data, name)()
+        if isinstance(array, tuple):  # stereo pairs: the left view
+            array = array[0]
+        return Image.fromarray(array)
+
+    return load
+
+
+def _sklearn(filename: str) -> Callable[[], Image.Image]:
+    def load() -> Image.Image:
+        from sklearn.datasets import load_sample_image
+
+        return Image.fromarray(load_sample_image(filename))
+
+    return load
+
+
+def _matplotlib(filename: str) -> Callable[[], Image.Image]:
+    def load() -> Image.Image:
+        import matplotlib.cbook
+
+        return Image.open(matplotlib.cbook.get_sample_data(filename))
+
+    return load
+
+
+# name → (loader, ImageNet class the photo shows, or None)
+SAMPLE_PHOTOS: dict[str, tuple[Callable[[], Image.Image], int | None]] = {
+    "chelsea": (_skimage("chelsea"), 285),  # Egyptian cat
+    "coffee": (_skimage("coffee"), 967),  # espresso
+    "motorcycle": (_skimage("stereo_motorcycle"), 665),  # moped
+    "rocket": (_skimage("rocket"), 812),  # space shuttle
+    "astronaut": (_skimage("astronaut"), None),
+    "palace": (_sklearn("china.jpg"), 698),  # palace
+    "daisy": (_sklearn("flower.jpg"), 985),  # daisy
+    "grace_hopper": (_matplotlib("grace_hopper.jpg"), 652),  # military uniform
+}
+
+
+def sample_photo(name: str) -> ImageSource:
+    """One embedded photo by name (see ``SAMPLE_PHOTOS``)."""
+    if name not in SAMPLE_PHOTOS:
+        raise VitalError(f"no embedded photo {name!r}; choose from {', '.join(SAMPLE_PHOTOS)}.")
+    loader, _ = SAMPLE_PHOTOS[name]
+    return ImageSource(f"sample:{name}", loader, label=name)
+
+
+def sample_photos_for_class(index: int) -> list[ImageSource]:
+    """Embedded photos that show ImageNet class ``index`` (empty if none does)."""
+    return [sample_photo(n) for n, (_, c) in SAMPLE_PHOTOS.items() if c == index]
+
+
+def export_sample_photos(folder: str | Path) -> list[Path]:
+    """Write every embedded photo as a JPEG into ``folder`` (for mining, atlases, tests)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in SAMPLE_PHOTOS:
+        image = open_rgb(sample_photo(name))
+        if image is not None:
+            path = folder / f"{name}.jpg"
+            image.save(path, quality=95)
+            written.append(path)
+    return written
+
+
+# --- reference sets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Real images a target responds to.
+
+    Parameters
+    ----------
+    sources
+        The distinct images.
+    count
+        How many views make up the set (N in METHOD.md). With more sources than ``count``, a
+        seeded random subset is used; with fewer, the set is filled up with seeded random
+        resized crops and flips of them.
+    seed
+        Seed of the subset and of the views.
+    description
+        Where the images came from, for records.
+    """
+
+    sources: tuple[ImageSource, ...]
+    count: int = DEFAULT_REFERENCES
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise VitalError(f"no usable reference images ({self.description or 'empty set'}).")
+        if self.count < 1:
+            raise VitalError("the number of references must be at least 1.")
+
+    @property
+    def expanded(self) -> bool:
+        """True when the set repeats images as augmented views."""
+        return len(self.sources) < self.count
+
+    def summary(self) -> str:
+        """One line for logs and records."""
+        if self.expanded:
+            return (
+                f"{self.count} views (random resized crops and flips) of {len(self.sources)} "
+                f"image(s) from {self.description}: not {self.count} distinct photos"
+            )
+        return f"{self.count} images from {self.description}"
+
+    def identity(self) -> str:
+        """A stable text that changes when the set would produce other pixels."""
+        names = sorted(source.identity for source in self.sources)
+        return json.dumps({"sources": names, "count": self.count, "seed": self.seed})
+
+    def views(self, resolution: int) -> Iterator[torch.Tensor]:
+        """Yield the set's views as (3, R, R) tensors in [0, 1]; unreadable images are skipped."""
+        generator = np.random.default_rng(self.seed)
+        sources = list(self.sources)
+        if len(sources) > self.count:
+            chosen = generator.choice(len(sources), size=self.count, replace=False)
+            sources = [sources[i] for i in sorted(chosen)]
+        images = [(s, image) for s in sources if (image := open_rgb(s)) is not None]
+        if not images:
+            raise VitalError(
+                f"none of the {len(sources)} reference images could be read "
+                f"({self.description}); check the files."
+            )
+        for _, image in images:
+            yield center_crop(image, resolution)
+        for i in range(self.count - len(images)):
+            yield random_view(images[i % len(images)][1], resolution, generator)
+
+
+def center_crop(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Resize the short side to 256/224 of ``resolution`` and crop the centre (ImageNet eval)."""
+    short = round(resolution * 256 / 224)
+    width, height = image.size
+    scale = short / min(width, height)
+    resized = image.resize(
+        (max(short, round(width * scale)), max(short, round(height * scale))),
+        Image.Resampling.BILINEAR,
+    )
+    left = (resized.width - resolution) // 2
+    top = (resized.height - resolution) // 2
+    return _to_tensor(resized.crop((left, top, left + resolution, top + resolution)))
+
+
+def random_view(
+    image: Image.Image, resolution: int, generator: np.random.Generator
+) -> torch.Tensor:
+    """A random resized crop (35–100 % of the area, aspect 3/4–4/3) with a random flip."""
+    width, height = image.size
+    for _ in range(10):
+        area = width * height * generator.uniform(0.35, 1.0)
+        aspect = math.exp(generator.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = round(math.sqrt(area * aspect))
+        h = round(math.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(generator.integers(0, width - w + 1))
+            top = int(generator.integers(0, height - h + 1))
+            crop = image.crop((left, top, left + w, top + h))
+            break
+    else:
+        side = min(width, height)
+        crop = image.crop(((width - side) // 2, (height - side) // 2, side, side))
+    crop = crop.resize((resolution, resolution), Image.Resampling.BILINEAR)
+    if generator.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return _to_tensor(crop)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def from_folder(folder: str | Path, count: int = DEFAULT_REFERENCES, seed: int = 0) -> ReferenceSet:
+    """All images under ``folder`` (any depth)."""
+    paths = find_images(folder)
+    if not paths:
+        raise VitalError(
+            f"no images found under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
+    return ReferenceSet(
+        tuple(ImageSource.from_path(p) for p in paths), count, seed, f"folder {folder}"
+    )
+
+
+def from_imagenet_class(
+    root: str | Path, wnid: str, count: int = DEFAULT_REFERENCES, seed: int = 0
+) -> ReferenceSet:
+    """The class folder ``root/wnid`` of an ImageNet-style tree (e.g. ``train/n07920052``)."""
+    folder = Path(root) / wnid
+    if not folder.is_dir():
+        raise VitalError(
+            f"{root} has no class folder {wnid}; an ImageNet-style tree has one sub-folder per "
+            "WordNet id (e.g. train/n07920052/*.JPEG)."
+        )
+    return from_folder(folder, count, seed)
+
+
+def from_samples(names: Sequence[str], count: int = DEFAULT_REFERENCES, seed: int = 0):
+    """Embedded photos by name, expanded to ``count`` views."""
+    sources = tuple(sample_photo(n) for n in names)
+    return ReferenceSet(sources, count, seed, "embedded photos " + ", ".join(names))
+
+
+def is_imagenet_tree(folder: str | Path) -> bool:
+    """True when ``folder`` has WordNet-id sub-folders (``n`` followed by 8 digits)."""
+    folder = Path(folder)
+    return folder.is_dir() and any(
+        child.is_dir()
+        and len(child.name) == 9
+        and child.name[0] == "n"
+        and child.name[1:].isdigit()
+        for child in folder.iterdir()
+    )
+
+
+# --- prototypes -------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$VITAL_CACHE`` or ``~/.cache/vital``."""
+    return Path(os.environ.get("VITAL_CACHE", Path.home() / ".cache" / "vital"))
+
+
+Prototypes = dict[str, torch.Tensor]
+
+
+def compute_prototypes(
+    model,
+    layers: Sequence[str],
+    references: ReferenceSet,
+    resolution: int,
+    downsample: int = 1,
+    batch_size: int = 16,
+    cache_dir: Path | None = None,
+) -> Prototypes:
+    """Sorted-quantile prototypes of the references at each tap, cached on disk.
+
+    Parameters
+    ----------
+    model
+        A :class:`vital.zoo.Model`.
+    layers
+        Tap names.
+    references
+        The reference set.
+    resolution
+        Side of the square crops fed to the model.
+    downsample
+        Average-pool factor applied to the crops before the model (2 for setting 0's first
+        stage), as it is applied to the synthetic image.
+    batch_size
+        References per forward pass; only this many references' features are held at once.
+    cache_dir
+        Where to keep prototypes (default :func:`default_cache_dir`); ``False``-y to disable.
+
+    Returns
+    -------
+    dict
+        Tap name → (C, P) prototype on CPU.
+    """
+    key = hashlib.sha256(
+        json.dumps(
+            [model.fingerprint, list(layers), references.identity(), resolution, downsample]
+        ).encode()
+    ).hexdigest()[:24]
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    cache_file = Path(cache_dir) / "prototypes" / f"{key}.pt" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        return torch.load(cache_file, map_location="cpu", weights_only=True)
+
+    device = model.device
+    sums: dict[str, torch.Tensor] = {}
+    seen = 0
+    with tapped(model.module, layers, stop_early=True) as tap, torch.no_grad():
+        for batch in _batches(references.views(resolution), batch_size):
+            x = model.preprocessing.normalize(batch.to(device))
+            if downsample > 1:
+                x = F.avg_pool2d(x, downsample)
+            for name, features in tap(x).items():
+                sorted_sum = features.float().sort(dim=-1).values.sum(dim=0)
+                sums[name] = sums[name] + sorted_sum if name in sums else sorted_sum
+            seen += batch.shape[0]
+    prototypes = {name: (total / seen).cpu() for name, total in sums.items()}
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(".tmp")
+        torch.save(prototypes, temporary)
+        temporary.replace(cache_file)
+    return prototypes
+
+
+def _batches(views: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    chunk: list[torch.Tensor] = []
+    for view in views:
+        chunk.append(view)
+        if len(chunk) == size:
+            yield torch.stack(chunk)
+            chunk = []
+    if chunk:
+        yield torch.stack(chunk)
+
+
+__all__ = [
+    "ImageSource",
+    "ReferenceSet",
+    "compute_prototypes",
+    "from_folder",
+    "from_imagenet_class",
+    "from_samples",
+    "sample_photos_for_class",
+    "sorted_prototype",
+]

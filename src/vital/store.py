@@ -1,0 +1,131 @@
+"""Results on disk: a PNG and a JSON record per target, and one SQLite index per folder.
+
+Each result is written as soon as its batch finishes, so an interrupted run keeps everything
+that was finished. Files are written to a temporary name and renamed, so a crash never leaves a
+half-written record.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vital.grids import to_image
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    slug TEXT NOT NULL,
+    method TEXT NOT NULL,
+    model TEXT NOT NULL,
+    target TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (slug, method, model, seed)
+)
+"""
+
+
+@dataclass
+class Result:
+    """One finished visualisation.
+
+    Attributes
+    ----------
+    target
+        What was visualised.
+    pixels
+        (3, H, W) image in [0, 1].
+    record
+        Everything needed to understand and reproduce it (written as JSON).
+    alpha
+        (H, W) transparency map in [0, 1], when the method produces one.
+    paths
+        Files written for it, by kind (``png``, ``json``, ``rgba``, ``alpha``).
+    """
+
+    target: object
+    pixels: torch.Tensor
+    record: dict
+    alpha: torch.Tensor | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Image.Image:
+        """The visualisation as a Pillow image."""
+        return to_image(self.pixels)
+
+    @property
+    def stem(self) -> str:
+        """File-name stem: method, target and seed."""
+        return f"{self.record['method']}-{self.target.slug()}-seed{self.record['seed']}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    temporary.replace(path)
+
+
+def _save_array(path: Path, tensor: torch.Tensor) -> None:
+    with open(path, "wb") as handle:  # a handle, so numpy does not append ".npy" to the name
+        np.save(handle, tensor.detach().cpu().numpy())
+
+
+class ResultStore:
+    """A folder of results with an index (``index.sqlite``)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.index = self.folder / "index.sqlite"
+        with sqlite3.connect(self.index) as connection:
+            connection.execute(_SCHEMA)
+
+    def write(self, result: Result) -> Result:
+        """Write the PNG, JSON record (and RGBA + alpha when present); index it."""
+        stem = result.stem
+        png = self.folder / f"{stem}.png"
+        _atomic_write(png, lambda p: result.image.save(p, format="PNG"))
+        result.paths["png"] = png
+        if result.alpha is not None:
+            rgba = self.folder / f"{stem}-rgba.png"
+            alpha_file = self.folder / f"{stem}-alpha.npy"
+            image = to_image(result.pixels, result.alpha)
+            _atomic_write(rgba, lambda p: image.save(p, format="PNG"))
+            _atomic_write(alpha_file, lambda p: _save_array(p, result.alpha))
+            result.paths.update(rgba=rgba, alpha=alpha_file)
+        record = {**result.record, "files": {k: p.name for k, p in result.paths.items()}}
+        json_path = self.folder / f"{stem}.json"
+        result.paths["json"] = json_path
+        record["files"]["json"] = json_path.name
+        _atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=2)))
+        with sqlite3.connect(self.index) as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    result.target.slug(),
+                    record["method"],
+                    record["model"]["name"],
+                    json.dumps(record["target"]),
+                    record["seed"],
+                    png.name,
+                    json.dumps(record),
+                    time.time(),
+                ),
+            )
+        return result
+
+    def records(self) -> list[dict]:
+        """Every indexed record, oldest first."""
+        with sqlite3.connect(self.index) as connection:
+            rows = connection.execute("SELECT record FROM results ORDER BY created").fetchall()
+        return [json.loads(row[0]) for row in rows]

@@ -1,0 +1,79 @@
+"""What to visualise: an output class, an inner channel, or a concept direction."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+@dataclass(frozen=True)
+class ClassTarget:
+    """Output unit ``index`` of the classifier; ``name`` is for display only."""
+
+    index: int
+    name: str = ""
+
+    @property
+    def layer(self) -> None:
+        """Class targets live at the output, not in a named layer."""
+        return None
+
+    def slug(self) -> str:
+        """File-name stem, e.g. ``class-967-espresso``."""
+        return f"class-{self.index}" + (f"-{_slug(self.name)}" if self.name else "")
+
+    def describe(self) -> str:
+        """Human-readable label."""
+        return f"{self.name} ({self.index})" if self.name else f"class {self.index}"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Channel ``index`` of the inner layer ``layer`` (a module name)."""
+
+    layer: str
+    index: int
+
+    def slug(self) -> str:
+        """File-name stem, e.g. ``layer4.2-ch1935``."""
+        return f"{_slug(self.layer)}-ch{self.index}"
+
+    def describe(self) -> str:
+        """Human-readable label."""
+        return f"{self.layer} channel {self.index}"
+
+    def vector(self, channels: int) -> np.ndarray:
+        """The one-hot direction of this channel."""
+        one_hot = np.zeros(channels, dtype=np.float32)
+        one_hot[self.index] = 1.0
+        return one_hot
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A concept: a direction ``values`` in the channel space of ``layer``."""
+
+    layer: str
+    values: tuple[float, ...]
+    name: str = "direction"
+
+    def slug(self) -> str:
+        """File-name stem."""
+        return f"{_slug(self.layer)}-{_slug(self.name)}"
+
+    def describe(self) -> str:
+        """Human-readable label."""
+        return f"{self.layer} {self.name}"
+
+    def vector(self, channels: int) -> np.ndarray:
+        """The direction as an array (its length must equal the layer's channels)."""
+        return np.asarray(self.values, dtype=np.float32)
+
+
+Target = ClassTarget | Channel | Direction
