@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny seeded models and generated images, so the suite runs in minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from vital.labels import generic_labels
+from vital.zoo import Model, Preprocessing
+
+
+class TinyCNN(nn.Module):
+    """Stem + three stages at 16, 8 and 4 px for 32 px input, BatchNorm, 10 classes."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage1 = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.stage3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
+        return self.head(self.pool(x).flatten(1))
+
+
+def tiny_cnn_model(seed: int = 0) -> Model:
+    torch.manual_seed(seed)
+    module = TinyCNN()
+    # Non-trivial BatchNorm statistics, as a trained network has.
+    for bn in module.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    return Model(
+        module,
+        name="tiny_cnn",
+        preprocessing=Preprocessing(input_size=32),
+        labels=generic_labels(10),
+        weights_source="random (test)",
+    )
+
+
+@pytest.fixture
+def tiny_cnn() -> Model:
+    return tiny_cnn_model()
+
+
+@pytest.fixture
+def tiny_vit() -> Model:
+    import timm
+
+    torch.manual_seed(0)
+    module = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=4,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=10,
+    )
+    return Model(module, "tiny_vit", Preprocessing(input_size=32), generic_labels(10))
+
+
+def write_images(folder: Path, count: int, size: int = 48, seed: int = 0) -> list[Path]:
+    """Random smooth-ish RGB images as PNG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((size + 8 * i % 17, size), Image.Resampling.BICUBIC)
+        path = folder / f"img{i:03d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "refs"
+    write_images(folder, 4)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep prototype caches out of the user's home."""
+    monkeypatch.setenv("VITAL_CACHE", str(tmp_path_factory.mktemp("cache")))
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
