@@ -184,6 +184,7 @@ def _record(
         "seed": run.seeds[item],
         "references": {
             "count": references.count,
+            "seed": references.seed,
             "distinct_images": len(references.sources),
             "summary": references.summary(),
         },
@@ -207,6 +208,7 @@ def visualize(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     reference_count: int = DEFAULT_REFERENCES,
+    reference_seed: int = 0,
     progress: bool = True,
     cache_dir: Path | None = None,
     on_result: Callable[[Result], None] | None = None,
@@ -235,6 +237,9 @@ def visualize(
         ``"cpu"`` or ``"cuda"``; default: where the model is.
     reference_count
         Reference views per target (N).
+    reference_seed
+        Seed of the reference subset and views; separate from the image seed so that a target
+        rerun alone with its recorded seed sees the same references.
     progress
         Show progress bars.
     cache_dir
@@ -261,7 +266,9 @@ def visualize(
     chosen_taps, taps_source = resolve_taps(model, taps)
     seed = settings.seed
     reference_sets = [
-        class_references(model, t, references, reference_count, seed, len(set(resolved)) == 1)
+        class_references(
+            model, t, references, reference_count, reference_seed, len(set(resolved)) == 1
+        )
         for t in resolved
     ]
     store = ResultStore(out) if out is not None else None
@@ -288,10 +295,12 @@ def visualize(
                 batch_settings,
                 model.device,
                 progress=label if progress else False,
+                dtype=model.dtype,
             )
         final = classify(model, run.images)
         initial = classify(
-            model, initial_images(len(batch), resolution, batch_settings.seed, model.device)
+            model,
+            initial_images(len(batch), resolution, batch_settings.seed, model.device, model.dtype),
         )
         for item, target in enumerate(batch):
             record = _record(

@@ -146,7 +146,9 @@ def demo(
 def layers(
     model: Annotated[str, typer.Argument(help="Model name.")],
     weights: Weights = "random",
-    match: Annotated[str | None, typer.Option("--match", help="Only names containing this.")] = None,
+    match: Annotated[
+        str | None, typer.Option("--match", help="Only names containing this.")
+    ] = None,
 ) -> None:
     """List the tappable layers of MODEL with their output shapes, and the default taps."""
     from vital.api import resolve_taps

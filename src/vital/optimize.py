@@ -38,7 +38,7 @@ class Settings:
     lr, betas, eps
         Adam's parameters; ``lr`` is the peak of the schedule.
     warmup
-        Steps of linear warm-up before the half-cosine decay.
+        Steps of linear warm-up before the half-cosine decay (at most a quarter of a stage).
     jitter
         Largest random circular shift in pixels, both axes.
     flip
@@ -142,10 +142,21 @@ class Run:
     seeds: list[int] = field(default_factory=list)
 
 
-def initial_images(count: int, resolution: int, seed: int, device: torch.device) -> torch.Tensor:
-    """N(0, 1) images in the normalised space; image ``i`` drawn from seed ``seed + i``."""
+def initial_images(
+    count: int,
+    resolution: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """N(0, 1) images in the normalised space; image ``i`` drawn from seed ``seed + i``.
+
+    Drawn on the CPU, so a seed gives the same start on every device.
+    """
     images = [
-        torch.randn(3, resolution, resolution, generator=torch.Generator().manual_seed(seed + i))
+        torch.randn(
+            3, resolution, resolution, generator=torch.Generator().manual_seed(seed + i)
+        ).to(dtype)
         for i in range(count)
     ]
     return torch.stack(images).to(device)
@@ -184,6 +195,7 @@ def optimize(
     settings: Settings,
     device: torch.device,
     progress: bool | str = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Run:
     """Optimise ``count`` images against ``objective``.
 
@@ -205,10 +217,12 @@ def optimize(
         Where to optimise.
     progress
         Show a progress bar; a string is used as its label.
+    dtype
+        Floating-point type of the images (the model's).
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
-    x = initial_images(count, resolution, settings.seed, device).requires_grad_(True)
+    x = initial_images(count, resolution, settings.seed, device, dtype).requires_grad_(True)
     generators = [torch.Generator().manual_seed(settings.seed + i) for i in range(count)]
     low, high = preprocessing.bounds(x)
     history: list[torch.Tensor] = []
@@ -228,7 +242,8 @@ def optimize(
             optimizer = torch.optim.Adam(
                 [x], lr=settings.lr, betas=settings.betas, eps=settings.eps
             )
-            warmup = min(settings.warmup, max(steps - 1, 1))
+            # Short runs (tests, previews) keep the paper's shape: at most a quarter warms up.
+            warmup = max(1, min(settings.warmup, steps // 4))
             for step in range(steps):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, settings.lr, warmup)

@@ -372,11 +372,11 @@ def compute_prototypes(
     seen = 0
     with tapped(model.module, layers, stop_early=True) as tap, torch.no_grad():
         for batch in _batches(references.views(resolution), batch_size):
-            x = model.preprocessing.normalize(batch.to(device))
+            x = model.preprocessing.normalize(batch.to(device, model.dtype))
             if downsample > 1:
                 x = F.avg_pool2d(x, downsample)
             for name, features in tap(x).items():
-                sorted_sum = features.float().sort(dim=-1).values.sum(dim=0)
+                sorted_sum = features.sort(dim=-1).values.sum(dim=0)
                 sums[name] = sums[name] + sorted_sum if name in sums else sorted_sum
             seen += batch.shape[0]
     prototypes = {name: (total / seen).cpu() for name, total in sums.items()}

@@ -148,9 +148,9 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
             if name:
                 handles.append(submodule.register_forward_pre_hook(pre_hook(name)))
                 handles.append(submodule.register_forward_hook(post_hook(name)))
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        like = next(module.parameters(), torch.zeros(()))
         with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size, device=device))
+            module(like.new_zeros(1, 3, input_size, input_size))
     finally:
         for handle in handles:
             handle.remove()
@@ -225,16 +225,19 @@ def _representative(run: list[LayerInfo], not_before: LayerInfo) -> LayerInfo:
 
 
 def _longest_block_sequence(tokens: list[LayerInfo]) -> list[LayerInfo]:
-    """Siblings of one class under one parent (``blocks.0``, ``blocks.1``, …), longest group."""
-    groups: dict[tuple[str, str, tuple[int, ...]], list[LayerInfo]] = {}
+    """Numbered siblings of one class (``blocks.0``, ``blocks.1``, …): the longest such group.
+
+    Ties go to the shallowest parent, so blocks win over numbered parts inside each block.
+    """
+    groups: dict[tuple[str, str, str, tuple[int, ...]], list[LayerInfo]] = {}
     for info in tokens:
         parent, _, leaf = info.name.rpartition(".")
-        if leaf.isdigit() or leaf.rstrip("0123456789") != leaf:
-            key = (parent, info.kind, info.shape)
-            groups.setdefault(key, []).append(info)
+        stem = leaf.rstrip("0123456789")
+        if stem != leaf:
+            groups.setdefault((parent, stem, info.kind, info.shape), []).append(info)
     if not groups:
         return []
-    return max(groups.values(), key=len)
+    return max(groups.values(), key=lambda group: (len(group), -group[0].name.count(".")))
 
 
 def check_layer(name: str, module: nn.Module) -> None:

@@ -87,6 +87,13 @@ class Model:
             return parameter.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point type of the first parameter (float32 for parameter-free modules)."""
+        for parameter in self.module.parameters():
+            return parameter.dtype
+        return torch.float32
+
     def to(self, device: str | torch.device) -> Model:
         """Move the module to ``device``; returns ``self``."""
         self.module.to(resolve_device(device))

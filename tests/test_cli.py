@@ -1,0 +1,71 @@
+import json
+import sys
+
+import pytest
+
+from vital import cli
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["vital", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_user_mistakes_are_one_line_messages(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "class", "--class", "expresso", "--steps", "1")
+    assert code == 2 and "did you mean 'espresso'" in err and "Traceback" not in err
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "class",
+        "--model",
+        "resnet18",
+        "--weights",
+        "/no/file.pth",
+        "--class",
+        "1",
+    )
+    assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(monkeypatch, capsys, "class", "--class", "1", "--refs", "/no/dir")
+    assert code == 2 and "does not exist" in err
+
+
+def test_layers_lists_shapes_and_default_taps(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "layers", "resnet18", "--match", "layer4")
+    assert code == 0
+    assert "layer4.1" in out and "(512, 7, 7)" in out
+    assert "default taps (discovered automatically" in out and "layer4=1" in out
+
+
+def test_classes_search(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "classes", "--search", "espresso")
+    assert code == 0 and "967  n07920052   espresso" in out
+
+
+@pytest.mark.slow
+def test_class_command_writes_images_records_and_grid(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "class",
+        "--class",
+        "espresso",
+        "--class",
+        "moped",
+        "--steps",
+        "2",
+        "--resolution",
+        "64",
+        "--references",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 0, out
+    records = sorted(tmp_path.glob("*.json"))
+    assert len(records) == 2
+    assert json.loads(records[0].read_text())["settings"]["resolution"] == 64
+    assert (tmp_path / "class-grid.png").is_file() and "grid:" in out

@@ -1,0 +1,33 @@
+import pytest
+
+from vital.errors import VitalError
+from vital.labels import generic_labels, imagenet_labels
+
+
+def test_resolve_by_index_name_synonym_and_wordnet_id():
+    labels = imagenet_labels()
+    assert labels.resolve(967) == 967
+    assert labels.resolve("967") == 967
+    assert labels.resolve("espresso") == 967
+    assert labels.resolve("Espresso") == 967
+    assert labels.resolve("n07920052") == 967
+    assert labels.resolve("moped") == 665
+    assert labels.name(285)  # every index has a display name
+
+
+def test_unknown_names_suggest_close_ones():
+    with pytest.raises(VitalError, match="did you mean 'espresso'"):
+        imagenet_labels().resolve("expresso")
+    with pytest.raises(VitalError, match="out of range"):
+        imagenet_labels().resolve(1000)
+
+
+def test_ambiguous_names_list_the_candidates():
+    # "crane" is both a bird (134) and a machine (517) in ImageNet.
+    with pytest.raises(VitalError, match="ambiguous: 134.*517"):
+        imagenet_labels().resolve("crane")
+
+
+def test_generic_labels():
+    labels = generic_labels(3)
+    assert labels.resolve("class 2") == 2 and len(labels) == 3

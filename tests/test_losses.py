@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from vital.losses import l2, sort_matching_loss, sorted_prototype, tv_l1, tv_l2
+
+
+def brute_force_w2(features: torch.Tensor, prototype: torch.Tensor) -> float:
+    """Squared W2 per channel via an explicit optimal assignment, averaged over (C, P)."""
+    total = 0.0
+    for f, q in zip(features.double().numpy(), prototype.double().numpy(), strict=True):
+        cost = (f[:, None] - q[None, :]) ** 2
+        rows, cols = linear_sum_assignment(cost)
+        total += cost[rows, cols].sum()
+    return total / features.numel()
+
+
+def test_zero_when_features_equal_a_single_reference():
+    torch.manual_seed(0)
+    reference = torch.randn(1, 4, 25)
+    prototype = sorted_prototype(reference)
+    assert sort_matching_loss(reference, prototype).item() == 0.0
+
+
+def test_invariant_to_permuting_positions():
+    torch.manual_seed(1)
+    features = torch.randn(2, 3, 30)
+    prototype = torch.randn(3, 30).sort(-1).values
+    permuted = features[..., torch.randperm(30)]
+    assert torch.allclose(
+        sort_matching_loss(features, prototype), sort_matching_loss(permuted, prototype)
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_brute_force_wasserstein(seed):
+    torch.manual_seed(seed)
+    features = torch.randn(1, 5, 12) * 2 + 1
+    prototype = sorted_prototype(torch.randn(7, 5, 12))
+    loss = sort_matching_loss(features, prototype).item()
+    assert loss == pytest.approx(brute_force_w2(features[0], prototype), rel=1e-5)
+
+
+def test_gradient_matches_finite_differences():
+    torch.manual_seed(3)
+    features = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    prototype = sorted_prototype(torch.randn(4, 3, 10, dtype=torch.float64))
+    weights = torch.rand(1, 3, 1, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda f: sort_matching_loss(f, prototype, weights), (features,), eps=1e-6, atol=1e-6
+    )
+
+
+def test_prototype_is_mean_quantile_function():
+    references = torch.tensor([[[3.0, 1.0, 2.0]], [[0.0, 5.0, 4.0]]])
+    expected = torch.tensor([[(1 + 0) / 2, (2 + 4) / 2, (3 + 5) / 2]])
+    assert torch.equal(sorted_prototype(references), expected)
+
+
+def test_per_image_losses_are_independent():
+    torch.manual_seed(4)
+    features = torch.randn(3, 2, 8)
+    prototypes = torch.randn(3, 2, 8).sort(-1).values
+    together = sort_matching_loss(features, prototypes)
+    alone = torch.stack(
+        [sort_matching_loss(features[i : i + 1], prototypes[i])[0] for i in range(3)]
+    )
+    assert torch.allclose(together, alone)
+
+
+def test_resolution_mismatch_is_reported():
+    with pytest.raises(ValueError, match="same resolution"):
+        sort_matching_loss(torch.zeros(1, 2, 9), torch.zeros(2, 16))
+
+
+def test_priors_against_direct_formulas():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 5, 6))
+    diffs = [
+        x[..., :, :-1] - x[..., :, 1:],
+        x[..., :-1, :] - x[..., 1:, :],
+        x[..., 1:, :-1] - x[..., :-1, 1:],
+        x[..., :-1, :-1] - x[..., 1:, 1:],
+    ]
+    for i in range(2):
+        expected_l2 = sum(np.sqrt((d[i] ** 2).sum()) for d in diffs)
+        expected_l1 = sum(np.abs(d[i]).mean() for d in diffs)
+        tensor = torch.from_numpy(x)
+        assert tv_l2(tensor)[i].item() == pytest.approx(expected_l2)
+        assert tv_l1(tensor)[i].item() == pytest.approx(expected_l1)
+        assert l2(tensor)[i].item() == pytest.approx(np.sqrt((x[i] ** 2).sum()))

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+
+from vital.errors import VitalError
+from vital.optimize import Settings, learning_rate, optimize, transparency
+from vital.zoo import Preprocessing
+
+
+def test_schedule_values_at_the_documented_steps():
+    total, peak = 2000, 1.0
+    assert learning_rate(0, total, peak) == pytest.approx(0.01)
+    assert learning_rate(99, total, peak) == pytest.approx(1.0)
+    assert learning_rate(100, total, peak) == pytest.approx(1.0)
+    last = 0.5 * (1 + math.cos(math.pi * 1899 / 1900))
+    assert learning_rate(1999, total, peak) == pytest.approx(last)
+    assert learning_rate(1999, total, peak) < 1e-5
+    assert learning_rate(1050, total, 2.0) == pytest.approx(1.0)  # half way down the cosine
+
+
+def quadratic_objective(target: float):
+    def objective(model_input, factor):
+        return {"distance": ((model_input - target) ** 2).flatten(1).mean(1)}
+
+    return objective
+
+
+def test_clamping_keeps_the_image_in_pixel_range():
+    preprocessing = Preprocessing(input_size=16)
+    # The objective pulls far outside [0, 1] pixels; clamping must hold the bounds.
+    run = optimize(
+        quadratic_objective(100.0), 2, preprocessing, Settings(steps=20, jitter=2), "cpu", False
+    )
+    pixels = preprocessing.denormalize(run.images)
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    assert pixels.max() > 0.99  # it did reach the bound
+
+
+def test_without_clamping_the_image_leaves_the_range():
+    preprocessing = Preprocessing(input_size=16)
+    settings = Settings(steps=20, jitter=0, clamp=False)
+    run = optimize(quadratic_objective(100.0), 1, preprocessing, settings, "cpu", False)
+    assert preprocessing.denormalize(run.images).max() > 1.5
+
+
+def test_history_and_gradients_are_kept():
+    preprocessing = Preprocessing(input_size=16)
+    settings = Settings(steps=15, half_resolution_steps=5, jitter=4)
+    run = optimize(quadratic_objective(0.5), 3, preprocessing, settings, "cpu", False)
+    assert run.history.shape == (20, 3)
+    assert run.history[-1].mean() < run.history[0].mean()
+    assert run.gradient_magnitude.shape == (3, 3, 16, 16)
+    assert run.seeds == [0, 1, 2]
+    assert (run.gradient_magnitude > 0).any()
+
+
+def test_half_resolution_stage_feeds_pooled_images():
+    seen = []
+
+    def objective(model_input, factor):
+        seen.append((model_input.shape[-1], factor))
+        return {"zero": model_input.sum(dim=(1, 2, 3)) * 0}
+
+    settings = Settings(steps=2, half_resolution_steps=3)
+    optimize(objective, 1, Preprocessing(input_size=16), settings, "cpu", False)
+    assert seen == [(8, 2)] * 3 + [(16, 1)] * 2
+
+
+def test_settings_presets_follow_the_paper():
+    assert Settings.setting(1).steps == 2000 and Settings.setting(1).betas == (0.5, 0.9)
+    zero = Settings.setting(0)
+    assert (zero.half_resolution_steps, zero.steps) == (2000, 1000)
+    two = Settings.setting(2)
+    assert (two.steps, two.betas, two.clamp) == (20000, (0.9, 0.999), False)
+    with pytest.raises(VitalError, match="choose 0, 1 or 2"):
+        Settings.setting(3)
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(jitter=-1), dict(resolution=4)])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(VitalError):
+        Settings(**bad).validate()
+
+
+def test_transparency_clips_and_normalises():
+    gradients = torch.zeros(1, 3, 10, 10)
+    gradients[0, :, 0, 0] = 1000.0  # one outlier above the 98th percentile
+    gradients[0, :, 5:, :] = 1.0
+    alpha = transparency(gradients)
+    assert alpha.shape == (1, 10, 10)
+    assert alpha.max().item() == pytest.approx(1.0)
+    assert alpha[0, 0, 0].item() == pytest.approx(1.0)  # clipped, not 1000x the rest
+    assert alpha[0, 7, 3].item() == pytest.approx(1.0)
+    assert alpha[0, 2, 3].item() == 0.0
