@@ -118,6 +118,8 @@ def demo(
     out: Out = Path("vital-out"),
     seed: Seed = 0,
     device: Device = "cpu",
+    resolution: Resolution = None,
+    batch: Batch = 3,
 ) -> None:
     """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (a few minutes)."""
     from vital.api import visualize
@@ -135,9 +137,9 @@ def demo(
         loaded,
         list(photos),
         references,
-        settings=_settings(1, steps, seed, None),
+        settings=_settings(1, steps, seed, resolution),
         out=out,
-        batch_size=len(photos),
+        batch_size=batch,
     )
     _report(results, out, "demo")
 

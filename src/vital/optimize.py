@@ -262,8 +262,9 @@ def optimize(
                 if settings.clamp:
                     with torch.no_grad():
                         x.copy_(torch.maximum(torch.minimum(x, high), low))
-                history.append(total.detach().cpu())
-                bar.set_postfix(loss=f"{total.mean().item():.4g}", refresh=False)
+                history.append(total.detach())
+                if step % 10 == 0 or step == steps - 1:  # .item() waits for the GPU: not each step
+                    bar.set_postfix(loss=f"{total.mean().item():.4g}", refresh=False)
                 bar.update()
     finally:
         bar.close()
@@ -271,7 +272,7 @@ def optimize(
     return Run(
         images=images,
         pixels=preprocessing.denormalize(images).clamp(0, 1),
-        history=torch.stack(history),
+        history=torch.stack(history).cpu(),
         final_terms={name: value.detach().cpu() for name, value in terms.items()},
         gradient_magnitude=gradient_magnitude.detach(),
         seconds=time.perf_counter() - started,
