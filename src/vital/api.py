@@ -212,6 +212,7 @@ def visualize(
     progress: bool = True,
     cache_dir: Path | None = None,
     on_result: Callable[[Result], None] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Result]:
     """Visualise class targets of ``model`` with VITAL.
 
@@ -246,6 +247,8 @@ def visualize(
         Prototype cache folder (default ``$VITAL_CACHE`` or ``~/.cache/vital``).
     on_result
         Called with each result as soon as it is finished.
+    seeds
+        One seed per target; default ``settings.seed + i`` for the ``i``-th target.
 
     Returns
     -------
@@ -262,9 +265,11 @@ def visualize(
     resolved = [class_target(model, t) for t in targets]
     settings = class_settings(model, settings)
     settings.validate()
+    seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(len(resolved))]
+    if len(seeds) != len(resolved):
+        raise VitalError(f"{len(seeds)} seeds were given for {len(resolved)} targets.")
     resolution = settings.resolution or model.preprocessing.input_size
     chosen_taps, taps_source = resolve_taps(model, taps)
-    seed = settings.seed
     reference_sets = [
         class_references(
             model, t, references, reference_count, reference_seed, len(set(resolved)) == 1
@@ -284,7 +289,7 @@ def visualize(
             ]
             for _, factor in settings.stages()
         }
-        batch_settings = dataclasses.replace(settings, seed=seed + start)
+        batch_seeds = seeds[start : start + len(batch)]
         label = f"batch {number}/{batch_count}" if batch_count > 1 else "optimising"
         with tapped(model.module, layers, stop_early=True) as tap:
             objective = SortMatching(tap, chosen_taps, prototypes)
@@ -292,15 +297,16 @@ def visualize(
                 objective,
                 len(batch),
                 model.preprocessing,
-                batch_settings,
+                settings,
                 model.device,
                 progress=label if progress else False,
                 dtype=model.dtype,
+                seeds=batch_seeds,
             )
         final = classify(model, run.images)
         initial = classify(
             model,
-            initial_images(len(batch), resolution, batch_settings.seed, model.device, model.dtype),
+            initial_images(batch_seeds, resolution, model.device, model.dtype),
         )
         for item, target in enumerate(batch):
             record = _record(
@@ -309,7 +315,7 @@ def visualize(
                 batch_references[item],
                 chosen_taps,
                 taps_source,
-                batch_settings,
+                settings,
                 run,
                 item,
                 len(batch),

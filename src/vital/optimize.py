@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -143,23 +143,20 @@ class Run:
 
 
 def initial_images(
-    count: int,
+    seeds: Sequence[int],
     resolution: int,
-    seed: int,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """N(0, 1) images in the normalised space; image ``i`` drawn from seed ``seed + i``.
+    """N(0, 1) images in the normalised space, one per seed.
 
     Drawn on the CPU, so a seed gives the same start on every device.
     """
     images = [
-        torch.randn(
-            3, resolution, resolution, generator=torch.Generator().manual_seed(seed + i)
-        ).to(dtype)
-        for i in range(count)
+        torch.randn(3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
+        for seed in seeds
     ]
-    return torch.stack(images).to(device)
+    return torch.stack(images).to(device=device, dtype=dtype)
 
 
 def _jitter(
@@ -196,6 +193,7 @@ def optimize(
     device: torch.device,
     progress: bool | str = True,
     dtype: torch.dtype = torch.float32,
+    seeds: Sequence[int] | None = None,
 ) -> Run:
     """Optimise ``count`` images against ``objective``.
 
@@ -219,11 +217,16 @@ def optimize(
         Show a progress bar; a string is used as its label.
     dtype
         Floating-point type of the images (the model's).
+    seeds
+        One seed per image (initial noise and jitter); default ``settings.seed + i``.
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
-    x = initial_images(count, resolution, settings.seed, device, dtype).requires_grad_(True)
-    generators = [torch.Generator().manual_seed(settings.seed + i) for i in range(count)]
+    seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(count)]
+    if len(seeds) != count:
+        raise VitalError(f"{len(seeds)} seeds were given for {count} images.")
+    x = initial_images(seeds, resolution, device, dtype).requires_grad_(True)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     low, high = preprocessing.bounds(x)
     history: list[torch.Tensor] = []
     gradient_magnitude = torch.zeros_like(x)
@@ -276,7 +279,7 @@ def optimize(
         final_terms={name: value.detach().cpu() for name, value in terms.items()},
         gradient_magnitude=gradient_magnitude.detach(),
         seconds=time.perf_counter() - started,
-        seeds=[settings.seed + i for i in range(count)],
+        seeds=seeds,
     )
 
 
