@@ -206,6 +206,22 @@ def test_mined_lists_equal_a_brute_force_scan_for_every_channel(dataset, tmp_pat
         assert left <= x <= left + side and top <= y <= top + side
 
 
+def test_stage_one_alone_ranks_whole_images_as_brute_force(dataset, tmp_path):
+    folder, _ = dataset
+    model = planted_model()
+    kwargs = {**mine_kwargs(), "patch": 0, "top": TOP_IMAGES}
+    report = mine(model, LAYER, folder, tmp_path / "out", **kwargs)
+    paths = list(list_images(folder).paths)
+    crops = [center_crop(open_rgb_path(p), 32) for p in paths]
+    maxima = torch.stack([layer_maps(model, c, None).amax(dim=(1, 2)) for c in crops])
+    for channel in range(8):
+        order = sorted(range(COUNT), key=lambda i: (-maxima[i, channel].item(), i))
+        want = [
+            (i, maxima[i, channel].item(), (0, 0, 32), maxima[i, channel].item()) for i in order
+        ]
+        assert_matches(mined(report.database, model, LAYER, channel)[1], want[:TOP_IMAGES])
+
+
 def test_direction_scoring_equals_brute_force_projection(dataset, tmp_path):
     folder, _ = dataset
     model = planted_model()

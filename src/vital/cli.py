@@ -227,7 +227,12 @@ def mine_command(
     top: Annotated[
         int, typer.Option("--top", help="Stage 2: images kept per unit (best patch).")
     ] = 50,
-    patch: Annotated[int, typer.Option("--patch", help="Patch side on the centre crop.")] = 64,
+    patch: Annotated[
+        int,
+        typer.Option(
+            "--patch", help="Patch side on the centre crop; 0 ranks whole images (no stage 2)."
+        ),
+    ] = 64,
     out: Out = Path("vital-out"),
     sheets: Annotated[
         str,

@@ -172,7 +172,8 @@ def mine(
     top
         k of stage 2: images kept per unit by their best patch.
     patch
-        Patch side on the centre crop (32 or 64 in METHOD.md for a 224 crop).
+        Patch side on the centre crop (32 or 64 in METHOD.md for a 224 crop); 0 skips stage 2
+        and ranks whole images by their spatial maximum (the box is then the whole crop).
     batch_size
         Images per forward pass in stage 1; patches per forward pass in stage 2.
     workers
@@ -202,13 +203,13 @@ def mine(
     else:
         units = channel_units(channels, layer_channels)
     resolution = model.preprocessing.input_size
-    patches = Patches(patch, resolution)
+    patches = Patches(patch, resolution) if patch else None
     settings = json.dumps(
         {
             "top_images": top_images,
             "top": min(top, top_images),
-            "patch": patches.size,
-            "stride": patches.stride,
+            "patch": patch,
+            "stride": patches.stride if patches else 0,
             "crop": resolution,
         },
         sort_keys=True,
@@ -239,7 +240,10 @@ def mine(
         report.scanned = len(images) - first_cursor
     report.seconds["stage1"] = time.perf_counter() - started
     started = time.perf_counter()
-    final = scan.stage2(saved, patches, min(top, top_images))
+    if patches is None:
+        final = scan.whole_images(saved, min(top, top_images))
+    else:
+        final = scan.stage2(saved, patches, min(top, top_images))
     report.seconds["stage2"] = time.perf_counter() - started
     report.unreadable = saved.unreadable
 
@@ -361,6 +365,24 @@ class _Scan:
         stage2 = PassState(2, 0, finished.unreadable, None, candidates)
         self.index.save_pass(self.key, list(self.units.keys), stage2)
         return stage2
+
+    def whole_images(self, saved: PassState, top: int) -> list[list[tuple]]:
+        """Without stage 2: each unit's ``top`` stage-1 images, scored by their maximum."""
+        candidates = saved.candidates
+        crop = self.model.preprocessing.input_size
+        rows = []
+        for u in range(len(self.units)):
+            scores, ids = candidates["scores"][u][:top], candidates["ids"][u][:top]
+            keep = torch.isfinite(scores)
+            rows.append(
+                [
+                    (rank, int(position), float(score), float(score), 0, 0, crop, crop)
+                    for rank, (position, score) in enumerate(
+                        zip(ids[keep], scores[keep], strict=True)
+                    )
+                ]
+            )
+        return rows
 
     def stage2(self, saved: PassState, patches: Patches, top: int) -> list[list[tuple]]:
         """Best patch of every candidate image; returns each unit's ranked rows."""
