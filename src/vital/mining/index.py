@@ -219,8 +219,13 @@ class MiningIndex:
     def save_pass(self, key: str, units: list[str], progress: PassState) -> None:
         """Write a pass's cursor, count and arrays together (one transaction)."""
         with self._connect() as connection:
+            # Stage 2's candidates are written once; later checkpoints pass None and keep them.
             connection.execute(
-                "INSERT OR REPLACE INTO passes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO passes VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET units = excluded.units, stage = excluded.stage, cursor = excluded.cursor, "
+                "unreadable = excluded.unreadable, state = excluded.state, "
+                "candidates = COALESCE(excluded.candidates, passes.candidates), "
+                "updated = excluded.updated",
                 (
                     key,
                     json.dumps(units),

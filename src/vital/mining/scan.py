@@ -175,7 +175,8 @@ def mine(
         Patch side on the centre crop (32 or 64 in METHOD.md for a 224 crop); 0 skips stage 2
         and ranks whole images by their spatial maximum (the box is then the whole crop).
     batch_size
-        Images per forward pass in stage 1; patches per forward pass in stage 2.
+        Images per forward pass in stage 1; patches per forward pass in stage 2 (at least
+        one image's patches).
     workers
         DataLoader processes that decode images (default: :func:`default_workers`).
     checkpoint_seconds
@@ -230,7 +231,7 @@ def mine(
     ).hexdigest()[:24]
     workers = default_workers() if workers is None else workers
     scan = _Scan(model, layer, todo, images, index, key, batch_size, workers, progress)
-    scan.checkpoint_seconds = checkpoint_seconds
+    scan.checkpoint_seconds = checkpoint_seconds  # how often _run saves progress
     saved = index.load_pass(key) or PassState(1, 0, 0, None, None)
 
     started = time.perf_counter()
@@ -291,7 +292,7 @@ class _Scan:
         self.batch_size = batch_size
         self.workers = workers
         self.progress = progress
-        self.checkpoint_seconds = 60.0
+        self.checkpoint_seconds = 60.0  # set by mine()
 
     def _features(self, tap, crops: torch.Tensor) -> torch.Tensor:
         x = self.model.preprocessing.normalize(crops.to(self.model.device))
@@ -333,7 +334,7 @@ class _Scan:
                             snapshot.cursor + len(batch_positions),
                             snapshot.unreadable + int((~readable).sum()),
                             state,
-                            saved.candidates,
+                            None,  # stage 2's candidates are already in the index
                         )
                         bar.update(len(batch_positions))
                         if time.monotonic() - last_saved >= self.checkpoint_seconds:
@@ -388,7 +389,7 @@ class _Scan:
         """Best patch of every candidate image; returns each unit's ranked rows."""
         candidates = saved.candidates
         candidate_ids = torch.where(
-            torch.isfinite(candidates["scores"]), candidates["ids"], torch.tensor(-1)
+            torch.isfinite(candidates["scores"]), candidates["ids"].long(), torch.tensor(-1)
         )
         sorted_ids, order = candidate_ids.sort(dim=1)
         sorted_scores = candidates["scores"].gather(1, order)
@@ -402,10 +403,11 @@ class _Scan:
 
         def step(tap, positions: torch.Tensor, crops: torch.Tensor) -> dict:
             tiles = patches.cut(crops, resolution)
+            chunk = max(self.batch_size, len(patches))  # an image's patches in one forward
             means = torch.cat(
                 [
-                    self._features(tap, tiles[i : i + self.batch_size]).mean(dim=-1)
-                    for i in range(0, len(tiles), self.batch_size)
+                    self._features(tap, tiles[i : i + chunk]).mean(dim=-1)
+                    for i in range(0, len(tiles), chunk)
                 ]
             )  # (B·n, U)
             best, where = means.view(len(positions), len(patches), -1).max(dim=1)  # (B, U)
@@ -425,7 +427,7 @@ class _Scan:
         for u in range(len(self.units)):
             keep = torch.isfinite(ranking.scores[u])
             ids = ranking.ids[u][keep]
-            found = torch.searchsorted(sorted_ids[u], ids)
+            found = torch.searchsorted(sorted_ids[u], ids.long())
             image_scores = sorted_scores[u][found]
             rows.append(
                 [
