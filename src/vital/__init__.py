@@ -6,6 +6,7 @@
 
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError
+from vital.mining import contact_sheet, mine, mined_references
 from vital.optimize import Settings, learning_rate, transparency
 from vital.references import ReferenceSet, from_folder, from_imagenet_class, from_samples
 from vital.store import Result, ResultStore
@@ -32,12 +33,15 @@ __all__ = [
     "available_models",
     "class_references",
     "classify",
+    "contact_sheet",
     "from_folder",
     "from_imagenet_class",
     "from_samples",
     "learning_rate",
     "list_layers",
     "load_model",
+    "mine",
+    "mined_references",
     "transparency",
     "visualize",
 ]

@@ -192,6 +192,133 @@ def models() -> None:
         typer.echo(name)
 
 
+def _channel_list(text: str) -> list[int] | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise VitalError(
+            f"--channels takes 'all' or indices like 3,17,200; got {text!r}."
+        ) from error
+
+
+@app.command("mine")
+def mine_command(
+    layer: Annotated[
+        str, typer.Option("--layer", "-l", help="Layer to mine (see `vital layers`).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="Image folder (any depth, ImageNet-style trees too) or list file."
+        ),
+    ],
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    channels: Annotated[
+        str, typer.Option("--channels", help="'all' or channel indices: 3,17,200.")
+    ] = "all",
+    direction: Annotated[
+        Path | None,
+        typer.Option("--direction", help="Concept direction(s): a .npy of shape (C,) or (D, C)."),
+    ] = None,
+    top_images: Annotated[
+        int, typer.Option("--top-images", help="Stage 1: images kept per unit (spatial max).")
+    ] = 10_000,
+    top: Annotated[
+        int, typer.Option("--top", help="Stage 2: images kept per unit (best patch).")
+    ] = 50,
+    patch: Annotated[
+        int,
+        typer.Option(
+            "--patch", help="Patch side on the centre crop; 0 ranks whole images (no stage 2)."
+        ),
+    ] = 64,
+    out: Out = Path("vital-out"),
+    sheets: Annotated[
+        str,
+        typer.Option(
+            "--sheets",
+            help="Contact sheets: 'all', 'none', unit numbers (3,17), or 'auto' (all when at most "
+            "32 units).",
+        ),
+    ] = "auto",
+    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decoding processes (default: cores - 1).")
+    ] = None,
+    device: Device = "cpu",
+) -> None:
+    """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
+    import numpy as np
+
+    from vital.mining import contact_sheet, mine
+
+    loaded = _load(model, weights, device)
+    directions = None
+    if direction is not None:
+        try:
+            directions = np.load(direction, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise VitalError(f"cannot read direction file {direction}: {error}") from error
+    report = mine(
+        loaded,
+        layer,
+        data,
+        out,
+        channels=_channel_list(channels),
+        directions=directions,
+        direction_name=direction.stem if direction is not None else "direction",
+        top_images=top_images,
+        top=top,
+        patch=patch,
+        batch_size=batch,
+        workers=workers,
+    )
+    typer.echo(
+        f"{len(report.units)} unit(s) of {layer} over {report.images} images "
+        f"({report.unreadable} unreadable skipped, {report.not_images} other files ignored)"
+    )
+    if report.reused:
+        typer.echo(f"  reused {len(report.reused)} finished list(s) from the index")
+    if report.scanned:
+        typer.echo(
+            f"  stage 1: {report.seconds['stage1']:.1f} s ({report.images_per_second:.1f} img/s), "
+            f"stage 2: {report.seconds['stage2']:.1f} s"
+        )
+    typer.echo(f"index: {report.database}")
+    if sheets == "auto":
+        sheets = "all" if len(report.units) <= 32 else "none"
+        if sheets == "none":
+            typer.echo("no contact sheets for more than 32 units; ask with --sheets 3,17 or all")
+    if sheets != "none":
+        chosen = (
+            report.units
+            if sheets == "all"
+            else [report.units[i] for i in _sheet_numbers(sheets, len(report.units))]
+        )
+        folder = out / "sheets"
+        folder.mkdir(parents=True, exist_ok=True)
+        for unit in chosen:
+            path = folder / f"{layer}-{unit.replace(':', '-')}.png"
+            contact_sheet(report.database, loaded, layer, unit, count=top).save(path)
+        typer.echo(f"contact sheets: {folder} ({len(chosen)})")
+
+
+def _sheet_numbers(text: str, units: int) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise VitalError(
+            f"--sheets takes all, none, auto or numbers like 0,3; got {text!r}"
+        ) from error
+    wrong = [n for n in numbers if not 0 <= n < units]
+    if wrong:
+        raise VitalError(f"--sheets {wrong}: there are {units} mined units (0..{units - 1}).")
+    return numbers
+
+
 def main() -> None:
     """Entry point: user mistakes end with a one-line message and exit status 2."""
     try:

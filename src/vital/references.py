@@ -226,8 +226,11 @@ class ReferenceSet:
             yield random_view(images[i % len(images)][1], resolution, generator)
 
 
-def center_crop(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Resize the short side to 256/224 of ``resolution`` and crop the centre (ImageNet eval)."""
+def resize_for_crop(image: Image.Image, resolution: int) -> tuple[Image.Image, int, int]:
+    """The resized image that :func:`center_crop` cuts from, and the crop's left and top.
+
+    Boxes given on the crop (mined patches) map back to the image through these offsets.
+    """
     short = round(resolution * 256 / 224)
     width, height = image.size
     scale = short / min(width, height)
@@ -235,8 +238,12 @@ def center_crop(image: Image.Image, resolution: int) -> torch.Tensor:
         (max(short, round(width * scale)), max(short, round(height * scale))),
         Image.Resampling.BILINEAR,
     )
-    left = (resized.width - resolution) // 2
-    top = (resized.height - resolution) // 2
+    return resized, (resized.width - resolution) // 2, (resized.height - resolution) // 2
+
+
+def center_crop(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Resize the short side to 256/224 of ``resolution`` and crop the centre (ImageNet eval)."""
+    resized, left, top = resize_for_crop(image, resolution)
     return _to_tensor(resized.crop((left, top, left + resolution, top + resolution)))
 
 

@@ -1,0 +1,138 @@
+"""The images to mine: a folder tree or a list file, listed once and decoded in workers.
+
+A dataset is an ordered list of image files. Its *position* numbers are what the index stores
+and what breaks ties between equal scores, so the listing is sorted and stable across runs; its
+identity (paths, sizes, modification times) says whether earlier mining work still applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vital.errors import VitalError
+from vital.references import (
+    IMAGE_SUFFIXES,
+    ImageSource,
+    center_crop,
+    find_images,
+    is_imagenet_tree,
+    open_rgb,
+)
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """An ordered list of image files to mine.
+
+    Attributes
+    ----------
+    root
+        The folder or list file they came from.
+    paths
+        Absolute paths, in mining order.
+    labels
+        Per image: its class folder (WordNet id) in an ImageNet-style tree, else ``""``.
+    not_images
+        Files under the folder that were ignored because their suffix is not an image's.
+    identity
+        SHA-256 over paths, sizes and modification times: changes when the data does.
+    """
+
+    root: str
+    paths: tuple[str, ...]
+    labels: tuple[str, ...]
+    not_images: int
+    identity: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def list_images(data: str | Path) -> ImageList:
+    """List the images of a folder tree (any depth) or of a list file (one path a line).
+
+    In a list file, blank lines and lines starting with ``#`` are skipped, and relative paths
+    are relative to the list file's folder.
+
+    Raises
+    ------
+    VitalError
+        When ``data`` does not exist or holds no images.
+    """
+    data = Path(data)
+    if data.is_dir():
+        paths = find_images(data)
+        others = sum(1 for p in data.rglob("*") if p.is_file()) - len(paths)
+        labelled = is_imagenet_tree(data)
+        labels = [p.relative_to(data).parts[0] if labelled else "" for p in paths]
+    elif data.is_file():
+        lines = data.read_text().splitlines()
+        entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        paths = [p if p.is_absolute() else data.parent / p for p in map(Path, entries)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise VitalError(
+                f"{len(missing)} file(s) in the list {data} do not exist, e.g. {missing[0]}; "
+                "paths are relative to the list file's folder."
+            )
+        others, labels = 0, [""] * len(paths)
+    else:
+        raise VitalError(f"{data} is neither a folder of images nor a list file of image paths.")
+    if not paths:
+        raise VitalError(
+            f"no images found in {data} ({others} other file(s) ignored; image files end in "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
+    digest = hashlib.sha256()
+    resolved = []
+    for path in paths:
+        stat = path.stat()
+        resolved.append(str(path.resolve()))
+        digest.update(f"{resolved[-1]}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return ImageList(str(data), tuple(resolved), tuple(labels), others, digest.hexdigest()[:24])
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Positions of an :class:`ImageList` → (position, centre crop, readable) for a DataLoader.
+
+    Unreadable files give a zero crop and ``readable = False`` instead of an error, so a
+    corrupt file costs one count, not the run.
+    """
+
+    def __init__(self, paths: tuple[str, ...], positions: list[int], resolution: int):
+        self.paths = paths
+        self.positions = positions
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor, bool]:
+        position = self.positions[item]
+        path = self.paths[position]
+        source = ImageSource(path, lambda: Image.open(path))
+        with warnings.catch_warnings():  # counted and reported once by the caller
+            warnings.simplefilter("ignore")
+            image = open_rgb(source)
+        if image is None:
+            return position, torch.zeros(3, self.resolution, self.resolution), False
+        return position, center_crop(image, self.resolution), True
+
+
+def crop_loader(
+    images: ImageList, positions: list[int], resolution: int, batch_size: int, workers: int
+) -> torch.utils.data.DataLoader:
+    """Batches of centre crops of ``positions`` (in that order), decoded in ``workers``."""
+    return torch.utils.data.DataLoader(
+        CropDataset(images.paths, positions, resolution),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=False,
+    )
