@@ -319,6 +319,82 @@ def _sheet_numbers(text: str, units: int) -> list[int]:
     return numbers
 
 
+atlas_app = typer.Typer(
+    no_args_is_help=True, help="Visualise many units, record them, browse them as a web page."
+)
+app.add_typer(atlas_app, name="atlas")
+
+
+@atlas_app.command("build")
+def atlas_build(
+    out: Annotated[Path, typer.Option("--out", help="Atlas folder.")],
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    class_list: Annotated[
+        str | None,
+        typer.Option("--classes", help="Comma-separated classes (index, name or WordNet id)."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Reference images (ImageNet-style tree or class sub-folders)."),
+    ] = None,
+    references: Annotated[int, typer.Option("--references", help="Reference views (N).")] = 50,
+    engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster address (default: start a local one)."),
+    ] = None,
+    setting: SettingNumber = 1,
+    steps: Steps = None,
+    seed: Seed = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    resolution: Resolution = None,
+    batch: Batch = 4,
+) -> None:
+    """Visualise every selected unit into an atlas folder and write its web pages.
+
+    Re-running skips finished units; an interrupted build resumes where it stopped.
+    """
+    from vital.api import class_references, class_target
+    from vital.atlas import ModelSpec, build_atlas
+    from vital.engines import make_engine
+
+    spec = ModelSpec(model, weights, device)
+    loaded = spec()
+    if not class_list:
+        raise VitalError("name the units to visualise: --classes C1,C2,...")
+    targets = [class_target(loaded, name.strip()) for name in class_list.split(",") if name]
+    report = build_atlas(
+        spec,
+        targets,
+        lambda target: class_references(loaded, target, data, references),
+        out,
+        _settings(setting, steps, seed, resolution),
+        engine=make_engine(engine, ray_address),
+        batch_size=batch,
+    )
+    typer.echo(
+        f"{report.finished} units visualised, {report.failed} failed, {report.skipped} already "
+        f"done ({report.units_per_minute:.1f} units/min). Browse: vital atlas serve {out}"
+    )
+
+
+@atlas_app.command("serve")
+def atlas_serve(
+    folder: Annotated[Path, typer.Argument(help="Atlas folder.")],
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8000,
+) -> None:
+    """Serve an atlas on http://127.0.0.1:PORT (loopback only) until Ctrl-C."""
+    from vital.atlas import make_server
+
+    server = make_server(folder, port, verbose=True)
+    typer.echo(f"serving {folder} on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def main() -> None:
     """Entry point: user mistakes end with a one-line message and exit status 2."""
     try:

@@ -21,7 +21,7 @@ from vital.grids import to_image
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
-    slug TEXT NOT NULL,
+    unit TEXT NOT NULL,
     method TEXT NOT NULL,
     model TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -29,8 +29,17 @@ CREATE TABLE IF NOT EXISTS results (
     image TEXT NOT NULL,
     record TEXT NOT NULL,
     created REAL NOT NULL,
-    PRIMARY KEY (slug, method, model, seed)
-)
+    PRIMARY KEY (unit, method, model, seed)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    unit TEXT NOT NULL,
+    method TEXT NOT NULL,
+    model TEXT NOT NULL,
+    target TEXT NOT NULL,
+    error TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (unit, method, model)
+);
 """
 
 
@@ -83,12 +92,12 @@ def _save_array(path: Path, tensor: torch.Tensor) -> None:
 class ResultStore:
     """A folder of results with an index (``index.sqlite``)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, index: str | Path | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.index = self.folder / "index.sqlite"
+        self.index = Path(index) if index is not None else self.folder / "index.sqlite"
         with sqlite3.connect(self.index) as connection:
-            connection.execute(_SCHEMA)
+            connection.executescript(_SCHEMA)
 
     def write(self, result: Result) -> Result:
         """Write the PNG, JSON record (and RGBA + alpha when present); index it."""
@@ -108,13 +117,14 @@ class ResultStore:
         result.paths["json"] = json_path
         record["files"]["json"] = json_path.name
         _atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=2)))
+        unit = result.target.unit()
         with sqlite3.connect(self.index) as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    result.target.slug(),
+                    unit,
                     record["method"],
-                    record["model"]["name"],
+                    record["model"]["fingerprint"],
                     json.dumps(record["target"]),
                     record["seed"],
                     png.name,
@@ -122,7 +132,36 @@ class ResultStore:
                     time.time(),
                 ),
             )
+            connection.execute(
+                "DELETE FROM failures WHERE unit = ? AND method = ? AND model = ?",
+                (unit, record["method"], record["model"]["fingerprint"]),
+            )
         return result
+
+    def record_failure(self, target, method: str, model: str, error: str) -> None:
+        """Remember that ``target`` failed (with the error), so a report can list it."""
+        with sqlite3.connect(self.index) as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
+                (target.unit(), method, model, target.describe(), error, time.time()),
+            )
+
+    def finished_units(self, method: str, model: str) -> set[str]:
+        """Units with a stored result for ``method`` and model fingerprint ``model``."""
+        with sqlite3.connect(self.index) as connection:
+            rows = connection.execute(
+                "SELECT unit FROM results WHERE method = ? AND model = ?", (method, model)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def failures(self) -> list[dict]:
+        """Every recorded failure: unit, method, model, target and error."""
+        with sqlite3.connect(self.index) as connection:
+            rows = connection.execute(
+                "SELECT unit, method, model, target, error FROM failures ORDER BY unit"
+            ).fetchall()
+        keys = ("unit", "method", "model", "target", "error")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def records(self) -> list[dict]:
         """Every indexed record, oldest first."""

@@ -24,6 +24,10 @@ class ClassTarget:
         """Class targets live at the output, not in a named layer."""
         return None
 
+    def unit(self) -> str:
+        """Stable id for stores and atlases, e.g. ``class/967``."""
+        return f"class/{self.index}"
+
     def slug(self) -> str:
         """File-name stem, e.g. ``class-967-espresso``."""
         return f"class-{self.index}" + (f"-{_slug(self.name)}" if self.name else "")
@@ -39,6 +43,10 @@ class Channel:
 
     layer: str
     index: int
+
+    def unit(self) -> str:
+        """Stable id for stores and atlases, e.g. ``layer4.2/1935``."""
+        return f"{self.layer}/{self.index}"
 
     def slug(self) -> str:
         """File-name stem, e.g. ``layer4.2-ch1935``."""
@@ -62,6 +70,10 @@ class Direction:
     layer: str
     values: tuple[float, ...]
     name: str = "direction"
+
+    def unit(self) -> str:
+        """Stable id for stores and atlases, e.g. ``layer3/striped``."""
+        return f"{self.layer}/{self.name}"
 
     def slug(self) -> str:
         """File-name stem."""

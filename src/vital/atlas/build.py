@@ -1,0 +1,266 @@
+"""Build an atlas: plan units, run them in batches on an engine, record each as it finishes.
+
+A *unit* is one target with its seed. The plan is deterministic (targets in the order given,
+seed = base seed + position in the plan), so a resumed or distributed build gives every unit
+the seed an uninterrupted local build would give it. The driver is the only writer of the
+store: each finished unit is committed as soon as its batch returns, so Ctrl-C or a crash loses
+at most the batches in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vital.engines import Engine, LocalEngine
+from vital.errors import VitalError
+from vital.grids import to_image
+from vital.optimize import Settings
+from vital.references import ReferenceSet, center_crop, open_rgb
+from vital.store import Result, ResultStore
+from vital.targets import ClassTarget
+from vital.zoo import Model, load_model
+
+Target = ClassTarget
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model by name, loaded where the work runs (once per worker process)."""
+
+    name: str
+    weights: str | None = None
+    device: str = "auto"
+
+    def __call__(self) -> Model:
+        """Load (or reuse) the model on this worker's device."""
+        return _load_cached(self.name, self.weights, _device(self.device))
+
+
+@dataclass(frozen=True)
+class GivenModel:
+    """A model object handed over as it is (from the Python API)."""
+
+    model: Model
+    device: str = "auto"
+
+    def __call__(self) -> Model:
+        """The model, moved to this worker's device."""
+        return self.model.to(_device(self.device))
+
+
+def _device(preference: str) -> str:
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(name: str, weights: str | None, device: str) -> Model:
+    return load_model(name, weights=weights, device=device)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One target of the atlas and its seed."""
+
+    target: Target
+    seed: int
+
+    @property
+    def id(self) -> str:
+        """Stable unit id (``class/967``, ``features.16/12``)."""
+        return self.target.unit()
+
+
+@dataclass(frozen=True)
+class Job:
+    """A batch of units of one kind, with everything a worker needs to run it."""
+
+    model: ModelSpec | GivenModel
+    units: tuple[Unit, ...]
+    references: tuple[ReferenceSet, ...]
+    settings: Settings
+
+
+@dataclass
+class UnitOutcome:
+    """A unit's result, or the error that stopped it."""
+
+    unit: Unit
+    result: Result | None = None
+    error: str | None = None
+
+
+def run_job(job: Job) -> list[UnitOutcome]:
+    """Visualise a batch; if the batch fails, run its units alone so one bad unit stays alone."""
+    from vital.api import visualize
+
+    model = job.model()
+    try:
+        results = visualize(
+            model,
+            [unit.target for unit in job.units],
+            {unit.target.index: refs for unit, refs in zip(job.units, job.references, strict=True)},
+            settings=job.settings,
+            seeds=[unit.seed for unit in job.units],
+            batch_size=len(job.units),
+            progress=False,
+        )
+    except Exception as error:  # a unit's failure is data for the store, not the end of the build
+        if len(job.units) == 1:
+            detail = "".join(traceback.format_exception_only(error)).strip()
+            return [UnitOutcome(job.units[0], error=detail)]
+        return [
+            outcome
+            for unit, refs in zip(job.units, job.references, strict=True)
+            for outcome in run_job(dataclasses.replace(job, units=(unit,), references=(refs,)))
+        ]
+    return [UnitOutcome(unit, result) for unit, result in zip(job.units, results, strict=True)]
+
+
+@dataclass
+class BuildReport:
+    """What a build did."""
+
+    planned: int
+    skipped: int
+    finished: int
+    failed: int
+    seconds: float
+
+    @property
+    def units_per_minute(self) -> float:
+        """Units run (finished or failed) per minute of this build."""
+        ran = self.finished + self.failed
+        return 60 * ran / self.seconds if self.seconds > 0 else 0.0
+
+
+class Atlas:
+    """An atlas folder: ``atlas.sqlite``, ``results/``, ``refs/`` and the static site."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.store = ResultStore(self.folder / "results", index=self.folder / "atlas.sqlite")
+
+    def reference_thumbnails(self, unit: Unit, references: ReferenceSet, limit: int = 8):
+        """Save the first references as small JPEGs inside the atlas; return their entries."""
+        folder = self.folder / "refs" / unit.target.slug()
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for position, source in enumerate(references.sources[:limit]):
+            image = open_rgb(source)
+            if image is None:
+                continue
+            pixels = center_crop(image, 112)
+            path = folder / f"{position:02d}.jpg"
+            to_image(pixels).save(path, quality=88)
+            entries.append(
+                {"image": path.relative_to(self.folder).as_posix(), "label": source.label}
+            )
+        return entries
+
+
+def plan_units(targets: Sequence[Target], seed: int) -> list[Unit]:
+    """Units in the order given; unit ``i`` gets seed ``seed + i``."""
+    ids = [target.unit() for target in targets]
+    if len(set(ids)) != len(ids):
+        raise VitalError("the atlas plan names a target twice; give each class or channel once.")
+    return [Unit(target, seed + position) for position, target in enumerate(targets)]
+
+
+def build_atlas(
+    model: Model | ModelSpec | str,
+    targets: Sequence[Target],
+    references: Callable[[Target], ReferenceSet],
+    folder: str | Path,
+    settings: Settings,
+    engine: Engine | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+    on_unit: Callable[[UnitOutcome], None] | None = None,
+) -> BuildReport:
+    """Run every unit not yet in the atlas and record it; then render the site.
+
+    Parameters
+    ----------
+    model
+        A model name, :class:`ModelSpec` or loaded :class:`vital.Model`.
+    targets
+        What to visualise, in order.
+    references
+        Gives each target's reference set (called in the driver, before any work starts).
+    folder
+        The atlas folder (created if needed).
+    settings
+        Optimisation settings; ``settings.seed`` seeds the first unit.
+    engine
+        Where batches run (default: in this process).
+    batch_size
+        Units per job.
+    progress
+        Show units done/total, units/min and the time left.
+    on_unit
+        Called after each unit is recorded (for callers' own progress or tests).
+    """
+    from vital.atlas.site import render_site
+
+    spec = ModelSpec(model) if isinstance(model, str) else model
+    spec = GivenModel(spec) if isinstance(spec, Model) else spec
+    fingerprint = spec().fingerprint
+    atlas = Atlas(folder)
+    units = plan_units(targets, settings.seed)
+    done = atlas.store.finished_units("vital", fingerprint)
+    todo = [unit for unit in units if unit.id not in done]
+    reference_sets = {unit.id: references(unit.target) for unit in todo}
+    jobs = [
+        Job(
+            spec,
+            tuple(todo[i : i + batch_size]),
+            tuple(reference_sets[u.id] for u in todo[i : i + batch_size]),
+            settings,
+        )
+        for i in range(0, len(todo), batch_size)
+    ]
+    engine = engine or LocalEngine()
+    report = BuildReport(len(units), len(units) - len(todo), 0, 0, 0.0)
+    started = time.perf_counter()
+    bar = tqdm(total=len(units), initial=report.skipped, unit="unit", disable=not progress)
+    try:
+        for outcomes in engine.run(jobs, run_job):
+            for outcome in outcomes:
+                _record(atlas, outcome, reference_sets[outcome.unit.id], fingerprint)
+                if outcome.error is None:
+                    report.finished += 1
+                else:
+                    report.failed += 1
+                bar.update()
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(
+                    per_min=f"{60 * bar.n / max(elapsed, 1e-9):.1f}", failed=report.failed
+                )
+                if on_unit is not None:
+                    on_unit(outcome)
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - started
+        render_site(atlas.folder)
+    return report
+
+
+def _record(atlas: Atlas, outcome: UnitOutcome, references: ReferenceSet, model: str) -> None:
+    if outcome.error is not None:
+        atlas.store.record_failure(outcome.unit.target, "vital", model, outcome.error)
+        return
+    result = outcome.result
+    result.record["unit"] = outcome.unit.id
+    result.record["references"]["top"] = atlas.reference_thumbnails(outcome.unit, references)
+    atlas.store.write(result)

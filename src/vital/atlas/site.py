@@ -1,0 +1,179 @@
+"""Render an atlas folder's store as a static site: no build step, no network fetches.
+
+``index.html`` holds every unit as a card (thumbnail, unit id, label) with a search box and
+layer/method filters; ``units/<slug>.html`` shows one unit: the image, its transparency view,
+its references, its settings and its loss curve (inline SVG).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from vital.store import ResultStore
+
+
+def _escape(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _layer_of(record: dict) -> str:
+    return record["target"].get("layer") or "output"
+
+
+def _label_of(record: dict) -> str:
+    target = record["target"]
+    if target.get("kind") == "class":
+        return target.get("name") or f"class {target['index']}"
+    top = record.get("references", {}).get("top") or []
+    return top[0]["label"] if top and top[0].get("label") else ""
+
+
+def _slug(record: dict) -> str:
+    return Path(record["files"]["png"]).stem
+
+
+def _page(title: str, body: str, depth: int = 0) -> str:
+    up = "../" * depth
+    return (
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{_escape(title)}</title>"
+        f"<link rel='stylesheet' href='{up}static/atlas.css'></head>"
+        f"<body>{body}<script src='{up}static/atlas.js'></script></body></html>\n"
+    )
+
+
+def loss_curve_svg(history: list[float], width: int = 480, height: int = 160) -> str:
+    """The loss history as an inline SVG polyline (log scale when it spans decades)."""
+    values = [v for v in history if math.isfinite(v)]
+    if len(values) < 2:
+        return "<p>no loss history</p>"
+    logarithmic = min(values) > 0 and max(values) / min(values) > 20
+    scaled = [math.log10(v) if logarithmic else v for v in values]
+    low, high = min(scaled), max(scaled)
+    span = (high - low) or 1.0
+    points = " ".join(
+        f"{4 + i * (width - 8) / (len(scaled) - 1):.1f},{4 + (high - v) / span * (height - 8):.1f}"
+        for i, v in enumerate(scaled)
+    )
+    scale = "log scale" if logarithmic else "linear scale"
+    return (
+        f"<svg class='curve' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
+        f"role='img' aria-label='loss curve'><polyline fill='none' stroke='#2563eb' "
+        f"stroke-width='1.5' points='{points}'/></svg>"
+        f"<p class='muted'>loss from {values[0]:.4g} to {values[-1]:.4g} over {len(values)} "
+        f"steps ({scale})</p>"
+    )
+
+
+def _card(record: dict) -> str:
+    slug = _slug(record)
+    label = _label_of(record)
+    return (
+        f"<a class='card' href='units/{_escape(slug)}.html' data-unit='{_escape(record['unit'])}' "
+        f"data-layer='{_escape(_layer_of(record))}' data-method='{_escape(record['method'])}' "
+        f"data-label='{_escape(label.lower())}'>"
+        f"<img src='results/{_escape(record['files']['png'])}' alt='{_escape(record['unit'])}' "
+        f"loading='lazy' width='160' height='160'>"
+        f"<span class='unit'>{_escape(record['unit'])}</span>"
+        f"<span class='label'>{_escape(label)}</span></a>"
+    )
+
+
+def _failed_card(failure: dict) -> str:
+    return (
+        f"<div class='card failed' data-unit='{_escape(failure['unit'])}' "
+        f"data-layer='{_escape(failure['unit'].rpartition('/')[0])}' "
+        f"data-method='{_escape(failure['method'])}' data-label='{_escape(failure['target'])}' "
+        f"title='{_escape(failure['error'])}'><span class='unit'>{_escape(failure['unit'])}</span>"
+        f"<span class='label'>failed: {_escape(failure['error'][:120])}</span></div>"
+    )
+
+
+def _options(values: set[str]) -> str:
+    return "".join(f"<option value='{_escape(v)}'>{_escape(v)}</option>" for v in sorted(values))
+
+
+def _index(records: list[dict], failures: list[dict]) -> str:
+    layers = {_layer_of(r) for r in records} | {f["unit"].rpartition("/")[0] for f in failures}
+    methods = {r["method"] for r in records} | {f["method"] for f in failures}
+    models = sorted({r["model"]["name"] for r in records})
+    cards = "".join(_card(r) for r in records) + "".join(_failed_card(f) for f in failures)
+    body = (
+        f"<header><h1>vital atlas</h1><p class='muted'>{_escape(', '.join(models))} · "
+        f"{len(records)} units · {len(failures)} failed</p>"
+        "<div class='controls'>"
+        "<input id='search' type='search' placeholder='search unit or class name' "
+        "aria-label='search'>"
+        f"<select id='layer' aria-label='layer'><option value=''>all layers</option>"
+        f"{_options(layers)}</select>"
+        f"<select id='method' aria-label='method'><option value=''>all methods</option>"
+        f"{_options(methods)}</select><span id='count'></span></div></header>"
+        f"<main id='grid'>{cards}</main>"
+    )
+    return _page("vital atlas", body)
+
+
+def _unit_page(record: dict) -> str:
+    files = record["files"]
+    label = _label_of(record)
+    images = (
+        f"<figure><img id='visualisation' src='../results/{_escape(files['png'])}' "
+        "alt='visualisation'><figcaption>visualisation</figcaption></figure>"
+    )
+    if "rgba" in files:
+        images += (
+            f"<figure class='checker'><img id='rgba' src='../results/{_escape(files['rgba'])}' "
+            "alt='transparency view'><figcaption>where the evidence sits (RGBA)</figcaption>"
+            "</figure>"
+        )
+    references = "".join(
+        f"<figure><img class='reference' src='../{_escape(ref['image'])}' alt='reference'>"
+        f"<figcaption>{_escape(ref.get('label', ''))}</figcaption></figure>"
+        for ref in record.get("references", {}).get("top", [])
+    )
+    facts = {
+        "unit": record["unit"],
+        "model": record["model"]["name"],
+        "method": record["method"],
+        "seed": record["seed"],
+        "references": record.get("references", {}).get("summary", ""),
+        "seconds": f"{record.get('seconds', 0):.1f}",
+    }
+    facts.update({k: v for k, v in record.get("evaluation", {}).items() if k != "top5"})
+    facts.update(record.get("activation", {}))
+    rows = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in facts.items())
+    settings = _escape(json.dumps(record.get("settings", {}), indent=1))
+    body = (
+        f"<header><a href='../index.html'>← all units</a><h1>{_escape(record['unit'])}</h1>"
+        f"<p class='muted'>{_escape(label)}</p></header>"
+        f"<section class='images'>{images}</section>"
+        f"<h2>Top references</h2><section class='references'>{references}</section>"
+        f"<h2>Loss</h2>{loss_curve_svg(record.get('loss_history', []))}"
+        f"<h2>Record</h2><table>{rows}</table>"
+        f"<h2>Settings</h2><pre>{settings}</pre>"
+    )
+    return _page(record["unit"], body, depth=1)
+
+
+def render_site(folder: str | Path) -> Path:
+    """Write ``index.html``, one page per unit and the static assets; return the index path."""
+    folder = Path(folder)
+    store = ResultStore(folder / "results", index=folder / "atlas.sqlite")
+    records = [r for r in store.records() if "unit" in r]
+    (folder / "units").mkdir(parents=True, exist_ok=True)
+    static = folder / "static"
+    static.mkdir(exist_ok=True)
+    for name in ("atlas.css", "atlas.js"):
+        with resources.as_file(resources.files("vital.atlas") / "static" / name) as source:
+            shutil.copyfile(source, static / name)
+    for record in records:
+        (folder / "units" / f"{_slug(record)}.html").write_text(_unit_page(record), "utf-8")
+    index = folder / "index.html"
+    index.write_text(_index(records, store.failures()), "utf-8")
+    return index
