@@ -243,6 +243,9 @@ class RelevanceSortMatching:
 
     def __call__(self, model_input: torch.Tensor, factor: int) -> dict[str, torch.Tensor]:
         """Per-tap weighted losses, each (B,)."""
+        if not model_input.requires_grad:
+            # Relevance needs a graph from the taps to the target even for a constant input.
+            model_input = model_input.detach().requires_grad_(True)
         features = self.tap(model_input)
         relevance = self.backend.relevance(
             self.tap.outputs, self.directions(model_input.device), self.taps

@@ -148,9 +148,10 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
             if name:
                 handles.append(submodule.register_forward_pre_hook(pre_hook(name)))
                 handles.append(submodule.register_forward_hook(post_hook(name)))
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        parameter = next(module.parameters(), None)
+        like = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
         with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size, device=device))
+            module(torch.zeros(1, 3, input_size, input_size, **like))
     finally:
         for handle in handles:
             handle.remove()
