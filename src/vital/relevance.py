@@ -12,9 +12,10 @@ Backends
 ``lrp``
     The authors' rule set on zennit: z⁺ for convolutions and linear layers (positive weights, no
     bias, ε = 1e-5), BatchNorm and activations passed through, and the residual sum split in
-    proportion to ``|main|`` and ``|shortcut|``. Residual blocks are rewritten for the run by
-    canonizers (torchvision ResNet blocks by zennit's own, inverted residuals of torchvision
-    MobileNetV2 and timm EfficientNet by :class:`ResidualSplitCanonizer`).
+    proportion to ``|main|`` and ``|shortcut|``. Residual blocks (torchvision ResNet blocks, the
+    inverted residuals of torchvision MobileNetV2 and timm EfficientNet) are rewritten for the
+    run by :class:`ResidualSplitCanonizer`, after zennit's ResNet canonizers, but with a
+    two-input sum module instead of a stack and a sum over its last axis (which is slow).
 ``lrp-restricted``
     As ``lrp``, started only at the position of the target layer whose activation vector is
     most aligned with the target direction.
@@ -25,8 +26,8 @@ Backends
     differentiable model (the fallback where no LRP canonizer covers an architecture).
 zennit composites
     ``epsilon-plus``, ``epsilon-plus-flat``, ``epsilon-alpha2-beta1``,
-    ``epsilon-alpha2-beta1-flat``, ``excitation-backprop`` by name, with the residual canonizers
-    and zennit's BatchNorm merging.
+    ``epsilon-alpha2-beta1-flat``, ``excitation-backprop`` by name, with zennit's BatchNorm
+    merging, the residual canonizer and its split rule.
 
 The zennit hooks are attached once per run (:meth:`RelevanceBackend.attached`) and are *inactive*
 except inside :meth:`RelevanceBackend.relevance`, so the same forward graph serves the relevance
@@ -36,18 +37,18 @@ pass (modified gradients) and the loss's backward pass (true gradients).
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES, LayerMapComposite
-from zennit.core import BasicHook, Composite, Hook, ParamMod, stabilize
-from zennit.layer import Sum
+from zennit.core import BasicHook, Composite, Hook, Identity, ParamMod
 from zennit.rules import Norm, Pass, ReLUGuidedBackprop
-from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
 from vital.errors import VitalError
 from vital.taps import LayerInfo, to_positions
@@ -90,11 +91,11 @@ NEUTRAL: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d,
     nn.MaxPool2d,
     nn.AdaptiveMaxPool2d,
-    Sum,
 )
 
 # Residual blocks whose skip connection is switched by a boolean attribute: the canonizer turns
-# the flag off (the block then returns its main path) and adds the shortcut through a ``Sum``.
+# the flag off (the block then returns its main path) and adds the shortcut through a
+# ``ResidualSum``.
 RESIDUAL_FLAGS: dict[str, str] = {
     "torchvision.models.mobilenetv2.InvertedResidual": "use_res_connect",
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "has_skip",
@@ -132,102 +133,240 @@ def _classes(paths: Sequence[str]) -> tuple[type, ...]:
 # --- rules --------------------------------------------------------------------------------------
 
 
-class ZPlus(BasicHook):
+class _LeanHook(Hook):
+    """zennit's hook without the defensive copy of every module input.
+
+    zennit clones a module's input after attaching its gradient hook so that in-place modules
+    (``ReLU(inplace=True)``) cannot overwrite it; other modules do not need the copy, which
+    otherwise costs a full read and write of every feature map in every forward pass.
+    """
+
+    def pre_forward(self, module, input):
+        """Attach the input-gradient hook; copy the input only for in-place modules."""
+        if getattr(module, "inplace", False):
+            return super().pre_forward(module, input)
+        hook_ref = weakref.ref(self)
+
+        def wrapper(grad_input, grad_output):
+            hook = hook_ref()
+            if hook is not None and hook.active:
+                return hook.backward(module, grad_input, hook.stored_tensors["grad_output"])
+            return None
+
+        if not isinstance(input, tuple):
+            input = (input,)
+        if not input[0].requires_grad:
+            return input[0] if len(input) == 1 else input
+        post_input = Identity.apply(*input)
+        self.tensor_handles.append(post_input[0].grad_fn.register_hook(wrapper))
+        return post_input[0] if len(post_input) == 1 else post_input
+
+    def post_forward(self, module, input, output):
+        """Catch the relevance arriving at the module output, and skip the module's own backward.
+
+        zennit reads the output gradient in a hook that runs *after* the module's backward node,
+        so every relevance pass also computed the module's true input gradient, only to
+        replace it. A pre-hook reads it before the node runs and, while the rule is active,
+        hands the node no gradient, so the node does no work (the loss's backward pass, with
+        the rule inactive, is untouched).
+        """
+        hook_ref = weakref.ref(self)
+
+        def catch(grad_outputs):
+            hook = hook_ref()
+            if hook is None or not hook.active:
+                return None
+            hook.stored_tensors["grad_output"] = grad_outputs
+            return tuple(None for _ in grad_outputs)
+
+        first = output[0] if isinstance(output, tuple) else output
+        if first.grad_fn is not None:
+            self.tensor_handles.append(first.grad_fn.register_prehook(catch))
+        return output
+
+
+class PassThrough(_LeanHook, Pass):
+    """zennit's ``Pass`` rule (relevance passes unchanged), without the input copy."""
+
+    def copy(self) -> PassThrough:
+        """A fresh hook."""
+        return PassThrough()
+
+
+class ZPlus(_LeanHook, BasicHook):
     """z⁺ for convolutions and linear layers: positive weights, no bias, ε-stabilised.
 
     ``R_i = x_i Σ_j w⁺_ij R_j / (Σ_i x_i w⁺_ij + ε)`` for non-negative inputs. Where inputs can
     be negative (the linear bottlenecks of inverted residuals), negative inputs are paired with
     negative weights as in zennit's ``ZPlus`` (α1β0), which keeps every contribution positive;
     for non-negative inputs that term vanishes and is skipped, so a ReLU network pays one
-    modified forward per layer.
+    modified forward and one transposed convolution per layer. Plain ``Conv2d`` and ``Linear``
+    layers are computed directly with their clamped weights kept for the run; any other
+    subclass (e.g. timm's ``Conv2dSame``) through its own forward with modified parameters.
     """
 
     def __init__(self, stabilizer: float = EPSILON):
         super().__init__()
         self.stabilizer = stabilizer
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def _weight(self, module: nn.Module, sign: str) -> torch.Tensor:
+        # The model is frozen during a run: clamp its weights once per attachment.
+        if sign not in self._weights:
+            weight = module.weight.detach()
+            self._weights[sign] = weight.clamp(min=0) if sign == "+" else weight.clamp(max=0)
+        return self._weights[sign]
 
     def backward(self, module, grad_input, grad_output):
         """Relevance at the module input from the relevance ``grad_output`` at its output."""
         original = self.stored_tensors["input"][0].detach()
-        parts = [(original.clamp(min=0), lambda p, _: p.clamp(min=0))]
+        parts = [(original.clamp(min=0), "+")]
         if bool((original < 0).any()):
-            parts.append((original.clamp(max=0), lambda p, _: p.clamp(max=0)))
+            parts.append((original.clamp(max=0), "-"))
+        if type(module) is nn.Conv2d and module.padding_mode == "zeros":
+            relevance = self._conv2d(module, parts, grad_output[0])
+        elif type(module) is nn.Linear:
+            relevance = self._linear(module, parts, grad_output[0])
+        else:
+            relevance = self._generic(module, parts, grad_output[0])
+        return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
+
+    def _conv2d(self, module, parts, relevance_out):
+        options = {
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "groups": module.groups,
+        }
+        pairs = [(part, self._weight(module, sign)) for part, sign in parts]
+        # Every contribution is ≥ 0 (x⁺w⁺ and x⁻w⁻), so z ≥ 0 and z + ε is zennit's stabiliser.
+        z = sum(F.conv2d(part, w, None, **options) for part, w in pairs)
+        scaled = relevance_out / (z + self.stabilizer)
+        return sum(
+            part * torch.nn.grad.conv2d_input(part.shape, w, scaled, **options) for part, w in pairs
+        )
+
+    def _linear(self, module, parts, relevance_out):
+        pairs = [(part, self._weight(module, sign)) for part, sign in parts]
+        z = sum(F.linear(part, w) for part, w in pairs)
+        scaled = relevance_out / (z + self.stabilizer)
+        return sum(part * (scaled @ w) for part, w in pairs)
+
+    def _generic(self, module, parts, relevance_out):
         inputs, outputs = [], []
         with torch.autograd.enable_grad():
-            for part, modifier in parts:
+            for part, sign in parts:
                 part = part.requires_grad_()
-                mod = ParamMod(modifier, zero_params=["bias"], require_params=False)
-                with mod(module) as modified:
+                clamp = (
+                    (lambda p, _: p.clamp(min=0)) if sign == "+" else (lambda p, _: p.clamp(max=0))
+                )
+                modifier = ParamMod(clamp, zero_params=["bias"], require_params=False)
+                with modifier(module) as modified:
                     outputs.append(modified.forward(part))
                 inputs.append(part)
-            scaled = grad_output[0] / stabilize(sum(outputs), self.stabilizer)
+            scaled = relevance_out / (sum(outputs) + self.stabilizer)
             gradients = torch.autograd.grad(outputs, inputs, grad_outputs=[scaled] * len(outputs))
-        relevance = sum(i * g for i, g in zip(inputs, gradients, strict=True))
-        return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
+        return sum(i * g for i, g in zip(inputs, gradients, strict=True))
 
     def copy(self) -> ZPlus:
         """A fresh hook with the same stabiliser (one hook per module)."""
         return ZPlus(self.stabilizer)
 
 
-class AbsoluteShare(Hook):
-    """Residual sum: each branch receives the share ``|branch| / (Σ |branches| + ε)``."""
+class ResidualSum(nn.Module):
+    """``shortcut + main`` as a module of its own, so that a rule can split relevance."""
+
+    def forward(self, shortcut: torch.Tensor, main: torch.Tensor) -> torch.Tensor:
+        """The residual sum."""
+        return shortcut + main
+
+
+class AbsoluteShare(_LeanHook):
+    """Residual sum: each branch receives the share ``|branch| / (|shortcut| + |main| + ε)``."""
 
     def __init__(self, stabilizer: float = EPSILON):
         super().__init__()
         self.stabilizer = stabilizer
 
     def forward(self, module, input, output):
-        """Keep the stacked branches for the backward pass."""
+        """Keep both branches for the backward pass."""
         self.stored_tensors["input"] = input
 
     def backward(self, module, grad_input, grad_output):
         """Split the relevance of the sum between the branches."""
-        magnitude = self.stored_tensors["input"][0].detach().abs()
-        share = magnitude / (magnitude.sum(dim=module.dim, keepdim=True) + self.stabilizer)
-        return (share * grad_output[0].unsqueeze(module.dim),)
+        shortcut, main = (branch.detach().abs() for branch in self.stored_tensors["input"])
+        scaled = grad_output[0] / (shortcut + main + self.stabilizer)
+        return shortcut * scaled, main * scaled
 
     def copy(self) -> AbsoluteShare:
         """A fresh hook with the same stabiliser."""
         return AbsoluteShare(self.stabilizer)
 
 
-class ResidualSplitCanonizer(Canonizer):
-    """Rewrite residual blocks with a skip flag so the sum runs through a ``Sum`` module.
+def _bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Torchvision's ResNet ``Bottleneck.forward`` with the sum through ``canonizer_sum``."""
+    shortcut = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    return self.relu(self.canonizer_sum(shortcut, self.bn3(self.conv3(out))))
 
-    For a block of a type in :data:`RESIDUAL_FLAGS` whose skip is on, the flag is switched off
-    (the block's own forward then returns the main path only) and a new forward returns
-    ``Sum(stack([shortcut, main]))``; :meth:`remove` restores the flag and the forward.
+
+def _basic_block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Torchvision's ResNet ``BasicBlock.forward`` with the sum through ``canonizer_sum``."""
+    shortcut = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    return self.relu(self.canonizer_sum(shortcut, self.bn2(self.conv2(out))))
+
+
+# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``).
+RESIDUAL_FORWARDS: dict[str, Callable] = {
+    "torchvision.models.resnet.Bottleneck": _bottleneck_forward,
+    "torchvision.models.resnet.BasicBlock": _basic_block_forward,
+}
+
+
+class ResidualSplitCanonizer(Canonizer):
+    """Rewrite known residual blocks so that their sum runs through a :class:`ResidualSum`.
+
+    Blocks in :data:`RESIDUAL_FLAGS` have their skip flag switched off (their own forward then
+    returns the main path) and get a forward returning ``ResidualSum(x, main(x))``; blocks in
+    :data:`RESIDUAL_FORWARDS` get the listed forward, as zennit's ResNet canonizers do.
+    :meth:`remove` restores flags and forwards.
     """
 
-    def __init__(self, flags: Mapping[str, str] | None = None):
-        self.flags = dict(RESIDUAL_FLAGS if flags is None else flags)
+    def __init__(self):
         self.module: nn.Module | None = None
         self.flag = ""
 
     def apply(self, root_module: nn.Module) -> list[Canonizer]:
         """Canonize every applicable block under ``root_module``."""
-        types = dict(zip(_classes(list(self.flags)), self.flags.values(), strict=False))
+        flags = dict(zip(_classes(list(RESIDUAL_FLAGS)), RESIDUAL_FLAGS.values(), strict=False))
+        forwards = dict(
+            zip(_classes(list(RESIDUAL_FORWARDS)), RESIDUAL_FORWARDS.values(), strict=False)
+        )
         instances = []
         for module in root_module.modules():
-            flag = next((f for t, f in types.items() if type(module) is t), None)
-            if flag is not None and getattr(module, flag, False):
-                instance = ResidualSplitCanonizer(self.flags)
-                instance.register(module, flag)
+            flag = flags.get(type(module))
+            if (flag is not None and getattr(module, flag, False)) or type(module) in forwards:
+                instance = ResidualSplitCanonizer()
+                instance.register(module, flag, forwards.get(type(module)))
                 instances.append(instance)
         return instances
 
-    def register(self, module: nn.Module, flag: str) -> None:
-        """Switch the block's skip off and route it through a ``Sum``."""
-        self.module, self.flag = module, flag
+    def register(self, module: nn.Module, flag: str | None, forward: Callable | None) -> None:
+        """Route the block's residual sum through a :class:`ResidualSum`."""
+        self.module, self.flag = module, flag or ""
+        module.canonizer_sum = ResidualSum()
+        if forward is not None:
+            module.forward = forward.__get__(module)
+            return
         main_path = module.forward
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return module.canonizer_sum(torch.stack([x, main_path(x)], dim=-1))
+        def split_forward(x: torch.Tensor) -> torch.Tensor:
+            return module.canonizer_sum(x, main_path(x))
 
         setattr(module, flag, False)
-        module.canonizer_sum = Sum()
-        module.forward = forward
+        module.forward = split_forward
 
     def remove(self) -> None:
         """Restore the block."""
@@ -235,35 +374,35 @@ class ResidualSplitCanonizer(Canonizer):
             return
         del self.module.forward
         del self.module.canonizer_sum
-        setattr(self.module, self.flag, True)
+        if self.flag:
+            setattr(self.module, self.flag, True)
 
     def copy(self) -> ResidualSplitCanonizer:
-        """A fresh canonizer with the same table."""
-        return ResidualSplitCanonizer(self.flags)
-
-
-def residual_canonizers() -> list[Canonizer]:
-    """Canonizers that expose every known residual sum as a ``Sum`` module."""
-    return [ResidualSplitCanonizer(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
+        """A fresh canonizer."""
+        return ResidualSplitCanonizer()
 
 
 def vital_composite() -> Composite:
     """The authors' LRP rule set (METHOD.md section 3) as a zennit composite."""
     return LayerMapComposite(
         layer_map=[
-            (ACTIVATIONS, Pass()),
-            (NORMS, Pass()),
-            (Sum, AbsoluteShare(EPSILON)),
+            (ACTIVATIONS, PassThrough()),
+            (NORMS, PassThrough()),
+            (ResidualSum, AbsoluteShare(EPSILON)),
             (AVERAGE_POOLS, Norm(EPSILON)),
             (LINEAR, ZPlus(EPSILON)),
         ],
-        canonizers=residual_canonizers(),
+        canonizers=[ResidualSplitCanonizer()],
     )
 
 
 def _zennit_composite(name: str) -> Callable[[], Composite]:
     def build() -> Composite:
-        return COMPOSITES[name](canonizers=[SequentialMergeBatchNorm(), *residual_canonizers()])
+        # zennit's composites have no rule for a two-input sum: they get the residual split.
+        return COMPOSITES[name](
+            layer_map=[(ResidualSum, AbsoluteShare(EPSILON))],
+            canonizers=[SequentialMergeBatchNorm(), ResidualSplitCanonizer()],
+        )
 
     return build
 
@@ -467,7 +606,7 @@ def modules_between(
 def check_supported(module: nn.Module, names: set[str], backend: str) -> None:
     """Raise a :class:`VitalError` naming the first module that the LRP rules do not cover."""
     gates = _classes(GATES)
-    neutral = NEUTRAL + _classes(NEUTRAL_BY_NAME)
+    neutral = (*NEUTRAL, ResidualSum, *_classes(NEUTRAL_BY_NAME))
     rules = ACTIVATIONS + NORMS + LINEAR + AVERAGE_POOLS
     counts: dict[int, int] = {}
     for name, child in module.named_modules():
