@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import statistics
 import time
 
 import torch
@@ -57,25 +58,30 @@ def neuron_seconds(model, target, steps: int, relevance: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--relevance", default="lrp")
     arguments = parser.parse_args()
+    threads = torch.get_num_threads()
     lines = [
         f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; torch "
-        f"{torch.__version__}; {torch.get_num_threads()} thread(s); {platform.processor() or 'cpu'}",
+        f"{torch.__version__}; {threads} thread(s); {platform.machine()}; median of "
+        f"{arguments.rounds} interleaved rounds of {arguments.steps} steps each",
         "",
         f"| model | target | bare fwd+bwd (s) | neuron step, {arguments.relevance} (s) | ratio |",
         "|---|---|---|---|---|",
     ]
     for name, weights, target in CASES:
         model = load_model(name, weights=weights)
-        bare = bare_seconds(model, arguments.steps)
-        step = neuron_seconds(model, target, arguments.steps, arguments.relevance)
-        bare_after = bare_seconds(model, arguments.steps)  # the machine is shared: bracket it
-        bare = (bare + bare_after) / 2
+        bare, step = [], []
+        # The machine is shared: interleave the two measurements and keep the medians.
+        for _ in range(arguments.rounds):
+            bare.append(bare_seconds(model, arguments.steps))
+            step.append(neuron_seconds(model, target, arguments.steps, arguments.relevance))
+        bare_s, step_s = statistics.median(bare), statistics.median(step)
         lines.append(
-            f"| {name}{' (random)' if weights else ''} | {target.describe()} | {bare:.3f} | "
-            f"{step:.3f} | {step / bare:.2f}x |"
+            f"| {name}{' (random)' if weights else ''} | {target.describe()} | {bare_s:.3f} | "
+            f"{step_s:.3f} | {step_s / bare_s:.2f}x |"
         )
         print(lines[-1], flush=True)
     print("\n".join(lines))

@@ -1,5 +1,9 @@
 """Inner neurons of the real MobileNetV2: three channels of a late layer, visualised with VITAL.
 
+The default layer is ``features.18``, the last convolution (ReLU6 output, like the ReLU outputs
+of the authors' ResNet-50 ``layer4`` targets). ``features.16``/``features.17`` end in a linear
+bottleneck whose channels are near zero or negative on most inputs; try them with ``--layer``.
+
 References: the embedded photos and crops of them (the best 64 px and 112 px patch of each photo,
 resized to 224), ranked by each channel's spatially averaged activation; the top ones are the
 channel's references. The three channels are the ones these photos activate most (each with a
@@ -8,7 +12,7 @@ relevance. Reported per channel: its activation on the visualisation, on the ini
 the mean over its references. A grid (visualisation, RGBA with the transparency map, top
 references) goes to benchmarks/figures/.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/neurons_mobilenet.py --steps 250
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/neurons_mobilenet.py --steps 300
 """
 
 from __future__ import annotations
@@ -70,16 +74,19 @@ def model_channels(model, layer):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layer", default="features.16")
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--layer", default="features.18")
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--references", type=int, default=12)
     parser.add_argument("--relevance", default="lrp")
+    parser.add_argument("--channels", type=int, nargs="*", help="default: chosen as described")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "neurons_mobilenet")
     arguments = parser.parse_args()
     started = time.perf_counter()
     model = load_model("mobilenet_v2")
     photos = from_samples(list(SAMPLE_PHOTOS), count=len(SAMPLE_PHOTOS))
-    channels = choose_channels(channel_peaks(model, arguments.layer, photos), 3)
+    channels = arguments.channels or choose_channels(
+        channel_peaks(model, arguments.layer, photos), 3
+    )
     targets = [Channel(arguments.layer, k) for k in channels]
     references, scores = {}, {}
     for target in targets:
@@ -106,25 +113,30 @@ def main() -> None:
         views = list(references[target].views(224))[:4]
         images += [to_image(v) for v in views]
         captions += [f"ref act {s:.2f}" for s in scores[target][:4]]
-        labels.append(f"{target.layer}\nchannel {target.index}")
+        labels.append(f"channel {target.index}")
         lines.append(
             f"| {target.index} | {evaluation['activation']:.3f} | "
             f"{evaluation['reference_activation']:.3f} | {evaluation['initial_activation']:.3f} | "
-            f"{evaluation['activation'] / max(evaluation['initial_activation'], 1e-6):.1f}x |"
+            f"{evaluation['activation'] / evaluation['reference_activation']:.2f} |"
         )
     sheet = grid(images, captions, columns=6, cell=160, row_labels=labels)
-    figure = HERE / "figures" / f"neurons_mobilenet_{arguments.layer.replace('.', '_')}.jpg"
+    figure = (
+        HERE / "figures" / f"neurons_mobilenet_{arguments.layer.replace('.', '_')}"
+        f"{'_' + '_'.join(map(str, channels)) if arguments.channels else ''}"
+        f"_{arguments.steps}steps.jpg"
+    )
     figure.parent.mkdir(exist_ok=True)
     sheet.save(figure, quality=88)
     seconds = time.perf_counter() - started
     report = [
         f"MobileNetV2 (embedded ImageNet weights), {arguments.layer}, relevance "
-        f"{arguments.relevance}, {arguments.steps} steps (not the authors' 2000), batch of 3, "
+        f"{arguments.relevance}, {arguments.steps} steps (not the authors' 2000), batch of "
+        f"{len(targets)}, "
         f"{arguments.references} references each; {seconds / 60:.1f} min in all; "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Grid: {figure.name}.",
         "",
         "| channel | activation (visualisation) | mean over references | initial noise | "
-        "vs noise |",
+        "visualisation / references |",
         "|---|---|---|---|---|",
         *lines,
     ]

@@ -6,6 +6,7 @@
 
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError
+from vital.neurons import visualize_neurons
 from vital.optimize import Settings, learning_rate, transparency
 from vital.references import ReferenceSet, from_folder, from_imagenet_class, from_samples
 from vital.store import Result, ResultStore
@@ -40,4 +41,5 @@ __all__ = [
     "load_model",
     "transparency",
     "visualize",
+    "visualize_neurons",
 ]

@@ -185,6 +185,7 @@ def neuron(
         batch_size=batch,
         reference_count=references,
     )
+    typer.echo(f"relevance backend: {results[0].record['relevance']}")
     _report(results, out, "neuron")
 
 
