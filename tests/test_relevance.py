@@ -289,3 +289,70 @@ def test_every_backend_runs_on_mobilenet_blocks():
 def test_unknown_backend_lists_the_known_ones():
     with pytest.raises(VitalError, match="lrp-restricted"):
         get_backend("lrp-fancy")
+
+
+class GatedNet(nn.Module):
+    def __init__(self):
+        from torchvision.ops import SqueezeExcitation
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
+        self.gate = SqueezeExcitation(8, 4)
+        self.top = nn.Conv2d(8, 4, 3, 1, 1)
+
+    def forward(self, x):
+        return self.top(self.gate(self.stem(x)))
+
+
+def test_squeeze_excitation_gate_is_refused_by_lrp():
+    net = GatedNet().eval().requires_grad_(False)
+    with pytest.raises(VitalError, match=r"'gate'.*gate.*grad-x-act"):
+        backend_relevance(
+            net, torch.randn(1, 3, 16, 16), "top", torch.tensor([[1.0, 0, 0, 0]]), taps=["stem"]
+        )
+
+
+class TimmBlockNet(nn.Module):
+    """A stem and a timm EfficientNet inverted residual with its skip (bias-free convolutions,
+    freshly initialised BatchNorm, which relevance passes)."""
+
+    def __init__(self):
+        from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.ReLU())
+        self.block = TimmInvertedResidual(8, 8, exp_ratio=2.0)
+        self.head = nn.Conv2d(8, 6, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)))
+
+
+def test_timm_inverted_residual_matches_explicit_zplus():
+    torch.manual_seed(0)
+    net = TimmBlockNet().eval().requires_grad_(False).double()
+    assert net.block.has_skip
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    layers = list_layers(net, 32)
+    backend = get_backend("lrp")
+    taps = ["stem", "block"]
+    with backend.attached(net, layers, taps, ["head"]), tapped(net, [*taps, "head"]) as tap:
+        assert isinstance(net.block.canonizer_sum, nn.Module)
+        tap(x.clone().requires_grad_(True))
+        relevance = backend.relevance(tap.outputs, {"head": one_hot([2])}, taps)
+    assert net.block.has_skip and "canonizer_sum" not in vars(net.block)["_modules"]
+    # By hand: BatchNorm (fresh, so nearly the identity) and ReLU pass relevance unchanged.
+    b = net.block
+    stem = net.stem(x)
+    h1 = b.bn1(b.conv_pw(stem))
+    h2 = b.bn2(b.conv_dw(h1))
+    main = b.bn3(b.conv_pwl(h2))
+    head = net.head(stem + main)
+    seed = torch.zeros_like(head)
+    seed[:, 2] = head[:, 2]
+    r_block = conv_zplus(stem + main, net.head, seed)
+    r_shortcut, r_main = split(stem, main, r_block)
+    r_h1 = conv_zplus(h1, b.conv_dw, conv_zplus(h2, b.conv_pwl, r_main))
+    r_stem = r_shortcut + conv_zplus(stem, b.conv_pw, r_h1)
+    torch.testing.assert_close(relevance["block"], r_block.flatten(2), atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(relevance["stem"], r_stem.flatten(2), atol=1e-10, rtol=1e-8)

@@ -170,18 +170,26 @@ class _LeanHook(Hook):
         hands the node no gradient, so the node does no work (the loss's backward pass, with
         the rule inactive, is untouched).
         """
-        hook_ref = weakref.ref(self)
-
-        def catch(grad_outputs):
-            hook = hook_ref()
-            if hook is None or not hook.active:
-                return None
-            hook.stored_tensors["grad_output"] = grad_outputs
-            return tuple(None for _ in grad_outputs)
-
         first = output[0] if isinstance(output, tuple) else output
-        if first.grad_fn is not None:
+        if first.grad_fn is None:
+            return output
+        # Nested hooked modules can share one output tensor (timm's BatchNormAct2d and its
+        # activation): one pre-hook per tensor serves every hook that listens to it.
+        listeners = getattr(first, "_vital_relevance_listeners", None)
+        if listeners is None:
+            listeners = []
+            first._vital_relevance_listeners = listeners
+
+            def catch(grad_outputs):
+                hooks = [h for ref in listeners if (h := ref()) is not None and h.active]
+                if not hooks:
+                    return None
+                for hook in hooks:
+                    hook.stored_tensors["grad_output"] = grad_outputs
+                return tuple(None for _ in grad_outputs)
+
             self.tensor_handles.append(first.grad_fn.register_prehook(catch))
+        listeners.append(weakref.ref(self))
         return output
 
 
@@ -229,7 +237,10 @@ class ZPlus(_LeanHook, BasicHook):
             relevance = self._linear(module, parts, grad_output[0])
         else:
             relevance = self._generic(module, parts, grad_output[0])
-        return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
+        # The module's own backward was skipped (see post_forward), so grad_input may be None.
+        return tuple(
+            relevance if g is None or g.shape == relevance.shape else None for g in grad_input
+        )
 
     def _conv2d(self, module, parts, relevance_out):
         options = {
@@ -521,7 +532,7 @@ class RelevanceBackend:
             return
         span = modules_between(layers, taps, targets)
         if self.is_lrp:
-            check_supported(module, span, self.name)
+            check_supported(module, span, self.name, {i.name: i.calls for i in layers})
         composite = self.composite()
         base_map = composite.module_map
 
@@ -603,22 +614,27 @@ def modules_between(
     return {info.name for info in layers if info.start > floor and info.end <= ceiling}
 
 
-def check_supported(module: nn.Module, names: set[str], backend: str) -> None:
-    """Raise a :class:`VitalError` naming the first module that the LRP rules do not cover."""
+def check_supported(
+    module: nn.Module, names: set[str], backend: str, calls: Mapping[str, int] | None = None
+) -> None:
+    """Raise a :class:`VitalError` naming the first module that the LRP rules do not cover.
+
+    ``calls`` (module name → calls per forward pass) flags weighted layers used at several
+    places, whose rule would mix up the inputs of its calls.
+    """
     gates = _classes(GATES)
     neutral = (*NEUTRAL, ResidualSum, *_classes(NEUTRAL_BY_NAME))
     rules = ACTIVATIONS + NORMS + LINEAR + AVERAGE_POOLS
-    counts: dict[int, int] = {}
+    calls = calls or {}
     for name, child in module.named_modules():
         if name not in names:
             continue
-        counts[id(child)] = counts.get(id(child), 0) + 1
         problem = ""
         if isinstance(child, gates):
             problem = "multiplies features by a computed gate, which no LRP rule here covers"
         elif not list(child.children()) and not isinstance(child, rules + neutral):
             problem = "has no LRP rule"
-        elif isinstance(child, LINEAR) and counts[id(child)] > 1:
+        elif isinstance(child, LINEAR) and calls.get(name, 1) > 1:
             problem = "is the same module used at several places"
         if problem:
             raise VitalError(
