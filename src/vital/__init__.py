@@ -7,6 +7,7 @@
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError
 from vital.mining import contact_sheet, mine, mined_references
+from vital.neurons import visualize_neurons
 from vital.optimize import Settings, learning_rate, transparency
 from vital.references import ReferenceSet, from_folder, from_imagenet_class, from_samples
 from vital.store import Result, ResultStore
@@ -44,4 +45,5 @@ __all__ = [
     "mined_references",
     "transparency",
     "visualize",
+    "visualize_neurons",
 ]

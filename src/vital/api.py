@@ -31,7 +31,7 @@ from vital.taps import (
     parse_taps,
     tapped,
 )
-from vital.targets import ClassTarget
+from vital.targets import Channel, ClassTarget, Direction, Target
 from vital.zoo import Model, as_model
 
 References = ReferenceSet | str | Path | Mapping[int, ReferenceSet] | None
@@ -155,7 +155,7 @@ def _evaluation(probabilities: torch.Tensor, index: int, model: Model) -> dict:
 
 def _record(
     model: Model,
-    target: ClassTarget,
+    target: dict,
     references: ReferenceSet,
     taps: Sequence[Tap],
     taps_source: str,
@@ -177,7 +177,7 @@ def _record(
             "fingerprint": model.fingerprint,
             "preprocessing": dataclasses.asdict(model.preprocessing),
         },
-        "target": {"kind": "class", "index": target.index, "name": target.name},
+        "target": target,
         "taps": [{"layer": t.layer, "weight": t.weight} for t in taps],
         "taps_source": taps_source,
         "settings": {**dataclasses.asdict(settings), "seed": run.seeds[item]},
@@ -199,7 +199,7 @@ def _record(
 
 def visualize(
     model: Model | nn.Module | str,
-    targets: Sequence[ClassTarget | int | str] | ClassTarget | int | str,
+    targets: Sequence[Target | int | str] | Target | int | str,
     references: References = None,
     *,
     settings: Settings | None = None,
@@ -213,8 +213,13 @@ def visualize(
     cache_dir: Path | None = None,
     on_result: Callable[[Result], None] | None = None,
     seeds: Sequence[int] | None = None,
+    relevance: str = "lrp",
+    patch_side: int | None = None,
 ) -> list[Result]:
-    """Visualise class targets of ``model`` with VITAL.
+    """Visualise class targets, inner channels or concept directions of ``model`` with VITAL.
+
+    Channel and Direction targets are handed to :func:`vital.neurons.visualize_neurons` (see
+    there for their references); the parameters below describe class targets.
 
     Parameters
     ----------
@@ -249,6 +254,9 @@ def visualize(
         Called with each result as soon as it is finished.
     seeds
         One seed per target; default ``settings.seed + i`` for the ``i``-th target.
+    relevance, patch_side
+        For channel and direction targets only: the relevance backend and the reference mode
+        (see :func:`vital.neurons.visualize_neurons`).
 
     Returns
     -------
@@ -256,8 +264,34 @@ def visualize(
         One per target, in order.
     """
     model = as_model(model, device)
-    if isinstance(targets, (str, int, ClassTarget)):
+    if isinstance(targets, (str, int, ClassTarget, Channel, Direction)):
         targets = [targets]
+    inner = [t for t in targets if isinstance(t, (Channel, Direction))]
+    if inner:
+        if len(inner) != len(targets):
+            raise VitalError(
+                "class targets and channel/direction targets need separate runs; "
+                "visualise them in two calls."
+            )
+        from vital.neurons import visualize_neurons
+
+        return visualize_neurons(
+            model,
+            inner,
+            references,
+            settings=settings,
+            taps=taps,
+            out=out,
+            batch_size=batch_size,
+            reference_count=reference_count,
+            progress=progress,
+            cache_dir=cache_dir,
+            on_result=on_result,
+            relevance=relevance,
+            patch_side=patch_side,
+            seeds=seeds,
+            reference_seed=reference_seed,
+        )
     if not targets:
         raise VitalError("no targets given; name at least one class (--class C).")
     if batch_size < 1:
@@ -311,7 +345,7 @@ def visualize(
         for item, target in enumerate(batch):
             record = _record(
                 model,
-                target,
+                {"kind": "class", "index": target.index, "name": target.name},
                 batch_references[item],
                 chosen_taps,
                 taps_source,

@@ -63,6 +63,12 @@ def _report(results, out: Path, title: str) -> None:
         line = f"  {result.target.describe():32s} -> {result.paths.get('png', '')}"
         if "probability" in evaluation:
             line += f"  p={evaluation['probability']:.3f} rank={evaluation['rank']}"
+        if "activation" in evaluation:
+            line += (
+                f"  activation={evaluation['activation']:.3g} (references "
+                f"{evaluation['reference_activation']:.3g}, noise "
+                f"{evaluation['initial_activation']:.3g})"
+            )
         typer.echo(line)
     sheet = grid([r.image for r in results], [r.target.describe() for r in results])
     path = out / f"{title}-grid.png"
@@ -110,6 +116,77 @@ def class_command(
         reference_count=references,
     )
     _report(results, out, "class")
+
+
+@app.command()
+def neuron(
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Target layer (module name).")],
+    channels: Annotated[
+        list[int] | None, typer.Option("--channel", "-k", help="Channel index; repeat.")
+    ] = None,
+    direction: Annotated[
+        list[Path] | None,
+        typer.Option("--direction", help="A concept: .npy vector over the layer's channels."),
+    ] = None,
+    refs: Annotated[
+        str | None,
+        typer.Option(
+            "--refs",
+            help="Folder of images that activate the targets (e.g. mined top-k); "
+            "'samples' for the embedded photos.",
+        ),
+    ] = None,
+    relevance: Annotated[
+        str, typer.Option("--relevance", help="lrp, lrp-restricted, guided-backprop, grad-x-act…")
+    ] = "lrp",
+    patches: Annotated[
+        int | None,
+        typer.Option("--patches", help="Use the best patch of this side (32 or 64) per image."),
+    ] = None,
+    rank: Annotated[
+        bool, typer.Option("--rank", help="Keep the references that activate the target most.")
+    ] = False,
+    model: ModelName = "mobilenet_v2",
+    references: Annotated[int, typer.Option("--references", help="Reference views (N).")] = 50,
+    weights: Weights = None,
+    taps: TapOption = None,
+    setting: SettingNumber = 1,
+    steps: Steps = None,
+    out: Out = Path("vital-out"),
+    seed: Seed = 0,
+    device: Device = "cpu",
+    resolution: Resolution = None,
+    batch: Batch = 8,
+) -> None:
+    """Visualise inner channels or concept directions with relevance-weighted VITAL."""
+    from vital.neurons import NEURON_PRIOR, direction_target, visualize_neurons
+    from vital.targets import Channel
+
+    if refs is None:
+        raise VitalError(
+            "give reference images with --refs DIR (images that activate the channel, e.g. "
+            "from `vital mine`), or --refs samples for the embedded photos."
+        )
+    targets = [Channel(layer, k) for k in channels or []]
+    targets += [direction_target(layer, path) for path in direction or []]
+    if not targets:
+        raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
+    loaded = _load(model, weights, device)
+    results = visualize_neurons(
+        loaded,
+        targets,
+        refs,
+        settings=_settings(setting, steps, seed, resolution, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR),
+        taps=taps,
+        relevance=relevance,
+        patch_side=patches,
+        rank=rank,
+        out=out,
+        batch_size=batch,
+        reference_count=references,
+    )
+    typer.echo(f"relevance backend: {results[0].record['relevance']}")
+    _report(results, out, "neuron")
 
 
 @app.command()

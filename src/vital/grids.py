@@ -18,6 +18,19 @@ def to_image(pixels: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.I
     return Image.fromarray(array.astype(np.uint8))
 
 
+def display_pixels(pixels: torch.Tensor, low: float = 1.0, high: float = 99.0) -> torch.Tensor:
+    """Clip (3, H, W) pixels to their ``low``-``high`` percentiles and min-max normalise them.
+
+    This is how an image is shown with its transparency map (METHOD.md section 3, as MaCo
+    shows its results).
+    """
+    values = pixels.detach().float()
+    bottom = torch.quantile(values.flatten(), low / 100)
+    top = torch.quantile(values.flatten(), high / 100)
+    clipped = values.clamp(bottom, top)
+    return (clipped - bottom) / (top - bottom).clamp_min(1e-12)
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)

@@ -7,12 +7,15 @@ returns named (B,) loss terms; :func:`vital.optimize.optimize` adds the image pr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from vital.losses import sort_matching_loss
-from vital.references import Prototypes
-from vital.taps import FeatureTap, Tap
+from vital.references import Prototypes, ReferenceSet, average_over_views, cached
+from vital.relevance import RelevanceBackend, target_activation
+from vital.taps import FeatureTap, Tap, tapped
 
 
 class SortMatching:
@@ -57,3 +60,205 @@ class SortMatching:
             for t in self.taps
             if t.weight
         }
+
+
+# --- inner neurons: relevance-weighted sort matching (METHOD.md section 3) --------------------
+
+
+def normalized_relevance(relevance: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each channel's relevance over positions, per image.
+
+    Parameters
+    ----------
+    relevance
+        (B, C, P) relevance.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, P) in [0, 1]; channels with constant relevance become 0.
+    """
+    low = relevance.amin(dim=-1, keepdim=True)
+    span = relevance.amax(dim=-1, keepdim=True) - low
+    return torch.where(span > 0, (relevance - low) / span.clamp_min(1e-12), 0.0)
+
+
+def channel_importance(relevance: torch.Tensor) -> torch.Tensor:
+    """Each channel's largest relevance, min-max normalised across channels, per image: (B, C)."""
+    peak = relevance.amax(dim=-1)
+    low = peak.amin(dim=-1, keepdim=True)
+    span = peak.amax(dim=-1, keepdim=True) - low
+    return torch.where(span > 0, (peak - low) / span.clamp_min(1e-12), 0.0)
+
+
+def weighted_features(features: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Features (B, C, P) times their normalised relevance, which carries no gradient."""
+    return features * normalized_relevance(relevance.detach())
+
+
+@dataclass(frozen=True)
+class NeuronTarget:
+    """What one image of a batch is optimised for: a direction at a layer, read at some taps.
+
+    Attributes
+    ----------
+    layer
+        The target layer.
+    direction
+        (C,) direction over its channels (one-hot for a channel).
+    taps
+        Taps strictly below ``layer`` with their weights.
+    """
+
+    layer: str
+    direction: torch.Tensor
+    taps: tuple[Tap, ...]
+
+
+def neuron_prototypes(
+    model,
+    backend: RelevanceBackend,
+    target: NeuronTarget,
+    references: ReferenceSet,
+    resolution: int,
+    downsample: int = 1,
+    batch_size: int = 8,
+    cache_dir: Path | None = None,
+) -> dict[str, torch.Tensor]:
+    """Relevance-weighted prototypes, channel importance and activation of a target's references.
+
+    Must run while ``backend`` is attached to ``model`` (see
+    :meth:`vital.relevance.RelevanceBackend.attached`).
+
+    Returns
+    -------
+    dict
+        ``prototype:TAP`` → (C, P) mean sorted ``A ⊙ R̂``; ``importance:TAP`` → (C,) mean channel
+        importance; ``activation`` → the references' mean target activation (scalar).
+    """
+    taps = [t.layer for t in target.taps]
+
+    def compute() -> dict[str, torch.Tensor]:
+        with tapped(model.module, [*taps, target.layer], stop_early=True) as tap:
+
+            def summarize(x: torch.Tensor) -> dict[str, torch.Tensor]:
+                with torch.enable_grad():
+                    features = tap(x.requires_grad_(True))
+                directions = target.direction.to(x.device).expand(x.shape[0], -1)
+                relevance = backend.relevance(tap.outputs, {target.layer: directions}, taps)
+                summary = {
+                    "activation": target_activation(tap.outputs[target.layer].detach(), directions)
+                }
+                for name in taps:
+                    weighted = weighted_features(features[name].detach(), relevance[name])
+                    summary[f"prototype:{name}"] = weighted.sort(dim=-1).values
+                    summary[f"importance:{name}"] = channel_importance(relevance[name])
+                return summary
+
+            return average_over_views(
+                model, references, resolution, summarize, downsample, batch_size
+            )
+
+    key = [
+        "neuron-v1",
+        model.fingerprint,
+        taps,
+        target.layer,
+        [round(float(v), 7) for v in target.direction],
+        backend.name,
+        references.identity(),
+        resolution,
+        downsample,
+    ]
+    return cached("neuron-prototypes", key, compute, cache_dir)
+
+
+class RelevanceSortMatching:
+    """VITAL's inner-neuron objective: relevance-weighted sort matching with channel importance.
+
+    Each image of the batch has its own target (a direction at a layer, possibly a different
+    layer per image) and its own taps below it. One forward pass reads every tap and target
+    layer; one relevance pass (the backend's, no gradient to the image) gives each tap's
+    relevance for each image's target; the loss of tap ``l`` for image ``b`` is
+    ``w_bl · mean((A ⊙ R̂ − target)² · importance)``.
+
+    Parameters
+    ----------
+    tap
+        An attached :class:`vital.taps.FeatureTap` reading ``taps`` and the target layers; it
+        must have been attached after ``backend``.
+    backend
+        The attached relevance backend.
+    targets
+        One :class:`NeuronTarget` per image.
+    prototypes
+        Per downsample factor, the :func:`neuron_prototypes` of each image's target.
+    """
+
+    def __init__(
+        self,
+        tap: FeatureTap,
+        backend: RelevanceBackend,
+        targets: Sequence[NeuronTarget],
+        prototypes: dict[int, Sequence[dict[str, torch.Tensor]]],
+    ):
+        self.tap = tap
+        self.backend = backend
+        self.targets = tuple(targets)
+        self.taps = tuple(dict.fromkeys(t.layer for target in targets for t in target.taps))
+        self.weights = torch.tensor(
+            [[_weight(target, name) for name in self.taps] for target in targets]
+        )
+        self._prototypes = prototypes
+        self._stacked: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def directions(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """Target layer → (B, C) directions, zero rows for images targeting another layer."""
+        directions: dict[str, torch.Tensor] = {}
+        for row, target in enumerate(self.targets):
+            if target.layer not in directions:
+                directions[target.layer] = torch.zeros(
+                    len(self.targets), target.direction.numel(), device=device
+                )
+            directions[target.layer][row] = target.direction.to(device)
+        return directions
+
+    def _stack(self, factor: int, like: dict[str, torch.Tensor]):
+        # (B, C, P) prototypes and (B, C, 1) importance per tap; zeros where a tap is unused.
+        if factor not in self._stacked:
+            stacked = {}
+            for name in self.taps:
+                shape = like[name].shape[1:]
+                prototypes, importance = [], []
+                for summary in self._prototypes[factor]:
+                    prototypes.append(summary.get(f"prototype:{name}", torch.zeros(shape)))
+                    importance.append(summary.get(f"importance:{name}", torch.zeros(shape[0])))
+                device = like[name].device
+                stacked[name] = (
+                    torch.stack(prototypes).to(device),
+                    torch.stack(importance).unsqueeze(-1).to(device),
+                )
+            self._stacked[factor] = stacked
+        return self._stacked[factor]
+
+    def __call__(self, model_input: torch.Tensor, factor: int) -> dict[str, torch.Tensor]:
+        """Per-tap weighted losses, each (B,)."""
+        if not model_input.requires_grad:
+            # Relevance needs a graph from the taps to the target even for a constant input.
+            model_input = model_input.detach().requires_grad_(True)
+        features = self.tap(model_input)
+        relevance = self.backend.relevance(
+            self.tap.outputs, self.directions(model_input.device), self.taps
+        )
+        stacked = self._stack(factor, features)
+        weights = self.weights.to(model_input.device)
+        terms = {}
+        for column, name in enumerate(self.taps):
+            prototype, importance = stacked[name]
+            weighted = weighted_features(features[name], relevance[name])
+            terms[name] = weights[:, column] * sort_matching_loss(weighted, prototype, importance)
+        return terms
+
+
+def _weight(target: NeuronTarget, layer: str) -> float:
+    return next((t.weight for t in target.taps if t.layer == layer), 0.0)

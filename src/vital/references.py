@@ -319,6 +319,117 @@ def is_imagenet_tree(folder: str | Path) -> bool:
     )
 
 
+# --- top-activating references: whole images or their best patches (METHOD.md section 3) -------
+
+# Patch sides on the 224 crop used by the authors' second mining stage.
+PATCH_SIDES = (32, 64)
+
+
+def patch_boxes(size: int, side: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """Top-left corners of square patches that fit in a ``size`` × ``size`` crop, row by row.
+
+    Patches have ``side`` px and start every ``stride`` px (default half a side).
+    """
+    if not 0 < side <= size:
+        raise VitalError(f"a patch side must be between 1 and {size} pixels, not {side}.")
+    stride = stride or max(side // 2, 1)
+    starts = list(range(0, size - side + 1, stride))
+    return [(left, top) for top in starts for left in starts]
+
+
+def cut_patches(crop: torch.Tensor, side: int, resolution: int) -> tuple[torch.Tensor, list]:
+    """All patches of a (3, R, R) crop, each resized to ``resolution``: ((N, 3, r, r), corners)."""
+    corners = patch_boxes(crop.shape[-1], side)
+    patches = torch.stack([crop[:, top : top + side, left : left + side] for left, top in corners])
+    resized = F.interpolate(patches, size=(resolution, resolution), mode="bilinear")
+    return resized.clamp(0, 1), corners
+
+
+def _patch_source(source: ImageSource, corner: tuple[int, int], side: int, resolution: int):
+    """An image source showing one patch, such that its centre-crop view is the patch."""
+
+    def load() -> Image.Image:
+        image = to_rgb(source.open())
+        short = round(resolution * 256 / 224)
+        scale = short / min(image.size)
+        width, height = (
+            max(short, round(image.width * scale)),
+            max(short, round(image.height * scale)),
+        )
+        resized = image.resize((width, height), Image.Resampling.BILINEAR)
+        left0, top0 = (width - resolution) // 2, (height - resolution) // 2
+        grown = min(round(side * 256 / 224), width, height)
+        centre_x = left0 + corner[0] + side / 2
+        centre_y = top0 + corner[1] + side / 2
+        left = int(min(max(round(centre_x - grown / 2), 0), width - grown))
+        top = int(min(max(round(centre_y - grown / 2), 0), height - grown))
+        return resized.crop((left, top, left + grown, top + grown))
+
+    identity = f"{source.identity}#patch{side}@{corner[0]},{corner[1]}/{resolution}"
+    label = f"{source.label or 'image'} patch {side}px at {corner}"
+    return ImageSource(identity, load, label)
+
+
+def top_references(
+    references: ReferenceSet,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    resolution: int,
+    count: int | None = None,
+    patch_side: int | None = None,
+    batch_size: int = 32,
+) -> tuple[ReferenceSet, list[float]]:
+    """Rank the distinct images of a set by a score, optionally by their best patch.
+
+    Parameters
+    ----------
+    references
+        Candidate images (their distinct sources; augmented views are not scored).
+    score
+        Maps pixels in [0, 1], (N, 3, r, r), to one score per image (e.g. a channel's
+        spatially averaged activation).
+    resolution
+        Side of the centre crop and of the resized patches.
+    count
+        How many images to keep (default: the set's count).
+    patch_side
+        ``None`` for whole images; else square patches of this side on the crop (stride half
+        a side), each resized to ``resolution``, of which each image keeps its best.
+    batch_size
+        Patches or crops scored per forward pass.
+
+    Returns
+    -------
+    ReferenceSet, scores
+        The best ``count`` images (or patches), best first, with their scores.
+    """
+    count = count or references.count
+    scored: list[tuple[float, ImageSource]] = []
+    sources = [(s, image) for s in references.sources if (image := open_rgb(s)) is not None]
+    if not sources:
+        raise VitalError(f"none of the reference images could be read ({references.description}).")
+    if patch_side is None:
+        crops = torch.stack([center_crop(image, resolution) for _, image in sources])
+        values = torch.cat([score(chunk) for chunk in crops.split(batch_size)])
+        scored = [(float(v), s) for v, (s, _) in zip(values, sources, strict=True)]
+    else:
+        for source, image in sources:
+            patches, corners = cut_patches(center_crop(image, resolution), patch_side, resolution)
+            values = torch.cat([score(chunk) for chunk in patches.split(batch_size)])
+            best = int(values.argmax())
+            patch = _patch_source(source, corners[best], patch_side, resolution)
+            scored.append((float(values[best]), patch))
+    scored.sort(key=lambda pair: -pair[0])
+    kept = scored[:count]
+    mode = f"best {patch_side}px patch of each image" if patch_side else "whole images"
+    chosen = ReferenceSet(
+        tuple(s for _, s in kept),
+        count,
+        references.seed,
+        f"top {len(kept)} of {references.description} by target activation ({mode})",
+    )
+    return chosen, [v for v, _ in kept]
+
+
 # --- prototypes -------------------------------------------------------------------------------
 
 
@@ -328,6 +439,72 @@ def default_cache_dir() -> Path:
 
 
 Prototypes = dict[str, torch.Tensor]
+
+
+def cached(kind: str, key: object, compute: Callable[[], dict], cache_dir: Path | None = None):
+    """Return ``compute()``, stored on disk under ``cache_dir/kind`` keyed by ``key`` (JSON).
+
+    ``cache_dir`` defaults to :func:`default_cache_dir`; a false-y value other than ``None``
+    disables the cache.
+    """
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    cache_file = Path(cache_dir) / kind / f"{digest}.pt" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        return torch.load(cache_file, map_location="cpu", weights_only=True)
+    value = compute()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(".tmp")
+        torch.save(value, temporary)
+        temporary.replace(cache_file)
+    return value
+
+
+def average_over_views(
+    model,
+    references: ReferenceSet,
+    resolution: int,
+    summarize: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    downsample: int = 1,
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """Stream the references' views through ``summarize`` and average each output over views.
+
+    Parameters
+    ----------
+    model
+        A :class:`vital.zoo.Model` (for its device and normalisation).
+    references
+        The reference set.
+    resolution
+        Side of the square views.
+    summarize
+        Maps a batch of model inputs (B, 3, h, w) to named (B, ...) tensors; only one batch of
+        them is in memory at a time.
+    downsample
+        Average-pool factor applied to the views before the model.
+    batch_size
+        Views per forward pass.
+
+    Returns
+    -------
+    dict
+        Name → mean over all views, on CPU.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    seen = 0
+    for batch in _batches(references.views(resolution), batch_size):
+        x = model.preprocessing.normalize(batch.to(model.device, model.dtype))
+        if downsample > 1:
+            x = F.avg_pool2d(x, downsample)
+        for name, values in summarize(x).items():
+            total = values.detach().sum(
+                dim=0, dtype=torch.promote_types(values.dtype, torch.float32)
+            )
+            sums[name] = sums[name] + total if name in sums else total
+        seen += batch.shape[0]
+    return {name: (total / seen).cpu() for name, total in sums.items()}
 
 
 def compute_prototypes(
@@ -364,35 +541,20 @@ def compute_prototypes(
     dict
         Tap name → (C, P) prototype on CPU.
     """
-    key = hashlib.sha256(
-        json.dumps(
-            [model.fingerprint, list(layers), references.identity(), resolution, downsample]
-        ).encode()
-    ).hexdigest()[:24]
-    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    cache_file = Path(cache_dir) / "prototypes" / f"{key}.pt" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        return torch.load(cache_file, map_location="cpu", weights_only=True)
 
-    device = model.device
-    sums: dict[str, torch.Tensor] = {}
-    seen = 0
-    with tapped(model.module, layers, stop_early=True) as tap, torch.no_grad():
-        for batch in _batches(references.views(resolution), batch_size):
-            x = model.preprocessing.normalize(batch.to(device, model.dtype))
-            if downsample > 1:
-                x = F.avg_pool2d(x, downsample)
-            for name, features in tap(x).items():
-                sorted_sum = features.sort(dim=-1).values.sum(dim=0)
-                sums[name] = sums[name] + sorted_sum if name in sums else sorted_sum
-            seen += batch.shape[0]
-    prototypes = {name: (total / seen).cpu() for name, total in sums.items()}
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(".tmp")
-        torch.save(prototypes, temporary)
-        temporary.replace(cache_file)
-    return prototypes
+    def compute() -> Prototypes:
+        with tapped(model.module, layers, stop_early=True) as tap, torch.no_grad():
+            return average_over_views(
+                model,
+                references,
+                resolution,
+                lambda x: {name: f.sort(dim=-1).values for name, f in tap(x).items()},
+                downsample,
+                batch_size,
+            )
+
+    key = [model.fingerprint, list(layers), references.identity(), resolution, downsample]
+    return cached("prototypes", key, compute, cache_dir)
 
 
 def _batches(views: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
@@ -407,6 +569,7 @@ def _batches(views: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]
 
 
 __all__ = [
+    "PATCH_SIDES",
     "ImageSource",
     "ReferenceSet",
     "compute_prototypes",
@@ -415,4 +578,5 @@ __all__ = [
     "from_samples",
     "sample_photos_for_class",
     "sorted_prototype",
+    "top_references",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vital.grids import to_image
+from vital.grids import display_pixels, to_image
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -100,7 +100,11 @@ class ResultStore:
             connection.executescript(_SCHEMA)
 
     def write(self, result: Result) -> Result:
-        """Write the PNG, JSON record (and RGBA + alpha when present); index it."""
+        """Write the PNG, JSON record (and RGBA + alpha when present); index it.
+
+        The RGBA image shows the pixels clipped to their 1st-99th percentiles and min-max
+        normalised, with the alpha map as fourth channel.
+        """
         stem = result.stem
         png = self.folder / f"{stem}.png"
         _atomic_write(png, lambda p: result.image.save(p, format="PNG"))
@@ -108,7 +112,7 @@ class ResultStore:
         if result.alpha is not None:
             rgba = self.folder / f"{stem}-rgba.png"
             alpha_file = self.folder / f"{stem}-alpha.npy"
-            image = to_image(result.pixels, result.alpha)
+            image = to_image(display_pixels(result.pixels), result.alpha)
             _atomic_write(rgba, lambda p: image.save(p, format="PNG"))
             _atomic_write(alpha_file, lambda p: _save_array(p, result.alpha))
             result.paths.update(rgba=rgba, alpha=alpha_file)

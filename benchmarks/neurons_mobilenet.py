@@ -1,0 +1,147 @@
+"""Inner neurons of the real MobileNetV2: three channels of a late layer, visualised with VITAL.
+
+The default layer is ``features.18``, the last convolution (ReLU6 output, like the ReLU outputs
+of the authors' ResNet-50 ``layer4`` targets). ``features.16``/``features.17`` end in a linear
+bottleneck whose channels are near zero or negative on most inputs; try them with ``--layer``.
+
+References: the embedded photos and crops of them (the best 64 px and 112 px patch of each photo,
+resized to 224), ranked by each channel's spatially averaged activation; the top ones are the
+channel's references. The three channels are the ones these photos activate most (each with a
+different best photo, so the three differ). All three are optimised in one batch with ``lrp``
+relevance. Reported per channel: its activation on the visualisation, on the initial noise and
+the mean over its references. A grid (visualisation, RGBA with the transparency map, top
+references) goes to benchmarks/figures/.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/neurons_mobilenet.py --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from pathlib import Path
+
+import torch
+
+from vital import Channel, Settings, from_samples, load_model
+from vital.grids import display_pixels, grid, to_image
+from vital.neurons import NEURON_PRIOR, target_score, visualize_neurons
+from vital.references import SAMPLE_PHOTOS, ReferenceSet, center_crop, open_rgb, top_references
+from vital.taps import tapped
+
+HERE = Path(__file__).parent
+
+
+def channel_peaks(model, layer: str, photos: ReferenceSet) -> torch.Tensor:
+    """(photos, channels) mean activation of each photo's 224 crop."""
+    crops = torch.stack([center_crop(open_rgb(s), 224) for s in photos.sources])
+    with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
+        return tap(model.preprocessing.normalize(crops))[layer].mean(dim=-1)
+
+
+def choose_channels(activations: torch.Tensor, count: int) -> list[int]:
+    """Channels with the highest activation on some photo, each with a different best photo."""
+    best_value, best_photo = activations.max(dim=0)
+    chosen, photos = [], set()
+    for channel in best_value.argsort(descending=True).tolist():
+        if int(best_photo[channel]) not in photos:
+            chosen.append(channel)
+            photos.add(int(best_photo[channel]))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def references_for(model, layer, channel, photos, count):
+    direction = torch.zeros(model_channels(model, layer))
+    direction[channel] = 1
+    score = target_score(model, layer, direction)
+    ranked = []
+    for side in (None, 112, 64):
+        chosen, scores = top_references(photos, score, 224, len(photos.sources), side)
+        ranked += list(zip(scores, chosen.sources, strict=True))
+    ranked.sort(key=lambda pair: -pair[0])
+    top = ranked[:count]
+    description = f"top {count} of the embedded photos and their 64/112 px crops"
+    return ReferenceSet(tuple(s for _, s in top), count, 0, description), [v for v, _ in top]
+
+
+def model_channels(model, layer):
+    with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
+        return tap(torch.zeros(1, 3, 224, 224))[layer].shape[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layer", default="features.18")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--references", type=int, default=12)
+    parser.add_argument("--relevance", default="lrp")
+    parser.add_argument("--channels", type=int, nargs="*", help="default: chosen as described")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "neurons_mobilenet")
+    arguments = parser.parse_args()
+    started = time.perf_counter()
+    model = load_model("mobilenet_v2")
+    photos = from_samples(list(SAMPLE_PHOTOS), count=len(SAMPLE_PHOTOS))
+    channels = arguments.channels or choose_channels(
+        channel_peaks(model, arguments.layer, photos), 3
+    )
+    targets = [Channel(arguments.layer, k) for k in channels]
+    references, scores = {}, {}
+    for target in targets:
+        references[target], scores[target] = references_for(
+            model, arguments.layer, target.index, photos, arguments.references
+        )
+    settings = Settings(steps=arguments.steps, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR)
+    results = visualize_neurons(
+        model,
+        targets,
+        references,
+        settings=settings,
+        relevance=arguments.relevance,
+        out=arguments.out,
+        batch_size=len(targets),
+    )
+    images, captions, labels = [], [], []
+    lines = []
+    for result in results:
+        target = result.target
+        evaluation = result.record["evaluation"]
+        images += [result.image, to_image(display_pixels(result.pixels), result.alpha)]
+        captions += [f"VITAL act {evaluation['activation']:.2f}", "RGBA (transparency)"]
+        views = list(references[target].views(224))[:4]
+        images += [to_image(v) for v in views]
+        captions += [f"ref act {s:.2f}" for s in scores[target][:4]]
+        labels.append(f"channel {target.index}")
+        lines.append(
+            f"| {target.index} | {evaluation['activation']:.3f} | "
+            f"{evaluation['reference_activation']:.3f} | {evaluation['initial_activation']:.3f} | "
+            f"{evaluation['activation'] / evaluation['reference_activation']:.2f} |"
+        )
+    sheet = grid(images, captions, columns=6, cell=160, row_labels=labels)
+    figure = (
+        HERE / "figures" / f"neurons_mobilenet_{arguments.layer.replace('.', '_')}"
+        f"{'_' + '_'.join(map(str, channels)) if arguments.channels else ''}"
+        f"_{arguments.steps}steps.jpg"
+    )
+    figure.parent.mkdir(exist_ok=True)
+    sheet.save(figure, quality=88)
+    seconds = time.perf_counter() - started
+    report = [
+        f"MobileNetV2 (embedded ImageNet weights), {arguments.layer}, relevance "
+        f"{arguments.relevance}, {arguments.steps} steps (not the authors' 2000), batch of "
+        f"{len(targets)}, "
+        f"{arguments.references} references each; {seconds / 60:.1f} min in all; "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Grid: {figure.name}.",
+        "",
+        "| channel | activation (visualisation) | mean over references | initial noise | "
+        "visualisation / references |",
+        "|---|---|---|---|---|",
+        *lines,
+    ]
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Inner-neuron objective, references, API and CLI on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vital import Channel, Direction, Settings, visualize
+from vital.cli import app
+from vital.errors import VitalError
+from vital.losses import sort_matching_loss
+from vital.neurons import neuron_taps, visualize_neurons
+from vital.objectives import (
+    NeuronTarget,
+    RelevanceSortMatching,
+    channel_importance,
+    neuron_prototypes,
+    normalized_relevance,
+)
+from vital.references import ImageSource, ReferenceSet, cut_patches, patch_boxes, top_references
+from vital.relevance import get_backend
+from vital.taps import Tap, list_layers, tapped
+
+# --- weighting -------------------------------------------------------------------------------
+
+
+def test_normalized_relevance_and_importance_match_loops():
+    torch.manual_seed(0)
+    relevance = torch.randn(2, 3, 5)
+    relevance[1, 2] = 0.7  # a constant channel
+    normalized = normalized_relevance(relevance)
+    importance = channel_importance(relevance)
+    for b in range(2):
+        peaks = [max(relevance[b, c].tolist()) for c in range(3)]
+        for c in range(3):
+            values = relevance[b, c].tolist()
+            low, high = min(values), max(values)
+            for p in range(5):
+                expected = 0.0 if high == low else (values[p] - low) / (high - low)
+                assert abs(float(normalized[b, c, p]) - expected) < 1e-6
+            expected = (peaks[c] - min(peaks)) / (max(peaks) - min(peaks))
+            assert abs(float(importance[b, c]) - expected) < 1e-6
+
+
+def _target(model, layer, index, taps=None):
+    layers = list_layers(model.module, 32)
+    chosen, _ = neuron_taps(model, layers, layer, taps)
+    channels = {i.name: i for i in layers}[layer].channels
+    direction = torch.zeros(channels)
+    direction[index] = 1
+    return NeuronTarget(layer, direction, chosen), layers
+
+
+def _summaries(model, backend, targets, image_folder):
+    from vital.references import from_folder
+
+    references = from_folder(image_folder, count=3)
+    return {1: [neuron_prototypes(model, backend, t, references, 32) for t in targets]}
+
+
+@pytest.mark.parametrize("backend_name", ["grad-x-act", "lrp"])
+def test_weighting_uses_no_gradient_through_relevance(tiny_cnn, image_folder, backend_name):
+    target, layers = _target(tiny_cnn, "stage3", 4)
+    taps = [t.layer for t in target.taps]
+    backend = get_backend(backend_name)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with backend.attached(tiny_cnn.module, layers, taps, ["stage3"]):
+        summaries = _summaries(tiny_cnn, backend, [target], image_folder)
+        with tapped(tiny_cnn.module, [*taps, "stage3"]) as tap:
+            image = x.clone().requires_grad_(True)
+            objective = RelevanceSortMatching(tap, backend, [target], summaries)
+            sum(objective(image, 1).values()).sum().backward()
+            gradient = image.grad
+            # The same loss with the relevance computed first and held as a constant.
+            image = x.clone().requires_grad_(True)
+            features = tap(image)
+            relevance = backend.relevance(
+                tap.outputs, {"stage3": target.direction.view(1, -1)}, taps
+            )
+            fixed = {name: normalized_relevance(relevance[name]).clone() for name in taps}
+    summary = summaries[1][0]
+
+    def loss_with(weights):
+        return sum(
+            t.weight
+            * sort_matching_loss(
+                features[t.layer] * weights[t.layer],
+                summary[f"prototype:{t.layer}"],
+                summary[f"importance:{t.layer}"].view(-1, 1),
+            )
+            for t in target.taps
+        ).sum()
+
+    (expected,) = torch.autograd.grad(loss_with(fixed), image, retain_graph=True)
+    torch.testing.assert_close(gradient, expected, atol=1e-6, rtol=1e-5)
+    if backend_name == "grad-x-act":
+        # Letting the gradient flow through the relevance (via the activation it multiplies)
+        # changes the result, so the comparison above can fail.
+        leaky = {
+            name: normalized_relevance(
+                (relevance[name] / features[name].detach().clamp_min(1e-12)) * features[name]
+            )
+            for name in taps
+        }
+        (other,) = torch.autograd.grad(loss_with(leaky), image)
+        assert not torch.allclose(other, expected, atol=1e-6)
+
+
+def test_batched_neuron_objective_equals_one_at_a_time(tiny_cnn, image_folder):
+    backend = get_backend("lrp")
+    first, layers = _target(tiny_cnn, "stage3", 2)
+    second, _ = _target(tiny_cnn, "stage2", 5)
+    taps = list(dict.fromkeys(t.layer for n in (first, second) for t in n.taps))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def losses(targets, images):
+        summaries = _summaries(tiny_cnn, backend, targets, image_folder)
+        layers_needed = list(dict.fromkeys(t.layer for t in targets))
+        with tapped(tiny_cnn.module, [*taps, *layers_needed]) as tap:
+            objective = RelevanceSortMatching(tap, backend, targets, summaries)
+            return sum(objective(images, 1).values())
+
+    with backend.attached(tiny_cnn.module, layers, taps, ["stage2", "stage3"]):
+        together = losses([first, second], x)
+        alone = torch.cat([losses([first], x[:1]), losses([second], x[1:])])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)
+    assert first.taps != second.taps  # different layers, different taps
+
+
+def test_neuron_taps_are_below_the_target_with_stem_weight(tiny_cnn):
+    layers = list_layers(tiny_cnn.module, 32)
+    order = {i.name: i for i in layers}
+    taps, _ = neuron_taps(tiny_cnn, layers, "stage3")
+    assert taps[0].weight == 0.1 and all(t.weight == 1 for t in taps[1:])
+    assert all(order[t.layer].end < order["stage3"].start for t in taps)
+    assert "stage3" not in [t.layer for t in taps]
+    with pytest.raises(VitalError, match="below"):
+        neuron_taps(tiny_cnn, layers, "stage2", [Tap("stage3")])
+    with pytest.raises(VitalError, match="no feature tap"):
+        neuron_taps(tiny_cnn, layers, "stem")
+
+
+# --- references: patches -----------------------------------------------------------------------
+
+
+def test_patch_boxes_cover_the_crop_with_half_side_stride():
+    corners = patch_boxes(224, 64)
+    assert len(corners) == 6 * 6
+    assert corners[1] == (32, 0) and corners[-1] == (160, 160)
+    assert len(patch_boxes(224, 32)) == 13 * 13
+
+
+def test_cut_patches_resize_the_right_region():
+    crop = torch.zeros(3, 64, 64)
+    crop[0, 32:48, 16:32] = 1.0  # a red square at left 16, top 32
+    patches, corners = cut_patches(crop, 16, 32)
+    index = corners.index((16, 32))
+    assert patches.shape == (len(corners), 3, 32, 32)
+    assert torch.allclose(patches[index, 0], torch.ones(32, 32))
+    assert patches[corners.index((0, 0)), 0].abs().max() == 0
+
+
+def _red_square_image(path: Path, left: int, top: int) -> Path:
+    array = np.full((128, 128, 3), 40, dtype=np.uint8)
+    array[top : top + 48, left : left + 48] = (255, 0, 0)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_top_references_keep_the_best_patch_of_each_image(tmp_path):
+    paths = [
+        _red_square_image(tmp_path / "a.png", 64, 24),
+        _red_square_image(tmp_path / "b.png", 16, 60),
+    ]
+    references = ReferenceSet(tuple(ImageSource.from_path(p) for p in paths), 2, 0, "test")
+
+    def redness(pixels):
+        return (pixels[:, 0] - pixels[:, 1]).mean(dim=(1, 2))
+
+    chosen, scores = top_references(references, redness, 64, patch_side=16)
+    assert len(chosen.sources) == 2 and scores[0] >= scores[1] > 0.9
+    for view in chosen.views(64):
+        # Each view is the best patch (inside a red square), resized to the input size.
+        assert float(redness(view[None])) > 0.8
+    whole, whole_scores = top_references(references, redness, 64, count=1)
+    assert len(whole.sources) == 1 and whole_scores[0] < scores[1]
+
+
+# --- API and CLI -------------------------------------------------------------------------------
+
+
+def test_end_to_end_neuron_run_writes_image_rgba_alpha_and_record(tiny_cnn, image_folder, tmp_path):
+    results = visualize(
+        tiny_cnn,
+        [Channel("stage3", 2), Direction("stage2", tuple([0.5] * 16), "half")],
+        image_folder,
+        settings=Settings(steps=6, warmup=2, tv_l2=3e-7, l2=3e-7),
+        out=tmp_path / "out",
+        reference_count=3,
+        progress=False,
+    )
+    assert len(results) == 2
+    for result in results:
+        for kind in ("png", "rgba", "alpha", "json"):
+            assert result.paths[kind].is_file()
+        record = json.loads(result.paths["json"].read_text())
+        assert record["relevance"] == "lrp"
+        evaluation = record["evaluation"]
+        assert {"activation", "reference_activation", "initial_activation"} <= set(evaluation)
+        alpha = np.load(result.paths["alpha"])
+        assert alpha.shape == (32, 32) and 0 <= alpha.min() and alpha.max() == pytest.approx(1)
+        assert Image.open(result.paths["rgba"]).mode == "RGBA"
+    assert results[0].record["target"] == {"kind": "channel", "layer": "stage3", "index": 2}
+    assert [t["weight"] for t in results[0].record["taps"]][0] == 0.1
+
+
+def test_final_activation_is_recomputed_independently(tiny_cnn, image_folder):
+    (result,) = visualize_neurons(
+        tiny_cnn,
+        [Channel("stage3", 1)],
+        image_folder,
+        settings=Settings(steps=4, warmup=1),
+        reference_count=2,
+        progress=False,
+    )
+    image = tiny_cnn.preprocessing.normalize(result.pixels[None])
+    with torch.no_grad(), tapped(tiny_cnn.module, ["stage3"]) as tap:
+        tap(image)
+        expected = tap.outputs["stage3"][0, 1].mean()
+    assert result.record["evaluation"]["activation"] == pytest.approx(float(expected), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--layer", "stage3", "--channel", "1"], "--refs"),
+        (["--layer", "stage3", "--refs", "REFS"], "--channel K"),
+        (["--layer", "stage9", "--channel", "1", "--refs", "REFS"], "stage9"),
+        (["--layer", "stage3", "--channel", "99", "--refs", "REFS"], "16 channels"),
+        (
+            ["--layer", "stage3", "--channel", "1", "--refs", "REFS", "--relevance", "x"],
+            "grad-x-act",
+        ),
+        (["--layer", "stem", "--channel", "1", "--refs", "REFS"], "no feature tap"),
+        (["--layer", "stage3", "--direction", "DIR", "--refs", "REFS"], "has 3 values"),
+        (["--layer", "stage3", "--channel", "1", "--refs", "/nonexistent"], "does not exist"),
+    ],
+)
+def test_neuron_cli_errors(monkeypatch, tiny_cnn, image_folder, tmp_path, arguments, message):
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    np.save(tmp_path / "dir.npy", np.ones(3, dtype=np.float32))
+    arguments = [
+        str(image_folder) if a == "REFS" else str(tmp_path / "dir.npy") if a == "DIR" else a
+        for a in arguments
+    ]
+    result = CliRunner().invoke(app, ["neuron", *arguments, "--steps", "2", "--out", str(tmp_path)])
+    assert isinstance(result.exception, VitalError), result.output
+    assert message in str(result.exception)
+
+
+def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    direction = tmp_path / "concept.npy"
+    np.save(direction, np.linspace(-1, 1, 16).astype(np.float32))
+    result = CliRunner().invoke(
+        app,
+        [
+            "neuron", "--layer", "stage3", "--channel", "3", "--direction", str(direction),
+            "--refs", str(image_folder), "--steps", "3", "--out", str(tmp_path / "o"),
+            "--patches", "16", "--references", "2", "--relevance", "grad-x-act",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "activation=" in result.output
+    records = [json.loads(p.read_text()) for p in (tmp_path / "o").glob("*.json")]
+    assert {r["target"]["kind"] for r in records} == {"channel", "direction"}
+    assert all(r["relevance"] == "grad-x-act" for r in records)
+    assert all(r["references"]["mode"] == "best 16px patch per image" for r in records)
+    assert (tmp_path / "o" / "neuron-grid.png").is_file()
+
+
+def test_mixing_class_and_channel_targets_is_refused(tiny_cnn):
+    with pytest.raises(VitalError, match="separate runs"):
+        visualize(tiny_cnn, [3, Channel("stage3", 1)], progress=False)

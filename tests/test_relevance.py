@@ -1,0 +1,358 @@
+"""Relevance backends against an explicit, slow z⁺ implementation written here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import BasicBlock
+
+from vital.errors import VitalError
+from vital.relevance import BACKENDS, get_backend
+from vital.taps import list_layers, tapped
+
+EPS = 1e-5
+
+
+class TwoBlockNet(nn.Module):
+    """Stem, a ResNet basic block, a MobileNetV2 inverted residual (linear bottleneck), a head."""
+
+    def __init__(self, norm: bool = True, head_bias: bool = True):
+        super().__init__()
+        norm_layer = nn.BatchNorm2d if norm else nn.Identity
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), norm_layer(8), nn.ReLU())
+        self.block1 = BasicBlock(8, 8, norm_layer=norm_layer)
+        self.block2 = InvertedResidual(8, 8, 1, 2, norm_layer=norm_layer)
+        self.head = nn.Conv2d(8, 6, 3, 1, 1, bias=head_bias)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.head(self.block2(self.block1(self.stem(x))))).flatten(1))
+
+
+def make_net(seed: int = 0, **kwargs) -> TwoBlockNet:
+    torch.manual_seed(seed)
+    net = TwoBlockNet(**kwargs)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return net.eval().requires_grad_(False).double()
+
+
+TAPS = ["stem", "block1"]
+
+
+def backend_relevance(net, x, layer, directions, backend="lrp", taps=TAPS):
+    layers = list_layers(net, x.shape[-1])
+    chosen = get_backend(backend)
+    with (
+        chosen.attached(net, layers, taps, [layer]),
+        tapped(net, [*taps, layer], stop_early=True) as tap,
+    ):
+        tap(x.clone().requires_grad_(True))
+        return chosen.relevance(tap.outputs, {layer: directions}, taps)
+
+
+# --- the explicit reference -------------------------------------------------------------------
+
+
+def conv_zplus(x, conv, relevance_out):
+    """z⁺ through one convolution, written out: positive inputs with positive weights plus
+    negative inputs with negative weights, bias ignored, ε-stabilised denominator."""
+    w_pos, w_neg = conv.weight.clamp(min=0), conv.weight.clamp(max=0)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    options = dict(stride=conv.stride, padding=conv.padding, groups=conv.groups)
+    z = F.conv2d(x_pos, w_pos, **options) + F.conv2d(x_neg, w_neg, **options)
+    s = relevance_out / (z + EPS * ((z == 0).double() + z.sign()))
+    back = lambda w: torch.nn.grad.conv2d_input(x.shape, w, s, **options)  # noqa: E731
+    return x_pos * back(w_pos) + x_neg * back(w_neg)
+
+
+def split(shortcut, main, relevance):
+    total = shortcut.abs() + main.abs() + EPS
+    return shortcut.abs() / total * relevance, main.abs() / total * relevance
+
+
+def bn(module, x):
+    if isinstance(module, nn.Identity):
+        return x
+    return F.batch_norm(
+        x, module.running_mean, module.running_var, module.weight, module.bias, False, 0, 1e-5
+    )
+
+
+def explicit_relevance(net: TwoBlockNet, x, channels):
+    """Forward by hand, then relevance from ``head`` channel k of each image down to the taps."""
+    stem = F.relu(bn(net.stem[1], F.conv2d(x, net.stem[0].weight, None, 2, 1)))
+    b1 = net.block1
+    u = F.relu(bn(b1.bn1, F.conv2d(stem, b1.conv1.weight, None, 1, 1)))
+    main1 = bn(b1.bn2, F.conv2d(u, b1.conv2.weight, None, 1, 1))
+    block1 = F.relu(main1 + stem)
+    expand, depthwise, project, project_bn = net.block2.conv
+    h1 = F.relu6(bn(expand[1], F.conv2d(block1, expand[0].weight)))
+    h2 = F.relu6(bn(depthwise[1], F.conv2d(h1, depthwise[0].weight, None, 1, 1, 1, h1.shape[1])))
+    main2 = bn(project_bn, F.conv2d(h2, project.weight))
+    block2 = block1 + main2
+    head = F.conv2d(block2, net.head.weight, net.head.bias, 1, 1)
+
+    mask = torch.zeros_like(head)
+    for b, k in enumerate(channels):
+        mask[b, k] = 1
+    r_head = head * mask
+    r_block2 = conv_zplus(block2, net.head, r_head)
+    r_short2, r_main2 = split(block1, main2, r_block2)
+    r_h2 = conv_zplus(h2, project, r_main2)  # BatchNorm passes
+    r_h1 = conv_zplus(h1, depthwise[0], r_h2)  # ReLU6 and BatchNorm pass
+    r_block1 = r_short2 + conv_zplus(block1, expand[0], r_h1)
+    r_short1, r_main1 = split(stem, main1, r_block1)  # the final ReLU passes
+    r_u = conv_zplus(u, b1.conv2, r_main1)
+    r_stem = r_short1 + conv_zplus(stem, b1.conv1, r_u)
+    return {"stem": r_stem.flatten(2), "block1": r_block1.flatten(2)}, head
+
+
+def one_hot(channels, count=6):
+    directions = torch.zeros(len(channels), count, dtype=torch.float64)
+    for row, k in enumerate(channels):
+        directions[row, k] = 1
+    return directions
+
+
+def test_lrp_matches_explicit_zplus():
+    net = make_net()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    channels = [0, 3, 5]
+    expected, _ = explicit_relevance(net, x, channels)
+    got = backend_relevance(net, x, "head", one_hot(channels))
+    for tap in TAPS:
+        assert expected[tap].abs().max() > 1e-3  # relevance actually arrives
+        torch.testing.assert_close(got[tap], expected[tap], atol=1e-5, rtol=1e-5)
+
+
+def test_lrp_differs_from_plain_gradient_times_activation():
+    # The explicit comparison above must be able to fail: grad × act gives other numbers.
+    net = make_net()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected, _ = explicit_relevance(net, x, [0, 1])
+    other = backend_relevance(net, x, "head", one_hot([0, 1]), backend="grad-x-act")
+    assert not torch.allclose(other["stem"], expected["stem"], atol=1e-3)
+
+
+def test_model_is_restored_after_attaching():
+    net = make_net()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    before = net(x)
+    backend_relevance(net, x, "head", one_hot([0, 1]))
+    assert net.block2.use_res_connect is True
+    assert "forward" not in vars(net.block2) and "forward" not in vars(net.block1)
+    torch.testing.assert_close(net(x), before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["lrp", "lrp-restricted", "grad-x-act"])
+def test_relevance_is_zero_outside_receptive_field(backend):
+    net = make_net()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    layers = list_layers(net, 64)
+    chosen = get_backend(backend)
+    # A spatial target: channel 2 of `head` at one position only, given as a seed mask.
+    row, column = 10, 21
+    with chosen.attached(net, layers, TAPS, ["head"]), tapped(net, [*TAPS, "head"]) as tap:
+        tap(x.clone().requires_grad_(True))
+        head = tap.outputs["head"]
+        restricted = backend == "lrp-restricted"
+        if not restricted:
+            # Keep only one position of the head by zeroing every other position's output.
+            keep = torch.zeros_like(head)
+            keep[..., row, column] = 1
+            tap.outputs["head"] = head * keep
+        relevance = chosen.relevance(tap.outputs, {"head": one_hot([2])}, TAPS)
+        if restricted:
+            flat = head.detach()[0].flatten(1)
+            cosine = flat[2] / flat.norm(dim=0)
+            row, column = divmod(int(cosine.argmax()), head.shape[-1])
+    # Receptive radius at block1's output: head 3×3 and the depthwise 3×3 (2); at the stem,
+    # plus block1's two 3×3 convolutions (4). Maps are 32×32.
+    for tap_name, radius in (("block1", 2), ("stem", 4)):
+        values = relevance[tap_name][0].view(8, 32, 32).abs().sum(0)
+        inside = torch.zeros_like(values, dtype=torch.bool)
+        inside[
+            max(row - radius, 0) : row + radius + 1, max(column - radius, 0) : column + radius + 1
+        ] = True
+        assert values[inside].sum() > 0
+        assert values[~inside].abs().max() == 0
+
+
+def test_zplus_conserves_relevance_through_bias_free_layers():
+    net = make_net(norm=False, head_bias=False)
+    # Large activations make the stabiliser ε negligible, so conservation must be near exact.
+    x = 1e4 * torch.randn(
+        2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    channels = [1, 4]
+    _, head = explicit_relevance(net, x, channels)
+    got = backend_relevance(net, x, "head", one_hot(channels))
+    seed_sum = torch.stack([head[b, k].sum() for b, k in enumerate(channels)])
+    seed_size = torch.stack([head[b, k].abs().sum() for b, k in enumerate(channels)])
+    for tap in TAPS:
+        error = (got[tap].sum(dim=(1, 2)) - seed_sum).abs() / seed_size
+        assert error.max() < 1e-5
+
+
+def test_batched_targets_of_different_layers_equal_one_at_a_time():
+    net = make_net()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    layers = list_layers(net, 32)
+    backend = get_backend("lrp")
+    # Image 0 targets head channel 3, image 1 targets block2 channel 5.
+    head_directions = one_hot([3, 0])
+    head_directions[1] = 0
+    block_directions = torch.zeros(2, 8, dtype=torch.float64)
+    block_directions[1, 5] = 1
+    with (
+        backend.attached(net, layers, TAPS, ["head", "block2"]),
+        tapped(net, [*TAPS, "block2", "head"]) as tap,
+    ):
+        tap(x.clone().requires_grad_(True))
+        batched = backend.relevance(
+            tap.outputs, {"head": head_directions, "block2": block_directions}, TAPS
+        )
+    alone_head = backend_relevance(net, x[:1], "head", one_hot([3]))
+    alone_block = backend_relevance(net, x[1:], "block2", block_directions[1:], taps=TAPS)
+    for tap_name in TAPS:
+        torch.testing.assert_close(batched[tap_name][:1], alone_head[tap_name], atol=1e-12, rtol=0)
+        torch.testing.assert_close(batched[tap_name][1:], alone_block[tap_name], atol=1e-12, rtol=0)
+        assert alone_block[tap_name].abs().sum() > 0
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
+        self.middle = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.top = nn.Conv2d(8, 4, 3, 1, 1)
+
+    def forward(self, x):
+        return self.top(self.middle(self.stem(x)))
+
+
+def test_unsupported_layer_is_named_and_grad_x_act_suggested():
+    torch.manual_seed(0)
+    net = GroupNormNet().eval().requires_grad_(False)
+    x = torch.randn(1, 3, 16, 16)
+    directions = torch.tensor([[1.0, 0, 0, 0]])
+    with pytest.raises(VitalError) as error:
+        backend_relevance(net, x, "top", directions, taps=["stem"])
+    assert "'middle.1'" in str(error.value) and "GroupNorm" in str(error.value)
+    assert "grad-x-act" in str(error.value)
+    # The suggested fallback works on the same model.
+    relevance = backend_relevance(net, x, "top", directions, backend="grad-x-act", taps=["stem"])
+    assert relevance["stem"].abs().sum() > 0
+
+
+def test_true_gradients_while_rules_are_attached():
+    net = make_net()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    layers = list_layers(net, 32)
+
+    def loss_gradient():
+        image = x.clone().requires_grad_(True)
+        with tapped(net, [*TAPS, "head"]) as tap:
+            tap(image)
+            if backend is not None:
+                backend.relevance(tap.outputs, {"head": one_hot([0, 1])}, TAPS)
+            loss = sum(o.pow(2).sum() for o in tap.outputs.values())
+        loss.backward()
+        return image.grad
+
+    backend = None
+    plain = loss_gradient()
+    backend = get_backend("lrp")
+    with backend.attached(net, layers, TAPS, ["head"]):
+        attached = loss_gradient()
+    torch.testing.assert_close(attached, plain, atol=1e-12, rtol=0)
+
+
+def test_every_backend_runs_on_mobilenet_blocks():
+    net = make_net()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    for name in BACKENDS:
+        relevance = backend_relevance(net, x, "head", one_hot([1]), backend=name)
+        assert relevance["stem"].shape == (1, 8, 256)
+        assert torch.isfinite(relevance["stem"]).all()
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(VitalError, match="lrp-restricted"):
+        get_backend("lrp-fancy")
+
+
+class GatedNet(nn.Module):
+    def __init__(self):
+        from torchvision.ops import SqueezeExcitation
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
+        self.gate = SqueezeExcitation(8, 4)
+        self.top = nn.Conv2d(8, 4, 3, 1, 1)
+
+    def forward(self, x):
+        return self.top(self.gate(self.stem(x)))
+
+
+def test_squeeze_excitation_gate_is_refused_by_lrp():
+    net = GatedNet().eval().requires_grad_(False)
+    with pytest.raises(VitalError, match=r"'gate'.*gate.*grad-x-act"):
+        backend_relevance(
+            net, torch.randn(1, 3, 16, 16), "top", torch.tensor([[1.0, 0, 0, 0]]), taps=["stem"]
+        )
+
+
+class TimmBlockNet(nn.Module):
+    """A stem and a timm EfficientNet inverted residual with its skip (bias-free convolutions,
+    freshly initialised BatchNorm, which relevance passes)."""
+
+    def __init__(self):
+        from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.ReLU())
+        self.block = TimmInvertedResidual(8, 8, exp_ratio=2.0)
+        self.head = nn.Conv2d(8, 6, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)))
+
+
+def test_timm_inverted_residual_matches_explicit_zplus():
+    torch.manual_seed(0)
+    net = TimmBlockNet().eval().requires_grad_(False).double()
+    assert net.block.has_skip
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    layers = list_layers(net, 32)
+    backend = get_backend("lrp")
+    taps = ["stem", "block"]
+    with backend.attached(net, layers, taps, ["head"]), tapped(net, [*taps, "head"]) as tap:
+        assert isinstance(net.block.canonizer_sum, nn.Module)
+        tap(x.clone().requires_grad_(True))
+        relevance = backend.relevance(tap.outputs, {"head": one_hot([2])}, taps)
+    assert net.block.has_skip and "canonizer_sum" not in vars(net.block)["_modules"]
+    # By hand: BatchNorm (fresh, so nearly the identity) and ReLU pass relevance unchanged.
+    b = net.block
+    stem = net.stem(x)
+    h1 = b.bn1(b.conv_pw(stem))
+    h2 = b.bn2(b.conv_dw(h1))
+    main = b.bn3(b.conv_pwl(h2))
+    head = net.head(stem + main)
+    seed = torch.zeros_like(head)
+    seed[:, 2] = head[:, 2]
+    r_block = conv_zplus(stem + main, net.head, seed)
+    r_shortcut, r_main = split(stem, main, r_block)
+    r_h1 = conv_zplus(h1, b.conv_dw, conv_zplus(h2, b.conv_pwl, r_main))
+    r_stem = r_shortcut + conv_zplus(stem, b.conv_pw, r_h1)
+    torch.testing.assert_close(relevance["block"], r_block.flatten(2), atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(relevance["stem"], r_stem.flatten(2), atol=1e-10, rtol=1e-8)
