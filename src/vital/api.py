@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vital.baselines import visualize_baseline
 from vital.errors import VitalError
 from vital.objectives import SortMatching
 from vital.optimize import Run, Settings, initial_images, optimize
@@ -210,8 +211,10 @@ def visualize(
     progress: bool = True,
     cache_dir: Path | None = None,
     on_result: Callable[[Result], None] | None = None,
+    method: str = "vital",
+    method_options: Mapping[str, object] | None = None,
 ) -> list[Result]:
-    """Visualise class targets of ``model`` with VITAL.
+    """Visualise class targets of ``model`` with VITAL (or a baseline, see ``method``).
 
     Parameters
     ----------
@@ -241,6 +244,12 @@ def visualize(
         Prototype cache folder (default ``$VITAL_CACHE`` or ``~/.cache/vital``).
     on_result
         Called with each result as soon as it is finished.
+    method
+        ``"vital"``, or a baseline to compare with: ``"fourier"``, ``"maco"``,
+        ``"deepinversion"`` (:mod:`vital.baselines`; they use no references, and
+        ``settings=None`` gives each its published defaults).
+    method_options
+        A baseline's options, e.g. ``{"spectrum_source": "photos/"}`` for MaCo.
 
     Returns
     -------
@@ -248,6 +257,18 @@ def visualize(
         One per target, in order.
     """
     model = as_model(model, device)
+    if method != "vital":
+        return visualize_baseline(
+            method,
+            model,
+            targets,
+            options=method_options,
+            settings=settings,
+            out=out,
+            batch_size=batch_size,
+            progress=progress,
+            on_result=on_result,
+        )
     if isinstance(targets, (str, int, ClassTarget)):
         targets = [targets]
     if not targets:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,57 @@ def initial_images(count: int, resolution: int, seed: int, device: torch.device)
     return torch.stack(images).to(device)
 
 
+class Parametrization(Protocol):
+    """What the loop optimises: trainable tensors and the images they make.
+
+    The default is :class:`Pixels` (the image itself); the baselines use Fourier
+    parametrisations (:mod:`vital.baselines`).
+    """
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The tensors Adam updates."""
+        ...
+
+    def images(self) -> torch.Tensor:
+        """The current images, (B, 3, R, R) in the model's normalised input space."""
+        ...
+
+    def project(self) -> None:
+        """Called after every step (e.g. to clamp); may do nothing."""
+        ...
+
+
+class Pixels:
+    """The image itself, initialised from N(0, 1) and clamped to valid pixels after each step."""
+
+    def __init__(
+        self,
+        count: int,
+        resolution: int,
+        seed: int,
+        device: torch.device,
+        preprocessing: Preprocessing,
+        clamp: bool = True,
+    ):
+        self.x = initial_images(count, resolution, seed, device).requires_grad_(True)
+        self.low, self.high = preprocessing.bounds(self.x)
+        self.clamp = clamp
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The pixels."""
+        return [self.x]
+
+    def images(self) -> torch.Tensor:
+        """The pixels (a leaf tensor)."""
+        return self.x
+
+    def project(self) -> None:
+        """Clamp every colour channel to the range that maps to [0, 1] pixels."""
+        if self.clamp:
+            with torch.no_grad():
+                self.x.copy_(torch.maximum(torch.minimum(self.x, self.high), self.low))
+
+
 def _jitter(
     x: torch.Tensor, generators: list[torch.Generator], reach: int, flip: bool
 ) -> torch.Tensor:
@@ -184,6 +236,7 @@ def optimize(
     settings: Settings,
     device: torch.device,
     progress: bool | str = True,
+    parametrization: Parametrization | None = None,
 ) -> Run:
     """Optimise ``count`` images against ``objective``.
 
@@ -205,14 +258,27 @@ def optimize(
         Where to optimise.
     progress
         Show a progress bar; a string is used as its label.
+    parametrization
+        What is optimised (default: :class:`Pixels` from ``settings.seed``, clamped when
+        ``settings.clamp``). Its images must be ``count`` images at the settings' resolution;
+        ``gradient_magnitude`` then accumulates |∂L/∂image| of those images.
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
-    x = initial_images(count, resolution, settings.seed, device).requires_grad_(True)
+    if parametrization is None:
+        parametrization = Pixels(
+            count, resolution, settings.seed, device, preprocessing, settings.clamp
+        )
     generators = [torch.Generator().manual_seed(settings.seed + i) for i in range(count)]
-    low, high = preprocessing.bounds(x)
     history: list[torch.Tensor] = []
-    gradient_magnitude = torch.zeros_like(x)
+    gradient_magnitude = torch.zeros(count, 3, resolution, resolution, device=device)
+    with torch.no_grad():
+        shape = tuple(parametrization.images().shape)
+    if shape != tuple(gradient_magnitude.shape):
+        raise VitalError(
+            f"the parametrisation makes images of shape {shape}, expected "
+            f"{tuple(gradient_magnitude.shape)} (count, 3, resolution, resolution)."
+        )
     terms: dict[str, torch.Tensor] = {}
     total_steps = sum(steps for steps, _ in settings.stages())
     bar = tqdm(
@@ -226,12 +292,15 @@ def optimize(
     try:
         for steps, factor in settings.stages():
             optimizer = torch.optim.Adam(
-                [x], lr=settings.lr, betas=settings.betas, eps=settings.eps
+                parametrization.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps
             )
             warmup = min(settings.warmup, max(steps - 1, 1))
             for step in range(steps):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, settings.lr, warmup)
+                x = parametrization.images()
+                if not x.is_leaf:
+                    x.retain_grad()  # for the transparency map
                 jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
                 model_input = F.avg_pool2d(jittered, factor) if factor > 1 else jittered
                 terms = {
@@ -244,15 +313,14 @@ def optimize(
                 total.sum().backward()
                 gradient_magnitude += x.grad.abs()
                 optimizer.step()
-                if settings.clamp:
-                    with torch.no_grad():
-                        x.copy_(torch.maximum(torch.minimum(x, high), low))
+                parametrization.project()
                 history.append(total.detach().cpu())
                 bar.set_postfix(loss=f"{total.mean().item():.4g}", refresh=False)
                 bar.update()
     finally:
         bar.close()
-    images = x.detach()
+    with torch.no_grad():
+        images = parametrization.images().detach()
     return Run(
         images=images,
         pixels=preprocessing.denormalize(images).clamp(0, 1),
