@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from vital.references import (
     is_imagenet_tree,
     sample_photos_for_class,
 )
-from vital.store import Result, ResultStore
+from vital.store import Result, ResultStore, record_header
 from vital.taps import (
     PRESET_PRIORS,
     Tap,
@@ -165,19 +164,9 @@ def _record(
     item: int,
     batch_size: int,
 ) -> dict:
-    from vital import __version__
-
     history = run.history[:, item]
     return {
-        "method": "vital",
-        "vital_version": __version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model": {
-            "name": model.name,
-            "weights": model.weights_source,
-            "fingerprint": model.fingerprint,
-            "preprocessing": dataclasses.asdict(model.preprocessing),
-        },
+        **record_header("vital", model),
         "target": {"kind": "class", "index": target.index, "name": target.name},
         "taps": [{"layer": t.layer, "weight": t.weight} for t in taps],
         "taps_source": taps_source,

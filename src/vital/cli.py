@@ -150,6 +150,10 @@ def compare_command(
             "--refs", help="VITAL's references and the metrics' real images (default: photos)."
         ),
     ] = None,
+    real_refs: Annotated[
+        str | None,
+        typer.Option("--real-refs", help="Held-out real images for FID/realism (default: --refs)."),
+    ] = None,
     references: Annotated[int, typer.Option("--references", help="Images per class.")] = 50,
     weights: Weights = None,
     steps: Annotated[
@@ -175,6 +179,7 @@ def compare_command(
         methods,
         judge=judged,
         references=refs,
+        real_references=real_refs,
         steps=steps,
         seed=seed,
         out=out,

@@ -110,6 +110,7 @@ def compare(
     *,
     judge: Model | str | None = None,
     references: References = None,
+    real_references: References = None,
     steps: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
@@ -134,7 +135,10 @@ def compare(
     judge
         A second, independent model for top-1/top-5 recognisability and realism.
     references
-        VITAL's references and the real images of the metrics (default: embedded photos).
+        VITAL's references (default: embedded photos).
+    real_references
+        Real images for FID and realism, per class like ``references`` (default: the same
+        as ``references``, which makes both metrics in-sample for VITAL).
     steps
         Optimisation steps, the same for every method (default: each method's own).
     seed
@@ -162,7 +166,10 @@ def compare(
     judge_model = as_model(judge) if judge is not None else None
     fid_model = as_model(fid_model) if fid_model is not None else model
     options = dict(method_options or {})
-    real, real_labels = _real_images(model, targets, references, reference_count, seed + 1)
+    held_out = real_references is not None
+    real, real_labels = _real_images(
+        model, targets, real_references if held_out else references, reference_count, seed + 1
+    )
     labels = [t.index for t in targets]
     comparison = Comparison(model.name, judge_model.name if judge_model else None, targets, {})
     for method in names:
@@ -183,7 +190,7 @@ def compare(
         comparison.summary[-1]["fid"] = metrics.fid(
             torch.stack([r.pixels for r in results]), real, fid_model, fid_layer
         )
-    comparison.notes += _notes(comparison, real, clip_weights)
+    comparison.notes += _notes(comparison, held_out)
     _clip(comparison, clip_weights, model)
     return comparison
 
@@ -237,7 +244,7 @@ def _score(
     )
 
 
-def _notes(comparison: Comparison, real: torch.Tensor, clip_weights) -> list[str]:
+def _notes(comparison: Comparison, held_out: bool) -> list[str]:
     judge = comparison.judge or f"{comparison.model} (no judge given: the explained model)"
     first = comparison.summary[0]["fid"] if comparison.summary else None
     notes = [
@@ -254,11 +261,12 @@ def _notes(comparison: Comparison, real: torch.Tensor, clip_weights) -> list[str
             "dominated by noise and small-sample bias: read it as a rough distance, not as a "
             "number comparable to published FIDs."
         )
-    notes.append(
-        "Real images are the classes' reference images (views drawn with another seed); "
-        "VITAL matches its references' feature distributions, so FID and realism are "
-        "in-sample for VITAL."
-    )
+    if not held_out:
+        notes.append(
+            "Real images are the classes' reference images (views drawn with another seed); "
+            "VITAL matches its references' feature distributions, so FID and realism are "
+            "in-sample for VITAL."
+        )
     return notes
 
 

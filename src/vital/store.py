@@ -7,6 +7,8 @@ half-written record.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import sqlite3
 import time
@@ -32,6 +34,23 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (slug, method, model, seed)
 )
 """
+
+
+def record_header(method: str, model) -> dict:
+    """The first entries of every record: method, version, time, and the model's identity."""
+    from vital import __version__
+
+    return {
+        "method": method,
+        "vital_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": {
+            "name": model.name,
+            "weights": model.weights_source,
+            "fingerprint": model.fingerprint,
+            "preprocessing": dataclasses.asdict(model.preprocessing),
+        },
+    }
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.optimize import Objective, Parametrization, Settings, optimize, transparency
-from vital.store import Result, ResultStore
+from vital.store import Result, ResultStore, record_header
 from vital.taps import check_layer, tapped
 from vital.targets import Channel, ClassTarget
 from vital.zoo import Model, Preprocessing
@@ -242,8 +241,6 @@ def run_baseline(
     Each record has VITAL's layout (``method``, ``model``, ``target``, ``settings``, ``seed``,
     ``final_loss``, ``loss_history``, ``evaluation`` ...) plus the method's ``options``.
     """
-    from vital import __version__
-
     if isinstance(targets, (str, int, ClassTarget, Channel)):
         targets = [targets]
     resolved = resolve_targets(model, targets)
@@ -278,15 +275,7 @@ def run_baseline(
         for item, target in enumerate(batch):
             history = run.history[:, item]
             record = {
-                "method": baseline.name,
-                "vital_version": __version__,
-                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "model": {
-                    "name": model.name,
-                    "weights": model.weights_source,
-                    "fingerprint": model.fingerprint,
-                    "preprocessing": dataclasses.asdict(model.preprocessing),
-                },
+                **record_header(baseline.name, model),
                 "target": target_record(target),
                 "settings": {**dataclasses.asdict(batch_settings), "seed": run.seeds[item]},
                 "options": baseline.options(),
