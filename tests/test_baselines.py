@@ -35,20 +35,26 @@ def _logits(model, pixels: torch.Tensor) -> torch.Tensor:
         return model.module(model.preprocessing.normalize(pixels))
 
 
+# MaCo at the model's resolution with large crops: the objective test needs no 512 px canvas.
+OPTIONS = {"maco": {"canvas": None, "box_start": 0.9, "box_end": 0.6}}
+
+
 def _initial_pixels(name, model, count, settings):
-    parametrization = get_baseline(name).parametrization(model, count, settings)
+    parametrization = get_baseline(name, OPTIONS.get(name)).parametrization(model, count, settings)
     with torch.no_grad():
         return model.preprocessing.denormalize(parametrization.images()).clamp(0, 1)
 
 
 @pytest.mark.parametrize("name", ["fourier", "maco"])
 def test_activation_baselines_raise_the_class_logit(name, sensitive_cnn):
-    settings = settings_for(name, sensitive_cnn, steps=100)
+    settings = settings_for(name, sensitive_cnn, steps=100, resolution=32)
     targets = [1, 4]
     random_images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(9))
     spread = _logits(sensitive_cnn, random_images).std(dim=0)
     before = _logits(sensitive_cnn, _initial_pixels(name, sensitive_cnn, 2, settings))
-    results = visualize_baseline(name, sensitive_cnn, targets, settings=settings, progress=False)
+    results = visualize_baseline(
+        name, sensitive_cnn, targets, options=OPTIONS.get(name), settings=settings, progress=False
+    )
     after = _logits(sensitive_cnn, torch.stack([r.pixels for r in results]))
     for item, target in enumerate(targets):
         # a rise of a third of the logit's spread over random images at least
@@ -78,10 +84,12 @@ def test_deepinversion_lowers_its_loss(sensitive_cnn):
 
 @pytest.mark.parametrize("name", ["fourier", "maco"])
 def test_activation_baselines_raise_a_channel(name, tiny_cnn):
-    settings = settings_for(name, tiny_cnn, steps=40)
+    settings = settings_for(name, tiny_cnn, steps=40, resolution=32)
     targets = [Channel("stage2", 3), Channel("stage1", 0)]
     initial = _initial_pixels(name, tiny_cnn, 2, settings)
-    results = visualize_baseline(name, tiny_cnn, targets, settings=settings, progress=False)
+    results = visualize_baseline(
+        name, tiny_cnn, targets, options=OPTIONS.get(name), settings=settings, progress=False
+    )
     final = torch.stack([r.pixels for r in results])
     layers = {}
     hooks = [
@@ -129,8 +137,8 @@ def test_natural_spectrum_matches_a_direct_computation(tmp_path):
 def test_maco_keeps_the_magnitude_spectrum_fixed(tmp_path, tiny_cnn):
     write_images(tmp_path / "photos", 3, size=32)
     source = from_folder(tmp_path / "photos", count=6)
-    maco = get_baseline("maco", {"spectrum_source": source, "crops": 2})
-    settings = settings_for("maco", tiny_cnn, steps=25)
+    maco = get_baseline("maco", {"spectrum_source": source, "crops": 2, "canvas": None})
+    settings = settings_for("maco", tiny_cnn, steps=25, resolution=32)
     natural = natural_spectrum(source.views(32), 32)
     parametrization = maco.parametrization(tiny_cnn, 2, settings)
     with torch.no_grad():
@@ -159,7 +167,10 @@ def test_maco_records_a_transparency_map(tiny_cnn, tmp_path):
         tiny_cnn, [3], method="maco", settings=settings, out=tmp_path, progress=False
     )
     alpha = results[0].alpha
-    assert alpha is not None and alpha.shape == (32, 32)
+    # the default 512 px canvas, as in Xplique; the record scores it resized to 32 px
+    assert results[0].pixels.shape == (3, 512, 512)
+    assert alpha is not None and alpha.shape == (512, 512)
+    assert results[0].record["options"]["canvas"] == 512
     assert 0 <= float(alpha.min()) and float(alpha.max()) == pytest.approx(1.0)
     assert results[0].paths["rgba"].is_file() and results[0].paths["alpha"].is_file()
 

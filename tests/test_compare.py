@@ -6,10 +6,10 @@ import csv
 import json
 
 import pytest
-from conftest import tiny_cnn_model, write_images
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import tiny_cnn_model, write_images
 from vital.cli import app
 from vital.compare import METHODS, compare, parse_methods, write_report
 from vital.errors import VitalError

@@ -137,6 +137,7 @@ def affine_views(
     angle: torch.Tensor,
     shift: torch.Tensor,
     fill: torch.Tensor,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Zoom, rotate and shift each image about its centre; what falls outside is ``fill``.
 
@@ -152,12 +153,15 @@ def affine_views(
         (N, 2) offsets of the view's centre in units of the image's half side.
     fill
         (3,) value shown outside the image (e.g. grey in the model's input space).
+    size
+        Side of the views (default: the images' side).
     """
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1
     ).to(x)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    side = size or x.shape[-1]
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], side, side], align_corners=False)
     fill = fill.to(x).view(1, 3, 1, 1)
     return F.grid_sample(x - fill, grid, align_corners=False, padding_mode="zeros") + fill
 
@@ -210,13 +214,17 @@ def target_record(target: BaselineTarget) -> dict:
 
 @torch.no_grad()
 def evaluate(model: Model, targets: Sequence[BaselineTarget], images: torch.Tensor) -> list[dict]:
-    """Target probability, rank and top-5 (classes), or the channel's mean activation."""
-    from vital.metrics import target_scores
+    """Target probability, rank and top-5 (classes), or the channel's mean activation.
 
+    Images of another size than the model's input (MaCo's canvas) are resized first.
+    """
+    from vital.metrics import model_input, target_scores
+
+    pixels = model.preprocessing.denormalize(images).clamp(0, 1)
     if isinstance(targets[0], Channel):
         with activation_objective(model, targets) as objective:
-            return [{"activation": float(a)} for a in objective.activation(images)]
-    pixels = model.preprocessing.denormalize(images)
+            activations = objective.activation(model_input(model, pixels))
+        return [{"activation": float(a)} for a in activations]
     return target_scores(model, pixels, [t.index for t in targets])
 
 
