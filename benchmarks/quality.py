@@ -7,7 +7,7 @@ of steps; each keeps its own published optimiser settings otherwise.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/quality.py --steps 300
 
-writes benchmarks/figures/quality-grid.png, quality-table.md / .csv, and appends the table to
+writes benchmarks/figures/quality-grid.jpg, quality-table.md / .csv, and appends the table to
 benchmarks/RESULTS.md (with --append).
 """
 
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from vital.compare import METHODS, compare, table_markdown, write_report
 from vital.zoo import load_model
@@ -63,7 +64,8 @@ def main() -> None:
     minutes = (time.perf_counter() - started) / 60
     paths = write_report(comparison, args.out)
     args.figures.mkdir(parents=True, exist_ok=True)
-    shutil.copy(paths["grid"], args.figures / "quality-grid.png")
+    # JPEG: the noisy textures of feature visualisations make a PNG of this grid ~1 MB.
+    Image.open(paths["grid"]).save(args.figures / "quality-grid.jpg", quality=88)
     shutil.copy(paths["table"], args.figures / "quality-table.md")
     shutil.copy(paths["csv"], args.figures / "quality-table.csv")
     print(paths["table"].read_text())
@@ -84,7 +86,7 @@ def main() -> None:
             f"efficientnet_lite0. Classes: {args.classes}. Steps: {args.steps} for every "
             f"method (VITAL's default is 2000, DeepInversion's 2000, MaCo's 256, lucent's "
             f"512); MaCo with {args.maco_crops} crops per step (Xplique: 32). Seed {args.seed}."
-            " Grid: benchmarks/figures/quality-grid.png.\n",
+            " Grid: benchmarks/figures/quality-grid.jpg.\n",
             table_markdown(comparison),
         ]
         results = HERE / "RESULTS.md"

@@ -305,3 +305,10 @@ def test_pixels_parametrization_is_the_default(tiny_cnn):
 
 def test_registry_lists_the_three_baselines():
     assert set(BASELINES) == {"fourier", "maco", "deepinversion"}
+
+
+def test_settings_follow_the_options(tiny_cnn):
+    assert settings_for("maco", tiny_cnn).resolution == 512
+    assert settings_for("maco", tiny_cnn, {"canvas": None}).resolution is None
+    assert settings_for("deepinversion", tiny_cnn, steps=7).steps == 7
+    assert settings_for("fourier", tiny_cnn, steps=None).steps == 512

@@ -77,12 +77,18 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def method_settings(method: str, model: Model, steps: int | None, seed: int):
+def method_settings(
+    method: str,
+    model: Model,
+    steps: int | None,
+    seed: int,
+    options: Mapping[str, object] | None = None,
+):
     """Each method's own defaults, with the same ``steps`` and ``seed`` for all."""
     overrides = {"seed": seed} | ({"steps": steps} if steps is not None else {})
     if method == "vital":
         return dataclasses.replace(class_settings(model, None), **overrides)
-    return settings_for(method, model, **overrides)
+    return settings_for(method, model, options, **overrides)
 
 
 def _real_images(
@@ -177,7 +183,7 @@ def compare(
             model,
             targets,
             references,
-            settings=method_settings(method, model, steps, seed),
+            settings=method_settings(method, model, steps, seed, options.get(method)),
             out=Path(out) / method if out is not None else None,
             batch_size=batch_size,
             reference_count=reference_count,

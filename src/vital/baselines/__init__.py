@@ -38,9 +38,14 @@ def get_baseline(name: str, options: Mapping[str, object] | None = None) -> Base
     return cls(**options)
 
 
-def settings_for(name: str, model: Model, **overrides) -> Settings:
-    """The baseline's default settings for ``model`` with ``overrides`` (steps, seed ...)."""
-    defaults = get_baseline(name).settings(model)
+def settings_for(
+    name: str, model: Model, options: Mapping[str, object] | None = None, **overrides
+) -> Settings:
+    """The baseline's default settings for ``model`` with ``overrides`` (steps, seed ...).
+
+    ``options`` configure the baseline first (MaCo's ``canvas`` sets the resolution).
+    """
+    defaults = get_baseline(name, options).settings(model)
     return dataclasses.replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
 
 
