@@ -47,6 +47,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    # the commit that runs (read now: later commits during a long run must not be credited)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
     started = time.perf_counter()
     model = load_model("mobilenet_v2")
     judge = load_model("efficientnet_lite0")
@@ -73,9 +77,6 @@ def main() -> None:
 
     if args.append:
         command = "OMP_NUM_THREADS=1 PYTHONPATH=src python " + " ".join(sys.argv)
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
         date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = [
             f"\n## Quality: VITAL vs Fourier FV, MaCo, DeepInversion ({date})\n",
