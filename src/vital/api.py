@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vital.baselines import visualize_baseline
 from vital.errors import VitalError
 from vital.objectives import SortMatching
 from vital.optimize import Run, Settings, initial_images, optimize
@@ -21,7 +21,7 @@ from vital.references import (
     is_imagenet_tree,
     sample_photos_for_class,
 )
-from vital.store import Result, ResultStore
+from vital.store import Result, ResultStore, record_header
 from vital.taps import (
     PRESET_PRIORS,
     Tap,
@@ -164,19 +164,9 @@ def _record(
     item: int,
     batch_size: int,
 ) -> dict:
-    from vital import __version__
-
     history = run.history[:, item]
     return {
-        "method": "vital",
-        "vital_version": __version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model": {
-            "name": model.name,
-            "weights": model.weights_source,
-            "fingerprint": model.fingerprint,
-            "preprocessing": dataclasses.asdict(model.preprocessing),
-        },
+        **record_header("vital", model),
         "target": target,
         "taps": [{"layer": t.layer, "weight": t.weight} for t in taps],
         "taps_source": taps_source,
@@ -215,11 +205,14 @@ def visualize(
     seeds: Sequence[int] | None = None,
     relevance: str = "lrp",
     patch_side: int | None = None,
+    method: str = "vital",
+    method_options: Mapping[str, object] | None = None,
 ) -> list[Result]:
-    """Visualise class targets, inner channels or concept directions of ``model`` with VITAL.
+    """Visualise classes, inner channels or concept directions of ``model``.
 
-    Channel and Direction targets are handed to :func:`vital.neurons.visualize_neurons` (see
-    there for their references); the parameters below describe class targets.
+    VITAL by default, or a baseline to compare with (``method``). Channel and Direction
+    targets are handed to :func:`vital.neurons.visualize_neurons` (see there for their
+    references); the parameters below describe class targets.
 
     Parameters
     ----------
@@ -257,6 +250,12 @@ def visualize(
     relevance, patch_side
         For channel and direction targets only: the relevance backend and the reference mode
         (see :func:`vital.neurons.visualize_neurons`).
+    method
+        ``"vital"``, or a baseline to compare with: ``"fourier"``, ``"maco"``,
+        ``"deepinversion"`` (:mod:`vital.baselines`; they use no references, and
+        ``settings=None`` gives each its published defaults).
+    method_options
+        A baseline's options, e.g. ``{"spectrum_source": "photos/"}`` for MaCo.
 
     Returns
     -------
@@ -264,6 +263,18 @@ def visualize(
         One per target, in order.
     """
     model = as_model(model, device)
+    if method != "vital":
+        return visualize_baseline(
+            method,
+            model,
+            targets,
+            options=method_options,
+            settings=settings,
+            out=out,
+            batch_size=batch_size,
+            progress=progress,
+            on_result=on_result,
+        )
     if isinstance(targets, (str, int, ClassTarget, Channel, Direction)):
         targets = [targets]
     inner = [t for t in targets if isinstance(t, (Channel, Direction))]

@@ -100,22 +100,103 @@ def class_command(
     device: Device = "cpu",
     resolution: Resolution = None,
     batch: Batch = 8,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="vital, or a baseline to compare with: fourier, maco, deepinversion "
+            "(each with its published defaults; --setting, --refs and --tap are VITAL's).",
+        ),
+    ] = "vital",
 ) -> None:
-    """Visualise output classes with VITAL."""
+    """Visualise output classes with VITAL (or a baseline, --method)."""
     from vital.api import visualize
 
     loaded = _load(model, weights, device)
+    if method == "vital":
+        settings = _settings(setting, steps, seed, resolution)
+    else:
+        from vital.baselines import settings_for
+
+        settings = settings_for(method, loaded, steps=steps, seed=seed, resolution=resolution)
     results = visualize(
         loaded,
         classes,
         refs,
-        settings=_settings(setting, steps, seed, resolution),
+        settings=settings,
         taps=taps,
         out=out,
         batch_size=batch,
         reference_count=references,
+        method=method,
     )
-    _report(results, out, "class")
+    _report(results, out, "class" if method == "vital" else method)
+
+
+@app.command("compare")
+def compare_command(
+    classes: Annotated[
+        str,
+        typer.Option("--classes", help="Comma-separated classes: index, name or WordNet id."),
+    ],
+    model: ModelName = "mobilenet_v2",
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: vital, fourier, maco, deepinversion.")
+    ] = "vital,fourier,maco,deepinversion",
+    judge: Annotated[
+        str | None,
+        typer.Option("--judge", help="A second model for top-1/top-5 and realism."),
+    ] = None,
+    judge_weights: Annotated[
+        str | None, typer.Option("--judge-weights", help="State-dict file of the judge.")
+    ] = None,
+    refs: Annotated[
+        str | None,
+        typer.Option(
+            "--refs", help="VITAL's references and the metrics' real images (default: photos)."
+        ),
+    ] = None,
+    real_refs: Annotated[
+        str | None,
+        typer.Option("--real-refs", help="Held-out real images for FID/realism (default: --refs)."),
+    ] = None,
+    references: Annotated[int, typer.Option("--references", help="Images per class.")] = 50,
+    weights: Weights = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="Steps for every method (default: each method's own)."),
+    ] = None,
+    out: Out = Path("vital-compare"),
+    seed: Seed = 0,
+    device: Device = "cpu",
+    batch: Batch = 8,
+    clip_weights: Annotated[
+        str | None, typer.Option("--clip-weights", help="Local open_clip weights (optional).")
+    ] = None,
+) -> None:
+    """Compare VITAL with the baselines on the same classes: table and grid."""
+    from vital.compare import compare, write_report
+
+    loaded = _load(model, weights, device)
+    judged = _load(judge, judge_weights, device) if judge else None
+    comparison = compare(
+        loaded,
+        [c.strip() for c in classes.split(",") if c.strip()],
+        methods,
+        judge=judged,
+        references=refs,
+        real_references=real_refs,
+        steps=steps,
+        seed=seed,
+        out=out,
+        batch_size=batch,
+        reference_count=references,
+        clip_weights=clip_weights,
+    )
+    paths = write_report(comparison, out)
+    typer.echo(paths["table"].read_text().split("\n\n")[0])
+    for kind, path in paths.items():
+        typer.echo(f"{kind}: {path}")
 
 
 @app.command()

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +160,57 @@ def initial_images(
     return torch.stack(images).to(device=device, dtype=dtype)
 
 
+class Parametrization(Protocol):
+    """What the loop optimises: trainable tensors and the images they make.
+
+    The default is :class:`Pixels` (the image itself); the baselines use Fourier
+    parametrisations (:mod:`vital.baselines`).
+    """
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The tensors Adam updates."""
+        ...
+
+    def images(self) -> torch.Tensor:
+        """The current images, (B, 3, R, R) in the model's normalised input space."""
+        ...
+
+    def project(self) -> None:
+        """Called after every step (e.g. to clamp); may do nothing."""
+        ...
+
+
+class Pixels:
+    """The image itself, initialised from N(0, 1) and clamped to valid pixels after each step."""
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        resolution: int,
+        device: torch.device,
+        preprocessing: Preprocessing,
+        clamp: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.x = initial_images(seeds, resolution, device, dtype).requires_grad_(True)
+        self.low, self.high = preprocessing.bounds(self.x)
+        self.clamp = clamp
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The pixels."""
+        return [self.x]
+
+    def images(self) -> torch.Tensor:
+        """The pixels (a leaf tensor)."""
+        return self.x
+
+    def project(self) -> None:
+        """Clamp every colour channel to the range that maps to [0, 1] pixels."""
+        if self.clamp:
+            with torch.no_grad():
+                self.x.copy_(torch.maximum(torch.minimum(self.x, self.high), self.low))
+
+
 def _jitter(
     x: torch.Tensor, generators: list[torch.Generator], reach: int, flip: bool
 ) -> torch.Tensor:
@@ -192,8 +244,10 @@ def optimize(
     settings: Settings,
     device: torch.device,
     progress: bool | str = True,
+    *,
     dtype: torch.dtype = torch.float32,
     seeds: Sequence[int] | None = None,
+    parametrization: Parametrization | None = None,
 ) -> Run:
     """Optimise ``count`` images against ``objective``.
 
@@ -219,17 +273,28 @@ def optimize(
         Floating-point type of the images (the model's).
     seeds
         One seed per image (initial noise and jitter); default ``settings.seed + i``.
+    parametrization
+        What is optimised (default: :class:`Pixels` from the seeds, clamped when
+        ``settings.clamp``). Its images must be ``count`` images at the settings' resolution;
+        ``gradient_magnitude`` then accumulates |∂L/∂image| of those images.
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
     seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(count)]
     if len(seeds) != count:
         raise VitalError(f"{len(seeds)} seeds were given for {count} images.")
-    x = initial_images(seeds, resolution, device, dtype).requires_grad_(True)
+    if parametrization is None:
+        parametrization = Pixels(seeds, resolution, device, preprocessing, settings.clamp, dtype)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    low, high = preprocessing.bounds(x)
     history: list[torch.Tensor] = []
-    gradient_magnitude = torch.zeros_like(x)
+    gradient_magnitude = torch.zeros(count, 3, resolution, resolution, device=device, dtype=dtype)
+    with torch.no_grad():
+        shape = tuple(parametrization.images().shape)
+    if shape != tuple(gradient_magnitude.shape):
+        raise VitalError(
+            f"the parametrisation makes images of shape {shape}, expected "
+            f"{tuple(gradient_magnitude.shape)} (count, 3, resolution, resolution)."
+        )
     terms: dict[str, torch.Tensor] = {}
     total_steps = sum(steps for steps, _ in settings.stages())
     bar = tqdm(
@@ -243,13 +308,16 @@ def optimize(
     try:
         for steps, factor in settings.stages():
             optimizer = torch.optim.Adam(
-                [x], lr=settings.lr, betas=settings.betas, eps=settings.eps
+                parametrization.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps
             )
             # Short runs (tests, previews) keep the paper's shape: at most a quarter warms up.
             warmup = max(1, min(settings.warmup, steps // 4))
             for step in range(steps):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, settings.lr, warmup)
+                x = parametrization.images()
+                if not x.is_leaf:
+                    x.retain_grad()  # for the transparency map
                 jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
                 model_input = F.avg_pool2d(jittered, factor) if factor > 1 else jittered
                 terms = {
@@ -262,16 +330,15 @@ def optimize(
                 total.sum().backward()
                 gradient_magnitude += x.grad.abs()
                 optimizer.step()
-                if settings.clamp:
-                    with torch.no_grad():
-                        x.copy_(torch.maximum(torch.minimum(x, high), low))
+                parametrization.project()
                 history.append(total.detach())
                 if step % 10 == 0 or step == steps - 1:  # .item() waits for the GPU: not each step
                     bar.set_postfix(loss=f"{total.mean().item():.4g}", refresh=False)
                 bar.update()
     finally:
         bar.close()
-    images = x.detach()
+    with torch.no_grad():
+        images = parametrization.images().detach()
     return Run(
         images=images,
         pixels=preprocessing.denormalize(images).clamp(0, 1),

@@ -7,6 +7,8 @@ half-written record.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import sqlite3
 import time
@@ -41,6 +43,23 @@ CREATE TABLE IF NOT EXISTS failures (
     PRIMARY KEY (unit, method, model)
 );
 """
+
+
+def record_header(method: str, model) -> dict:
+    """The first entries of every record: method, version, time, and the model's identity."""
+    from vital import __version__
+
+    return {
+        "method": method,
+        "vital_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": {
+            "name": model.name,
+            "weights": model.weights_source,
+            "fingerprint": model.fingerprint,
+            "preprocessing": dataclasses.asdict(model.preprocessing),
+        },
+    }
 
 
 @dataclass

@@ -1,0 +1,219 @@
+"""Fourier feature visualisation (Olah et al. 2017, "Feature Visualization", Distill; lucid/lucent).
+
+Activation maximisation of the target (class logit or channel mean) with the image
+parametrised by its Fourier coefficients, scaled by 1/frequency so that Adam's steps are
+spectrally whitened, colours decorrelated by ImageNet's colour covariance, a sigmoid to keep
+pixels valid, and transformation robustness: every step the model sees the image jittered
+(circular shift, by the loop), zoomed out into a grey frame, randomly scaled and rotated, and
+shifted again (lucent's ``standard_transforms``: pad 12, jitter 8, scale 0.9–1.1, rotate
+±10°, jitter 4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from vital.baselines.base import (
+    Activation,
+    BaselineTarget,
+    activation_objective,
+    affine_views,
+    grey,
+    recorrelate_colors,
+    uniform,
+)
+from vital.optimize import Settings
+from vital.zoo import Model, Preprocessing
+
+# Offset of the transforms' seeds from the image seeds, so the two random streams differ.
+_VIEW_SEED_OFFSET = 1_000_003
+
+
+def frequencies(height: int, width: int) -> torch.Tensor:
+    """|f| of every coefficient of a real 2-D FFT of a (height, width) image, (H, W//2+1)."""
+    fy = torch.fft.fftfreq(height)[:, None]
+    fx = torch.fft.rfftfreq(width)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
+
+
+class FourierImage:
+    """Images as Fourier coefficients with 1/f scaling, decorrelated colours and a sigmoid.
+
+    Parameters
+    ----------
+    count, resolution
+        Number and side of the images.
+    seed
+        Image ``i``'s coefficients are drawn from N(0, std²) with seed ``seed + i``.
+    device
+        Where the coefficients live.
+    preprocessing
+        The model's normalisation (images are returned in its input space).
+    decay_power
+        Exponent of the 1/f scaling.
+    std
+        Standard deviation of the initial coefficients.
+    """
+
+    # lucid divides the image by 4 so that the initial sigmoid input is small.
+    _MAGIC = 4.0
+
+    def __init__(
+        self,
+        count: int,
+        resolution: int,
+        seed: int,
+        device: torch.device,
+        preprocessing: Preprocessing,
+        decay_power: float = 1.0,
+        std: float = 0.01,
+    ):
+        self.resolution = resolution
+        self.preprocessing = preprocessing
+        freqs = frequencies(resolution, resolution)
+        self.scale = (1.0 / freqs.clamp_min(1.0 / resolution) ** decay_power).to(device)
+        shape = (3, *freqs.shape, 2)
+        coefficients = [
+            torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) * std
+            for i in range(count)
+        ]
+        self.coefficients = torch.stack(coefficients).to(device).requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The real and imaginary parts of the coefficients."""
+        return [self.coefficients]
+
+    def images(self) -> torch.Tensor:
+        """(B, 3, R, R) images in the model's input space."""
+        spectrum = torch.view_as_complex(self.coefficients) * self.scale
+        side = (self.resolution, self.resolution)
+        decorrelated = torch.fft.irfft2(spectrum, s=side, norm="ortho") / self._MAGIC
+        pixels = torch.sigmoid(recorrelate_colors(decorrelated))
+        return self.preprocessing.normalize(pixels)
+
+    def project(self) -> None:
+        """Nothing to do: the sigmoid keeps pixels valid."""
+
+
+class RobustViews:
+    """lucent's standard transforms as one affine warp per view: frame, scale, rotate, shift.
+
+    Parameters
+    ----------
+    count
+        Images per batch; each has its own seeded random stream.
+    seed
+        Seed of image 0's stream.
+    fill
+        (3,) value of the frame (grey in the model's input space).
+    resolution
+        Image side, for the pad and shift in pixels.
+    pad, scales, degrees, shift
+        Grey frame width, scale range, rotation range and final jitter, in pixels / degrees.
+    views
+        Views of each image per step (their activations are averaged).
+    """
+
+    def __init__(
+        self,
+        count: int,
+        seed: int,
+        fill: torch.Tensor,
+        resolution: int,
+        pad: int = 12,
+        scales: tuple[float, float] = (0.9, 1.1),
+        degrees: float = 10.0,
+        shift: int = 4,
+        views: int = 1,
+    ):
+        self.generators = [
+            torch.Generator().manual_seed(_VIEW_SEED_OFFSET + seed + i) for i in range(count)
+        ]
+        self.fill = fill
+        self.frame = resolution / (resolution + 2 * pad)
+        self.scales = scales
+        self.degrees = degrees
+        self.shift = 2 * shift / resolution
+        self.views = views
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) → (B·views, 3, R, R), the views of image ``i`` next to each other."""
+        scale, angle, shift = [], [], []
+        for generator in self.generators:
+            scale.append(self.frame * uniform(generator, self.views, *self.scales))
+            angle.append(uniform(generator, self.views, -self.degrees, self.degrees))
+            shift.append(uniform(generator, 2 * self.views, -self.shift, self.shift))
+        return affine_views(
+            x.repeat_interleave(self.views, dim=0),
+            torch.cat(scale),
+            torch.cat(angle) * math.pi / 180,
+            torch.cat(shift).view(-1, 2),
+            self.fill,
+        )
+
+
+@dataclass
+class Fourier:
+    """Fourier FV as a :class:`vital.baselines.base.Baseline`.
+
+    Attributes
+    ----------
+    decay_power
+        Exponent of the 1/f scaling of the coefficients.
+    views
+        Transformed views per image per step.
+    pad, scale_low, scale_high, degrees, shift
+        Transformation robustness (see :class:`RobustViews`).
+    """
+
+    decay_power: float = 1.0
+    views: int = 1
+    pad: int = 12
+    scale_low: float = 0.9
+    scale_high: float = 1.1
+    degrees: float = 10.0
+    shift: int = 4
+
+    name = "fourier"
+    channel_targets = True
+    has_transparency = False
+
+    def settings(self, model: Model) -> Settings:
+        """Adam as in lucent (lr 0.05, default betas) with a short warm-up and cosine decay."""
+        return Settings(steps=512, lr=0.05, betas=(0.9, 0.999), warmup=10, jitter=8, clamp=False)
+
+    def parametrization(self, model: Model, count: int, settings: Settings) -> FourierImage:
+        """Fourier coefficients of ``count`` images."""
+        resolution = settings.resolution or model.preprocessing.input_size
+        return FourierImage(
+            count, resolution, settings.seed, model.device, model.preprocessing, self.decay_power
+        )
+
+    @contextlib.contextmanager
+    def objective(
+        self, model: Model, targets: Sequence[BaselineTarget], settings: Settings
+    ) -> Iterator[Activation]:
+        """The target's activation on robust views."""
+        resolution = settings.resolution or model.preprocessing.input_size
+        views = RobustViews(
+            len(targets),
+            settings.seed,
+            grey(model.preprocessing),
+            resolution,
+            self.pad,
+            (self.scale_low, self.scale_high),
+            self.degrees,
+            self.shift,
+            self.views,
+        )
+        with activation_objective(model, targets, views) as objective:
+            yield objective
+
+    def options(self) -> dict:
+        """The options, for records."""
+        return asdict(self)

@@ -1,0 +1,404 @@
+"""Compare VITAL with the baselines on the same class targets: run, score, tabulate, draw.
+
+:func:`compare` runs every method on all targets (one batch per method), scores the images with
+:mod:`vital.metrics` and returns a :class:`Comparison`; :func:`write_report` writes the
+Markdown and CSV tables and one grid (rows = methods, columns = targets).
+
+The real images that FID and realism compare with are each class's reference images (for the
+embedded photos: one photo per class expanded to random crops). VITAL's references are drawn
+from the same images, so both metrics are in-sample for VITAL; the notes say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vital import metrics
+from vital.api import References, class_references, class_settings, class_target, visualize
+from vital.baselines import BASELINES, settings_for
+from vital.errors import VitalError
+from vital.grids import grid
+from vital.references import DEFAULT_REFERENCES
+from vital.store import Result
+from vital.targets import ClassTarget
+from vital.zoo import Model, as_model
+
+METHODS = ("vital", "fourier", "maco", "deepinversion")
+
+
+@dataclass
+class Comparison:
+    """Everything a comparison produced.
+
+    Attributes
+    ----------
+    model, judge
+        Names of the explained model and of the judge (``None`` without one).
+    targets
+        The class targets, in column order.
+    results
+        Per method, one result per target.
+    summary
+        One row per method (the table).
+    per_image
+        One row per (method, target).
+    notes
+        What the reader must know to read the numbers (counts, skipped metrics, caveats).
+    """
+
+    model: str
+    judge: str | None
+    targets: list[ClassTarget]
+    results: dict[str, list[Result]]
+    summary: list[dict] = field(default_factory=list)
+    per_image: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    """``"vital,maco"`` or a list → checked method names, in order."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = [m for m in names if m]
+    known = ("vital", *BASELINES)
+    unknown = [m for m in names if m not in known]
+    if unknown or not names:
+        raise VitalError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(known)}."
+        )
+    return list(dict.fromkeys(names))
+
+
+def method_settings(
+    method: str,
+    model: Model,
+    steps: int | None,
+    seed: int,
+    options: Mapping[str, object] | None = None,
+):
+    """Each method's own defaults, with the same ``steps`` and ``seed`` for all."""
+    overrides = {"seed": seed} | ({"steps": steps} if steps is not None else {})
+    if method == "vital":
+        return dataclasses.replace(class_settings(model, None), **overrides)
+    return settings_for(method, model, options, **overrides)
+
+
+def _real_images(
+    model: Model, targets: Sequence[ClassTarget], references: References, count: int, seed: int
+) -> tuple[torch.Tensor, list[int]]:
+    resolution = model.preprocessing.input_size
+    images, labels = [], []
+    for target in targets:
+        reference_set = class_references(model, target, references, count, seed, len(targets) == 1)
+        views = list(reference_set.views(resolution))
+        images += views
+        labels += [target.index] * len(views)
+    return torch.stack(images), labels
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def compare(
+    model: Model | str,
+    classes: Sequence[ClassTarget | int | str],
+    methods: str | Sequence[str] = METHODS,
+    *,
+    judge: Model | str | None = None,
+    references: References = None,
+    real_references: References = None,
+    steps: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    batch_size: int = 8,
+    reference_count: int = DEFAULT_REFERENCES,
+    fid_model: Model | str | None = None,
+    fid_layer: str | None = None,
+    clip_weights: str | Path | None = None,
+    method_options: Mapping[str, Mapping[str, object]] | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """Run ``methods`` on the same classes and score them.
+
+    Parameters
+    ----------
+    model
+        The explained model.
+    classes
+        Class targets (index, name, WordNet id or :class:`ClassTarget`).
+    methods
+        ``"vital"`` and baseline names (comma-separated text or a list).
+    judge
+        A second, independent model for top-1/top-5 recognisability and realism.
+    references
+        VITAL's references (default: embedded photos).
+    real_references
+        Real images for FID and realism, per class like ``references`` (default: the same
+        as ``references``, which makes both metrics in-sample for VITAL).
+    steps
+        Optimisation steps, the same for every method (default: each method's own).
+    seed
+        Seed of the first image of every method.
+    out
+        Folder for each method's PNG + JSON records (one sub-folder per method).
+    batch_size
+        Targets optimised together.
+    reference_count
+        Real images (views) per class.
+    fid_model, fid_layer
+        Feature space of FID (default: the explained model's penultimate features).
+    clip_weights
+        A local open_clip weights file for CLIP zero-shot (skipped without one).
+    method_options
+        Per baseline, its options (e.g. ``{"maco": {"crops": 2}}``).
+    progress
+        Show progress bars.
+    """
+    model = as_model(model)
+    names = parse_methods(methods)
+    targets = [class_target(model, c) for c in classes]
+    if not targets:
+        raise VitalError("no classes given; name at least one (--classes C1,C2).")
+    judge_model = as_model(judge) if judge is not None else None
+    fid_model = as_model(fid_model) if fid_model is not None else model
+    options = dict(method_options or {})
+    held_out = real_references is not None
+    real, real_labels = _real_images(
+        model, targets, real_references if held_out else references, reference_count, seed + 1
+    )
+    labels = [t.index for t in targets]
+    comparison = Comparison(model.name, judge_model.name if judge_model else None, targets, {})
+    for method in names:
+        results = visualize(
+            model,
+            targets,
+            references,
+            settings=method_settings(method, model, steps, seed, options.get(method)),
+            out=Path(out) / method if out is not None else None,
+            batch_size=batch_size,
+            reference_count=reference_count,
+            progress=progress,
+            method=method,
+            method_options=options.get(method),
+        )
+        comparison.results[method] = results
+        _score(comparison, method, results, model, judge_model, real, real_labels, labels)
+        comparison.summary[-1]["fid"] = metrics.fid(
+            torch.stack([r.pixels for r in results]), real, fid_model, fid_layer
+        )
+    comparison.notes += _notes(comparison, held_out)
+    _clip(comparison, clip_weights, model)
+    return comparison
+
+
+def _score(
+    comparison: Comparison,
+    method: str,
+    results: list[Result],
+    model: Model,
+    judge: Model | None,
+    real: torch.Tensor,
+    real_labels: list[int],
+    labels: list[int],
+) -> None:
+    pixels = torch.stack([r.pixels for r in results])
+    explained = metrics.target_scores(model, pixels, labels)
+    judged = metrics.target_scores(judge, pixels, labels) if judge is not None else None
+    realism = metrics.realism(judge or model, pixels, labels, real, real_labels)
+    for item, result in enumerate(results):
+        comparison.per_image.append(
+            {
+                "method": method,
+                "class": labels[item],
+                "name": result.target.name,
+                "probability": explained[item]["probability"],
+                "rank": explained[item]["rank"],
+                "judge_probability": judged[item]["probability"] if judged else None,
+                "judge_rank": judged[item]["rank"] if judged else None,
+                "realism_own": realism[item]["own"],
+                "realism_others": realism[item]["others"],
+                "realism_margin": realism[item]["margin"],
+            }
+        )
+    # Each record holds its batch's wall time; dividing by the batch size sums batches once.
+    seconds = sum(r.record["seconds"] / r.record["batch_size"] for r in results)
+    comparison.summary.append(
+        {
+            "method": method,
+            "images": len(results),
+            "steps": results[0].record["settings"]["steps"],
+            "acc_top1": float(np.mean([row["rank"] == 1 for row in explained])),
+            "p_target": float(np.mean([row["probability"] for row in explained])),
+            "median_rank": float(np.median([row["rank"] for row in explained])),
+            "judge_top1": float(np.mean([r["rank"] <= 1 for r in judged])) if judged else None,
+            "judge_top5": float(np.mean([r["rank"] <= 5 for r in judged])) if judged else None,
+            "realism_own": _mean([row["own"] for row in realism]),
+            "realism_others": _mean([row["others"] for row in realism]),
+            "realism_margin": _mean([row["margin"] for row in realism]),
+            "seconds_per_image": seconds / len(results),
+        }
+    )
+
+
+def _notes(comparison: Comparison, held_out: bool) -> list[str]:
+    judge = comparison.judge or f"{comparison.model} (no judge given: the explained model)"
+    first = comparison.summary[0]["fid"] if comparison.summary else None
+    notes = [
+        f"Acc: top-1 of the explained model {comparison.model} on the visualisations "
+        f"({len(comparison.targets)} per method).",
+        f"Realism: cosine of {judge}'s pooled penultimate features to the mean over real "
+        "images of the same class (own) and of the other classes (others); margin = own − "
+        "others.",
+    ]
+    if first is not None:
+        notes.append(
+            f"FID: {first.images} visualisations vs {first.real_images} real images in "
+            f"{first.dimensions}-d {first.feature_space}. With so few images the FID is "
+            "dominated by noise and small-sample bias: read it as a rough distance, not as a "
+            "number comparable to published FIDs."
+        )
+    if not held_out:
+        notes.append(
+            "Real images are the classes' reference images (views drawn with another seed); "
+            "VITAL matches its references' feature distributions, so FID and realism are "
+            "in-sample for VITAL."
+        )
+    return notes
+
+
+def _clip(comparison: Comparison, clip_weights, model: Model) -> None:
+    pixels_by_method = {
+        m: torch.stack([r.pixels for r in rs]) for m, rs in comparison.results.items()
+    }
+    labels = [t.index for t in comparison.targets]
+    names = model.labels.names if model.labels is not None else []
+    for row in comparison.summary:
+        try:
+            scores = metrics.clip_zero_shot(
+                pixels_by_method[row["method"]], labels, names, clip_weights
+            )
+        except metrics.MetricUnavailableError as skipped:
+            comparison.notes.append(str(skipped))
+            return
+        row["clip_top1"], row["clip_top5"] = scores["top1"], scores["top5"]
+
+
+# --- report -----------------------------------------------------------------------------------
+
+_COLUMNS = [
+    ("method", "method", "{}"),
+    ("steps", "steps", "{}"),
+    ("acc_top1", "Acc top-1 (explained)", "{:.0%}"),
+    ("p_target", "mean p(target)", "{:.3f}"),
+    ("median_rank", "median rank", "{:g}"),
+    ("judge_top1", "judge top-1", "{:.0%}"),
+    ("judge_top5", "judge top-5", "{:.0%}"),
+    ("fid", "FID", "{:.1f}"),
+    ("realism_own", "realism own ↑", "{:.3f}"),
+    ("realism_others", "realism others", "{:.3f}"),
+    ("realism_margin", "realism margin ↑", "{:.3f}"),
+    ("clip_top1", "CLIP top-1", "{:.0%}"),
+    ("clip_top5", "CLIP top-5", "{:.0%}"),
+    ("seconds_per_image", "s / image", "{:.1f}"),
+]
+
+
+def _cell(row: dict, key: str, form: str) -> str:
+    value = row.get(key)
+    if isinstance(value, metrics.FidResult):
+        value = value.value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return form.format(value)
+
+
+def table_markdown(comparison: Comparison) -> str:
+    """The summary table as Markdown, with the notes under it."""
+    columns = [c for c in _COLUMNS if any(c[0] in row for row in comparison.summary)]
+    lines = [
+        "| " + " | ".join(title for _, title, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in comparison.summary:
+        lines.append("| " + " | ".join(_cell(row, k, f) for k, _, f in columns) + " |")
+    lines.append("")
+    lines += [f"- {note}" for note in comparison.notes]
+    return "\n".join(lines) + "\n"
+
+
+def per_image_markdown(comparison: Comparison) -> str:
+    """One row per (method, class): probabilities, ranks, realism."""
+    lines = [
+        "| method | class | p (explained) | rank | p (judge) | judge rank | realism own | margin |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison.per_image:
+        judge_p = "–" if row["judge_probability"] is None else f"{row['judge_probability']:.3f}"
+        margin = "–" if row["realism_margin"] is None else f"{row['realism_margin']:.3f}"
+        lines.append(
+            f"| {row['method']} | {row['name']} ({row['class']}) | {row['probability']:.3f} | "
+            f"{row['rank']} | {judge_p} | {row['judge_rank'] or '–'} | "
+            f"{row['realism_own']:.3f} | {margin} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def comparison_grid(comparison: Comparison, cell: int = 160):
+    """Rows = methods, columns = targets; captions give p(target) and the judge's rank."""
+    rows = {row["method"]: row for row in comparison.summary}
+    images, captions = [], []
+    scores = {(r["method"], r["class"]): r for r in comparison.per_image}
+    for method, results in comparison.results.items():
+        for result in results:
+            score = scores[(method, result.target.index)]
+            caption = f"{result.target.name[:14]} p={score['probability']:.2f}"
+            if score["judge_rank"] is not None:
+                caption += f" j#{score['judge_rank']}"
+            images.append(result.image)
+            captions.append(caption)
+    return grid(
+        images,
+        captions,
+        columns=len(comparison.targets),
+        cell=cell,
+        row_labels=[f"{m}" for m in rows],
+    )
+
+
+def write_report(comparison: Comparison, out: str | Path, cell: int = 160) -> dict[str, Path]:
+    """Write ``table.md``, ``table.csv``, ``per_image.csv`` and ``grid.png`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "table": out / "table.md",
+        "csv": out / "table.csv",
+        "per_image": out / "per_image.csv",
+        "grid": out / "grid.png",
+    }
+    paths["table"].write_text(table_markdown(comparison) + "\n" + per_image_markdown(comparison))
+    keys = [k for k, _, _ in _COLUMNS if any(k in row for row in comparison.summary)]
+    with open(paths["csv"], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys + ["fid_images", "fid_real_images"])
+        for row in comparison.summary:
+            fid = row.get("fid")
+            writer.writerow(
+                [_cell(row, k, "{}") for k in keys]
+                + ([fid.images, fid.real_images] if fid is not None else ["", ""])
+            )
+    with open(paths["per_image"], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(comparison.per_image[0]))
+        writer.writeheader()
+        writer.writerows(comparison.per_image)
+    comparison_grid(comparison, cell).save(paths["grid"])
+    return paths

@@ -1,0 +1,92 @@
+"""`compare` end to end on tiny models, and the CLI on the embedded model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_cnn_model, write_images
+from vital.cli import app
+from vital.compare import METHODS, compare, parse_methods, write_report
+from vital.errors import VitalError
+from vital.references import from_folder
+
+
+def test_compare_runs_every_method_and_writes_the_report(tiny_cnn, tmp_path):
+    references = {}
+    for index in (1, 2):
+        write_images(tmp_path / f"refs{index}", 3, seed=index)
+        references[index] = from_folder(tmp_path / f"refs{index}", count=4)
+    comparison = compare(
+        tiny_cnn,
+        [1, "class 2"],
+        METHODS,
+        judge=tiny_cnn_model(seed=1),
+        references=references,
+        steps=3,
+        out=tmp_path / "runs",
+        reference_count=4,
+        progress=False,
+    )
+    assert [row["method"] for row in comparison.summary] == list(METHODS)
+    assert all(row["steps"] == 3 for row in comparison.summary)
+    assert len(comparison.per_image) == 2 * len(METHODS)
+    assert all(0 <= row["acc_top1"] <= 1 for row in comparison.summary)
+    assert comparison.summary[0]["fid"].real_images == 8
+    assert any("CLIP" in note for note in comparison.notes)
+    paths = write_report(comparison, tmp_path / "report")
+    table = paths["table"].read_text()
+    for method in METHODS:
+        assert f"| {method} |" in table
+        records = list((tmp_path / "runs" / method).glob("*.json"))
+        assert len(records) == 2
+        assert json.loads(records[0].read_text())["method"] == method
+    with open(paths["csv"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["method"] for row in rows] == list(METHODS)
+    assert rows[0]["fid_real_images"] == "8"
+    grid = Image.open(paths["grid"])
+    assert grid.height > 4 * 160  # one row per method
+
+
+def test_compare_rejects_unknown_methods_and_no_classes(tiny_cnn):
+    with pytest.raises(VitalError, match="unknown method"):
+        parse_methods("vital,lucid")
+    with pytest.raises(VitalError, match="no classes"):
+        compare(tiny_cnn, [], "fourier", steps=1, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_compare_and_class_method_on_the_embedded_model(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "compare",
+            "--classes",
+            "espresso,daisy",
+            "--methods",
+            "vital,maco",
+            "--judge",
+            "efficientnet_lite0",
+            "--steps",
+            "2",
+            "--references",
+            "2",
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| vital |" in result.output and "| maco |" in result.output
+    assert (tmp_path / "cmp" / "grid.png").is_file()
+    result = runner.invoke(
+        app,
+        ["class", "-c", "daisy", "--method", "fourier", "--steps", "2", "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    assert list(tmp_path.glob("fourier-class-985-*.json"))
