@@ -435,3 +435,34 @@ def test_cli_mines_mobilenet_and_writes_sheets(tmp_path):
     assert len(refs.sources) == 2
     _, ranked = mined(tmp_path / "out", model, "features.16", np.load(tmp_path / "concept.npy"))
     assert len(ranked) == 2
+
+
+@pytest.mark.slow
+def test_neuron_command_uses_mined_references_end_to_end(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vital.cli import app
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for name in ("chelsea", "coffee", "daisy", "palace"):
+        open_rgb(sample_photo(name)).save(data / f"{name}.jpg")
+    out = str(tmp_path / "out")
+    mining = ["mine", "--layer", "features.16", "--data", str(data), "--channels", "5"]
+    mining += ["--top-images", "3", "--top", "2", "--patch", "112", "--out", out, "--workers", "0"]
+    assert CliRunner().invoke(app, mining).exit_code == 0
+    for mode in ("image", "patch"):
+        neuron = ["neuron", "--layer", "features.16", "--channel", "5", "--refs", "mined"]
+        neuron += ["--mined-as", mode, "--references", "2", "--steps", "2", "--out", out]
+        result = CliRunner().invoke(app, [*neuron, "--resolution", "64"])
+        assert result.exit_code == 0, result.output
+        record = json.loads(next(Path(out).glob("vital-features-16-ch5-seed0.json")).read_text())
+        kind = "patches" if mode == "patch" else "images"
+        assert f"top 2 mined {kind} of features.16" in record["references"]["summary"]
+        assert record["references"]["distinct_images"] == 2
+    missing = ["neuron", "--layer", "features.16", "--channel", "6", "--refs", "mined"]
+    result = CliRunner().invoke(app, [*missing, "--steps", "1", "--out", out])
+    assert isinstance(result.exception, VitalError), result.output
+    assert "no mined references" in str(result.exception) and "vital mine" in str(result.exception)

@@ -213,10 +213,17 @@ def neuron(
         str | None,
         typer.Option(
             "--refs",
-            help="Folder of images that activate the targets (e.g. mined top-k); "
+            help="Folder of images that activate the targets; 'mined' for the top images "
+            "that `vital mine` found (OUT/mining.sqlite) or a mining database path; "
             "'samples' for the embedded photos.",
         ),
     ] = None,
+    mined_mode: Annotated[
+        str,
+        typer.Option(
+            "--mined-as", help="With mined references: 'image' (whole images) or 'patch'."
+        ),
+    ] = "image",
     relevance: Annotated[
         str, typer.Option("--relevance", help="lrp, lrp-restricted, guided-backprop, grad-x-act…")
     ] = "lrp",
@@ -240,6 +247,7 @@ def neuron(
     batch: Batch = 8,
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
+    from vital.mining import is_mining_database, mined_reference_sets
     from vital.neurons import NEURON_PRIOR, direction_target, visualize_neurons
     from vital.targets import Channel
 
@@ -253,10 +261,14 @@ def neuron(
     if not targets:
         raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
     loaded = _load(model, weights, device)
+    references_given = refs
+    if refs == "mined" or is_mining_database(refs):
+        database = out if refs == "mined" else Path(refs)
+        references_given = mined_reference_sets(database, loaded, targets, mined_mode, references)
     results = visualize_neurons(
         loaded,
         targets,
-        refs,
+        references_given,
         settings=_settings(setting, steps, seed, resolution, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR),
         taps=taps,
         relevance=relevance,

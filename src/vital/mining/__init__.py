@@ -11,11 +11,20 @@ Modules: ``datasets`` (listing and decoding), ``units`` (channels and directions
 
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import DATABASE_NAME, MiningIndex, Ranked
-from vital.mining.results import contact_sheet, mined, mined_references, open_patch
+from vital.mining.results import (
+    contact_sheet,
+    is_mining_database,
+    mined,
+    mined_reference_sets,
+    mined_references,
+    open_patch,
+)
 from vital.mining.scan import MiningReport, Patches, default_workers, mine
 from vital.mining.units import unit_key
 
 __all__ = [
+    "is_mining_database",
+    "mined_reference_sets",
     "DATABASE_NAME",
     "ImageList",
     "MiningIndex",

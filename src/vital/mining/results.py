@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,25 @@ def mined_references(
         f"({info['scanned']} images scanned)"
     )
     return ReferenceSet(tuple(_source(e, mode) for e in chosen), count, seed, description)
+
+
+def mined_reference_sets(
+    database: str | Path,
+    model: Model | str,
+    targets: Sequence[Channel | Direction],
+    mode: str = "image",
+    count: int = 50,
+) -> dict[Channel | Direction, ReferenceSet]:
+    """The mined references of several targets, keyed by target (for ``visualize``)."""
+    return {
+        target: mined_references(database, model, target.layer, target, mode, count)
+        for target in targets
+    }
+
+
+def is_mining_database(path: str | Path) -> bool:
+    """True for a mining index file or a folder that holds one."""
+    return database_path(path).is_file()
 
 
 def contact_sheet(
