@@ -70,9 +70,10 @@ def class_references(
     if isinstance(references, ReferenceSet):
         return references
     if isinstance(references, Mapping):
-        if target.index not in references:
-            raise VitalError(f"no references were given for {target.describe()}.")
-        return references[target.index]
+        for key in (target, target.index):  # keyed by target or by class index
+            if key in references:
+                return references[key]
+        raise VitalError(f"no references were given for {target.describe()}.")
     if references is None or str(references) == "samples":
         sources = sample_photos_for_class(target.index)
         if not sources:

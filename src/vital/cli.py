@@ -500,15 +500,36 @@ def atlas_build(
     out: Annotated[Path, typer.Option("--out", help="Atlas folder.")],
     model: ModelName = "mobilenet_v2",
     weights: Weights = None,
+    layer: Annotated[
+        str | None, typer.Option("--layer", "-l", help="Layer whose channels to visualise.")
+    ] = None,
+    channels: Annotated[
+        str, typer.Option("--channels", help="'all' or channel indices like 3,17,200.")
+    ] = "all",
     class_list: Annotated[
         str | None,
         typer.Option("--classes", help="Comma-separated classes (index, name or WordNet id)."),
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Reference images (ImageNet-style tree or class sub-folders)."),
+        typer.Option("--data", help="Images to mine the layer's channels' references from."),
     ] = None,
-    references: Annotated[int, typer.Option("--references", help="Reference views (N).")] = 50,
+    class_refs: Annotated[
+        str | None,
+        typer.Option(
+            "--class-refs",
+            help="References of --classes: an ImageNet-style tree or class sub-folders "
+            "(default: the embedded photos).",
+        ),
+    ] = None,
+    references: Annotated[int, typer.Option("--references", help="References per unit.")] = 50,
+    top_images: Annotated[
+        int, typer.Option("--top-images", help="Mining stage 1: images kept per channel.")
+    ] = 10000,
+    patch: Annotated[int, typer.Option("--patch", help="Mining patch side (0: whole).")] = 64,
+    mined_as: Annotated[
+        str, typer.Option("--mined-as", help="Channel references: 'image' or 'patch'.")
+    ] = "image",
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     ray_address: Annotated[
         str | None,
@@ -523,29 +544,63 @@ def atlas_build(
 ) -> None:
     """Visualise every selected unit into an atlas folder and write its web pages.
 
-    Re-running skips finished units; an interrupted build resumes where it stopped.
+    Channels of --layer get references mined from --data (`vital mine`, stored in the atlas
+    folder); --classes get references from --data or the embedded photos. Re-running skips
+    finished units and resumes mining and visualisation where they stopped.
     """
     from vital.api import class_references, class_target
     from vital.atlas import ModelSpec, build_atlas
     from vital.engines import make_engine
+    from vital.mining import mine, mined_references
+    from vital.taps import check_layer, list_layers
+    from vital.targets import Channel
 
     spec = ModelSpec(model, weights, device)
     loaded = spec()
-    if not class_list:
-        raise VitalError("name the units to visualise: --classes C1,C2,...")
-    targets = [class_target(loaded, name.strip()) for name in class_list.split(",") if name]
-    report = build_atlas(
+    targets = []
+    if class_list:
+        targets += [class_target(loaded, name.strip()) for name in class_list.split(",") if name]
+    if layer:
+        if data is None:
+            raise VitalError("channels need images to mine references from: --data DIR.")
+        selected = _channel_list(channels)
+        if selected is None:
+            check_layer(layer, loaded.module)
+            shapes = {
+                i.name: i for i in list_layers(loaded.module, loaded.preprocessing.input_size)
+            }
+            selected = list(range(shapes[layer].channels))
+        mine(
+            loaded,
+            layer,
+            data,
+            out,
+            channels=selected,
+            top_images=top_images,
+            top=references,
+            patch=patch,
+        )
+        targets += [Channel(layer, index) for index in selected]
+    if not targets:
+        raise VitalError("name the units to visualise: --layer L [--channels ...] or --classes.")
+
+    def reference_set(target):
+        if target.layer is None:
+            return class_references(loaded, target, class_refs, references)
+        return mined_references(out, loaded, target.layer, target, mined_as, references)
+
+    result = build_atlas(
         spec,
         targets,
-        lambda target: class_references(loaded, target, data, references),
+        reference_set,
         out,
         _settings(setting, steps, seed, resolution),
         engine=make_engine(engine, ray_address),
         batch_size=batch,
     )
     typer.echo(
-        f"{report.finished} units visualised, {report.failed} failed, {report.skipped} already "
-        f"done ({report.units_per_minute:.1f} units/min). Browse: vital atlas serve {out}"
+        f"{result.finished} units visualised, {result.failed} failed, {result.skipped} already "
+        f"done ({result.units_per_minute:.1f} units/min). Browse: vital atlas serve {out}"
     )
 
 

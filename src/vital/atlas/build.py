@@ -26,10 +26,10 @@ from vital.grids import to_image
 from vital.optimize import Settings
 from vital.references import ReferenceSet, center_crop, open_rgb
 from vital.store import Result, ResultStore
-from vital.targets import ClassTarget
+from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model, load_model
 
-Target = ClassTarget
+Target = ClassTarget | Channel | Direction
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def run_job(job: Job) -> list[UnitOutcome]:
         results = visualize(
             model,
             [unit.target for unit in job.units],
-            {unit.target.index: refs for unit, refs in zip(job.units, job.references, strict=True)},
+            {unit.target: refs for unit, refs in zip(job.units, job.references, strict=True)},
             settings=job.settings,
             seeds=[unit.seed for unit in job.units],
             batch_size=len(job.units),
@@ -169,6 +169,36 @@ class Atlas:
         return entries
 
 
+def _kind(unit: Unit) -> str:
+    return "class" if unit.target.layer is None else "neuron"
+
+
+def plan_jobs(
+    spec, units: Sequence[Unit], references: dict[str, ReferenceSet], settings, batch_size: int
+) -> list[Job]:
+    """Batches of at most ``batch_size`` consecutive units of one kind (classes or neurons).
+
+    Inner neurons get the authors' inner-neuron priors (tv_l2 = l2 = 3e-7) unless the settings
+    set priors of their own.
+    """
+    from vital.neurons import NEURON_PRIOR
+
+    neuron_settings = settings
+    if not (settings.tv_l2 or settings.l2 or settings.tv_l1):
+        neuron_settings = dataclasses.replace(settings, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR)
+    jobs: list[Job] = []
+    batch: list[Unit] = []
+    for unit in [*units, None]:
+        if batch and (unit is None or _kind(unit) != _kind(batch[0]) or len(batch) == batch_size):
+            chosen = settings if _kind(batch[0]) == "class" else neuron_settings
+            refs = tuple(references[u.id] for u in batch)
+            jobs.append(Job(spec, tuple(batch), refs, chosen))
+            batch = []
+        if unit is not None:
+            batch.append(unit)
+    return jobs
+
+
 def plan_units(targets: Sequence[Target], seed: int) -> list[Unit]:
     """Units in the order given; unit ``i`` gets seed ``seed + i``."""
     ids = [target.unit() for target in targets]
@@ -201,7 +231,8 @@ def build_atlas(
     folder
         The atlas folder (created if needed).
     settings
-        Optimisation settings; ``settings.seed`` seeds the first unit.
+        Optimisation settings; ``settings.seed`` seeds the first unit. Inner neurons add the
+        inner-neuron priors when these settings have none.
     engine
         Where batches run (default: in this process).
     batch_size
@@ -221,15 +252,7 @@ def build_atlas(
     done = atlas.store.finished_units("vital", fingerprint)
     todo = [unit for unit in units if unit.id not in done]
     reference_sets = {unit.id: references(unit.target) for unit in todo}
-    jobs = [
-        Job(
-            spec,
-            tuple(todo[i : i + batch_size]),
-            tuple(reference_sets[u.id] for u in todo[i : i + batch_size]),
-            settings,
-        )
-        for i in range(0, len(todo), batch_size)
-    ]
+    jobs = plan_jobs(spec, todo, reference_sets, settings, batch_size)
     engine = engine or LocalEngine()
     report = BuildReport(len(units), len(units) - len(todo), 0, 0, 0.0)
     started = time.perf_counter()

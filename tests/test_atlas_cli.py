@@ -1,0 +1,31 @@
+import json
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from vital.cli import app
+from vital.references import export_sample_photos
+
+
+@pytest.mark.slow
+def test_atlas_build_of_mined_channels_and_classes_from_the_cli(tmp_path):
+    photos = tmp_path / "photos"
+    export_sample_photos(photos)
+    arguments = ["atlas", "build", "--out", str(tmp_path / "atlas"), "--layer", "features.16"]
+    arguments += ["--channels", "2,9", "--classes", "espresso", "--data", str(photos)]
+    arguments += ["--top-images", "3", "--patch", "0", "--references", "2", "--steps", "2"]
+    arguments += ["--resolution", "64", "--device", "cpu"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "3 units visualised, 0 failed" in result.output
+    with sqlite3.connect(tmp_path / "atlas" / "atlas.sqlite") as connection:
+        rows = dict(connection.execute("SELECT unit, record FROM results").fetchall())
+    assert set(rows) == {"class/967", "features.16/2", "features.16/9"}
+    channel = json.loads(rows["features.16/2"])
+    assert channel["relevance"] == "lrp" and "mined" in channel["references"]["summary"]
+    assert channel["settings"]["tv_l2"] == pytest.approx(3e-7)
+    assert json.loads(rows["class/967"])["settings"]["tv_l2"] == 0
+    assert "files" in channel and "rgba" in channel["files"]
+    again = CliRunner().invoke(app, arguments)
+    assert "0 units visualised, 0 failed, 3 already done" in again.output
