@@ -29,7 +29,7 @@ def measure(model_name: str, batch: int, steps: int, device: str) -> dict:
     model = load_model(model_name, weights=weights, device=device)
     device = model.device
     size = model.preprocessing.input_size
-    cuda = device.startswith("cuda")
+    cuda = device.type == "cuda"
 
     def sync() -> None:
         if cuda:
@@ -78,8 +78,8 @@ def measure(model_name: str, batch: int, steps: int, device: str) -> dict:
     }
 
 
-def reference_memory(device: str) -> dict:
-    """Bytes a ResNet-50 reference set would hold at conv1, against its prototype."""
+def reference_memory(device: str, count: int) -> dict:
+    """Bytes ``count`` ResNet-50 references would hold at conv1, against their prototype."""
     from PIL import Image
 
     from vital.references import ImageSource, ReferenceSet, compute_prototypes
@@ -88,13 +88,14 @@ def reference_memory(device: str) -> dict:
     model = load_model("resnet50", weights="random", device=device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     source = ImageSource("bench:noise", lambda: Image.effect_noise((256, 256), 64).convert("RGB"))
-    references = ReferenceSet((source,), count=50, description="noise")
+    references = ReferenceSet((source,), count=count, description="noise")
     prototypes = compute_prototypes(
         model, ["conv1", "layer1", "layer2", "layer3", "layer4"], references, 224, cache_dir=""
     )
-    all_features = 50 * prototypes["conv1"].numel() * 4
+    all_features = count * prototypes["conv1"].numel() * 4
     return {
-        "conv1_features_of_50_refs_mb": all_features / 1e6,
+        "count": count,
+        "conv1_features_of_all_refs_mb": all_features / 1e6,
         "conv1_prototype_mb": prototypes["conv1"].numel() * 4 / 1e6,
         "all_prototypes_mb": sum(p.numel() * 4 for p in prototypes.values()) / 1e6,
         "peak_rss_growth_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -107,13 +108,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "BATCH"))
-    parser.add_argument("--references", action="store_true")
+    parser.add_argument("--references", type=int, default=0, help="measure N references")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.steps, args.device)))
         return
     if args.references:
-        print(json.dumps(reference_memory(args.device)))
+        print(json.dumps(reference_memory(args.device, args.references)))
         return
     rows = []
     for model_name in ("mobilenet_v2", "resnet50"):
@@ -123,8 +124,11 @@ def main() -> None:
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)
-    command = [sys.executable, __file__, "--references", "--device", args.device]
-    memory = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    memory = []
+    for count in (16, 50, 100):
+        command = [sys.executable, __file__, "--references", str(count), "--device", args.device]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        memory.append(json.loads(output))
     threads = torch.get_num_threads()
     print(
         f"Machine: {platform.processor() or platform.machine()}, {threads} torch threads, "
@@ -139,12 +143,20 @@ def main() -> None:
             + (f" GPU peak {row['vital_peak_gpu_mb']:.0f} MB" if row["vital_peak_gpu_mb"] else "")
         )
     print(
-        f"\nResNet-50 references (N=50, 224 px): conv1 features of all references would be "
-        f"{memory['conv1_features_of_50_refs_mb']:.0f} MB; the conv1 prototype is "
-        f"{memory['conv1_prototype_mb']:.1f} MB, all five prototypes "
-        f"{memory['all_prototypes_mb']:.1f} MB; peak RSS grew by "
-        f"{memory['peak_rss_growth_mb']:.0f} MB while streaming them in batches of 16."
+        "\nResNet-50 references at 224 px, prototypes of all five taps streamed in batches of "
+        "16 (one process per row; growth = peak RSS after minus before):\n"
     )
+    print(
+        "| references N | conv1 features of all N would be | conv1 prototype | all prototypes "
+        "| peak RSS growth |"
+    )
+    print("|---|---|---|---|---|")
+    for row in memory:
+        print(
+            f"| {row['count']} | {row['conv1_features_of_all_refs_mb']:.0f} MB "
+            f"| {row['conv1_prototype_mb']:.1f} MB | {row['all_prototypes_mb']:.1f} MB "
+            f"| {row['peak_rss_growth_mb']:.0f} MB |"
+        )
 
 
 if __name__ == "__main__":
