@@ -87,7 +87,8 @@ def grid(
 def _flatten(image: Image.Image) -> Image.Image:
     if image.mode != "RGBA":
         return image.convert("RGB")
-    board = np.indices(image.size[::-1]).sum(axis=0) // 16 % 2
+    rows, columns = np.indices(image.size[::-1]) // 16
+    board = (rows + columns) % 2
     checker = Image.fromarray((np.where(board, 200, 240)).astype(np.uint8)).convert("RGB")
     checker.paste(image, mask=image.getchannel("A"))
     return checker
