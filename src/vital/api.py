@@ -21,7 +21,7 @@ from vital.references import (
     is_imagenet_tree,
     sample_photos_for_class,
 )
-from vital.store import Result, ResultStore, record_header
+from vital.store import Result, ResultSink, record_header
 from vital.taps import (
     PRESET_PRIORS,
     Tap,
@@ -322,9 +322,8 @@ def visualize(
         )
         for t in resolved
     ]
-    store = ResultStore(out) if out is not None else None
+    sink = ResultSink(out, on_result)
     layers = [t.layer for t in chosen_taps]
-    results: list[Result] = []
     batch_count = -(-len(resolved) // batch_size)
     for number, (start, batch) in enumerate(_batches(resolved, batch_size), 1):
         batch_references = reference_sets[start : start + len(batch)]
@@ -369,9 +368,5 @@ def visualize(
             record["evaluation"] = _evaluation(final[item], target.index, model)
             record["evaluation"]["initial_probability"] = float(initial[item, target.index])
             result = Result(target, run.pixels[item].cpu(), record)
-            if store is not None:
-                store.write(result)
-            if on_result is not None:
-                on_result(result)
-            results.append(result)
-    return results
+            sink(result)
+    return sink.results

@@ -28,7 +28,7 @@ from vital.references import (
     top_references,
 )
 from vital.relevance import RelevanceBackend, get_backend, target_activation
-from vital.store import Result, ResultStore
+from vital.store import Result, ResultSink
 from vital.taps import LayerInfo, Tap, check_layer, default_taps, list_layers, parse_taps, tapped
 from vital.targets import Channel, Direction
 from vital.zoo import Model, as_model
@@ -282,8 +282,7 @@ def visualize_neurons(
 
     all_taps = list(dict.fromkeys(t.layer for n in resolved for t in n.taps))
     target_layers = list(dict.fromkeys(n.layer for n in resolved))
-    store = ResultStore(out) if out is not None else None
-    results: list[Result] = []
+    sink = ResultSink(out, on_result)
     batch_count = -(-len(resolved) // batch_size)
     with backend.attached(model.module, layers, all_taps, target_layers):
         summaries = {
@@ -344,12 +343,8 @@ def visualize_neurons(
                     "initial_activation": float(initial[item]),
                 }
                 result = Result(target, run.pixels[item].cpu(), record, alpha=alpha[item])
-                if store is not None:
-                    store.write(result)
-                if on_result is not None:
-                    on_result(result)
-                results.append(result)
-    return results
+                sink(result)
+    return sink.results
 
 
 __all__ = ["direction_target", "neuron_settings", "neuron_taps", "visualize_neurons"]

@@ -191,3 +191,28 @@ class ResultStore:
         with sqlite3.connect(self.index) as connection:
             rows = connection.execute("SELECT record FROM results ORDER BY created").fetchall()
         return [json.loads(row[0]) for row in rows]
+
+
+class ResultSink:
+    """Where each finished result goes at once: the store (when writing), a callback, a list.
+
+    Parameters
+    ----------
+    out
+        Output folder, or ``None`` to keep results in memory only.
+    on_result
+        Called with each result after it is written.
+    """
+
+    def __init__(self, out: str | Path | None, on_result=None):
+        self.store = ResultStore(out) if out is not None else None
+        self.on_result = on_result
+        self.results: list[Result] = []
+
+    def __call__(self, result: Result) -> None:
+        """Write ``result`` (if a folder was given), report it and keep it."""
+        if self.store is not None:
+            self.store.write(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        self.results.append(result)

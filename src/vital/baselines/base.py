@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.optimize import Objective, Parametrization, Settings, optimize, transparency
-from vital.store import Result, ResultStore, record_header
+from vital.store import Result, ResultSink, record_header
 from vital.taps import check_layer, tapped
 from vital.targets import Channel, ClassTarget
 from vital.zoo import Model, Preprocessing
@@ -260,8 +260,7 @@ def run_baseline(
         raise VitalError(f"{baseline.name} is defined for class targets only, not channels.")
     settings = settings or baseline.settings(model)
     settings.validate()
-    store = ResultStore(out) if out is not None else None
-    results = []
+    sink = ResultSink(out, on_result)
     for start in range(0, len(resolved), batch_size):
         batch = resolved[start : start + batch_size]
         batch_settings = dataclasses.replace(settings, seed=settings.seed + start)
@@ -298,9 +297,5 @@ def run_baseline(
             }
             alpha = alphas[item].cpu() if alphas is not None else None
             result = Result(target, run.pixels[item].cpu(), record, alpha)
-            if store is not None:
-                store.write(result)
-            if on_result is not None:
-                on_result(result)
-            results.append(result)
-    return results
+            sink(result)
+    return sink.results
