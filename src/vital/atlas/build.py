@@ -26,10 +26,8 @@ from vital.grids import to_image
 from vital.optimize import Settings
 from vital.references import ReferenceSet, center_crop, open_rgb
 from vital.store import Result, ResultStore
-from vital.targets import Channel, ClassTarget, Direction
+from vital.targets import Target
 from vital.zoo import Model, load_model
-
-Target = ClassTarget | Channel | Direction
 
 
 @dataclass(frozen=True)
