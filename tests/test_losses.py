@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from vital.losses import l2, sort_matching_loss, sorted_prototype, tv_l1, tv_l2
+from vital.losses import l2, rank_order, sort_matching_loss, sorted_prototype, tv_l1, tv_l2
 
 
 def brute_force_w2(features: torch.Tensor, prototype: torch.Tensor) -> float:
@@ -90,3 +90,21 @@ def test_priors_against_direct_formulas():
         assert tv_l2(tensor)[i].item() == pytest.approx(expected_l2)
         assert tv_l1(tensor)[i].item() == pytest.approx(expected_l1)
         assert l2(tensor)[i].item() == pytest.approx(np.sqrt((x[i] ** 2).sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_order_sorts_every_row(dtype):
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(2, 5, 301, generator=generator, dtype=dtype)
+    values[0, 0, :50] = 0.0  # ties, as ReLU features have
+    values[0, 1, :3] = torch.tensor([-0.0, float("inf"), -float("inf")], dtype=dtype)
+    values[1, 2] = values[1, 2].round()  # many small ties
+    order = rank_order(values)
+    assert order.shape == values.shape and order.dtype == torch.int64
+    assert torch.equal(order.sort(dim=-1).values, torch.arange(301).expand(2, 5, 301))
+    assert torch.equal(values.gather(-1, order), values.sort(dim=-1).values)
+
+
+def test_rank_order_of_a_non_contiguous_view():
+    values = torch.randn(40, 30).t()  # rows are strided
+    assert torch.equal(values.gather(-1, rank_order(values)), values.sort(dim=-1).values)

@@ -10,7 +10,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 
 from vital.errors import VitalError
-from vital.relevance import BACKENDS, get_backend
+from vital.relevance import BACKENDS, ZPlus, get_backend
 from vital.taps import list_layers, tapped
 
 EPS = 1e-5
@@ -67,7 +67,9 @@ def conv_zplus(x, conv, relevance_out):
     negative inputs with negative weights, bias ignored, ε-stabilised denominator."""
     w_pos, w_neg = conv.weight.clamp(min=0), conv.weight.clamp(max=0)
     x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-    options = dict(stride=conv.stride, padding=conv.padding, groups=conv.groups)
+    options = dict(
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups
+    )
     z = F.conv2d(x_pos, w_pos, **options) + F.conv2d(x_neg, w_neg, **options)
     s = relevance_out / (z + EPS * ((z == 0).double() + z.sign()))
     back = lambda w: torch.nn.grad.conv2d_input(x.shape, w, s, **options)  # noqa: E731
@@ -356,3 +358,26 @@ def test_timm_inverted_residual_matches_explicit_zplus():
     r_stem = r_shortcut + conv_zplus(stem, b.conv_pw, r_h1)
     torch.testing.assert_close(relevance["block"], r_block.flatten(2), atol=1e-10, rtol=1e-8)
     torch.testing.assert_close(relevance["stem"], r_stem.flatten(2), atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("conv", "size"),
+    [
+        (nn.Conv2d(6, 4, 1), 9),  # pointwise: the cached transposed weight
+        (nn.Conv2d(6, 4, 3, stride=2, padding=1), 10),  # strided, even input
+        (nn.Conv2d(6, 4, 3, stride=2, padding=1), 9),  # strided, odd input
+        (nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), 10),  # depthwise, strided
+        (nn.Conv2d(6, 6, 5, stride=1, padding=2, groups=6), 9),  # depthwise 5×5
+        (nn.Conv2d(6, 4, 3, stride=1, padding=2, dilation=2), 9),  # dilated
+        (nn.Conv2d(6, 4, 1, stride=2), 9),  # strided pointwise (a ResNet downsample)
+    ],
+)
+def test_zplus_convolution_cases_match_explicit_rule(conv, size):
+    torch.manual_seed(0)
+    conv = conv.double().requires_grad_(False)
+    x = torch.randn(2, 6, size, size, dtype=torch.float64)  # signed: both weight signs used
+    relevance_out = torch.rand_like(conv(x))
+    rule = ZPlus()
+    parts = [(x.clamp(min=0), "+"), (x.clamp(max=0), "-")]
+    got = rule._conv2d(conv, parts, relevance_out)
+    torch.testing.assert_close(got, conv_zplus(x, conv, relevance_out), atol=1e-8, rtol=1e-6)

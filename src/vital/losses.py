@@ -7,7 +7,37 @@ get alone.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+# Rows up to this length fit their positions into the low half of a packed 64-bit sort key.
+_PACKABLE_LENGTH = 2**32
+
+
+def rank_order(values: torch.Tensor) -> torch.Tensor:
+    """Ascending order of the last axis, like ``values.argsort(dim=-1)`` (ties in any order).
+
+    torch's CPU argsort is the dearest step of a CPU sort-matching loss (about 15 ms for the
+    32 × 12,544 stem features of MobileNetV2 on one core). For float32 on the CPU the order
+    comes instead from one value sort of packed 64-bit keys (the float's order-preserving
+    integer in the high half, its position in the low half) in numpy, whose vectorised sort is
+    about three times faster; other dtypes and devices use ``argsort``.
+    """
+    if (
+        values.device.type != "cpu"
+        or values.dtype != torch.float32
+        or values.shape[-1] >= _PACKABLE_LENGTH
+    ):
+        return values.argsort(dim=-1)
+    bits = np.ascontiguousarray(values.detach().numpy()).view(np.int32)
+    keys = bits.astype(np.int64)
+    # Negative floats order in reverse as integers: flip their magnitude bits.
+    keys ^= (keys >> 31) & 0x7FFFFFFF
+    keys <<= 32
+    keys |= np.arange(values.shape[-1], dtype=np.int64)
+    keys.sort(axis=-1)
+    keys &= 0xFFFFFFFF
+    return torch.from_numpy(keys)
 
 
 def sorted_prototype(features: torch.Tensor) -> torch.Tensor:
@@ -59,7 +89,7 @@ def sort_matching_loss(
             "(C, P): synthetic and reference images must have the same resolution"
         )
     prototype = prototype.expand_as(features)
-    order = features.detach().argsort(dim=-1)
+    order = rank_order(features.detach())
     target = torch.empty_like(prototype).scatter_(-1, order, prototype)
     squared = (features - target) ** 2
     if importance is not None:
