@@ -381,3 +381,27 @@ def test_zplus_convolution_cases_match_explicit_rule(conv, size):
     parts = [(x.clamp(min=0), "+"), (x.clamp(max=0), "-")]
     got = rule._conv2d(conv, parts, relevance_out)
     torch.testing.assert_close(got, conv_zplus(x, conv, relevance_out), atol=1e-8, rtol=1e-6)
+
+
+def test_folded_batchnorm_is_restored_and_keeps_its_graph():
+    net = make_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = net(x)
+    layers = list_layers(net, 32)
+    with get_backend("lrp").attached(net, layers, TAPS, ["head"]):
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # all folded
+        image = x.clone().requires_grad_(True)
+        folded = net(image)
+    # Folding changes the computation only by rounding, and a graph built while folded
+    # still differentiates after the BatchNorms are back.
+    torch.testing.assert_close(folded, expected)
+    (gradient,) = torch.autograd.grad(folded.sum(), image)
+    image = x.clone().requires_grad_(True)
+    (unfolded_gradient,) = torch.autograd.grad(net(image).sum(), image)
+    torch.testing.assert_close(gradient, unfolded_gradient)
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == norms

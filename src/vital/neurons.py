@@ -284,6 +284,8 @@ def visualize_neurons(
     target_layers = list(dict.fromkeys(n.layer for n in resolved))
     sink = ResultSink(out, on_result)
     batch_count = -(-len(resolved) // batch_size)
+    # The backend may fold BatchNorms into convolutions while attached: fingerprint before.
+    model.fingerprint  # noqa: B018
     with backend.attached(model.module, layers, all_taps, target_layers):
         summaries = {
             factor: [

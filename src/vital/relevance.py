@@ -16,6 +16,9 @@ Backends
     inverted residuals of torchvision MobileNetV2 and timm EfficientNet) are rewritten for the
     run by :class:`ResidualSplitCanonizer`, after zennit's ResNet canonizers, but with a
     two-input sum module instead of a stack and a sum over its last axis (which is slow).
+    BatchNorms with positive scales are folded into their convolutions for the run
+    (:class:`FoldBatchNorm`), which leaves z⁺ exactly as with the BatchNorm passed and saves
+    a module per convolution.
 ``lrp-restricted``
     As ``lrp``, started only at the position of the target layer whose activation vector is
     most aligned with the target direction.
@@ -54,6 +57,8 @@ from vital.errors import VitalError
 from vital.taps import LayerInfo, to_positions
 
 EPSILON = 1e-5
+# Attribute that FoldBatchNorm leaves on a convolution: the positive scale folded into it.
+FOLDED_SCALE = "_vital_folded_scale"
 
 # --- model knowledge, as data ------------------------------------------------------------------
 
@@ -103,6 +108,13 @@ RESIDUAL_FLAGS: dict[str, str] = {
     "timm.models._efficientnet_blocks.CondConvResidual": "has_skip",
     "timm.models._efficientnet_blocks.EdgeResidual": "has_skip",
     "timm.models._efficientnet_blocks.UniversalInvertedResidual": "has_skip",
+}
+
+# Blocks whose forward applies these (convolution, BatchNorm) children one after the other.
+FOLDABLE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "torchvision.models.resnet.Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    "torchvision.models.resnet.BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+    "torchvision.models.resnet.ResNet": (("conv1", "bn1"),),
 }
 
 # Blocks that multiply features by a computed gate; no LRP rule here covers the product.
@@ -259,7 +271,11 @@ class ZPlus(_LeanHook, BasicHook):
         z = F.conv2d(parts[0][0], self._weight(module, parts[0][1]), None, **options)
         for part, sign in parts[1:]:
             z += F.conv2d(part, self._weight(module, sign), None, **options)
-        scaled = relevance_out / z.add_(self.stabilizer)
+        folded = getattr(module, FOLDED_SCALE, None)
+        # A folded BatchNorm scaled z by its positive scale: scale ε alike, so that the ratios
+        # are those of the unfolded layer exactly.
+        stabilizer = self.stabilizer if folded is None else self.stabilizer * folded.view(-1, 1, 1)
+        scaled = relevance_out / z.add_(stabilizer)
         size = parts[0][0].shape[-2:]
         relevance = self._conv2d_transposed(module, parts[0][1], scaled, size).mul_(parts[0][0])
         for part, sign in parts[1:]:
@@ -475,6 +491,96 @@ class OutOfPlaceCanonizer(Canonizer):
         return OutOfPlaceCanonizer()
 
 
+class FoldBatchNorm(Canonizer):
+    """Fold a BatchNorm into the convolution before it, when that leaves z⁺ unchanged.
+
+    z⁺ ignores biases, and a positive per-channel scale cancels in its ratios
+    ``x_i w⁺_ij / Σ_i x_i w⁺_ij``; so when every channel of the BatchNorm scales by a positive
+    ``γ / σ``, z⁺ on the folded convolution is z⁺ on the convolution with the BatchNorm passed,
+    as METHOD.md specifies, once ε is scaled alike (the scale is left on the convolution as
+    :data:`FOLDED_SCALE` for :class:`ZPlus`). The folded pair costs one module instead of two,
+    and the relevance pass one rule instead of two. BatchNorms with a negative or zero scale
+    stay (and pass relevance). :meth:`remove` restores both modules.
+    """
+
+    def __init__(self):
+        self.parent: nn.Module | None = None
+        self.name = ""
+        self.norm: nn.Module | None = None
+        self.conv: nn.Conv2d | None = None
+        self.weight: nn.Parameter | None = None
+        self.bias: nn.Parameter | None = None
+
+    def apply(self, root_module: nn.Module) -> list[Canonizer]:
+        """Fold the foldable ``Conv2d`` → ``BatchNorm2d`` pairs under ``root_module``.
+
+        Pairs are consecutive children of a ``Sequential``, or the named pairs of the blocks
+        in :data:`FOLDABLE_PAIRS` (whose forward calls them in that order).
+        """
+        named_pairs = dict(
+            zip(_classes(list(FOLDABLE_PAIRS)), FOLDABLE_PAIRS.values(), strict=False)
+        )
+        instances = []
+        for parent in root_module.modules():
+            if isinstance(parent, nn.Sequential):
+                children = list(parent.named_children())
+                pairs = [(a, b) for (a, _), (b, _) in zip(children, children[1:], strict=False)]
+            else:
+                pairs = named_pairs.get(type(parent), ())
+            for conv_name, norm_name in pairs:
+                conv, norm = parent._modules.get(conv_name), parent._modules.get(norm_name)
+                if self._foldable(conv, norm):
+                    instance = FoldBatchNorm()
+                    instance.register(parent, norm_name, conv, norm)
+                    instances.append(instance)
+        return instances
+
+    @staticmethod
+    def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+        return (
+            type(conv) is nn.Conv2d
+            and type(norm) is nn.BatchNorm2d
+            and not norm.training
+            and norm.running_var is not None
+            and norm.num_features == conv.out_channels
+            and bool((FoldBatchNorm._scale(norm) > 0).all())
+        )
+
+    @staticmethod
+    def _scale(norm: nn.BatchNorm2d) -> torch.Tensor:
+        weight = norm.weight.detach() if norm.weight is not None else 1.0
+        return weight / (norm.running_var + norm.eps).sqrt()
+
+    def register(self, parent: nn.Module, name: str, conv: nn.Conv2d, norm: nn.Module) -> None:
+        """Fold ``norm`` into ``conv`` and put an identity in its place."""
+        self.parent, self.name, self.norm, self.conv = parent, name, norm, conv
+        self.weight, self.bias = conv.weight, conv.bias
+        scale = self._scale(norm)
+        shift = norm.bias.detach() if norm.bias is not None else 0.0
+        bias = self.bias.detach() if self.bias is not None else 0.0
+        # New parameters rather than new ``.data``: a graph built while folded keeps the
+        # folded weights even if its backward runs after :meth:`remove`.
+        conv.weight = nn.Parameter(
+            self.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False
+        )
+        conv.bias = nn.Parameter((bias - norm.running_mean) * scale + shift, requires_grad=False)
+        setattr(conv, FOLDED_SCALE, scale)
+        parent._modules[name] = nn.Identity()
+
+    def remove(self) -> None:
+        """Restore the convolution and the BatchNorm."""
+        if self.parent is None:
+            return
+        self.conv.weight = self.weight
+        self.conv.bias = self.bias
+        delattr(self.conv, FOLDED_SCALE)
+        self.parent._modules[self.name] = self.norm
+
+    def copy(self) -> FoldBatchNorm:
+        """A fresh canonizer."""
+        return FoldBatchNorm()
+
+
 def vital_composite() -> Composite:
     """The authors' LRP rule set (METHOD.md section 3) as a zennit composite."""
     return LayerMapComposite(
@@ -485,7 +591,7 @@ def vital_composite() -> Composite:
             (AVERAGE_POOLS, Norm(EPSILON)),
             (LINEAR, ZPlus(EPSILON)),
         ],
-        canonizers=[ResidualSplitCanonizer(), OutOfPlaceCanonizer()],
+        canonizers=[FoldBatchNorm(), ResidualSplitCanonizer(), OutOfPlaceCanonizer()],
     )
 
 
