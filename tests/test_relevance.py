@@ -10,7 +10,13 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 
 from vital.errors import VitalError
-from vital.relevance import BACKENDS, ZPlus, get_backend
+from vital.relevance import (
+    BACKENDS,
+    ZPlus,
+    activation_seed,
+    get_backend,
+    restricted_seed,
+)
 from vital.taps import list_layers, tapped
 
 EPS = 1e-5
@@ -405,3 +411,17 @@ def test_folded_batchnorm_is_restored_and_keeps_its_graph():
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == norms
+
+
+def test_restricted_seed_is_the_direction_even_where_the_target_is_silent():
+    # As in the authors' code: relevance 1 for channel k at the most aligned position, so that
+    # relevance flows while channel k is silent (where `lrp`'s activation seed is all zero).
+    activation = torch.rand(2, 4, 3, 5, generator=torch.Generator().manual_seed(0))
+    activation[:, 1] = 0.0  # channel 1 silent everywhere
+    activation[0, :, 2, 3] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # no alignment anywhere…
+    activation[1, 1, 0, 4] = 5.0  # …except in image 1, here
+    direction = one_hot([1, 1], count=4).float()
+    seed = restricted_seed(activation, direction)
+    assert activation_seed(activation, direction)[0].abs().max() == 0
+    assert seed[0, 1].sum() == 1 and seed[0, [0, 2, 3]].abs().max() == 0
+    assert seed[1, 1, 0, 4] == 1 and seed[1].sum() == 1

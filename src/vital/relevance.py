@@ -21,7 +21,8 @@ Backends
     a module per convolution.
 ``lrp-restricted``
     As ``lrp``, started only at the position of the target layer whose activation vector is
-    most aligned with the target direction.
+    most aligned with the target direction, with the direction itself as starting relevance
+    (as the authors' code does).
 ``guided-backprop``
     zennit's guided backpropagation of the target's mean activation.
 ``grad-x-act``
@@ -655,13 +656,17 @@ def activation_seed(activation: torch.Tensor, direction: torch.Tensor) -> torch.
 
 
 def restricted_seed(activation: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """``A ⊙ v`` kept only at the position whose activation vector is most aligned with ``v``."""
+    """The direction ``v`` itself, at the position whose activation vector is most aligned with it.
+
+    As in the authors' code the starting relevance there is ``v`` (for a channel, 1 at channel k),
+    not the activation: so relevance flows even while the target is silent on the image.
+    """
     flat = activation.flatten(2)
     cosine = torch.einsum("bcp,bc->bp", flat, direction.to(flat.dtype)) / (
         flat.norm(dim=1) * direction.norm(dim=1, keepdim=True) + 1e-12
     )
     mask = torch.zeros_like(cosine).scatter_(1, cosine.argmax(dim=1, keepdim=True), 1.0)
-    return activation_seed(activation, direction) * mask.view(-1, 1, *activation.shape[2:])
+    return _broadcast(direction, activation) * mask.view(-1, 1, *activation.shape[2:])
 
 
 def gradient_seed(activation: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
