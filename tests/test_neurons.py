@@ -236,6 +236,27 @@ def test_final_activation_is_recomputed_independently(tiny_cnn, image_folder):
     assert result.record["evaluation"]["activation"] == pytest.approx(float(expected), abs=1e-4)
 
 
+def test_activation_trace_starts_at_the_initial_activation(tiny_cnn, image_folder):
+    steps = 120
+    results = visualize_neurons(
+        tiny_cnn,
+        [Channel("stage3", 1), Direction("stage2", tuple([0.25] * 16), "quarter")],
+        image_folder,
+        settings=Settings(steps=steps, warmup=1, jitter=0),  # the first input is the noise
+        reference_count=2,
+        progress=False,
+    )
+    for result in results:
+        trace = result.record["activation_trace"]
+        steps_seen = [step for step, _ in trace]
+        assert steps_seen[0] == 1 and steps_seen[-1] == steps and steps_seen == sorted(steps_seen)
+        assert 40 <= len(trace) <= 61
+        initial = result.record["evaluation"]["initial_activation"]
+        assert trace[0][1] == pytest.approx(initial, abs=1e-4)
+    # Each image's own target: the two traces differ.
+    assert results[0].record["activation_trace"] != results[1].record["activation_trace"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -179,6 +179,13 @@ def _activations(model: Model, images: torch.Tensor, targets: Sequence[NeuronTar
         ).cpu()
 
 
+def _thinned(trace: Sequence[torch.Tensor], item: int, points: int = 50) -> list[list[float]]:
+    """About ``points`` [step, activation] pairs of one image's trace, the last step included."""
+    every = max(1, len(trace) // points)
+    steps = sorted({*range(0, len(trace), every), len(trace) - 1}) if trace else []
+    return [[step + 1, round(float(trace[step][item]), 5)] for step in steps]
+
+
 def visualize_neurons(
     model: Model | str,
     targets: Sequence[Channel | Direction],
@@ -233,7 +240,10 @@ def visualize_neurons(
     Returns
     -------
     list of Result
-        One per target, in order, each with its transparency map (``alpha``).
+        One per target, in order, each with its transparency map (``alpha``); its record holds
+        the target's final activation against its references' and the starting noise's
+        (``evaluation``) and about 50 ``[step, activation]`` points of the run
+        (``activation_trace``, on each step's jittered input).
     """
     from vital.api import _batches, _record
 
@@ -344,6 +354,7 @@ def visualize_neurons(
                     "reference_activation": reference_activation,
                     "initial_activation": float(initial[item]),
                 }
+                record["activation_trace"] = _thinned(objective.trace, item)
                 result = Result(target, run.pixels[item].cpu(), record, alpha=alpha[item])
                 sink(result)
     return sink.results

@@ -182,6 +182,9 @@ class RelevanceSortMatching:
     relevance for each image's target; the loss of tap ``l`` for image ``b`` is
     ``w_bl · mean((A ⊙ R̂ − target)² · importance)``.
 
+    After each call, :attr:`trace` holds one (B,) tensor more: each image's target activation
+    on the input of that call.
+
     Parameters
     ----------
     tap
@@ -211,6 +214,7 @@ class RelevanceSortMatching:
         )
         self._prototypes = prototypes
         self._stacked: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.trace: list[torch.Tensor] = []
 
     def directions(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Target layer → (B, C) directions, zero rows for images targeting another layer."""
@@ -247,9 +251,17 @@ class RelevanceSortMatching:
             # Relevance needs a graph from the taps to the target even for a constant input.
             model_input = model_input.detach().requires_grad_(True)
         features = self.tap(model_input)
-        relevance = self.backend.relevance(
-            self.tap.outputs, self.directions(model_input.device), self.taps
-        )
+        directions = self.directions(model_input.device)
+        relevance = self.backend.relevance(self.tap.outputs, directions, self.taps)
+        with torch.no_grad():
+            # Each image's target activation on its (jittered) input: free, the target layers
+            # ran anyway; it shows how a long run got where it ended.
+            self.trace.append(
+                sum(
+                    target_activation(self.tap.outputs[layer], direction)
+                    for layer, direction in directions.items()
+                ).cpu()
+            )
         stacked = self._stack(factor, features)
         weights = self.weights.to(model_input.device)
         terms = {}
