@@ -27,6 +27,7 @@ import torch
 from vital import Channel, Settings, from_samples, load_model
 from vital.grids import display_pixels, grid, to_image
 from vital.neurons import NEURON_PRIOR, target_score, visualize_neurons
+from vital.optimize import initial_images
 from vital.references import SAMPLE_PHOTOS, ReferenceSet, center_crop, open_rgb, top_references
 from vital.taps import tapped
 
@@ -67,6 +68,14 @@ def references_for(model, layer, channel, photos, count):
     return ReferenceSet(tuple(s for _, s in top), count, 0, description), [v for v, _ in top]
 
 
+def noise_activations(model, layer, channels, seeds: int = 16) -> torch.Tensor:
+    """(channels,) mean activation over ``seeds`` starting noise images (the runs' N(0, 1))."""
+    noise = initial_images(range(1000, 1000 + seeds), 224, model.device)
+    with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
+        tap(noise)
+        return tap.outputs[layer][:, channels].mean(dim=(0, 2, 3))
+
+
 def model_channels(model, layer):
     with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
         return tap(torch.zeros(1, 3, 224, 224))[layer].shape[1]
@@ -79,6 +88,8 @@ def main() -> None:
     parser.add_argument("--references", type=int, default=12)
     parser.add_argument("--relevance", default="lrp")
     parser.add_argument("--channels", type=int, nargs="*", help="default: chosen as described")
+    parser.add_argument("--jitter", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=HERE / "out" / "neurons_mobilenet")
     arguments = parser.parse_args()
     started = time.perf_counter()
@@ -93,7 +104,13 @@ def main() -> None:
         references[target], scores[target] = references_for(
             model, arguments.layer, target.index, photos, arguments.references
         )
-    settings = Settings(steps=arguments.steps, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR)
+    settings = Settings(
+        steps=arguments.steps,
+        tv_l2=NEURON_PRIOR,
+        l2=NEURON_PRIOR,
+        jitter=arguments.jitter,
+        lr=arguments.lr,
+    )
     results = visualize_neurons(
         model,
         targets,
@@ -103,9 +120,10 @@ def main() -> None:
         out=arguments.out,
         batch_size=len(targets),
     )
+    noise_mean = noise_activations(model, arguments.layer, channels)
     images, captions, labels = [], [], []
     lines = []
-    for result in results:
+    for result, noise in zip(results, noise_mean.tolist(), strict=True):
         target = result.target
         evaluation = result.record["evaluation"]
         images += [result.image, to_image(display_pixels(result.pixels), result.alpha)]
@@ -117,12 +135,16 @@ def main() -> None:
         lines.append(
             f"| {target.index} | {evaluation['activation']:.3f} | "
             f"{evaluation['reference_activation']:.3f} | {evaluation['initial_activation']:.3f} | "
+            f"{noise:.3f} | "
             f"{evaluation['activation'] / evaluation['reference_activation']:.2f} |"
         )
     sheet = grid(images, captions, columns=6, cell=160, row_labels=labels)
     figure = (
         HERE / "figures" / f"neurons_mobilenet_{arguments.layer.replace('.', '_')}"
         f"{'_' + '_'.join(map(str, channels)) if arguments.channels else ''}"
+        f"{'' if arguments.relevance == 'lrp' else '_' + arguments.relevance}"
+        f"{'' if arguments.jitter == 30 else f'_jitter{arguments.jitter}'}"
+        f"{'' if arguments.lr == 1 else f'_lr{arguments.lr:g}'}"
         f"_{arguments.steps}steps.jpg"
     )
     figure.parent.mkdir(exist_ok=True)
@@ -130,15 +152,22 @@ def main() -> None:
     seconds = time.perf_counter() - started
     report = [
         f"MobileNetV2 (embedded ImageNet weights), {arguments.layer}, relevance "
-        f"{arguments.relevance}, {arguments.steps} steps (not the authors' 2000), batch of "
-        f"{len(targets)}, "
+        f"{arguments.relevance}, {arguments.steps} steps (the authors use 2000), lr "
+        f"{arguments.lr:g}, jitter {arguments.jitter}, batch of {len(targets)}, "
         f"{arguments.references} references each; {seconds / 60:.1f} min in all; "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Grid: {figure.name}.",
         "",
-        "| channel | activation (visualisation) | mean over references | initial noise | "
-        "visualisation / references |",
-        "|---|---|---|---|---|",
+        "| channel | activation (visualisation) | mean over references | its initial noise | "
+        "mean over 16 noise images | visualisation / references |",
+        "|---|---|---|---|---|---|",
         *lines,
+        "",
+        "Activation over the run (step: activation on that step's jittered input):",
+        *(
+            f"- channel {r.target.index}: "
+            + ", ".join(f"{step}: {value:.2f}" for step, value in r.record["activation_trace"][::5])
+            for r in results
+        ),
     ]
     print("\n".join(report))
 
