@@ -90,3 +90,13 @@ def test_cli_compare_and_class_method_on_the_embedded_model(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert list(tmp_path.glob("fourier-class-985-*.json"))
+
+
+def test_cli_refuses_vital_optimisation_options_for_a_baseline(monkeypatch, tiny_cnn, tmp_path):
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    arguments = ["class", "-c", "3", "--method", "fourier", "--lr", "0.1", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, arguments)
+    assert isinstance(result.exception, VitalError), result.output
+    assert "--lr and --jitter" in str(result.exception)

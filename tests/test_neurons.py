@@ -271,6 +271,7 @@ def test_activation_trace_starts_at_the_initial_activation(tiny_cnn, image_folde
         (["--layer", "stem", "--channel", "1", "--refs", "REFS"], "no feature tap"),
         (["--layer", "stage3", "--direction", "DIR", "--refs", "REFS"], "has 3 values"),
         (["--layer", "stage3", "--channel", "1", "--refs", "/nonexistent"], "does not exist"),
+        (["--layer", "stage3", "--channel", "1", "--refs", "REFS", "--lr", "0"], "learning rate"),
     ],
 )
 def test_neuron_cli_errors(monkeypatch, tiny_cnn, image_folder, tmp_path, arguments, message):
@@ -299,6 +300,7 @@ def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
             "neuron", "--layer", "stage3", "--channel", "3", "--direction", str(direction),
             "--refs", str(image_folder), "--steps", "3", "--out", str(tmp_path / "o"),
             "--patches", "16", "--references", "2", "--relevance", "grad-x-act",
+            "--lr", "0.25", "--jitter", "4",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -307,6 +309,7 @@ def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
     assert {r["target"]["kind"] for r in records} == {"channel", "direction"}
     assert all(r["relevance"] == "grad-x-act" for r in records)
     assert all(r["references"]["mode"] == "best 16px patch per image" for r in records)
+    assert all(r["settings"]["lr"] == 0.25 and r["settings"]["jitter"] == 4 for r in records)
     assert (tmp_path / "o" / "neuron-grid.png").is_file()
 
 

@@ -34,18 +34,32 @@ Weights = Annotated[
 SettingNumber = Annotated[
     int, typer.Option("--setting", help="The authors' setting: 0 (half-res first), 1, 2.")
 ]
+LearningRate = Annotated[
+    float | None, typer.Option("--lr", help="Peak learning rate (default: the setting's, 1).")
+]
+Jitter = Annotated[
+    int | None, typer.Option("--jitter", help="Largest random shift in pixels (default 30).")
+]
 TapOption = Annotated[
     list[str] | None,
     typer.Option("--tap", help="NAME=WEIGHT; repeat for each tap (default: preset or discovered)."),
 ]
 
 
-def _settings(setting: int, steps: int | None, seed: int, resolution: int | None, **extra):
+def _settings(
+    setting: int,
+    steps: int | None,
+    seed: int,
+    resolution: int | None,
+    lr: float | None = None,
+    jitter: int | None = None,
+    **extra,
+):
     from vital.optimize import Settings
 
     overrides = {"seed": seed, "resolution": resolution, **extra}
-    if steps is not None:
-        overrides["steps"] = steps
+    given = {"steps": steps, "lr": lr, "jitter": jitter}
+    overrides.update({name: value for name, value in given.items() if value is not None})
     return Settings.setting(setting, **overrides)
 
 
@@ -100,6 +114,8 @@ def class_command(
     device: Device = "cpu",
     resolution: Resolution = None,
     batch: Batch = 8,
+    lr: LearningRate = None,
+    jitter: Jitter = None,
     method: Annotated[
         str,
         typer.Option(
@@ -114,9 +130,15 @@ def class_command(
 
     loaded = _load(model, weights, device)
     if method == "vital":
-        settings = _settings(setting, steps, seed, resolution)
+        settings = _settings(setting, steps, seed, resolution, lr, jitter)
     else:
         from vital.baselines import settings_for
+
+        if lr is not None or jitter is not None:
+            raise VitalError(
+                f"--lr and --jitter set VITAL's optimisation; {method} runs with its published "
+                "settings. Leave them out, or use --method vital."
+            )
 
         settings = settings_for(method, loaded, steps=steps, seed=seed, resolution=resolution)
     results = visualize(
@@ -245,6 +267,8 @@ def neuron(
     device: Device = "cpu",
     resolution: Resolution = None,
     batch: Batch = 8,
+    lr: LearningRate = None,
+    jitter: Jitter = None,
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
     from vital.mining import is_mining_database, mined_reference_sets
@@ -269,7 +293,9 @@ def neuron(
         loaded,
         targets,
         references_given,
-        settings=_settings(setting, steps, seed, resolution, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR),
+        settings=_settings(
+            setting, steps, seed, resolution, lr, jitter, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR
+        ),
         taps=taps,
         relevance=relevance,
         patch_side=patches,

@@ -94,9 +94,9 @@ class Settings:
         if self.steps < 0 or self.half_resolution_steps < 0 or not self.stages():
             raise VitalError("the number of steps must be positive (--steps N).")
         if self.lr <= 0:
-            raise VitalError("the learning rate must be positive.")
+            raise VitalError("the learning rate must be positive (--lr).")
         if self.jitter < 0:
-            raise VitalError("jitter must be zero or positive (pixels).")
+            raise VitalError("jitter must be zero or positive (pixels, --jitter).")
         if self.resolution is not None and self.resolution < 16:
             raise VitalError("the resolution must be at least 16 pixels (--resolution R).")
 
