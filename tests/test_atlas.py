@@ -205,3 +205,17 @@ def test_server_refuses_links_that_leave_the_atlas(server, tmp_path):
 def test_serving_a_folder_that_is_no_atlas(tmp_path):
     with pytest.raises(VitalError, match="not an atlas"):
         make_server(tmp_path, 0)
+
+
+def test_activation_curve_scales_steps_and_draws_the_reference_level():
+    from vital.atlas.site import activation_curve_svg
+
+    svg = activation_curve_svg([[1, 0.0], [11, float("nan")], [21, 2.0]], 4.0, 108, 58)
+    lines = svg.split("<polyline")[1:]
+    assert len(lines) == 2  # the trace and the dashed reference level
+    # Step 1 at the left margin, step 21 at the right; 0 at the bottom, half the height for 2.0
+    # on a 0–4 scale (the reference sets the top).
+    assert "points='4.0,54.0 104.0,29.0'" in lines[0]
+    assert "points='4.0,4.0 104.0,4.0'" in lines[1] and "stroke-dasharray" in lines[1]
+    assert "the references' mean, 4" in svg
+    assert activation_curve_svg([[1, 0.5]], None) == "<p>no activation trace</p>"

@@ -27,5 +27,8 @@ def test_atlas_build_of_mined_channels_and_classes_from_the_cli(tmp_path):
     assert channel["settings"]["tv_l2"] == pytest.approx(3e-7)
     assert json.loads(rows["class/967"])["settings"]["tv_l2"] == 0
     assert "files" in channel and "rgba" in channel["files"]
+    assert [step for step, _ in channel["activation_trace"]] == [1, 2]
+    page = tmp_path / "atlas" / "units" / f"{channel['files']['png'][:-4]}.html"
+    assert "aria-label='activation over the run'" in page.read_text()
     again = CliRunner().invoke(app, arguments)
     assert "0 units visualised, 0 failed, 3 already done" in again.output

@@ -310,7 +310,8 @@ def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
     assert all(r["relevance"] == "grad-x-act" for r in records)
     assert all(r["references"]["mode"] == "best 16px patch per image" for r in records)
     assert all(r["settings"]["lr"] == 0.25 and r["settings"]["jitter"] == 4 for r in records)
-    assert (tmp_path / "o" / "neuron-grid.png").is_file()
+    sheet = Image.open(tmp_path / "o" / "neuron-grid.png")
+    assert sheet.width > 3 * 224  # four cells in a row: two images, each with its RGBA view
 
 
 def test_mixing_class_and_channel_targets_is_refused(tiny_cnn):

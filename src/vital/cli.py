@@ -84,7 +84,17 @@ def _report(results, out: Path, title: str) -> None:
                 f"{evaluation['initial_activation']:.3g})"
             )
         typer.echo(line)
-    sheet = grid([r.image for r in results], [r.target.describe() for r in results])
+    if any(r.alpha is not None for r in results):
+        # Neurons: each image next to its RGBA view, where the transparency shows the evidence.
+        from vital.grids import display_pixels, to_image
+
+        cells, captions = [], []
+        for r in results:
+            cells += [r.image, to_image(display_pixels(r.pixels), r.alpha)]
+            captions += [r.target.describe(), "RGBA (transparency)"]
+        sheet = grid(cells, captions, columns=min(4, len(cells)))
+    else:
+        sheet = grid([r.image for r in results], [r.target.describe() for r in results])
     path = out / f"{title}-grid.png"
     sheet.save(path)
     typer.echo(f"grid: {path}")

@@ -48,6 +48,25 @@ def _page(title: str, body: str, depth: int = 0) -> str:
     )
 
 
+def _scaled_points(
+    xs: list[float], ys: list[float], low: float, high: float, width: int, height: int
+) -> str:
+    """SVG polyline points for (x, y) pairs in a ``width`` × ``height`` box with a 4 px margin."""
+    first, last = xs[0], xs[-1]
+    x_span, y_span = (last - first) or 1.0, (high - low) or 1.0
+    return " ".join(
+        f"{4 + (x - first) / x_span * (width - 8):.1f},{4 + (high - y) / y_span * (height - 8):.1f}"
+        for x, y in zip(xs, ys, strict=True)
+    )
+
+
+def _svg(label: str, lines: str, width: int, height: int) -> str:
+    return (
+        f"<svg class='curve' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
+        f"role='img' aria-label='{_escape(label)}'>{lines}</svg>"
+    )
+
+
 def loss_curve_svg(history: list[float], width: int = 480, height: int = 160) -> str:
     """The loss history as an inline SVG polyline (log scale when it spans decades)."""
     values = [v for v in history if math.isfinite(v)]
@@ -55,19 +74,42 @@ def loss_curve_svg(history: list[float], width: int = 480, height: int = 160) ->
         return "<p>no loss history</p>"
     logarithmic = min(values) > 0 and max(values) / min(values) > 20
     scaled = [math.log10(v) if logarithmic else v for v in values]
-    low, high = min(scaled), max(scaled)
-    span = (high - low) or 1.0
-    points = " ".join(
-        f"{4 + i * (width - 8) / (len(scaled) - 1):.1f},{4 + (high - v) / span * (height - 8):.1f}"
-        for i, v in enumerate(scaled)
+    points = _scaled_points(
+        list(range(len(scaled))), scaled, min(scaled), max(scaled), width, height
     )
     scale = "log scale" if logarithmic else "linear scale"
+    line = f"<polyline fill='none' stroke='#2563eb' stroke-width='1.5' points='{points}'/>"
     return (
-        f"<svg class='curve' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
-        f"role='img' aria-label='loss curve'><polyline fill='none' stroke='#2563eb' "
-        f"stroke-width='1.5' points='{points}'/></svg>"
-        f"<p class='muted'>loss from {values[0]:.4g} to {values[-1]:.4g} over {len(values)} "
+        _svg("loss curve", line, width, height)
+        + f"<p class='muted'>loss from {values[0]:.4g} to {values[-1]:.4g} over {len(values)} "
         f"steps ({scale})</p>"
+    )
+
+
+def activation_curve_svg(
+    trace: list[list[float]], reference: float | None, width: int = 480, height: int = 160
+) -> str:
+    """A neuron's activation over its run, with its references' mean as a dashed line."""
+    pairs = [(step, value) for step, value in trace if math.isfinite(value)]
+    if len(pairs) < 2:
+        return "<p>no activation trace</p>"
+    steps, values = [float(s) for s, _ in pairs], [v for _, v in pairs]
+    levels = values + ([reference] if reference is not None else [])
+    low, high = min(0.0, *levels), max(levels)
+    lines = (
+        "<polyline fill='none' stroke='#dc2626' stroke-width='1.5' "
+        f"points='{_scaled_points(steps, values, low, high, width, height)}'/>"
+    )
+    caption = f"activation {values[0]:.3g} at step {steps[0]:g}, {values[-1]:.3g} at {steps[-1]:g}"
+    if reference is not None:
+        level = _scaled_points([steps[0], steps[-1]], [reference] * 2, low, high, width, height)
+        lines += (
+            "<polyline fill='none' stroke='#6b7280' stroke-dasharray='4 3' stroke-width='1' "
+            f"points='{level}'/>"
+        )
+        caption += f"; dashed: the references' mean, {reference:.3g}"
+    return _svg("activation over the run", lines, width, height) + (
+        f"<p class='muted'>{caption} (each step's jittered input)</p>"
     )
 
 
@@ -149,12 +191,19 @@ def _unit_page(record: dict) -> str:
     facts.update(record.get("activation", {}))
     rows = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in facts.items())
     settings = _escape(json.dumps(record.get("settings", {}), indent=1))
+    activation_section = ""
+    if record.get("activation_trace"):
+        reference = record.get("evaluation", {}).get("reference_activation")
+        activation_section = (
+            f"<h2>Activation</h2>{activation_curve_svg(record['activation_trace'], reference)}"
+        )
     body = (
         f"<header><a href='../index.html'>← all units</a><h1>{_escape(record['unit'])}</h1>"
         f"<p class='muted'>{_escape(label)}</p></header>"
         f"<section class='images'>{images}</section>"
         f"<h2>Top references</h2><section class='references'>{references}</section>"
         f"<h2>Loss</h2>{loss_curve_svg(record.get('loss_history', []))}"
+        f"{activation_section}"
         f"<h2>Record</h2><table>{rows}</table>"
         f"<h2>Settings</h2><pre>{settings}</pre>"
     )
