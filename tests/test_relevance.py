@@ -425,3 +425,19 @@ def test_restricted_seed_is_the_direction_even_where_the_target_is_silent():
     assert activation_seed(activation, direction)[0].abs().max() == 0
     assert seed[0, 1].sum() == 1 and seed[0, [0, 2, 3]].abs().max() == 0
     assert seed[1, 1, 0, 4] == 1 and seed[1].sum() == 1
+
+
+def test_batchnorm_is_folded_only_where_the_order_is_known():
+    class Reordered(nn.Sequential):
+        def forward(self, x):  # applies the BatchNorm *before* the convolution
+            return self[0](self[1](x))
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
+    reordered = Reordered(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3))
+    net = nn.Sequential(plain, reordered).eval()
+    x = torch.randn(1, 3, 8, 8)
+    expected = net(x)
+    with get_backend("lrp").attached(net, list_layers(net, 8), ["0"], ["1"]):
+        assert isinstance(plain[1], nn.Identity) and isinstance(reordered[1], nn.BatchNorm2d)
+        torch.testing.assert_close(net(x), expected)

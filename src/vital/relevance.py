@@ -523,7 +523,8 @@ class FoldBatchNorm(Canonizer):
         )
         instances = []
         for parent in root_module.modules():
-            if isinstance(parent, nn.Sequential):
+            # Only a Sequential's own forward is known to apply its children in order.
+            if isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward:
                 children = list(parent.named_children())
                 pairs = [(a, b) for (a, _), (b, _) in zip(children, children[1:], strict=False)]
             else:
