@@ -541,6 +541,9 @@ class FoldBatchNorm(Canonizer):
     def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
         return (
             type(conv) is nn.Conv2d
+            # the convolutions whose z⁺ scales ε by the folded scale (ZPlus._conv2d)
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
             and type(norm) is nn.BatchNorm2d
             and not norm.training
             and norm.running_var is not None
