@@ -179,11 +179,11 @@ def _activations(model: Model, images: torch.Tensor, targets: Sequence[NeuronTar
         ).cpu()
 
 
-def _thinned(trace: Sequence[torch.Tensor], item: int, points: int = 50) -> list[list[float]]:
-    """About ``points`` [step, activation] pairs of one image's trace, the last step included."""
+def _thinned(trace: torch.Tensor, points: int = 50) -> list[list[float]]:
+    """About ``points`` [step, activation] pairs of a (steps,) trace, the last one included."""
     every = max(1, len(trace) // points)
-    steps = sorted({*range(0, len(trace), every), len(trace) - 1}) if trace else []
-    return [[step + 1, round(float(trace[step][item]), 5)] for step in steps]
+    steps = sorted({*range(0, len(trace), every), len(trace) - 1}) if len(trace) else []
+    return [[step + 1, round(float(trace[step]), 5)] for step in steps]
 
 
 def visualize_neurons(
@@ -326,6 +326,7 @@ def visualize_neurons(
             noise = initial_images(batch_seeds, resolution, model.device, model.dtype)
             initial = _activations(model, noise, batch)
             alpha = transparency(run.gradient_magnitude).cpu()
+            trace = torch.stack(objective.trace).cpu()  # (steps, batch)
             for item, neuron in enumerate(batch):
                 index = start + item
                 target = targets[index]
@@ -354,7 +355,7 @@ def visualize_neurons(
                     "reference_activation": reference_activation,
                     "initial_activation": float(initial[item]),
                 }
-                record["activation_trace"] = _thinned(objective.trace, item)
+                record["activation_trace"] = _thinned(trace[:, item])
                 result = Result(target, run.pixels[item].cpu(), record, alpha=alpha[item])
                 sink(result)
     return sink.results

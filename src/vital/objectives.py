@@ -256,11 +256,12 @@ class RelevanceSortMatching:
         with torch.no_grad():
             # Each image's target activation on its (jittered) input: free, the target layers
             # ran anyway; it shows how a long run got where it ended.
+            # (kept on the device: reading it each step would wait for the GPU)
             self.trace.append(
                 sum(
                     target_activation(self.tap.outputs[layer], direction)
                     for layer, direction in directions.items()
-                ).cpu()
+                )
             )
         stacked = self._stack(factor, features)
         weights = self.weights.to(model_input.device)
