@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="*", help="default: chosen as described")
     parser.add_argument("--jitter", type=int, default=30)
     parser.add_argument("--lr", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first channel's image")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "neurons_mobilenet")
     arguments = parser.parse_args()
     started = time.perf_counter()
@@ -110,6 +111,7 @@ def main() -> None:
         l2=NEURON_PRIOR,
         jitter=arguments.jitter,
         lr=arguments.lr,
+        seed=arguments.seed,
     )
     results = visualize_neurons(
         model,
@@ -145,6 +147,7 @@ def main() -> None:
         f"{'' if arguments.relevance == 'lrp' else '_' + arguments.relevance}"
         f"{'' if arguments.jitter == 30 else f'_jitter{arguments.jitter}'}"
         f"{'' if arguments.lr == 1 else f'_lr{arguments.lr:g}'}"
+        f"{'' if arguments.seed == 0 else f'_seed{arguments.seed}'}"
         f"_{arguments.steps}steps.jpg"
     )
     figure.parent.mkdir(exist_ok=True)
@@ -153,7 +156,8 @@ def main() -> None:
     report = [
         f"MobileNetV2 (embedded ImageNet weights), {arguments.layer}, relevance "
         f"{arguments.relevance}, {arguments.steps} steps (the authors use 2000), lr "
-        f"{arguments.lr:g}, jitter {arguments.jitter}, batch of {len(targets)}, "
+        f"{arguments.lr:g}, jitter {arguments.jitter}, seed {arguments.seed}, batch of "
+        f"{len(targets)}, "
         f"{arguments.references} references each; {seconds / 60:.1f} min in all; "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Grid: {figure.name}.",
         "",
