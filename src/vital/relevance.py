@@ -229,7 +229,7 @@ class ZPlus(_LeanHook, BasicHook):
     def __init__(self, stabilizer: float = EPSILON):
         super().__init__()
         self.stabilizer = stabilizer
-        self._weights: dict[str, torch.Tensor] = {}
+        self._weights: dict[str, torch.Tensor | float] = {}
 
     def _weight(self, module: nn.Module, sign: str) -> torch.Tensor:
         # The model is frozen during a run: clamp its weights once per attachment.
@@ -272,16 +272,25 @@ class ZPlus(_LeanHook, BasicHook):
         z = F.conv2d(parts[0][0], self._weight(module, parts[0][1]), None, **options)
         for part, sign in parts[1:]:
             z += F.conv2d(part, self._weight(module, sign), None, **options)
-        folded = getattr(module, FOLDED_SCALE, None)
-        # A folded BatchNorm scaled z by its positive scale: scale ε alike, so that the ratios
-        # are those of the unfolded layer exactly.
-        stabilizer = self.stabilizer if folded is None else self.stabilizer * folded.view(-1, 1, 1)
-        scaled = relevance_out / z.add_(stabilizer)
+        scaled = relevance_out / z.add_(self._stabilizer(module))
         size = parts[0][0].shape[-2:]
         relevance = self._conv2d_transposed(module, parts[0][1], scaled, size).mul_(parts[0][0])
         for part, sign in parts[1:]:
             relevance += self._conv2d_transposed(module, sign, scaled, size).mul_(part)
         return relevance
+
+    def _stabilizer(self, module) -> float | torch.Tensor:
+        """ε, per output channel where a BatchNorm was folded into the layer (kept for the run).
+
+        A folded BatchNorm scaled z by its positive scale: scaling ε alike keeps the ratios those
+        of the unfolded layer exactly.
+        """
+        if "eps" not in self._weights:
+            folded = getattr(module, FOLDED_SCALE, None)
+            self._weights["eps"] = (
+                self.stabilizer if folded is None else self.stabilizer * folded.view(-1, 1, 1)
+            )
+        return self._weights["eps"]
 
     def _conv2d_transposed(self, module, sign, scaled, size):
         """``Wᵀ scaled``: the input gradient of the convolution with the clamped weights.
