@@ -22,7 +22,6 @@ from vital.atlas import build_atlas, make_server
 from vital.engines import LocalEngine, RayEngine
 from vital.grids import to_image
 from vital.mining import mine, mined_references
-from vital.optimize import Settings
 from vital.references import ImageSource, center_crop, export_sample_photos, open_rgb, random_view
 from vital.targets import Channel
 from vital.zoo import load_model
@@ -105,7 +104,7 @@ def main() -> None:
     def references(target):
         return mined_references(args.work / "mining", model, target.layer, target, "patch", 8)
 
-    settings = Settings(steps=args.steps, seed=0)
+    settings = {"steps": args.steps, "seed": 0}
     reports = {}
     for name, engine in (("local", LocalEngine()), ("ray", None)):
         if engine is None:

@@ -42,7 +42,7 @@ def main(backends: list[str]) -> None:
         )
         print(backend, "seconds", round(time.time() - started), flush=True)
         for result in results:
-            evaluation = {k: round(v, 3) for k, v in result.record["evaluation"].items()}
+            evaluation = {k: round(v, 3) for k, v in result.record.evaluation.items()}
             print(" ", result.target.describe(), evaluation, flush=True)
             cells += [Image.open(result.paths["png"]), Image.open(result.paths["rgba"])]
             captions += [f"{backend} {result.target.index}", "RGBA"]

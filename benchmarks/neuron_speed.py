@@ -4,7 +4,7 @@ Both are measured in the same process on the same model at 224 px, batch 1:
 
 * bare: the whole model forward, then the backward pass to the input (the cost of one step of
   plain gradient-based feature visualisation);
-* neuron step: one step of ``vital.neurons.visualize_neurons`` (jitter, forward to the target
+* neuron step: one step of ``vital.visualize`` for a channel (jitter, forward to the target
   layer, one relevance pass, the loss's backward pass, Adam), from the run's own timer.
 
 The authors' code spends about four passes per step (a fresh LRP model copy, two relevance
@@ -23,8 +23,7 @@ import time
 
 import torch
 
-from vital import Channel, Settings, from_samples, load_model
-from vital.neurons import visualize_neurons
+from vital import Channel, from_samples, load_model, visualize
 
 CASES = (
     ("mobilenet_v2", None, Channel("features.16", 5)),
@@ -44,16 +43,16 @@ def bare_seconds(model, repeats: int) -> float:
 
 def neuron_seconds(model, target, steps: int, relevance: str) -> float:
     references = from_samples(["coffee", "chelsea"], count=2)
-    settings = Settings(steps=steps, warmup=1, tv_l2=3e-7, l2=3e-7)
+    settings = {"steps": steps, "warmup": 1}  # the inner-neuron priors are the defaults
     # A first short run computes (and caches) the reference prototypes and warms up.
-    visualize_neurons(
-        model, [target], references, settings=Settings(steps=1), relevance=relevance,
+    visualize(
+        model, [target], references, settings={"steps": 1}, relevance=relevance,
         progress=False,
     )  # fmt: skip
-    (result,) = visualize_neurons(
+    (result,) = visualize(
         model, [target], references, settings=settings, relevance=relevance, progress=False
     )
-    return result.record["seconds"] / steps
+    return result.record.seconds / steps
 
 
 def main() -> None:

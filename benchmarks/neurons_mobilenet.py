@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from vital import Channel, Settings, from_samples, load_model
+from vital import Channel, from_samples, load_model, visualize
 from vital.grids import display_pixels, grid, to_image
-from vital.neurons import NEURON_PRIOR, target_score, visualize_neurons
+from vital.methods.vital_neuron import target_score
 from vital.optimize import initial_images
 from vital.references import SAMPLE_PHOTOS, ReferenceSet, center_crop, open_rgb, top_references
 from vital.taps import tapped
@@ -105,15 +105,13 @@ def main() -> None:
         references[target], scores[target] = references_for(
             model, arguments.layer, target.index, photos, arguments.references
         )
-    settings = Settings(
-        steps=arguments.steps,
-        tv_l2=NEURON_PRIOR,
-        l2=NEURON_PRIOR,
-        jitter=arguments.jitter,
-        lr=arguments.lr,
-        seed=arguments.seed,
-    )
-    results = visualize_neurons(
+    settings = {  # over the inner-neuron defaults (priors 3e-7)
+        "steps": arguments.steps,
+        "jitter": arguments.jitter,
+        "lr": arguments.lr,
+        "seed": arguments.seed,
+    }
+    results = visualize(
         model,
         targets,
         references,
@@ -127,7 +125,7 @@ def main() -> None:
     lines = []
     for result, noise in zip(results, noise_mean.tolist(), strict=True):
         target = result.target
-        evaluation = result.record["evaluation"]
+        evaluation = result.record.evaluation
         images += [result.image, to_image(display_pixels(result.pixels), result.alpha)]
         captions += [f"VITAL act {evaluation['activation']:.2f}", "RGBA (transparency)"]
         views = list(references[target].views(224))[:4]
@@ -169,7 +167,7 @@ def main() -> None:
         "Activation over the run (step: activation on that step's jittered input):",
         *(
             f"- channel {r.target.index}: "
-            + ", ".join(f"{step}: {value:.2f}" for step, value in r.record["activation_trace"][::5])
+            + ", ".join(f"{step}: {value:.2f}" for step, value in r.record.activation_trace[::5])
             for r in results
         ),
     ]

@@ -31,7 +31,7 @@ def test_seeded_cpu_run_is_bit_for_bit_repeatable(tiny_cnn, class_tree):
     second = run_tiny(tiny_cnn, [1, 2], class_tree, seed=5)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a.pixels, b.pixels)
-        assert a.record["loss_history"] == b.record["loss_history"]
+        assert a.record.loss_history == b.record.loss_history
     third = run_tiny(tiny_cnn, [1, 2], class_tree, seed=6)
     assert not torch.equal(first[0].pixels, third[0].pixels)
 
@@ -43,19 +43,19 @@ def test_a_batch_gives_each_target_what_it_gets_alone(tiny_cnn, class_tree):
     together = run_tiny(tiny_cnn, [1, 2, 3], class_tree, seed=10)
     for offset, target in enumerate([1, 2, 3]):
         alone = run_tiny(tiny_cnn, [target], class_tree, seed=10 + offset)[0]
-        assert alone.record["seed"] == together[offset].record["seed"]
+        assert alone.record.seed == together[offset].record.seed
         assert torch.allclose(alone.pixels, together[offset].pixels, atol=1e-9, rtol=0)
 
 
 def test_batches_smaller_than_the_target_list(tiny_cnn, class_tree):
     results = run_tiny(tiny_cnn, [1, 2, 3], class_tree, seed=0, batch_size=2)
-    assert [r.record["seed"] for r in results] == [0, 1, 2]
-    assert [r.record["batch_size"] for r in results] == [2, 2, 1]
+    assert [r.record.seed for r in results] == [0, 1, 2]
+    assert [r.record.batch_size for r in results] == [2, 2, 1]
 
 
 def test_the_loss_falls(tiny_cnn, class_tree):
     result = run_tiny(tiny_cnn, [2], class_tree, steps=40)[0]
-    history = result.record["loss_history"]
+    history = result.record.loss_history
     assert len(history) == 40 and history[-1] < 0.5 * history[0]
 
 
@@ -84,7 +84,7 @@ def test_each_finished_result_is_reported_at_once(tiny_cnn, class_tree):
 
 def test_user_taps_and_vit(tiny_vit, class_tree):
     result = run_tiny(tiny_vit, [1], class_tree, taps=["blocks.0=2", "blocks.3"])[0]
-    assert result.record["taps"] == [
+    assert result.record.taps == [
         {"layer": "blocks.0", "weight": 2.0},
         {"layer": "blocks.3", "weight": 1.0},
     ]
@@ -120,7 +120,7 @@ def test_mobilenet_short_run_raises_the_target_probability(tmp_path):
     result = vital.visualize(
         model, "espresso", None, settings=settings, progress=False, reference_count=8
     )[0]
-    evaluation = result.record["evaluation"]
+    evaluation = result.record.evaluation
     assert evaluation["initial_probability"] < 0.01
     assert evaluation["probability"] > 20 * evaluation["initial_probability"]
     assert evaluation["probability"] > 0.1

@@ -37,7 +37,7 @@ def build(model, data, folder, **kwargs):
         TARGETS,
         lambda t: from_folder(data / str(t.index), count=3),
         folder,
-        vital.Settings(steps=5, jitter=2, seed=7),
+        {"steps": 5, "jitter": 2, "seed": 7},
         batch_size=2,
         progress=False,
         **kwargs,
@@ -124,7 +124,7 @@ def test_duplicate_units_are_refused(tmp_path, data):
             [TARGETS[0], TARGETS[0]],
             lambda t: None,
             tmp_path,
-            vital.Settings(steps=1),
+            {"steps": 1},
             progress=False,
         )
 

@@ -8,7 +8,6 @@ import pytest
 from tests.conftest import tiny_cnn_model, write_images
 from tests.test_atlas import TARGETS
 
-from vital import Settings
 from vital.atlas import build_atlas, make_server
 from vital.references import from_folder
 
@@ -29,7 +28,7 @@ def test_atlas_in_chromium(tmp_path):
         TARGETS,
         lambda t: from_folder(tmp_path / "data" / str(t.index), count=3),
         tmp_path / "atlas",
-        Settings(steps=4, jitter=2),
+        {"steps": 4, "jitter": 2},
         progress=False,
     )
     server = make_server(tmp_path / "atlas", 0)

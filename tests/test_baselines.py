@@ -11,11 +11,12 @@ from torch import nn
 
 import vital
 from conftest import tiny_cnn_model, write_images
-from vital.baselines import BASELINES, get_baseline, settings_for, visualize_baseline
-from vital.baselines.base import COLOR_CORRELATION
-from vital.baselines.deepinversion import batchnorm_inputs
-from vital.baselines.maco import natural_spectrum
+from vital.driver import resolve_settings
 from vital.errors import VitalError
+from vital.methods import METHODS, get_method
+from vital.methods.activation import COLOR_CORRELATION
+from vital.methods.deepinversion import batchnorm_inputs
+from vital.methods.maco import natural_spectrum
 from vital.optimize import Pixels, Settings, optimize
 from vital.references import from_folder
 from vital.targets import Channel, ClassTarget
@@ -39,8 +40,21 @@ def _logits(model, pixels: torch.Tensor) -> torch.Tensor:
 OPTIONS = {"maco": {"canvas": None, "box_start": 0.9, "box_end": 0.6}}
 
 
+def get_baseline(name, options=None):
+    return get_method(name, [ClassTarget(0)], **(options or {}))
+
+
+def settings_for(name, model, options=None, **overrides):
+    return resolve_settings(get_baseline(name, options), model, None, overrides)
+
+
+def visualize_baseline(name, model, targets, options=None, **arguments):
+    return vital.visualize(model, targets, method=name, **arguments, **(options or {}))
+
+
 def _initial_pixels(name, model, count, settings):
-    parametrization = get_baseline(name, OPTIONS.get(name)).parametrization(model, count, settings)
+    seeds = range(settings.seed, settings.seed + count)
+    parametrization = get_baseline(name, OPTIONS.get(name)).parametrization(model, seeds, settings)
     with torch.no_grad():
         return model.preprocessing.denormalize(parametrization.images()).clamp(0, 1)
 
@@ -59,7 +73,7 @@ def test_activation_baselines_raise_the_class_logit(name, sensitive_cnn):
     for item, target in enumerate(targets):
         # a rise of a third of the logit's spread over random images at least
         assert after[item, target] - before[item, target] > 0.3 * spread[target]
-        history = results[item].record["loss_history"]
+        history = results[item].record.loss_history
         assert np.mean(history[-5:]) < np.mean(history[:5])
 
 
@@ -77,9 +91,9 @@ def test_deepinversion_lowers_its_loss(sensitive_cnn):
     end = cross_entropy(after, targets, reduction="none")
     assert (end < start).all()
     for result in results:
-        history = result.record["loss_history"]
+        history = result.record.loss_history
         assert np.mean(history[-5:]) < 0.9 * np.mean(history[:5])
-        assert set(result.record["final_loss"]) == {"cross_entropy", "batchnorm", "tv_l2", "l2"}
+        assert set(result.record.final_loss) == {"cross_entropy", "batchnorm", "tv_l2", "l2"}
 
 
 @pytest.mark.parametrize("name", ["fourier", "maco"])
@@ -105,7 +119,7 @@ def test_activation_baselines_raise_a_channel(name, tiny_cnn):
             _logits(tiny_cnn, final)
             end = layers[target.layer][item, target.index].mean()
             assert end > start * 1.05
-            assert results[item].record["evaluation"]["activation"] == pytest.approx(
+            assert results[item].record.evaluation["activation"] == pytest.approx(
                 float(end), rel=1e-4
             )
     finally:
@@ -140,11 +154,12 @@ def test_maco_keeps_the_magnitude_spectrum_fixed(tmp_path, tiny_cnn):
     maco = get_baseline("maco", {"spectrum_source": source, "crops": 2, "canvas": None})
     settings = settings_for("maco", tiny_cnn, steps=25, resolution=32)
     natural = natural_spectrum(source.views(32), 32)
-    parametrization = maco.parametrization(tiny_cnn, 2, settings)
+    parametrization = maco.parametrization(tiny_cnn, [0, 1], settings)
     with torch.no_grad():
         start_image = parametrization.images().clone()
         start = torch.fft.rfft2(parametrization.decorrelated().double()).abs()
-    with maco.objective(tiny_cnn, [ClassTarget(1), ClassTarget(2)], settings) as objective:
+    targets = [ClassTarget(1), ClassTarget(2)]
+    with maco.objective(tiny_cnn, targets, settings, [0, 1]) as objective:
         optimize(
             objective,
             2,
@@ -176,7 +191,7 @@ def test_maco_records_a_transparency_map(tiny_cnn, tmp_path):
     # the default 512 px canvas, as in Xplique; the record scores it resized to 32 px
     assert results[0].pixels.shape == (3, 512, 512)
     assert alpha is not None and alpha.shape == (512, 512)
-    assert results[0].record["options"]["canvas"] == 512
+    assert results[0].record.options["canvas"] == 512
     assert 0 <= float(alpha.min()) and float(alpha.max()) == pytest.approx(1.0)
     assert results[0].paths["rgba"].is_file() and results[0].paths["alpha"].is_file()
 
@@ -262,16 +277,20 @@ def test_visualize_dispatches_to_baselines_and_writes_records(tiny_cnn, tmp_path
     assert len(record["loss_history"]) == 3
     assert set(record["evaluation"]) >= {"probability", "rank", "top5", "initial_probability"}
     assert results[0].paths["png"].is_file()
-    assert vital.ResultStore(tmp_path).records()[0]["method"] == "fourier"
+    assert vital.ResultStore(tmp_path).records()[0].method == "fourier"
 
 
 def test_baselines_reject_what_they_cannot_do(tiny_cnn, tiny_vit):
     with pytest.raises(VitalError, match="unknown method"):
         vital.visualize(tiny_cnn, [1], method="dreamy", progress=False)
-    with pytest.raises(VitalError, match="class targets only"):
+    with pytest.raises(VitalError, match="visualises ClassTarget targets, not Channel"):
         visualize_baseline("deepinversion", tiny_cnn, [Channel("stage1", 0)], progress=False)
-    with pytest.raises(VitalError, match="no option"):
+    with pytest.raises(VitalError, match="no option crop"):
         get_baseline("maco", {"crop": 3})
+    with pytest.raises(VitalError, match="uses no reference images"):
+        vital.visualize(tiny_cnn, [1], "photos/", method="fourier", progress=False)
+    with pytest.raises(VitalError, match="selects one of VITAL's settings"):
+        vital.visualize(tiny_cnn, [1], method="fourier", setting=0, progress=False)
     with pytest.raises(VitalError, match="no BatchNorm"):
         settings = settings_for("deepinversion", tiny_vit, steps=1)
         visualize_baseline("deepinversion", tiny_vit, [1], settings=settings, progress=False)
@@ -309,8 +328,8 @@ def test_pixels_parametrization_is_the_default(tiny_cnn):
         )
 
 
-def test_registry_lists_the_three_baselines():
-    assert set(BASELINES) == {"fourier", "maco", "deepinversion"}
+def test_registry_lists_vital_and_the_three_baselines():
+    assert set(METHODS) == {"vital", "fourier", "maco", "deepinversion"}
 
 
 def test_settings_follow_the_options(tiny_cnn):

@@ -92,11 +92,23 @@ def test_cli_compare_and_class_method_on_the_embedded_model(tmp_path):
     assert list(tmp_path.glob("fourier-class-985-*.json"))
 
 
-def test_cli_refuses_vital_optimisation_options_for_a_baseline(monkeypatch, tiny_cnn, tmp_path):
+def test_cli_overrides_reach_a_baseline_and_vital_only_options_are_refused(
+    monkeypatch, tiny_cnn, tmp_path
+):
     import vital.cli
 
     monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
-    arguments = ["class", "-c", "3", "--method", "fourier", "--lr", "0.1", "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, arguments)
-    assert isinstance(result.exception, VitalError), result.output
-    assert "--lr and --jitter" in str(result.exception)
+    base = ["class", "-c", "3", "--method", "fourier", "--steps", "2", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*base, "--lr", "0.1"])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("fourier-*.json")]
+    # the user's lr over fourier's own defaults (betas, warm-up, jitter 8 stay fourier's)
+    assert record["settings"]["lr"] == 0.1 and record["settings"]["jitter"] == 8
+    for extra, message in (
+        (["--setting", "0"], "selects one of VITAL's settings"),
+        (["--refs", str(tmp_path)], "uses no reference images"),
+        (["--tap", "stem"], "no option taps"),
+    ):
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert isinstance(result.exception, VitalError), result.output
+        assert message in str(result.exception)

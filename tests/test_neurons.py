@@ -15,7 +15,7 @@ from vital import Channel, Direction, Settings, visualize
 from vital.cli import app
 from vital.errors import VitalError
 from vital.losses import sort_matching_loss
-from vital.neurons import neuron_taps, visualize_neurons
+from vital.methods.vital_neuron import neuron_taps
 from vital.objectives import (
     NeuronTarget,
     RelevanceSortMatching,
@@ -216,12 +216,12 @@ def test_end_to_end_neuron_run_writes_image_rgba_alpha_and_record(tiny_cnn, imag
         alpha = np.load(result.paths["alpha"])
         assert alpha.shape == (32, 32) and 0 <= alpha.min() and alpha.max() == pytest.approx(1)
         assert Image.open(result.paths["rgba"]).mode == "RGBA"
-    assert results[0].record["target"] == {"kind": "channel", "layer": "stage3", "index": 2}
-    assert [t["weight"] for t in results[0].record["taps"]][0] == 0.1
+    assert results[0].record.target == {"kind": "channel", "layer": "stage3", "index": 2}
+    assert [t["weight"] for t in results[0].record.taps][0] == 0.1
 
 
 def test_final_activation_is_recomputed_independently(tiny_cnn, image_folder):
-    (result,) = visualize_neurons(
+    (result,) = visualize(
         tiny_cnn,
         [Channel("stage3", 1)],
         image_folder,
@@ -233,12 +233,12 @@ def test_final_activation_is_recomputed_independently(tiny_cnn, image_folder):
     with torch.no_grad(), tapped(tiny_cnn.module, ["stage3"]) as tap:
         tap(image)
         expected = tap.outputs["stage3"][0, 1].mean()
-    assert result.record["evaluation"]["activation"] == pytest.approx(float(expected), abs=1e-4)
+    assert result.record.evaluation["activation"] == pytest.approx(float(expected), abs=1e-4)
 
 
 def test_activation_trace_starts_at_the_initial_activation(tiny_cnn, image_folder):
     steps = 120
-    results = visualize_neurons(
+    results = visualize(
         tiny_cnn,
         [Channel("stage3", 1), Direction("stage2", tuple([0.25] * 16), "quarter")],
         image_folder,
@@ -247,14 +247,14 @@ def test_activation_trace_starts_at_the_initial_activation(tiny_cnn, image_folde
         progress=False,
     )
     for result in results:
-        trace = result.record["activation_trace"]
+        trace = result.record.activation_trace
         steps_seen = [step for step, _ in trace]
         assert steps_seen[0] == 1 and steps_seen[-1] == steps and steps_seen == sorted(steps_seen)
         assert 40 <= len(trace) <= 61
-        initial = result.record["evaluation"]["initial_activation"]
+        initial = result.record.evaluation["initial_activation"]
         assert trace[0][1] == pytest.approx(initial, abs=1e-4)
     # Each image's own target: the two traces differ.
-    assert results[0].record["activation_trace"] != results[1].record["activation_trace"]
+    assert results[0].record.activation_trace != results[1].record.activation_trace
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,9 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 
 from vital.errors import VitalError
-from vital.relevance import (
-    BACKENDS,
-    ZPlus,
-    activation_seed,
-    get_backend,
-    restricted_seed,
-)
+from vital.relevance import BACKENDS, get_backend
+from vital.relevance.rules import ZPlus
+from vital.relevance.seeds import activation_seed, restricted_seed
 from vital.taps import list_layers, tapped
 
 EPS = 1e-5

@@ -6,12 +6,14 @@
 
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError
+from vital.methods import METHODS
 from vital.mining import contact_sheet, mine, mined_references
-from vital.neurons import visualize_neurons
 from vital.optimize import Settings, learning_rate, transparency
+from vital.presets import PRESETS, Tap
+from vital.record import Record
 from vital.references import ReferenceSet, from_folder, from_imagenet_class, from_samples
 from vital.store import Result, ResultStore
-from vital.taps import PRESETS, Tap, list_layers
+from vital.taps import list_layers
 from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model, Preprocessing, available_models, load_model
 
@@ -22,8 +24,10 @@ __all__ = [
     "Channel",
     "ClassTarget",
     "Direction",
+    "METHODS",
     "Model",
     "Preprocessing",
+    "Record",
     "ReferenceSet",
     "Result",
     "ResultStore",
@@ -45,5 +49,4 @@ __all__ = [
     "mined_references",
     "transparency",
     "visualize",
-    "visualize_neurons",
 ]

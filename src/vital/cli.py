@@ -1,4 +1,9 @@
-"""The ``vital`` command: parses options, calls the library, prints where results went."""
+"""The ``vital`` command: parses options, calls the library, prints where results went.
+
+Commands pass the library only what the user gave (overrides); the defaults are the methods'
+own (:func:`vital.driver.resolve_settings`). Every list option can be repeated and integer lists
+may also be comma-separated (``--channel 3 --channel 17`` or ``--channel 3,17``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from vital.errors import VitalError
@@ -17,11 +23,49 @@ app = typer.Typer(
     help="VITAL feature visualisation: see what a vision model's classes and neurons encode.",
 )
 
-# Options every generating command shares.
-Steps = Annotated[int | None, typer.Option("--steps", help="Optimisation steps (full resolution).")]
+
+class _Session:
+    """What a running command has saved, for the message after Ctrl-C."""
+
+    out: Path | None = None
+    finished: int = 0
+    resumable: bool = False
+
+    @classmethod
+    def count(cls, _result) -> None:
+        cls.finished += 1
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vital import __version__
+
+        typer.echo(f"vital {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """VITAL feature visualisation: see what a vision model's classes and neurons encode."""
+
+
+# --- options every generating command shares ---------------------------------------------------
+
+Steps = Annotated[
+    int | None, typer.Option("--steps", help="Optimisation steps (default: the method's).")
+]
 Out = Annotated[Path, typer.Option("--out", help="Output folder.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed+i.")]
-Device = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+Device = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+]
 Resolution = Annotated[
     int | None, typer.Option("--resolution", help="Image side (default: the model's input size).")
 ]
@@ -31,36 +75,68 @@ Weights = Annotated[
     str | None,
     typer.Option("--weights", help="State-dict file; 'random' for an untrained network."),
 ]
-SettingNumber = Annotated[
-    int, typer.Option("--setting", help="The authors' setting: 0 (half-res first), 1, 2.")
+SettingName = Annotated[
+    str | None,
+    typer.Option("--setting", help="VITAL's setting: 0 (half resolution first), 1 (default), 2."),
 ]
 LearningRate = Annotated[
-    float | None, typer.Option("--lr", help="Peak learning rate (default: the setting's, 1).")
+    float | None, typer.Option("--lr", help="Peak learning rate (default: the method's).")
 ]
 Jitter = Annotated[
-    int | None, typer.Option("--jitter", help="Largest random shift in pixels (default 30).")
+    int | None, typer.Option("--jitter", help="Largest random shift in pixels (default: method's).")
 ]
 TapOption = Annotated[
     list[str] | None,
     typer.Option("--tap", help="NAME=WEIGHT; repeat for each tap (default: preset or discovered)."),
 ]
+ReferenceCount = Annotated[
+    int | None, typer.Option("--references", help="Reference views per target (N, default 50).")
+]
+Method = Annotated[
+    str,
+    typer.Option(
+        "--method", help="vital, or a baseline to compare with: fourier, maco, deepinversion."
+    ),
+]
 
 
-def _settings(
-    setting: int,
-    steps: int | None,
-    seed: int,
-    resolution: int | None,
-    lr: float | None = None,
-    jitter: int | None = None,
-    **extra,
-):
-    from vital.optimize import Settings
+def _overrides(**given) -> dict:
+    """The settings the user gave (``None``: not given)."""
+    return {name: value for name, value in given.items() if value is not None}
 
-    overrides = {"seed": seed, "resolution": resolution, **extra}
-    given = {"steps": steps, "lr": lr, "jitter": jitter}
-    overrides.update({name: value for name, value in given.items() if value is not None})
-    return Settings.setting(setting, **overrides)
+
+def _setting(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
+
+
+def _options(**given) -> dict:
+    """Method options the user gave (``None``: not given, so the method's default)."""
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _integers(values: list[str] | None, option: str) -> list[int]:
+    """Repeated and/or comma-separated integers: ``["3", "17,200"]`` → ``[3, 17, 200]``."""
+    numbers = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                numbers.append(int(part))
+            except ValueError as error:
+                raise VitalError(
+                    f"{option} takes whole numbers (repeat it, or separate them with commas), "
+                    f"not {part!r}."
+                ) from error
+    return numbers
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """Repeated and/or comma-separated class names: ``["espresso,daisy", "967"]``."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
 def _load(model: str, weights: str | None, device: str):
@@ -73,19 +149,22 @@ def _report(results, out: Path, title: str) -> None:
     from vital.grids import grid
 
     for result in results:
-        evaluation = result.record.get("evaluation", {})
+        evaluation = result.record.evaluation
         line = f"  {result.target.describe():32s} -> {result.paths.get('png', '')}"
         if "probability" in evaluation:
             line += f"  p={evaluation['probability']:.3f} rank={evaluation['rank']}"
         if "activation" in evaluation:
-            line += (
-                f"  activation={evaluation['activation']:.3g} (references "
-                f"{evaluation['reference_activation']:.3g}, noise "
-                f"{evaluation['initial_activation']:.3g})"
-            )
+            line += f"  activation={evaluation['activation']:.3g}"
+            extras = [
+                f"{label} {evaluation[key]:.3g}"
+                for key, label in (("reference_activation", "references"),
+                                   ("initial_activation", "noise"))
+                if evaluation.get(key) is not None
+            ]  # fmt: skip
+            line += f" ({', '.join(extras)})" if extras else ""
         typer.echo(line)
     if any(r.alpha is not None for r in results):
-        # Neurons: each image next to its RGBA view, where the transparency shows the evidence.
+        # Each image next to its RGBA view, where the transparency shows the evidence.
         from vital.grids import display_pixels, to_image
 
         cells, captions = [], []
@@ -100,10 +179,21 @@ def _report(results, out: Path, title: str) -> None:
     typer.echo(f"grid: {path}")
 
 
+def _visualize(loaded, targets, references, out: Path, **arguments):
+    """Run :func:`vital.visualize`, counting finished results for the interrupt message."""
+    from vital.api import visualize
+
+    _Session.out = out
+    return visualize(loaded, targets, references, out=out, on_result=_Session.count, **arguments)
+
+
 @app.command("class")
 def class_command(
     classes: Annotated[
-        list[str], typer.Option("--class", "-c", help="Class index, name or WordNet id; repeat.")
+        list[str],
+        typer.Option(
+            "--class", "-c", help="Class index, name or WordNet id; repeat or use commas."
+        ),
     ],
     model: ModelName = "mobilenet_v2",
     refs: Annotated[
@@ -114,53 +204,32 @@ def class_command(
             "a plain folder. Default: the embedded photos of the class.",
         ),
     ] = None,
-    references: Annotated[int, typer.Option("--references", help="Reference views (N).")] = 50,
+    references: ReferenceCount = None,
     weights: Weights = None,
     taps: TapOption = None,
-    setting: SettingNumber = 1,
+    setting: SettingName = None,
     steps: Steps = None,
     out: Out = Path("vital-out"),
     seed: Seed = 0,
-    device: Device = "cpu",
+    device: Device = "auto",
     resolution: Resolution = None,
     batch: Batch = 8,
     lr: LearningRate = None,
     jitter: Jitter = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            help="vital, or a baseline to compare with: fourier, maco, deepinversion "
-            "(each with its published defaults; --setting, --refs and --tap are VITAL's).",
-        ),
-    ] = "vital",
+    method: Method = "vital",
 ) -> None:
     """Visualise output classes with VITAL (or a baseline, --method)."""
-    from vital.api import visualize
-
     loaded = _load(model, weights, device)
-    if method == "vital":
-        settings = _settings(setting, steps, seed, resolution, lr, jitter)
-    else:
-        from vital.baselines import settings_for
-
-        if lr is not None or jitter is not None:
-            raise VitalError(
-                f"--lr and --jitter set VITAL's optimisation; {method} runs with its published "
-                "settings. Leave them out, or use --method vital."
-            )
-
-        settings = settings_for(method, loaded, steps=steps, seed=seed, resolution=resolution)
-    results = visualize(
+    results = _visualize(
         loaded,
-        classes,
+        _names(classes),
         refs,
-        settings=settings,
-        taps=taps,
-        out=out,
-        batch_size=batch,
-        reference_count=references,
+        out,
         method=method,
+        setting=_setting(setting),
+        settings=_overrides(steps=steps, seed=seed, resolution=resolution, lr=lr, jitter=jitter),
+        batch_size=batch,
+        **_options(taps=taps or None, reference_count=references),
     )
     _report(results, out, "class" if method == "vital" else method)
 
@@ -168,13 +237,19 @@ def class_command(
 @app.command("compare")
 def compare_command(
     classes: Annotated[
-        str,
-        typer.Option("--classes", help="Comma-separated classes: index, name or WordNet id."),
+        list[str],
+        typer.Option("--class", "-c", "--classes", help="Class index, name or WordNet id; repeat."),
     ],
     model: ModelName = "mobilenet_v2",
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated: vital, fourier, maco, deepinversion.")
-    ] = "vital,fourier,maco,deepinversion",
+        list[str] | None,
+        typer.Option(
+            "--method",
+            "--methods",
+            help="vital, fourier, maco, deepinversion; repeat or separate with commas "
+            "(default: all).",
+        ),
+    ] = None,
     judge: Annotated[
         str | None,
         typer.Option("--judge", help="A second model for top-1/top-5 and realism."),
@@ -200,21 +275,22 @@ def compare_command(
     ] = None,
     out: Out = Path("vital-compare"),
     seed: Seed = 0,
-    device: Device = "cpu",
+    device: Device = "auto",
     batch: Batch = 8,
     clip_weights: Annotated[
         str | None, typer.Option("--clip-weights", help="Local open_clip weights (optional).")
     ] = None,
 ) -> None:
     """Compare VITAL with the baselines on the same classes: table and grid."""
-    from vital.compare import compare, write_report
+    from vital.compare import METHODS, compare, write_report
 
     loaded = _load(model, weights, device)
     judged = _load(judge, judge_weights, device) if judge else None
+    chosen = [m.strip() for value in methods or [] for m in value.split(",") if m.strip()]
     comparison = compare(
         loaded,
-        [c.strip() for c in classes.split(",") if c.strip()],
-        methods,
+        _names(classes),
+        chosen or METHODS,
         judge=judged,
         references=refs,
         real_references=real_refs,
@@ -235,7 +311,8 @@ def compare_command(
 def neuron(
     layer: Annotated[str, typer.Option("--layer", "-l", help="Target layer (module name).")],
     channels: Annotated[
-        list[int] | None, typer.Option("--channel", "-k", help="Channel index; repeat.")
+        list[str] | None,
+        typer.Option("--channel", "-k", help="Channel index; repeat, or separate with commas."),
     ] = None,
     direction: Annotated[
         list[Path] | None,
@@ -257,8 +334,9 @@ def neuron(
         ),
     ] = "image",
     relevance: Annotated[
-        str, typer.Option("--relevance", help="lrp, lrp-restricted, guided-backprop, grad-x-act…")
-    ] = "lrp",
+        str | None,
+        typer.Option("--relevance", help="lrp (default), lrp-restricted, guided-backprop, …"),
+    ] = None,
     patches: Annotated[
         int | None,
         typer.Option("--patches", help="Use the best patch of this side (32 or 64) per image."),
@@ -267,68 +345,74 @@ def neuron(
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")
     ] = False,
     model: ModelName = "mobilenet_v2",
-    references: Annotated[int, typer.Option("--references", help="Reference views (N).")] = 50,
+    references: ReferenceCount = None,
     weights: Weights = None,
     taps: TapOption = None,
-    setting: SettingNumber = 1,
+    setting: SettingName = None,
     steps: Steps = None,
     out: Out = Path("vital-out"),
     seed: Seed = 0,
-    device: Device = "cpu",
+    device: Device = "auto",
     resolution: Resolution = None,
     batch: Batch = 8,
     lr: LearningRate = None,
     jitter: Jitter = None,
+    method: Method = "vital",
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
+    from vital.methods.vital_neuron import direction_target
     from vital.mining import is_mining_database, mined_reference_sets
-    from vital.neurons import NEURON_PRIOR, direction_target, visualize_neurons
     from vital.targets import Channel
 
-    if refs is None:
+    targets = [Channel(layer, k) for k in _integers(channels, "--channel")]
+    targets += [direction_target(layer, path) for path in direction or []]
+    if not targets:
+        raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
+    if method == "vital" and refs is None:
         raise VitalError(
             "give reference images with --refs DIR (images that activate the channel, e.g. "
             "from `vital mine`), or --refs samples for the embedded photos."
         )
-    targets = [Channel(layer, k) for k in channels or []]
-    targets += [direction_target(layer, path) for path in direction or []]
-    if not targets:
-        raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
     loaded = _load(model, weights, device)
     references_given = refs
-    if refs == "mined" or is_mining_database(refs):
+    if refs == "mined" or (refs is not None and is_mining_database(refs)):
         database = out if refs == "mined" else Path(refs)
-        references_given = mined_reference_sets(database, loaded, targets, mined_mode, references)
-    results = visualize_neurons(
+        references_given = mined_reference_sets(
+            database, loaded, targets, mined_mode, references or 50
+        )
+    options = _options(
+        taps=taps or None,
+        relevance=relevance,
+        patch_side=patches,
+        rank=rank or None,
+        reference_count=references,
+    )
+    results = _visualize(
         loaded,
         targets,
         references_given,
-        settings=_settings(
-            setting, steps, seed, resolution, lr, jitter, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR
-        ),
-        taps=taps,
-        relevance=relevance,
-        patch_side=patches,
-        rank=rank,
-        out=out,
+        out,
+        method=method,
+        setting=_setting(setting),
+        settings=_overrides(steps=steps, seed=seed, resolution=resolution, lr=lr, jitter=jitter),
         batch_size=batch,
-        reference_count=references,
+        **options,
     )
-    typer.echo(f"relevance backend: {results[0].record['relevance']}")
-    _report(results, out, "neuron")
+    if results and results[0].record.relevance:
+        typer.echo(f"relevance backend: {results[0].record.relevance}")
+    _report(results, out, "neuron" if method == "vital" else f"neuron-{method}")
 
 
 @app.command()
 def demo(
-    steps: Steps = 300,
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 300,
     out: Out = Path("vital-out"),
     seed: Seed = 0,
-    device: Device = "cpu",
+    device: Device = "auto",
     resolution: Resolution = None,
     batch: Batch = 3,
 ) -> None:
     """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (a few minutes)."""
-    from vital.api import visualize
     from vital.references import from_samples
 
     typer.echo(
@@ -339,12 +423,12 @@ def demo(
     loaded = _load("mobilenet_v2", None, device)
     photos = {967: "coffee", 285: "chelsea", 665: "motorcycle"}
     references = {index: from_samples([name], seed=seed) for index, name in photos.items()}
-    results = visualize(
+    results = _visualize(
         loaded,
         list(photos),
         references,
-        settings=_settings(1, steps, seed, resolution),
-        out=out,
+        out,
+        settings=_overrides(steps=steps, seed=seed, resolution=resolution),
         batch_size=batch,
     )
     _report(results, out, "demo")
@@ -359,7 +443,7 @@ def layers(
     ] = None,
 ) -> None:
     """List the tappable layers of MODEL with their output shapes, and the default taps."""
-    from vital.api import resolve_taps
+    from vital.methods.vital_class import resolve_taps
     from vital.taps import list_layers
 
     loaded = _load(model, weights, "cpu")
@@ -398,15 +482,11 @@ def models() -> None:
         typer.echo(name)
 
 
-def _channel_list(text: str) -> list[int] | None:
-    if text.strip().lower() == "all":
+def _channel_list(values: list[str] | None) -> list[int] | None:
+    """``all`` (or nothing) → ``None``; else the channel indices."""
+    if not values or [v.strip().lower() for v in values] == ["all"]:
         return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise VitalError(
-            f"--channels takes 'all' or indices like 3,17,200; got {text!r}."
-        ) from error
+    return _integers(values, "--channel")
 
 
 @app.command("mine")
@@ -423,8 +503,14 @@ def mine_command(
     model: ModelName = "mobilenet_v2",
     weights: Weights = None,
     channels: Annotated[
-        str, typer.Option("--channels", help="'all' or channel indices: 3,17,200.")
-    ] = "all",
+        list[str] | None,
+        typer.Option(
+            "--channel",
+            "--channels",
+            "-k",
+            help="'all' (default) or channel indices; repeat, or separate with commas.",
+        ),
+    ] = None,
     direction: Annotated[
         Path | None,
         typer.Option("--direction", help="Concept direction(s): a .npy of shape (C,) or (D, C)."),
@@ -454,13 +540,18 @@ def mine_command(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Decoding processes (default: cores - 1).")
     ] = None,
-    device: Device = "cpu",
+    device: Device = "auto",
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
     import numpy as np
 
     from vital.mining import contact_sheet, mine
 
+    if direction is not None and channels:
+        raise VitalError(
+            "--channel and --direction choose what to mine; give one of them (a direction "
+            "file is mined instead of channels)."
+        )
     loaded = _load(model, weights, device)
     directions = None
     if direction is not None:
@@ -468,6 +559,7 @@ def mine_command(
             directions = np.load(direction, allow_pickle=False)
         except (OSError, ValueError) as error:
             raise VitalError(f"cannot read direction file {direction}: {error}") from error
+    _Session.out, _Session.resumable = out, True
     report = mine(
         loaded,
         layer,
@@ -513,12 +605,7 @@ def mine_command(
 
 
 def _sheet_numbers(text: str, units: int) -> list[int]:
-    try:
-        numbers = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise VitalError(
-            f"--sheets takes all, none, auto or numbers like 0,3; got {text!r}"
-        ) from error
+    numbers = _integers([text], "--sheets")
     wrong = [n for n in numbers if not 0 <= n < units]
     if wrong:
         raise VitalError(f"--sheets {wrong}: there are {units} mined units (0..{units - 1}).")
@@ -540,21 +627,28 @@ def atlas_build(
         str | None, typer.Option("--layer", "-l", help="Layer whose channels to visualise.")
     ] = None,
     channels: Annotated[
-        str, typer.Option("--channels", help="'all' or channel indices like 3,17,200.")
-    ] = "all",
+        list[str] | None,
+        typer.Option(
+            "--channel",
+            "--channels",
+            "-k",
+            help="'all' (default with --layer) or channel indices; repeat or use commas.",
+        ),
+    ] = None,
     class_list: Annotated[
-        str | None,
-        typer.Option("--classes", help="Comma-separated classes (index, name or WordNet id)."),
+        list[str] | None,
+        typer.Option("--class", "-c", "--classes", help="Class index, name or WordNet id; repeat."),
     ] = None,
     data: Annotated[
         str | None,
         typer.Option("--data", help="Images to mine the layer's channels' references from."),
     ] = None,
-    class_refs: Annotated[
+    refs: Annotated[
         str | None,
         typer.Option(
+            "--refs",
             "--class-refs",
-            help="References of --classes: an ImageNet-style tree or class sub-folders "
+            help="References of the classes: an ImageNet-style tree or class sub-folders "
             "(default: the embedded photos).",
         ),
     ] = None,
@@ -569,43 +663,48 @@ def atlas_build(
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     ray_address: Annotated[
         str | None,
-        typer.Option("--ray-address", help="Ray cluster address (default: start a local one)."),
+        typer.Option(
+            "--address",
+            "--ray-address",
+            help="Ray cluster address (default: start a local one).",
+        ),
     ] = None,
-    setting: SettingNumber = 1,
+    setting: SettingName = None,
     steps: Steps = None,
     seed: Seed = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    device: Device = "auto",
     resolution: Resolution = None,
     batch: Batch = 4,
 ) -> None:
     """Visualise every selected unit into an atlas folder and write its web pages.
 
     Channels of --layer get references mined from --data (`vital mine`, stored in the atlas
-    folder); --classes get references from --data or the embedded photos. Re-running skips
-    finished units and resumes mining and visualisation where they stopped.
+    folder); --class targets get references from --refs or the embedded photos. Re-running
+    skips finished units and resumes mining and visualisation where they stopped.
     """
-    from vital.api import class_references, class_target
     from vital.atlas import ModelSpec, build_atlas
     from vital.engines import make_engine
+    from vital.methods.vital_class import class_references
     from vital.mining import mine, mined_references
     from vital.taps import check_layer, list_layers
-    from vital.targets import Channel
+    from vital.targets import Channel, class_target
 
+    if channels and not layer:
+        raise VitalError("--channel selects channels of --layer; name the layer too.")
     spec = ModelSpec(model, weights, device)
     loaded = spec()
-    targets = []
-    if class_list:
-        targets += [class_target(loaded, name.strip()) for name in class_list.split(",") if name]
+    targets = [class_target(loaded, name) for name in _names(class_list)]
     if layer:
         if data is None:
             raise VitalError("channels need images to mine references from: --data DIR.")
+        check_layer(layer, loaded.module)
         selected = _channel_list(channels)
         if selected is None:
-            check_layer(layer, loaded.module)
             shapes = {
                 i.name: i for i in list_layers(loaded.module, loaded.preprocessing.input_size)
             }
             selected = list(range(shapes[layer].channels))
+        _Session.out, _Session.resumable = out, True
         mine(
             loaded,
             layer,
@@ -618,19 +717,21 @@ def atlas_build(
         )
         targets += [Channel(layer, index) for index in selected]
     if not targets:
-        raise VitalError("name the units to visualise: --layer L [--channels ...] or --classes.")
+        raise VitalError("name the units to visualise: --layer L [--channel ...] or --class C.")
 
     def reference_set(target):
         if target.layer is None:
-            return class_references(loaded, target, class_refs, references)
+            return class_references(loaded, target, refs, references)
         return mined_references(out, loaded, target.layer, target, mined_as, references)
 
+    _Session.out, _Session.resumable = out, True
     result = build_atlas(
         spec,
         targets,
         reference_set,
         out,
-        _settings(setting, steps, seed, resolution),
+        _overrides(steps=steps, seed=seed, resolution=resolution),
+        setting=_setting(setting),
         engine=make_engine(engine, ray_address),
         batch_size=batch,
     )
@@ -656,16 +757,34 @@ def atlas_serve(
         server.server_close()
 
 
-def main() -> None:
+def _interrupted() -> str:
+    if _Session.out is None:
+        return "interrupted: nothing was written."
+    if _Session.resumable:
+        return (
+            f"interrupted: everything finished is saved in {_Session.out}; run the same command "
+            "again to resume where it stopped."
+        )
+    return (
+        f"interrupted: {_Session.finished} finished result(s) saved in {_Session.out} "
+        "(each batch is written when it finishes)."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes end with a one-line message and exit status 2."""
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
     except VitalError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished results are in the output folder.", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        typer.echo(_interrupted(), err=True)
         sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from the same images, so both metrics are in-sample for VITAL; the notes say so.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,14 +21,15 @@ import numpy as np
 import torch
 
 from vital import metrics
-from vital.api import References, class_references, class_settings, class_target, visualize
-from vital.baselines import BASELINES, settings_for
+from vital.api import visualize
 from vital.errors import VitalError
 from vital.grids import grid
+from vital.methods import METHODS as REGISTRY
+from vital.methods.vital_class import References, class_references
 from vital.references import DEFAULT_REFERENCES
 from vital.store import Result
-from vital.targets import ClassTarget
-from vital.zoo import Model, as_model
+from vital.targets import ClassTarget, class_target
+from vital.zoo import Model, as_model, frozen
 
 METHODS = ("vital", "fourier", "maco", "deepinversion")
 
@@ -67,7 +67,7 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     """``"vital,maco"`` or a list → checked method names, in order."""
     names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
     names = [m for m in names if m]
-    known = ("vital", *BASELINES)
+    known = tuple(REGISTRY)
     unknown = [m for m in names if m not in known]
     if unknown or not names:
         raise VitalError(
@@ -75,20 +75,6 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
             f"{', '.join(known)}."
         )
     return list(dict.fromkeys(names))
-
-
-def method_settings(
-    method: str,
-    model: Model,
-    steps: int | None,
-    seed: int,
-    options: Mapping[str, object] | None = None,
-):
-    """Each method's own defaults, with the same ``steps`` and ``seed`` for all."""
-    overrides = {"seed": seed} | ({"steps": steps} if steps is not None else {})
-    if method == "vital":
-        return dataclasses.replace(class_settings(model, None), **overrides)
-    return settings_for(method, model, options, **overrides)
 
 
 def _real_images(
@@ -164,41 +150,45 @@ def compare(
     progress
         Show progress bars.
     """
-    model = as_model(model)
-    names = parse_methods(methods)
-    targets = [class_target(model, c) for c in classes]
-    if not targets:
-        raise VitalError("no classes given; name at least one (--classes C1,C2).")
-    judge_model = as_model(judge) if judge is not None else None
-    fid_model = as_model(fid_model) if fid_model is not None else model
-    options = dict(method_options or {})
-    held_out = real_references is not None
-    real, real_labels = _real_images(
-        model, targets, real_references if held_out else references, reference_count, seed + 1
-    )
-    labels = [t.index for t in targets]
-    comparison = Comparison(model.name, judge_model.name if judge_model else None, targets, {})
-    for method in names:
-        results = visualize(
-            model,
-            targets,
-            references,
-            settings=method_settings(method, model, steps, seed, options.get(method)),
-            out=Path(out) / method if out is not None else None,
-            batch_size=batch_size,
-            reference_count=reference_count,
-            progress=progress,
-            method=method,
-            method_options=options.get(method),
+    # A caller's own modules are handed back in the state they came in.
+    with frozen(model), frozen(judge), frozen(fid_model):
+        model = as_model(model)
+        names = parse_methods(methods)
+        targets = [class_target(model, c) for c in classes]
+        if not targets:
+            raise VitalError("no classes given; name at least one (--classes C1,C2).")
+        judge_model = as_model(judge) if judge is not None else None
+        fid_model = as_model(fid_model) if fid_model is not None else model
+        options = dict(method_options or {})
+        held_out = real_references is not None
+        real, real_labels = _real_images(
+            model, targets, real_references if held_out else references, reference_count, seed + 1
         )
-        comparison.results[method] = results
-        _score(comparison, method, results, model, judge_model, real, real_labels, labels)
-        comparison.summary[-1]["fid"] = metrics.fid(
-            torch.stack([r.pixels for r in results]), real, fid_model, fid_layer
-        )
-    comparison.notes += _notes(comparison, held_out)
-    _clip(comparison, clip_weights, model)
-    return comparison
+        labels = [t.index for t in targets]
+        comparison = Comparison(model.name, judge_model.name if judge_model else None, targets, {})
+        for method in names:
+            chosen_options = dict(options.get(method) or {})
+            if method == "vital":
+                chosen_options.setdefault("reference_count", reference_count)
+            results = visualize(
+                model,
+                targets,
+                references if method == "vital" else None,
+                method=method,
+                settings={"steps": steps, "seed": seed},
+                out=Path(out) / method if out is not None else None,
+                batch_size=batch_size,
+                progress=progress,
+                **chosen_options,
+            )
+            comparison.results[method] = results
+            _score(comparison, method, results, model, judge_model, real, real_labels, labels)
+            comparison.summary[-1]["fid"] = metrics.fid(
+                torch.stack([r.pixels for r in results]), real, fid_model, fid_layer
+            )
+        comparison.notes += _notes(comparison, held_out)
+        _clip(comparison, clip_weights, model)
+        return comparison
 
 
 def _score(
@@ -231,12 +221,12 @@ def _score(
             }
         )
     # Each record holds its batch's wall time; dividing by the batch size sums batches once.
-    seconds = sum(r.record["seconds"] / r.record["batch_size"] for r in results)
+    seconds = sum(r.record.seconds / r.record.batch_size for r in results)
     comparison.summary.append(
         {
             "method": method,
             "images": len(results),
-            "steps": results[0].record["settings"]["steps"],
+            "steps": results[0].record.settings["steps"],
             "acc_top1": float(np.mean([row["rank"] == 1 for row in explained])),
             "p_target": float(np.mean([row["probability"] for row in explained])),
             "median_rank": float(np.median([row["rank"] for row in explained])),

@@ -13,6 +13,9 @@ penultimate features) unless a layer is named, so no function knows any architec
 - :func:`realism`: per image, the cosine between its features and the mean features of real
   images of its class, beside the same against the other classes.
 - :func:`clip_zero_shot`: CLIP top-1/top-5 when ``open_clip`` and local weights exist.
+- :func:`target_activations`: each image's activation of its channel or direction target.
+- :func:`evaluate`: what a record stores about a picture: class probability and rank, or the
+  inner target's activation.
 - :func:`relative_activation`: a channel's activation on images relative to its references.
 """
 
@@ -29,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vital.errors import VitalError
+from vital.relevance.seeds import target_activation
 from vital.taps import check_layer, tapped
+from vital.targets import Channel, ClassTarget, Direction, Target
 from vital.zoo import Model
 
 
@@ -59,7 +64,7 @@ def _check_pairs(images: torch.Tensor, labels: Sequence[int], what: str) -> None
 def model_input(model: Model, pixels: torch.Tensor) -> torch.Tensor:
     """Normalise pixels for ``model`` and resize them to its input size when they differ."""
     size = model.preprocessing.input_size
-    x = pixels.to(model.device, torch.float32)
+    x = pixels.to(model.device, model.dtype)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
     return model.preprocessing.normalize(x)
@@ -366,6 +371,41 @@ def clip_zero_shot(
 
 
 # --- channels ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def target_activations(
+    model: Model, images: torch.Tensor, targets: Sequence[Channel | Direction]
+) -> list[float]:
+    """Each image's activation of its target: the spatial mean of its channel (or projection).
+
+    Image ``i`` is scored for ``targets[i]``; targets may lie in different layers.
+    """
+    check_images(images)
+    if len(targets) != images.shape[0]:
+        raise VitalError(f"{images.shape[0]} images but {len(targets)} targets.")
+    layers = list(dict.fromkeys(t.layer for t in targets))
+    with tapped(model.module, layers, stop_early=True) as tap:
+        tap(model_input(model, images))
+        values = []
+        for i, target in enumerate(targets):
+            output = tap.outputs[target.layer][i : i + 1]
+            direction = torch.as_tensor(target.vector(output.shape[1])).to(output).view(1, -1)
+            values.append(float(target_activation(output, direction)[0]))
+    return values
+
+
+def evaluate(model: Model, images: torch.Tensor, targets: Sequence[Target]) -> list[dict]:
+    """The scores a record keeps about each image.
+
+    Class targets: the class's probability, rank and top 5; inner targets: the channel's or
+    direction's activation.
+    """
+    if all(isinstance(t, ClassTarget) for t in targets):
+        return target_scores(model, images, [t.index for t in targets])
+    if any(isinstance(t, ClassTarget) for t in targets):
+        raise VitalError("class and inner targets are evaluated in separate batches.")
+    return [{"activation": a} for a in target_activations(model, images, targets)]
 
 
 @torch.no_grad()

@@ -112,6 +112,16 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> floa
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / remaining))
 
 
+def effective_warmup(settings: Settings) -> int:
+    """The warm-up the loop runs: at most a quarter of the shortest stage, at least one step.
+
+    Short runs (tests, previews) keep the paper's shape instead of warming up for their
+    whole length.
+    """
+    shortest = min(steps for steps, _ in settings.stages())
+    return max(1, min(settings.warmup, shortest // 4))
+
+
 @dataclass
 class Run:
     """What the loop returns for a batch.
@@ -310,8 +320,7 @@ def optimize(
             optimizer = torch.optim.Adam(
                 parametrization.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps
             )
-            # Short runs (tests, previews) keep the paper's shape: at most a quarter warms up.
-            warmup = max(1, min(settings.warmup, steps // 4))
+            warmup = effective_warmup(settings)
             for step in range(steps):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, settings.lr, warmup)

@@ -7,8 +7,6 @@ half-written record.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import json
 import sqlite3
 import time
@@ -20,6 +18,7 @@ import torch
 from PIL import Image
 
 from vital.grids import display_pixels, to_image
+from vital.record import Record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -45,23 +44,6 @@ CREATE TABLE IF NOT EXISTS failures (
 """
 
 
-def record_header(method: str, model) -> dict:
-    """The first entries of every record: method, version, time, and the model's identity."""
-    from vital import __version__
-
-    return {
-        "method": method,
-        "vital_version": __version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model": {
-            "name": model.name,
-            "weights": model.weights_source,
-            "fingerprint": model.fingerprint,
-            "preprocessing": dataclasses.asdict(model.preprocessing),
-        },
-    }
-
-
 @dataclass
 class Result:
     """One finished visualisation.
@@ -82,7 +64,7 @@ class Result:
 
     target: object
     pixels: torch.Tensor
-    record: dict
+    record: Record
     alpha: torch.Tensor | None = None
     paths: dict[str, Path] = field(default_factory=dict)
 
@@ -94,7 +76,7 @@ class Result:
     @property
     def stem(self) -> str:
         """File-name stem: method, target and seed."""
-        return f"{self.record['method']}-{self.target.slug()}-seed{self.record['seed']}"
+        return f"{self.record.method}-{self.target.slug()}-seed{self.record.seed}"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -135,29 +117,30 @@ class ResultStore:
             _atomic_write(rgba, lambda p: image.save(p, format="PNG"))
             _atomic_write(alpha_file, lambda p: _save_array(p, result.alpha))
             result.paths.update(rgba=rgba, alpha=alpha_file)
-        record = {**result.record, "files": {k: p.name for k, p in result.paths.items()}}
         json_path = self.folder / f"{stem}.json"
         result.paths["json"] = json_path
-        record["files"]["json"] = json_path.name
-        _atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=2)))
+        record = result.record
+        record.files = {kind: path.name for kind, path in result.paths.items()}
+        text = record.to_json()
+        _atomic_write(json_path, lambda p: p.write_text(text))
         unit = result.target.unit()
         with sqlite3.connect(self.index) as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     unit,
-                    record["method"],
-                    record["model"]["fingerprint"],
-                    json.dumps(record["target"]),
-                    record["seed"],
+                    record.method,
+                    record.model["fingerprint"],
+                    json.dumps(record.target),
+                    record.seed,
                     png.name,
-                    json.dumps(record),
+                    record.to_json(indent=None),
                     time.time(),
                 ),
             )
             connection.execute(
                 "DELETE FROM failures WHERE unit = ? AND method = ? AND model = ?",
-                (unit, record["method"], record["model"]["fingerprint"]),
+                (unit, record.method, record.model["fingerprint"]),
             )
         return result
 
@@ -186,11 +169,11 @@ class ResultStore:
         keys = ("unit", "method", "model", "target", "error")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[Record]:
         """Every indexed record, oldest first."""
         with sqlite3.connect(self.index) as connection:
             rows = connection.execute("SELECT record FROM results ORDER BY created").fetchall()
-        return [json.loads(row[0]) for row in rows]
+        return [Record.from_json(row[0]) for row in rows]
 
 
 class ResultSink:

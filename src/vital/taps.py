@@ -15,47 +15,7 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError, close_matches
-
-
-@dataclass(frozen=True)
-class Tap:
-    """One feature tap: a module name and its weight in the loss."""
-
-    layer: str
-    weight: float = 1.0
-
-
-# The authors' choices (METHOD.md section 1), as module names. ConvNeXt's last tap is the FX node
-# ``features.7.2.add`` in the authors' code: the residual sum, which is the output of module
-# ``features.7.2``.
-_VIT_B = ("conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in (0, 4, 8, 11)))
-_VIT_L = ("conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in (2, 9, 20, 23)))
-PRESETS: dict[str, tuple[Tap, ...]] = {
-    "resnet50": tuple(Tap(n) for n in ("conv1", "layer1", "layer2", "layer3", "layer4")),
-    "densenet121": tuple(
-        Tap(n, w)
-        for n, w in zip(
-            ("features.conv0", *(f"features.denseblock{i}" for i in range(1, 5))),
-            (1, 1, 1, 1, 100),
-            strict=True,
-        )
-    ),
-    "convnext_base": tuple(
-        Tap(n, w)
-        for n, w in zip(
-            ("features.0", "features.2.1", "features.4.1", "features.6.1", "features.7.2"),
-            (10, 1, 1, 1, 1),
-            strict=True,
-        )
-    ),
-    "vit_b_16": tuple(Tap(n) for n in _VIT_B),
-    "vit_b_32": tuple(Tap(n) for n in _VIT_B),
-    "vit_l_16": tuple(Tap(n) for n in _VIT_L),
-    "vit_l_32": tuple(Tap(n, w) for n, w in zip(_VIT_L, (1, 1, 1, 1, 0.1), strict=True)),
-}
-
-# Image-prior strengths that belong with a preset for class targets (METHOD.md section 2).
-PRESET_PRIORS: dict[str, float] = {"vit_l_16": 0.003, "vit_l_32": 0.0003}
+from vital.presets import PRESETS, Tap
 
 
 @dataclass(frozen=True)

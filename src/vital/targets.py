@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vital.errors import VitalError
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
@@ -89,3 +91,34 @@ class Direction:
 
 
 Target = ClassTarget | Channel | Direction
+
+
+def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
+    """Resolve ``967``, ``"espresso"``, ``"n07920052"`` or a ``ClassTarget`` for ``model``."""
+    if isinstance(query, ClassTarget):
+        return query
+    if isinstance(query, bool) or not isinstance(query, (int, str)):
+        raise VitalError(
+            f"a class is an index, a name or a WordNet id, not {type(query).__name__} ({query!r})."
+        )
+    if model.labels is None:
+        raise VitalError("this model has no classifier output; visualise channels instead.")
+    index = model.labels.resolve(query)
+    return ClassTarget(index, model.labels.name(index))
+
+
+def resolve_targets(model, targets) -> list[Target]:
+    """One target or a sequence of them → checked targets (classes resolved by ``model``)."""
+    if isinstance(targets, (str, int, ClassTarget, Channel, Direction)):
+        targets = [targets]
+    if targets is None or not hasattr(targets, "__iter__"):
+        raise VitalError(
+            f"targets are classes (index, name, WordNet id), Channel or Direction objects, or "
+            f"a list of them; got {targets!r}."
+        )
+    resolved = [
+        t if isinstance(t, (Channel, Direction)) else class_target(model, t) for t in targets
+    ]
+    if not resolved:
+        raise VitalError("no targets given; name at least one class (--class C) or channel.")
+    return resolved

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +116,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """Check a device name and say what to do when it is not available."""
     if device is None:
         return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as error:
-        raise VitalError(f"unknown device {device!r}: use 'cpu' or 'cuda'.") from error
+    except (RuntimeError, TypeError) as error:
+        raise VitalError(f"unknown device {device!r}: use auto, cpu or cuda.") from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise VitalError(f"device {device!r} is not supported: use auto, cpu or cuda.")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise VitalError(
             "device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu."
@@ -394,6 +399,31 @@ def load_model(
         _apply_weights(module, load_state_dict(path), str(path))
         source = str(path)
     return Model(module, name, preprocessing, _labels_for(module), source).to(device)
+
+
+@contextmanager
+def frozen(module: object) -> Iterator[None]:
+    """Eval mode without parameter gradients while the block runs; the module's own state after.
+
+    Visualisation needs a frozen network (BatchNorm statistics must not move, parameters need
+    no gradients). :class:`Model` freezes the module it is given; the library's front doors
+    and the driver wrap their work in this, so a caller's module is handed back in the training
+    modes and with the ``requires_grad`` it came with. Anything but an ``nn.Module`` passes.
+    """
+    if not isinstance(module, nn.Module):
+        yield
+        return
+    modes = [(child, child.training) for child in module.modules()]
+    gradients = [(parameter, parameter.requires_grad) for parameter in module.parameters()]
+    module.eval()
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for child, training in modes:
+            child.training = training
+        for parameter, requires_grad in gradients:
+            parameter.requires_grad_(requires_grad)
 
 
 def as_model(model: Model | nn.Module | str, device: str | torch.device | None = None) -> Model:

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from vital.engines import Engine, LocalEngine
 from vital.errors import VitalError
 from vital.grids import to_image
-from vital.optimize import Settings
 from vital.references import ReferenceSet, center_crop, open_rgb
 from vital.store import Result, ResultStore
 from vital.targets import Target
@@ -81,12 +80,17 @@ class Unit:
 
 @dataclass(frozen=True)
 class Job:
-    """A batch of units of one kind, with everything a worker needs to run it."""
+    """A batch of units of one kind, with everything a worker needs to run it.
+
+    ``setting`` and ``overrides`` are the user's: each kind of unit gets its method's defaults
+    (the inner-neuron priors for channels) under them, as :func:`vital.visualize` resolves.
+    """
 
     model: ModelSpec | GivenModel
     units: tuple[Unit, ...]
     references: tuple[ReferenceSet, ...]
-    settings: Settings
+    setting: int | str | None = None
+    overrides: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass
@@ -108,7 +112,8 @@ def run_job(job: Job) -> list[UnitOutcome]:
             model,
             [unit.target for unit in job.units],
             {unit.target: refs for unit, refs in zip(job.units, job.references, strict=True)},
-            settings=job.settings,
+            setting=job.setting,
+            settings=dict(job.overrides),
             seeds=[unit.seed for unit in job.units],
             batch_size=len(job.units),
             progress=False,
@@ -172,25 +177,21 @@ def _kind(unit: Unit) -> str:
 
 
 def plan_jobs(
-    spec, units: Sequence[Unit], references: dict[str, ReferenceSet], settings, batch_size: int
+    spec,
+    units: Sequence[Unit],
+    references: dict[str, ReferenceSet],
+    batch_size: int,
+    setting: int | str | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> list[Job]:
-    """Batches of at most ``batch_size`` consecutive units of one kind (classes or neurons).
-
-    Inner neurons get the authors' inner-neuron priors (tv_l2 = l2 = 3e-7) unless the settings
-    set priors of their own.
-    """
-    from vital.neurons import NEURON_PRIOR
-
-    neuron_settings = settings
-    if not (settings.tv_l2 or settings.l2 or settings.tv_l1):
-        neuron_settings = dataclasses.replace(settings, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR)
+    """Batches of at most ``batch_size`` consecutive units of one kind (classes or neurons)."""
+    frozen_overrides = tuple(sorted((overrides or {}).items()))
     jobs: list[Job] = []
     batch: list[Unit] = []
     for unit in [*units, None]:
         if batch and (unit is None or _kind(unit) != _kind(batch[0]) or len(batch) == batch_size):
-            chosen = settings if _kind(batch[0]) == "class" else neuron_settings
             refs = tuple(references[u.id] for u in batch)
-            jobs.append(Job(spec, tuple(batch), refs, chosen))
+            jobs.append(Job(spec, tuple(batch), refs, setting, frozen_overrides))
             batch = []
         if unit is not None:
             batch.append(unit)
@@ -210,7 +211,9 @@ def build_atlas(
     targets: Sequence[Target],
     references: Callable[[Target], ReferenceSet],
     folder: str | Path,
-    settings: Settings,
+    settings: Mapping[str, object] | None = None,
+    *,
+    setting: int | str | None = None,
     engine: Engine | None = None,
     batch_size: int = 4,
     progress: bool = True,
@@ -229,8 +232,11 @@ def build_atlas(
     folder
         The atlas folder (created if needed).
     settings
-        Optimisation settings; ``settings.seed`` seeds the first unit. Inner neurons add the
-        inner-neuron priors when these settings have none.
+        The user's changes to the methods' defaults, as a mapping of Settings fields (as for
+        :func:`vital.visualize`): classes and channels each get their own method's defaults
+        under them. ``settings["seed"]`` (default 0) seeds the first unit.
+    setting
+        A named setting of VITAL (0, 1, 2).
     engine
         Where batches run (default: in this process).
     batch_size
@@ -246,11 +252,17 @@ def build_atlas(
     spec = GivenModel(spec) if isinstance(spec, Model) else spec
     fingerprint = spec().fingerprint
     atlas = Atlas(folder)
-    units = plan_units(targets, settings.seed)
+    if settings is not None and not isinstance(settings, Mapping):
+        raise VitalError(
+            "an atlas takes changes to the methods' defaults as a mapping, e.g. "
+            "{'steps': 300}: classes and channels have different defaults."
+        )
+    settings = dict(settings or {})
+    units = plan_units(targets, int(settings.pop("seed", 0) or 0))
     done = atlas.store.finished_units("vital", fingerprint)
     todo = [unit for unit in units if unit.id not in done]
     reference_sets = {unit.id: references(unit.target) for unit in todo}
-    jobs = plan_jobs(spec, todo, reference_sets, settings, batch_size)
+    jobs = plan_jobs(spec, todo, reference_sets, batch_size, setting, settings)
     engine = engine or LocalEngine()
     report = BuildReport(len(units), len(units) - len(todo), 0, 0, 0.0)
     started = time.perf_counter()
@@ -282,6 +294,6 @@ def _record(atlas: Atlas, outcome: UnitOutcome, references: ReferenceSet, model:
         atlas.store.record_failure(outcome.unit.target, "vital", model, outcome.error)
         return
     result = outcome.result
-    result.record["unit"] = outcome.unit.id
-    result.record["references"]["top"] = atlas.reference_thumbnails(outcome.unit, references)
+    result.record.unit = outcome.unit.id
+    result.record.references["top"] = atlas.reference_thumbnails(outcome.unit, references)
     atlas.store.write(result)

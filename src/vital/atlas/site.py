@@ -14,6 +14,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from vital.record import Record
 from vital.store import ResultStore
 
 
@@ -21,20 +22,20 @@ def _escape(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _layer_of(record: dict) -> str:
-    return record["target"].get("layer") or "output"
+def _layer_of(record: Record) -> str:
+    return record.target.get("layer") or "output"
 
 
-def _label_of(record: dict) -> str:
-    target = record["target"]
+def _label_of(record: Record) -> str:
+    target = record.target
     if target.get("kind") == "class":
         return target.get("name") or f"class {target['index']}"
-    top = record.get("references", {}).get("top") or []
+    top = (record.references or {}).get("top") or []
     return top[0]["label"] if top and top[0].get("label") else ""
 
 
-def _slug(record: dict) -> str:
-    return Path(record["files"]["png"]).stem
+def _slug(record: Record) -> str:
+    return Path(record.files["png"]).stem
 
 
 def _page(title: str, body: str, depth: int = 0) -> str:
@@ -69,7 +70,7 @@ def _svg(label: str, lines: str, width: int, height: int) -> str:
 
 def loss_curve_svg(history: list[float], width: int = 480, height: int = 160) -> str:
     """The loss history as an inline SVG polyline (log scale when it spans decades)."""
-    values = [v for v in history if math.isfinite(v)]
+    values = [v for v in history if v is not None and math.isfinite(v)]
     if len(values) < 2:
         return "<p>no loss history</p>"
     logarithmic = min(values) > 0 and max(values) / min(values) > 20
@@ -90,7 +91,7 @@ def activation_curve_svg(
     trace: list[list[float]], reference: float | None, width: int = 480, height: int = 160
 ) -> str:
     """A neuron's activation over its run, with its references' mean as a dashed line."""
-    pairs = [(step, value) for step, value in trace if math.isfinite(value)]
+    pairs = [(s, v) for s, v in trace if v is not None and math.isfinite(v)]
     if len(pairs) < 2:
         return "<p>no activation trace</p>"
     steps, values = [float(s) for s, _ in pairs], [v for _, v in pairs]
@@ -113,16 +114,16 @@ def activation_curve_svg(
     )
 
 
-def _card(record: dict) -> str:
+def _card(record: Record) -> str:
     slug = _slug(record)
     label = _label_of(record)
     return (
-        f"<a class='card' href='units/{_escape(slug)}.html' data-unit='{_escape(record['unit'])}' "
-        f"data-layer='{_escape(_layer_of(record))}' data-method='{_escape(record['method'])}' "
+        f"<a class='card' href='units/{_escape(slug)}.html' data-unit='{_escape(record.unit)}' "
+        f"data-layer='{_escape(_layer_of(record))}' data-method='{_escape(record.method)}' "
         f"data-label='{_escape(label.lower())}'>"
-        f"<img src='results/{_escape(record['files']['png'])}' alt='{_escape(record['unit'])}' "
+        f"<img src='results/{_escape(record.files['png'])}' alt='{_escape(record.unit)}' "
         f"loading='lazy' width='160' height='160'>"
-        f"<span class='unit'>{_escape(record['unit'])}</span>"
+        f"<span class='unit'>{_escape(record.unit)}</span>"
         f"<span class='label'>{_escape(label)}</span></a>"
     )
 
@@ -141,10 +142,10 @@ def _options(values: set[str]) -> str:
     return "".join(f"<option value='{_escape(v)}'>{_escape(v)}</option>" for v in sorted(values))
 
 
-def _index(records: list[dict], failures: list[dict]) -> str:
+def _index(records: list[Record], failures: list[dict]) -> str:
     layers = {_layer_of(r) for r in records} | {f["unit"].rpartition("/")[0] for f in failures}
-    methods = {r["method"] for r in records} | {f["method"] for f in failures}
-    models = sorted({r["model"]["name"] for r in records})
+    methods = {r.method for r in records} | {f["method"] for f in failures}
+    models = sorted({r.model["name"] for r in records})
     cards = "".join(_card(r) for r in records) + "".join(_failed_card(f) for f in failures)
     body = (
         f"<header><h1>vital atlas</h1><p class='muted'>{_escape(', '.join(models))} · "
@@ -161,8 +162,8 @@ def _index(records: list[dict], failures: list[dict]) -> str:
     return _page("vital atlas", body)
 
 
-def _unit_page(record: dict) -> str:
-    files = record["files"]
+def _unit_page(record: Record) -> str:
+    files = record.files
     label = _label_of(record)
     images = (
         f"<figure><img id='visualisation' src='../results/{_escape(files['png'])}' "
@@ -177,44 +178,43 @@ def _unit_page(record: dict) -> str:
     references = "".join(
         f"<figure><img class='reference' src='../{_escape(ref['image'])}' alt='reference'>"
         f"<figcaption>{_escape(ref.get('label', ''))}</figcaption></figure>"
-        for ref in record.get("references", {}).get("top", [])
+        for ref in (record.references or {}).get("top", [])
     )
     facts = {
-        "unit": record["unit"],
-        "model": record["model"]["name"],
-        "method": record["method"],
-        "seed": record["seed"],
-        "references": record.get("references", {}).get("summary", ""),
-        "seconds": f"{record.get('seconds', 0):.1f}",
+        "unit": record.unit,
+        "model": record.model["name"],
+        "method": record.method,
+        "seed": record.seed,
+        "references": (record.references or {}).get("summary", ""),
+        "seconds": f"{record.seconds:.1f}",
     }
-    facts.update({k: v for k, v in record.get("evaluation", {}).items() if k != "top5"})
-    facts.update(record.get("activation", {}))
+    facts.update({k: v for k, v in record.evaluation.items() if k != "top5"})
     rows = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in facts.items())
-    settings = _escape(json.dumps(record.get("settings", {}), indent=1))
+    settings = _escape(json.dumps(record.settings, indent=1))
     activation_section = ""
-    if record.get("activation_trace"):
-        reference = record.get("evaluation", {}).get("reference_activation")
+    if record.activation_trace:
+        reference = record.evaluation.get("reference_activation")
         activation_section = (
-            f"<h2>Activation</h2>{activation_curve_svg(record['activation_trace'], reference)}"
+            f"<h2>Activation</h2>{activation_curve_svg(record.activation_trace, reference)}"
         )
     body = (
-        f"<header><a href='../index.html'>← all units</a><h1>{_escape(record['unit'])}</h1>"
+        f"<header><a href='../index.html'>← all units</a><h1>{_escape(record.unit)}</h1>"
         f"<p class='muted'>{_escape(label)}</p></header>"
         f"<section class='images'>{images}</section>"
         f"<h2>Top references</h2><section class='references'>{references}</section>"
-        f"<h2>Loss</h2>{loss_curve_svg(record.get('loss_history', []))}"
+        f"<h2>Loss</h2>{loss_curve_svg(record.loss_history)}"
         f"{activation_section}"
         f"<h2>Record</h2><table>{rows}</table>"
         f"<h2>Settings</h2><pre>{settings}</pre>"
     )
-    return _page(record["unit"], body, depth=1)
+    return _page(record.unit, body, depth=1)
 
 
 def render_site(folder: str | Path) -> Path:
     """Write ``index.html``, one page per unit and the static assets; return the index path."""
     folder = Path(folder)
     store = ResultStore(folder / "results", index=folder / "atlas.sqlite")
-    records = [r for r in store.records() if "unit" in r]
+    records = [r for r in store.records() if r.unit]
     (folder / "units").mkdir(parents=True, exist_ok=True)
     static = folder / "static"
     static.mkdir(exist_ok=True)

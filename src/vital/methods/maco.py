@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from vital.baselines.base import (
+from vital.errors import VitalError
+from vital.methods.activation import (
     Activation,
-    BaselineTarget,
     activation_objective,
     affine_views,
     decorrelate_colors,
@@ -34,9 +34,10 @@ from vital.baselines.base import (
     recorrelate_colors,
     uniform,
 )
-from vital.errors import VitalError
+from vital.methods.base import Method, check_settings_for, resolution_of, target_plan
 from vital.optimize import Settings
 from vital.references import SAMPLE_PHOTOS, ReferenceSet, from_folder, sample_photo
+from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model, Preprocessing
 
 _VIEW_SEED_OFFSET = 2_000_003
@@ -102,10 +103,8 @@ class MagnitudeConstrainedImage:
     ----------
     magnitude
         (3, R, R//2+1) natural-image magnitudes (see :func:`natural_spectrum`).
-    count
-        Number of images.
-    seed
-        Image ``i``'s phase starts from N(0, 1) with seed ``seed + i``.
+    seeds
+        One seed per image: its phase starts from N(0, 1) with that seed.
     device
         Where to optimise.
     preprocessing
@@ -115,8 +114,7 @@ class MagnitudeConstrainedImage:
     def __init__(
         self,
         magnitude: torch.Tensor,
-        count: int,
-        seed: int,
+        seeds: Sequence[int],
         device: torch.device,
         preprocessing: Preprocessing,
     ):
@@ -137,8 +135,8 @@ class MagnitudeConstrainedImage:
         variance = (weights * magnitude**2).sum() / (channels * pixels * pixels)
         self.magnitude = (magnitude / variance.sqrt()).float().to(device)
         phases = [
-            torch.randn(magnitude.shape, generator=torch.Generator().manual_seed(seed + i))
-            for i in range(count)
+            torch.randn(magnitude.shape, generator=torch.Generator().manual_seed(seed))
+            for seed in seeds
         ]
         self.phase = torch.stack(phases).to(device).requires_grad_(True)
 
@@ -175,8 +173,8 @@ class RandomCrops:
 
     Parameters
     ----------
-    count, seed
-        Images per batch and seed of image 0's random stream.
+    seeds
+        One seed per image of the batch; each image has its own random stream.
     steps
         Length of the run (the box size shrinks linearly over it).
     crops
@@ -192,8 +190,7 @@ class RandomCrops:
 
     def __init__(
         self,
-        count: int,
-        seed: int,
+        seeds: Sequence[int],
         steps: int,
         crops: int,
         box: tuple[float, float],
@@ -201,7 +198,7 @@ class RandomCrops:
         preprocessing: Preprocessing,
     ):
         self.generators = [
-            torch.Generator().manual_seed(_VIEW_SEED_OFFSET + seed + i) for i in range(count)
+            torch.Generator().manual_seed(_VIEW_SEED_OFFSET + seed) for seed in seeds
         ]
         self.steps = steps
         self.crops = crops
@@ -237,8 +234,8 @@ class RandomCrops:
 
 
 @dataclass
-class Maco:
-    """MaCo as a :class:`vital.baselines.base.Baseline`.
+class Maco(Method):
+    """MaCo: activation maximisation of the Fourier phase under a natural-image magnitude.
 
     Attributes
     ----------
@@ -264,11 +261,12 @@ class Maco:
     _spectra: dict = field(default_factory=dict, repr=False)
 
     name = "maco"
-    channel_targets = True
+    targets = (ClassTarget, Channel, Direction)
     has_transparency = True
 
-    def settings(self, model: Model) -> Settings:
+    def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
         """Adam at lr 1.0 on the phase (Xplique: Nadam 1.0), 256 steps, no jitter."""
+        check_settings_for(self, setting)
         return Settings(
             steps=256,
             lr=1.0,
@@ -287,29 +285,28 @@ class Maco:
         return self._spectra[resolution]
 
     def parametrization(
-        self, model: Model, count: int, settings: Settings
+        self, model: Model, seeds: Sequence[int], settings: Settings
     ) -> MagnitudeConstrainedImage:
-        """Phases of ``count`` images with the natural magnitude."""
-        resolution = settings.resolution or model.preprocessing.input_size
+        """Phases of one image per seed, with the natural magnitude."""
+        resolution = resolution_of(model, settings)
         return MagnitudeConstrainedImage(
-            self.spectrum(resolution), count, settings.seed, model.device, model.preprocessing
+            self.spectrum(resolution), seeds, model.device, model.preprocessing
         )
 
     @contextlib.contextmanager
     def objective(
-        self, model: Model, targets: Sequence[BaselineTarget], settings: Settings
+        self, model: Model, plans: Sequence, settings: Settings, seeds: Sequence[int]
     ) -> Iterator[Activation]:
         """The target's activation averaged over random noisy crops."""
         views = RandomCrops(
-            len(targets),
-            settings.seed,
+            seeds,
             settings.steps,
             self.crops,
             (self.box_start, self.box_end),
             self.noise,
             model.preprocessing,
         )
-        with activation_objective(model, targets, views) as objective:
+        with activation_objective(model, target_plan(plans), views) as objective:
             yield objective
 
     def options(self) -> dict:

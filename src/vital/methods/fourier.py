@@ -14,20 +14,21 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from vital.baselines.base import (
+from vital.methods.activation import (
     Activation,
-    BaselineTarget,
     activation_objective,
     affine_views,
     grey,
     recorrelate_colors,
     uniform,
 )
+from vital.methods.base import Method, check_settings_for, resolution_of, target_plan
 from vital.optimize import Settings
+from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model, Preprocessing
 
 # Offset of the transforms' seeds from the image seeds, so the two random streams differ.
@@ -46,10 +47,10 @@ class FourierImage:
 
     Parameters
     ----------
-    count, resolution
-        Number and side of the images.
-    seed
-        Image ``i``'s coefficients are drawn from N(0, std²) with seed ``seed + i``.
+    seeds
+        One seed per image: its coefficients are drawn from N(0, std²) with that seed.
+    resolution
+        Side of the images.
     device
         Where the coefficients live.
     preprocessing
@@ -65,9 +66,8 @@ class FourierImage:
 
     def __init__(
         self,
-        count: int,
+        seeds: Sequence[int],
         resolution: int,
-        seed: int,
         device: torch.device,
         preprocessing: Preprocessing,
         decay_power: float = 1.0,
@@ -79,8 +79,8 @@ class FourierImage:
         self.scale = (1.0 / freqs.clamp_min(1.0 / resolution) ** decay_power).to(device)
         shape = (3, *freqs.shape, 2)
         coefficients = [
-            torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) * std
-            for i in range(count)
+            torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std
+            for seed in seeds
         ]
         self.coefficients = torch.stack(coefficients).to(device).requires_grad_(True)
 
@@ -105,10 +105,8 @@ class RobustViews:
 
     Parameters
     ----------
-    count
-        Images per batch; each has its own seeded random stream.
-    seed
-        Seed of image 0's stream.
+    seeds
+        One seed per image of the batch; each image has its own random stream.
     fill
         (3,) value of the frame (grey in the model's input space).
     resolution
@@ -121,8 +119,7 @@ class RobustViews:
 
     def __init__(
         self,
-        count: int,
-        seed: int,
+        seeds: Sequence[int],
         fill: torch.Tensor,
         resolution: int,
         pad: int = 12,
@@ -132,7 +129,7 @@ class RobustViews:
         views: int = 1,
     ):
         self.generators = [
-            torch.Generator().manual_seed(_VIEW_SEED_OFFSET + seed + i) for i in range(count)
+            torch.Generator().manual_seed(_VIEW_SEED_OFFSET + seed) for seed in seeds
         ]
         self.fill = fill
         self.frame = resolution / (resolution + 2 * pad)
@@ -158,8 +155,8 @@ class RobustViews:
 
 
 @dataclass
-class Fourier:
-    """Fourier FV as a :class:`vital.baselines.base.Baseline`.
+class Fourier(Method):
+    """Fourier FV: activation maximisation in a Fourier, colour-decorrelated parametrisation.
 
     Attributes
     ----------
@@ -180,40 +177,34 @@ class Fourier:
     shift: int = 4
 
     name = "fourier"
-    channel_targets = True
-    has_transparency = False
+    targets = (ClassTarget, Channel, Direction)
 
-    def settings(self, model: Model) -> Settings:
+    def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
         """Adam as in lucent (lr 0.05, default betas) with a short warm-up and cosine decay."""
+        check_settings_for(self, setting)
         return Settings(steps=512, lr=0.05, betas=(0.9, 0.999), warmup=10, jitter=8, clamp=False)
 
-    def parametrization(self, model: Model, count: int, settings: Settings) -> FourierImage:
-        """Fourier coefficients of ``count`` images."""
-        resolution = settings.resolution or model.preprocessing.input_size
-        return FourierImage(
-            count, resolution, settings.seed, model.device, model.preprocessing, self.decay_power
-        )
+    def parametrization(
+        self, model: Model, seeds: Sequence[int], settings: Settings
+    ) -> FourierImage:
+        """Fourier coefficients of one image per seed."""
+        resolution = resolution_of(model, settings)
+        return FourierImage(seeds, resolution, model.device, model.preprocessing, self.decay_power)
 
     @contextlib.contextmanager
     def objective(
-        self, model: Model, targets: Sequence[BaselineTarget], settings: Settings
+        self, model: Model, plans: Sequence, settings: Settings, seeds: Sequence[int]
     ) -> Iterator[Activation]:
         """The target's activation on robust views."""
-        resolution = settings.resolution or model.preprocessing.input_size
         views = RobustViews(
-            len(targets),
-            settings.seed,
+            seeds,
             grey(model.preprocessing),
-            resolution,
+            resolution_of(model, settings),
             self.pad,
             (self.scale_low, self.scale_high),
             self.degrees,
             self.shift,
             self.views,
         )
-        with activation_objective(model, targets, views) as objective:
+        with activation_objective(model, target_plan(plans), views) as objective:
             yield objective
-
-    def options(self) -> dict:
-        """The options, for records."""
-        return asdict(self)

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vital.baselines.base import BaselineTarget
 from vital.errors import VitalError
-from vital.optimize import Pixels, Settings
+from vital.methods.base import Method, check_settings_for, target_plan
+from vital.optimize import Settings
+from vital.targets import ClassTarget
 from vital.zoo import Model
 
 
@@ -86,7 +87,7 @@ class DeepInversionObjective:
     def __init__(
         self,
         model: Model,
-        targets: Sequence[BaselineTarget],
+        targets: Sequence[ClassTarget],
         recorder: BatchNormInputs,
         bn_weight: float,
         first_multiplier: float,
@@ -110,8 +111,8 @@ class DeepInversionObjective:
 
 
 @dataclass
-class DeepInversion:
-    """DeepInversion as a :class:`vital.baselines.base.Baseline`.
+class DeepInversion(Method):
+    """DeepInversion: the class logit plus matching every BatchNorm's running statistics.
 
     Attributes
     ----------
@@ -128,28 +129,22 @@ class DeepInversion:
     statistics: str = "batch"
 
     name = "deepinversion"
-    channel_targets = False
-    has_transparency = False
+    targets = (ClassTarget,)
 
     def __post_init__(self) -> None:
         if self.statistics not in ("batch", "image"):
             raise VitalError("DeepInversion statistics must be 'batch' or 'image'.")
 
-    def settings(self, model: Model) -> Settings:
+    def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
         """The published defaults (2000 steps at full resolution, "setting 1")."""
+        check_settings_for(self, setting)
         return Settings(
             steps=2000, lr=0.25, betas=(0.5, 0.9), jitter=30, flip=True, tv_l2=1e-4, l2=1e-5
         )
 
-    def parametrization(self, model: Model, count: int, settings: Settings) -> Pixels:
-        """Pixels from N(0, 1), clamped to the valid range."""
-        resolution = settings.resolution or model.preprocessing.input_size
-        seeds = range(settings.seed, settings.seed + count)
-        return Pixels(seeds, resolution, model.device, model.preprocessing, settings.clamp)
-
     @contextlib.contextmanager
     def objective(
-        self, model: Model, targets: Sequence[BaselineTarget], settings: Settings
+        self, model: Model, plans: Sequence, settings: Settings, seeds: Sequence[int]
     ) -> Iterator[DeepInversionObjective]:
         """The objective with BatchNorm hooks attached."""
         with batchnorm_inputs(model.module) as recorder:
@@ -160,13 +155,9 @@ class DeepInversion:
                 )
             yield DeepInversionObjective(
                 model,
-                targets,
+                target_plan(plans),
                 recorder,
                 self.bn_weight,
                 self.first_multiplier,
                 self.statistics == "image",
             )
-
-    def options(self) -> dict:
-        """The options, for records."""
-        return asdict(self)

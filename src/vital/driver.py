@@ -1,0 +1,226 @@
+"""The one driver: targets → settings → batches → seeds → optimise → evaluate → record → sink.
+
+Every method (:mod:`vital.methods`) runs through :func:`run`; the front door
+(:func:`vital.visualize`), the command line, the atlas and the comparison only choose the
+method, the targets and the user's overrides. Settings are resolved in one place
+(:func:`resolve_settings`): the method's defaults for the model, then the user's overrides; the
+record stores exactly what ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vital import metrics
+from vital.errors import VitalError
+from vital.methods.base import Method, target_plan
+from vital.optimize import Run, Settings, effective_warmup, optimize, transparency
+from vital.record import Record, model_info
+from vital.store import Result, ResultSink
+from vital.targets import Target
+from vital.zoo import Model, frozen
+
+SettingsOverrides = Settings | Mapping[str, Any] | None
+
+
+def resolve_settings(
+    method: Method,
+    model: Model,
+    setting: int | str | None = None,
+    settings: SettingsOverrides = None,
+) -> Settings:
+    """The settings a run uses: the method's defaults for ``model``, then the overrides.
+
+    Parameters
+    ----------
+    method
+        The method (its defaults depend on the model: preset priors, neuron priors).
+    model
+        The explained model.
+    setting
+        A named setting of the method (VITAL: 0, 1, 2); ``None`` for its default.
+    settings
+        Overrides as a mapping of :class:`Settings` fields (values of ``None`` mean "not
+        given"), or a complete :class:`Settings`, used as it is.
+
+    Returns
+    -------
+    Settings
+        Validated, with the warm-up as the loop will run it.
+    """
+    if isinstance(settings, Settings):
+        if setting is not None:
+            raise VitalError("give either a named setting or complete Settings, not both.")
+        chosen = settings
+    else:
+        if settings is not None and not isinstance(settings, Mapping):
+            raise VitalError(
+                f"settings are a mapping of Settings fields or a Settings, not "
+                f"{type(settings).__name__}."
+            )
+        overrides = {k: v for k, v in dict(settings or {}).items() if v is not None}
+        fields = {f.name for f in dataclasses.fields(Settings)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise VitalError(
+                f"unknown setting(s) {', '.join(unknown)}; settings have "
+                f"{', '.join(sorted(fields))}."
+            )
+        chosen = dataclasses.replace(method.default_settings(model, setting), **overrides)
+    chosen.validate()
+    return dataclasses.replace(chosen, warmup=effective_warmup(chosen))
+
+
+def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def _seeds(settings: Settings, count: int, seeds: Sequence[int] | None) -> list[int]:
+    if seeds is None:
+        return [settings.seed + i for i in range(count)]
+    seeds = list(seeds)
+    if len(seeds) != count:
+        raise VitalError(f"{len(seeds)} seeds were given for {count} targets.")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise VitalError(f"a seed is a whole number from 0 to 2**63 - 1, not {seed!r}.")
+    return seeds
+
+
+def _target_record(target: Target, plan: Any) -> dict:
+    kind = type(target).__name__
+    if kind == "ClassTarget":
+        return {"kind": "class", "index": target.index, "name": target.name}
+    record = {"kind": "channel" if kind == "Channel" else "direction", "layer": target.layer}
+    if kind == "Channel":
+        record["index"] = target.index
+    else:
+        record["name"] = target.name
+        record["direction"] = [float(v) for v in target.values]
+    return record
+
+
+def _merge(record: Record, fields: Mapping[str, Any]) -> None:
+    for name, value in fields.items():
+        if name == "evaluation":
+            record.evaluation.update(value)
+        else:
+            setattr(record, name, value)
+
+
+def run(
+    method: Method,
+    model: Model,
+    targets: Sequence[Target],
+    references: Any = None,
+    *,
+    settings: Settings,
+    seeds: Sequence[int] | None = None,
+    batch_size: int = 8,
+    out: str | Path | None = None,
+    progress: bool = True,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Visualise ``targets`` with ``method``, batch by batch; each result is written at once.
+
+    Parameters
+    ----------
+    method
+        A configured method (:func:`vital.methods.get_method`).
+    model
+        The explained model.
+    targets
+        Resolved targets, all of a kind the method visualises.
+    references
+        What the method prepares its references from (``None``: its default).
+    settings
+        Resolved settings (:func:`resolve_settings`).
+    seeds
+        One seed per target; default ``settings.seed + i`` for the ``i``-th target.
+    batch_size
+        Targets optimised together.
+    out
+        Folder for PNG + JSON records; nothing is written when ``None``.
+    progress
+        Show progress bars.
+    on_result
+        Called with each result as soon as it is finished.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise VitalError(
+            f"the batch size must be a whole number ≥ 1 (--batch B), not {batch_size!r}."
+        )
+    if not targets:
+        raise VitalError("no targets given; name at least one class (--class C) or channel.")
+    seeds = _seeds(settings, len(targets), seeds)
+    sink = ResultSink(out, on_result)
+    batch_count = -(-len(targets) // batch_size)
+    with frozen(model.module), method.prepare(model, targets, references, settings) as plans:
+        for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
+            batch_seeds = seeds[start : start + len(batch)]
+            batch_targets = target_plan(batch)
+            parametrization = method.parametrization(model, batch_seeds, settings)
+            with torch.no_grad():
+                # The start as the optimiser sees it (unclamped: setting 1 starts from N(0, 1)).
+                start = model.preprocessing.denormalize(parametrization.images().detach())
+                initial = metrics.evaluate(model, start, batch_targets)
+            label = method.name + (f" batch {number}/{batch_count}" if batch_count > 1 else "")
+            with method.objective(model, batch, settings, batch_seeds) as objective:
+                run_ = optimize(
+                    objective,
+                    len(batch),
+                    model.preprocessing,
+                    settings,
+                    model.device,
+                    progress=label if progress else False,
+                    dtype=model.dtype,
+                    seeds=batch_seeds,
+                    parametrization=parametrization,
+                )
+            final = metrics.evaluate(model, run_.pixels, batch_targets)
+            alphas = (
+                transparency(run_.gradient_magnitude).cpu() if method.has_transparency else None
+            )
+            for item, plan in enumerate(batch):
+                record = _record(method, model, batch_targets[item], plan, settings, run_, item)
+                record.evaluation = {
+                    **final[item],
+                    **{f"initial_{k}": v for k, v in initial[item].items() if k != "top5"},
+                }
+                _merge(record, method.record_fields(plan, objective, item))
+                alpha = alphas[item] if alphas is not None else None
+                sink(Result(batch_targets[item], run_.pixels[item].cpu(), record, alpha))
+    return sink.results
+
+
+def _record(
+    method: Method,
+    model: Model,
+    target: Target,
+    plan: Any,
+    settings: Settings,
+    run_: Run,
+    item: int,
+) -> Record:
+    history = run_.history[:, item]
+    seed = run_.seeds[item]
+    return Record(
+        method=method.name,
+        model=model_info(model),
+        target=_target_record(target, plan),
+        settings={**dataclasses.asdict(settings), "seed": seed},
+        seed=seed,
+        evaluation={},
+        final_loss={name: float(value[item]) for name, value in run_.final_terms.items()},
+        final_total=float(history[-1]),
+        loss_history=[round(float(v), 6) for v in history],
+        seconds=run_.seconds,
+        batch_size=run_.images.shape[0],
+        device=str(run_.images.device),
+    )

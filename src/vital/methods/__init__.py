@@ -1,0 +1,73 @@
+"""Every way of making a picture, behind one contract (:class:`~vital.methods.base.Method`).
+
+``vital`` is VITAL (classes: :mod:`.vital_class`; channels and directions:
+:mod:`.vital_neuron`); ``fourier`` (Olah et al. 2017), ``maco`` (Fel et al. 2023) and
+``deepinversion`` (Yin et al. 2020) are the baselines it is compared with. A name may stand for
+several classes, one per kind of target; :func:`get_method` picks the one for the targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from vital.errors import VitalError
+from vital.methods.base import Method
+from vital.methods.deepinversion import DeepInversion
+from vital.methods.fourier import Fourier
+from vital.methods.maco import Maco
+from vital.methods.vital_class import VitalClass
+from vital.methods.vital_neuron import VitalNeuron
+from vital.targets import Target
+
+# Name → the method's classes (one per kind of target). A new method is one line here.
+METHODS: dict[str, tuple[type[Method], ...]] = {
+    "vital": (VitalClass, VitalNeuron),
+    "fourier": (Fourier,),
+    "maco": (Maco,),
+    "deepinversion": (DeepInversion,),
+}
+
+
+def method_class(name: str, targets: Sequence[Target]) -> type[Method]:
+    """The class of method ``name`` that visualises ``targets`` (all of one kind)."""
+    if not isinstance(name, str) or name not in METHODS:
+        raise VitalError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}.")
+    kinds = {type(target) for target in targets}
+    for cls in METHODS[name]:
+        if kinds <= set(cls.targets):
+            return cls
+    accepted = {kind for cls in METHODS[name] for kind in cls.targets}
+    if kinds <= accepted:  # each kind has a method, but not one method for all of them
+        raise VitalError(
+            f"{', '.join(sorted(k.__name__ for k in kinds))} targets need separate runs with "
+            f"{name}; visualise each kind in its own call."
+        )
+    raise VitalError(
+        f"{name} visualises {', '.join(sorted(k.__name__ for k in accepted))} targets, not "
+        f"{', '.join(sorted(k.__name__ for k in kinds))}."
+    )
+
+
+def get_method(name: str, targets: Sequence[Target], **options: object) -> Method:
+    """A new method object for ``targets``, configured with ``options`` (its fields)."""
+    cls = method_class(name, targets)
+    known = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"it takes {', '.join(known)}" if known else "it takes no options"
+        raise VitalError(f"{name} has no option {', '.join(unknown)} for these targets; {takes}.")
+    return cls(**options)
+
+
+__all__ = [
+    "METHODS",
+    "DeepInversion",
+    "Fourier",
+    "Maco",
+    "Method",
+    "VitalClass",
+    "VitalNeuron",
+    "get_method",
+    "method_class",
+]

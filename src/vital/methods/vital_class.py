@@ -1,0 +1,215 @@
+"""VITAL for output classes (METHOD.md sections 1–2): sort matching against real class images.
+
+The references of each class give, at every feature tap, a prototype (each channel's sorted
+values averaged over the references); the image is optimised so that its features' sorted
+values match it. No activation term: the class enters only through its references.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vital.errors import VitalError
+from vital.methods.base import Method, resolution_of
+from vital.objectives import SortMatching
+from vital.optimize import Settings
+from vital.presets import PRESET_PRIORS
+from vital.references import (
+    DEFAULT_REFERENCES,
+    ReferenceSet,
+    compute_prototypes,
+    from_folder,
+    is_imagenet_tree,
+    sample_photos_for_class,
+)
+from vital.taps import Tap, check_layer, default_taps, list_layers, parse_taps, tapped
+from vital.targets import ClassTarget
+from vital.zoo import Model
+
+References = ReferenceSet | str | Path | Mapping[Any, ReferenceSet] | None
+
+
+def class_references(
+    model: Model,
+    target: ClassTarget,
+    references: References,
+    count: int = DEFAULT_REFERENCES,
+    seed: int = 0,
+    shared_ok: bool = False,
+) -> ReferenceSet:
+    """Find the reference set for a class target.
+
+    Parameters
+    ----------
+    references
+        ``None`` (the embedded photos of that class), a :class:`ReferenceSet`, a mapping from
+        class index to set, or a folder: an ImageNet-style tree (sub-folder per WordNet id), a
+        folder with one sub-folder per class (named by index, WordNet id or class name), or a
+        plain folder of images of this one class.
+    shared_ok
+        Allow one plain folder to serve as references of several targets.
+    """
+    if isinstance(references, ReferenceSet):
+        return references
+    if isinstance(references, Mapping):
+        for key in (target, target.index):  # keyed by target or by class index
+            if key in references:
+                return references[key]
+        raise VitalError(f"no references were given for {target.describe()}.")
+    if references is None or str(references) == "samples":
+        sources = sample_photos_for_class(target.index)
+        if not sources:
+            raise VitalError(
+                f"no embedded photo shows {target.describe()}; give reference images with "
+                "--refs DIR (a folder of that class, or an ImageNet-style tree)."
+            )
+        return ReferenceSet(
+            tuple(sources), count, seed, "embedded photos " + ", ".join(s.label for s in sources)
+        )
+    if not isinstance(references, (str, Path)):
+        raise VitalError(
+            f"references must be a folder, a ReferenceSet or a mapping of them, not "
+            f"{type(references).__name__}."
+        )
+    folder = Path(references)
+    if not folder.is_dir():
+        raise VitalError(f"reference folder {folder} does not exist.")
+    for name in _class_folder_names(model, target):
+        if (folder / name).is_dir():
+            return from_folder(folder / name, count, seed)
+    if is_imagenet_tree(folder) or any(child.is_dir() for child in folder.iterdir()):
+        raise VitalError(
+            f"{folder} has class sub-folders but none for {target.describe()}; expected one of "
+            f"{', '.join(_class_folder_names(model, target))}."
+        )
+    if not shared_ok:
+        raise VitalError(
+            f"{folder} is a plain folder of images, which would give every target the same "
+            "references; visualise one class at a time with it, or use one sub-folder per class."
+        )
+    return from_folder(folder, count, seed)
+
+
+def _class_folder_names(model: Model, target: ClassTarget) -> list[str]:
+    names = [str(target.index)]
+    if model.labels is not None and model.labels.wnids:
+        names.insert(0, model.labels.wnids[target.index])
+    if target.name:
+        names += [target.name, target.name.replace(" ", "_")]
+    return names
+
+
+def resolve_taps(model: Model, taps: Sequence[str | Tap] | None) -> tuple[tuple[Tap, ...], str]:
+    """Taps for class targets: the user's, else the preset, else discovered ones."""
+    if taps:
+        chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+        for tap in chosen:
+            check_layer(tap.layer, model.module)
+        return chosen, "given by the user"
+    layers = list_layers(model.module, model.preprocessing.input_size)
+    return default_taps(model.name, layers)
+
+
+def reference_fields(references: ReferenceSet) -> dict:
+    """The ``references`` entry of a record."""
+    return {
+        "count": references.count,
+        "seed": references.seed,
+        "distinct_images": len(references.sources),
+        "summary": references.summary(),
+    }
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """A class target with its references and taps."""
+
+    target: ClassTarget
+    references: ReferenceSet
+    taps: tuple[Tap, ...]
+    taps_source: str
+
+
+@dataclass
+class VitalClass(Method):
+    """VITAL for classes.
+
+    Attributes
+    ----------
+    taps
+        ``["layer1=1", ...]`` or :class:`Tap` objects; default: the preset, else discovered.
+    reference_count
+        Reference views per class (N).
+    reference_seed
+        Seed of the reference subset and views (apart from the image seed, so that a target
+        rerun alone with its recorded seed sees the same references).
+    cache_dir
+        Prototype cache folder (default ``$VITAL_CACHE`` or ``~/.cache/vital``).
+    """
+
+    taps: Sequence[str | Tap] | None = None
+    reference_count: int = DEFAULT_REFERENCES
+    reference_seed: int = 0
+    cache_dir: Path | None = None
+
+    name = "vital"
+    targets = (ClassTarget,)
+    uses_references = True
+
+    def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
+        """The authors' setting (1 unless named), with the model's preset priors (ViT-L)."""
+        settings = Settings.setting(1 if setting is None else setting)
+        strength = PRESET_PRIORS.get(model.name)
+        return dataclasses.replace(settings, tv_l2=strength, l2=strength) if strength else settings
+
+    @contextlib.contextmanager
+    def prepare(
+        self, model: Model, targets: Sequence[ClassTarget], references: References, settings
+    ) -> Iterator[list[ClassPlan]]:
+        """Each class's references (prototypes are computed batch by batch, and cached)."""
+        taps, source = resolve_taps(model, self.taps)
+        shared_ok = len(set(targets)) == 1
+        yield [
+            ClassPlan(
+                target,
+                class_references(
+                    model, target, references, self.reference_count, self.reference_seed, shared_ok
+                ),
+                taps,
+                source,
+            )
+            for target in targets
+        ]
+
+    @contextlib.contextmanager
+    def objective(
+        self, model: Model, plans: Sequence[ClassPlan], settings: Settings, seeds: Sequence[int]
+    ) -> Iterator[SortMatching]:
+        """Sort matching against each class's prototypes at every tap."""
+        taps = plans[0].taps
+        layers = [t.layer for t in taps]
+        resolution = resolution_of(model, settings)
+        prototypes = {
+            factor: [
+                compute_prototypes(
+                    model, layers, plan.references, resolution, factor, cache_dir=self.cache_dir
+                )
+                for plan in plans
+            ]
+            for _, factor in settings.stages()
+        }
+        with tapped(model.module, layers, stop_early=True) as tap:
+            yield SortMatching(tap, taps, prototypes)
+
+    def record_fields(self, plan: ClassPlan, objective: SortMatching, item: int) -> dict:
+        """Taps and references."""
+        return {
+            "taps": [{"layer": t.layer, "weight": t.weight} for t in plan.taps],
+            "taps_source": plan.taps_source,
+            "references": reference_fields(plan.references),
+        }

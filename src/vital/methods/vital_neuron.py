@@ -1,0 +1,318 @@
+"""VITAL for inner channels and concept directions (METHOD.md sections 3 and 4).
+
+Each target (a channel, or a direction over a layer's channels) is matched only at the taps
+strictly below its layer, on features weighted by their relevance for the target (an LRP
+backend by default), with each channel's squared errors weighted by its importance. The
+backend is attached once for the whole run; the references' relevance-weighted prototypes are
+computed while it is attached. Targets of different layers may share a batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vital.errors import VitalError
+from vital.methods.base import Method, resolution_of
+from vital.methods.vital_class import reference_fields
+from vital.objectives import NeuronTarget, RelevanceSortMatching, neuron_prototypes
+from vital.optimize import Settings
+from vital.presets import NEURON_PRIOR, NEURON_STEM_WEIGHT
+from vital.references import (
+    DEFAULT_REFERENCES,
+    SAMPLE_PHOTOS,
+    ReferenceSet,
+    from_folder,
+    from_samples,
+    top_references,
+)
+from vital.relevance import RelevanceBackend, get_backend, target_activation
+from vital.taps import LayerInfo, Tap, check_layer, default_taps, list_layers, parse_taps, tapped
+from vital.targets import Channel, Direction
+from vital.zoo import Model
+
+NeuronReferences = ReferenceSet | str | Path | Mapping[Channel | Direction, ReferenceSet] | None
+
+
+def direction_of(target: Channel | Direction, info: LayerInfo) -> torch.Tensor:
+    """The target's (C,) direction at its layer, checked against the layer's channels."""
+    if isinstance(target, Channel) and not 0 <= target.index < info.channels:
+        raise VitalError(
+            f"channel {target.index} does not exist in {target.layer!r}, which has "
+            f"{info.channels} channels (0 to {info.channels - 1})."
+        )
+    vector = target.vector(info.channels)
+    if vector.shape != (info.channels,):
+        raise VitalError(
+            f"the direction {target.describe()!r} has {vector.size} values but layer "
+            f"{target.layer!r} has {info.channels} channels."
+        )
+    if not np.isfinite(vector).all() or not np.any(vector):
+        raise VitalError(f"the direction {target.describe()!r} is zero or not finite.")
+    return torch.from_numpy(vector.astype(np.float32))
+
+
+def direction_target(layer: str, path: str | Path) -> Direction:
+    """A concept direction read from a ``.npy`` file holding one vector over the channels."""
+    path = Path(path)
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise VitalError(f"cannot read the direction file {path}: {error}") from error
+    if values.ndim != 1:
+        raise VitalError(
+            f"{path} holds an array of shape {values.shape}; a direction is one vector over "
+            "the layer's channels."
+        )
+    return Direction(layer, tuple(float(v) for v in values), name=path.stem)
+
+
+def neuron_taps(
+    model: Model,
+    layers: Sequence[LayerInfo],
+    target_layer: str,
+    taps: Sequence[str | Tap] | None = None,
+) -> tuple[tuple[Tap, ...], str]:
+    """Taps strictly below ``target_layer``: the user's, else the model's defaults.
+
+    With the defaults the first (stem) tap weighs 0.1 and the others 1, as in the authors'
+    inner-neuron setting.
+    """
+    info = {i.name: i for i in layers}
+    below = lambda name: info[name].end < info[target_layer].start  # noqa: E731
+    if taps:
+        chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+        for tap in chosen:
+            check_layer(tap.layer, model.module)
+            if tap.layer not in info or not below(tap.layer):
+                raise VitalError(
+                    f"tap {tap.layer!r} is not computed before the target layer "
+                    f"{target_layer!r}; only layers below the target can be matched."
+                )
+        return chosen, "given by the user"
+    defaults, source = default_taps(model.name, layers)
+    stem = defaults[0].layer
+    chosen = tuple(
+        Tap(t.layer, NEURON_STEM_WEIGHT if t.layer == stem else 1.0)
+        for t in defaults
+        if below(t.layer)
+    )
+    if not chosen:
+        raise VitalError(
+            f"no feature tap lies below {target_layer!r} (default taps: "
+            f"{', '.join(t.layer for t in defaults)}); pick a deeper layer or name taps with "
+            "--tap NAME=WEIGHT."
+        )
+    return chosen, f"{source}, below {target_layer} (stem weight {NEURON_STEM_WEIGHT:g})"
+
+
+def target_score(
+    model: Model, layer: str, direction: torch.Tensor, batch_size: int = 32
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Score pixels (N, 3, r, r) in [0, 1] by the target's spatially averaged activation."""
+
+    def score(pixels: torch.Tensor) -> torch.Tensor:
+        values = []
+        with tapped(model.module, [layer], stop_early=True) as tap, torch.no_grad():
+            for chunk in pixels.split(batch_size):
+                tap(model.preprocessing.normalize(chunk.to(model.device)))
+                output = tap.outputs[layer]
+                directions = direction.to(output.device).expand(output.shape[0], -1)
+                values.append(target_activation(output, directions).cpu())
+        return torch.cat(values)
+
+    return score
+
+
+def neuron_references(
+    target: Channel | Direction,
+    references: NeuronReferences,
+    count: int = DEFAULT_REFERENCES,
+    seed: int = 0,
+) -> ReferenceSet:
+    """The candidate references of one target (before patch selection).
+
+    ``None`` or ``"samples"``: every embedded photo; a folder: its images; a mapping: the set
+    given for that target; a :class:`ReferenceSet` (e.g. mined top-k images) as it is.
+    """
+    if isinstance(references, ReferenceSet):
+        return references
+    if isinstance(references, Mapping):
+        if target not in references:
+            raise VitalError(f"no references were given for {target.describe()}.")
+        return references[target]
+    if references is None or str(references) == "samples":
+        return from_samples(list(SAMPLE_PHOTOS), count, seed)
+    if not isinstance(references, (str, Path)):
+        raise VitalError(
+            f"references must be a folder, a ReferenceSet or a mapping of them, not "
+            f"{type(references).__name__}."
+        )
+    return from_folder(references, count, seed)
+
+
+def _thinned(trace: torch.Tensor, points: int = 50) -> list[list[float]]:
+    """About ``points`` [step, activation] pairs of a (steps,) trace, the last one included."""
+    every = max(1, len(trace) // points)
+    steps = sorted({*range(0, len(trace), every), len(trace) - 1}) if len(trace) else []
+    return [[step + 1, round(float(trace[step]), 5)] for step in steps]
+
+
+@dataclass(frozen=True)
+class NeuronPlan:
+    """An inner target with its direction, taps, references and their relevance summaries."""
+
+    target: Channel | Direction
+    backend: RelevanceBackend
+    neuron: NeuronTarget
+    taps_source: str
+    references: ReferenceSet
+    scores: list[float] | None
+    summaries: dict[int, dict[str, torch.Tensor]]
+
+
+@dataclass
+class VitalNeuron(Method):
+    """VITAL for inner channels and concept directions.
+
+    Attributes
+    ----------
+    taps
+        Taps to match (must lie below every target); default: the model's default taps below
+        each target, stem weight 0.1.
+    relevance
+        Relevance backend name (``lrp``, ``lrp-restricted``, ``guided-backprop``,
+        ``grad-x-act``, or a zennit composite such as ``epsilon-plus-flat``) or a backend.
+    patch_side
+        ``None``: whole images as references; 32 or 64: the best patch of each image (by the
+        target's mean activation), resized to the input size, and the top ``reference_count``
+        images by that score.
+    rank
+        With whole images, keep the ``reference_count`` images that activate the target most
+        (instead of the set as given).
+    reference_count, reference_seed, cache_dir
+        As for :class:`vital.methods.vital_class.VitalClass`.
+    """
+
+    taps: Sequence[str | Tap] | None = None
+    relevance: str | RelevanceBackend = "lrp"
+    patch_side: int | None = None
+    rank: bool = False
+    reference_count: int = DEFAULT_REFERENCES
+    reference_seed: int = 0
+    cache_dir: Path | None = None
+
+    name = "vital"
+    targets = (Channel, Direction)
+    uses_references = True
+    has_transparency = True
+
+    def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
+        """The authors' setting (1 unless named) with the inner-neuron priors 3e-7."""
+        settings = Settings.setting(1 if setting is None else setting)
+        return dataclasses.replace(settings, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR)
+
+    @contextlib.contextmanager
+    def prepare(
+        self,
+        model: Model,
+        targets: Sequence[Channel | Direction],
+        references: NeuronReferences,
+        settings: Settings,
+    ) -> Iterator[list[NeuronPlan]]:
+        """Resolve each target, choose its references, attach the backend, summarise them."""
+        backend = get_backend(self.relevance)
+        resolution = resolution_of(model, settings)
+        layers = list_layers(model.module, model.preprocessing.input_size)
+        info = {i.name: i for i in layers}
+        resolved: list[tuple[NeuronTarget, str, ReferenceSet, list[float] | None]] = []
+        for target in targets:
+            check_layer(target.layer, model.module)
+            if target.layer not in info or len(info[target.layer].shape) != 3:
+                raise VitalError(
+                    f"layer {target.layer!r} has no spatial (C, H, W) output; choose a "
+                    "convolutional layer (run `vital layers MODEL`)."
+                )
+            chosen, source = neuron_taps(model, layers, target.layer, self.taps)
+            neuron = NeuronTarget(target.layer, direction_of(target, info[target.layer]), chosen)
+            candidates = neuron_references(
+                target, references, self.reference_count, self.reference_seed
+            )
+            scores = None
+            if self.patch_side is not None or self.rank:
+                score = target_score(model, neuron.layer, neuron.direction)
+                candidates, scores = top_references(
+                    candidates, score, resolution, self.reference_count, self.patch_side
+                )
+            resolved.append((neuron, source, candidates, scores))
+        all_taps = list(dict.fromkeys(t.layer for n, *_ in resolved for t in n.taps))
+        target_layers = list(dict.fromkeys(n.layer for n, *_ in resolved))
+        # The backend may fold BatchNorms into convolutions while attached: fingerprint before.
+        model.fingerprint  # noqa: B018
+        with backend.attached(model.module, layers, all_taps, target_layers):
+            yield [
+                NeuronPlan(
+                    target,
+                    backend,
+                    neuron,
+                    source,
+                    candidates,
+                    scores,
+                    {
+                        factor: neuron_prototypes(
+                            model,
+                            backend,
+                            neuron,
+                            candidates,
+                            resolution,
+                            factor,
+                            cache_dir=self.cache_dir,
+                        )
+                        for _, factor in settings.stages()
+                    },
+                )
+                for target, (neuron, source, candidates, scores) in zip(
+                    targets, resolved, strict=True
+                )
+            ]
+
+    @contextlib.contextmanager
+    def objective(
+        self, model: Model, plans: Sequence[NeuronPlan], settings: Settings, seeds: Sequence[int]
+    ) -> Iterator[RelevanceSortMatching]:
+        """Relevance-weighted sort matching; the taps attach after the backend, as it needs."""
+        batch = [plan.neuron for plan in plans]
+        taps = list(dict.fromkeys(t.layer for n in batch for t in n.taps))
+        layers = list(dict.fromkeys(n.layer for n in batch))
+        summaries = {
+            factor: [plan.summaries[factor] for plan in plans] for _, factor in settings.stages()
+        }
+        with tapped(model.module, taps + layers, stop_early=True) as tap:
+            yield RelevanceSortMatching(tap, plans[0].backend, batch, summaries)
+
+    def record_fields(self, plan: NeuronPlan, objective: RelevanceSortMatching, item: int) -> dict:
+        """Taps, relevance, references (with their scores) and the activation over the run."""
+        references = reference_fields(plan.references)
+        references["mode"] = (
+            f"best {self.patch_side}px patch per image" if self.patch_side else "whole images"
+        )
+        if plan.scores is not None:
+            references["scores"] = [round(v, 6) for v in plan.scores]
+        full = plan.summaries.get(1)
+        trace = torch.stack(objective.trace).cpu()[:, item]
+        return {
+            "taps": [{"layer": t.layer, "weight": t.weight} for t in plan.neuron.taps],
+            "taps_source": plan.taps_source,
+            "relevance": plan.backend.name,
+            "references": references,
+            "evaluation": {
+                "reference_activation": float(full["activation"]) if full is not None else None
+            },
+            "activation_trace": _thinned(trace),
+        }

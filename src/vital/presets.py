@@ -1,0 +1,112 @@
+"""Architecture knowledge, as data: everything vital knows about particular model families.
+
+Like timm's pretrained configs, this is the one place where model names and class paths appear;
+the code that uses it (taps, relevance canonizers, method defaults) has no architecture
+branches. Add a family here, not an ``if`` elsewhere.
+
+- :data:`PRESETS`, :data:`PRESET_PRIORS`: the authors' feature taps and class-target image
+  priors (METHOD.md sections 1–2).
+- :data:`NEURON_STEM_WEIGHT`, :data:`NEURON_PRIOR`: the authors' inner-neuron defaults
+  (METHOD.md section 3).
+- :data:`RESIDUAL_FLAGS`, :data:`FOLDABLE_PAIRS`, :data:`GATES`, :data:`NEUTRAL_BY_NAME`:
+  which blocks the LRP canonizers rewrite, fold, refuse or pass (:mod:`vital.relevance`),
+  named by class path so that optional packages need not be installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One feature tap: a module name and its weight in the loss."""
+
+    layer: str
+    weight: float = 1.0
+
+
+# --- feature taps and priors (METHOD.md sections 1-3) -------------------------------------------
+
+# ConvNeXt's last tap is the FX node ``features.7.2.add`` in the authors' code: the residual sum,
+# which is the output of module ``features.7.2``.
+_VIT_B = ("conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in (0, 4, 8, 11)))
+_VIT_L = ("conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in (2, 9, 20, 23)))
+PRESETS: dict[str, tuple[Tap, ...]] = {
+    "resnet50": tuple(Tap(n) for n in ("conv1", "layer1", "layer2", "layer3", "layer4")),
+    "densenet121": tuple(
+        Tap(n, w)
+        for n, w in zip(
+            ("features.conv0", *(f"features.denseblock{i}" for i in range(1, 5))),
+            (1, 1, 1, 1, 100),
+            strict=True,
+        )
+    ),
+    "convnext_base": tuple(
+        Tap(n, w)
+        for n, w in zip(
+            ("features.0", "features.2.1", "features.4.1", "features.6.1", "features.7.2"),
+            (10, 1, 1, 1, 1),
+            strict=True,
+        )
+    ),
+    "vit_b_16": tuple(Tap(n) for n in _VIT_B),
+    "vit_b_32": tuple(Tap(n) for n in _VIT_B),
+    "vit_l_16": tuple(Tap(n) for n in _VIT_L),
+    "vit_l_32": tuple(Tap(n, w) for n, w in zip(_VIT_L, (1, 1, 1, 1, 0.1), strict=True)),
+}
+
+# Image-prior strengths (tv_l2 = l2) that belong with a preset for class targets.
+PRESET_PRIORS: dict[str, float] = {"vit_l_16": 0.003, "vit_l_32": 0.0003}
+
+# Inner neurons: the stem tap weighs 0.1, the image priors tv_l2 = l2 = 3e-7.
+NEURON_STEM_WEIGHT = 0.1
+NEURON_PRIOR = 3e-7
+
+
+# --- relevance: blocks the LRP canonizers know (vital.relevance) --------------------------------
+
+# Residual blocks whose skip connection is switched by a boolean attribute: the canonizer turns
+# the flag off (the block then returns its main path) and adds the shortcut through a
+# ``ResidualSum``.
+RESIDUAL_FLAGS: dict[str, str] = {
+    "torchvision.models.mobilenetv2.InvertedResidual": "use_res_connect",
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "has_skip",
+    "timm.models._efficientnet_blocks.InvertedResidual": "has_skip",
+    "timm.models._efficientnet_blocks.CondConvResidual": "has_skip",
+    "timm.models._efficientnet_blocks.EdgeResidual": "has_skip",
+    "timm.models._efficientnet_blocks.UniversalInvertedResidual": "has_skip",
+}
+
+# Blocks whose forward applies these (convolution, BatchNorm) children one after the other.
+FOLDABLE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "torchvision.models.resnet.Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    "torchvision.models.resnet.BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+    "torchvision.models.resnet.ResNet": (("conv1", "bn1"),),
+}
+
+# Blocks that multiply features by a computed gate; no LRP rule here covers the product.
+GATES: tuple[str, ...] = (
+    "torchvision.ops.misc.SqueezeExcitation",
+    "timm.models._efficientnet_blocks.SqueezeExcite",
+    "timm.layers.squeeze_excite.SEModule",
+    "timm.layers.squeeze_excite.EffectiveSEModule",
+    "torch.nn.modules.activation.MultiheadAttention",
+)
+
+# Blocks that timm stores as drop-path wrappers (identity in eval mode).
+NEUTRAL_BY_NAME: tuple[str, ...] = ("timm.layers.drop.DropPath",)
+
+
+def classes_named(paths: Sequence[str]) -> tuple[type, ...]:
+    """Import the classes named by dotted paths, skipping packages that are not installed."""
+    found = []
+    for path in paths:
+        module_name, _, class_name = path.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module_name), class_name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)

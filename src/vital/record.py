@@ -1,0 +1,167 @@
+"""The record of one visualisation: everything needed to understand and reproduce it.
+
+One typed :class:`Record`, written by the driver (:mod:`vital.driver`) and read by the store, the
+atlas, the comparison and the command line. It goes to and from JSON with a schema version;
+numbers that are not finite (a loss that overflowed) are written as ``null``, so every record
+file is valid JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from vital.errors import VitalError
+
+SCHEMA_VERSION = 2
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) inside it replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def model_info(model) -> dict:
+    """The identity of a :class:`vital.zoo.Model` for records: name, weights, fingerprint, input."""
+    return {
+        "name": model.name,
+        "weights": model.weights_source,
+        "fingerprint": model.fingerprint,
+        "preprocessing": dataclasses.asdict(model.preprocessing),
+    }
+
+
+def now() -> str:
+    """The current UTC time, to the second, in ISO 8601."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Record:
+    """What ran and what came out, for one target.
+
+    Attributes
+    ----------
+    method
+        The method's registry name (``vital``, ``fourier`` ...).
+    model
+        :func:`model_info` of the explained model.
+    target
+        The target as data (``kind`` and its fields).
+    settings
+        The effective optimisation settings (after the method's defaults and the user's
+        overrides; the warm-up as it ran), with this image's seed.
+    seed
+        The image's seed.
+    evaluation
+        Scores of the final image (and of the starting image, ``initial_*``).
+    final_loss, final_total, loss_history
+        Each loss term at the last step, the total, and the total at every step.
+    seconds
+        Wall time of the image's batch.
+    batch_size
+        Images optimised together.
+    device
+        Where it ran.
+    taps, taps_source
+        Matched feature taps with weights, and where they came from (VITAL).
+    references
+        Where the references came from and how many (methods that use references).
+    relevance
+        The relevance backend (inner neurons).
+    options
+        The method's own options (baselines).
+    activation_trace
+        About 50 ``[step, activation]`` points of the run (inner neurons).
+    unit
+        The unit id inside an atlas.
+    files
+        Files written for it, by kind (set by the store).
+    vital_version, created, schema
+        The library version, creation time and record schema.
+    """
+
+    method: str
+    model: dict
+    target: dict
+    settings: dict
+    seed: int
+    evaluation: dict
+    final_loss: dict[str, float]
+    final_total: float | None
+    loss_history: list[float | None]
+    seconds: float
+    batch_size: int
+    device: str
+    taps: list[dict] | None = None
+    taps_source: str | None = None
+    references: dict | None = None
+    relevance: str | None = None
+    options: dict | None = None
+    activation_trace: list[list[float]] | None = None
+    unit: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    vital_version: str = ""
+    created: str = field(default_factory=now)
+    schema: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.vital_version:
+            from vital import __version__
+
+            self.vital_version = __version__
+
+    def to_dict(self) -> dict:
+        """Plain data, with non-finite numbers as ``None``; empty optional fields left out."""
+        data = dataclasses.asdict(self)
+        optional = ("taps", "taps_source", "references", "relevance", "options")
+        optional += ("activation_trace", "unit")
+        return finite({k: v for k, v in data.items() if not (k in optional and v is None)})
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Valid JSON (no NaN or Infinity)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Record:
+        """Read a record written by :meth:`to_dict` (this schema or the unversioned first one)."""
+        if not isinstance(data, dict):
+            raise VitalError(f"a record is a JSON object, not {type(data).__name__}.")
+        schema = data.get("schema", 1)
+        if schema > SCHEMA_VERSION:
+            raise VitalError(
+                f"this record has schema {schema}, newer than this vital's {SCHEMA_VERSION}; "
+                "upgrade vital to read it."
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {key: value for key, value in data.items() if key in names}
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in known
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise VitalError(f"the record lacks {', '.join(missing)}; it is not a vital record.")
+        known["schema"] = SCHEMA_VERSION
+        return cls(**known)
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        """Parse :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise VitalError(f"the record is not valid JSON: {error}") from error
+        return cls.from_dict(data)

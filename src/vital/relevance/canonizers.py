@@ -1,0 +1,238 @@
+"""Canonizers: temporary rewrites of a model so that the LRP rules apply (zennit's concept).
+
+``ResidualSplitCanonizer`` routes residual sums through a :class:`ResidualSum` module (so that
+a rule can split relevance between the branches), ``FoldBatchNorm`` folds positive-scale
+BatchNorms into their convolutions, ``OutOfPlaceCanonizer`` runs in-place activations out of
+place. Which blocks they touch is data in :mod:`vital.presets`. Every canonizer restores the
+model exactly on ``remove()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from zennit.canonizers import Canonizer
+
+from vital.presets import FOLDABLE_PAIRS, RESIDUAL_FLAGS, classes_named
+from vital.relevance.rules import FOLDED_SCALE
+
+
+class ResidualSum(nn.Module):
+    """``shortcut + main`` as a module of its own, so that a rule can split relevance."""
+
+    def forward(self, shortcut: torch.Tensor, main: torch.Tensor) -> torch.Tensor:
+        """The residual sum."""
+        return shortcut + main
+
+
+def _bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Torchvision's ResNet ``Bottleneck.forward`` with the sum through ``canonizer_sum``."""
+    shortcut = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    return self.relu(self.canonizer_sum(shortcut, self.bn3(self.conv3(out))))
+
+
+def _basic_block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Torchvision's ResNet ``BasicBlock.forward`` with the sum through ``canonizer_sum``."""
+    shortcut = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    return self.relu(self.canonizer_sum(shortcut, self.bn2(self.conv2(out))))
+
+
+# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``).
+RESIDUAL_FORWARDS: dict[str, Callable] = {
+    "torchvision.models.resnet.Bottleneck": _bottleneck_forward,
+    "torchvision.models.resnet.BasicBlock": _basic_block_forward,
+}
+
+
+class ResidualSplitCanonizer(Canonizer):
+    """Rewrite known residual blocks so that their sum runs through a :class:`ResidualSum`.
+
+    Blocks in :data:`RESIDUAL_FLAGS` have their skip flag switched off (their own forward then
+    returns the main path) and get a forward returning ``ResidualSum(x, main(x))``; blocks in
+    :data:`RESIDUAL_FORWARDS` get the listed forward, as zennit's ResNet canonizers do.
+    :meth:`remove` restores flags and forwards.
+    """
+
+    def __init__(self):
+        self.module: nn.Module | None = None
+        self.flag = ""
+
+    def apply(self, root_module: nn.Module) -> list[Canonizer]:
+        """Canonize every applicable block under ``root_module``."""
+        flags = dict(
+            zip(classes_named(list(RESIDUAL_FLAGS)), RESIDUAL_FLAGS.values(), strict=False)
+        )
+        forwards = dict(
+            zip(classes_named(list(RESIDUAL_FORWARDS)), RESIDUAL_FORWARDS.values(), strict=False)
+        )
+        instances = []
+        for module in root_module.modules():
+            flag = flags.get(type(module))
+            if (flag is not None and getattr(module, flag, False)) or type(module) in forwards:
+                instance = ResidualSplitCanonizer()
+                instance.register(module, flag, forwards.get(type(module)))
+                instances.append(instance)
+        return instances
+
+    def register(self, module: nn.Module, flag: str | None, forward: Callable | None) -> None:
+        """Route the block's residual sum through a :class:`ResidualSum`."""
+        self.module, self.flag = module, flag or ""
+        module.canonizer_sum = ResidualSum()
+        if forward is not None:
+            module.forward = forward.__get__(module)
+            return
+        main_path = module.forward
+
+        def split_forward(x: torch.Tensor) -> torch.Tensor:
+            return module.canonizer_sum(x, main_path(x))
+
+        setattr(module, flag, False)
+        module.forward = split_forward
+
+    def remove(self) -> None:
+        """Restore the block."""
+        if self.module is None:
+            return
+        del self.module.forward
+        del self.module.canonizer_sum
+        if self.flag:
+            setattr(self.module, self.flag, True)
+
+    def copy(self) -> ResidualSplitCanonizer:
+        """A fresh canonizer."""
+        return ResidualSplitCanonizer()
+
+
+class OutOfPlaceCanonizer(Canonizer):
+    """Run in-place modules (``ReLU6(inplace=True)``) out of place while the rules are attached.
+
+    A rule's hook must see a module's input unmodified, so for in-place modules zennit copies
+    every input; an out-of-place activation writes its result once instead of copying first
+    and overwriting after. :meth:`remove` restores the flag.
+    """
+
+    def __init__(self):
+        self.module: nn.Module | None = None
+
+    def apply(self, root_module: nn.Module) -> list[Canonizer]:
+        """One instance per in-place module under ``root_module``."""
+        instances = []
+        for module in root_module.modules():
+            if getattr(module, "inplace", None) is True:
+                instance = OutOfPlaceCanonizer()
+                instance.register(module)
+                instances.append(instance)
+        return instances
+
+    def register(self, module: nn.Module) -> None:
+        """Switch the module to out of place."""
+        self.module = module
+        module.inplace = False
+
+    def remove(self) -> None:
+        """Switch it back."""
+        if self.module is not None:
+            self.module.inplace = True
+
+    def copy(self) -> OutOfPlaceCanonizer:
+        """A fresh canonizer."""
+        return OutOfPlaceCanonizer()
+
+
+class FoldBatchNorm(Canonizer):
+    """Fold a BatchNorm into the convolution before it, when that leaves z⁺ unchanged.
+
+    z⁺ ignores biases, and a positive per-channel scale cancels in its ratios
+    ``x_i w⁺_ij / Σ_i x_i w⁺_ij``; so when every channel of the BatchNorm scales by a positive
+    ``γ / σ``, z⁺ on the folded convolution is z⁺ on the convolution with the BatchNorm passed,
+    as METHOD.md specifies, once ε is scaled alike (the scale is left on the convolution as
+    :data:`FOLDED_SCALE` for :class:`ZPlus`). The folded pair costs one module instead of two,
+    and the relevance pass one rule instead of two. BatchNorms with a negative or zero scale
+    stay (and pass relevance). :meth:`remove` restores both modules.
+    """
+
+    def __init__(self):
+        self.parent: nn.Module | None = None
+        self.name = ""
+        self.norm: nn.Module | None = None
+        self.conv: nn.Conv2d | None = None
+        self.weight: nn.Parameter | None = None
+        self.bias: nn.Parameter | None = None
+
+    def apply(self, root_module: nn.Module) -> list[Canonizer]:
+        """Fold the foldable ``Conv2d`` → ``BatchNorm2d`` pairs under ``root_module``.
+
+        Pairs are consecutive children of a ``Sequential``, or the named pairs of the blocks
+        in :data:`FOLDABLE_PAIRS` (whose forward calls them in that order).
+        """
+        named_pairs = dict(
+            zip(classes_named(list(FOLDABLE_PAIRS)), FOLDABLE_PAIRS.values(), strict=False)
+        )
+        instances = []
+        for parent in root_module.modules():
+            # Only a Sequential's own forward is known to apply its children in order.
+            if isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward:
+                children = list(parent.named_children())
+                pairs = [(a, b) for (a, _), (b, _) in zip(children, children[1:], strict=False)]
+            else:
+                pairs = named_pairs.get(type(parent), ())
+            for conv_name, norm_name in pairs:
+                conv, norm = parent._modules.get(conv_name), parent._modules.get(norm_name)
+                if self._foldable(conv, norm):
+                    instance = FoldBatchNorm()
+                    instance.register(parent, norm_name, conv, norm)
+                    instances.append(instance)
+        return instances
+
+    @staticmethod
+    def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+        return (
+            type(conv) is nn.Conv2d
+            # the convolutions whose z⁺ scales ε by the folded scale (ZPlus._conv2d)
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+            and type(norm) is nn.BatchNorm2d
+            and not norm.training
+            and norm.running_var is not None
+            and norm.num_features == conv.out_channels
+            and bool((FoldBatchNorm._scale(norm) > 0).all())
+        )
+
+    @staticmethod
+    def _scale(norm: nn.BatchNorm2d) -> torch.Tensor:
+        weight = norm.weight.detach() if norm.weight is not None else 1.0
+        return weight / (norm.running_var + norm.eps).sqrt()
+
+    def register(self, parent: nn.Module, name: str, conv: nn.Conv2d, norm: nn.Module) -> None:
+        """Fold ``norm`` into ``conv`` and put an identity in its place."""
+        self.parent, self.name, self.norm, self.conv = parent, name, norm, conv
+        self.weight, self.bias = conv.weight, conv.bias
+        scale = self._scale(norm)
+        shift = norm.bias.detach() if norm.bias is not None else 0.0
+        bias = self.bias.detach() if self.bias is not None else 0.0
+        # New parameters rather than new ``.data``: a graph built while folded keeps the
+        # folded weights even if its backward runs after :meth:`remove`.
+        conv.weight = nn.Parameter(
+            self.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False
+        )
+        conv.bias = nn.Parameter((bias - norm.running_mean) * scale + shift, requires_grad=False)
+        setattr(conv, FOLDED_SCALE, scale)
+        parent._modules[name] = nn.Identity()
+
+    def remove(self) -> None:
+        """Restore the convolution and the BatchNorm."""
+        if self.parent is None:
+            return
+        self.conv.weight = self.weight
+        self.conv.bias = self.bias
+        delattr(self.conv, FOLDED_SCALE)
+        self.parent._modules[self.name] = self.norm
+
+    def copy(self) -> FoldBatchNorm:
+        """A fresh canonizer."""
+        return FoldBatchNorm()

@@ -1,0 +1,291 @@
+"""LRP rules: how relevance passes one module (zennit hooks).
+
+``ZPlus`` (z⁺ for convolutions and linear layers), ``PassThrough`` (activations, BatchNorm),
+``AbsoluteShare`` (the residual split), plus zennit's own ``Norm`` for average pools. Each rule
+is a zennit :class:`~zennit.core.Hook`; which rule goes where is :mod:`.composites`'s job.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from zennit.core import BasicHook, Hook, Identity, ParamMod
+from zennit.rules import Pass
+
+EPSILON = 1e-5
+# Attribute that FoldBatchNorm leaves on a convolution: the positive scale folded into it.
+FOLDED_SCALE = "_vital_folded_scale"
+
+# --- which module types each rule covers ------------------------------------------------------
+# Activations that relevance passes through unchanged.
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Softplus,
+)
+NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+LINEAR: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+AVERAGE_POOLS: tuple[type[nn.Module], ...] = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+)
+# Modules that need no rule: identities in eval mode, reshapes, and max pooling (its gradient
+# routes relevance to the winning position).
+NEUTRAL: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Flatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+class _LeanHook(Hook):
+    """zennit's hook without the defensive copy of every module input.
+
+    zennit clones a module's input after attaching its gradient hook so that in-place modules
+    (``ReLU(inplace=True)``) cannot overwrite it; other modules do not need the copy, which
+    otherwise costs a full read and write of every feature map in every forward pass.
+    """
+
+    def pre_forward(self, module, input):
+        """Attach the input-gradient hook; copy the input only for in-place modules."""
+        if getattr(module, "inplace", False):
+            return super().pre_forward(module, input)
+        hook_ref = weakref.ref(self)
+
+        def wrapper(grad_input, grad_output):
+            hook = hook_ref()
+            if hook is not None and hook.active:
+                return hook.backward(module, grad_input, hook.stored_tensors["grad_output"])
+            return None
+
+        if not isinstance(input, tuple):
+            input = (input,)
+        if not input[0].requires_grad:
+            return input[0] if len(input) == 1 else input
+        post_input = Identity.apply(*input)
+        self.tensor_handles.append(post_input[0].grad_fn.register_hook(wrapper))
+        return post_input[0] if len(post_input) == 1 else post_input
+
+    def post_forward(self, module, input, output):
+        """Catch the relevance arriving at the module output, and skip the module's own backward.
+
+        zennit reads the output gradient in a hook that runs *after* the module's backward node,
+        so every relevance pass also computed the module's true input gradient, only to
+        replace it. A pre-hook reads it before the node runs and, while the rule is active,
+        hands the node no gradient, so the node does no work (the loss's backward pass, with
+        the rule inactive, is untouched).
+        """
+        first = output[0] if isinstance(output, tuple) else output
+        if first.grad_fn is None:
+            return output
+        # Nested hooked modules can share one output tensor (timm's BatchNormAct2d and its
+        # activation): one pre-hook per tensor serves every hook that listens to it.
+        listeners = getattr(first, "_vital_relevance_listeners", None)
+        if listeners is None:
+            listeners = []
+            first._vital_relevance_listeners = listeners
+
+            def catch(grad_outputs):
+                hooks = [h for ref in listeners if (h := ref()) is not None and h.active]
+                if not hooks:
+                    return None
+                for hook in hooks:
+                    hook.stored_tensors["grad_output"] = grad_outputs
+                return tuple(None for _ in grad_outputs)
+
+            self.tensor_handles.append(first.grad_fn.register_prehook(catch))
+        listeners.append(weakref.ref(self))
+        return output
+
+
+class PassThrough(_LeanHook, Pass):
+    """zennit's ``Pass`` rule (relevance passes unchanged), without the input copy."""
+
+    def copy(self) -> PassThrough:
+        """A fresh hook."""
+        return PassThrough()
+
+
+class ZPlus(_LeanHook, BasicHook):
+    """z⁺ for convolutions and linear layers: positive weights, no bias, ε-stabilised.
+
+    ``R_i = x_i Σ_j w⁺_ij R_j / (Σ_i x_i w⁺_ij + ε)`` for non-negative inputs. Where inputs can
+    be negative (the linear bottlenecks of inverted residuals), negative inputs are paired with
+    negative weights as in zennit's ``ZPlus`` (α1β0), which keeps every contribution positive;
+    for non-negative inputs that term vanishes and is skipped, so a ReLU network pays one
+    modified forward and one transposed convolution per layer. Plain ``Conv2d`` and ``Linear``
+    layers are computed directly with their clamped weights kept for the run; any other
+    subclass (e.g. timm's ``Conv2dSame``) through its own forward with modified parameters.
+    """
+
+    def __init__(self, stabilizer: float = EPSILON):
+        super().__init__()
+        self.stabilizer = stabilizer
+        self._weights: dict[str, torch.Tensor | float] = {}
+
+    def _weight(self, module: nn.Module, sign: str) -> torch.Tensor:
+        # The model is frozen during a run: clamp its weights once per attachment.
+        if sign not in self._weights:
+            weight = module.weight.detach()
+            self._weights[sign] = weight.clamp(min=0) if sign == "+" else weight.clamp(max=0)
+        return self._weights[sign]
+
+    def backward(self, module, grad_input, grad_output):
+        """Relevance at the module input from the relevance ``grad_output`` at its output."""
+        original = self.stored_tensors["input"][0].detach()
+        if bool(original.amin() >= 0):  # after a ReLU: no copies needed
+            parts = [(original, "+")]
+        else:
+            parts = [(original.clamp(min=0), "+"), (original.clamp(max=0), "-")]
+        if (
+            type(module) is nn.Conv2d
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)  # "same" may pad unevenly
+        ):
+            relevance = self._conv2d(module, parts, grad_output[0])
+        elif type(module) is nn.Linear:
+            relevance = self._linear(module, parts, grad_output[0])
+        else:
+            relevance = self._generic(module, parts, grad_output[0])
+        # The module's own backward was skipped (see post_forward), so grad_input may be None.
+        return tuple(
+            relevance if g is None or g.shape == relevance.shape else None for g in grad_input
+        )
+
+    def _conv2d(self, module, parts, relevance_out):
+        options = {
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "groups": module.groups,
+        }
+        # Every contribution is ≥ 0 (x⁺w⁺ and x⁻w⁻), so z ≥ 0 and z + ε is zennit's stabiliser.
+        # Fresh tensors are updated in place: this runs for every layer at every step.
+        z = F.conv2d(parts[0][0], self._weight(module, parts[0][1]), None, **options)
+        for part, sign in parts[1:]:
+            z += F.conv2d(part, self._weight(module, sign), None, **options)
+        scaled = relevance_out / z.add_(self._stabilizer(module))
+        size = parts[0][0].shape[-2:]
+        relevance = self._conv2d_transposed(module, parts[0][1], scaled, size).mul_(parts[0][0])
+        for part, sign in parts[1:]:
+            relevance += self._conv2d_transposed(module, sign, scaled, size).mul_(part)
+        return relevance
+
+    def _stabilizer(self, module) -> float | torch.Tensor:
+        """ε, per output channel where a BatchNorm was folded into the layer (kept for the run).
+
+        A folded BatchNorm scaled z by its positive scale: scaling ε alike keeps the ratios those
+        of the unfolded layer exactly.
+        """
+        if "eps" not in self._weights:
+            folded = getattr(module, FOLDED_SCALE, None)
+            self._weights["eps"] = (
+                self.stabilizer if folded is None else self.stabilizer * folded.view(-1, 1, 1)
+            )
+        return self._weights["eps"]
+
+    def _conv2d_transposed(self, module, sign, scaled, size):
+        """``Wᵀ scaled``: the input gradient of the convolution with the clamped weights.
+
+        Pointwise convolutions (most of an inverted-residual network) are a matrix product
+        with the transposed weight, kept for the run; the others are transposed convolutions.
+        Both are about twice as fast on the CPU as ``torch.nn.grad.conv2d_input``.
+        """
+        pointwise = (
+            module.kernel_size == (1, 1)
+            and module.stride == (1, 1)
+            and module.padding == (0, 0)
+            and module.groups == 1
+        )
+        if pointwise:
+            key = f"{sign}T"
+            if key not in self._weights:
+                self._weights[key] = self._weight(module, sign).transpose(0, 1).contiguous()
+            return F.conv2d(scaled, self._weights[key])
+        padding = module.padding
+        # A strided convolution maps several input sizes to one output size: pick ours.
+        output_padding = tuple(
+            size[d]
+            - ((scaled.shape[2 + d] - 1) * module.stride[d] - 2 * padding[d]
+               + module.dilation[d] * (module.kernel_size[d] - 1) + 1)
+            for d in range(2)
+        )  # fmt: skip
+        return F.conv_transpose2d(
+            scaled,
+            self._weight(module, sign),
+            None,
+            stride=module.stride,
+            padding=padding,
+            output_padding=output_padding,
+            groups=module.groups,
+            dilation=module.dilation,
+        )
+
+    def _linear(self, module, parts, relevance_out):
+        pairs = [(part, self._weight(module, sign)) for part, sign in parts]
+        z = sum(F.linear(part, w) for part, w in pairs)
+        scaled = relevance_out / (z + self.stabilizer)
+        return sum(part * (scaled @ w) for part, w in pairs)
+
+    def _generic(self, module, parts, relevance_out):
+        inputs, outputs = [], []
+        with torch.autograd.enable_grad():
+            for part, sign in parts:
+                part = part.requires_grad_()
+                clamp = (
+                    (lambda p, _: p.clamp(min=0)) if sign == "+" else (lambda p, _: p.clamp(max=0))
+                )
+                modifier = ParamMod(clamp, zero_params=["bias"], require_params=False)
+                with modifier(module) as modified:
+                    outputs.append(modified.forward(part))
+                inputs.append(part)
+            scaled = relevance_out / (sum(outputs) + self.stabilizer)
+            gradients = torch.autograd.grad(outputs, inputs, grad_outputs=[scaled] * len(outputs))
+        return sum(i * g for i, g in zip(inputs, gradients, strict=True))
+
+    def copy(self) -> ZPlus:
+        """A fresh hook with the same stabiliser (one hook per module)."""
+        return ZPlus(self.stabilizer)
+
+
+class AbsoluteShare(_LeanHook):
+    """Residual sum: each branch receives the share ``|branch| / (|shortcut| + |main| + ε)``."""
+
+    def __init__(self, stabilizer: float = EPSILON):
+        super().__init__()
+        self.stabilizer = stabilizer
+
+    def forward(self, module, input, output):
+        """Keep both branches for the backward pass."""
+        self.stored_tensors["input"] = input
+
+    def backward(self, module, grad_input, grad_output):
+        """Split the relevance of the sum between the branches."""
+        shortcut, main = (branch.detach().abs() for branch in self.stored_tensors["input"])
+        scaled = grad_output[0] / (shortcut + main + self.stabilizer)
+        return shortcut * scaled, main * scaled
+
+    def copy(self) -> AbsoluteShare:
+        """A fresh hook with the same stabiliser."""
+        return AbsoluteShare(self.stabilizer)
