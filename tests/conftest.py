@@ -53,8 +53,58 @@ def tiny_cnn() -> Model:
     return tiny_cnn_model()
 
 
+class TinyResNet(nn.Module):
+    """A ResNet in miniature: conv-BN-ReLU-max-pool stem, two torchvision BasicBlocks, head."""
+
+    def __init__(self, classes: int = 10):
+        from torchvision.models.resnet import BasicBlock
+
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(2)
+        self.layer1 = BasicBlock(8, 8)
+        downsample = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16))
+        self.layer2 = BasicBlock(8, 16, stride=2, downsample=downsample)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def tiny_resnet_model(seed: int = 0) -> Model:
+    torch.manual_seed(seed)
+    module = TinyResNet()
+    for bn in module.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    return Model(
+        module,
+        name="tiny_resnet",
+        preprocessing=Preprocessing(input_size=32),
+        labels=generic_labels(10),
+        weights_source="random (test)",
+    )
+
+
+@pytest.fixture
+def tiny_resnet() -> Model:
+    return tiny_resnet_model()
+
+
 @pytest.fixture
 def tiny_vit() -> Model:
+    return tiny_vit_model()
+
+
+def tiny_vit_model() -> Model:
     import timm
 
     torch.manual_seed(0)

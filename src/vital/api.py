@@ -12,7 +12,7 @@ from torch import nn
 from vital.driver import SettingsOverrides, resolve_settings, run
 from vital.methods import get_method
 from vital.methods.vital_class import class_references
-from vital.store import Result
+from vital.store import Result, ResultSink
 from vital.targets import Target, class_target, resolve_targets
 from vital.zoo import Model, as_model, frozen
 
@@ -103,9 +103,8 @@ def visualize(
             settings=resolve_settings(chosen, model, setting, settings),
             seeds=seeds,
             batch_size=batch_size,
-            out=out,
+            sink=ResultSink(out, on_result),
             progress=progress,
-            on_result=on_result,
         )
 
 

@@ -183,12 +183,20 @@ def compare(
             )
             comparison.results[method] = results
             _score(comparison, method, results, model, judge_model, real, real_labels, labels)
-            comparison.summary[-1]["fid"] = metrics.fid(
-                torch.stack([r.pixels for r in results]), real, fid_model, fid_layer
-            )
+            comparison.summary[-1]["fid"] = _fid(comparison, results, real, fid_model, fid_layer)
         comparison.notes += _notes(comparison, held_out)
         _clip(comparison, clip_weights, model)
         return comparison
+
+
+def _fid(comparison: Comparison, results, real, fid_model, fid_layer):
+    """FID of one method's images, or ``None`` (with a note) when there are too few."""
+    if len(results) < 2:
+        note = "FID: skipped, it needs at least two visualisations per method."
+        if note not in comparison.notes:
+            comparison.notes.append(note)
+        return None
+    return metrics.fid(torch.stack([r.pixels for r in results]), real, fid_model, fid_layer)
 
 
 def _score(

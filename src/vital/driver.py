@@ -10,8 +10,7 @@ record stores exactly what ran.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -123,11 +122,10 @@ def run(
     settings: Settings,
     seeds: Sequence[int] | None = None,
     batch_size: int = 8,
-    out: str | Path | None = None,
+    sink: ResultSink | None = None,
     progress: bool = True,
-    on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """Visualise ``targets`` with ``method``, batch by batch; each result is written at once.
+    """Visualise ``targets`` with ``method``, batch by batch; each result goes to the sink at once.
 
     Parameters
     ----------
@@ -145,12 +143,10 @@ def run(
         One seed per target; default ``settings.seed + i`` for the ``i``-th target.
     batch_size
         Targets optimised together.
-    out
-        Folder for PNG + JSON records; nothing is written when ``None``.
+    sink
+        Where each finished result goes (a store, a callback); default: kept in memory only.
     progress
         Show progress bars.
-    on_result
-        Called with each result as soon as it is finished.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise VitalError(
@@ -159,7 +155,7 @@ def run(
     if not targets:
         raise VitalError("no targets given; name at least one class (--class C) or channel.")
     seeds = _seeds(settings, len(targets), seeds)
-    sink = ResultSink(out, on_result)
+    sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
     with frozen(model.module), method.prepare(model, targets, references, settings) as plans:
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):

@@ -37,6 +37,16 @@ def recorrelate_colors(decorrelated: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,cd->bdhw", decorrelated, matrix)
 
 
+def squashed(decorrelated: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Decorrelated colours → RGB → sigmoid (valid pixels) → the model's input space."""
+    return preprocessing.normalize(torch.sigmoid(recorrelate_colors(decorrelated)))
+
+
+def seeded_generators(seeds: Sequence[int], offset: int) -> list[torch.Generator]:
+    """One random stream per image, apart from the streams its seed starts elsewhere."""
+    return [torch.Generator().manual_seed(offset + seed) for seed in seeds]
+
+
 def decorrelate_colors(rgb: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`recorrelate_colors`."""
     inverse = torch.linalg.inv(COLOR_CORRELATION.double()).to(rgb)

@@ -23,7 +23,8 @@ from vital.methods.activation import (
     activation_objective,
     affine_views,
     grey,
-    recorrelate_colors,
+    seeded_generators,
+    squashed,
     uniform,
 )
 from vital.methods.base import Method, check_settings_for, resolution_of, target_plan
@@ -59,6 +60,8 @@ class FourierImage:
         Exponent of the 1/f scaling.
     std
         Standard deviation of the initial coefficients.
+    dtype
+        Floating-point type (the model's).
     """
 
     # lucid divides the image by 4 so that the initial sigmoid input is small.
@@ -72,17 +75,18 @@ class FourierImage:
         preprocessing: Preprocessing,
         decay_power: float = 1.0,
         std: float = 0.01,
+        dtype: torch.dtype = torch.float32,
     ):
         self.resolution = resolution
         self.preprocessing = preprocessing
         freqs = frequencies(resolution, resolution)
-        self.scale = (1.0 / freqs.clamp_min(1.0 / resolution) ** decay_power).to(device)
+        self.scale = (1.0 / freqs.clamp_min(1.0 / resolution) ** decay_power).to(device, dtype)
         shape = (3, *freqs.shape, 2)
         coefficients = [
             torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std
             for seed in seeds
         ]
-        self.coefficients = torch.stack(coefficients).to(device).requires_grad_(True)
+        self.coefficients = torch.stack(coefficients).to(device, dtype).requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
         """The real and imaginary parts of the coefficients."""
@@ -93,8 +97,7 @@ class FourierImage:
         spectrum = torch.view_as_complex(self.coefficients) * self.scale
         side = (self.resolution, self.resolution)
         decorrelated = torch.fft.irfft2(spectrum, s=side, norm="ortho") / self._MAGIC
-        pixels = torch.sigmoid(recorrelate_colors(decorrelated))
-        return self.preprocessing.normalize(pixels)
+        return squashed(decorrelated, self.preprocessing)
 
     def project(self) -> None:
         """Nothing to do: the sigmoid keeps pixels valid."""
@@ -128,9 +131,7 @@ class RobustViews:
         shift: int = 4,
         views: int = 1,
     ):
-        self.generators = [
-            torch.Generator().manual_seed(_VIEW_SEED_OFFSET + seed) for seed in seeds
-        ]
+        self.generators = seeded_generators(seeds, _VIEW_SEED_OFFSET)
         self.fill = fill
         self.frame = resolution / (resolution + 2 * pad)
         self.scales = scales
@@ -189,7 +190,14 @@ class Fourier(Method):
     ) -> FourierImage:
         """Fourier coefficients of one image per seed."""
         resolution = resolution_of(model, settings)
-        return FourierImage(seeds, resolution, model.device, model.preprocessing, self.decay_power)
+        return FourierImage(
+            seeds,
+            resolution,
+            model.device,
+            model.preprocessing,
+            self.decay_power,
+            dtype=model.dtype,
+        )
 
     @contextlib.contextmanager
     def objective(

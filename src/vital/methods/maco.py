@@ -31,7 +31,8 @@ from vital.methods.activation import (
     affine_views,
     decorrelate_colors,
     grey,
-    recorrelate_colors,
+    seeded_generators,
+    squashed,
     uniform,
 )
 from vital.methods.base import Method, check_settings_for, resolution_of, target_plan
@@ -109,6 +110,8 @@ class MagnitudeConstrainedImage:
         Where to optimise.
     preprocessing
         The model's normalisation.
+    dtype
+        Floating-point type (the model's).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class MagnitudeConstrainedImage:
         seeds: Sequence[int],
         device: torch.device,
         preprocessing: Preprocessing,
+        dtype: torch.dtype = torch.float32,
     ):
         channels, height, half = magnitude.shape
         self.side = (height, (half - 1) * 2)
@@ -133,12 +137,12 @@ class MagnitudeConstrainedImage:
         weights[self._columns] = 1.0
         pixels = height * self.side[1]
         variance = (weights * magnitude**2).sum() / (channels * pixels * pixels)
-        self.magnitude = (magnitude / variance.sqrt()).float().to(device)
+        self.magnitude = (magnitude / variance.sqrt()).to(device, dtype)
         phases = [
             torch.randn(magnitude.shape, generator=torch.Generator().manual_seed(seed))
             for seed in seeds
         ]
-        self.phase = torch.stack(phases).to(device).requires_grad_(True)
+        self.phase = torch.stack(phases).to(device, dtype).requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
         """The phase."""
@@ -161,8 +165,7 @@ class MagnitudeConstrainedImage:
 
     def images(self) -> torch.Tensor:
         """(B, 3, R, R) images in the model's input space."""
-        pixels = torch.sigmoid(recorrelate_colors(self.decorrelated()))
-        return self.preprocessing.normalize(pixels)
+        return squashed(self.decorrelated(), self.preprocessing)
 
     def project(self) -> None:
         """Nothing to do: the magnitude is fixed by construction."""
@@ -197,9 +200,7 @@ class RandomCrops:
         noise: float,
         preprocessing: Preprocessing,
     ):
-        self.generators = [
-            torch.Generator().manual_seed(_VIEW_SEED_OFFSET + seed) for seed in seeds
-        ]
+        self.generators = seeded_generators(seeds, _VIEW_SEED_OFFSET)
         self.steps = steps
         self.crops = crops
         self.box = box
@@ -290,7 +291,7 @@ class Maco(Method):
         """Phases of one image per seed, with the natural magnitude."""
         resolution = resolution_of(model, settings)
         return MagnitudeConstrainedImage(
-            self.spectrum(resolution), seeds, model.device, model.preprocessing
+            self.spectrum(resolution), seeds, model.device, model.preprocessing, model.dtype
         )
 
     @contextlib.contextmanager
