@@ -437,3 +437,91 @@ def test_batchnorm_is_folded_only_where_the_order_is_known():
     with get_backend("lrp").attached(net, list_layers(net, 8), ["0"], ["1"]):
         assert isinstance(plain[1], nn.Identity) and isinstance(reordered[1], nn.BatchNorm2d)
         torch.testing.assert_close(net(x), expected)
+
+
+# --- the authors' rules at a ResNet stem (issue: conv1 tap folded, max pool winner-take-all) ----
+
+
+def _resnet_with_trained_like_norms():
+    from torchvision.models.resnet import ResNet
+
+    torch.manual_seed(0)
+    net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=4)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):  # random positive scales and shifts
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return net.eval().requires_grad_(False).double()
+
+
+def _conv(x, conv):
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding)
+
+
+def _block_relevance(block, x, relevance_out):
+    """A torchvision BasicBlock by hand: relevance at its input from relevance at its output."""
+    u = F.relu(bn(block.bn1, _conv(x, block.conv1)))
+    main = bn(block.bn2, _conv(u, block.conv2))
+    shortcut = (
+        x if block.downsample is None else bn(block.downsample[1], _conv(x, block.downsample[0]))
+    )
+    r_shortcut, r_main = split(shortcut, main, relevance_out)  # the final ReLU passes
+    r_x = conv_zplus(x, block.conv1, conv_zplus(u, block.conv2, r_main))
+    if block.downsample is None:
+        return r_x + r_shortcut, F.relu(shortcut + main)
+    return r_x + conv_zplus(x, block.downsample[0], r_shortcut), F.relu(shortcut + main)
+
+
+def _average_pool_share(x, relevance_out):
+    """The authors' max-pool rule: the z-rule of a 2×2 average pool, written out."""
+    z = F.avg_pool2d(x, 2) + EPS
+    share = (relevance_out / z).repeat_interleave(2, -1).repeat_interleave(2, -2) / 4
+    return x * share
+
+
+def explicit_resnet_relevance(net, x, channels):
+    """Relevance from ``layer3`` channel k to the taps conv1 (its own output), layer1, layer2."""
+    conv1 = _conv(x, net.conv1)
+    stem = F.relu(bn(net.bn1, conv1))
+    pooled = F.max_pool2d(stem, 3, 2, 1)
+    outputs = [pooled]
+    for block in (net.layer1[0], net.layer2[0], net.layer3[0]):
+        outputs.append(_block_relevance(block, outputs[-1], torch.zeros(()))[1])
+    pooled, layer1, layer2, layer3 = outputs
+    mask = torch.zeros_like(layer3)
+    for b, k in enumerate(channels):
+        mask[b, k] = 1
+    r_layer2, _ = _block_relevance(net.layer3[0], layer2, layer3 * mask)
+    r_layer1, _ = _block_relevance(net.layer2[0], layer1, r_layer2)
+    r_pooled, _ = _block_relevance(net.layer1[0], pooled, r_layer1)
+    r_conv1 = _average_pool_share(stem, r_pooled)  # then ReLU and BatchNorm pass
+    expected = {"conv1": r_conv1, "layer1": r_layer1, "layer2": r_layer2}
+    return {name: value.flatten(2) for name, value in expected.items()}, conv1
+
+
+def test_lrp_follows_the_authors_at_a_resnet_stem():
+    net = _resnet_with_trained_like_norms()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    channels = [3, 200]
+    taps = ["conv1", "layer1", "layer2"]
+    expected, conv1 = explicit_resnet_relevance(net, x, channels)
+    layers = list_layers(net, 64)
+    chosen = get_backend("lrp")
+    directions = torch.zeros(2, 256, dtype=torch.float64)
+    directions[0, 3] = directions[1, 200] = 1
+    with (
+        chosen.attached(net, layers, taps, ["layer3"]),
+        tapped(net, [*taps, "layer3"], stop_early=True) as tap,
+    ):
+        features = tap(x.clone().requires_grad_(True))
+        got = chosen.relevance(tap.outputs, {"layer3": directions}, taps)
+    # the conv1 tap reads conv1's own output while the rules are attached, not bn1's
+    torch.testing.assert_close(features["conv1"], conv1.flatten(2))
+    for name in taps:
+        assert expected[name].abs().max() > 1e-3
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5)
+    # Pearson correlation 1 at the stem, where it was 0.43 with the max pool's winner-take-all
+    flat_got, flat_expected = got["conv1"].flatten(), expected["conv1"].flatten()
+    assert torch.corrcoef(torch.stack([flat_got, flat_expected]))[0, 1] > 0.9999

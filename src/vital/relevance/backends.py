@@ -40,7 +40,8 @@ class RelevanceBackend:
     seed
         Starting relevance at the target layer from its activation and direction.
     composite
-        Builds the zennit composite (``None``: plain gradients).
+        Builds the zennit composite from the ids of the modules it must not rewrite (those
+        whose outputs are read); ``None``: plain gradients.
     times_activation
         Multiply the gradient arriving at a tap by the tap's activation.
     is_lrp
@@ -49,7 +50,7 @@ class RelevanceBackend:
 
     name: str
     seed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    composite: Callable[[], Composite] | None = None
+    composite: Callable[[frozenset[int]], Composite] | None = None
     times_activation: bool = False
     is_lrp: bool = False
 
@@ -81,7 +82,10 @@ class RelevanceBackend:
         span = modules_between(layers, taps, targets)
         if self.is_lrp:
             check_supported(module, span, self.name, {i.name: i.calls for i in layers})
-        composite = self.composite()
+        # Layers whose outputs are read keep returning them, whatever is folded for speed.
+        modules = dict(module.named_modules())
+        keep = frozenset(id(modules[name]) for name in (*taps, *targets))
+        composite = self.composite(keep)
         base_map = composite.module_map
 
         def restricted_map(ctx, name, child):
