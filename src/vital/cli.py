@@ -179,6 +179,13 @@ def _report(results, out: Path, title: str) -> None:
     typer.echo(f"grid: {path}")
 
 
+def _check_out(out: Path) -> Path:
+    """Fail before any work when results could not be written."""
+    from vital.store import output_folder
+
+    return output_folder(out)
+
+
 def _visualize(loaded, targets, references, out: Path, **arguments):
     """Run :func:`vital.visualize`, counting finished results for the interrupt message."""
     from vital.api import visualize
@@ -219,6 +226,7 @@ def class_command(
     method: Method = "vital",
 ) -> None:
     """Visualise output classes with VITAL (or a baseline, --method)."""
+    _check_out(out)
     loaded = _load(model, weights, device)
     results = _visualize(
         loaded,
@@ -284,6 +292,7 @@ def compare_command(
     """Compare VITAL with the baselines on the same classes: table and grid."""
     from vital.compare import METHODS, compare, write_report
 
+    _check_out(out)
     loaded = _load(model, weights, device)
     judged = _load(judge, judge_weights, device) if judge else None
     chosen = [m.strip() for value in methods or [] for m in value.split(",") if m.strip()]
@@ -373,6 +382,7 @@ def neuron(
             "give reference images with --refs DIR (images that activate the channel, e.g. "
             "from `vital mine`), or --refs samples for the embedded photos."
         )
+    _check_out(out)
     loaded = _load(model, weights, device)
     references_given = refs
     if refs == "mined" or (refs is not None and is_mining_database(refs)):
@@ -420,6 +430,7 @@ def demo(
         "References: the embedded photos, each expanded to 50 views by random resized crops "
         "and flips (one photo per class, not 50 distinct photos)."
     )
+    _check_out(out)
     loaded = _load("mobilenet_v2", None, device)
     photos = {967: "coffee", 285: "chelsea", 665: "motorcycle"}
     references = {index: from_samples([name], seed=seed) for index, name in photos.items()}
@@ -773,6 +784,7 @@ def _interrupted() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes end with a one-line message and exit status 2."""
+    _Session.out, _Session.finished, _Session.resumable = None, 0, False
     try:
         code = app(args=argv, standalone_mode=False)
     except VitalError as error:
@@ -784,6 +796,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
+    if code == 130:  # typer turns Ctrl-C into this exit status before we see the interrupt
+        typer.echo(_interrupted(), err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 
