@@ -525,3 +525,90 @@ def test_lrp_follows_the_authors_at_a_resnet_stem():
     # Pearson correlation 1 at the stem, where it was 0.43 with the max pool's winner-take-all
     flat_got, flat_expected = got["conv1"].flatten(), expected["conv1"].flatten()
     assert torch.corrcoef(torch.stack([flat_got, flat_expected]))[0, 1] > 0.9999
+
+
+# --- transformers: AttnLRP's rules (lrp on a ViT) ---------------------------------------------
+
+
+def _tiny_torchvision_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    net = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
+    return net.eval().requires_grad_(False).double()
+
+
+def _layer_norm_constant_std(norm, x):
+    mean = x.mean(-1, keepdim=True)
+    std = (x.var(-1, keepdim=True, unbiased=False) + norm.eps).sqrt().detach()
+    return (x - mean) / std * norm.weight + norm.bias
+
+
+def _encoder_block_by_the_rules(block, x):
+    """torchvision's EncoderBlock written out with AttnLRP's CP rules (values-only attention,
+    constant normalisation statistics, identity rule on GELU)."""
+    attention = block.self_attention
+    batch, tokens, width = x.shape
+    heads = attention.num_heads
+    h = _layer_norm_constant_std(block.ln_1, x)
+    q, k, v = F.linear(h, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    split = lambda t: t.view(batch, tokens, heads, width // heads).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q.detach()), split(k.detach()), split(v)
+    weights = (q @ k.transpose(-2, -1) / (width // heads) ** 0.5).softmax(-1)
+    mixed = (weights @ v).transpose(1, 2).reshape(batch, tokens, width)
+    x = F.linear(mixed, attention.out_proj.weight, attention.out_proj.bias) + x
+    fc1, gelu, _, fc2, _ = block.mlp
+    hidden = fc1(_layer_norm_constant_std(block.ln_2, x))
+    hidden = hidden * (F.gelu(hidden) / hidden).detach()
+    return x + fc2(hidden)
+
+
+def test_lrp_on_a_vit_follows_attnlrp_and_leaves_true_gradients_alone():
+    net = _tiny_torchvision_vit()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    tap, target = "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"
+    directions = torch.zeros(2, 8, dtype=torch.float64)
+    directions[0, 3] = directions[1, 6] = 1
+    layers = list_layers(net, 32)
+    chosen = get_backend("lrp")
+    with chosen.attached(net, layers, [tap], [target]), tapped(net, [tap, target]) as hooks:
+        hooks(x.clone().requires_grad_(True))
+        got = chosen.relevance(hooks.outputs, {target: directions}, [tap])[tap]
+        # the loss's backward pass is untouched by the attached rules
+        start = x.clone().requires_grad_(True)
+        (attached_gradient,) = torch.autograd.grad(net(start).square().sum(), start)
+    start = x.clone().requires_grad_(True)
+    (plain_gradient,) = torch.autograd.grad(net(start).square().sum(), start)
+    torch.testing.assert_close(attached_gradient, plain_gradient)
+
+    # independent: the block by the rules, relevance = input × gradient of the target's mean
+    block_input = hooks.outputs[tap].detach().requires_grad_(True)
+    output = _encoder_block_by_the_rules(net.encoder.layers.encoder_layer_1, block_input)
+    target_mean = (output * directions[:, None, :]).sum(-1).mean(-1).sum()
+    (gradient,) = torch.autograd.grad(target_mean, block_input)
+    expected = (block_input * gradient).detach().transpose(1, 2)  # (B, D, T)
+    assert expected.abs().max() > 1e-4
+    torch.testing.assert_close(got, expected, atol=1e-8, rtol=1e-6)
+
+
+def test_transformer_relevance_on_timm_and_refusals(tiny_vit):
+    net = tiny_vit.module.double()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    layers = list_layers(net, 32)
+    directions = torch.zeros(1, 32, dtype=torch.float64)
+    directions[0, 5] = 1
+    for name in ("lrp", "grad-x-act"):
+        chosen = get_backend(name)
+        with (
+            chosen.attached(net, layers, ["blocks.0"], ["blocks.2"]),
+            tapped(net, ["blocks.0", "blocks.2"]) as hooks,
+        ):
+            hooks(x.clone().requires_grad_(True))
+            relevance = chosen.relevance(hooks.outputs, {"blocks.2": directions}, ["blocks.0"])
+        assert relevance["blocks.0"].shape == (1, 32, 17) and relevance["blocks.0"].abs().sum() > 0
+    for name, message in (("lrp-restricted", "LayerNorm"), ("epsilon-plus", "LayerNorm")):
+        with pytest.raises(VitalError, match=message):
+            with get_backend(name).attached(net, layers, ["blocks.0"], ["blocks.2"]):
+                pass

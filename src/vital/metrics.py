@@ -416,7 +416,8 @@ def target_activations(
         values = []
         for i, target in enumerate(targets):
             output = tap.outputs[target.layer][i : i + 1]
-            direction = torch.as_tensor(target.vector(output.shape[1])).to(output).view(1, -1)
+            channels = output.shape[-1] if output.dim() == 3 else output.shape[1]  # tokens: (T, D)
+            direction = torch.as_tensor(target.vector(channels)).to(output).view(1, -1)
             values.append(float(target_activation(output, direction)[0]))
     return values
 
