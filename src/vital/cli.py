@@ -452,9 +452,30 @@ def mine_command(
     ] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 32,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Decoding processes (default: cores - 1).")
+        int | None,
+        typer.Option("--workers", help="Local engine's decoding processes (default: cores - 1)."),
     ] = None,
     device: Device = "cpu",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (shards in this process) or ray (shards as Ray tasks, the model on GPU "
+            "workers when the cluster has GPUs; pip install 'vital[ray]').",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster for --engine ray (default: start a local one)."
+        ),
+    ] = None,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size", help="Images per shard: the unit of distribution and of resuming."
+        ),
+    ] = 1024,
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
     import numpy as np
@@ -481,6 +502,9 @@ def mine_command(
         patch=patch,
         batch_size=batch,
         workers=workers,
+        engine=engine,
+        address=address,
+        shard_size=shard_size,
     )
     typer.echo(
         f"{len(report.units)} unit(s) of {layer} over {report.images} images "
@@ -569,7 +593,7 @@ def atlas_build(
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     ray_address: Annotated[
         str | None,
-        typer.Option("--ray-address", help="Ray cluster address (default: start a local one)."),
+        typer.Option("--ray-address", "--address", help="Ray cluster (default: a local one)."),
     ] = None,
     setting: SettingNumber = 1,
     steps: Steps = None,
