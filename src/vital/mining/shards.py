@@ -168,9 +168,13 @@ class StageScorer:
         return self.units.scores(tap(x)[self.layer].float())
 
     def __call__(self, shard: Shard, batches: Iterable[Batch]) -> ShardResult:
-        """Run the shard; return its ranked entries at or above ``shard.floor``."""
+        """Run the shard; return its ranked entries at or above ``shard.floor``.
+
+        Scores stay where the model runs until the shard is done, then one sort ranks them:
+        no per-batch merge, no per-batch device-to-host copy.
+        """
         model = self._model()
-        top = RunningTopK(len(self.units), self.capacity)
+        found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         images = unreadable = 0
         with tapped(model.module, [self.layer], stop_early=True) as tap, torch.no_grad():
             for positions, crops, readable in batches:
@@ -179,9 +183,15 @@ class StageScorer:
                 if readable.any():
                     pixels = crops[readable].to(model.device, non_blocking=True).float() / 255
                     if self.patches is None:
-                        self._maxima(tap, top, positions[readable], pixels)
+                        scores, payload = self._maxima(tap, pixels), None
                     else:
-                        self._best_patches(tap, top, positions[readable], pixels)
+                        scores, payload = self._best_patches(tap, positions[readable], pixels)
+                    found.append((scores, positions[readable], payload))
+        top = RunningTopK(len(self.units), self.capacity)
+        if found:
+            scores = torch.cat([f[0] for f in found], dim=1).cpu()
+            payload = None if found[0][2] is None else torch.cat([f[2] for f in found], dim=1)
+            top.merge(scores, torch.cat([f[1] for f in found]), payload)
         scores, ids, payload = top.scores, top.ids, top.payload
         keep = torch.isfinite(scores)  # ranked best first: what is kept is a prefix
         if shard.floor is not None:
@@ -198,11 +208,14 @@ class StageScorer:
             torch.where(keep, payload[:, :width], 0),
         )
 
-    def _maxima(self, tap, top: RunningTopK, positions, pixels) -> None:
-        maxima = self._features(tap, pixels).amax(dim=-1)  # (B, U)
-        top.update(maxima.T, positions)
+    def _maxima(self, tap, pixels: torch.Tensor) -> torch.Tensor:
+        """(U, B) spatial maxima."""
+        return self._features(tap, pixels).amax(dim=-1).T
 
-    def _best_patches(self, tap, top: RunningTopK, positions, pixels) -> None:
+    def _best_patches(
+        self, tap, positions: torch.Tensor, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, B) best patch score of each image for the units that kept it, and which patch."""
         resolution = self.model.preprocessing.input_size
         tiles = self.patches.cut(pixels, resolution)
         chunk = max(self.batch_size, len(self.patches))  # an image's patches in one forward
@@ -217,5 +230,5 @@ class StageScorer:
         members = self.members
         wanted = positions.to(members.dtype).unsqueeze(0).expand(len(self.units), -1)
         found = torch.searchsorted(members, wanted.contiguous()).clamp(max=members.shape[1] - 1)
-        member = members.gather(1, found) == wanted
-        top.update(torch.where(member, best.T.cpu(), -torch.inf), positions, where.T)
+        member = (members.gather(1, found) == wanted).to(best.device)
+        return torch.where(member, best.T, -torch.inf), where.T
