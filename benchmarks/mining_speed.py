@@ -56,6 +56,28 @@ def augmented_photos(folder: Path, count: int, side: int = 288, seed: int = 0) -
     return folder
 
 
+def native_photos(folder: Path, count: int) -> Path:
+    """``count`` JPEGs of the embedded photos at their own sizes (451x300 to 741x500, like
+    ImageNet's), cycling through the 8 photos (cached)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    photos = [open_rgb(sample_photo(name)) for name in SAMPLE_PHOTOS]
+    for i in range(count):
+        photos[i % len(photos)].save(folder / f"photo-{i:04d}.jpg", quality=90)
+    return folder
+
+
+def decode_only(data: Path, resolution: int, batch: int) -> float:
+    """Images/s of decoding and centre-cropping alone, in this process (one core)."""
+    images = list_images(data)
+    loader = crop_loader(images.paths, list(range(len(images))), resolution, batch, 0)
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(images) / (time.perf_counter() - started)
+
+
 def _loader(model, data: Path, batch: int, workers: int):
     images = list_images(data)
     positions = list(range(len(images)))
@@ -151,10 +173,13 @@ def main() -> None:
         started = time.perf_counter()
         ray_engine = RayEngine(num_cpus=os.cpu_count())
         ray_start = time.perf_counter() - started
-    runs = {"bare": [], "partial": [], **{engine: [] for engine in engines}}
+    native = native_photos(OUT / f"native-photos-{arguments.images}", arguments.images)
+    runs = {"decode": [], "native": [], "bare": [], "partial": [], **{e: [] for e in engines}}
     common = (data, arguments.batch, arguments.workers)
     try:
         for _ in range(arguments.repeats):  # interleaved, so drift hits all alike
+            runs["decode"].append(decode_only(data, 224, arguments.batch))
+            runs["native"].append(decode_only(native, 224, arguments.batch))
             runs["bare"].append(bare_forward(model, *common))
             runs["partial"].append(forward_to_layer(model, data, arguments.layer, *common[1:]))
             for engine in engines:
@@ -204,6 +229,11 @@ def main() -> None:
         "",
         "| run | images/s (best of repeats) | all repeats |",
         "|---|---|---|",
+        row("decoding + 224 centre crop only, these JPEGs, 1 core", "decode"),
+        row(
+            "decoding + 224 centre crop only, 451x300-741x500 JPEGs (ImageNet-like), 1 core",
+            "native",
+        ),
         row("bare model forward (full network)", "bare"),
         row(f"forward up to {arguments.layer} (stop early), spatial max, no top-k", "partial"),
         *[row(labels[engine], engine) for engine in engines],
