@@ -24,6 +24,7 @@ from vital.engines import (
     slot_options,
 )
 from vital.errors import VitalError
+from vital.mining import mine
 
 # --- work functions (shipped to Ray workers by value with this module) ---------------------
 
@@ -113,7 +114,7 @@ def test_a_task_asks_for_a_gpu_only_where_the_cluster_has_one():
     assert default_window({"CPU": 4.0, "GPU": 4.0}) == 8
 
 
-def test_engine_names_and_a_missing_ray_are_one_clear_line(monkeypatch):
+def test_engine_names_and_a_missing_ray_are_one_clear_line(monkeypatch, tmp_path):
     with pytest.raises(VitalError, match="unknown engine 'spark'"):
         make_engine("spark")
     with pytest.raises(VitalError, match="--engine ray"):
@@ -121,6 +122,9 @@ def test_engine_names_and_a_missing_ray_are_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(VitalError, match=r"pip install 'vital\[ray\]'"):
         make_engine("ray")
+    # Mining says so before it lists the data or loads anything onto workers.
+    with pytest.raises(VitalError, match=r"pip install 'vital\[ray\]'"):
+        mine(tiny_cnn_model(), "stem", tmp_path / "nowhere", tmp_path / "out", engine="ray")
 
 
 # --- on a local Ray instance ---------------------------------------------------------------

@@ -247,14 +247,30 @@ class RayEngine:
             self._ray.shutdown()
 
 
+def check_engine(name: str, address: str | None = None) -> None:
+    """Refuse an unknown engine, an address without Ray, or Ray when it is not installed.
+
+    Cheap (starts nothing): callers check before long work and make the engine when needed.
+    """
+    if name == "local":
+        if address is not None:
+            raise VitalError("--address names a Ray cluster: use it with --engine ray.")
+        return
+    if name != "ray":
+        raise VitalError(f"unknown engine {name!r}: use 'local' or 'ray'.")
+    try:
+        import ray  # noqa: F401
+    except ImportError as error:
+        raise VitalError(
+            "the ray engine needs Ray: pip install 'vital[ray]' (or use --engine local)."
+        ) from error
+
+
 def make_engine(
     name: str, address: str | None = None, num_cpus: int | None = None
 ) -> LocalEngine | RayEngine:
     """``local`` or ``ray`` (``address``: the Ray cluster; default: start a local one)."""
+    check_engine(name, address)
     if name == "local":
-        if address is not None:
-            raise VitalError("--address names a Ray cluster: use it with --engine ray.")
         return LocalEngine()
-    if name == "ray":
-        return RayEngine(address, num_cpus=num_cpus)
-    raise VitalError(f"unknown engine {name!r}: use 'local' or 'ray'.")
+    return RayEngine(address, num_cpus=num_cpus)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vital.engines import Engine, make_engine
+from vital.engines import Engine, check_engine, make_engine
 from vital.errors import VitalError
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import MiningIndex, PassState
@@ -188,7 +188,9 @@ def mine(
         raise VitalError("--top-images and --top must be at least 1.")
     if shard_size < 1:
         raise VitalError("the shard size must be at least 1 image.")
-    if not isinstance(engine, str) and address is not None:
+    if isinstance(engine, str):
+        check_engine(engine, address)  # before listing a large dataset, not after
+    elif address is not None:
         raise VitalError("address goes with an engine name; this engine is already connected.")
     images = data if isinstance(data, ImageList) else list_images(data)
     index = MiningIndex(database)
