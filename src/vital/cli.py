@@ -461,7 +461,7 @@ def mine_command(
         typer.Option(
             "--engine",
             help="local (shards in this process) or ray (shards as Ray tasks, the model on GPU "
-            "workers when the cluster has GPUs; pip install 'vital[ray]').",
+            "workers when the cluster has GPUs; needs Ray: pip install 'vital\\[ray]').",
         ),
     ] = "local",
     address: Annotated[
