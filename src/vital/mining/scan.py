@@ -226,10 +226,20 @@ def mine(
     key = hashlib.sha256(json.dumps([*identity, shard_size]).encode()).hexdigest()[:24]
     runner = make_engine(engine, address) if isinstance(engine, str) else engine
     report.engine = runner.name
-    scan = _Pass(model, layer, todo, images, index, key, runner)
-    scan.batch_size, scan.shard_size = batch_size, shard_size
-    scan.workers = default_workers() if workers is None else workers
-    scan.checkpoint_seconds, scan.progress = checkpoint_seconds, progress
+    scan = _Pass(
+        model,
+        layer,
+        todo,
+        images,
+        index,
+        key,
+        runner,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        workers=default_workers() if workers is None else workers,
+        checkpoint_seconds=checkpoint_seconds,
+        progress=progress,
+    )
     try:
         final = scan.run(top_images, min(top, top_images), patches)
     finally:
@@ -255,36 +265,25 @@ def mine(
     return report
 
 
+@dataclass
 class _Pass:
     """Runs the stages of one pass on an engine and records every shard in the index."""
 
-    # Set by mine().
-    batch_size = 32
-    shard_size = DEFAULT_SHARD
-    checkpoint_seconds = 60.0
-    workers = 0
-    progress = True
-
-    def __init__(
-        self,
-        model: Model,
-        layer: str,
-        units: Units,
-        images: ImageList,
-        index: MiningIndex,
-        key: str,
-        engine: Engine,
-    ):
-        self.model = model
-        self.layer = layer
-        self.units = units
-        self.images = images
-        self.index = index
-        self.key = key
-        self.engine = engine
-        self.seconds: dict[str, float] = {}
-        self.scanned = 0  # stage-1 images read in this call
-        self.unreadable = 0  # stage-1 unreadable images, this call and before
+    model: Model
+    layer: str
+    units: Units
+    images: ImageList
+    index: MiningIndex
+    key: str
+    engine: Engine
+    batch_size: int
+    shard_size: int
+    workers: int
+    checkpoint_seconds: float
+    progress: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+    scanned: int = 0  # stage-1 images read in this call
+    unreadable: int = 0  # stage-1 unreadable images, this call and before
 
     def run(self, top_images: int, top: int, patches: Patches | None) -> list[list[tuple]]:
         """Both stages (or what is left of them): each unit's ranked rows for the index."""

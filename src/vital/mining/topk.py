@@ -159,6 +159,7 @@ class RunningTopK:
         Merging these into the state from before that merge gives the state after it, so a
         driver can record a shard's contribution instead of the whole state.
         """
+        new = new & torch.isfinite(self.scores)  # empty slots are not entries
         units = new.nonzero()[:, 0]
         return {
             "unit": units.to(torch.int32).numpy(),
