@@ -549,9 +549,30 @@ def mine_command(
     ] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 32,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Decoding processes (default: cores - 1).")
+        int | None,
+        typer.Option("--workers", help="Local engine's decoding processes (default: cores - 1)."),
     ] = None,
     device: Device = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (shards in this process) or ray (shards as Ray tasks, the model on GPU "
+            "workers when the cluster has GPUs; needs Ray: pip install 'vital\\[ray]').",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster for --engine ray (default: start a local one)."
+        ),
+    ] = None,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size", help="Images per shard: the unit of distribution and of resuming."
+        ),
+    ] = 1024,
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
     import numpy as np
@@ -584,6 +605,9 @@ def mine_command(
         patch=patch,
         batch_size=batch,
         workers=workers,
+        engine=engine,
+        address=address,
+        shard_size=shard_size,
     )
     typer.echo(
         f"{len(report.units)} unit(s) of {layer} over {report.images} images "
@@ -702,6 +726,7 @@ def atlas_build(
 
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
+    chosen_engine = make_engine(engine, ray_address)
     spec = ModelSpec(model, weights, device)
     loaded = spec()
     targets = [class_target(loaded, name) for name in _names(class_list)]
@@ -725,6 +750,7 @@ def atlas_build(
             top_images=top_images,
             top=references,
             patch=patch,
+            engine=chosen_engine,
         )
         targets += [Channel(layer, index) for index in selected]
     if not targets:
@@ -743,7 +769,7 @@ def atlas_build(
         out,
         _overrides(steps=steps, seed=seed, resolution=resolution),
         setting=_setting(setting),
-        engine=make_engine(engine, ray_address),
+        engine=chosen_engine,
         batch_size=batch,
     )
     typer.echo(

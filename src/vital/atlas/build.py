@@ -267,8 +267,14 @@ def build_atlas(
     report = BuildReport(len(units), len(units) - len(todo), 0, 0, 0.0)
     started = time.perf_counter()
     bar = tqdm(total=len(units), initial=report.skipped, unit="unit", disable=not progress)
+
+    def failed(job: Job, error: str) -> list[UnitOutcome]:
+        # A batch that kept failing on the engine (say its worker died, after retries): each
+        # of its units is recorded as failed, and the build carries on.
+        return [UnitOutcome(unit, error=error) for unit in job.units]
+
     try:
-        for outcomes in engine.run(jobs, run_job):
+        for outcomes in engine.run(jobs, run_job, on_failure=failed):
             for outcome in outcomes:
                 _record(atlas, outcome, reference_sets[outcome.unit.id], fingerprint)
                 if outcome.error is None:
