@@ -640,5 +640,5 @@ def default_taps(model_name: str, layers: Sequence[LayerInfo]) -> tuple[tuple[Ta
         return PRESETS[model_name], f"preset for {model_name}"
     from_library = library_taps(layers)
     if from_library:
-        return from_library, "the library's feature metadata (timm feature_info)"
+        return from_library, "timm feature_info: the library's stage ends"
     return discover_taps(layers), "discovered automatically (stem + end of each stage)"

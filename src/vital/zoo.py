@@ -812,11 +812,12 @@ def load_model(
         _apply_weights(module, load_state_dict(weights), str(weights))
         source = str(weights)
     else:
-        tag = str(weights)
-        if tag != "DEFAULT" and tag.rpartition(".")[2] not in library.weight_names(arch):
+        tag = str(weights).rpartition(".")[2]  # also "ResNet50_Weights.IMAGENET1K_V2", "arch.tag"
+        if tag != "DEFAULT" and tag not in library.weight_names(arch):
             names = ", ".join(dict.fromkeys(["DEFAULT", *library.weight_names(arch)]))
             raise VitalError(
-                f"--weights {tag!r} is not a file, 'random', or a named weight of {arch} ({names})."
+                f"--weights {str(weights)!r} is not a file, 'random', or a named weight of "
+                f"{arch} ({names})."
             )
         module, source = library.pretrained(arch, tag, download=True)
     if weights != "random":
