@@ -54,6 +54,14 @@ class Settings:
         Side of the synthetic image; ``None`` for the model's input size.
     seed
         Seed of the first image; image ``i`` of a batch uses ``seed + i``.
+    parametrization
+        What Adam optimises, by name (:data:`vital.parametrizations.PARAMETRIZATIONS`):
+        ``"pixels"`` (the authors'), ``"fourier"`` (1/f-scaled decorrelated spectrum, clamped).
+    zoom
+        (low, high) range of a random zoom of each step's jittered image (1 = none); with
+        ``rotate``, one bilinear warp with mirrored borders.
+    rotate
+        Largest random rotation of each step's jittered image, in degrees (0 = none).
     """
 
     steps: int = 2000
@@ -71,18 +79,30 @@ class Settings:
     feature_weight: float = 1.0
     resolution: int | None = None
     seed: int = 0
+    parametrization: str = "pixels"
+    zoom: tuple[float, float] = (1.0, 1.0)
+    rotate: float = 0.0
 
     @classmethod
-    def setting(cls, number: int, **overrides) -> Settings:
-        """The authors' settings 0, 1 and 2, with overrides."""
+    def setting(cls, number: int | str, **overrides) -> Settings:
+        """The authors' settings 0, 1 and 2, or ``"fast"``, with overrides.
+
+        ``"fast"`` reaches in 300 steps what setting 1 reaches in 2000 (benchmarks/RESULTS.md,
+        "Convergence"): the same loss, optimised through :class:`~vital.parametrizations.
+        FourierPixels` with a smaller learning rate.
+        """
         presets = {
             0: cls(steps=1000, half_resolution_steps=2000),
             1: cls(),
             2: cls(steps=20000, betas=(0.9, 0.999), clamp=False),
+            "fast": FAST,
         }
-        if number not in presets:
-            raise VitalError(f"setting {number} does not exist; choose 0, 1 or 2.")
-        return replace(presets[number], **overrides)
+        key = int(number) if isinstance(number, str) and number.isdigit() else number
+        if key not in presets:
+            raise VitalError(
+                f"setting {number} does not exist; choose 0, 1 or 2 (the authors') or fast."
+            )
+        return replace(presets[key], **overrides)
 
     def stages(self) -> list[tuple[int, int]]:
         """(steps, downsample factor) per stage, in order, skipping empty ones."""
@@ -99,6 +119,18 @@ class Settings:
             raise VitalError("jitter must be zero or positive (pixels, --jitter).")
         if self.resolution is not None and self.resolution < 16:
             raise VitalError("the resolution must be at least 16 pixels (--resolution R).")
+        low, high = self.zoom
+        if not 0 < low <= high:
+            raise VitalError("the zoom range must be positive and low <= high (e.g. 1.0, 1.2).")
+        if self.rotate < 0:
+            raise VitalError("the rotation must be zero or positive (degrees).")
+        from vital.parametrizations import check_parametrization
+
+        check_parametrization(self.parametrization)
+
+
+# The "fast" setting (issue 11): chosen by benchmarks/convergence.py, see RESULTS.md.
+FAST = Settings(steps=300, parametrization="fourier", lr=0.1, warmup=30)
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -225,6 +257,26 @@ def _jitter(
     return torch.stack(moved)
 
 
+def _warp(
+    x: torch.Tensor, generators: list[torch.Generator], zoom: tuple[float, float], degrees: float
+) -> torch.Tensor:
+    """Zoom and rotate each image about its centre by its own random draw; mirrored borders."""
+    low, high = zoom
+    if low == high == 1.0 and degrees == 0:
+        return x
+    scales, angles = [], []
+    for generator in generators:
+        draw = torch.rand(2, generator=generator, dtype=torch.float64)
+        scales.append(low + (high - low) * float(draw[0]))
+        angles.append(math.radians(degrees * (2 * float(draw[1]) - 1)))
+    scale = torch.tensor(scales, dtype=torch.float64)
+    angle = torch.tensor(angles, dtype=torch.float64)
+    cos, sin, zero = torch.cos(angle) / scale, torch.sin(angle) / scale, torch.zeros_like(scale)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="reflection")
+
+
 def priors(x: torch.Tensor, settings: Settings) -> dict[str, torch.Tensor]:
     """The enabled image priors of ``settings``, each (B,)."""
     terms = {}
@@ -274,9 +326,10 @@ def optimize(
     seeds
         One seed per image (initial noise and jitter); default ``settings.seed + i``.
     parametrization
-        What is optimised (default: :class:`Pixels` from the seeds, clamped when
-        ``settings.clamp``). Its images must be ``count`` images at the settings' resolution;
-        ``gradient_magnitude`` then accumulates |∂L/∂image| of those images.
+        What is optimised (default: the one ``settings.parametrization`` names, made from
+        the seeds, e.g. :class:`Pixels`, clamped when ``settings.clamp``). Its images must
+        be ``count`` images at the settings' resolution; ``gradient_magnitude`` then
+        accumulates |∂L/∂image| of those images.
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
@@ -284,7 +337,9 @@ def optimize(
     if len(seeds) != count:
         raise VitalError(f"{len(seeds)} seeds were given for {count} images.")
     if parametrization is None:
-        parametrization = Pixels(seeds, resolution, device, preprocessing, settings.clamp, dtype)
+        from vital.parametrizations import create  # imports the baselines, which import us
+
+        parametrization = create(settings, seeds, resolution, device, preprocessing, dtype)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     history: list[torch.Tensor] = []
     gradient_magnitude = torch.zeros(count, 3, resolution, resolution, device=device, dtype=dtype)
@@ -319,7 +374,8 @@ def optimize(
                 if not x.is_leaf:
                     x.retain_grad()  # for the transparency map
                 jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
-                model_input = F.avg_pool2d(jittered, factor) if factor > 1 else jittered
+                warped = _warp(jittered, generators, settings.zoom, settings.rotate)
+                model_input = F.avg_pool2d(warped, factor) if factor > 1 else warped
                 terms = {
                     name: settings.feature_weight * value
                     for name, value in objective(model_input, factor).items()
