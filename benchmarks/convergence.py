@@ -75,7 +75,10 @@ class Point:
 
     @property
     def label(self) -> str:
-        name = self.method if self.method != "vital" else f"setting {self.setting}"
+        if self.method != "vital":
+            name = self.method
+        else:
+            name = f"setting {self.setting}" if self.setting.isdigit() else self.setting
         return f"{name} @{self.steps}"
 
 
@@ -251,7 +254,7 @@ def figure(points: list[Point], photos: list[str], headers: list[str], path: Pat
         for item in range(point.pixels.shape[0]):
             images.append(to_image(point.pixels[item]))
             value = point.relative[item] if channels else None
-            captions.append(f"act {value:.2f}×" if channels else "")
+            captions.append(f"act {value:.2f}x refs" if channels else "")
             if channels:
                 alpha = point.alphas[item] if point.alphas is not None else None
                 images.append(to_image(display_pixels(point.pixels[item]), alpha))
@@ -282,6 +285,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", default="100,300,1000,2000", help="comma-separated")
     parser.add_argument("--settings", default="1,fast", help="VITAL settings to run")
+    parser.add_argument(
+        "--points", default="", help="instead of --settings x --steps: e.g. 1@300,1@2000,fast@300"
+    )
     parser.add_argument("--baseline-steps", default="300", help="Fourier FV steps ('' = none)")
     parser.add_argument("--classes", default=",".join(map(str, CLASSES)))
     parser.add_argument("--channel-photos", default=",".join(CHANNEL_PHOTOS))
@@ -312,6 +318,9 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",") if s]
     baseline_steps = [int(s) for s in args.baseline_steps.split(",") if s]
     plan = [("vital", s, n) for s in args.settings.split(",") for n in steps]
+    if args.points:
+        pairs = [point.split("@") for point in args.points.split(",")]
+        plan = [("vital", setting, int(n)) for setting, n in pairs]
     plan += [("fourier", "lucent", n) for n in baseline_steps]
     sections = []
     kinds = args.kinds.split(",")
