@@ -288,6 +288,7 @@ def main() -> None:
     parser.add_argument(
         "--points", default="", help="instead of --settings x --steps: e.g. 1@300,1@2000,fast@300"
     )
+    parser.add_argument("--channel-points", default="", help="--points for channels only")
     parser.add_argument("--baseline-steps", default="300", help="Fourier FV steps ('' = none)")
     parser.add_argument("--classes", default=",".join(map(str, CLASSES)))
     parser.add_argument("--channel-photos", default=",".join(CHANNEL_PHOTOS))
@@ -318,10 +319,19 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",") if s]
     baseline_steps = [int(s) for s in args.baseline_steps.split(",") if s]
     plan = [("vital", s, n) for s in args.settings.split(",") for n in steps]
+    baselines = [("fourier", "lucent", n) for n in baseline_steps]
+
+    def points_plan(points: str) -> list[tuple[str, str, int]]:
+        pairs = [point.split("@") for point in points.split(",")]
+        return [("vital", setting, int(n)) for setting, n in pairs] + baselines
+
+    channel_plan = plan + baselines
     if args.points:
-        pairs = [point.split("@") for point in args.points.split(",")]
-        plan = [("vital", setting, int(n)) for setting, n in pairs]
-    plan += [("fourier", "lucent", n) for n in baseline_steps]
+        plan = channel_plan = points_plan(args.points)
+    else:
+        plan = plan + baselines
+    if args.channel_points:
+        channel_plan = points_plan(args.channel_points)
     sections = []
     kinds = args.kinds.split(",")
     if "classes" in kinds:
@@ -361,7 +371,7 @@ def main() -> None:
         by_target = dict(zip(targets, references, strict=True))
         labels = [next(c for c, n in CLASS_PHOTOS.items() if n == p) for p in photos]
         points = []
-        for method, setting, n in plan:
+        for method, setting, n in channel_plan:
             key = {
                 "kind": "channels",
                 "method": method,
