@@ -129,7 +129,7 @@ class Settings:
         check_parametrization(self.parametrization)
 
 
-# The "fast" setting (issue 11): chosen by benchmarks/convergence.py, see RESULTS.md.
+# The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence".
 FAST = Settings(steps=300, parametrization="fourier", lr=0.1, warmup=30)
 
 
