@@ -27,7 +27,7 @@ import torch
 from vital import Channel, from_samples, load_model, visualize
 from vital.grids import display_pixels, grid, to_image
 from vital.methods.vital_neuron import target_score
-from vital.optimize import initial_images
+from vital.parametrizations import initial_images
 from vital.references import SAMPLE_PHOTOS, ReferenceSet, center_crop, open_rgb, top_references
 from vital.taps import tapped
 

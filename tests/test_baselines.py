@@ -14,10 +14,10 @@ from conftest import tiny_cnn_model, write_images
 from vital.driver import resolve_settings
 from vital.errors import VitalError
 from vital.methods import METHODS, get_method
-from vital.methods.activation import COLOR_CORRELATION
 from vital.methods.deepinversion import batchnorm_inputs
 from vital.methods.maco import natural_spectrum
-from vital.optimize import Pixels, Settings, optimize
+from vital.optimize import Settings, optimize
+from vital.parametrizations import COLOR_CORRELATION, Pixels
 from vital.references import from_folder
 from vital.targets import Channel, ClassTarget
 

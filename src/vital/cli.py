@@ -82,7 +82,11 @@ Weights = Annotated[
 ]
 SettingName = Annotated[
     str | None,
-    typer.Option("--setting", help="VITAL's setting: 0 (half resolution first), 1 (default), 2."),
+    typer.Option(
+        "--setting",
+        help="VITAL's setting: fast (300 steps, Fourier parametrisation), or the authors' 0 "
+        "(half resolution first), 1 (default), 2.",
+    ),
 ]
 LearningRate = Annotated[
     float | None, typer.Option("--lr", help="Peak learning rate (default: the method's).")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from vital import losses
 from vital.errors import VitalError
+from vital.parametrizations import check_parametrization, create
 from vital.zoo import Preprocessing
 
 # An objective maps (model input (B, 3, h, w), downsample factor) to named (B,) loss terms.
@@ -54,6 +55,14 @@ class Settings:
         Side of the synthetic image; ``None`` for the model's input size.
     seed
         Seed of the first image; image ``i`` of a batch uses ``seed + i``.
+    parametrization
+        What Adam optimises, by name (:data:`vital.parametrizations.PARAMETRIZATIONS`):
+        ``"pixels"`` (the authors'), ``"fourier"`` (1/f-scaled decorrelated spectrum, clamped).
+    zoom
+        (low, high) range of a random zoom of each step's jittered image (1 = none); with
+        ``rotate``, one bilinear warp with mirrored borders.
+    rotate
+        Largest random rotation of each step's jittered image, in degrees (0 = none).
     """
 
     steps: int = 2000
@@ -71,18 +80,30 @@ class Settings:
     feature_weight: float = 1.0
     resolution: int | None = None
     seed: int = 0
+    parametrization: str = "pixels"
+    zoom: tuple[float, float] = (1.0, 1.0)
+    rotate: float = 0.0
 
     @classmethod
-    def setting(cls, number: int, **overrides) -> Settings:
-        """The authors' settings 0, 1 and 2, with overrides."""
+    def setting(cls, number: int | str, **overrides) -> Settings:
+        """The authors' settings 0, 1 and 2, or ``"fast"``, with overrides.
+
+        ``"fast"`` reaches in 300 steps what setting 1 reaches in 2000 (benchmarks/RESULTS.md,
+        "Convergence"): the same loss, optimised through :class:`~vital.parametrizations.
+        FourierPixels` with a smaller learning rate.
+        """
         presets = {
             0: cls(steps=1000, half_resolution_steps=2000),
             1: cls(),
             2: cls(steps=20000, betas=(0.9, 0.999), clamp=False),
+            "fast": FAST,
         }
-        if number not in presets:
-            raise VitalError(f"setting {number} does not exist; choose 0, 1 or 2.")
-        return replace(presets[number], **overrides)
+        key = int(number) if isinstance(number, str) and number.isdigit() else number
+        if key not in presets:
+            raise VitalError(
+                f"setting {number} does not exist; choose 0, 1 or 2 (the authors') or fast."
+            )
+        return replace(presets[key], **overrides)
 
     def stages(self) -> list[tuple[int, int]]:
         """(steps, downsample factor) per stage, in order, skipping empty ones."""
@@ -113,6 +134,18 @@ class Settings:
         for name in ("flip", "clamp"):
             if not isinstance(getattr(self, name), bool):
                 raise VitalError(f"{name} is True or False, not {getattr(self, name)!r}.")
+        if not (
+            isinstance(self.zoom, (tuple, list))
+            and len(self.zoom) == 2
+            and all(_is_number(z) for z in self.zoom)
+            and 0 < self.zoom[0] <= self.zoom[1]
+        ):
+            raise VitalError(
+                f"the zoom range is (low, high) with 0 < low <= high (e.g. 1.0, 1.2), not "
+                f"{self.zoom!r}."
+            )
+        _number(self.rotate, "the rotation", "degrees")
+        check_parametrization(self.parametrization)
 
 
 def _is_number(value: object) -> bool:
@@ -129,6 +162,10 @@ def _number(value: object, what: str, option: str, positive: bool = False) -> No
     if not _is_number(value) or (value <= 0 if positive else value < 0):
         kind = "a positive" if positive else "a non-negative"
         raise VitalError(f"{what} must be {kind} finite number ({option}), not {value!r}.")
+
+
+# The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence".
+FAST = Settings(steps=300, parametrization="fourier", lr=0.1, warmup=30)
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -183,23 +220,6 @@ class Run:
     seeds: list[int] = field(default_factory=list)
 
 
-def initial_images(
-    seeds: Sequence[int],
-    resolution: int,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """N(0, 1) images in the normalised space, one per seed.
-
-    Drawn on the CPU, so a seed gives the same start on every device.
-    """
-    images = [
-        torch.randn(3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
-        for seed in seeds
-    ]
-    return torch.stack(images).to(device=device, dtype=dtype)
-
-
 class Parametrization(Protocol):
     """What the loop optimises: trainable tensors and the images they make.
 
@@ -220,37 +240,6 @@ class Parametrization(Protocol):
         ...
 
 
-class Pixels:
-    """The image itself, initialised from N(0, 1) and clamped to valid pixels after each step."""
-
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        resolution: int,
-        device: torch.device,
-        preprocessing: Preprocessing,
-        clamp: bool = True,
-        dtype: torch.dtype = torch.float32,
-    ):
-        self.x = initial_images(seeds, resolution, device, dtype).requires_grad_(True)
-        self.low, self.high = preprocessing.bounds(self.x)
-        self.clamp = clamp
-
-    def parameters(self) -> list[torch.Tensor]:
-        """The pixels."""
-        return [self.x]
-
-    def images(self) -> torch.Tensor:
-        """The pixels (a leaf tensor)."""
-        return self.x
-
-    def project(self) -> None:
-        """Clamp every colour channel to the range that maps to [0, 1] pixels."""
-        if self.clamp:
-            with torch.no_grad():
-                self.x.copy_(torch.maximum(torch.minimum(self.x, self.high), self.low))
-
-
 def _jitter(
     x: torch.Tensor, generators: list[torch.Generator], reach: int, flip: bool
 ) -> torch.Tensor:
@@ -263,6 +252,26 @@ def _jitter(
             image = image.flip(-1)
         moved.append(image)
     return torch.stack(moved)
+
+
+def _warp(
+    x: torch.Tensor, generators: list[torch.Generator], zoom: tuple[float, float], degrees: float
+) -> torch.Tensor:
+    """Zoom and rotate each image about its centre by its own random draw; mirrored borders."""
+    low, high = zoom
+    if low == high == 1.0 and degrees == 0:
+        return x
+    scales, angles = [], []
+    for generator in generators:
+        draw = torch.rand(2, generator=generator, dtype=torch.float64)
+        scales.append(low + (high - low) * float(draw[0]))
+        angles.append(math.radians(degrees * (2 * float(draw[1]) - 1)))
+    scale = torch.tensor(scales, dtype=torch.float64)
+    angle = torch.tensor(angles, dtype=torch.float64)
+    cos, sin, zero = torch.cos(angle) / scale, torch.sin(angle) / scale, torch.zeros_like(scale)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="reflection")
 
 
 def priors(x: torch.Tensor, settings: Settings) -> dict[str, torch.Tensor]:
@@ -314,9 +323,10 @@ def optimize(
     seeds
         One seed per image (initial noise and jitter); default ``settings.seed + i``.
     parametrization
-        What is optimised (default: :class:`Pixels` from the seeds, clamped when
-        ``settings.clamp``). Its images must be ``count`` images at the settings' resolution;
-        ``gradient_magnitude`` then accumulates |∂L/∂image| of those images.
+        What is optimised (default: the one ``settings.parametrization`` names, made from
+        the seeds, e.g. :class:`Pixels`, clamped when ``settings.clamp``). Its images must
+        be ``count`` images at the settings' resolution; ``gradient_magnitude`` then
+        accumulates |∂L/∂image| of those images.
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
@@ -324,7 +334,7 @@ def optimize(
     if len(seeds) != count:
         raise VitalError(f"{len(seeds)} seeds were given for {count} images.")
     if parametrization is None:
-        parametrization = Pixels(seeds, resolution, device, preprocessing, settings.clamp, dtype)
+        parametrization = create(settings, seeds, resolution, device, preprocessing, dtype)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     history: list[torch.Tensor] = []
     gradient_magnitude = torch.zeros(count, 3, resolution, resolution, device=device, dtype=dtype)
@@ -358,7 +368,8 @@ def optimize(
                 if not x.is_leaf:
                     x.retain_grad()  # for the transparency map
                 jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
-                model_input = F.avg_pool2d(jittered, factor) if factor > 1 else jittered
+                warped = _warp(jittered, generators, settings.zoom, settings.rotate)
+                model_input = F.avg_pool2d(warped, factor) if factor > 1 else warped
                 terms = {
                     name: settings.feature_weight * value
                     for name, value in objective(model_input, factor).items()

@@ -15,26 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from vital.errors import VitalError
+from vital.parametrizations import recorrelate_colors
 from vital.taps import tapped
 from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model, Preprocessing
 
 ActivationTarget = ClassTarget | Channel | Direction
-
-# The square root of ImageNet's colour covariance (Olah et al. 2017; lucid), each column
-# scaled by the largest column norm: decorrelated colours times this matrix give RGB.
-_COLOR_CORRELATION_SVD_SQRT = torch.tensor(
-    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]]
-)
-COLOR_CORRELATION = (
-    _COLOR_CORRELATION_SVD_SQRT / _COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
-).T.contiguous()
-
-
-def recorrelate_colors(decorrelated: torch.Tensor) -> torch.Tensor:
-    """Map (B, 3, H, W) decorrelated colours to RGB (before the sigmoid)."""
-    matrix = COLOR_CORRELATION.to(decorrelated)
-    return torch.einsum("bchw,cd->bdhw", decorrelated, matrix)
 
 
 def squashed(decorrelated: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
@@ -45,12 +31,6 @@ def squashed(decorrelated: torch.Tensor, preprocessing: Preprocessing) -> torch.
 def seeded_generators(seeds: Sequence[int], offset: int) -> list[torch.Generator]:
     """One random stream per image, apart from the streams its seed starts elsewhere."""
     return [torch.Generator().manual_seed(offset + seed) for seed in seeds]
-
-
-def decorrelate_colors(rgb: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`recorrelate_colors`."""
-    inverse = torch.linalg.inv(COLOR_CORRELATION.double()).to(rgb)
-    return torch.einsum("bchw,cd->bdhw", rgb, inverse)
 
 
 # --- objectives -------------------------------------------------------------------------------

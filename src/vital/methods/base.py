@@ -26,7 +26,8 @@ from typing import Any, ClassVar
 import torch
 
 from vital.errors import VitalError
-from vital.optimize import Objective, Parametrization, Pixels, Settings
+from vital.optimize import Objective, Parametrization, Settings
+from vital.parametrizations import create
 from vital.targets import Target
 from vital.zoo import Model
 
@@ -78,15 +79,9 @@ class Method:
     def parametrization(
         self, model: Model, seeds: Sequence[int], settings: Settings
     ) -> Parametrization:
-        """What the loop optimises for images with these seeds (default: the pixels)."""
-        return Pixels(
-            seeds,
-            resolution_of(model, settings),
-            model.device,
-            model.preprocessing,
-            settings.clamp,
-            model.dtype,
-        )
+        """What the loop optimises for images with these seeds: the settings' parametrisation."""
+        resolution = resolution_of(model, settings)
+        return create(settings, seeds, resolution, model.device, model.preprocessing, model.dtype)
 
     def objective(
         self, model: Model, plans: Sequence[Any], settings: Settings, seeds: Sequence[int]

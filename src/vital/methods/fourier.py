@@ -24,83 +24,16 @@ from vital.methods.activation import (
     affine_views,
     grey,
     seeded_generators,
-    squashed,
     uniform,
 )
 from vital.methods.base import Method, check_settings_for, resolution_of, target_plan
 from vital.optimize import Settings
+from vital.parametrizations import FourierPixels
 from vital.targets import Channel, ClassTarget, Direction
-from vital.zoo import Model, Preprocessing
+from vital.zoo import Model
 
 # Offset of the transforms' seeds from the image seeds, so the two random streams differ.
 _VIEW_SEED_OFFSET = 1_000_003
-
-
-def frequencies(height: int, width: int) -> torch.Tensor:
-    """|f| of every coefficient of a real 2-D FFT of a (height, width) image, (H, W//2+1)."""
-    fy = torch.fft.fftfreq(height)[:, None]
-    fx = torch.fft.rfftfreq(width)[None, :]
-    return torch.sqrt(fx * fx + fy * fy)
-
-
-class FourierImage:
-    """Images as Fourier coefficients with 1/f scaling, decorrelated colours and a sigmoid.
-
-    Parameters
-    ----------
-    seeds
-        One seed per image: its coefficients are drawn from N(0, std²) with that seed.
-    resolution
-        Side of the images.
-    device
-        Where the coefficients live.
-    preprocessing
-        The model's normalisation (images are returned in its input space).
-    decay_power
-        Exponent of the 1/f scaling.
-    std
-        Standard deviation of the initial coefficients.
-    dtype
-        Floating-point type (the model's).
-    """
-
-    # lucid divides the image by 4 so that the initial sigmoid input is small.
-    _MAGIC = 4.0
-
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        resolution: int,
-        device: torch.device,
-        preprocessing: Preprocessing,
-        decay_power: float = 1.0,
-        std: float = 0.01,
-        dtype: torch.dtype = torch.float32,
-    ):
-        self.resolution = resolution
-        self.preprocessing = preprocessing
-        freqs = frequencies(resolution, resolution)
-        self.scale = (1.0 / freqs.clamp_min(1.0 / resolution) ** decay_power).to(device, dtype)
-        shape = (3, *freqs.shape, 2)
-        coefficients = [
-            torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std
-            for seed in seeds
-        ]
-        self.coefficients = torch.stack(coefficients).to(device, dtype).requires_grad_(True)
-
-    def parameters(self) -> list[torch.Tensor]:
-        """The real and imaginary parts of the coefficients."""
-        return [self.coefficients]
-
-    def images(self) -> torch.Tensor:
-        """(B, 3, R, R) images in the model's input space."""
-        spectrum = torch.view_as_complex(self.coefficients) * self.scale
-        side = (self.resolution, self.resolution)
-        decorrelated = torch.fft.irfft2(spectrum, s=side, norm="ortho") / self._MAGIC
-        return squashed(decorrelated, self.preprocessing)
-
-    def project(self) -> None:
-        """Nothing to do: the sigmoid keeps pixels valid."""
 
 
 class RobustViews:
@@ -187,15 +120,17 @@ class Fourier(Method):
 
     def parametrization(
         self, model: Model, seeds: Sequence[int], settings: Settings
-    ) -> FourierImage:
-        """Fourier coefficients of one image per seed."""
+    ) -> FourierPixels:
+        """Fourier coefficients of one image per seed, squashed by lucid's sigmoid."""
         resolution = resolution_of(model, settings)
-        return FourierImage(
+        return FourierPixels(
             seeds,
             resolution,
             model.device,
             model.preprocessing,
-            self.decay_power,
+            clamp=False,
+            squash="sigmoid",
+            decay_power=self.decay_power,
             dtype=model.dtype,
         )
 

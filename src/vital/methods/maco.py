@@ -29,7 +29,6 @@ from vital.methods.activation import (
     Activation,
     activation_objective,
     affine_views,
-    decorrelate_colors,
     grey,
     seeded_generators,
     squashed,
@@ -37,6 +36,7 @@ from vital.methods.activation import (
 )
 from vital.methods.base import Method, check_settings_for, resolution_of, target_plan
 from vital.optimize import Settings
+from vital.parametrizations import decorrelate_colors
 from vital.references import SAMPLE_PHOTOS, ReferenceSet, from_folder, sample_photo
 from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model, Preprocessing

@@ -1,0 +1,400 @@
+"""Convergence: picture quality against steps for setting 1 and ``fast`` (issue 11, part C).
+
+Explained model: MobileNetV2 (embedded weights). Targets:
+
+- classes: the embedded photos' classes (espresso 967, Egyptian cat 285, moped 665, daisy 985,
+  palace 698, space shuttle 812, military uniform 652), each with 50 views of its one photo as
+  references (``vital.visualize``'s default);
+- channels: for each of four photos (coffee, chelsea, motorcycle, daisy) the channel of
+  ``--layer`` most selective for it (its mean activation on the photo's centre crop divided by
+  its mean over the other embedded photos plus the layer's mean activation, the floor keeping
+  near-silent channels out), references = ``--channel-references`` views of that photo.
+
+Per point (method, setting, steps): classes: the explained model's probability and rank;
+channels: the channel's mean activation on the picture relative to its references' mean; both:
+the judge's top-5 (the photo's class), realism (cosine of the judge's pooled features to 50
+other views of the own photo, and the gap to the other photos'), and seconds per picture.
+Seeds are fixed (image ``i`` uses seed ``i``). The Fourier FV baseline (activation
+maximisation, Lucent's recipe) runs beside VITAL at ``--baseline-steps``.
+
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/convergence.py --steps 100,300,1000,2000
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/convergence.py --quick   # CI-sized
+
+writes a Markdown table and grids (rows = method@steps, columns = targets; channels with their
+RGBA transparency view) into benchmarks/figures/, and with ``--append`` a dated section to
+benchmarks/RESULTS.md. Finished points are kept in ``--cache`` (keyed by settings, targets and
+the model) so that adding a step count reruns only the new points; ``--fresh`` ignores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vital
+from vital import metrics
+from vital.grids import display_pixels, grid, to_image
+from vital.references import SAMPLE_PHOTOS, center_crop, from_samples, open_rgb, sample_photo
+from vital.taps import tapped
+from vital.targets import Channel
+
+HERE = Path(__file__).parent
+CLASSES = (967, 285, 665, 985, 698, 812, 652)
+CHANNEL_PHOTOS = ("coffee", "chelsea", "motorcycle", "daisy")
+CLASS_PHOTOS = {c: name for name, (_, c) in SAMPLE_PHOTOS.items() if c is not None}
+REAL_VIEWS = 50
+
+
+@dataclass
+class Point:
+    """One (method, setting, steps) run over all targets of a kind."""
+
+    kind: str  # "classes" or "channels"
+    method: str  # "vital" or a baseline
+    setting: str  # "1", "fast", or the baseline's own
+    steps: int
+    pixels: torch.Tensor  # (N, 3, R, R)
+    seconds: float  # per picture
+    alphas: torch.Tensor | None = None
+    relative: list[float] | None = None  # channels: activation / references' mean
+
+    @property
+    def label(self) -> str:
+        if self.method != "vital":
+            name = self.method
+        else:
+            name = f"setting {self.setting}" if self.setting.isdigit() else self.setting
+        return f"{name} @{self.steps}"
+
+
+# --- the two target runners -------------------------------------------------------------------
+
+
+def _visualize(model, targets, references, method: str, setting: str, steps: int):
+    """One batch through the driver: the method's defaults for the model (preset and neuron
+    priors included), the named VITAL setting, the same steps and seeds 0..N-1 for all."""
+    return vital.visualize(
+        model,
+        list(targets),
+        references,
+        method=method,
+        setting=setting if method == "vital" else None,
+        settings={"steps": steps, "seed": 0},
+        batch_size=len(targets),
+        progress=False,
+    )
+
+
+def run_classes(model, classes, method: str, setting: str, steps: int) -> Point:
+    """VITAL (setting 1 or fast) or a baseline on class targets, one batch, seeds 0..N-1."""
+    started = time.perf_counter()
+    results = _visualize(model, classes, None, method, setting, steps)
+    seconds = (time.perf_counter() - started) / len(classes)
+    return Point(
+        "classes", method, setting, steps, torch.stack([r.pixels for r in results]), seconds
+    )
+
+
+def run_channels(model, targets, references, method: str, setting: str, steps: int) -> Point:
+    """VITAL (``lrp``, the authors' neuron priors) or a baseline on channel targets."""
+    started = time.perf_counter()
+    chosen = references if method == "vital" else None
+    results = _visualize(model, targets, chosen, method, setting, steps)
+    seconds = (time.perf_counter() - started) / len(targets)
+    pixels = torch.stack([r.pixels for r in results])
+    alphas = [r.alpha for r in results]
+    alphas = torch.stack(alphas) if all(a is not None for a in alphas) else None
+    return Point("channels", method, setting, steps, pixels, seconds, alphas)
+
+
+# --- targets, references, real images ---------------------------------------------------------
+
+
+def photo_crops(names) -> torch.Tensor:
+    return torch.stack([center_crop(open_rgb(sample_photo(n)), 224) for n in names])
+
+
+def selective_channels(model, layer: str, photos=CHANNEL_PHOTOS) -> dict[str, int]:
+    """For each photo, the channel of ``layer`` most selective for it (see the module doc)."""
+    names = [n for n in SAMPLE_PHOTOS]
+    with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
+        activations = tap(model.preprocessing.normalize(photo_crops(names)))[layer].mean(dim=-1)
+    floor = activations.mean()
+    chosen: dict[str, int] = {}
+    for photo in photos:
+        row = names.index(photo)
+        others = torch.cat([activations[:row], activations[row + 1 :]]).mean(dim=0)
+        selectivity = activations[row] / (others + floor)
+        for channel in selectivity.argsort(descending=True).tolist():
+            if channel not in chosen.values():
+                chosen[photo] = channel
+                break
+    return chosen
+
+
+def real_images() -> tuple[torch.Tensor, list[int]]:
+    """50 views (seed 1, not the references' seed 0) of every class photo, labelled by class."""
+    images, labels = [], []
+    for index, name in CLASS_PHOTOS.items():
+        views = list(from_samples([name], REAL_VIEWS, seed=1).views(224))
+        images += views
+        labels += [index] * len(views)
+    return torch.stack(images), labels
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+def score(point: Point, model, judge, labels, real, real_labels) -> dict:
+    """The point's numbers, per target and summarised."""
+    judged = metrics.target_scores(judge, point.pixels, labels)
+    realism = metrics.realism(judge, point.pixels, labels, real, real_labels)
+    row = {
+        "label": point.label,
+        "judge_top5": sum(j["rank"] <= 5 for j in judged),
+        "realism_own": float(np.mean([r["own"] for r in realism])),
+        "realism_gap": float(np.mean([r["margin"] for r in realism])),
+        "seconds": point.seconds,
+        "count": len(labels),
+    }
+    if point.kind == "classes":
+        explained = metrics.target_scores(model, point.pixels, labels)
+        row["top1"] = sum(e["rank"] == 1 for e in explained)
+        row["detail"] = " ".join(f"{e['probability']:.2f}/{e['rank']}" for e in explained)
+        row["probability"] = float(np.mean([e["probability"] for e in explained]))
+    else:
+        row["half"] = sum(r >= 0.5 for r in point.relative)
+        row["detail"] = " ".join(f"{r:.2f}" for r in point.relative)
+        row["relative"] = float(np.mean(point.relative))
+    return row
+
+
+def relative_activations(model, layer, channels, pixels, references) -> list[float]:
+    """Each picture's channel activation relative to its references' mean (224 px views)."""
+    values = []
+    for item, (channel, reference) in enumerate(zip(channels, references, strict=True)):
+        views = torch.stack(list(reference.views(224)))
+        values += metrics.relative_activation(model, layer, channel, pixels[item : item + 1], views)
+    return values
+
+
+def table(rows: list[dict], kind: str, targets: str) -> str:
+    if kind == "classes":
+        head = (
+            "| method @ steps | explained top-1 | mean p | p/rank per class | judge top-5 | "
+            "realism own | realism gap | s / picture |\n|---|---|---|---|---|---|---|---|"
+        )
+        lines = [
+            f"| {r['label']} | {r['top1']}/{r['count']} | {r['probability']:.3f} | "
+            f"{r['detail']} | {r['judge_top5']}/{r['count']} | {r['realism_own']:.3f} | "
+            f"{r['realism_gap']:.3f} | {r['seconds']:.1f} |"
+            for r in rows
+        ]
+    else:
+        head = (
+            "| method @ steps | ≥ ½ references' activation | mean relative activation | "
+            "relative activation per channel | judge top-5 (photo's class) | realism own | "
+            "realism gap | s / picture |\n|---|---|---|---|---|---|---|---|"
+        )
+        lines = [
+            f"| {r['label']} | {r['half']}/{r['count']} | {r['relative']:.2f} | {r['detail']} | "
+            f"{r['judge_top5']}/{r['count']} | {r['realism_own']:.3f} | {r['realism_gap']:.3f} "
+            f"| {r['seconds']:.1f} |"
+            for r in rows
+        ]
+    return f"Targets ({kind}): {targets}\n\n" + head + "\n" + "\n".join(lines) + "\n"
+
+
+def figure(points: list[Point], photos: list[str], headers: list[str], path: Path) -> None:
+    """Rows = points (a photo row first), columns = targets (channels: image + RGBA)."""
+    channels = points[0].kind == "channels"
+    per_target = 2 if channels else 1
+    images, captions, rows = [], [], ["photo"]
+    for name, header in zip(photos, headers, strict=True):
+        images.append(to_image(photo_crops([name])[0]))
+        captions.append(header)
+        if channels:
+            images.append(to_image(photo_crops([name])[0]))
+            captions.append("")
+    for point in points:
+        rows.append(point.label)
+        for item in range(point.pixels.shape[0]):
+            images.append(to_image(point.pixels[item]))
+            value = point.relative[item] if channels else None
+            captions.append(f"act {value:.2f}x refs" if channels else "")
+            if channels:
+                alpha = point.alphas[item] if point.alphas is not None else None
+                images.append(to_image(display_pixels(point.pixels[item]), alpha))
+                captions.append("RGBA" if alpha is not None else "(no alpha)")
+    columns = per_target * len(photos)
+    sheet = grid(images, captions, columns=columns, cell=150, row_labels=rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, quality=88)
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def cached_point(cache: Path | None, key: dict, compute) -> Point:
+    if cache is None:
+        return compute()
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"{key['kind']}-{key['method']}-{key['setting']}-{key['steps']}-{digest}.pt"
+    if path.exists():
+        return Point(**torch.load(path, weights_only=False))
+    point = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(dataclasses.asdict(point), path)
+    return point
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", default="100,300,1000,2000", help="comma-separated")
+    parser.add_argument("--settings", default="1,fast", help="VITAL settings to run")
+    parser.add_argument(
+        "--points", default="", help="instead of --settings x --steps: e.g. 1@300,1@2000,fast@300"
+    )
+    parser.add_argument("--channel-points", default="", help="--points for channels only")
+    parser.add_argument("--baseline-steps", default="300", help="Fourier FV steps ('' = none)")
+    parser.add_argument("--classes", default=",".join(map(str, CLASSES)))
+    parser.add_argument("--channel-photos", default=",".join(CHANNEL_PHOTOS))
+    parser.add_argument("--layer", default="features.18")
+    parser.add_argument("--channel-references", type=int, default=20)
+    parser.add_argument("--kinds", default="classes,channels")
+    parser.add_argument("--judge", default="efficientnet_lite0")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 2 classes, 1 channel")
+    parser.add_argument("--cache", type=Path, default=HERE / "out" / "convergence")
+    parser.add_argument("--fresh", action="store_true", help="recompute every point")
+    parser.add_argument("--figures", type=Path, default=HERE / "figures")
+    parser.add_argument("--append", action="store_true", help="append to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.baseline_steps, args.classes = "20", "20", "967,285"
+        args.channel_photos, args.channel_references = "coffee", 4
+        args.figures = args.cache / "quick"
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=HERE).returncode
+    started = time.perf_counter()
+    model = vital.load_model("mobilenet_v2")
+    judge = vital.load_model(args.judge)
+    real, real_labels = real_images()
+    cache = None if args.fresh else args.cache / "points"
+    steps = [int(s) for s in args.steps.split(",") if s]
+    baseline_steps = [int(s) for s in args.baseline_steps.split(",") if s]
+    plan = [("vital", s, n) for s in args.settings.split(",") for n in steps]
+    baselines = [("fourier", "lucent", n) for n in baseline_steps]
+
+    def points_plan(points: str) -> list[tuple[str, str, int]]:
+        pairs = [point.split("@") for point in points.split(",")]
+        return [("vital", setting, int(n)) for setting, n in pairs] + baselines
+
+    channel_plan = plan + baselines
+    if args.points:
+        plan = channel_plan = points_plan(args.points)
+    else:
+        plan = plan + baselines
+    if args.channel_points:
+        channel_plan = points_plan(args.channel_points)
+    sections = []
+    kinds = args.kinds.split(",")
+    if "classes" in kinds:
+        classes = [int(c) for c in args.classes.split(",")]
+        points = []
+        for method, setting, n in plan:
+            key = {
+                "kind": "classes",
+                "method": method,
+                "setting": setting,
+                "steps": n,
+                "targets": classes,
+                "model": model.fingerprint,
+            }
+            points.append(
+                cached_point(
+                    cache,
+                    key,
+                    lambda m=method, s=setting, n=n: run_classes(model, classes, m, s, n),
+                )
+            )
+            print(f"classes {points[-1].label}: {points[-1].seconds:.1f} s/picture", flush=True)
+        rows = [score(p, model, judge, classes, real, real_labels) for p in points]
+        names = [f"{model.labels.name(c)} ({c})" for c in classes]
+        sections.append(table(rows, "classes", ", ".join(names)))
+        figure(
+            points,
+            [CLASS_PHOTOS[c] for c in classes],
+            names,
+            args.figures / "convergence-classes.jpg",
+        )
+    if "channels" in kinds:
+        photos = args.channel_photos.split(",")
+        chosen = selective_channels(model, args.layer, photos)
+        targets = [Channel(args.layer, chosen[p]) for p in photos]
+        references = [from_samples([p], args.channel_references, seed=0) for p in photos]
+        by_target = dict(zip(targets, references, strict=True))
+        labels = [next(c for c, n in CLASS_PHOTOS.items() if n == p) for p in photos]
+        points = []
+        for method, setting, n in channel_plan:
+            key = {
+                "kind": "channels",
+                "method": method,
+                "setting": setting,
+                "steps": n,
+                "targets": [[t.layer, t.index] for t in targets],
+                "references": args.channel_references,
+                "model": model.fingerprint,
+            }
+            point = cached_point(
+                cache,
+                key,
+                lambda m=method, s=setting, n=n: run_channels(model, targets, by_target, m, s, n),
+            )
+            point.relative = relative_activations(
+                model, args.layer, [t.index for t in targets], point.pixels, references
+            )
+            points.append(point)
+            print(f"channels {point.label}: {point.seconds:.1f} s/picture", flush=True)
+        rows = [score(p, model, judge, labels, real, real_labels) for p in points]
+        headers = [f"{args.layer} ch {chosen[p]} ({p})" for p in photos]
+        sections.append(table(rows, "channels", ", ".join(headers)))
+        figure(points, photos, headers, args.figures / "convergence-channels.jpg")
+    minutes = (time.perf_counter() - started) / 60
+    report = "\n".join(sections)
+    print(report)
+    print(f"total {minutes:.1f} min")
+    if args.append:
+        command = "OMP_NUM_THREADS=2 PYTHONPATH=src python " + " ".join(sys.argv)
+        date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        header = [
+            f"\n## Convergence: setting 1 and fast against steps ({date})\n",
+            f"Machine: {platform.machine()} CPU container, 2 cores shared; commit {commit}"
+            f"{' (with uncommitted changes in src/)' if dirty else ''}; {minutes:.1f} min "
+            "(points reused from the cache are not re-timed: their seconds are those of the run "
+            "that made them).",
+            f"Command: `{command}`",
+            f"Explained model mobilenet_v2; judge {args.judge}; realism against {REAL_VIEWS} "
+            "views (seed 1) of each class photo. Seeds 0..N-1. Grids: "
+            "benchmarks/figures/convergence-classes.jpg, convergence-channels.jpg.\n",
+        ]
+        with open(HERE / "RESULTS.md", "a") as handle:
+            handle.write("\n".join(header) + "\n" + report)
+
+
+if __name__ == "__main__":
+    main()
