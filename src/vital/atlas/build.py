@@ -245,6 +245,7 @@ class Atlas:
             self.ledger.claim([path])
             folder.mkdir(parents=True, exist_ok=True)
             to_image(pixels).save(path, quality=88)
+            self.ledger.seal([path])
             entries.append(
                 {"image": path.relative_to(self.folder).as_posix(), "label": source.label}
             )
@@ -426,4 +427,5 @@ def _record(atlas: Atlas, outcome: UnitOutcome, references: ReferenceSet, model:
     record.options = {**(record.options or {}), **spec.options}
     atlas.ledger.claim(atlas.result_files(result.stem))
     atlas.store.write(result)
+    atlas.ledger.seal(result.paths.values())
     atlas.register(spec, result.paths["json"].name)

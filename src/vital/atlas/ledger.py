@@ -5,8 +5,8 @@ An atlas folder can be a folder the user already uses. The *ledger* (a table in 
 file is written it is *claimed*: a file that exists and is not in the ledger belongs to the
 user, and the write is refused with a message that names it. Before any work starts,
 :meth:`Ledger.check` looks at the names the atlas uses (``index.html``, ``results/`` …) and
-refuses a folder where any of them holds something vital did not write, so a build never
-stops half-way for that reason.
+refuses a folder where one of them is the user's, so that a build does not stop half-way for
+that reason.
 
 The two SQLite files are databases, not outputs: ``atlas.sqlite`` and ``mining.sqlite`` are
 used (added to) when they are vital's own (they hold vital's tables, e.g. a mining index that
@@ -44,9 +44,22 @@ _SIDE_SUFFIXES = ("-journal", "-wal", "-shm", ".tmp")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS atlas_files (
     path TEXT PRIMARY KEY,
-    written REAL NOT NULL
+    written REAL NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER
 );
 """
+
+Stamp = tuple[int, int] | None
+
+
+def _stamp(path: Path) -> Stamp:
+    """(size, modification time) of a file, ``None`` when it does not exist."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _tables(path: Path) -> set[str] | None:
@@ -87,12 +100,23 @@ class Ledger:
                 f"{self.database} exists and is not an atlas database written by vital; vital "
                 "will not write over it. Choose another --out folder, or move the file away."
             )
-        self._owned = self._read() if "atlas_files" in tables else set()
+        self._owned: dict[str, Stamp] = self._read() if "atlas_files" in tables else {}
 
-    def _read(self) -> set[str]:
+    def _read(self, paths: list[str] | None = None) -> dict[str, Stamp]:
+        """The ledger's entries (all, or those of ``paths``): path → stamp when written."""
         with sqlite3.connect(self.database) as connection:
-            rows = connection.execute("SELECT path FROM atlas_files").fetchall()
-        return {row[0] for row in rows}
+            if paths is None:
+                rows = connection.execute("SELECT path, size, mtime_ns FROM atlas_files").fetchall()
+            else:
+                rows = []
+                for start in range(0, len(paths), 500):
+                    chunk = paths[start : start + 500]
+                    rows += connection.execute(
+                        "SELECT path, size, mtime_ns FROM atlas_files WHERE path IN "
+                        f"({','.join('?' * len(chunk))})",
+                        chunk,
+                    ).fetchall()
+        return {path: None if size is None else (size, mtime) for path, size, mtime in rows}
 
     def create(self) -> Ledger:
         """Create the folder and the ledger's table (after :meth:`check`); returns ``self``."""
@@ -109,18 +133,30 @@ class Ledger:
         absolute = path if path.is_absolute() else self.folder / path
         return absolute.relative_to(self.folder).as_posix()
 
+    def _unchanged(self, relative: str) -> bool:
+        """Vital wrote it, and it is as vital left it (or being written, or gone)."""
+        stamp = self._owned[relative]
+        current = _stamp(self.folder / relative)
+        return stamp is None or current is None or current == stamp
+
     def owns(self, path: str | Path) -> bool:
-        """Whether vital wrote ``path`` (relative to the folder, or inside it)."""
+        """Whether vital wrote ``path`` and nobody changed it since."""
         relative = self._relative(path)
         if relative in self._owned:
-            return True
+            return self._unchanged(relative)
         for suffix in _SIDE_SUFFIXES:
             if relative.endswith(suffix) and relative[: -len(suffix)] in self._owned:
                 return True
         return False
 
     def foreign(self) -> list[str]:
-        """Paths among the atlas's output names that vital did not write (sorted)."""
+        """What in the atlas's output names vital did not write, and would write over (sorted).
+
+        An output file (``index.html``) that vital did not write or that was changed since, an
+        output folder that holds files but none of vital's (it is the user's folder), and a
+        database that is not vital's. Inside folders vital made, a file of the user's is left
+        alone; only a write of that very name is refused (:meth:`claim`).
+        """
         found = []
         for name in OUTPUT_FILES:
             path = self.folder / name
@@ -131,16 +167,14 @@ class Ledger:
             if path.exists() and not path.is_dir():
                 found.append(name)
             elif path.is_dir():
-                found += [
-                    self._relative(p)
-                    for p in sorted(path.rglob("*"))
-                    if not p.is_dir() and not self.owns(p)
-                ]
+                files = [p for p in path.rglob("*") if not p.is_dir()]
+                if files and not any(self._relative(p) in self._owned for p in files):
+                    found.append(f"{name}/")
         for name, tables in _OWN_TABLES.items():
             path = self.folder / name
             if name != ATLAS_DATABASE and path.exists() and not tables <= (_tables(path) or set()):
                 found.append(name)
-        return found
+        return sorted(found)
 
     def check(self) -> None:
         """Refuse a folder where an output name holds something vital did not write.
@@ -160,47 +194,54 @@ class Ledger:
             )
 
     def claim(self, paths: Iterable[str | Path]) -> None:
-        """Record ``paths`` as vital's before writing them; refuse any the user owns.
+        """Record ``paths`` as vital's before writing them; refuse any that is not vital's.
+
+        A path is free when it does not exist, or vital wrote it and nobody changed it since.
+        Seal the files after writing them (:meth:`seal`), so that later changes are noticed.
 
         Raises
         ------
         VitalError
-            When one of them exists and vital did not write it (nothing is recorded then).
+            When one of them is the user's (nothing is recorded then).
         """
-        relative = [self._relative(p) for p in paths]
-        new = [r for r in dict.fromkeys(relative) if r not in self._owned]
-        taken = [r for r in new if (self.folder / r).exists()]
-        if taken:  # another writer of this folder may have claimed them since we read the list
-            self._owned = self._read()
-            new = [r for r in new if r not in self._owned]
-            taken = [r for r in new if (self.folder / r).exists()]
-        if taken:
-            raise VitalError(
-                f"{self.folder / taken[0]} exists and vital did not write it; vital never "
-                "overwrites it. Move it away or choose another --out folder."
-            )
-        if not new:
+        relative = list(dict.fromkeys(self._relative(p) for p in paths))
+        if not relative:
             return
+        if self.database.exists():  # another writer of this folder may have claimed some
+            self._owned.update(self._read(relative))
+        for path in relative:
+            exists = (self.folder / path).exists()
+            if path in self._owned and not self._unchanged(path):
+                raise VitalError(
+                    f"{self.folder / path} was changed since vital wrote it; vital will not "
+                    "write over it. Move it away (vital then writes it anew) or choose another "
+                    "--out folder."
+                )
+            if path not in self._owned and exists:
+                raise VitalError(
+                    f"{self.folder / path} exists and vital did not write it; vital never "
+                    "overwrites it. Move it away or choose another --out folder."
+                )
         self.create()
         with sqlite3.connect(self.database) as connection:
             now = time.time()
             connection.executemany(
-                "INSERT OR IGNORE INTO atlas_files VALUES (?, ?)", ((r, now) for r in new)
+                "INSERT OR REPLACE INTO atlas_files VALUES (?, ?, NULL, NULL)",
+                ((r, now) for r in relative),
             )
-        self._owned.update(new)
+        self._owned.update(dict.fromkeys(relative))
 
-    def forget(self, paths: Iterable[str | Path]) -> None:
-        """Remove vital's files ``paths`` from the folder and the ledger (others are kept)."""
-        relative = [self._relative(p) for p in paths if self.owns(p)]
-        if not relative:
-            return
-        for path in relative:
-            (self.folder / path).unlink(missing_ok=True)
+    def seal(self, paths: Iterable[str | Path]) -> None:
+        """Remember how vital left ``paths`` (size and time), after writing them."""
+        relative = [self._relative(p) for p in paths]
+        stamps = {r: _stamp(self.folder / r) for r in relative if r in self._owned}
+        stamps = {r: s for r, s in stamps.items() if s is not None}
         with sqlite3.connect(self.database) as connection:
             connection.executemany(
-                "DELETE FROM atlas_files WHERE path = ?", ((r,) for r in relative)
+                "UPDATE atlas_files SET size = ?, mtime_ns = ? WHERE path = ?",
+                ((s[0], s[1], r) for r, s in stamps.items()),
             )
-        self._owned.difference_update(relative)
+        self._owned.update(stamps)
 
 
 def prepare_folder(folder: str | Path) -> Ledger:

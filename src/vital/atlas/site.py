@@ -199,6 +199,7 @@ def _mined(
             atlas.ledger.claim([sheet])
             sheet.parent.mkdir(parents=True, exist_ok=True)
             image.save(sheet)
+            atlas.ledger.seal([sheet])
     mining = {"scanned": info["scanned"], "settings": info["settings"], "count": len(ranked)}
     return entries, mining, sheet.relative_to(atlas.folder).as_posix() if sheet.is_file() else None
 
@@ -555,6 +556,7 @@ def _write(atlas: Atlas, pages: dict[Path, str]) -> None:
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(text, "utf-8")
         temporary.replace(path)
+    atlas.ledger.seal(pages)
 
 
 def render_site(folder: str | Path, examples: int = 8) -> Path:

@@ -60,6 +60,7 @@ def write_example(entry: Ranked, folder: Path, ledger: Ledger) -> dict[str, str]
         folder.mkdir(parents=True, exist_ok=True)
         thumbnail.save(paths["thumbnail"], quality=88)
         patch.save(paths["patch"], quality=88)
+        ledger.seal(paths.values())
     return {kind: path.relative_to(ledger.folder).as_posix() for kind, path in paths.items()}
 
 

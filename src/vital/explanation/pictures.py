@@ -81,6 +81,7 @@ def _import(atlas: Atlas, result: Result, spec: PictureSpec, references: Referen
     )
     atlas.ledger.claim(atlas.result_files(result.stem))
     atlas.store.write(result)
+    atlas.ledger.seal(result.paths.values())
     seeded = dataclasses.replace(spec, settings={**spec.settings, "seed": record.seed})
     atlas.register(seeded, result.paths["json"].name)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def load_image(image: str | Path | Image.Image, resolution: int) -> tuple[torch.
             f"the image to explain is a file path or a PIL image, not {type(image).__name__}."
         )
     try:
-        rgb = open_rgb(source)
+        with warnings.catch_warnings():  # an unreadable image is an error here, said once
+            warnings.simplefilter("ignore")
+            rgb = open_rgb(source)
     except Image.DecompressionBombError as error:
         raise VitalError(f"{description} is too large to decode safely: {error}") from error
     if rgb is None:
@@ -301,6 +304,8 @@ def explain(
             + ([] if data is not None else ["no --data: no dataset examples and no pictures."]),
             files={"json": relative["json"], "page": f"explain/{slug}.html"},
         )
-        files["json"].write_text(record.to_json(), "utf-8")
+        text = record.to_json()
+        files["json"].write_text(text, "utf-8")
+        atlas.ledger.seal(files.values())
         render_site(atlas.folder)
-    return record
+    return Explanation.from_json(text)  # exactly what was stored (tuples as lists)
