@@ -664,7 +664,7 @@ def explain_command(
     ] = False,
     setting: SettingName = None,
     steps: Steps = None,
-    seed: Seed = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of pictures that are computed.")] = 0,
     device: Device = "auto",
     resolution: Resolution = None,
     batch: Batch = 4,

@@ -408,6 +408,9 @@ def _unit_page(unit: _Unit, previous: _Unit | None, following: _Unit | None) -> 
             f"images ({unit.mining['scanned']} scanned); score: the best patch's mean "
             "activation, max: the crop's largest activation; the box marks the patch</p>"
         )
+    examples = ""
+    if record.target.get("kind") != "class":
+        examples = f"<h2>Dataset examples</h2>{mining}{_examples_html(unit.examples, '../')}"
     references = "".join(
         f"<figure><img class='reference' src='../{_escape(ref['image'])}' alt='reference' "
         f"width='112' height='112'><figcaption>{_escape(ref.get('label', ''))}</figcaption>"
@@ -423,7 +426,7 @@ def _unit_page(unit: _Unit, previous: _Unit | None, following: _Unit | None) -> 
         f"<header><nav class='pager'>{' · '.join(nav)}</nav><h1>{_escape(unit.id)}</h1>"
         f"<p class='muted'>{_escape(_label_of(record))} · {' · '.join(links)}</p></header>"
         f"<section class='images'>{images}</section>"
-        f"<h2>Dataset examples</h2>{mining}{_examples_html(unit.examples, '../')}"
+        f"{examples}"
         f"{explained}{activation}"
         f"<h2>Loss</h2>{loss_curve_svg(record.loss_history)}"
         f"<h2>Record</h2>{_facts(rows)}"
