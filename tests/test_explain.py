@@ -182,6 +182,23 @@ def test_a_model_pooling_with_an_unknown_function_gets_a_note():
         assert attribute(pixels(size=16)).notes == []
 
 
+@pytest.mark.parametrize("backend", ["lrp", "grad-x-act"])
+def test_a_vision_transformers_embedding_dimensions_are_its_channels(tiny_vit, backend):
+    with attributor(tiny_vit, "blocks.2", backend) as attribute:
+        found = attribute(pixels())
+        every_channel = attribute.conditional(range(32))
+        first_tokens = torch.zeros(32, 17)
+        first_tokens[:, :5] = 1  # the class token and the first four patches
+        (part,) = attribute.conditional([first_tokens])
+        (rest,) = attribute.conditional([1 - first_tokens])
+    assert found.relevance.shape == (32, 17) and found.channels.shape == (32,)
+    assert found.notes == []
+    scale = found.heatmap.abs().max()
+    assert torch.allclose(every_channel.sum(0), found.heatmap, atol=1e-5 * scale)
+    assert torch.allclose(part + rest, found.heatmap, atol=1e-5 * scale)
+    assert part.abs().sum() > 0 and rest.abs().sum() > 0
+
+
 def test_pooled_head_canonizer_ignores_other_models():
     assert PooledHeadCanonizer().apply(tiny_cnn_model().module) == []
 

@@ -21,8 +21,8 @@ from vital.record import SCHEMA_VERSION, Record
 from vital.targets import Channel, ClassTarget, Direction
 
 MODELS = {"cnn": tiny_cnn_model, "resnet": tiny_resnet_model, "vit": tiny_vit_model}
-# An inner layer of each model with a spatial output (the ViT's tokens have none).
-INNER = {"cnn": ("stage2", 16), "resnet": ("layer2", 16), "vit": None}
+# An inner layer of each model and its channels (the ViT's: embedding dimensions of tokens).
+INNER = {"cnn": ("stage2", 16), "resnet": ("layer2", 16), "vit": ("blocks.2", 32)}
 
 # (method, options, target kind); DeepInversion's published BatchNorm term pools the batch's
 # statistics, so it is tested with per-image statistics, where a batch must equal lone runs.
@@ -41,8 +41,6 @@ CASES = [
 def _targets(kind: str, model_name: str):
     if kind == "class":
         return [1, 4]
-    if INNER[model_name] is None:
-        return None
     layer, channels = INNER[model_name]
     if kind == "channel":
         return [Channel(layer, 3), Channel(layer, 5)]
@@ -80,8 +78,6 @@ def test_record_schema_and_batch_equals_one_at_a_time(
     method, options, kind, model_name, references, tmp_path
 ):
     targets = _targets(kind, model_name)
-    if targets is None:
-        pytest.skip("the tiny ViT has no spatial inner layer (token channels: issue 12)")
     if method == "deepinversion" and model_name == "vit":
         pytest.skip("DeepInversion needs BatchNorm layers (the refusal is tested elsewhere)")
     model = MODELS[model_name]()

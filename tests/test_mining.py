@@ -74,6 +74,7 @@ def mine_kwargs() -> dict:
         top=TOP,
         patch=PATCH,
         batch_size=4,
+        shard_size=8,  # two batches per shard in stage 1, one image per shard in stage 2
         workers=0,
         checkpoint_seconds=0,
         progress=False,
@@ -186,6 +187,38 @@ def test_running_top_k_equals_a_full_sort_with_ties_and_nan():
         assert top.scores[u].tolist() == clean[want].tolist()
 
 
+def test_merging_shard_lists_in_any_order_equals_a_full_sort():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, (4, 90)).astype(np.float32)  # many exact ties across shards
+    scores[2, 17] = np.nan
+    cuts = [0, 11, 12, 40, 41, 77, 90]
+    shards = []
+    for start, stop in zip(cuts, cuts[1:], strict=False):
+        own = RunningTopK(4, capacity=9)
+        own.update(torch.from_numpy(scores[:, start:stop]), torch.arange(start, stop))
+        shards.append(own)
+    want = []
+    for u in range(4):
+        clean = np.nan_to_num(scores[u], nan=-np.inf)
+        order = np.lexsort((np.arange(clean.size), -clean))[:9]
+        want.append((order.tolist(), clean[order].tolist()))
+    for permutation in ([0, 1, 2, 3, 4, 5], [5, 3, 0, 4, 1, 2], [2, 5, 4, 3, 1, 0]):
+        driver = RunningTopK(4, capacity=9)
+        snapshot, changes = None, []
+        for step, shard in enumerate(permutation):
+            new = driver.merge(shards[shard].scores, shards[shard].ids)
+            changes.append(driver.changes(new))
+            if step == 2:  # a snapshot, then only the changes of the later shards
+                snapshot, changes = driver.state(), []
+        for u in range(4):
+            assert (driver.ids[u].tolist(), driver.scores[u].tolist()) == want[u]
+        # The snapshot plus the recorded changes rebuild the same lists (what a resume does).
+        rebuilt = RunningTopK.restore(snapshot, 9)
+        for recorded in changes:
+            rebuilt.merge_changes(recorded)
+        assert torch.equal(rebuilt.ids, driver.ids) and torch.equal(rebuilt.scores, driver.scores)
+
+
 def test_mined_lists_equal_a_brute_force_scan_for_every_channel(dataset, tmp_path):
     folder, centres = dataset
     model = planted_model()
@@ -242,7 +275,7 @@ def test_direction_scoring_equals_brute_force_projection(dataset, tmp_path):
 def test_hard_crash_then_resume_gives_the_uninterrupted_index(dataset, tmp_path):
     folder, _ = dataset
     clean = mine(planted_model(), LAYER, folder, tmp_path / "clean", **mine_kwargs())
-    # Forward calls: 1 probe, 8 batches of stage 1, then stage 2 (1 per candidate image).
+    # Forward calls: 1 probe, 8 batches (4 shards) of stage 1, then stage 2 (1 per candidate).
     for crash_at in (5, 14):
         database = tmp_path / f"crashed{crash_at}"
         script = CRASH_SCRIPT.format(
@@ -255,8 +288,8 @@ def test_hard_crash_then_resume_gives_the_uninterrupted_index(dataset, tmp_path)
         assert finished.returncode == 3, finished.stderr.decode()[-2000:]
         assert dump(database / "mining.sqlite") == []  # nothing finished yet
         resumed = mine(planted_model(), LAYER, folder, database, **mine_kwargs())
-        if crash_at == 5:  # batches 1-3 were committed: stage 1 restarts at image 12
-            assert resumed.scanned == COUNT - 12
+        if crash_at == 5:  # in shard 1's second batch: only shard 0 (8 images) was recorded
+            assert resumed.scanned == COUNT - 8
         else:  # stage 1 was finished before the crash
             assert resumed.scanned == 0
         assert dump(resumed.database) == dump(clean.database)
@@ -298,7 +331,7 @@ def test_ctrl_c_saves_progress_and_resume_matches(dataset, tmp_path):
         mine(model, LAYER, folder, tmp_path / "run", **kwargs)
     handle.remove()
     resumed = mine(model, LAYER, folder, tmp_path / "run", **kwargs)
-    assert resumed.scanned == COUNT - 16  # four batches of four were done
+    assert resumed.scanned == COUNT - 16  # two shards of eight were done
     assert dump(resumed.database) == dump(clean.database)
 
 

@@ -437,3 +437,178 @@ def test_batchnorm_is_folded_only_where_the_order_is_known():
     with get_backend("lrp").attached(net, list_layers(net, 8), ["0"], ["1"]):
         assert isinstance(plain[1], nn.Identity) and isinstance(reordered[1], nn.BatchNorm2d)
         torch.testing.assert_close(net(x), expected)
+
+
+# --- the authors' rules at a ResNet stem (issue: conv1 tap folded, max pool winner-take-all) ----
+
+
+def _resnet_with_trained_like_norms():
+    from torchvision.models.resnet import ResNet
+
+    torch.manual_seed(0)
+    net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=4)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):  # random positive scales and shifts
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return net.eval().requires_grad_(False).double()
+
+
+def _conv(x, conv):
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding)
+
+
+def _block_relevance(block, x, relevance_out):
+    """A torchvision BasicBlock by hand: relevance at its input from relevance at its output."""
+    u = F.relu(bn(block.bn1, _conv(x, block.conv1)))
+    main = bn(block.bn2, _conv(u, block.conv2))
+    shortcut = (
+        x if block.downsample is None else bn(block.downsample[1], _conv(x, block.downsample[0]))
+    )
+    r_shortcut, r_main = split(shortcut, main, relevance_out)  # the final ReLU passes
+    r_x = conv_zplus(x, block.conv1, conv_zplus(u, block.conv2, r_main))
+    if block.downsample is None:
+        return r_x + r_shortcut, F.relu(shortcut + main)
+    return r_x + conv_zplus(x, block.downsample[0], r_shortcut), F.relu(shortcut + main)
+
+
+def _average_pool_share(x, relevance_out):
+    """The authors' max-pool rule: the z-rule of a 2×2 average pool, written out."""
+    z = F.avg_pool2d(x, 2) + EPS
+    share = (relevance_out / z).repeat_interleave(2, -1).repeat_interleave(2, -2) / 4
+    return x * share
+
+
+def explicit_resnet_relevance(net, x, channels):
+    """Relevance from ``layer3`` channel k to the taps conv1 (its own output), layer1, layer2."""
+    conv1 = _conv(x, net.conv1)
+    stem = F.relu(bn(net.bn1, conv1))
+    pooled = F.max_pool2d(stem, 3, 2, 1)
+    outputs = [pooled]
+    for block in (net.layer1[0], net.layer2[0], net.layer3[0]):
+        outputs.append(_block_relevance(block, outputs[-1], torch.zeros(()))[1])
+    pooled, layer1, layer2, layer3 = outputs
+    mask = torch.zeros_like(layer3)
+    for b, k in enumerate(channels):
+        mask[b, k] = 1
+    r_layer2, _ = _block_relevance(net.layer3[0], layer2, layer3 * mask)
+    r_layer1, _ = _block_relevance(net.layer2[0], layer1, r_layer2)
+    r_pooled, _ = _block_relevance(net.layer1[0], pooled, r_layer1)
+    r_conv1 = _average_pool_share(stem, r_pooled)  # then ReLU and BatchNorm pass
+    expected = {"conv1": r_conv1, "layer1": r_layer1, "layer2": r_layer2}
+    return {name: value.flatten(2) for name, value in expected.items()}, conv1
+
+
+def test_lrp_follows_the_authors_at_a_resnet_stem():
+    net = _resnet_with_trained_like_norms()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    channels = [3, 200]
+    taps = ["conv1", "layer1", "layer2"]
+    expected, conv1 = explicit_resnet_relevance(net, x, channels)
+    layers = list_layers(net, 64)
+    chosen = get_backend("lrp")
+    directions = torch.zeros(2, 256, dtype=torch.float64)
+    directions[0, 3] = directions[1, 200] = 1
+    with (
+        chosen.attached(net, layers, taps, ["layer3"]),
+        tapped(net, [*taps, "layer3"], stop_early=True) as tap,
+    ):
+        features = tap(x.clone().requires_grad_(True))
+        got = chosen.relevance(tap.outputs, {"layer3": directions}, taps)
+    # the conv1 tap reads conv1's own output while the rules are attached, not bn1's
+    torch.testing.assert_close(features["conv1"], conv1.flatten(2))
+    for name in taps:
+        assert expected[name].abs().max() > 1e-3
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5)
+    # Pearson correlation 1 at the stem, where it was 0.43 with the max pool's winner-take-all
+    flat_got, flat_expected = got["conv1"].flatten(), expected["conv1"].flatten()
+    assert torch.corrcoef(torch.stack([flat_got, flat_expected]))[0, 1] > 0.9999
+
+
+# --- transformers: AttnLRP's rules (lrp on a ViT) ---------------------------------------------
+
+
+def _tiny_torchvision_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    net = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
+    return net.eval().requires_grad_(False).double()
+
+
+def _layer_norm_constant_std(norm, x):
+    mean = x.mean(-1, keepdim=True)
+    std = (x.var(-1, keepdim=True, unbiased=False) + norm.eps).sqrt().detach()
+    return (x - mean) / std * norm.weight + norm.bias
+
+
+def _encoder_block_by_the_rules(block, x):
+    """torchvision's EncoderBlock written out with AttnLRP's CP rules (values-only attention,
+    constant normalisation statistics, identity rule on GELU)."""
+    attention = block.self_attention
+    batch, tokens, width = x.shape
+    heads = attention.num_heads
+    h = _layer_norm_constant_std(block.ln_1, x)
+    q, k, v = F.linear(h, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    split = lambda t: t.view(batch, tokens, heads, width // heads).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q.detach()), split(k.detach()), split(v)
+    weights = (q @ k.transpose(-2, -1) / (width // heads) ** 0.5).softmax(-1)
+    mixed = (weights @ v).transpose(1, 2).reshape(batch, tokens, width)
+    x = F.linear(mixed, attention.out_proj.weight, attention.out_proj.bias) + x
+    fc1, gelu, _, fc2, _ = block.mlp
+    hidden = fc1(_layer_norm_constant_std(block.ln_2, x))
+    hidden = hidden * (F.gelu(hidden) / hidden).detach()
+    return x + fc2(hidden)
+
+
+def test_lrp_on_a_vit_follows_attnlrp_and_leaves_true_gradients_alone():
+    net = _tiny_torchvision_vit()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    tap, target = "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"
+    directions = torch.zeros(2, 8, dtype=torch.float64)
+    directions[0, 3] = directions[1, 6] = 1
+    layers = list_layers(net, 32)
+    chosen = get_backend("lrp")
+    with chosen.attached(net, layers, [tap], [target]), tapped(net, [tap, target]) as hooks:
+        hooks(x.clone().requires_grad_(True))
+        got = chosen.relevance(hooks.outputs, {target: directions}, [tap])[tap]
+        # the loss's backward pass is untouched by the attached rules
+        start = x.clone().requires_grad_(True)
+        (attached_gradient,) = torch.autograd.grad(net(start).square().sum(), start)
+    start = x.clone().requires_grad_(True)
+    (plain_gradient,) = torch.autograd.grad(net(start).square().sum(), start)
+    torch.testing.assert_close(attached_gradient, plain_gradient)
+
+    # independent: the block by the rules, relevance = input × gradient of the target's mean
+    block_input = hooks.outputs[tap].detach().requires_grad_(True)
+    output = _encoder_block_by_the_rules(net.encoder.layers.encoder_layer_1, block_input)
+    target_mean = (output * directions[:, None, :]).sum(-1).mean(-1).sum()
+    (gradient,) = torch.autograd.grad(target_mean, block_input)
+    expected = (block_input * gradient).detach().transpose(1, 2)  # (B, D, T)
+    assert expected.abs().max() > 1e-4
+    torch.testing.assert_close(got, expected, atol=1e-8, rtol=1e-6)
+
+
+def test_transformer_relevance_on_timm_and_refusals(tiny_vit):
+    net = tiny_vit.module.double()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    layers = list_layers(net, 32)
+    directions = torch.zeros(1, 32, dtype=torch.float64)
+    directions[0, 5] = 1
+    for name in ("lrp", "grad-x-act"):
+        chosen = get_backend(name)
+        with (
+            chosen.attached(net, layers, ["blocks.0"], ["blocks.2"]),
+            tapped(net, ["blocks.0", "blocks.2"]) as hooks,
+        ):
+            hooks(x.clone().requires_grad_(True))
+            relevance = chosen.relevance(hooks.outputs, {"blocks.2": directions}, ["blocks.0"])
+        assert relevance["blocks.0"].shape == (1, 32, 17) and relevance["blocks.0"].abs().sum() > 0
+    for name, message in (("lrp-restricted", "LayerNorm"), ("epsilon-plus", "LayerNorm")):
+        with pytest.raises(VitalError, match=message):
+            with get_backend(name).attached(net, layers, ["blocks.0"], ["blocks.2"]):
+                pass

@@ -179,6 +179,13 @@ def _report(results, out: Path, title: str) -> None:
     typer.echo(f"grid: {path}")
 
 
+def _check_out(out: Path) -> Path:
+    """Fail before any work when results could not be written."""
+    from vital.store import output_folder
+
+    return output_folder(out)
+
+
 def _visualize(loaded, targets, references, out: Path, **arguments):
     """Run :func:`vital.visualize`, counting finished results for the interrupt message."""
     from vital.api import visualize
@@ -219,6 +226,7 @@ def class_command(
     method: Method = "vital",
 ) -> None:
     """Visualise output classes with VITAL (or a baseline, --method)."""
+    _check_out(out)
     loaded = _load(model, weights, device)
     results = _visualize(
         loaded,
@@ -284,6 +292,7 @@ def compare_command(
     """Compare VITAL with the baselines on the same classes: table and grid."""
     from vital.compare import METHODS, compare, write_report
 
+    _check_out(out)
     loaded = _load(model, weights, device)
     judged = _load(judge, judge_weights, device) if judge else None
     chosen = [m.strip() for value in methods or [] for m in value.split(",") if m.strip()]
@@ -373,6 +382,7 @@ def neuron(
             "give reference images with --refs DIR (images that activate the channel, e.g. "
             "from `vital mine`), or --refs samples for the embedded photos."
         )
+    _check_out(out)
     loaded = _load(model, weights, device)
     references_given = refs
     if refs == "mined" or (refs is not None and is_mining_database(refs)):
@@ -420,6 +430,7 @@ def demo(
         "References: the embedded photos, each expanded to 50 views by random resized crops "
         "and flips (one photo per class, not 50 distinct photos)."
     )
+    _check_out(out)
     loaded = _load("mobilenet_v2", None, device)
     photos = {967: "coffee", 285: "chelsea", 665: "motorcycle"}
     references = {index: from_samples([name], seed=seed) for index, name in photos.items()}
@@ -538,9 +549,30 @@ def mine_command(
     ] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 32,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Decoding processes (default: cores - 1).")
+        int | None,
+        typer.Option("--workers", help="Local engine's decoding processes (default: cores - 1)."),
     ] = None,
     device: Device = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (shards in this process) or ray (shards as Ray tasks, the model on GPU "
+            "workers when the cluster has GPUs; needs Ray: pip install 'vital\\[ray]').",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster for --engine ray (default: start a local one)."
+        ),
+    ] = None,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size", help="Images per shard: the unit of distribution and of resuming."
+        ),
+    ] = 1024,
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
     import numpy as np
@@ -573,6 +605,9 @@ def mine_command(
         patch=patch,
         batch_size=batch,
         workers=workers,
+        engine=engine,
+        address=address,
+        shard_size=shard_size,
     )
     typer.echo(
         f"{len(report.units)} unit(s) of {layer} over {report.images} images "
@@ -807,6 +842,7 @@ def atlas_build(
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
+    chosen_engine = make_engine(engine, ray_address)
     spec = ModelSpec(model, weights, device)
     loaded = spec()
     targets = [class_target(loaded, name) for name in _names(class_list)]
@@ -830,6 +866,7 @@ def atlas_build(
             top_images=top_images,
             top=references,
             patch=patch,
+            engine=chosen_engine,
         )
         targets += [Channel(layer, index) for index in selected]
     if not targets:
@@ -848,7 +885,7 @@ def atlas_build(
         out,
         _overrides(steps=steps, seed=seed, resolution=resolution),
         setting=_setting(setting),
-        engine=make_engine(engine, ray_address),
+        engine=chosen_engine,
         batch_size=batch,
         force=force,
     )
@@ -922,6 +959,7 @@ def _interrupted() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes end with a one-line message and exit status 2."""
+    _Session.out, _Session.finished, _Session.resumable = None, 0, False
     try:
         code = app(args=argv, standalone_mode=False)
     except VitalError as error:
@@ -933,6 +971,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
+    if code == 130:  # typer turns Ctrl-C into this exit status before we see the interrupt
+        typer.echo(_interrupted(), err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

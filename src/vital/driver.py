@@ -21,7 +21,7 @@ from vital.methods.base import Method, target_plan
 from vital.optimize import Run, Settings, effective_warmup, optimize, transparency
 from vital.record import Record, model_info
 from vital.store import Result, ResultSink
-from vital.targets import Target
+from vital.targets import ClassTarget, Target
 from vital.zoo import Model, frozen
 
 SettingsOverrides = Settings | Mapping[str, Any] | None
@@ -155,6 +155,9 @@ def run(
     if not targets:
         raise VitalError("no targets given; name at least one class (--class C) or channel.")
     seeds = _seeds(settings, len(targets), seeds)
+    classes = [t.index for t in targets if isinstance(t, ClassTarget)]
+    if classes:  # before any work: a model without class scores fails at once
+        metrics.check_classifier(model, max(classes))
     sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
     with frozen(model.module), method.prepare(model, targets, references, settings) as plans:

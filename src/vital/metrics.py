@@ -79,8 +79,34 @@ def _chunks(images: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 def probabilities(model: Model, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """Softmax outputs of ``model`` for pixel images, (N, classes) on CPU."""
     check_images(images)
-    outputs = [model.module(model_input(model, chunk)) for chunk in _chunks(images, batch_size)]
+    outputs = [
+        class_scores(model, model.module(model_input(model, chunk)))
+        for chunk in _chunks(images, batch_size)
+    ]
     return torch.cat(outputs).softmax(dim=-1).cpu()
+
+
+@torch.no_grad()
+def check_classifier(model: Model, largest_class: int) -> None:
+    """Raise a :class:`VitalError` unless ``model`` gives a score to every class up to this one."""
+    size = model.preprocessing.input_size
+    scores = class_scores(model, model.module(model_input(model, torch.zeros(1, 3, size, size))))
+    if largest_class >= scores.shape[1]:
+        raise VitalError(
+            f"class {largest_class} is not an output of {model.name}, which has "
+            f"{scores.shape[1]} classes (0..{scores.shape[1] - 1})."
+        )
+
+
+def class_scores(model: Model, output: object) -> torch.Tensor:
+    """The model's output checked to be one score per class, (N, classes)."""
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise VitalError(
+            f"{model.name} returns {shape}, not one score per class (N, classes): class targets "
+            "need a classifier. Visualise its channels instead (vital neuron --layer L)."
+        )
+    return output
 
 
 def target_scores(
@@ -390,7 +416,8 @@ def target_activations(
         values = []
         for i, target in enumerate(targets):
             output = tap.outputs[target.layer][i : i + 1]
-            direction = torch.as_tensor(target.vector(output.shape[1])).to(output).view(1, -1)
+            channels = output.shape[-1] if output.dim() == 3 else output.shape[1]  # tokens: (T, D)
+            direction = torch.as_tensor(target.vector(channels)).to(output).view(1, -1)
             values.append(float(target_activation(output, direction)[0]))
     return values
 

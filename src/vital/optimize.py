@@ -90,15 +90,45 @@ class Settings:
         return [(steps, factor) for steps, factor in stages if steps > 0]
 
     def validate(self) -> None:
-        """Raise a :class:`VitalError` for settings that cannot run."""
-        if self.steps < 0 or self.half_resolution_steps < 0 or not self.stages():
+        """Raise a :class:`VitalError` for settings that cannot run (wrong types included)."""
+        _whole(self.steps, "the number of steps", "--steps N", 0)
+        _whole(self.half_resolution_steps, "the number of half-resolution steps", "setting 0", 0)
+        if not self.stages():
             raise VitalError("the number of steps must be positive (--steps N).")
-        if self.lr <= 0:
-            raise VitalError("the learning rate must be positive (--lr).")
-        if self.jitter < 0:
-            raise VitalError("jitter must be zero or positive (pixels, --jitter).")
-        if self.resolution is not None and self.resolution < 16:
-            raise VitalError("the resolution must be at least 16 pixels (--resolution R).")
+        _whole(self.warmup, "the warm-up", "warmup", 0)
+        _whole(self.jitter, "jitter", "pixels, --jitter", 0)
+        _whole(self.seed, "the seed", "--seed S", 0, 2**63 - 1)
+        if self.resolution is not None:
+            _whole(self.resolution, "the resolution", "--resolution R", 16, 8192)
+        _number(self.lr, "the learning rate", "--lr", positive=True)
+        _number(self.eps, "Adam's eps", "eps", positive=True)
+        for name in ("tv_l2", "tv_l1", "l2", "feature_weight"):
+            _number(getattr(self, name), f"the weight {name}", name)
+        if not (
+            isinstance(self.betas, (tuple, list))
+            and len(self.betas) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        ):
+            raise VitalError(f"Adam's betas are two numbers in [0, 1), not {self.betas!r}.")
+        for name in ("flip", "clamp"):
+            if not isinstance(getattr(self, name), bool):
+                raise VitalError(f"{name} is True or False, not {getattr(self, name)!r}.")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: object, what: str, option: str, low: int, high: int = 10**9) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise VitalError(f"{what} must be a whole number from {low} to {high} ({option}), not "
+                         f"{value!r}.")  # fmt: skip
+
+
+def _number(value: object, what: str, option: str, positive: bool = False) -> None:
+    if not _is_number(value) or (value <= 0 if positive else value < 0):
+        kind = "a positive" if positive else "a non-negative"
+        raise VitalError(f"{what} must be {kind} finite number ({option}), not {value!r}.")
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -342,7 +372,14 @@ def optimize(
                 parametrization.project()
                 history.append(total.detach())
                 if step % 10 == 0 or step == steps - 1:  # .item() waits for the GPU: not each step
-                    bar.set_postfix(loss=f"{total.mean().item():.4g}", refresh=False)
+                    mean = total.mean().item()
+                    if not math.isfinite(mean):
+                        raise VitalError(
+                            f"the loss became {mean} at step {step + 1}: the model or the "
+                            "settings produce non-finite values (check the weights for NaN, "
+                            "lower --lr)."
+                        )
+                    bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
                 bar.update()
     finally:
         bar.close()

@@ -96,8 +96,20 @@ GATES: tuple[str, ...] = (
     "torch.nn.modules.activation.MultiheadAttention",
 )
 
-# Blocks that timm stores as drop-path wrappers (identity in eval mode).
-NEUTRAL_BY_NAME: tuple[str, ...] = ("timm.layers.drop.DropPath",)
+# Blocks that timm stores as drop-path wrappers (identity in eval mode), and layers that scale
+# features by a constant (relevance passes in proportion).
+NEUTRAL_BY_NAME: tuple[str, ...] = (
+    "timm.layers.drop.DropPath",
+    "timm.layers.layer_scale.LayerScale",
+)
+
+# Attention blocks with a fused query-key-value projection: the child that computes it. The
+# transformer rules (AttnLRP, relevance.attention) stop relevance at its query and key thirds.
+# torch's own nn.MultiheadAttention is handled directly.
+ATTENTION_QKV: dict[str, str] = {
+    "timm.models.vision_transformer.Attention": "qkv",
+    "timm.models.swin_transformer.WindowAttention": "qkv",
+}
 
 
 def classes_named(paths: Sequence[str]) -> tuple[type, ...]:

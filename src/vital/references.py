@@ -71,13 +71,25 @@ def open_rgb(source: ImageSource) -> Image.Image | None:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         warnings.warn(f"skipping unreadable image {source.identity}: {error}", stacklevel=2)
         return None
+    except Image.DecompressionBombError as error:
+        warnings.warn(
+            f"skipping {source.identity}: {error} (raise PIL.Image.MAX_IMAGE_PIXELS if the "
+            "image is genuine)",
+            stacklevel=2,
+        )
+        return None
 
 
 def find_images(folder: str | Path) -> list[Path]:
     """All image files under ``folder`` (any depth), sorted for determinism."""
     folder = Path(folder)
+    if folder.is_file():
+        raise VitalError(
+            f"{folder} is a file; references are a folder of images (any depth) or, for inner "
+            "neurons, a mining database (`vital mine` writes OUT/mining.sqlite)."
+        )
     if not folder.is_dir():
-        raise VitalError(f"reference folder {folder} does not exist or is not a folder.")
+        raise VitalError(f"reference folder {folder} does not exist.")
     return sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
@@ -451,13 +463,23 @@ def cached(kind: str, key: object, compute: Callable[[], dict], cache_dir: Path 
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     cache_file = Path(cache_dir) / kind / f"{digest}.pt" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
-        return torch.load(cache_file, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(cache_file, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any damage: the entry is rebuilt
+            warnings.warn(
+                f"the cache file {cache_file} is damaged ({type(error).__name__}); computing it "
+                "again (clear the whole cache by deleting that folder, or set $VITAL_CACHE).",
+                stacklevel=2,
+            )
     value = compute()
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(".tmp")
-        torch.save(value, temporary)
-        temporary.replace(cache_file)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(value, temporary)
+            temporary.replace(cache_file)
+        except OSError as error:  # a read-only or full cache slows later runs, nothing more
+            warnings.warn(f"cannot write the cache {cache_file}: {error}", stacklevel=2)
     return value
 
 

@@ -7,9 +7,12 @@ half-written record.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vital.errors import VitalError
 from vital.grids import display_pixels, to_image
 from vital.record import Record
 
@@ -79,6 +83,41 @@ class Result:
         return f"{self.record.method}-{self.target.slug()}-seed{self.record.seed}"
 
 
+def output_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create (if needed) and check a folder results are written to; say what is wrong if not.
+
+    Raises
+    ------
+    VitalError
+        When the path is a file, cannot be created, or is not writable.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise VitalError(f"the {what} {folder} is a file; give a folder (--out DIR).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VitalError(
+            f"cannot create the {what} {folder}: {error.strerror or error}; choose another --out."
+        ) from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VitalError(f"the {what} {folder} is not writable; choose another --out.")
+    return folder
+
+
+@contextlib.contextmanager
+def database(path: Path, what: str = "index") -> Iterator[sqlite3.Connection]:
+    """A connection to an SQLite file that names the file and the way out when it is damaged."""
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+            yield connection
+    except sqlite3.DatabaseError as error:
+        raise VitalError(
+            f"the {what} {path} cannot be read ({error}); it is damaged or not a vital {what}. "
+            "Move it away (the results beside it stay) and run again to start a new one."
+        ) from error
+
+
 def _atomic_write(path: Path, write) -> None:
     temporary = path.with_name(path.name + ".tmp")
     write(temporary)
@@ -94,11 +133,13 @@ class ResultStore:
     """A folder of results with an index (``index.sqlite``)."""
 
     def __init__(self, folder: str | Path, index: str | Path | None = None):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = output_folder(folder)
         self.index = Path(index) if index is not None else self.folder / "index.sqlite"
-        with sqlite3.connect(self.index) as connection:
+        with self._connect() as connection:
             connection.executescript(_SCHEMA)
+
+    def _connect(self):
+        return database(self.index, "result index")
 
     def write(self, result: Result) -> Result:
         """Write the PNG, JSON record (and RGBA + alpha when present); index it.
@@ -124,7 +165,7 @@ class ResultStore:
         text = record.to_json()
         _atomic_write(json_path, lambda p: p.write_text(text))
         unit = result.target.unit()
-        with sqlite3.connect(self.index) as connection:
+        with self._connect() as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -146,7 +187,7 @@ class ResultStore:
 
     def record_failure(self, target, method: str, model: str, error: str) -> None:
         """Remember that ``target`` failed (with the error), so a report can list it."""
-        with sqlite3.connect(self.index) as connection:
+        with self._connect() as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
                 (target.unit(), method, model, target.describe(), error, time.time()),
@@ -154,7 +195,7 @@ class ResultStore:
 
     def finished_units(self, method: str, model: str) -> set[str]:
         """Units with a stored result for ``method`` and model fingerprint ``model``."""
-        with sqlite3.connect(self.index) as connection:
+        with self._connect() as connection:
             rows = connection.execute(
                 "SELECT unit FROM results WHERE method = ? AND model = ?", (method, model)
             ).fetchall()
@@ -162,7 +203,7 @@ class ResultStore:
 
     def failures(self) -> list[dict]:
         """Every recorded failure: unit, method, model, target and error."""
-        with sqlite3.connect(self.index) as connection:
+        with self._connect() as connection:
             rows = connection.execute(
                 "SELECT unit, method, model, target, error FROM failures ORDER BY unit"
             ).fetchall()
@@ -171,7 +212,7 @@ class ResultStore:
 
     def records(self) -> list[Record]:
         """Every indexed record, oldest first."""
-        with sqlite3.connect(self.index) as connection:
+        with self._connect() as connection:
             rows = connection.execute("SELECT record FROM results ORDER BY created").fetchall()
         return [Record.from_json(row[0]) for row in rows]
 

@@ -287,7 +287,11 @@ class FeatureTap:
         missing = [name for name in self.layers if name not in self.outputs]
         if missing:
             raise VitalError(f"layers {missing} did not run in the forward pass; tap others.")
-        return {name: to_positions(self.outputs[name]) for name in self.layers}
+        try:
+            return {name: to_positions(self.outputs[name]) for name in self.layers}
+        except VitalError as error:
+            bad = next(n for n in self.layers if self.outputs[n].dim() not in (3, 4))
+            raise VitalError(f"layer {bad!r}: {error}") from error
 
 
 @contextmanager

@@ -46,6 +46,14 @@ class Channel:
     layer: str
     index: int
 
+    def __post_init__(self) -> None:
+        _check_layer_name(self.layer)
+        if isinstance(self.index, bool) or not isinstance(self.index, (int, np.integer)):
+            raise VitalError(
+                f"a channel index is a whole number, not {type(self.index).__name__} "
+                f"({self.index!r})."
+            )
+
     def unit(self) -> str:
         """Stable id for stores and atlases, e.g. ``layer4.2/1935``."""
         return f"{self.layer}/{self.index}"
@@ -73,6 +81,18 @@ class Direction:
     values: tuple[float, ...]
     name: str = "direction"
 
+    def __post_init__(self) -> None:
+        _check_layer_name(self.layer)
+        try:
+            values = tuple(float(v) for v in self.values)
+        except (TypeError, ValueError) as error:
+            raise VitalError(
+                f"a direction is a sequence of numbers, not {self.values!r}."
+            ) from error
+        object.__setattr__(self, "values", values)
+        if not isinstance(self.name, str) or not self.name:
+            raise VitalError(f"a direction's name is a non-empty text, not {self.name!r}.")
+
     def unit(self) -> str:
         """Stable id for stores and atlases, e.g. ``layer3/striped``."""
         return f"{self.layer}/{self.name}"
@@ -91,6 +111,11 @@ class Direction:
 
 
 Target = ClassTarget | Channel | Direction
+
+
+def _check_layer_name(layer: object) -> None:
+    if not isinstance(layer, str) or not layer:
+        raise VitalError(f"a layer is named by its module name (text), not {layer!r}.")
 
 
 def class_target(model, query: ClassTarget | int | str) -> ClassTarget:

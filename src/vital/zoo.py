@@ -128,6 +128,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise VitalError(
             "device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu."
         )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise VitalError(
+            f"there is no GPU {resolved.index}: {torch.cuda.device_count()} are visible (cuda:0 …)."
+        )
     return resolved
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sqlite3
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from vital.engines import Engine, LocalEngine
 from vital.errors import VitalError
 from vital.grids import to_image
 from vital.references import ReferenceSet, center_crop, open_rgb
-from vital.store import Result, ResultStore
+from vital.store import Result, ResultStore, database
 from vital.targets import Target
 from vital.zoo import Model, load_model
 
@@ -209,19 +208,19 @@ class Atlas:
         self.folder = Path(folder)
         self.ledger: Ledger = prepare_folder(self.folder)
         self.store = ResultStore(self.folder / "results", index=self.folder / "atlas.sqlite")
-        with sqlite3.connect(self.store.index) as connection:
+        with database(self.store.index, "atlas index") as connection:
             connection.executescript(_UNITS_SCHEMA)
         self.planned: dict[str, PictureSpec] = {}
 
     def units(self) -> dict[str, StoredUnit]:
         """Every unit's current result (the one the site shows)."""
-        with sqlite3.connect(self.store.index) as connection:
+        with database(self.store.index, "atlas index") as connection:
             rows = connection.execute("SELECT unit, key, inputs, record FROM atlas_units")
             return {u: StoredUnit(u, k, json.loads(i), r) for u, k, i, r in rows.fetchall()}
 
     def register(self, spec: PictureSpec, record_file: str) -> None:
         """Make ``record_file`` (in ``results/``) the unit's current result under ``spec``."""
-        with sqlite3.connect(self.store.index) as connection:
+        with database(self.store.index, "atlas index") as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO atlas_units VALUES (?, ?, ?, ?, ?)",
                 (spec.unit, spec.key(), json.dumps(spec.inputs()), record_file, time.time()),
@@ -390,8 +389,14 @@ def build_atlas(
     engine = engine or LocalEngine()
     started = time.perf_counter()
     bar = tqdm(total=len(units), initial=report.skipped, unit="unit", disable=not progress)
+
+    def failed(job: Job, error: str) -> list[UnitOutcome]:
+        # A batch that kept failing on the engine (say its worker died, after retries): each
+        # of its units is recorded as failed, and the build carries on.
+        return [UnitOutcome(unit, error=error) for unit in job.units]
+
     try:
-        for outcomes in engine.run(jobs, run_job):
+        for outcomes in engine.run(jobs, run_job, on_failure=failed):
             for outcome in outcomes:
                 _record(atlas, outcome, reference_sets[outcome.unit.id], fingerprint)
                 if outcome.error is None:

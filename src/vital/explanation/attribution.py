@@ -9,8 +9,11 @@ heatmap is the relevance that flows through that channel only: the relevance at 
 every other channel masked out, propagated on to the input. The rules are linear in the
 relevance they receive, so the conditional heatmaps of all channels add up to the heatmap.
 
-The rules are the backend's (its composite, canonizers and seed), attached to every module from
-the input to the logits. Relevance needs modules: where an architecture pools features with a
+The rules are the backend's (its composite, canonizers and seed; for transformers under ``lrp``,
+AttnLRP's rules, with relevance carried as a gradient and read as gradient × activation, as the
+backend does), attached to every module from the input to the logits; the explained layer is
+never rewritten. A transformer layer's tokens are its positions and its embedding dimensions
+its channels. Relevance needs modules: where an architecture pools features with a
 function rather than a module (torchvision's MobileNetV2 and DenseNet), the forward is routed
 through a pooling module for the run (:class:`PooledHeadCanonizer`, from the table
 :data:`POOLED_HEADS`), so that the average-pool rule spreads relevance over positions in
@@ -30,9 +33,9 @@ from zennit.canonizers import Canonizer
 
 from vital.errors import VitalError
 from vital.presets import classes_named
-from vital.relevance import RelevanceBackend, check_supported, get_backend
+from vital.relevance import RelevanceBackend, attention, check_supported, get_backend
 from vital.relevance.rules import AVERAGE_POOLS
-from vital.relevance.seeds import restricted_seed
+from vital.relevance.seeds import gradient_seed, restricted_seed
 from vital.taps import check_layer, list_layers, tapped
 from vital.zoo import Model
 
@@ -120,7 +123,7 @@ class ChannelRelevance:
     layer, backend
         Where relevance is read, and how it was computed.
     relevance
-        (C, H, W) relevance at the layer's output (tokens: (C, T)).
+        (C, H, W) relevance at the layer's output (tokens: (C, T), channels first).
     activation
         The layer's output on the image, same shape.
     heatmap
@@ -157,6 +160,11 @@ class ChannelRelevance:
         return [int(c) for c in order[:count]]
 
 
+def _channels_first(tensor: torch.Tensor) -> torch.Tensor:
+    """A layer output (B, C, H, W) as it is; tokens (B, T, D) as (B, D, T)."""
+    return tensor.transpose(1, 2) if tensor.dim() == 3 else tensor
+
+
 class Attributor:
     """Relevance of a layer's channels for a class, and conditional heatmaps (see the module).
 
@@ -164,12 +172,14 @@ class Attributor:
     :meth:`conditional` then gives the heatmaps of chosen channels for that image.
     """
 
-    def __init__(self, model: Model, layer: str, backend: RelevanceBackend, tap, notes):
+    def __init__(self, model: Model, layer: str, backend: RelevanceBackend, tap, notes, gradient):
         self.model = model
         self.layer = layer
         self.backend = backend
         self._tap = tap
         self._notes = notes
+        # Rules that carry relevance as a gradient (the transformer rules): read × activation.
+        self._gradient_form = gradient
         self._graph: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, pixels: torch.Tensor, target: int | None = None) -> ChannelRelevance:
@@ -193,18 +203,23 @@ class Attributor:
                 "explain needs a classifier."
             )
         activation = self._tap.outputs[self.layer]
+        if activation.dim() not in (3, 4):
+            raise VitalError(
+                f"layer {self.layer!r} has output shape {tuple(activation.shape)}; explain a "
+                "layer with (B, C, H, W) maps or (B, T, D) tokens."
+            )
         chosen = int(logits[0].argmax()) if target is None else int(target)
         if not 0 <= chosen < logits.shape[1]:
             raise VitalError(
                 f"class {chosen} does not exist: the model has {logits.shape[1]} classes."
             )
         start = F.one_hot(torch.tensor([chosen]), logits.shape[1]).to(logits)
-        seed = self.backend.seed(logits.detach(), start)
+        seed = (gradient_seed if self._gradient_form else self.backend.seed)(logits.detach(), start)
         at_layer, at_input = torch.autograd.grad(
             logits, [activation, x], grad_outputs=seed, retain_graph=True
         )
         self._graph = (x, activation, at_layer)
-        relevance = self._times_activation(at_layer, activation)
+        relevance = _channels_first(self._times_activation(at_layer, activation))
         heatmap = self._times_activation(at_input, x).sum(dim=1)[0]
         return ChannelRelevance(
             probabilities=logits.detach()[0].softmax(dim=0).cpu(),
@@ -213,13 +228,26 @@ class Attributor:
             layer=self.layer,
             backend=self.backend.name,
             relevance=relevance[0].detach().cpu(),
-            activation=activation.detach()[0].cpu(),
+            activation=_channels_first(activation.detach())[0].cpu(),
             heatmap=heatmap.detach().cpu(),
             notes=list(self._notes),
         )
 
     def _times_activation(self, gradient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return gradient * value.detach() if self.backend.times_activation else gradient
+        if self.backend.times_activation or self._gradient_form:
+            return gradient * value.detach()
+        return gradient
+
+    def _mask(self, mask: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """A channel index or a channels-first mask, in the layer output's own layout."""
+        tokens = like.dim() == 3
+        channels = like.shape[-1] if tokens else like.shape[1]
+        if isinstance(mask, int):
+            mask = F.one_hot(torch.tensor(mask), channels)
+        mask = torch.as_tensor(mask).to(like)
+        if mask.dim() == 1:  # over channels, every position
+            return mask.view(1, 1, -1) if tokens else mask.view(1, -1, 1, 1)
+        return mask.transpose(0, 1)[None] if tokens else mask[None]
 
     def conditional(self, masks: Sequence[torch.Tensor] | Sequence[int]) -> torch.Tensor:
         """Heatmaps of the relevance that flows through parts of the layer only.
@@ -227,8 +255,8 @@ class Attributor:
         Parameters
         ----------
         masks
-            Channel indices, or masks over the layer's output (``(C,)`` over channels or the
-            layer's full shape over channels and positions), one per heatmap.
+            Channel indices, or masks over the layer's output, channels first: ``(C,)`` over
+            channels, or ``(C, H, W)`` / ``(C, T)`` over channels and positions; one per heatmap.
 
         Returns
         -------
@@ -238,26 +266,21 @@ class Attributor:
         if self._graph is None:
             raise RuntimeError("explain an image first")
         x, activation, at_layer = self._graph
-        shape = at_layer.shape[1:]
         heatmaps = []
         for mask in masks:
-            if isinstance(mask, int):
-                mask = F.one_hot(torch.tensor(mask), shape[0])
-            mask = torch.as_tensor(mask).to(at_layer)
-            if mask.dim() == 1:
-                mask = mask.view(-1, *([1] * (len(shape) - 1)))
             (at_input,) = torch.autograd.grad(
-                activation, x, grad_outputs=at_layer * mask, retain_graph=True
+                activation,
+                x,
+                grad_outputs=at_layer * self._mask(mask, at_layer),
+                retain_graph=True,
             )
             heatmaps.append(self._times_activation(at_input, x).sum(dim=1)[0].detach().cpu())
         return torch.stack(heatmaps)
 
 
-def _composite(backend: RelevanceBackend):
-    """The backend's zennit composite with the pooled-head canonizer (``None``: gradients)."""
-    if backend.composite is None:
-        return None
-    composite = backend.composite()
+def _composite(backend: RelevanceBackend, keep: frozenset[int]):
+    """The backend's zennit composite with the pooled-head canonizer."""
+    composite = backend.composite(keep)
     composite.canonizers = [*(composite.canonizers or []), PooledHeadCanonizer()]
     return composite
 
@@ -282,7 +305,7 @@ def attributor(
     ------
     VitalError
         For an unknown layer or backend, a backend that starts at a position of an inner
-        layer (``lrp-restricted``), or a module the LRP rules do not cover.
+        layer (``lrp-restricted``), or a module the rules do not cover.
     """
     check_layer(layer, model.module)
     chosen = get_backend(backend)
@@ -293,12 +316,14 @@ def attributor(
             "guided-backprop or grad-x-act."
         )
     layers = list_layers(model.module, model.preprocessing.input_size)
-    if chosen.is_lrp:
-        check_supported(
-            model.module, {i.name for i in layers}, chosen.name, {i.name: i.calls for i in layers}
-        )
+    names = {i.name for i in layers}
+    transformer = chosen.transformer_rules and attention.applies(model.module, names)
+    if transformer:
+        attention.check_covered(model.module, names, chosen.name)
+    elif chosen.is_lrp:
+        check_supported(model.module, names, chosen.name, {i.name: i.calls for i in layers})
     notes = []
-    if chosen.composite is not None and not pools_with_a_module(model, layer):
+    if chosen.composite is not None and not transformer and not pools_with_a_module(model, layer):
         notes.append(
             "no average-pool module runs after this layer (the model pools with a function), "
             "so the rules spread relevance evenly over its positions: channel totals hold, "
@@ -306,7 +331,15 @@ def attributor(
         )
     # The composite may fold BatchNorms into convolutions while attached: fingerprint first.
     model.fingerprint  # noqa: B018
-    composite = _composite(chosen)
-    with composite.context(model.module) if composite is not None else nullcontext():
+    keep = frozenset({id(dict(model.module.named_modules())[layer])})
+    if transformer:
+        rules = attention.attention_rules(model.module, names)
+    elif chosen.composite is not None:
+        rules = _composite(chosen, keep).context(model.module)
+    else:
+        rules = nullcontext()
+    with rules as switch:
+        if isinstance(switch, attention.Switch):
+            switch.active = True  # relevance in every backward pass while explaining
         with tapped(model.module, [layer]) as tap:
-            yield Attributor(model, layer, chosen, tap, notes)
+            yield Attributor(model, layer, chosen, tap, notes, gradient=transformer)

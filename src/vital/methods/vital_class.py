@@ -77,6 +77,11 @@ def class_references(
             f"{type(references).__name__}."
         )
     folder = Path(references)
+    if folder.is_file():
+        raise VitalError(
+            f"{folder} is a file; class references are a folder (an ImageNet-style tree, one "
+            "sub-folder per class, or one class's images)."
+        )
     if not folder.is_dir():
         raise VitalError(f"reference folder {folder} does not exist.")
     for name in _class_folder_names(model, target):

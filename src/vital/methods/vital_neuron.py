@@ -234,10 +234,10 @@ class VitalNeuron(Method):
         resolved: list[tuple[NeuronTarget, str, ReferenceSet, list[float] | None]] = []
         for target in targets:
             check_layer(target.layer, model.module)
-            if target.layer not in info or len(info[target.layer].shape) != 3:
+            if target.layer not in info or len(info[target.layer].shape) not in (2, 3):
                 raise VitalError(
-                    f"layer {target.layer!r} has no spatial (C, H, W) output; choose a "
-                    "convolutional layer (run `vital layers MODEL`)."
+                    f"layer {target.layer!r} has no positions (a (C, H, W) map or (T, D) "
+                    "tokens); choose another layer (run `vital layers MODEL`)."
                 )
             chosen, source = neuron_taps(model, layers, target.layer, self.taps)
             neuron = NeuronTarget(target.layer, direction_of(target, info[target.layer]), chosen)

@@ -5,8 +5,9 @@
 neuron visualisations; ``contact_sheet`` shows it.
 
 Modules: ``datasets`` (listing and decoding), ``units`` (channels and directions), ``topk``
-(bounded running top-k), ``index`` (the SQLite file), ``scan`` (the two stages), ``results``
-(reading lists back).
+(bounded running top-k), ``index`` (the SQLite file), ``shards`` (one shard of a stage, run
+wherever the engine puts it), ``scan`` (the driver: both stages, shard by shard, on an engine),
+``results`` (reading lists back).
 """
 
 from vital.mining.datasets import ImageList, list_images
@@ -19,7 +20,8 @@ from vital.mining.results import (
     mined_references,
     open_patch,
 )
-from vital.mining.scan import MiningReport, Patches, default_workers, mine
+from vital.mining.scan import MiningReport, default_workers, mine
+from vital.mining.shards import Patches
 from vital.mining.units import unit_key
 
 __all__ = [

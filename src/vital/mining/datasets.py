@@ -8,10 +8,13 @@ identity (paths, sizes, modification times) says whether earlier mining work sti
 from __future__ import annotations
 
 import hashlib
+import signal
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -19,10 +22,10 @@ from vital.errors import VitalError
 from vital.references import (
     IMAGE_SUFFIXES,
     ImageSource,
-    center_crop,
     find_images,
     is_imagenet_tree,
     open_rgb,
+    resize_for_crop,
 )
 
 
@@ -99,13 +102,24 @@ def list_images(data: str | Path) -> ImageList:
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Positions of an :class:`ImageList` → (position, centre crop, readable) for a DataLoader.
+    """Images → (position, centre crop as uint8, readable), for a DataLoader.
 
+    Crops are uint8 (a quarter of float32's bytes to ship between processes or machines);
+    ``crops.float() / 255`` gives exactly the values of :func:`vital.references.center_crop`.
     Unreadable files give a zero crop and ``readable = False`` instead of an error, so a
     corrupt file costs one count, not the run.
+
+    Parameters
+    ----------
+    paths
+        The image files.
+    positions
+        Their positions in the dataset (what the index stores), one per path.
+    resolution
+        Side of the centre crop.
     """
 
-    def __init__(self, paths: tuple[str, ...], positions: list[int], resolution: int):
+    def __init__(self, paths: Sequence[str], positions: Sequence[int], resolution: int):
         self.paths = paths
         self.positions = positions
         self.resolution = resolution
@@ -115,24 +129,49 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int) -> tuple[int, torch.Tensor, bool]:
         position = self.positions[item]
-        path = self.paths[position]
+        path = self.paths[item]
         source = ImageSource(path, lambda: Image.open(path))
         with warnings.catch_warnings():  # counted and reported once by the caller
             warnings.simplefilter("ignore")
             image = open_rgb(source)
         if image is None:
-            return position, torch.zeros(3, self.resolution, self.resolution), False
-        return position, center_crop(image, self.resolution), True
+            return (
+                position,
+                torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8),
+                False,
+            )
+        return position, center_crop_uint8(image, self.resolution), True
+
+
+def center_crop_uint8(image: Image.Image, resolution: int) -> torch.Tensor:
+    """(3, resolution, resolution) uint8: the pixels of :func:`vital.references.center_crop`."""
+    resized, left, top = resize_for_crop(image, resolution)
+    crop = resized.crop((left, top, left + resolution, top + resolution))
+    return torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def crop_loader(
-    images: ImageList, positions: list[int], resolution: int, batch_size: int, workers: int
+    paths: Sequence[str],
+    positions: Sequence[int],
+    resolution: int,
+    batch_size: int,
+    workers: int,
 ) -> torch.utils.data.DataLoader:
-    """Batches of centre crops of ``positions`` (in that order), decoded in ``workers``."""
+    """Batches of uint8 centre crops of ``paths`` (in that order), decoded in ``workers``."""
     return torch.utils.data.DataLoader(
-        CropDataset(images.paths, positions, resolution),
+        CropDataset(paths, positions, resolution),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         persistent_workers=False,
+        worker_init_fn=_leave_interrupts_to_the_main_process if workers else None,
     )
+
+
+def _leave_interrupts_to_the_main_process(_worker: int) -> None:
+    """Ctrl-C reaches every process of the group: decoders ignore it, the driver stops them.
+
+    Otherwise each worker prints its own KeyboardInterrupt or ConnectionResetError traceback
+    over the driver's message about what was saved.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -5,10 +5,15 @@ Tables
 ``datasets`` / ``images``
     Each listed dataset once, with its images by position.
 ``passes``
-    A mining pass in progress: which units, which stage, how many items of the stage's list
-    are done (``cursor``), how many were unreadable, and the running top-k state. Cursor,
-    count and state are written in one transaction, so after a crash the pass resumes from
-    a consistent point.
+    A mining pass in progress: which units, which stage, a snapshot of the stage's running
+    top-k (``state``, with ``cursor`` counting the shards folded into it) and, in stage 2,
+    stage 1's final lists (``candidates``).
+``shards``
+    Every finished shard of a pass in progress: its stage, images, unreadable images and, until
+    the next snapshot folds it in, what it added to the running top-k (``changes``). A shard's
+    row is written in one transaction as soon as the driver has merged it, so a crash loses at
+    most the shards in flight; on resume, the snapshot plus the unfolded changes is exactly
+    the running top-k of the finished shards.
 ``lists`` / ``ranked``
     The finished result per (model fingerprint, layer, unit, dataset, settings): the ranked
     images with their patch score, image score (stage 1's spatial maximum) and patch box.
@@ -59,6 +64,15 @@ CREATE TABLE IF NOT EXISTS passes (
     candidates BLOB,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shards (
+    key TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    shard INTEGER NOT NULL,
+    images INTEGER NOT NULL,
+    unreadable INTEGER NOT NULL,
+    changes BLOB,
+    PRIMARY KEY (key, stage, shard)
+);
 CREATE TABLE IF NOT EXISTS lists (
     id INTEGER PRIMARY KEY,
     model TEXT NOT NULL,
@@ -90,13 +104,30 @@ CREATE TABLE IF NOT EXISTS ranked (
 
 @dataclass(frozen=True)
 class PassState:
-    """Where a pass stands: stage (1 or 2), items of that stage done, and its arrays."""
+    """Where a pass stands.
+
+    Attributes
+    ----------
+    stage
+        1 or 2.
+    state
+        Snapshot of the stage's running top-k (``None``: nothing folded yet).
+    candidates
+        Stage 2: stage 1's final lists.
+    done
+        Shards of this stage that finished: number → images.
+    changes
+        What the finished shards not yet folded into ``state`` added to it (to merge).
+    unreadable
+        Unreadable images in the finished shards of stage 1.
+    """
 
     stage: int
-    cursor: int
-    unreadable: int
     state: dict[str, torch.Tensor] | None
     candidates: dict[str, torch.Tensor] | None
+    done: dict[int, int]
+    changes: list[dict[str, np.ndarray]]
+    unreadable: int
 
 
 @dataclass(frozen=True)
@@ -151,6 +182,17 @@ def _unpack(blob: bytes | None) -> dict[str, torch.Tensor] | None:
         return {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
 
 
+def _pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
 class MiningIndex:
     """Read and write one mining database.
 
@@ -173,6 +215,11 @@ class MiningIndex:
         try:
             with connection:  # one transaction: committed on success, rolled back on error
                 yield connection
+        except sqlite3.DatabaseError as error:
+            raise VitalError(
+                f"the mining index {self.path} cannot be read ({error}); it is damaged or not a "
+                "vital mining index. Move it away and run again to mine afresh."
+            ) from error
         finally:
             connection.close()
 
@@ -209,34 +256,87 @@ class MiningIndex:
         """The saved state of an unfinished pass, if any."""
         with self._connect() as connection:
             row = connection.execute(
-                "SELECT stage, cursor, unreadable, state, candidates FROM passes WHERE key = ?",
-                (key,),
+                "SELECT stage, state, candidates FROM passes WHERE key = ?", (key,)
             ).fetchone()
-        if row is None:
-            return None
-        return PassState(row[0], row[1], row[2], _unpack(row[3]), _unpack(row[4]))
+            if row is None:
+                return None
+            shards = connection.execute(
+                "SELECT shard, images, changes FROM shards WHERE key = ? AND stage = ? "
+                "ORDER BY shard",
+                (key, row[0]),
+            ).fetchall()
+            unreadable = connection.execute(
+                "SELECT COALESCE(SUM(unreadable), 0) FROM shards WHERE key = ? AND stage = 1",
+                (key,),
+            ).fetchone()[0]
+        return PassState(
+            row[0],
+            _unpack(row[1]),
+            _unpack(row[2]),
+            {shard: images for shard, images, _ in shards},
+            [_unpack_arrays(changes) for _, _, changes in shards if changes is not None],
+            unreadable,
+        )
 
-    def save_pass(self, key: str, units: list[str], progress: PassState) -> None:
-        """Write a pass's cursor, count and arrays together (one transaction)."""
+    def save_pass(
+        self,
+        key: str,
+        units: list[str],
+        stage: int,
+        state: dict[str, torch.Tensor] | None,
+        candidates: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Snapshot a pass: ``state`` holds every shard recorded so far (one transaction).
+
+        The recorded shards' changes are folded into the snapshot (dropped); stage 2's
+        ``candidates`` are written once, later snapshots pass ``None`` and keep them.
+        """
         with self._connect() as connection:
-            # Stage 2's candidates are written once; later checkpoints pass None and keep them.
+            folded = connection.execute(
+                "SELECT COUNT(*) FROM shards WHERE key = ? AND stage = ?", (key, stage)
+            ).fetchone()[0]
             connection.execute(
-                "INSERT INTO passes VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                "INSERT INTO passes VALUES (?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (key) DO UPDATE "
                 "SET units = excluded.units, stage = excluded.stage, cursor = excluded.cursor, "
-                "unreadable = excluded.unreadable, state = excluded.state, "
+                "state = excluded.state, "
                 "candidates = COALESCE(excluded.candidates, passes.candidates), "
                 "updated = excluded.updated",
                 (
                     key,
                     json.dumps(units),
-                    progress.stage,
-                    progress.cursor,
-                    progress.unreadable,
-                    _pack(progress.state),
-                    _pack(progress.candidates),
+                    stage,
+                    folded,
+                    _pack(state),
+                    _pack(candidates),
                     time.time(),
                 ),
             )
+            connection.execute(
+                "UPDATE shards SET changes = NULL WHERE key = ? AND stage <= ?", (key, stage)
+            )
+
+    def record_shard(
+        self,
+        key: str,
+        units: list[str],
+        stage: int,
+        shard: int,
+        images: int,
+        unreadable: int,
+        changes: dict[str, np.ndarray],
+    ) -> None:
+        """Record a finished shard and what it added to the running top-k (one transaction)."""
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT INTO passes VALUES (?, ?, ?, 0, 0, NULL, NULL, ?) ON CONFLICT (key) "
+                "DO NOTHING",
+                (key, json.dumps(units), stage, time.time()),
+            )
+            connection.execute(
+                "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+                (key, stage, shard, images, unreadable, _pack_arrays(changes)),
+            )
+            connection.execute("UPDATE passes SET updated = ? WHERE key = ?", (time.time(), key))
 
     # --- results ----------------------------------------------------------------------------
 
@@ -288,6 +388,7 @@ class MiningIndex:
                     ((cursor.lastrowid, *row) for row in ranked),
                 )
             connection.execute("DELETE FROM passes WHERE key = ?", (key,))
+            connection.execute("DELETE FROM shards WHERE key = ?", (key,))
 
     def ranked(
         self, model: str, layer: str, unit: str, dataset: int | None = None

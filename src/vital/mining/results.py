@@ -124,8 +124,12 @@ def mined_reference_sets(
 
 
 def is_mining_database(path: str | Path) -> bool:
-    """True for a mining index file or a folder that holds one."""
-    return database_path(path).is_file()
+    """True for a mining index file (an SQLite file) or a folder that holds one."""
+    file = database_path(path)
+    if not file.is_file():
+        return False
+    with open(file, "rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
 
 
 def contact_sheet(

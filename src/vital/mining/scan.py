@@ -1,11 +1,18 @@
-"""The two-stage mining pass (METHOD.md section 3), resumable from its index.
+"""The two-stage mining pass (METHOD.md section 3), run shard by shard, resumable from its index.
 
 Stage 1 reads every image once and keeps, for every unit at once, the ``top_images`` images
 with the highest spatial maximum. Stage 2 cuts each of those images' centre crop into square
 patches (stride half a side), resizes every patch to the model's input size, scores it by the
 unit's spatially averaged activation, keeps the best patch per image and the ``top`` images by
-that score. Both stages run over an ordered list of images, save their running top-k with the
-number of items done in one transaction, and continue from there when run again.
+that score.
+
+Both stages cut their ordered image list into fixed shards and hand them to an engine (this
+process, or Ray tasks on a cluster: see ``vital.engines``); each shard comes back with its own
+top-k, and this driver merges the lists in whatever order they arrive (ties go to the earlier
+image, so the result depends only on the data), records each finished shard in the index at
+once and snapshots the merged state every ``checkpoint_seconds``. A resumed pass skips the
+recorded shards: an interruption, of a worker or of this driver, loses at most the shards in
+flight. The driver is the only writer of the index.
 """
 
 from __future__ import annotations
@@ -20,21 +27,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vital.engines import Engine, check_engine, make_engine
 from vital.errors import VitalError
-from vital.mining.datasets import ImageList, crop_loader, list_images
-from vital.mining.index import MiningIndex, PassState
+from vital.mining.datasets import ImageList, list_images
+from vital.mining.index import MiningIndex, PassState, database_path
+from vital.mining.shards import Decoder, Patches, Shard, ShardFailure, StageScorer
 from vital.mining.topk import RunningTopK
 from vital.mining.units import Units, channel_units, direction_units
+from vital.store import output_folder
 from vital.taps import tapped
 from vital.targets import Direction
-from vital.zoo import Model
+from vital.zoo import Model, as_model, frozen
 
 DEFAULT_TOP_IMAGES = 10_000
 DEFAULT_TOP = 50
 DEFAULT_PATCH = 64
+DEFAULT_SHARD = 1024
+PASS_FORMAT = "shards-1"  # in the pass key: passes saved by another layout are not resumed
 
 
 def default_workers() -> int:
@@ -66,6 +77,8 @@ class MiningReport:
         Time spent in each stage of this call.
     scanned
         Images read by stage 1 in this call (less than ``images`` after a resume).
+    engine
+        Where the shards ran (``local`` or ``ray``).
     """
 
     database: Path
@@ -77,51 +90,13 @@ class MiningReport:
     not_images: int
     seconds: dict[str, float] = field(default_factory=dict)
     scanned: int = 0
+    engine: str = "local"
 
     @property
     def images_per_second(self) -> float:
         """Stage 1 throughput of this call (0 when it had nothing to do)."""
         seconds = self.seconds.get("stage1", 0.0)
         return self.scanned / seconds if seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Patches:
-    """Square patches of side ``size`` on a ``crop`` × ``crop`` image, stride half a side."""
-
-    size: int
-    crop: int
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.size <= self.crop:
-            raise VitalError(
-                f"patch side {self.size} must be between 2 and the crop side {self.crop}."
-            )
-
-    @property
-    def stride(self) -> int:
-        """Half a side (METHOD.md)."""
-        return max(1, self.size // 2)
-
-    @property
-    def per_axis(self) -> int:
-        """Patch positions along one axis."""
-        return (self.crop - self.size) // self.stride + 1
-
-    def __len__(self) -> int:
-        return self.per_axis**2
-
-    def box(self, index: int) -> tuple[int, int, int]:
-        """(left, top, side) of patch ``index`` (row-major)."""
-        row, column = divmod(index, self.per_axis)
-        return column * self.stride, row * self.stride, self.size
-
-    def cut(self, crops: torch.Tensor, resolution: int) -> torch.Tensor:
-        """(B, 3, crop, crop) → (B·n, 3, resolution, resolution): every patch, resized."""
-        tiles = crops.unfold(2, self.size, self.stride).unfold(3, self.size, self.stride)
-        # (B, 3, rows, columns, side, side) → (B, rows, columns, 3, side, side), row-major
-        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, self.size, self.size)
-        return F.interpolate(tiles, size=(resolution, resolution), mode="bilinear")
 
 
 def _layer_channels(model: Model, layer: str) -> int:
@@ -146,6 +121,9 @@ def mine(
     workers: int | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
+    engine: str | Engine = "local",
+    address: str | None = None,
+    shard_size: int = DEFAULT_SHARD,
 ) -> MiningReport:
     """Mine the top images and patches of every selected unit of ``layer`` in one pass.
 
@@ -178,12 +156,23 @@ def mine(
         Images per forward pass in stage 1; patches per forward pass in stage 2 (at least
         one image's patches).
     workers
-        DataLoader processes that decode images (default: :func:`default_workers`).
+        DataLoader processes that decode images for the local engine (default:
+        :func:`default_workers`); the Ray engine decodes each shard in a CPU task of its own.
     checkpoint_seconds
-        Save progress at most this often (0: after every batch). Progress is also saved when
-        the pass is interrupted by an exception or Ctrl-C.
+        Fold the recorded shards into one snapshot of the running top-k at most this often
+        (0: after every shard). Every finished shard is recorded at once regardless.
     progress
         Show progress bars with images/s.
+    engine
+        ``"local"`` (shards one after the other in this process), ``"ray"`` (shards as Ray
+        tasks; the model on a GPU worker when the cluster has GPUs), or an engine object from
+        :mod:`vital.engines` (left running).
+    address
+        With ``engine="ray"``: the cluster's address (default: start a local Ray instance,
+        stopped again at the end).
+    shard_size
+        Images per shard in stage 1 (stage 2: images whose patches make as many forward
+        passes). The unit of distribution and of resuming; the result does not depend on it.
 
     Returns
     -------
@@ -192,10 +181,53 @@ def mine(
     Raises
     ------
     VitalError
-        Missing or empty data, unknown layer, channels or direction of the wrong size.
+        Missing or empty data, unknown layer, channels or direction of the wrong size, Ray
+        asked for but not installed, or a shard that kept failing (the finished shards are
+        saved: run again to retry the rest).
     """
-    if top_images < 1 or top < 1:
-        raise VitalError("--top-images and --top must be at least 1.")
+    for value, what in (
+        (top_images, "--top-images"),
+        (top, "--top"),
+        (shard_size, "the shard size (--shard-size)"),
+        (batch_size, "the batch (--batch)"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise VitalError(f"{what} must be a whole number of at least 1, not {value!r}.")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 0):  # fmt: skip
+        raise VitalError(f"--workers must be 0 (decode in this process) or more, not {workers!r}.")
+    output_folder(database_path(database).parent, "mining folder")
+    with frozen(model.module if isinstance(model, Model) else model):
+        return _mine(
+            as_model(model), layer, data, database, channels, directions, direction_name,
+            top_images, top, patch, batch_size, workers, checkpoint_seconds, progress, engine,
+            address, shard_size,
+        )  # fmt: skip
+
+
+def _mine(
+    model: Model,
+    layer: str,
+    data: str | Path | ImageList,
+    database: str | Path,
+    channels: Sequence[int] | None,
+    directions: np.ndarray | Sequence[Direction] | None,
+    direction_name: str,
+    top_images: int,
+    top: int,
+    patch: int,
+    batch_size: int,
+    workers: int | None,
+    checkpoint_seconds: float,
+    progress: bool,
+    engine: str | Engine,
+    address: str | None,
+    shard_size: int,
+) -> MiningReport:
+    if isinstance(engine, str):
+        check_engine(engine, address)  # before listing a large dataset, not after
+    elif address is not None:
+        raise VitalError("address goes with an engine name; this engine is already connected.")
     images = data if isinstance(data, ImageList) else list_images(data)
     index = MiningIndex(database)
     layer_channels = _layer_channels(model, layer)
@@ -226,150 +258,192 @@ def mine(
             "unreadable"
         ]
         return report
-    key = hashlib.sha256(
-        json.dumps([model.fingerprint, layer, images.identity, settings, todo.keys]).encode()
-    ).hexdigest()[:24]
-    workers = default_workers() if workers is None else workers
-    scan = _Scan(model, layer, todo, images, index, key, batch_size, workers, progress)
-    scan.checkpoint_seconds = checkpoint_seconds  # how often _run saves progress
-    saved = index.load_pass(key) or PassState(1, 0, 0, None, None)
+    identity = [PASS_FORMAT, model.fingerprint, layer, images.identity, settings, todo.keys]
+    key = hashlib.sha256(json.dumps([*identity, shard_size]).encode()).hexdigest()[:24]
+    runner = make_engine(engine, address) if isinstance(engine, str) else engine
+    report.engine = runner.name
+    scan = _Pass(
+        model,
+        layer,
+        todo,
+        images,
+        index,
+        key,
+        runner,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        workers=default_workers() if workers is None else workers,
+        checkpoint_seconds=checkpoint_seconds,
+        progress=progress,
+    )
+    try:
+        final = scan.run(top_images, min(top, top_images), patches)
+    finally:
+        if runner is not engine:  # made here: stop the Ray instance it started
+            runner.shutdown()
+    report.seconds, report.scanned, report.unreadable = scan.seconds, scan.scanned, scan.unreadable
 
-    started = time.perf_counter()
-    if saved.stage == 1:
-        first_cursor = saved.cursor
-        saved = scan.stage1(saved, top_images)
-        report.scanned = len(images) - first_cursor
-    report.seconds["stage1"] = time.perf_counter() - started
-    started = time.perf_counter()
-    if patches is None:
-        final = scan.whole_images(saved, min(top, top_images))
-    else:
-        final = scan.stage2(saved, patches, min(top, top_images))
-    report.seconds["stage2"] = time.perf_counter() - started
-    report.unreadable = saved.unreadable
-
-    headers, rows = [], []
-    for u, unit in enumerate(todo.keys):
-        headers.append(
-            {
-                "model": model.fingerprint,
-                "model_name": model.name,
-                "layer": layer,
-                "unit": unit,
-                "unit_name": todo.names[u],
-                "dataset": dataset,
-                "settings": settings,
-                "scanned": len(images),
-                "unreadable": saved.unreadable,
-            }
-        )
-        rows.append(final[u])
-    index.finish_pass(key, headers, rows)
+    headers = [
+        {
+            "model": model.fingerprint,
+            "model_name": model.name,
+            "layer": layer,
+            "unit": unit,
+            "unit_name": todo.names[u],
+            "dataset": dataset,
+            "settings": settings,
+            "scanned": len(images),
+            "unreadable": scan.unreadable,
+        }
+        for u, unit in enumerate(todo.keys)
+    ]
+    index.finish_pass(key, headers, final)
     return report
 
 
-class _Scan:
-    """Runs the stages of one pass and checkpoints them into the index."""
+@dataclass
+class _Pass:
+    """Runs the stages of one pass on an engine and records every shard in the index."""
 
-    def __init__(
+    model: Model
+    layer: str
+    units: Units
+    images: ImageList
+    index: MiningIndex
+    key: str
+    engine: Engine
+    batch_size: int
+    shard_size: int
+    workers: int
+    checkpoint_seconds: float
+    progress: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+    scanned: int = 0  # stage-1 images read in this call
+    unreadable: int = 0  # stage-1 unreadable images, this call and before
+
+    def run(self, top_images: int, top: int, patches: Patches | None) -> list[list[tuple]]:
+        """Both stages (or what is left of them): each unit's ranked rows for the index."""
+        saved = self.index.load_pass(self.key)
+        self.unreadable = saved.unreadable if saved is not None else 0
+        started = time.perf_counter()
+        if saved is None or saved.stage == 1:
+            scorer = self._scorer(top_images)
+            positions = list(range(len(self.images)))
+            ranking = self._stage(1, positions, scorer, self.shard_size, self.batch_size, saved)
+            candidates = ranking.state()
+            self.index.save_pass(self.key, list(self.units.keys), 2, None, candidates)
+            saved = None
+        else:
+            candidates = saved.candidates
+        self.seconds["stage1"] = time.perf_counter() - started
+        started = time.perf_counter()
+        if patches is None:
+            rows = self._whole_images(candidates, top)
+        else:
+            rows = self._stage2(candidates, patches, top, saved)
+        self.seconds["stage2"] = time.perf_counter() - started
+        return rows
+
+    def _scorer(self, capacity: int, **stage2) -> StageScorer:
+        return StageScorer(
+            self.model,
+            self.layer,
+            self.units,
+            capacity,
+            self.batch_size,
+            device="auto" if self.engine.remote else None,
+            **stage2,
+        )
+
+    def _stage(
         self,
-        model: Model,
-        layer: str,
-        units: Units,
-        images: ImageList,
-        index: MiningIndex,
-        key: str,
+        stage: int,
+        positions: list[int],
+        scorer: StageScorer,
+        per_shard: int,
         batch_size: int,
-        workers: int,
-        progress: bool,
-    ):
-        self.model = model
-        self.layer = layer
-        self.units = units
-        self.images = images
-        self.index = index
-        self.key = key
-        self.batch_size = batch_size
-        self.workers = workers
-        self.progress = progress
-        self.checkpoint_seconds = 60.0  # set by mine()
+        saved: PassState | None,
+    ) -> RunningTopK:
+        """Run the shards of ``positions`` not yet recorded; return the merged top-k."""
+        keys = list(self.units.keys)
+        capacity = scorer.capacity
+        ranking = RunningTopK(len(self.units), capacity)
+        done: dict[int, int] = {}
+        if saved is not None and saved.stage == stage:
+            if saved.state is not None:
+                ranking = RunningTopK.restore(saved.state, capacity)
+            for changes in saved.changes:
+                ranking.merge_changes(changes)
+            done = saved.done
+        shards = [positions[i : i + per_shard] for i in range(0, len(positions), per_shard)]
+        failures: list[ShardFailure] = []
+        paths = self.images.paths
 
-    def _features(self, tap, crops: torch.Tensor) -> torch.Tensor:
-        x = self.model.preprocessing.normalize(crops.to(self.model.device))
-        return self.units.scores(tap(x)[self.layer].float())
+        def jobs():
+            for number, chosen in enumerate(shards):
+                if number in done:
+                    continue
+                if failures:  # stop submitting; the shards in flight still finish
+                    return
+                full = ranking.width == capacity
+                yield Shard(
+                    stage,
+                    number,
+                    tuple(chosen),
+                    tuple(paths[p] for p in chosen),
+                    ranking.scores[:, -1].clone() if full else None,
+                )
 
-    def _run(self, stage: int, positions: list[int], saved: PassState, batch_size: int, step):
-        """Feed ``positions[saved.cursor:]`` to ``step``; checkpoint (cursor, count, state).
-
-        ``step(tap, positions, crops) -> state`` handles one batch of readable crops; the
-        snapshot of (cursor, unreadable, state) is replaced in one assignment after each
-        batch, so whatever interrupts the loop, the last snapshot is consistent.
-        """
-        snapshot = saved
-        last_saved = time.monotonic()
-        loader = crop_loader(
-            self.images,
-            positions[saved.cursor :],
+        decoder = Decoder(
             self.model.preprocessing.input_size,
             batch_size,
-            self.workers,
+            0 if self.engine.remote else self.workers,
         )
         bar = tqdm(
             total=len(positions),
-            initial=saved.cursor,
+            initial=sum(done.values()),
             unit="img",
             desc=f"stage {stage}",
             disable=not self.progress,
             smoothing=0.1,
         )
+        last_snapshot = time.monotonic()
         try:
-            with tapped(self.model.module, [self.layer], stop_early=True) as tap:
-                with torch.no_grad():
-                    for batch_positions, crops, readable in loader:
-                        state = snapshot.state
-                        if readable.any():
-                            state = step(tap, batch_positions[readable], crops[readable])
-                        snapshot = PassState(
-                            stage,
-                            snapshot.cursor + len(batch_positions),
-                            snapshot.unreadable + int((~readable).sum()),
-                            state,
-                            None,  # stage 2's candidates are already in the index
-                        )
-                        bar.update(len(batch_positions))
-                        if time.monotonic() - last_saved >= self.checkpoint_seconds:
-                            self.index.save_pass(self.key, list(self.units.keys), snapshot)
-                            last_saved = time.monotonic()
-        except BaseException:
-            if snapshot is not saved:
-                self.index.save_pass(self.key, list(self.units.keys), snapshot)
-            raise
+            for outcome in self.engine.run(jobs(), scorer, decoder, ShardFailure):
+                if isinstance(outcome, ShardFailure):
+                    failures.append(outcome)
+                    continue
+                new = ranking.merge(outcome.scores, outcome.ids, outcome.payload)
+                self.index.record_shard(
+                    self.key,
+                    keys,
+                    stage,
+                    outcome.number,
+                    outcome.images,
+                    outcome.unreadable,
+                    ranking.changes(new),
+                )
+                done[outcome.number] = outcome.images
+                if stage == 1:
+                    self.scanned += outcome.images
+                    self.unreadable += outcome.unreadable
+                bar.update(outcome.images)
+                if time.monotonic() - last_snapshot >= self.checkpoint_seconds:
+                    self.index.save_pass(self.key, keys, stage, ranking.state())
+                    last_snapshot = time.monotonic()
         finally:
             bar.close()
-        return snapshot
+        if failures:
+            numbers = ", ".join(str(f.shard.number) for f in failures)
+            raise VitalError(
+                f"stage {stage} shard(s) {numbers} failed ({failures[0].error}); the "
+                f"{len(done)} finished shard(s) are saved in {self.index.path}: run the same "
+                "command again to retry the rest."
+            )
+        return ranking
 
-    def stage1(self, saved: PassState, top_images: int) -> PassState:
-        """Spatial maxima of every image; returns the stage-2 starting state."""
-        top = (
-            RunningTopK.restore(saved.state, top_images)
-            if saved.state is not None
-            else RunningTopK(len(self.units), top_images)
-        )
-
-        def step(tap, positions: torch.Tensor, crops: torch.Tensor) -> dict:
-            maxima = self._features(tap, crops).amax(dim=-1)  # (B, U)
-            top.update(maxima.T, positions)
-            return top.state()
-
-        finished = self._run(1, list(range(len(self.images))), saved, self.batch_size, step)
-        candidates = finished.state or RunningTopK(len(self.units), top_images).state()
-        stage2 = PassState(2, 0, finished.unreadable, None, candidates)
-        self.index.save_pass(self.key, list(self.units.keys), stage2)
-        return stage2
-
-    def whole_images(self, saved: PassState, top: int) -> list[list[tuple]]:
+    def _whole_images(self, candidates: dict, top: int) -> list[list[tuple]]:
         """Without stage 2: each unit's ``top`` stage-1 images, scored by their maximum."""
-        candidates = saved.candidates
         crop = self.model.preprocessing.input_size
         rows = []
         for u in range(len(self.units)):
@@ -385,44 +459,25 @@ class _Scan:
             )
         return rows
 
-    def stage2(self, saved: PassState, patches: Patches, top: int) -> list[list[tuple]]:
+    def _stage2(
+        self, candidates: dict, patches: Patches, top: int, saved: PassState | None
+    ) -> list[list[tuple]]:
         """Best patch of every candidate image; returns each unit's ranked rows."""
-        candidates = saved.candidates
         candidate_ids = torch.where(
             torch.isfinite(candidates["scores"]), candidates["ids"].long(), torch.tensor(-1)
         )
         sorted_ids, order = candidate_ids.sort(dim=1)
         sorted_scores = candidates["scores"].gather(1, order)
         union = [int(p) for p in torch.unique(candidate_ids) if p >= 0]
-        ranking = (
-            RunningTopK.restore(saved.state, top)
-            if saved.state is not None
-            else RunningTopK(len(self.units), top)
+        scorer = self._scorer(top, patches=patches, members=sorted_ids)
+        ranking = self._stage(
+            2,
+            union,
+            scorer,
+            max(1, self.shard_size // len(patches)),
+            max(1, self.batch_size // len(patches)),
+            saved,
         )
-        resolution = self.model.preprocessing.input_size
-
-        def step(tap, positions: torch.Tensor, crops: torch.Tensor) -> dict:
-            tiles = patches.cut(crops, resolution)
-            chunk = max(self.batch_size, len(patches))  # an image's patches in one forward
-            means = torch.cat(
-                [
-                    self._features(tap, tiles[i : i + chunk]).mean(dim=-1)
-                    for i in range(0, len(tiles), chunk)
-                ]
-            )  # (B·n, U)
-            best, where = means.view(len(positions), len(patches), -1).max(dim=1)  # (B, U)
-            # Only units that kept this image in stage 1 rank it here.
-            wanted = positions.unsqueeze(0).repeat(len(self.units), 1)
-            found = torch.searchsorted(sorted_ids, wanted).clamp(max=sorted_ids.shape[1] - 1)
-            member = sorted_ids.gather(1, found) == wanted
-            ranking.update(torch.where(member, best.T.cpu(), -torch.inf), positions, where.T)
-            return ranking.state()
-
-        images_per_batch = max(1, self.batch_size // len(patches))
-        finished = self._run(2, union, saved, images_per_batch, step)
-        if finished.state is not None:
-            ranking = RunningTopK.restore(finished.state, top)
-
         rows = []
         for u in range(len(self.units)):
             keep = torch.isfinite(ranking.scores[u])
@@ -434,9 +489,9 @@ class _Scan:
                     (
                         rank,
                         int(ids[rank]),
-                        float(ranking.scores[u][rank]),
+                        float(ranking.scores[u][keep][rank]),
                         float(image_scores[rank]),
-                        *patches.box(int(ranking.payload[u][rank])),
+                        *patches.box(int(ranking.payload[u][keep][rank])),
                         patches.crop,
                     )
                     for rank in range(len(ids))

@@ -18,7 +18,14 @@ Backends
     two-input sum module instead of a stack and a sum over its last axis (which is slow).
     BatchNorms with positive scales are folded into their convolutions for the run
     (``canonizers.FoldBatchNorm``), which leaves z⁺ exactly as with the BatchNorm passed and
-    saves a module per convolution.
+    saves a module per convolution; a layer whose output a tap or target reads is never
+    rewritten, so taps read what they read without the rules (ResNet's ``conv1`` tap is conv1's
+    output before its BatchNorm). Max pooling shares relevance as the z-rule of a 2×2 average
+    pool, as the authors' code does (``rules.MaxPoolAsAverage``). Two details where this
+    differs from the authors' code on purpose: the min-max normalisations of relevance and
+    channel importance have no +1e-6 in the denominator (a constant map becomes 0 instead),
+    and the residual split keeps ε = 1e-5 in its denominator (no 0/0 where both branches are
+    0); both change values by less than 1e-6 relative on maps that are not constant.
 ``lrp-restricted``
     As ``lrp``, started only at the position of the target layer whose activation vector is
     most aligned with the target direction, with the direction itself as starting relevance

@@ -18,6 +18,8 @@ from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
 from vital.errors import VitalError
+from vital.relevance import attention
+from vital.relevance.attention import Switch
 from vital.relevance.composites import (
     check_supported,
     guided_backprop_composite,
@@ -40,21 +42,27 @@ class RelevanceBackend:
     seed
         Starting relevance at the target layer from its activation and direction.
     composite
-        Builds the zennit composite (``None``: plain gradients).
+        Builds the zennit composite from the ids of the modules it must not rewrite (those
+        whose outputs are read); ``None``: plain gradients.
     times_activation
         Multiply the gradient arriving at a tap by the tap's activation.
     is_lrp
         Whether the backend relies on LRP rules (and so refuses layers it has no rule for).
+    transformer_rules
+        Where relevance crosses attention or layer normalisation, use AttnLRP's rules
+        (:mod:`.attention`) instead of the composite.
     """
 
     name: str
     seed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    composite: Callable[[], Composite] | None = None
+    composite: Callable[[frozenset[int]], Composite] | None = None
     times_activation: bool = False
     is_lrp: bool = False
+    transformer_rules: bool = False
 
     def __post_init__(self) -> None:
         self._attached: Composite | None = None
+        self._switch: Switch | None = None
 
     @contextmanager
     def attached(
@@ -79,9 +87,21 @@ class RelevanceBackend:
             yield self
             return
         span = modules_between(layers, taps, targets)
+        if self.transformer_rules and attention.applies(module, span):
+            attention.check_covered(module, span, self.name)
+            with attention.attention_rules(module, span) as switch:
+                self._switch = switch
+                try:
+                    yield self
+                finally:
+                    self._switch = None
+            return
         if self.is_lrp:
             check_supported(module, span, self.name, {i.name: i.calls for i in layers})
-        composite = self.composite()
+        # Layers whose outputs are read keep returning them, whatever is folded for speed.
+        modules = dict(module.named_modules())
+        keep = frozenset(id(modules[name]) for name in (*taps, *targets))
+        composite = self.composite(keep)
         base_map = composite.module_map
 
         def restricted_map(ctx, name, child):
@@ -91,18 +111,21 @@ class RelevanceBackend:
 
         composite.module_map = restricted_map
         composite.register(module)
-        self._set_active(composite, False)
         self._attached = composite
+        self._activate(False)
         try:
             yield self
         finally:
             self._attached = None
             composite.remove()
 
-    @staticmethod
-    def _set_active(composite: Composite, active: bool) -> None:
-        for hook in composite.hook_refs:
-            hook.active = active
+    def _activate(self, active: bool) -> None:
+        """Switch the attached rules on (relevance) or off (true gradients)."""
+        if self._attached is not None:
+            for hook in self._attached.hook_refs:
+                hook.active = active
+        if self._switch is not None:
+            self._switch.active = active
 
     def relevance(
         self,
@@ -126,27 +149,28 @@ class RelevanceBackend:
         dict
             Tap → (B, C, P) relevance, detached (0 where no relevance arrives).
         """
-        if self.composite is not None and self._attached is None:
+        if self.composite is not None and self._attached is None and self._switch is None:
             raise RuntimeError(f"relevance backend {self.name!r} is used without attached()")
+        # The transformer rules carry relevance as a gradient, read as gradient × activation.
+        gradient_form = self._switch is not None
+        seed = gradient_seed if gradient_form else self.seed
         starts = [outputs[layer] for layer in directions]
         seeds = [
-            self.seed(outputs[layer].detach(), direction.to(outputs[layer].device))
+            seed(outputs[layer].detach(), direction.to(outputs[layer].device))
             for layer, direction in directions.items()
         ]
         ends = [outputs[tap] for tap in taps]
-        if self._attached is not None:
-            self._set_active(self._attached, True)
+        self._activate(True)
         try:
             gradients = torch.autograd.grad(
                 starts, ends, grad_outputs=seeds, retain_graph=True, allow_unused=True
             )
         finally:
-            if self._attached is not None:
-                self._set_active(self._attached, False)
+            self._activate(False)
         relevance = {}
         for tap, end, gradient in zip(taps, ends, gradients, strict=True):
             value = torch.zeros_like(end) if gradient is None else gradient.detach()
-            if self.times_activation:
+            if self.times_activation or gradient_form:
                 value = value * end.detach()
             relevance[tap] = to_positions(value)
         return relevance
@@ -166,7 +190,7 @@ _ZENNIT_COMPOSITES = (
 
 # Name → factory: a backend holds the state of its attachment, so each run builds its own.
 BACKENDS: dict[str, Callable[[], RelevanceBackend]] = {
-    "lrp": _backend("lrp", activation_seed, vital_composite, is_lrp=True),
+    "lrp": _backend("lrp", activation_seed, vital_composite, is_lrp=True, transformer_rules=True),
     "lrp-restricted": _backend("lrp-restricted", restricted_seed, vital_composite, is_lrp=True),
     "guided-backprop": _backend("guided-backprop", gradient_seed, guided_backprop_composite),
     "grad-x-act": _backend("grad-x-act", gradient_seed, times_activation=True),

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from zennit.canonizers import Canonizer
+from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.core import collect_leaves
 
 from vital.presets import FOLDABLE_PAIRS, RESIDUAL_FLAGS, classes_named
 from vital.relevance.rules import FOLDED_SCALE
@@ -153,10 +154,13 @@ class FoldBatchNorm(Canonizer):
     as METHOD.md specifies, once ε is scaled alike (the scale is left on the convolution as
     :data:`FOLDED_SCALE` for :class:`ZPlus`). The folded pair costs one module instead of two,
     and the relevance pass one rule instead of two. BatchNorms with a negative or zero scale
-    stay (and pass relevance). :meth:`remove` restores both modules.
+    stay (and pass relevance), and so do convolutions in ``keep`` (those whose output a tap or
+    a target reads: folding would make them return the BatchNorm's output). :meth:`remove`
+    restores both modules.
     """
 
-    def __init__(self):
+    def __init__(self, keep: frozenset[int] = frozenset()):
+        self.keep = keep
         self.parent: nn.Module | None = None
         self.name = ""
         self.norm: nn.Module | None = None
@@ -183,8 +187,8 @@ class FoldBatchNorm(Canonizer):
                 pairs = named_pairs.get(type(parent), ())
             for conv_name, norm_name in pairs:
                 conv, norm = parent._modules.get(conv_name), parent._modules.get(norm_name)
-                if self._foldable(conv, norm):
-                    instance = FoldBatchNorm()
+                if id(conv) not in self.keep and self._foldable(conv, norm):
+                    instance = FoldBatchNorm(self.keep)
                     instance.register(parent, norm_name, conv, norm)
                     instances.append(instance)
         return instances
@@ -235,4 +239,35 @@ class FoldBatchNorm(Canonizer):
 
     def copy(self) -> FoldBatchNorm:
         """A fresh canonizer."""
-        return FoldBatchNorm()
+        return FoldBatchNorm(self.keep)
+
+
+class MergeBatchNormKeeping(SequentialMergeBatchNorm):
+    """zennit's BatchNorm merging for its named composites, except into layers in ``keep``.
+
+    A linear layer whose output a tap or a target reads must keep returning its own output.
+    """
+
+    def __init__(self, keep: frozenset[int] = frozenset()):
+        super().__init__()
+        self.keep = keep
+
+    def apply(self, root_module: nn.Module) -> list[Canonizer]:
+        """Merge every BatchNorm that follows a linear layer not in ``keep``."""
+        instances: list[Canonizer] = []
+        last = None
+        for leaf in collect_leaves(root_module):
+            if (
+                isinstance(last, self.linear_type)
+                and isinstance(leaf, self.batch_norm_type)
+                and id(last) not in self.keep
+            ):
+                instance = self.copy()
+                instance.register((last,), leaf)
+                instances.append(instance)
+            last = leaf
+        return instances
+
+    def copy(self) -> MergeBatchNormKeeping:
+        """A fresh canonizer with the same layers kept."""
+        return MergeBatchNormKeeping(self.keep)

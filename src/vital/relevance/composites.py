@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
-from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES, LayerMapComposite
 from zennit.core import Composite
 from zennit.rules import Norm, ReLUGuidedBackprop
@@ -19,6 +18,7 @@ from vital.errors import VitalError
 from vital.presets import GATES, NEUTRAL_BY_NAME, classes_named
 from vital.relevance.canonizers import (
     FoldBatchNorm,
+    MergeBatchNormKeeping,
     OutOfPlaceCanonizer,
     ResidualSplitCanonizer,
     ResidualSum,
@@ -28,38 +28,44 @@ from vital.relevance.rules import (
     AVERAGE_POOLS,
     EPSILON,
     LINEAR,
+    MAX_POOLS,
     NEUTRAL,
     NORMS,
     AbsoluteShare,
+    MaxPoolAsAverage,
     PassThrough,
     ZPlus,
 )
 from vital.taps import LayerInfo
 
 
-def vital_composite() -> Composite:
-    """The authors' LRP rule set (METHOD.md section 3) as a zennit composite."""
+def vital_composite(keep: frozenset[int] = frozenset()) -> Composite:
+    """The authors' LRP rule set (METHOD.md section 3) as a zennit composite.
+
+    ``keep``: ids of the modules whose outputs are read (taps, targets); they are not rewritten.
+    """
     return LayerMapComposite(
         layer_map=[
             (ACTIVATIONS, PassThrough()),
             (NORMS, PassThrough()),
             (ResidualSum, AbsoluteShare(EPSILON)),
             (AVERAGE_POOLS, Norm(EPSILON)),
+            (MAX_POOLS, MaxPoolAsAverage(EPSILON)),
             (LINEAR, ZPlus(EPSILON)),
         ],
-        canonizers=[FoldBatchNorm(), ResidualSplitCanonizer(), OutOfPlaceCanonizer()],
+        canonizers=[FoldBatchNorm(keep), ResidualSplitCanonizer(), OutOfPlaceCanonizer()],
     )
 
 
-def zennit_composite(name: str) -> Callable[[], Composite]:
+def zennit_composite(name: str) -> Callable[[frozenset[int]], Composite]:
     """A builder of zennit's composite ``name`` with the residual split and canonizers."""
 
-    def build() -> Composite:
+    def build(keep: frozenset[int] = frozenset()) -> Composite:
         # zennit's composites have no rule for a two-input sum: they get the residual split.
         return COMPOSITES[name](
             layer_map=[(ResidualSum, AbsoluteShare(EPSILON))],
             canonizers=[
-                SequentialMergeBatchNorm(),
+                MergeBatchNormKeeping(keep),
                 ResidualSplitCanonizer(),
                 OutOfPlaceCanonizer(),
             ],
@@ -68,7 +74,7 @@ def zennit_composite(name: str) -> Callable[[], Composite]:
     return build
 
 
-def guided_backprop_composite() -> Composite:
+def guided_backprop_composite(keep: frozenset[int] = frozenset()) -> Composite:
     """Zennit's guided backpropagation, extended to ReLU6."""
     return LayerMapComposite(layer_map=[((nn.ReLU, nn.ReLU6), ReLUGuidedBackprop())])
 

@@ -44,6 +44,9 @@ AVERAGE_POOLS: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
 )
+# Max pooling: the authors' rule set shares relevance as a 2×2 average pool would (below); the
+# other LRP backends route it to the winning position (the gradient).
+MAX_POOLS: tuple[type[nn.Module], ...] = (nn.MaxPool2d,)
 # Modules that need no rule: identities in eval mode, reshapes, and max pooling (its gradient
 # routes relevance to the winning position).
 NEUTRAL: tuple[type[nn.Module], ...] = (
@@ -289,3 +292,39 @@ class AbsoluteShare(_LeanHook):
     def copy(self) -> AbsoluteShare:
         """A fresh hook with the same stabiliser."""
         return AbsoluteShare(self.stabilizer)
+
+
+class MaxPoolAsAverage(_LeanHook):
+    """Max pooling passes relevance as the z-rule of a 2×2 average pool (the authors' choice).
+
+    ``R_i = x_i Σ_j w_ij R_j / (Σ_i w_ij x_i + ε)`` with ``w`` the weights of a 2×2, stride-2
+    average pool, as the authors' ``lrp_layers.py`` substitutes for every max pool; where that
+    pool's output does not have the max pool's shape, the max pool's own window is averaged.
+    Every input of a window gets a share, not only the winner.
+    """
+
+    def __init__(self, stabilizer: float = EPSILON):
+        super().__init__()
+        self.stabilizer = stabilizer
+
+    def forward(self, module, input, output):
+        """Keep the input for the backward pass."""
+        self.stored_tensors["input"] = input
+
+    def backward(self, module, grad_input, grad_output):
+        """Relevance at the pool's input from the relevance at its output."""
+        x = self.stored_tensors["input"][0].detach()
+        relevance_out = grad_output[0]
+        with torch.enable_grad():
+            leaf = x.clone().requires_grad_(True)
+            z = F.avg_pool2d(leaf, 2)
+            if z.shape[-2:] != relevance_out.shape[-2:]:
+                z = F.avg_pool2d(
+                    leaf, module.kernel_size, module.stride, module.padding, module.ceil_mode
+                )
+            (share,) = torch.autograd.grad(z, leaf, relevance_out / (z.detach() + self.stabilizer))
+        return (x * share,)
+
+    def copy(self) -> MaxPoolAsAverage:
+        """A fresh hook with the same stabiliser."""
+        return MaxPoolAsAverage(self.stabilizer)

@@ -2,7 +2,8 @@
 
 A target is a direction ``v`` over a layer's channels (one-hot for a channel). Its activation is
 the spatial mean of the projection ``Σ_c v_c A_c``; a backend's *seed* is the relevance it starts
-from at that layer.
+from at that layer, in the layer's own layout. Maps are (B, C, H, W); transformer tokens are
+(B, T, D), where the embedding dimensions are the channels and the tokens the positions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def projection(activation: torch.Tensor, direction: torch.Tensor) -> torch.Tenso
     Parameters
     ----------
     activation
-        (B, C, ...) layer output.
+        (B, C, ...) layer output, or (B, T, D) tokens.
     direction
         (B, C) one direction per image.
 
@@ -25,8 +26,14 @@ def projection(activation: torch.Tensor, direction: torch.Tensor) -> torch.Tenso
     torch.Tensor
         (B, P): ``Σ_c v_c A_c`` at every position.
     """
-    flat = activation.flatten(2) if activation.dim() > 2 else activation.unsqueeze(-1)
-    return torch.einsum("bcp,bc->bp", flat, direction.to(flat.dtype))
+    return torch.einsum("bcp,bc->bp", _positions(activation), direction.to(activation.dtype))
+
+
+def _positions(activation: torch.Tensor) -> torch.Tensor:
+    """(B, C, P) view: maps flattened, tokens transposed, vectors with one position."""
+    if activation.dim() == 3:
+        return activation.transpose(1, 2)
+    return activation.flatten(2) if activation.dim() > 2 else activation.unsqueeze(-1)
 
 
 def target_activation(activation: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -35,6 +42,8 @@ def target_activation(activation: torch.Tensor, direction: torch.Tensor) -> torc
 
 
 def _broadcast(direction: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.dim() == 3:  # tokens: the channels are the last axis
+        return direction.to(like.dtype).unsqueeze(1)
     return direction.to(like.dtype).view(*direction.shape, *([1] * (like.dim() - 2)))
 
 
@@ -52,15 +61,17 @@ def restricted_seed(activation: torch.Tensor, direction: torch.Tensor) -> torch.
     As in the authors' code the starting relevance there is ``v`` (for a channel, 1 at channel k),
     not the activation: so relevance flows even while the target is silent on the image.
     """
-    flat = activation.flatten(2)
+    flat = _positions(activation)
     cosine = torch.einsum("bcp,bc->bp", flat, direction.to(flat.dtype)) / (
         flat.norm(dim=1) * direction.norm(dim=1, keepdim=True) + 1e-12
     )
     mask = torch.zeros_like(cosine).scatter_(1, cosine.argmax(dim=1, keepdim=True), 1.0)
+    if activation.dim() == 3:
+        return _broadcast(direction, activation) * mask.unsqueeze(-1)
     return _broadcast(direction, activation) * mask.view(-1, 1, *activation.shape[2:])
 
 
 def gradient_seed(activation: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """The gradient of the target's mean activation with respect to the layer output."""
-    positions = activation[0, 0].numel()
+    positions = _positions(activation).shape[-1]
     return _broadcast(direction, activation).expand_as(activation) / positions

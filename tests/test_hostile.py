@@ -1,0 +1,253 @@
+"""Bad input over the CLI and the API: one line naming the problem, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vital
+import vital.cli
+from conftest import tiny_cnn_model, write_images
+from vital.errors import VitalError
+from vital.targets import Channel, Direction
+
+
+def run(monkeypatch, capsys, *arguments, model=None):
+    """``vital ARGUMENTS`` in this process; returns (exit status, stdout, stderr)."""
+    if model is not None:
+        monkeypatch.setattr(vital.cli, "_load", lambda *args: model)
+    with pytest.raises(SystemExit) as exit_info:
+        vital.cli.main([str(a) for a in arguments])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *phrases):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+@pytest.fixture
+def refs(tmp_path):
+    """Class sub-folders 1 and 2 (inner targets take every image below)."""
+    for index in (1, 2):
+        write_images(tmp_path / "refs" / str(index), 2, seed=index)
+    return tmp_path / "refs"
+
+
+def bomb_png(path: Path, side: int = 30000) -> Path:
+    """A PNG whose header claims ``side`` × ``side`` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+# --- 1. tracebacks for user mistakes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrases"),
+    [
+        (["--lr", "nan"], ["learning rate", "nan"]),
+        (["--lr", "-1"], ["learning rate"]),
+        (["--seed", str(2**70)], ["seed", "whole number"]),
+        (["--steps", "0"], ["steps"]),
+        (["--jitter", "-3"], ["jitter"]),
+        (["--resolution", "4"], ["resolution"]),
+        (["--batch", "0"], ["batch size"]),
+        (["--setting", "9"], ["setting 9 does not exist"]),
+    ],
+)
+def test_bad_numbers_are_one_line(monkeypatch, capsys, refs, tmp_path, extra, phrases):
+    arguments = ["class", "-c", "1", "--refs", refs, "--steps", "2", "--out", tmp_path / "o"]
+    code, _, err = run(monkeypatch, capsys, *arguments, *extra, model=tiny_cnn_model())
+    assert_one_line_error(code, err, *phrases)
+
+
+def test_unsupported_devices(monkeypatch, capsys, tmp_path):
+    for device in ("meta", "tpu", "cuda:7"):
+        code, _, err = run(
+            monkeypatch, capsys, "class", "-c", "1", "--device", device, "--out", tmp_path
+        )
+        assert_one_line_error(code, err, "device" if device != "cuda:7" else "GPU")
+
+
+def test_a_decompression_bomb_is_skipped_with_a_warning(monkeypatch, capsys, tmp_path):
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    bomb_png(folder / "huge.png")
+    arguments = ["class", "-c", "1", "--refs", folder, "--steps", "1", "--out", tmp_path / "o"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert_one_line_error(code, err, "could be read")
+    assert any("MAX_IMAGE_PIXELS" in str(w.message) for w in seen)
+    # beside a readable image the bomb is skipped and the run finishes
+    write_images(folder, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, out, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert code == 0, err
+
+
+def test_refs_and_out_that_are_files(monkeypatch, capsys, tmp_path, refs):
+    text = tmp_path / "notes.txt"
+    text.write_text("not images")
+    model = tiny_cnn_model()
+    code, _, err = run(monkeypatch, capsys, "class", "-c", "1", "--refs", text, model=model)
+    assert_one_line_error(code, err, "is a file")
+    neuron = ["neuron", "--layer", "stage3", "--channel", "1", "--refs", text, "--steps", "1"]
+    code, _, err = run(monkeypatch, capsys, *neuron, "--out", tmp_path / "n", model=model)
+    assert_one_line_error(code, err, "is a file")
+    code, _, err = run(monkeypatch, capsys, "class", "-c", "1", "--out", text, model=model)
+    assert_one_line_error(code, err, "is a file", "--out")
+    assert text.read_text() == "not images"  # untouched
+    code, _, err = run(
+        monkeypatch, capsys, "class", "-c", "1", "--out", text / "below", model=model
+    )
+    assert_one_line_error(code, err, "cannot create")
+
+
+def test_a_damaged_result_index_names_the_file(monkeypatch, capsys, tmp_path, refs):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    arguments = ["class", "-c", "1", "--refs", refs, "--steps", "1", "--out", out]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert_one_line_error(code, err, "index.sqlite", "Move it away")
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path, refs, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VITAL_CACHE", str(cache))
+    model = tiny_cnn_model()
+    arguments = {"settings": {"steps": 1}, "progress": False, "reference_count": 2}
+    first = vital.visualize(model, [1], refs, **arguments)[0]
+    files = list(cache.rglob("*.pt"))
+    assert files
+    for path in files:
+        path.write_bytes(path.read_bytes()[:20])  # truncated
+    with pytest.warns(UserWarning, match="damaged"):
+        again = vital.visualize(model, [1], refs, **arguments)[0]
+    assert torch.equal(first.pixels, again.pixels)
+
+
+def test_api_misuse_is_refused_before_any_work(refs):
+    model = tiny_cnn_model()
+    for targets, phrase in (
+        ([967.0], "not float"),
+        (None, "targets are classes"),
+        ([None], "not NoneType"),
+        ([True], "not bool"),
+    ):
+        with pytest.raises(VitalError, match=phrase):
+            vital.visualize(model, targets, refs, progress=False)
+    with pytest.raises(VitalError, match="not int"):
+        vital.visualize(model, [1], 5, progress=False)
+    with pytest.raises(VitalError, match="whole number"):
+        Channel("stage3", "3")
+    with pytest.raises(VitalError, match="sequence of numbers"):
+        Direction("stage3", ("a", "b"))
+    with pytest.raises(VitalError, match="settings are a mapping"):
+        vital.visualize(model, [1], refs, settings=300, progress=False)
+    with pytest.raises(VitalError, match="no option bogus"):
+        vital.visualize(model, [1], refs, bogus=1, progress=False)
+    with pytest.raises(VitalError, match="seed"):
+        vital.visualize(model, [1], refs, seeds=[-1], progress=False)
+
+
+class FeatureMapModel(nn.Module):
+    """Returns a feature map, not class scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_a_model_without_class_scores_fails_before_the_optimisation(refs, monkeypatch):
+    model = vital.Model(FeatureMapModel(), labels=None)
+    steps = []
+    monkeypatch.setattr("vital.driver.optimize", lambda *a, **k: steps.append(1))
+    with pytest.raises(VitalError, match="classifier output|not one score per class"):
+        vital.visualize(model, [vital.ClassTarget(1)], refs, progress=False)
+    assert not steps
+
+
+# --- 2. nothing silently ignored ---------------------------------------------------------------
+
+
+def test_options_a_command_does_not_use_are_refused(monkeypatch, capsys, tmp_path, refs):
+    model = tiny_cnn_model()
+    direction = tmp_path / "d.npy"
+    np.save(direction, np.ones(16, dtype=np.float32))
+    mine = ["mine", "--layer", "stage3", "--data", refs, "--channel", "3", "--direction", direction]
+    code, _, err = run(monkeypatch, capsys, *mine, "--out", tmp_path / "m", model=model)
+    assert_one_line_error(code, err, "--channel and --direction")
+    atlas = ["atlas", "build", "--out", tmp_path / "a", "--channel", "3"]
+    code, _, err = run(monkeypatch, capsys, *atlas, model=model)
+    assert_one_line_error(code, err, "--layer")
+    base = ["class", "-c", "1", "--method", "fourier", "--out", tmp_path / "f"]
+    for extra, phrase in ((["--refs", refs], "no reference"), (["--tap", "stem"], "no option")):
+        code, _, err = run(monkeypatch, capsys, *base, *extra, model=model)
+        assert_one_line_error(code, err, phrase)
+
+
+def test_nan_weights_stop_the_run_with_a_message(refs):
+    model = tiny_cnn_model()
+    with torch.no_grad():
+        model.module.stage1[0].weight.fill_(float("nan"))
+    with pytest.raises(VitalError, match="loss became nan at step 1"):
+        vital.visualize(model, [1], refs, settings={"steps": 20}, progress=False)
+
+
+def test_a_layer_without_positions_is_named(refs):
+    with pytest.raises(VitalError, match="'head'"):
+        vital.visualize(tiny_cnn_model(), [1], refs, taps=["head"], progress=False)
+
+
+# --- 5. interrupts -----------------------------------------------------------------------------
+
+
+def test_ctrl_c_says_what_was_saved(monkeypatch, capsys, tmp_path, refs):
+    import vital.api
+
+    real = vital.api.visualize
+
+    def interrupted(*args, on_result=None, **kwargs):
+        def first_then_stop(result):
+            on_result(result)
+            raise KeyboardInterrupt
+
+        return real(*args, on_result=first_then_stop, **kwargs)
+
+    monkeypatch.setattr(vital.api, "visualize", interrupted)
+    out = tmp_path / "out"
+    arguments = ["class", "-c", "1", "-c", "2", "--batch", "1", "--refs", refs]
+    code, _, err = run(
+        monkeypatch, capsys, *arguments, "--steps", "1", "--out", out, model=tiny_cnn_model()
+    )
+    assert code == 130
+    assert f"interrupted: 1 finished result(s) saved in {out}" in err
+    assert len(list(out.glob("*.png"))) == 1 and len(list(out.glob("*.json"))) == 1
