@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from vital.atlas import make_server
 from vital.explanation import explain
@@ -57,7 +58,17 @@ def screenshots(atlas: Path, records, out: Path) -> list[Path]:
     finally:
         server.shutdown()
         server.server_close()
+    for path in written:  # small files for the repository
+        shrink(path)
     return written
+
+
+def shrink(path: Path, width: int = 1000) -> None:
+    """Scale a screenshot down to ``width`` pixels and save it as a compact JPEG."""
+    with Image.open(path) as image:
+        height = round(image.height * width / image.width)
+        small = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    small.save(path, quality=62, optimize=True)
 
 
 def main() -> None:
