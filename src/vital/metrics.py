@@ -33,7 +33,7 @@ from torch import nn
 
 from vital.errors import VitalError
 from vital.relevance.seeds import target_activation
-from vital.taps import check_layer, tapped
+from vital.taps import check_layer, tapped, to_positions
 from vital.targets import Channel, ClassTarget, Direction, Target
 from vital.zoo import Model
 
@@ -416,9 +416,12 @@ def target_activations(
         values = []
         for i, target in enumerate(targets):
             output = tap.outputs[target.layer][i : i + 1]
-            channels = output.shape[-1] if output.dim() == 3 else output.shape[1]  # tokens: (T, D)
+            layout = tap.layout(target.layer)
+            channels = (
+                to_positions(output, layout).shape[1] if output.dim() > 2 else output.shape[1]
+            )
             direction = torch.as_tensor(target.vector(channels)).to(output).view(1, -1)
-            values.append(float(target_activation(output, direction)[0]))
+            values.append(float(target_activation(output, direction, layout)[0]))
     return values
 
 

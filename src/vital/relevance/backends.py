@@ -49,12 +49,12 @@ class RelevanceBackend:
     is_lrp
         Whether the backend relies on LRP rules (and so refuses layers it has no rule for).
     transformer_rules
-        Where relevance crosses attention or layer normalisation, use AttnLRP's rules
-        (:mod:`.attention`) instead of the composite.
+        Where relevance crosses attention blocks, use AttnLRP's rules (:mod:`.attention`)
+        instead of the composite.
     """
 
     name: str
-    seed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    seed: Callable[[torch.Tensor, torch.Tensor, str | None], torch.Tensor]
     composite: Callable[[frozenset[int]], Composite] | None = None
     times_activation: bool = False
     is_lrp: bool = False
@@ -132,6 +132,7 @@ class RelevanceBackend:
         outputs: Mapping[str, torch.Tensor],
         directions: Mapping[str, torch.Tensor],
         taps: Sequence[str],
+        layouts: Mapping[str, str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Relevance of every tap position for each image's target, in one backward pass.
 
@@ -143,6 +144,9 @@ class RelevanceBackend:
             Target layer → (B, C) directions; rows of images whose target is elsewhere are 0.
         taps
             Layers to return relevance for.
+        layouts
+            Layer → layout of its output (``NCHW``, ``NHWC``, ``NLC``) where the shape does not
+            tell (:meth:`vital.taps.FeatureTap.layout`).
 
         Returns
         -------
@@ -153,10 +157,11 @@ class RelevanceBackend:
             raise RuntimeError(f"relevance backend {self.name!r} is used without attached()")
         # The transformer rules carry relevance as a gradient, read as gradient × activation.
         gradient_form = self._switch is not None
+        layouts = layouts or {}
         seed = gradient_seed if gradient_form else self.seed
         starts = [outputs[layer] for layer in directions]
         seeds = [
-            seed(outputs[layer].detach(), direction.to(outputs[layer].device))
+            seed(outputs[layer].detach(), direction.to(outputs[layer].device), layouts.get(layer))
             for layer, direction in directions.items()
         ]
         ends = [outputs[tap] for tap in taps]
@@ -172,7 +177,7 @@ class RelevanceBackend:
             value = torch.zeros_like(end) if gradient is None else gradient.detach()
             if self.times_activation or gradient_form:
                 value = value * end.detach()
-            relevance[tap] = to_positions(value)
+            relevance[tap] = to_positions(value, layouts.get(tap))
         return relevance
 
 

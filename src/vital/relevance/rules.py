@@ -146,6 +146,7 @@ class ZPlus(_LeanHook, BasicHook):
         super().__init__()
         self.stabilizer = stabilizer
         self._weights: dict[str, torch.Tensor | float] = {}
+        self._nonnegative: bool | None = None
 
     def _weight(self, module: nn.Module, sign: str) -> torch.Tensor:
         # The model is frozen during a run: clamp its weights once per attachment.
@@ -157,7 +158,11 @@ class ZPlus(_LeanHook, BasicHook):
     def backward(self, module, grad_input, grad_output):
         """Relevance at the module input from the relevance ``grad_output`` at its output."""
         original = self.stored_tensors["input"][0].detach()
-        if bool(original.amin() >= 0):  # after a ReLU: no copies needed
+        if self._nonnegative is None:
+            # Whether this layer's input can be negative is a property of the network (after a
+            # ReLU it never is): looked at once, not at every step (the look waits for a GPU).
+            self._nonnegative = bool(original.amin() >= 0)
+        if self._nonnegative:  # after a ReLU: no copies needed
             parts = [(original, "+")]
         else:
             parts = [(original.clamp(min=0), "+"), (original.clamp(max=0), "-")]

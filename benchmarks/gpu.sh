@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU: throughput, memory and mining, appended to benchmarks/RESULTS.md.
+#   bash benchmarks/gpu.sh                      # on the GPU machine (device cuda)
+#   bash benchmarks/gpu.sh --device cpu --quick # smoke test (seconds; CI runs it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+args=("$@")
+case " ${args[*]:-} " in
+  *" --device "*) ;;
+  *) args=(--device cuda --append "${args[@]}") ;;
+esac
+exec env PYTHONPATH=src "$PYTHON" benchmarks/gpu.py "${args[@]}"

@@ -1,0 +1,99 @@
+"""One command-line shape: every list option repeats (integers also take commas), --refs,
+--device auto, --version and ``python -m vital``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import vital
+import vital.cli
+from conftest import tiny_cnn_model
+from vital.cli import app
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """Record what each command hands the library instead of running it."""
+    calls: dict[str, dict] = {}
+    model = tiny_cnn_model()
+    monkeypatch.setattr(vital.cli, "_load", lambda name, weights, device: calls.update(
+        load={"name": name, "device": device}) or model)  # fmt: skip
+
+    def visualize(loaded, targets, references, **kwargs):
+        calls["visualize"] = {"targets": targets, "references": references, **kwargs}
+        return []
+
+    def compare(loaded, classes, methods, **kwargs):
+        calls["compare"] = {"classes": classes, "methods": methods, **kwargs}
+        raise SystemExit(0)
+
+    def mine(loaded, layer, data, out, **kwargs):  # the command then stops on the missing report
+        calls["mine"] = {"layer": layer, **kwargs}
+
+    def build_atlas(spec, targets, references, out, settings, **kwargs):
+        calls["atlas"] = {"targets": targets, **kwargs}
+        raise SystemExit(0)
+
+    monkeypatch.setattr("vital.api.visualize", visualize)
+    monkeypatch.setattr("vital.compare.compare", compare)
+    monkeypatch.setattr("vital.mining.mine", mine)
+    monkeypatch.setattr("vital.atlas.build_atlas", build_atlas)
+    monkeypatch.setattr("vital.atlas.ModelSpec.__call__", lambda self: model)
+    monkeypatch.setattr("vital.mining.mined_references", lambda *args: None)
+    monkeypatch.setattr(vital.cli, "_report", lambda *args: None)
+    return calls
+
+
+def invoke(*arguments):
+    return CliRunner().invoke(app, [str(a) for a in arguments])
+
+
+def test_classes_repeat_or_take_commas_in_class_compare_and_atlas(seen, tmp_path):
+    assert invoke("class", "-c", "3", "--class", "1,2", "--out", tmp_path).exit_code == 0
+    assert seen["visualize"]["targets"] == ["3", "1", "2"]
+    assert seen["load"]["device"] == "auto"
+    invoke("compare", "-c", "1", "--class", "2", "--classes", "3,4", "--out", tmp_path)
+    assert seen["compare"]["classes"] == ["1", "2", "3", "4"]
+    invoke("compare", "-c", "1", "--method", "vital", "--methods", "maco,fourier")
+    assert list(seen["compare"]["methods"]) == ["vital", "maco", "fourier"]
+    invoke("atlas", "build", "--out", tmp_path / "a", "-c", "1", "--classes", "2,3")
+    assert [t.index for t in seen["atlas"]["targets"]] == [1, 2, 3]
+
+
+def test_channels_repeat_or_take_commas_in_neuron_mine_and_atlas(seen, tmp_path, image_folder):
+    arguments = ["--layer", "stage3", "--refs", image_folder, "--out", tmp_path]
+    assert invoke("neuron", *arguments, "--channel", "3", "-k", "1,2").exit_code == 0
+    assert [t.index for t in seen["visualize"]["targets"]] == [3, 1, 2]
+    invoke("mine", "--layer", "stage3", "--data", image_folder, "--channel", "4", "-k", "5,6")
+    assert seen["mine"]["channels"] == [4, 5, 6]
+    invoke("mine", "--layer", "stage3", "--data", image_folder, "--channels", "all")
+    assert seen["mine"]["channels"] is None
+    invoke("atlas", "build", "--out", tmp_path / "b", "--layer", "stage3", "--data",
+           image_folder, "--channel", "7", "--channels", "8,9")  # fmt: skip
+    assert [t.index for t in seen["atlas"]["targets"]] == [7, 8, 9]
+    result = invoke("neuron", *arguments, "--channel", "3,x")
+    assert "--channel takes whole numbers" in str(result.exception)
+
+
+def test_refs_and_device_everywhere(seen, tmp_path, image_folder):
+    invoke("class", "-c", "1", "--refs", image_folder, "--out", tmp_path)
+    assert seen["visualize"]["references"] == str(image_folder)
+    invoke("compare", "-c", "1", "--refs", image_folder, "--out", tmp_path)
+    assert seen["compare"]["references"] == str(image_folder)
+    invoke("atlas", "build", "--out", tmp_path / "c", "-c", "1", "--refs", image_folder)
+    for command in (["demo", "--steps", "1"], ["class", "-c", "1"]):
+        invoke(*command, "--out", tmp_path)
+        assert seen["load"]["device"] == "auto"
+
+
+def test_version_and_module_entry_point():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"vital {vital.__version__}"
+    process = subprocess.run(
+        [sys.executable, "-m", "vital", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0 and process.stdout.strip() == f"vital {vital.__version__}"
