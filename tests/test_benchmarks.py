@@ -18,8 +18,12 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-             "VITAL_CACHE": str(tmp_path / "cache")},  # fmt: skip
+        env={
+            "PYTHON": sys.executable,
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "VITAL_CACHE": str(tmp_path / "cache"),
+        },  # fmt: skip
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]

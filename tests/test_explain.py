@@ -199,6 +199,30 @@ def test_a_vision_transformers_embedding_dimensions_are_its_channels(tiny_vit, b
     assert part.abs().sum() > 0 and rest.abs().sum() > 0
 
 
+def test_a_channels_last_layer_is_explained_on_its_channel_axis():
+    # grad-x-act: lrp's transformer rules have no rule yet for timm's FastAdaptiveAvgPool head.
+    backend = "grad-x-act"
+    import timm
+
+    torch.manual_seed(0)
+    module = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4,
+        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=10,
+    )  # fmt: skip
+    model = Model(module, "tiny_swin", Preprocessing(input_size=64), generic_labels(10))
+    seen = {}
+    handle = module.layers[2].register_forward_hook(lambda _m, _i, out: seen.update(out=out))
+    with attributor(model, "layers.2", backend) as attribute:
+        found = attribute(pixels(size=64))
+        every_channel = attribute.conditional(range(64))
+    handle.remove()
+    assert seen["out"].shape == (1, 4, 4, 64)  # timm's Swin stages are (B, H, W, C)
+    assert found.relevance.shape == (64, 4, 4) and found.channels.shape == (64,)
+    assert torch.allclose(found.activation, seen["out"][0].permute(2, 0, 1))
+    scale = found.heatmap.abs().max()
+    assert torch.allclose(every_channel.sum(0), found.heatmap, atol=1e-5 * scale)
+
+
 def test_pooled_head_canonizer_ignores_other_models():
     assert PooledHeadCanonizer().apply(tiny_cnn_model().module) == []
 

@@ -36,7 +36,7 @@ from vital.presets import classes_named
 from vital.relevance import RelevanceBackend, attention, check_supported, get_backend
 from vital.relevance.rules import AVERAGE_POOLS
 from vital.relevance.seeds import gradient_seed, restricted_seed
-from vital.taps import check_layer, list_layers, tapped
+from vital.taps import check_layer, list_layers, resolved_layout, tapped
 from vital.zoo import Model
 
 
@@ -123,7 +123,8 @@ class ChannelRelevance:
     layer, backend
         Where relevance is read, and how it was computed.
     relevance
-        (C, H, W) relevance at the layer's output (tokens: (C, T), channels first).
+        (C, H, W) relevance at the layer's output, channels first whatever the layer's own
+        layout (tokens: (C, T)).
     activation
         The layer's output on the image, same shape.
     heatmap
@@ -160,9 +161,18 @@ class ChannelRelevance:
         return [int(c) for c in order[:count]]
 
 
-def _channels_first(tensor: torch.Tensor) -> torch.Tensor:
-    """A layer output (B, C, H, W) as it is; tokens (B, T, D) as (B, D, T)."""
-    return tensor.transpose(1, 2) if tensor.dim() == 3 else tensor
+def _channels_first(tensor: torch.Tensor, layout: str) -> torch.Tensor:
+    """A layer output with channels on axis 1: maps (B, C, H, W), tokens (B, D, T)."""
+    if layout == "NHWC":
+        return tensor.permute(0, 3, 1, 2)
+    return tensor.transpose(1, 2) if layout == "NLC" else tensor
+
+
+def _own_layout(tensor: torch.Tensor, layout: str) -> torch.Tensor:
+    """The inverse of :func:`_channels_first`."""
+    if layout == "NHWC":
+        return tensor.permute(0, 2, 3, 1)
+    return tensor.transpose(1, 2) if layout == "NLC" else tensor
 
 
 class Attributor:
@@ -181,6 +191,7 @@ class Attributor:
         # Rules that carry relevance as a gradient (the transformer rules): read × activation.
         self._gradient_form = gradient
         self._graph: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._layout = "NCHW"
 
     def __call__(self, pixels: torch.Tensor, target: int | None = None) -> ChannelRelevance:
         """Explain one image.
@@ -206,8 +217,9 @@ class Attributor:
         if activation.dim() not in (3, 4):
             raise VitalError(
                 f"layer {self.layer!r} has output shape {tuple(activation.shape)}; explain a "
-                "layer with (B, C, H, W) maps or (B, T, D) tokens."
+                "layer with (B, C, H, W) or (B, H, W, C) maps or (B, T, D) tokens."
             )
+        self._layout = resolved_layout(activation, self._tap.layout(self.layer))
         chosen = int(logits[0].argmax()) if target is None else int(target)
         if not 0 <= chosen < logits.shape[1]:
             raise VitalError(
@@ -219,7 +231,7 @@ class Attributor:
             logits, [activation, x], grad_outputs=seed, retain_graph=True
         )
         self._graph = (x, activation, at_layer)
-        relevance = _channels_first(self._times_activation(at_layer, activation))
+        relevance = _channels_first(self._times_activation(at_layer, activation), self._layout)
         heatmap = self._times_activation(at_input, x).sum(dim=1)[0]
         return ChannelRelevance(
             probabilities=logits.detach()[0].softmax(dim=0).cpu(),
@@ -228,7 +240,7 @@ class Attributor:
             layer=self.layer,
             backend=self.backend.name,
             relevance=relevance[0].detach().cpu(),
-            activation=_channels_first(activation.detach())[0].cpu(),
+            activation=_channels_first(activation.detach(), self._layout)[0].cpu(),
             heatmap=heatmap.detach().cpu(),
             notes=list(self._notes),
         )
@@ -240,14 +252,13 @@ class Attributor:
 
     def _mask(self, mask: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """A channel index or a channels-first mask, in the layer output's own layout."""
-        tokens = like.dim() == 3
-        channels = like.shape[-1] if tokens else like.shape[1]
+        first = _channels_first(like, self._layout)  # (1, C, ...)
         if isinstance(mask, int):
-            mask = F.one_hot(torch.tensor(mask), channels)
+            mask = F.one_hot(torch.tensor(mask), first.shape[1])
         mask = torch.as_tensor(mask).to(like)
         if mask.dim() == 1:  # over channels, every position
-            return mask.view(1, 1, -1) if tokens else mask.view(1, -1, 1, 1)
-        return mask.transpose(0, 1)[None] if tokens else mask[None]
+            mask = mask.view(-1, *([1] * (first.dim() - 2)))
+        return _own_layout(mask[None].expand_as(first), self._layout)
 
     def conditional(self, masks: Sequence[torch.Tensor] | Sequence[int]) -> torch.Tensor:
         """Heatmaps of the relevance that flows through parts of the layer only.
