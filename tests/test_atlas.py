@@ -1,14 +1,19 @@
 import http.client
 import json
+import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import warnings
 
 import pytest
 from tests.conftest import tiny_cnn_model, write_images
+from typer.testing import CliRunner
 
 import vital
-from vital.atlas import build_atlas, make_server
+from vital.atlas import build_atlas, make_server, render_site
+from vital.cli import app
 from vital.errors import VitalError
 from vital.references import from_folder
 from vital.targets import ClassTarget
@@ -31,13 +36,13 @@ def double_model():
     return model
 
 
-def build(model, data, folder, **kwargs):
+def build(model, data, folder, settings=None, **kwargs):
     return build_atlas(
         model,
         TARGETS,
         lambda t: from_folder(data / str(t.index), count=3),
         folder,
-        {"steps": 5, "jitter": 2, "seed": 7},
+        settings or {"steps": 5, "jitter": 2, "seed": 7},
         batch_size=2,
         progress=False,
         **kwargs,
@@ -207,15 +212,197 @@ def test_serving_a_folder_that_is_no_atlas(tmp_path):
         make_server(tmp_path, 0)
 
 
-def test_activation_curve_scales_steps_and_draws_the_reference_level():
+def test_activation_curve_has_axes_ticks_and_the_reference_level():
     from vital.atlas.site import activation_curve_svg
 
-    svg = activation_curve_svg([[1, 0.0], [11, float("nan")], [21, 2.0]], 4.0, 108, 58)
+    svg = activation_curve_svg([[1, 0.0], [11, float("nan")], [21, 2.0]], 4.0)
     lines = svg.split("<polyline")[1:]
     assert len(lines) == 2  # the trace and the dashed reference level
-    # Step 1 at the left margin, step 21 at the right; 0 at the bottom, half the height for 2.0
-    # on a 0–4 scale (the reference sets the top).
-    assert "points='4.0,54.0 104.0,29.0'" in lines[0]
-    assert "points='4.0,4.0 104.0,4.0'" in lines[1] and "stroke-dasharray" in lines[1]
-    assert "the references' mean, 4" in svg
-    assert activation_curve_svg([[1, 0.5]], None) == "<p>no activation trace</p>"
+    # Plot area: x from 62 to 506, y from 170 (bottom) to 12 (top) in a 520 x 210 chart. Step 1
+    # at the left, step 21 at the right; ticks 0..4 on y (the reference sets the top): 0 at the
+    # bottom, 2.0 half way up.
+    assert "points='62.0,170.0 506.0,91.0'" in lines[0]
+    assert "points='62.0,12.0 506.0,12.0'" in lines[1] and "stroke-dasharray" in lines[1]
+    y_ticks = re.findall(r"class='y-tick'[^>]*>([^<]*)<", svg)
+    x_ticks = re.findall(r"class='x-tick'[^>]*>([^<]*)<", svg)
+    assert y_ticks == ["0", "1", "2", "3", "4"] and x_ticks == ["5", "10", "15", "20"]
+    assert ">step</text>" in svg and ">activation</text>" in svg
+    assert "the references' mean, <span data-value='4.0'>4</span>" in svg
+    assert "no activation trace" in activation_curve_svg([[1, 0.5]], None)
+
+
+def test_loss_curve_uses_a_log_axis_when_it_spans_decades():
+    from vital.atlas.site import loss_curve_svg
+
+    svg = loss_curve_svg([1000.0, 100.0, 10.0, 1.0, 0.5])
+    assert re.findall(r"class='y-tick'[^>]*>([^<]*)<", svg) == ["0.1", "1", "10", "100", "1000"]
+    assert "loss (log scale)" in svg
+    linear = loss_curve_svg([0.0031, 0.0025, 0.0018])
+    assert re.findall(r"class='y-tick'[^>]*>([^<]*)<", linear) == [
+        "0.0015",
+        "0.0020",
+        "0.0025",
+        "0.0030",
+        "0.0035",
+    ]
+
+
+def test_tick_labels_are_round_and_cover_the_data():
+    from vital.atlas.charts import nice_ticks
+
+    assert nice_ticks(0.19, 0.22) == [0.19, 0.2, 0.21, 0.22]
+    assert nice_ticks(-3, 12.5) == [-5, 0, 5, 10, 15]
+    assert nice_ticks(1, 3, smallest_step=1) == [1, 2, 3]
+    assert nice_ticks(5, 5)[0] < 5 < nice_ticks(5, 5)[-1]
+
+
+# --- what the atlas writes, and what it reuses -----------------------------------------------
+
+
+def test_build_refuses_to_write_over_the_users_files(tmp_path, data):
+    folder = tmp_path / "atlas"
+    folder.mkdir()
+    (folder / "index.html").write_text("my own page")
+    with pytest.raises(VitalError, match=r"vital did not write .*index\.html"):
+        build(tiny_cnn_model(), data, folder)
+    assert (folder / "index.html").read_text() == "my own page"
+    assert [p.name for p in folder.iterdir()] == ["index.html"]  # nothing else was created
+
+
+def test_a_folder_of_the_users_where_the_atlas_writes_is_refused(tmp_path, data):
+    folder = tmp_path / "atlas"
+    (folder / "results").mkdir(parents=True)
+    (folder / "results" / "notes.txt").write_text("mine")
+    with pytest.raises(VitalError, match="results/"):
+        build(tiny_cnn_model(), data, folder)
+    assert (folder / "results" / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_file_inside_the_atlas_is_kept_and_never_overwritten(tmp_path, data):
+    folder = tmp_path / "atlas"
+    build(tiny_cnn_model(), data, folder)
+    (folder / "units" / "notes.txt").write_text("my notes")  # left alone by later builds
+    build(tiny_cnn_model(), data, folder)
+    assert (folder / "units" / "notes.txt").read_text() == "my notes"
+    # A file of the user's where the site would write: refused, and left as it was.
+    page = next((folder / "units").glob("vital-class-0-*.html"))
+    page.write_text("my version of the page")  # the user edits a page vital wrote
+    with pytest.raises(VitalError, match=f"{page.name} was changed since vital wrote it"):
+        render_site(folder)
+    assert page.read_text() == "my version of the page"
+    # A file of the user's at a name a later build would write (another seed's result).
+    user_file = folder / "results" / "vital-class-0-class-0-seed30.png"
+    user_file.write_bytes(b"my picture")
+    with pytest.raises(VitalError, match=f"{user_file.name} exists and vital did not write it"):
+        build(tiny_cnn_model(), data, folder, settings={"steps": 5, "jitter": 2, "seed": 30})
+    assert user_file.read_bytes() == b"my picture"
+    page.unlink()  # moved away: vital writes it anew
+    render_site(folder)
+    assert "vital atlas" in page.read_text()
+
+
+def test_an_atlas_database_that_is_not_vitals_is_refused(tmp_path, data):
+    folder = tmp_path / "atlas"
+    folder.mkdir()
+    with sqlite3.connect(folder / "atlas.sqlite") as connection:
+        connection.execute("CREATE TABLE accounts (name TEXT)")
+    with pytest.raises(VitalError, match="not an atlas database"):
+        build(tiny_cnn_model(), data, folder)
+    (folder / "mining.sqlite").write_text("not a database")
+    (folder / "atlas.sqlite").unlink()
+    with pytest.raises(VitalError, match="mining.sqlite"):
+        build(tiny_cnn_model(), data, folder)
+
+
+def test_changed_settings_recompute_and_say_what_changed(tmp_path, data):
+    folder = tmp_path / "atlas"
+    build(tiny_cnn_model(), data, folder)
+    before = images(folder)
+    report = build(tiny_cnn_model(), data, folder, settings={"steps": 6, "jitter": 2, "seed": 7})
+    assert (report.skipped, report.finished, report.reused) == (0, 5, [])
+    assert set(report.changed) == {f"class/{i}" for i in range(5)}
+    assert report.changed["class/0"] == ["settings.steps 5 → 6"]
+    rows = store_rows(folder)
+    assert len(rows) == 5 and all(r["settings"]["steps"] == 6 for _, _, r in rows)
+    assert all(images(folder)[unit] != before[unit] for unit in before)
+    again = build(tiny_cnn_model(), data, folder, settings={"steps": 6, "jitter": 2, "seed": 7})
+    assert (again.skipped, again.finished, again.changed) == (5, 0, {})
+    assert again.reused == [f"class/{i}" for i in range(5)]
+    forced = build(
+        tiny_cnn_model(), data, folder, settings={"steps": 6, "jitter": 2, "seed": 7}, force=True
+    )
+    assert (forced.skipped, forced.finished, len(forced.forced)) == (0, 5, 5)
+
+
+def test_new_references_recompute_only_their_unit(tmp_path, data):
+    folder = tmp_path / "atlas"
+    build(tiny_cnn_model(), data, folder)
+    write_images(data / "3", 3, seed=30)  # class 3 gets another image (more distinct images)
+    report = build(tiny_cnn_model(), data, folder)
+    assert list(report.changed) == ["class/3"] and report.finished == 1
+    assert any(line.startswith("references ") for line in report.changed["class/3"])
+
+
+def test_the_site_shows_each_units_current_result_only(tmp_path, data):
+    folder = tmp_path / "atlas"
+    build(tiny_cnn_model(), data, folder)
+    build(tiny_cnn_model(), data, folder, settings={"steps": 5, "jitter": 2, "seed": 20})
+    assert len(list((folder / "results").glob("*.png"))) == 10  # both runs' files are kept
+    index = (folder / "index.html").read_text()
+    assert index.count("class='card'") == 5
+    assert "seed20.png" in index and "seed7.png" not in index
+
+
+def test_unit_pages_link_the_previous_and_next_unit_of_their_layer(tmp_path, data):
+    folder = tmp_path / "atlas"
+    build(tiny_cnn_model(), data, folder)
+    first = (folder / "units" / "vital-class-0-class-0-seed7.html").read_text()
+    middle = (folder / "units" / "vital-class-2-class-2-seed9.html").read_text()
+    assert (
+        "id='previous'" not in first and "href='../units/vital-class-1-class-1-seed8.html'" in first
+    )
+    assert "← class/1" in middle and "class/3 →" in middle
+    assert "id='record-link' href='../results/vital-class-2-class-2-seed9.json'" in middle
+
+
+def test_serve_refuses_an_out_of_range_port_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["atlas", "serve", str(tmp_path), "--port", "70000"])
+    assert result.exit_code != 0
+    with pytest.raises(VitalError, match="from 1 to 65535"):
+        make_server(tmp_path, 70000)
+    process = subprocess.run(
+        [sys.executable, "-m", "vital", "atlas", "serve", str(tmp_path), "--port", "-1"],
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [
+        "error: --port must be a whole number from 1 to 65535 (0: any free port), not -1."
+    ]
+
+
+def test_serve_warns_when_it_listens_beyond_this_machine(tmp_path, data, monkeypatch):
+    build(tiny_cnn_model(), data, tmp_path / "atlas")
+    server = make_server(tmp_path / "atlas", 0, host="0.0.0.0")
+    assert server.server_address[0] == "0.0.0.0"
+    server.server_close()
+
+    class Quick:
+        server_address = ("0.0.0.0", 8123)
+
+        def serve_forever(self):
+            pass
+
+        def server_close(self):
+            pass
+
+    import vital.atlas.serve
+
+    monkeypatch.setattr(vital.atlas.serve, "make_server", lambda *a, **k: Quick())
+    arguments = ["atlas", "serve", str(tmp_path / "atlas"), "--host", "0.0.0.0", "--port", "8123"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0
+    assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in result.output
+    assert "http://0.0.0.0:8123/" in result.output
+    quiet = CliRunner().invoke(app, ["atlas", "serve", str(tmp_path / "atlas"), "--port", "8123"])
+    assert "warning" not in quiet.output and "http://127.0.0.1:8123/" in quiet.output

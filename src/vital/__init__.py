@@ -6,6 +6,7 @@
 
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError
+from vital.explanation import Explanation, explain
 from vital.methods import METHODS
 from vital.mining import contact_sheet, mine, mined_references
 from vital.optimize import Settings, learning_rate, transparency
@@ -24,6 +25,7 @@ __all__ = [
     "Channel",
     "ClassTarget",
     "Direction",
+    "Explanation",
     "METHODS",
     "MissingWeightsError",
     "Model",
@@ -40,6 +42,7 @@ __all__ = [
     "class_references",
     "classify",
     "contact_sheet",
+    "explain",
     "from_folder",
     "from_imagenet_class",
     "from_samples",

@@ -693,6 +693,115 @@ def _sheet_numbers(text: str, units: int) -> list[int]:
     return numbers
 
 
+@app.command("explain")
+def explain_command(
+    image: Annotated[Path, typer.Argument(help="The image to explain (its centre crop).")],
+    layer: Annotated[
+        str, typer.Option("--layer", "-l", help="Layer whose channels explain the prediction.")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Images to mine the channels' dataset examples and picture references from "
+            "(folder or list file).",
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="Most relevant channels to show.")] = 5,
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", "-c", help="Class to explain (default: the prediction)."),
+    ] = None,
+    relevance: Annotated[
+        str,
+        typer.Option(
+            "--relevance", help="lrp (default), epsilon-plus, guided-backprop, grad-x-act, …"
+        ),
+    ] = "lrp",
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Atlas folder the explanation is written to.")
+    ] = Path("vital-atlas"),
+    references: Annotated[
+        int, typer.Option("--references", help="Mined images per channel (picture references).")
+    ] = 50,
+    mined_as: Annotated[
+        str, typer.Option("--mined-as", help="Picture references: 'image' or 'patch'.")
+    ] = "image",
+    top_images: Annotated[
+        int, typer.Option("--top-images", help="Mining stage 1: images kept per channel.")
+    ] = 10000,
+    patch: Annotated[int, typer.Option("--patch", help="Mining patch side (0: whole).")] = 64,
+    stores: Annotated[
+        list[Path] | None,
+        typer.Option("--store", help="Another atlas or result folder to reuse pictures from."),
+    ] = None,
+    no_pictures: Annotated[
+        bool, typer.Option("--no-pictures", help="Skip the channels' VITAL pictures.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Compute the pictures again even if stored.")
+    ] = False,
+    setting: SettingName = None,
+    steps: Steps = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of pictures that are computed.")] = 0,
+    device: Device = "auto",
+    resolution: Resolution = None,
+    batch: Batch = 4,
+) -> None:
+    """Explain why the model gives IMAGE its class: the channels of --layer that carried it.
+
+    For the top channels: their relevance (LRP from the class logit) and share, a heatmap of
+    the relevance through each, their dataset examples mined from --data, and their VITAL
+    pictures (reused from the atlas or --store when stored with the same settings). Writes a
+    JSON record and a page into the atlas folder --out.
+    """
+    from vital.explanation import explain
+
+    loaded = _load(model, weights, device)
+    _Session.out, _Session.resumable = out, True
+    record = explain(
+        loaded,
+        image,
+        layer=layer,
+        top=top,
+        data=data,
+        out=out,
+        target=class_name,
+        relevance=relevance,
+        setting=_setting(setting),
+        settings=_overrides(steps=steps, resolution=resolution),
+        seed=seed,
+        references=references,
+        mined_as=mined_as,
+        top_images=top_images,
+        patch=patch,
+        pictures=not no_pictures,
+        stores=stores or (),
+        force=force,
+        batch_size=batch,
+    )
+    explained = record.explained
+    typer.echo(
+        f"{Path(record.image['source']).name}: {explained['name']} (class {explained['index']}, "
+        f"p={explained['probability']:.3f}{', given' if explained['given'] else ''}); "
+        f"relevance at {record.layer} ({record.relevance}) {record.total:.4g}"
+    )
+    for evidence in record.top:
+        picture = evidence.picture
+        where = f"picture {picture['source']}" if picture else "no picture"
+        typer.echo(
+            f"  #{evidence.rank + 1} channel {evidence.channel:5d}  relevance "
+            f"{evidence.relevance:9.4g}  share {100 * evidence.share:5.2f}%  "
+            f"{len(evidence.examples)} examples  {where}"
+        )
+    for note in record.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"record: {out / record.files['json']}")
+    typer.echo(f"page:   {out / record.files['page']} (or: vital atlas serve {out})")
+
+
 atlas_app = typer.Typer(
     no_args_is_help=True, help="Visualise many units, record them, browse them as a web page."
 )
@@ -756,14 +865,20 @@ def atlas_build(
     device: Device = "auto",
     resolution: Resolution = None,
     batch: Batch = 4,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute every unit, even those already stored.")
+    ] = False,
 ) -> None:
     """Visualise every selected unit into an atlas folder and write its web pages.
 
     Channels of --layer get references mined from --data (`vital mine`, stored in the atlas
     folder); --class targets get references from --refs or the embedded photos. Re-running
-    skips finished units and resumes mining and visualisation where they stopped.
+    reuses units stored with the same settings, references and model, recomputes the others,
+    and resumes mining and visualisation where they stopped. vital never writes over a file
+    in --out that it did not write.
     """
     from vital.atlas import ModelSpec, build_atlas
+    from vital.atlas.ledger import prepare_folder
     from vital.engines import make_engine
     from vital.methods.vital_class import class_references
     from vital.mining import mine, mined_references
@@ -772,6 +887,7 @@ def atlas_build(
 
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
+    prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, ray_address)
     spec = ModelSpec(model, weights, device)
     loaded = spec()
@@ -817,23 +933,56 @@ def atlas_build(
         setting=_setting(setting),
         engine=chosen_engine,
         batch_size=batch,
+        force=force,
     )
+    _report_reuse(result)
     typer.echo(
         f"{result.finished} units visualised, {result.failed} failed, {result.skipped} already "
         f"done ({result.units_per_minute:.1f} units/min). Browse: vital atlas serve {out}"
     )
 
 
+def _report_reuse(report) -> None:
+    """Say which stored units were reused, and why others were computed again."""
+    if report.reused:
+        shown = ", ".join(report.reused[:6]) + (" …" if len(report.reused) > 6 else "")
+        typer.echo(f"reused {len(report.reused)} unit(s) stored with the same inputs: {shown}")
+    if report.forced:
+        typer.echo(f"recomputing {len(report.forced)} stored unit(s) (--force)")
+    for unit, changes in list(report.changed.items())[:6]:
+        typer.echo(f"recomputing {unit}: " + "; ".join(changes[:3]))
+    if len(report.changed) > 6:
+        typer.echo(f"… and {len(report.changed) - 6} more unit(s) whose inputs changed")
+
+
 @atlas_app.command("serve")
 def atlas_serve(
     folder: Annotated[Path, typer.Argument(help="Atlas folder.")],
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8000,
+    port: Annotated[int, typer.Option("--port", help="Port (1-65535; 0: any free one).")] = 8000,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every "
+            "interface, for a remote machine).",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
-    """Serve an atlas on http://127.0.0.1:PORT (loopback only) until Ctrl-C."""
-    from vital.atlas import make_server
+    """Serve an atlas on http://HOST:PORT (loopback by default) until Ctrl-C."""
+    from vital.atlas.serve import check_port, is_loopback, make_server
 
-    server = make_server(folder, port, verbose=True)
-    typer.echo(f"serving {folder} on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
+    check_port(port)
+    server = make_server(folder, port, verbose=True, host=host)
+    if not is_loopback(host):
+        typer.secho(
+            f"warning: listening on {host}: anyone who can reach this machine can read the atlas "
+            "(no password). For a private view use the default host and an SSH tunnel: "
+            f"ssh -L {server.server_address[1]}:127.0.0.1:{server.server_address[1]} THIS_HOST",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    shown = "127.0.0.1" if host == "localhost" else host
+    typer.echo(f"serving {folder} on http://{shown}:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
         server.serve_forever()
     finally:

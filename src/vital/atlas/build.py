@@ -5,12 +5,18 @@ seed = base seed + position in the plan), so a resumed or distributed build give
 the seed an uninterrupted local build would give it. The driver is the only writer of the
 store: each finished unit is committed as soon as its batch returns, so Ctrl-C or a crash loses
 at most the batches in flight.
+
+Each unit's result is keyed on everything that changes the picture (:mod:`vital.atlas.keys`):
+a re-run reuses a unit only when its key is unchanged, recomputes it otherwise (the report says
+what changed), and ``force`` recomputes every unit. The atlas writes only files it recorded as
+its own (:mod:`vital.atlas.ledger`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -20,11 +26,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from vital.atlas.keys import PictureSpec, differences, picture_spec
+from vital.atlas.ledger import Ledger, prepare_folder
 from vital.engines import Engine, LocalEngine
 from vital.errors import VitalError
 from vital.grids import to_image
 from vital.references import ReferenceSet, center_crop, open_rgb
-from vital.store import Result, ResultStore
+from vital.store import Result, ResultStore, database
 from vital.targets import Target
 from vital.zoo import Model, load_model
 
@@ -132,13 +140,34 @@ def run_job(job: Job) -> list[UnitOutcome]:
 
 @dataclass
 class BuildReport:
-    """What a build did."""
+    """What a build did.
+
+    Attributes
+    ----------
+    planned
+        Units in the plan.
+    skipped
+        Units reused: stored with exactly these settings, references, options and model.
+    finished, failed
+        Units run in this build, by outcome.
+    seconds
+        Wall time of the build.
+    reused
+        The reused units' ids.
+    changed
+        Units recomputed because something they depend on changed: id → what changed.
+    forced
+        Units recomputed only because ``force`` was given.
+    """
 
     planned: int
     skipped: int
     finished: int
     failed: int
     seconds: float
+    reused: list[str] = dataclasses.field(default_factory=list)
+    changed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    forced: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def units_per_minute(self) -> float:
@@ -147,17 +176,64 @@ class BuildReport:
         return 60 * ran / self.seconds if self.seconds > 0 else 0.0
 
 
+_UNITS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS atlas_units (
+    unit TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredUnit:
+    """The atlas's current result of a unit: its key, what it depended on, its record file."""
+
+    unit: str
+    key: str
+    inputs: dict
+    record: str
+
+
 class Atlas:
-    """An atlas folder: ``atlas.sqlite``, ``results/``, ``refs/`` and the static site."""
+    """An atlas folder: ``atlas.sqlite``, ``results/``, ``refs/`` and the static site.
+
+    Opening one checks that the folder's output names hold only what vital wrote
+    (:func:`vital.atlas.ledger.prepare_folder`).
+    """
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        self.ledger: Ledger = prepare_folder(self.folder)
         self.store = ResultStore(self.folder / "results", index=self.folder / "atlas.sqlite")
+        with database(self.store.index, "atlas index") as connection:
+            connection.executescript(_UNITS_SCHEMA)
+        self.planned: dict[str, PictureSpec] = {}
+
+    def units(self) -> dict[str, StoredUnit]:
+        """Every unit's current result (the one the site shows)."""
+        with database(self.store.index, "atlas index") as connection:
+            rows = connection.execute("SELECT unit, key, inputs, record FROM atlas_units")
+            return {u: StoredUnit(u, k, json.loads(i), r) for u, k, i, r in rows.fetchall()}
+
+    def register(self, spec: PictureSpec, record_file: str) -> None:
+        """Make ``record_file`` (in ``results/``) the unit's current result under ``spec``."""
+        with database(self.store.index, "atlas index") as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO atlas_units VALUES (?, ?, ?, ?, ?)",
+                (spec.unit, spec.key(), json.dumps(spec.inputs()), record_file, time.time()),
+            )
+
+    def result_files(self, stem: str) -> list[Path]:
+        """The files the store writes for a result stem (claimed before a unit runs)."""
+        names = (f"{stem}.png", f"{stem}.json", f"{stem}-rgba.png", f"{stem}-alpha.npy")
+        return [self.store.folder / name for name in names]
 
     def reference_thumbnails(self, unit: Unit, references: ReferenceSet, limit: int = 8):
         """Save the first references as small JPEGs inside the atlas; return their entries."""
         folder = self.folder / "refs" / unit.target.slug()
-        folder.mkdir(parents=True, exist_ok=True)
         entries = []
         for position, source in enumerate(references.sources[:limit]):
             image = open_rgb(source)
@@ -165,7 +241,10 @@ class Atlas:
                 continue
             pixels = center_crop(image, 112)
             path = folder / f"{position:02d}.jpg"
+            self.ledger.claim([path])
+            folder.mkdir(parents=True, exist_ok=True)
             to_image(pixels).save(path, quality=88)
+            self.ledger.seal([path])
             entries.append(
                 {"image": path.relative_to(self.folder).as_posix(), "label": source.label}
             )
@@ -198,12 +277,17 @@ def plan_jobs(
     return jobs
 
 
-def plan_units(targets: Sequence[Target], seed: int) -> list[Unit]:
-    """Units in the order given; unit ``i`` gets seed ``seed + i``."""
+def plan_units(
+    targets: Sequence[Target], seed: int, seeds: Sequence[int] | None = None
+) -> list[Unit]:
+    """Units in the order given; unit ``i`` gets ``seeds[i]``, by default ``seed + i``."""
     ids = [target.unit() for target in targets]
     if len(set(ids)) != len(ids):
         raise VitalError("the atlas plan names a target twice; give each class or channel once.")
-    return [Unit(target, seed + position) for position, target in enumerate(targets)]
+    if seeds is not None and len(seeds) != len(targets):
+        raise VitalError(f"{len(seeds)} seeds were given for {len(targets)} units.")
+    chosen = list(seeds) if seeds is not None else [seed + i for i in range(len(targets))]
+    return [Unit(target, s) for target, s in zip(targets, chosen, strict=True)]
 
 
 def build_atlas(
@@ -218,8 +302,11 @@ def build_atlas(
     batch_size: int = 4,
     progress: bool = True,
     on_unit: Callable[[UnitOutcome], None] | None = None,
+    seeds: Sequence[int] | None = None,
+    force: bool = False,
+    render: bool = True,
 ) -> BuildReport:
-    """Run every unit not yet in the atlas and record it; then render the site.
+    """Run every unit not yet in the atlas with these inputs and record it; render the site.
 
     Parameters
     ----------
@@ -245,26 +332,61 @@ def build_atlas(
         Show units done/total, units/min and the time left.
     on_unit
         Called after each unit is recorded (for callers' own progress or tests).
+    seeds
+        One seed per target (default: ``settings["seed"] + i`` for the ``i``-th).
+    force
+        Recompute every unit, even those stored with the same inputs.
+    render
+        Write the site when the build ends.
+
+    Raises
+    ------
+    VitalError
+        When the folder holds files that vital did not write where the atlas writes.
     """
     from vital.atlas.site import render_site
 
-    spec = ModelSpec(model) if isinstance(model, str) else model
-    spec = GivenModel(spec) if isinstance(spec, Model) else spec
-    fingerprint = spec().fingerprint
-    atlas = Atlas(folder)
     if settings is not None and not isinstance(settings, Mapping):
         raise VitalError(
             "an atlas takes changes to the methods' defaults as a mapping, e.g. "
             "{'steps': 300}: classes and channels have different defaults."
         )
+    spec = ModelSpec(model) if isinstance(model, str) else model
+    spec = GivenModel(spec) if isinstance(spec, Model) else spec
+    loaded = spec()
+    fingerprint = loaded.fingerprint
+    atlas = Atlas(folder)
     settings = dict(settings or {})
-    units = plan_units(targets, int(settings.pop("seed", 0) or 0))
-    done = atlas.store.finished_units("vital", fingerprint)
-    todo = [unit for unit in units if unit.id not in done]
-    reference_sets = {unit.id: references(unit.target) for unit in todo}
+    units = plan_units(targets, int(settings.pop("seed", 0) or 0), seeds)
+    reference_sets = {unit.id: references(unit.target) for unit in units}
+    atlas.planned = {
+        unit.id: picture_spec(
+            loaded, unit.target, reference_sets[unit.id], unit.seed, setting, settings
+        )
+        for unit in units
+    }
+    stored = atlas.units()
+    report = BuildReport(len(units), 0, 0, 0, 0.0)
+    todo = []
+    for unit in units:
+        planned, current = atlas.planned[unit.id], stored.get(unit.id)
+        unchanged = current is not None and current.key == planned.key()
+        if unchanged and (atlas.store.folder / current.record).is_file() and not force:
+            report.reused.append(unit.id)
+            continue
+        if unchanged:
+            report.forced.append(unit.id)
+        elif current is not None:
+            report.changed[unit.id] = differences(current.inputs, planned.inputs())
+        todo.append(unit)
+    report.skipped = len(report.reused)
+    atlas.ledger.claim(
+        path
+        for unit in todo
+        for path in atlas.result_files(f"vital-{unit.target.slug()}-seed{unit.seed}")
+    )
     jobs = plan_jobs(spec, todo, reference_sets, batch_size, setting, settings)
     engine = engine or LocalEngine()
-    report = BuildReport(len(units), len(units) - len(todo), 0, 0, 0.0)
     started = time.perf_counter()
     bar = tqdm(total=len(units), initial=report.skipped, unit="unit", disable=not progress)
 
@@ -291,7 +413,8 @@ def build_atlas(
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started
-        render_site(atlas.folder)
+        if render:
+            render_site(atlas.folder)
     return report
 
 
@@ -300,6 +423,14 @@ def _record(atlas: Atlas, outcome: UnitOutcome, references: ReferenceSet, model:
         atlas.store.record_failure(outcome.unit.target, "vital", model, outcome.error)
         return
     result = outcome.result
-    result.record.unit = outcome.unit.id
-    result.record.references["top"] = atlas.reference_thumbnails(outcome.unit, references)
+    spec = atlas.planned[outcome.unit.id]
+    record = result.record
+    record.unit = outcome.unit.id
+    record.references["top"] = atlas.reference_thumbnails(outcome.unit, references)
+    # What the picture depended on, so that it is reused only when all of it matches.
+    record.references["identity"] = spec.references
+    record.options = {**(record.options or {}), **spec.options}
+    atlas.ledger.claim(atlas.result_files(result.stem))
     atlas.store.write(result)
+    atlas.ledger.seal(result.paths.values())
+    atlas.register(spec, result.paths["json"].name)

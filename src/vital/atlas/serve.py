@@ -1,8 +1,9 @@
-"""Serve an atlas folder on the loopback interface, and nothing outside that folder."""
+"""Serve an atlas folder (on the loopback interface unless told otherwise), nothing outside it."""
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import posixpath
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,8 +50,34 @@ class AtlasRequestHandler(SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def make_server(folder: str | Path, port: int = 8000, verbose: bool = False) -> ThreadingHTTPServer:
-    """An HTTP server for ``folder`` bound to 127.0.0.1 (port 0 picks a free one)."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port(port: object) -> int:
+    """A TCP port number (0 picks a free one), or a :class:`VitalError` saying what is wrong."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise VitalError(
+            f"--port must be a whole number from 1 to 65535 (0: any free port), not {port!r}."
+        )
+    return port
+
+
+def make_server(
+    folder: str | Path, port: int = 8000, verbose: bool = False, host: str = LOOPBACK
+) -> ThreadingHTTPServer:
+    """An HTTP server for ``folder`` bound to ``host`` (default 127.0.0.1; port 0: a free one).
+
+    Binding another address than the loopback makes the atlas readable by anyone who can reach
+    this machine (there is no authentication); the command line warns about it.
+    """
+    check_port(port)
     folder = Path(folder)
     if not (folder / "index.html").is_file():
         raise VitalError(
@@ -58,10 +85,10 @@ def make_server(folder: str | Path, port: int = 8000, verbose: bool = False) -> 
         )
     handler = functools.partial(AtlasRequestHandler, directory=str(folder.resolve()))
     try:
-        server = ThreadingHTTPServer((LOOPBACK, port), handler)
-    except OSError as error:
+        server = ThreadingHTTPServer((host, port), handler)
+    except (OSError, OverflowError) as error:
         raise VitalError(
-            f"cannot listen on {LOOPBACK}:{port}: {error}; try another --port."
+            f"cannot listen on {host}:{port}: {error}; try another --port or --host."
         ) from error
     server.verbose = verbose
     return server

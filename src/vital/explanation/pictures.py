@@ -1,0 +1,196 @@
+"""The VITAL pictures of an explanation's channels: reused when stored with the same inputs.
+
+A picture is looked up, in order, in the atlas the explanation is written to and in the stores
+the caller names (other atlases, or folders written by ``vital neuron --out``); a stored picture
+is reused when its record matches everything the picture depends on (:mod:`vital.atlas.keys`:
+model fingerprint, target, effective settings, references identity, method options), whatever
+its seed. A picture found in another store is copied into the atlas, so the site stays
+self-contained. The others are computed by :func:`vital.atlas.build_atlas` (that is,
+:func:`vital.visualize`, the driver) on the channel's mined references.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vital.atlas.build import Atlas, GivenModel, Unit, build_atlas
+from vital.atlas.keys import PictureSpec, picture_spec
+from vital.errors import VitalError
+from vital.record import Record
+from vital.references import ReferenceSet
+from vital.store import Result
+from vital.targets import Channel
+from vital.zoo import Model
+
+
+def _store_records(folder: Path) -> list[tuple[Record, Path]]:
+    """Records of a result folder or an atlas, with the folder their files are in."""
+    for index, results in (
+        (folder / "atlas.sqlite", folder / "results"),
+        (folder / "index.sqlite", folder),
+    ):
+        if not index.is_file():
+            continue
+        try:
+            with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as connection:
+                rows = connection.execute("SELECT record FROM results").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise VitalError(f"{index} is not a vital result store ({error}).") from error
+        return [(Record.from_json(row[0]), results) for row in rows]
+    raise VitalError(
+        f"{folder} holds no vital results (no atlas.sqlite or index.sqlite); name an atlas "
+        "folder or a folder written by `vital neuron --out`."
+    )
+
+
+def _in_atlas(atlas: Atlas, spec: PictureSpec) -> Record | None:
+    stored = atlas.units().get(spec.unit)
+    if stored is None:
+        return None
+    path = atlas.store.folder / stored.record
+    if not path.is_file():
+        return None
+    record = Record.from_json(path.read_text())
+    return record if spec.matches(record, ignore_seed=True) else None
+
+
+def _load_result(record: Record, folder: Path, target: Channel) -> Result:
+    """A stored result back as a :class:`Result` (its PNG is 8-bit, so re-saving is exact)."""
+    with Image.open(folder / record.files["png"]) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    alpha = None
+    if "alpha" in record.files:
+        alpha = torch.from_numpy(np.load(folder / record.files["alpha"], allow_pickle=False))
+    record = Record.from_dict(record.to_dict())
+    return Result(target, torch.from_numpy(array).permute(2, 0, 1), record, alpha)
+
+
+def _import(atlas: Atlas, result: Result, spec: PictureSpec, references: ReferenceSet) -> None:
+    record = result.record
+    record.unit = spec.unit
+    record.references = dict(record.references or {})
+    record.references["top"] = atlas.reference_thumbnails(
+        Unit(result.target, record.seed), references
+    )
+    atlas.ledger.claim(atlas.result_files(result.stem))
+    atlas.store.write(result)
+    atlas.ledger.seal(result.paths.values())
+    seeded = dataclasses.replace(spec, settings={**spec.settings, "seed": record.seed})
+    atlas.register(seeded, result.paths["json"].name)
+
+
+def _entry(atlas: Atlas, spec: PictureSpec, source: str) -> dict:
+    stored = atlas.units()[spec.unit]
+    record = Record.from_json((atlas.store.folder / stored.record).read_text())
+    files = {kind: f"results/{name}" for kind, name in record.files.items()}
+    return {
+        "unit": spec.unit,
+        "source": source,
+        "key": stored.key,
+        "seed": record.seed,
+        "record": files["json"],
+        "png": files["png"],
+        **({"rgba": files["rgba"]} if "rgba" in files else {}),
+        "activation": record.evaluation.get("activation"),
+        "reference_activation": record.evaluation.get("reference_activation"),
+    }
+
+
+def channel_pictures(
+    atlas: Atlas,
+    model: Model,
+    layer: str,
+    references: Mapping[int, ReferenceSet],
+    seed: int = 0,
+    setting: int | str | None = None,
+    overrides: Mapping[str, object] | None = None,
+    stores: Sequence[str | Path] = (),
+    force: bool = False,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict[int, dict]:
+    """The VITAL picture of each channel (reused or computed), as explanation entries.
+
+    Parameters
+    ----------
+    atlas
+        Where pictures are recorded.
+    model
+        The explained model.
+    layer
+        The channels' layer.
+    references
+        Each channel's reference set (its mined images).
+    seed
+        Seed of pictures that are computed.
+    setting, overrides
+        VITAL's named setting and the user's changes to its defaults.
+    stores
+        Other atlases or result folders to reuse pictures from.
+    force
+        Compute every picture again.
+    batch_size, progress
+        As for :func:`vital.atlas.build_atlas`.
+
+    Returns
+    -------
+    dict
+        Channel → ``unit``, ``source`` (``atlas``, ``store PATH`` or ``computed``), ``key``,
+        ``seed``, ``record``, ``png``, ``rgba`` (atlas paths) and the picture's activations.
+    """
+    specs = {
+        channel: picture_spec(model, Channel(layer, channel), refs, seed, setting, overrides)
+        for channel, refs in references.items()
+    }
+    sources: dict[int, str] = {}
+    if not force:
+        for channel, spec in specs.items():
+            if _in_atlas(atlas, spec) is not None:
+                sources[channel] = "atlas"
+        others = [Path(folder) for folder in stores]
+        for folder in others:
+            missing = [c for c in specs if c not in sources]
+            if not missing:
+                break
+            records = _store_records(folder)
+            for channel in missing:
+                spec = specs[channel]
+                found = next(
+                    ((r, f) for r, f in records if spec.matches(r, ignore_seed=True)), None
+                )
+                if found is not None:
+                    result = _load_result(found[0], found[1], Channel(layer, channel))
+                    _import(atlas, result, spec, references[channel])
+                    sources[channel] = f"store {folder}"
+    todo = [channel for channel in specs if channel not in sources]
+    if todo:
+        build_atlas(
+            GivenModel(model, device=str(model.device)),
+            [Channel(layer, channel) for channel in todo],
+            lambda target: references[target.index],
+            atlas.folder,
+            dict(overrides or {}),
+            setting=setting,
+            seeds=[seed] * len(todo),
+            force=force,
+            batch_size=batch_size,
+            progress=progress,
+            render=False,
+        )
+        stored = atlas.units()
+        for channel in todo:
+            current = stored.get(specs[channel].unit)
+            if current is not None and current.key == specs[channel].key():
+                sources[channel] = "computed"
+    return {
+        channel: _entry(atlas, specs[channel], sources[channel])
+        for channel in specs
+        if channel in sources
+    }

@@ -1,0 +1,311 @@
+"""One explanation, start to end: relevance, dataset examples, pictures, record, page.
+
+:func:`explain` writes into an atlas folder (:mod:`vital.atlas`): the explanation's record
+(``explanations/<slug>.json``) and its images (``explanations/<slug>/``), the channels' mined
+lists (``mining.sqlite``), their pictures (the atlas's store) and the site, where the
+explanation has its page (``explain/<slug>.html``) next to the units it links to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from vital.atlas.build import Atlas
+from vital.atlas.thumbnails import example_entry, write_example
+from vital.errors import VitalError
+from vital.explanation.attribution import ChannelRelevance, attributor
+from vital.explanation.images import heatmap_image
+from vital.explanation.pictures import channel_pictures
+from vital.explanation.record import ChannelEvidence, Explanation
+from vital.grids import to_image
+from vital.record import model_info
+from vital.references import ImageSource, center_crop, open_rgb
+from vital.targets import class_target
+from vital.zoo import Model, as_model, frozen
+
+DEFAULT_TOP = 5
+DEFAULT_EXAMPLES = 8
+
+
+def load_image(image: str | Path | Image.Image, resolution: int) -> tuple[torch.Tensor, dict]:
+    """The centre crop the model sees (as in ImageNet evaluation), and where it came from."""
+    if isinstance(image, Image.Image):
+        digest = hashlib.sha256(image.tobytes()).hexdigest()[:16]
+        source = ImageSource(f"image:{digest}", lambda: image, "image")
+        description = "an image given in memory"
+    elif isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise VitalError(f"image {path} does not exist or is not a file.")
+        source = ImageSource.from_path(path)
+        description = str(path)
+    else:
+        raise VitalError(
+            f"the image to explain is a file path or a PIL image, not {type(image).__name__}."
+        )
+    try:
+        with warnings.catch_warnings():  # an unreadable image is an error here, said once
+            warnings.simplefilter("ignore")
+            rgb = open_rgb(source)
+    except Image.DecompressionBombError as error:
+        raise VitalError(f"{description} is too large to decode safely: {error}") from error
+    if rgb is None:
+        raise VitalError(f"cannot read {description} as an image.")
+    info = {"source": description, "identity": source.identity, "crop": resolution}
+    return center_crop(rgb, resolution), info
+
+
+def _slug(info: dict, explained: int, layer: str, backend: str) -> str:
+    stem = Path(info["source"]).stem if info["source"] != "an image given in memory" else "image"
+    clean = re.sub(r"[^a-z0-9]+", "-", f"{stem}-{explained}-{layer}-{backend}".lower())
+    digest = hashlib.sha256(info["identity"].encode()).hexdigest()[:6]
+    return f"{clean.strip('-')[:80]}-{digest}"
+
+
+def _class_entry(model: Model, found: ChannelRelevance, index: int) -> dict:
+    name = model.labels.name(index) if model.labels is not None else f"class {index}"
+    return {
+        "index": index,
+        "name": name,
+        "probability": float(found.probabilities[index]),
+        "logit": float(found.logits[index]),
+    }
+
+
+def _mined_examples(atlas: Atlas, model: Model, layer: str, channel: int, slug: str, count: int):
+    from vital.mining import mined
+
+    info, ranked = mined(atlas.folder, model, layer, channel)
+    folder = atlas.folder / "explanations" / slug / "examples"
+    entries = [example_entry(e, write_example(e, folder, atlas.ledger)) for e in ranked[:count]]
+    return info, entries
+
+
+def explain(
+    model: Model | nn.Module | str,
+    image: str | Path | Image.Image,
+    *,
+    layer: str,
+    top: int = DEFAULT_TOP,
+    data: str | Path | None = None,
+    out: str | Path = "vital-explain",
+    target: int | str | None = None,
+    relevance: str = "lrp",
+    setting: int | str | None = None,
+    settings: Mapping[str, object] | None = None,
+    seed: int = 0,
+    references: int = 50,
+    mined_as: str = "image",
+    top_images: int = 10_000,
+    patch: int = 64,
+    examples: int = DEFAULT_EXAMPLES,
+    pictures: bool = True,
+    stores: Sequence[str | Path] = (),
+    force: bool = False,
+    batch_size: int = 4,
+    workers: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Explanation:
+    """Explain a prediction by the channels of ``layer`` that carried it, with VITAL pictures.
+
+    Parameters
+    ----------
+    model
+        A model name, a :class:`vital.Model` or an ``nn.Module`` classifier.
+    image
+        The image file (or a PIL image); the model sees its centre crop.
+    layer
+        The layer whose channels explain the prediction (``vital layers MODEL``).
+    top
+        How many of the most relevant channels to show with heatmaps, examples and pictures.
+    data
+        Images to mine the channels' dataset examples and picture references from (a folder
+        or a list file, as for ``vital mine``); ``None``: no examples and no pictures.
+    out
+        The atlas folder the explanation is written to (created if needed).
+    target
+        The class to explain (index, name or WordNet id); default: the prediction.
+    relevance
+        Relevance backend from the class logit: ``lrp`` (default), an epsilon composite such
+        as ``epsilon-plus``, ``guided-backprop`` or ``grad-x-act``.
+    setting, settings
+        VITAL's named setting and changes to its defaults for the pictures
+        (``{"steps": 300}``).
+    seed
+        Seed of pictures that are computed.
+    references
+        Mined images per channel: kept by the mining pass and used as picture references.
+    mined_as
+        The pictures' references: ``"image"`` (whole mined images) or ``"patch"``.
+    top_images, patch
+        Mining stage 1's images per channel and stage 2's patch side (as for ``vital mine``).
+    examples
+        Dataset examples shown per channel.
+    pictures
+        Make (or reuse) the channels' VITAL pictures.
+    stores
+        Other atlases or result folders whose pictures may be reused.
+    force
+        Compute the pictures again even when stored ones match.
+    batch_size, workers
+        Pictures optimised together; mining's decoding processes.
+    device
+        ``"cpu"`` or ``"cuda"``; default: where the model is.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    Explanation
+        The record (also written as ``OUT/explanations/<slug>.json``; its page is
+        ``OUT/explain/<slug>.html``).
+    """
+    from vital.atlas.site import render_site
+
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise VitalError(f"--top is the number of channels to show (at least 1), not {top!r}.")
+    if mined_as not in ("image", "patch"):
+        raise VitalError(f"--mined-as is 'image' or 'patch', not {mined_as!r}.")
+    with frozen(model):
+        model = as_model(model, device)
+        pixels, image_info = load_image(image, model.preprocessing.input_size)
+        explained = None if target is None else class_target(model, target).index
+        atlas = Atlas(out)
+        with attributor(model, layer, relevance) as attribute:
+            found = attribute(pixels, explained)
+            chosen = found.top(top)
+            conditional = attribute.conditional(chosen)
+        slug = _slug(image_info, found.target, layer, found.backend)
+        folder = atlas.folder / "explanations" / slug
+        spatial = found.relevance.dim() == 3
+
+        mining, mined_examples, picture_entries = None, {}, {}
+        if data is not None:
+            from vital.mining import mine, mined_references
+
+            mine(
+                model,
+                layer,
+                data,
+                atlas.folder,
+                channels=chosen,
+                top_images=top_images,
+                top=references,
+                patch=patch,
+                workers=workers,
+                progress=progress,
+            )
+            for channel in chosen:
+                info, mined_examples[channel] = _mined_examples(
+                    atlas, model, layer, channel, slug, examples
+                )
+            mining = {
+                "database": "mining.sqlite",
+                "data": str(data),
+                "settings": info["settings"],
+                "scanned": info["scanned"],
+            }
+            if pictures:
+                reference_sets = {
+                    c: mined_references(atlas.folder, model, layer, c, mined_as, references)
+                    for c in chosen
+                }
+                picture_entries = channel_pictures(
+                    atlas,
+                    model,
+                    layer,
+                    reference_sets,
+                    seed=seed,
+                    setting=setting,
+                    overrides=settings,
+                    stores=stores,
+                    force=force,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+
+        files = {
+            "crop": folder / "image.jpg",
+            "heatmap": folder / "heatmap.png",
+            **{f"channel-{c}": folder / f"channel-{c}.png" for c in chosen},
+            **{f"layer-{c}": folder / f"channel-{c}-layer.png" for c in chosen if spatial},
+            "json": atlas.folder / "explanations" / f"{slug}.json",
+        }
+        atlas.ledger.claim(files.values())
+        folder.mkdir(parents=True, exist_ok=True)
+        to_image(pixels).save(files["crop"], quality=92)
+        heatmap_image(found.heatmap, pixels).save(files["heatmap"])
+        for channel, heatmap in zip(chosen, conditional, strict=True):
+            heatmap_image(heatmap, pixels).save(files[f"channel-{channel}"])
+            if spatial:
+                scaled = F.interpolate(
+                    found.relevance[channel][None, None], size=pixels.shape[-2:], mode="bilinear"
+                )[0, 0]
+                heatmap_image(scaled, pixels).save(files[f"layer-{channel}"])
+
+        relative = {k: p.relative_to(atlas.folder).as_posix() for k, p in files.items()}
+        channels, shares = found.channels, found.shares
+        activation = found.activation.flatten(1)
+        order = torch.argsort(found.probabilities, descending=True)
+        record = Explanation(
+            slug=slug,
+            model=model_info(model),
+            image={**image_info, "file": relative["crop"]},
+            layer=layer,
+            relevance=found.backend,
+            prediction=_class_entry(model, found, int(order[0])),
+            top5=[_class_entry(model, found, int(i)) for i in order[:5]],
+            explained={
+                **_class_entry(model, found, found.target),
+                "rank": int((order == found.target).nonzero()[0, 0]) + 1,
+                "given": target is not None,
+            },
+            channels=[float(v) for v in channels],
+            total=float(channels.sum()),
+            absolute_total=float(channels.abs().sum()),
+            heatmap={"file": relative["heatmap"], "total": float(found.heatmap.sum())},
+            top=[
+                ChannelEvidence(
+                    channel=channel,
+                    rank=rank,
+                    relevance=float(channels[channel]),
+                    share=float(shares[channel]),
+                    activation_mean=float(activation[channel].mean()),
+                    activation_max=float(activation[channel].max()),
+                    heatmap=relative[f"channel-{channel}"],
+                    heatmap_total=float(heatmap.sum()),
+                    layer_map=relative.get(f"layer-{channel}"),
+                    examples=mined_examples.get(channel, []),
+                    picture=picture_entries.get(channel),
+                )
+                for rank, (channel, heatmap) in enumerate(zip(chosen, conditional, strict=True))
+            ],
+            mining=mining,
+            pictures={
+                "method": "vital",
+                "setting": setting,
+                "overrides": dict(settings or {}),
+                "seed": seed,
+                "references": {"count": references, "mode": mined_as},
+            }
+            if pictures and data is not None
+            else None,
+            notes=found.notes
+            + ([] if data is not None else ["no --data: no dataset examples and no pictures."]),
+            files={"json": relative["json"], "page": f"explain/{slug}.html"},
+        )
+        text = record.to_json()
+        files["json"].write_text(text, "utf-8")
+        atlas.ledger.seal(files.values())
+        render_site(atlas.folder)
+    return Explanation.from_json(text)  # exactly what was stored (tuples as lists)
