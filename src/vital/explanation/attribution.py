@@ -22,80 +22,21 @@ proportion to the activations instead of evenly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from zennit.canonizers import Canonizer
 
 from vital.errors import VitalError
 from vital.presets import classes_named
 from vital.relevance import RelevanceBackend, attention, check_supported, get_backend
+from vital.relevance.canonizers import POOLED_HEADS, PooledHeadCanonizer
 from vital.relevance.rules import AVERAGE_POOLS
 from vital.relevance.seeds import gradient_seed, restricted_seed
 from vital.taps import check_layer, list_layers, resolved_layout, tapped
 from vital.zoo import Model
-
-
-def _pooled_forward(features: str, classifier: str, activation: Callable | None = None):
-    """A classifier's forward: features → [activation] → pooling module → flatten → head."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = getattr(self, features)(x)
-        if activation is not None:
-            x = activation(x)
-        return getattr(self, classifier)(torch.flatten(self.canonizer_pool(x), 1))
-
-    return forward
-
-
-# Architectures whose forward pools with a function (class name → forward through a module).
-POOLED_HEADS: dict[str, Callable] = {
-    "torchvision.models.mobilenetv2.MobileNetV2": _pooled_forward("features", "classifier"),
-    "torchvision.models.densenet.DenseNet": _pooled_forward("features", "classifier", F.relu),
-}
-
-
-class PooledHeadCanonizer(Canonizer):
-    """Route a :data:`POOLED_HEADS` model's global average pool through a module for the run.
-
-    The forward is the model's own with ``nn.functional.adaptive_avg_pool2d`` replaced by an
-    ``nn.AdaptiveAvgPool2d`` (same output), which the relevance rules can hook.
-    :meth:`remove` restores the model.
-    """
-
-    def __init__(self):
-        self.module: nn.Module | None = None
-
-    def apply(self, root_module: nn.Module) -> list[Canonizer]:
-        """Canonize the root module if its class is in :data:`POOLED_HEADS`."""
-        forwards = dict(zip(classes_named(list(POOLED_HEADS)), POOLED_HEADS.values(), strict=False))
-        forward = forwards.get(type(root_module))
-        if forward is None:
-            return []
-        instance = PooledHeadCanonizer()
-        instance.register(root_module, forward)
-        return [instance]
-
-    def register(self, module: nn.Module, forward: Callable) -> None:
-        """Give ``module`` a pooling module and a forward through it."""
-        self.module = module
-        module.canonizer_pool = nn.AdaptiveAvgPool2d(1)
-        module.forward = forward.__get__(module)
-
-    def remove(self) -> None:
-        """Restore the model's own forward."""
-        if self.module is not None:
-            del self.module.forward
-            del self.module.canonizer_pool
-            self.module = None
-
-    def copy(self) -> PooledHeadCanonizer:
-        """A fresh canonizer."""
-        return PooledHeadCanonizer()
 
 
 def pools_with_a_module(model: Model, layer: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +122,13 @@ def resolve_taps(model: Model, taps: Sequence[str | Tap] | None) -> tuple[tuple[
 
 
 def reference_fields(references: ReferenceSet) -> dict:
-    """The ``references`` entry of a record."""
+    """The ``references`` entry of a record; ``identity`` changes whenever the images would."""
     return {
         "count": references.count,
         "seed": references.seed,
         "distinct_images": len(references.sources),
         "summary": references.summary(),
+        "identity": hashlib.sha256(references.identity().encode()).hexdigest()[:16],
     }
 
 
@@ -217,4 +219,5 @@ class VitalClass(Method):
             "taps": [{"layer": t.layer, "weight": t.weight} for t in plan.taps],
             "taps_source": plan.taps_source,
             "references": reference_fields(plan.references),
+            "options": self.options(),
         }

@@ -315,4 +315,5 @@ class VitalNeuron(Method):
                 "reference_activation": float(full["activation"]) if full is not None else None
             },
             "activation_trace": _thinned(trace),
+            "options": self.options(),
         }

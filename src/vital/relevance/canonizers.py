@@ -3,7 +3,9 @@
 ``ResidualSplitCanonizer`` routes residual sums through a :class:`ResidualSum` module (so that
 a rule can split relevance between the branches), ``FoldBatchNorm`` folds positive-scale
 BatchNorms into their convolutions, ``OutOfPlaceCanonizer`` runs in-place activations out of
-place. Which blocks they touch is data in :mod:`vital.presets`. Every canonizer restores the
+place, ``PooledHeadCanonizer`` routes a functional global average pool through a module (for
+relevance from the logits, :mod:`vital.explanation`). Which blocks they touch is data in
+:mod:`vital.presets` (and, for the forwards they install, here). Every canonizer restores the
 model exactly on ``remove()``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.core import collect_leaves
@@ -271,3 +274,61 @@ class MergeBatchNormKeeping(SequentialMergeBatchNorm):
     def copy(self) -> MergeBatchNormKeeping:
         """A fresh canonizer with the same layers kept."""
         return MergeBatchNormKeeping(self.keep)
+
+
+def _pooled_forward(features: str, classifier: str, activation: Callable | None = None):
+    """A classifier's forward: features → [activation] → pooling module → flatten → head."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = getattr(self, features)(x)
+        if activation is not None:
+            x = activation(x)
+        return getattr(self, classifier)(torch.flatten(self.canonizer_pool(x), 1))
+
+    return forward
+
+
+# Architectures whose forward pools with a function (class name → forward through a module).
+POOLED_HEADS: dict[str, Callable] = {
+    "torchvision.models.mobilenetv2.MobileNetV2": _pooled_forward("features", "classifier"),
+    "torchvision.models.densenet.DenseNet": _pooled_forward("features", "classifier", F.relu),
+}
+
+
+class PooledHeadCanonizer(Canonizer):
+    """Route a :data:`POOLED_HEADS` model's global average pool through a module for the run.
+
+    The forward is the model's own with ``nn.functional.adaptive_avg_pool2d`` replaced by an
+    ``nn.AdaptiveAvgPool2d`` (same output), which the relevance rules can hook.
+    :meth:`remove` restores the model.
+    """
+
+    def __init__(self):
+        self.module: nn.Module | None = None
+
+    def apply(self, root_module: nn.Module) -> list[Canonizer]:
+        """Canonize the root module if its class is in :data:`POOLED_HEADS`."""
+        forwards = dict(zip(classes_named(list(POOLED_HEADS)), POOLED_HEADS.values(), strict=False))
+        forward = forwards.get(type(root_module))
+        if forward is None:
+            return []
+        instance = PooledHeadCanonizer()
+        instance.register(root_module, forward)
+        return [instance]
+
+    def register(self, module: nn.Module, forward: Callable) -> None:
+        """Give ``module`` a pooling module and a forward through it."""
+        self.module = module
+        module.canonizer_pool = nn.AdaptiveAvgPool2d(1)
+        module.forward = forward.__get__(module)
+
+    def remove(self) -> None:
+        """Restore the model's own forward."""
+        if self.module is not None:
+            del self.module.forward
+            del self.module.canonizer_pool
+            self.module = None
+
+    def copy(self) -> PooledHeadCanonizer:
+        """A fresh canonizer."""
+        return PooledHeadCanonizer()
