@@ -342,11 +342,11 @@ def test_pictures_are_reused_from_another_atlas_whatever_their_seed(tmp_path, da
         assert np.array_equal(original, copied)
 
 
-def test_records_that_do_not_say_what_they_depended_on_are_not_reused(tmp_path, data):
+def test_store_records_are_reused_only_when_they_say_what_they_depended_on(tmp_path, data):
     model = tiny_cnn_model()
     first = run(data, tmp_path / "atlas", pictures=False)
     channels = [e.channel for e in first.top]
-    # `vital neuron --out` stores records without the references' identity.
+    # `vital neuron --out` records the references' identity and the method's options.
     vital.visualize(
         model,
         [Channel("stage3", c) for c in channels],
@@ -361,6 +361,16 @@ def test_records_that_do_not_say_what_they_depended_on_are_not_reused(tmp_path, 
         progress=False,
     )
     record = run(data, tmp_path / "atlas", stores=[tmp_path / "plain"])
+    assert [e.picture["source"] for e in record.top] == [f"store {tmp_path / 'plain'}"] * 2
+    # A record that does not say which references it used is never taken for a match.
+    with sqlite3.connect(tmp_path / "plain" / "index.sqlite") as connection:
+        for unit, text in connection.execute("SELECT unit, record FROM results").fetchall():
+            stripped = json.loads(text)
+            del stripped["references"]["identity"]
+            connection.execute(
+                "UPDATE results SET record = ? WHERE unit = ?", (json.dumps(stripped), unit)
+            )
+    record = run(data, tmp_path / "atlas2", stores=[tmp_path / "plain"])
     assert [e.picture["source"] for e in record.top] == ["computed", "computed"]
 
 
