@@ -74,15 +74,17 @@ def bare_forward_images_per_second(model, batch: int, resolution: int, repeats: 
     return batch * repeats / (time.perf_counter() - started)
 
 
-def visualisation_step_seconds(model, targets, steps: int, resolution: int, **options) -> float:
+def visualisation_step_seconds(
+    model, targets, steps: int, resolution: int, execution: dict, **options
+) -> float:
     """Seconds per optimiser step of one batch (after a warm-up run that caches prototypes)."""
     references = {target: from_samples(["coffee", "chelsea"], count=2) for target in targets}
     common = {"progress": False, "batch_size": len(targets), **options}
-    vital.visualize(model, targets, references, settings={"steps": 1, "resolution": resolution},
-                    **common)  # fmt: skip
+    settings = {"resolution": resolution, **execution}
+    vital.visualize(model, targets, references, settings={**settings, "steps": 2}, **common)
     synchronize(model.device)
     results = vital.visualize(
-        model, targets, references, settings={"steps": steps, "resolution": resolution}, **common
+        model, targets, references, settings={**settings, "steps": steps}, **common
     )
     return results[0].record.seconds / steps
 
@@ -112,6 +114,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--mining-images", type=int, default=512)
+    parser.add_argument("--precision", default="float32", help="float32 or bfloat16 (autocast)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the objective")
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny sizes")
     parser.add_argument("--append", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -119,6 +124,11 @@ def main() -> None:
         args.model, args.layer, args.mine_layer = "resnet18", "layer4.1", "layer4"
         args.batches, args.steps, args.resolution, args.mining_images = "1,2", 2, 64, 8
 
+    execution = {
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+    }
     model = vital.load_model(args.model, weights="random", device=args.device)
     device = model.device
     commit = subprocess.run(
@@ -132,7 +142,9 @@ def main() -> None:
         f"Command: `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` (commit {commit}); "
         f"{args.model} with random weights, {args.resolution} px, {args.steps} timed steps "
         f"after a warm-up run; torch {torch.__version__}, {torch.get_num_threads()} CPU "
-        "thread(s). Per minute = images finished per minute at 2000 (setting 1) and 300 steps.",
+        f"thread(s); precision {args.precision}, channels-last {args.channels_last}, compile "
+        f"{args.compile}. Per minute = images finished per minute at 2000 (setting 1) and 300 "
+        "steps (fast).",
         "",
         "| batch | bare fwd+bwd (s) | class step (s) | ×bare | class/min @2000 | @300 | "
         "neuron step (s) | ×bare | neuron/min @2000 | @300 | peak MB |",
@@ -144,10 +156,12 @@ def main() -> None:
         reset_peak(device)
         bare = bare_step_seconds(model, batch, args.resolution, max(args.steps, 3))
         classes = [vital.ClassTarget(i) for i in range(batch)]
-        class_step = visualisation_step_seconds(model, classes, args.steps, args.resolution)
+        class_step = visualisation_step_seconds(
+            model, classes, args.steps, args.resolution, execution
+        )
         neurons = [vital.Channel(args.layer, i % width) for i in range(batch)]
         neuron_step = visualisation_step_seconds(
-            model, neurons, args.steps, args.resolution, relevance="lrp"
+            model, neurons, args.steps, args.resolution, execution, relevance="lrp"
         )
         per_minute = lambda step, steps, b=batch: 60 * b / (step * steps)  # noqa: E731
         lines.append(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU: throughput, memory and mining, appended to benchmarks/RESULTS.md.
+# One prepared run for a lent GPU: throughput, memory and mining, float32 and then bfloat16 with
+# channels-last, appended to benchmarks/RESULTS.md.
 #   bash benchmarks/gpu.sh                      # on the GPU machine (device cuda)
-#   bash benchmarks/gpu.sh --device cpu --quick # smoke test (seconds; CI runs it)
+#   bash benchmarks/gpu.sh --device cpu --quick # smoke test (seconds; the test suite runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -9,9 +10,11 @@ PYTHON=${PYTHON:-.venv/bin/python}
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
-args=("$@")
-case " ${args[*]:-} " in
-  *" --device "*) ;;
-  *) args=(--device cuda --append "${args[@]}") ;;
+run() { env PYTHONPATH=src "$PYTHON" benchmarks/gpu.py "$@"; }
+case " $* " in
+  *" --device "*) run "$@" ;;
+  *)
+    run --device cuda --append "$@"
+    run --device cuda --append --precision bfloat16 --channels-last "$@"
+    ;;
 esac
-exec env PYTHONPATH=src "$PYTHON" benchmarks/gpu.py "${args[@]}"

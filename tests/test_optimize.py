@@ -93,3 +93,69 @@ def test_transparency_clips_and_normalises():
     assert alpha[0, 0, 0].item() == pytest.approx(1.0)  # clipped, not 1000x the rest
     assert alpha[0, 7, 3].item() == pytest.approx(1.0)
     assert alpha[0, 2, 3].item() == 0.0
+
+
+@pytest.mark.parametrize("kind", ["class", "channel"])
+def test_bfloat16_and_channels_last_keep_the_picture(kind, tmp_path):
+    """The GPU options run on the CPU too: bfloat16 autocast (float32 sorts and losses) and the
+    channels-last memory format give nearly the float32 picture, and the record says so."""
+    import vital
+    from conftest import tiny_cnn_model, write_images
+
+    for index in (1, 2):
+        write_images(tmp_path / str(index), 2, seed=index)
+    model = tiny_cnn_model()
+    targets = [1] if kind == "class" else [vital.Channel("stage3", 2)]
+    common = {"steps": 8, "jitter": 2, "warmup": 2}
+
+    def picture(**options):
+        (result,) = vital.visualize(
+            model, targets, tmp_path, settings={**common, **options}, progress=False,
+            reference_count=2,
+        )  # fmt: skip
+        return result
+
+    plain = picture()
+    for options in ({"precision": "bfloat16"}, {"channels_last": True}):
+        other = picture(**options)
+        assert all(other.record.settings[k] == v for k, v in options.items())
+        assert torch.isfinite(other.pixels).all()
+        difference = float((other.pixels - plain.pixels).abs().mean())
+        if kind == "class" or "channels_last" in options:
+            assert difference < 0.02
+        else:  # relevance through bfloat16 activations moves a neuron's picture more
+            assert other.record.final_total < 3 * plain.record.final_total
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) and p.dim() == 4
+                   and p.shape[-1] > 1 for p in model.module.parameters())  # fmt: skip
+    with pytest.raises(VitalError, match="precision 'float16'"):
+        picture(precision="float16")
+
+
+def test_no_scalar_reads_inside_the_step(tmp_path):
+    """Reading a tensor's value on the host waits for a GPU: the loop does it only every tenth
+    step (progress and the non-finite check), never per step, also for inner neurons (checked
+    with the profiler on the CPU, where the same reads would show)."""
+    import vital
+    from conftest import tiny_cnn_model, write_images
+
+    write_images(tmp_path, 2)
+    model = tiny_cnn_model()
+
+    def scalar_reads(steps: int) -> int:
+        settings = {"steps": steps, "jitter": 2, "warmup": 1}
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            vital.visualize(model, [vital.Channel("stage3", 1)], tmp_path, settings=settings,
+                            progress=False, reference_count=2)  # fmt: skip
+        reads = 0
+        for event in profile.events():
+            if event.name != "aten::_local_scalar_dense":
+                continue
+            parent, adam = event.cpu_parent, False
+            while parent is not None:  # Adam reads its step count, a CPU tensor: no GPU wait
+                adam = adam or parent.name.startswith("Optimizer.step")
+                parent = parent.cpu_parent
+            reads += not adam
+        return reads
+
+    # 20 more steps: two more progress reads (steps 11 and 21 of 30), nothing per step
+    assert scalar_reads(30) - scalar_reads(10) <= 2

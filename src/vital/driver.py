@@ -22,7 +22,7 @@ from vital.optimize import Run, Settings, effective_warmup, optimize, transparen
 from vital.record import Record, model_info
 from vital.store import Result, ResultSink
 from vital.targets import ClassTarget, Target
-from vital.zoo import Model, frozen
+from vital.zoo import Model, channels_last, frozen
 
 SettingsOverrides = Settings | Mapping[str, Any] | None
 
@@ -160,7 +160,11 @@ def run(
         metrics.check_classifier(model, max(classes))
     sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
-    with frozen(model.module), method.prepare(model, targets, references, settings) as plans:
+    with (
+        frozen(model.module),
+        channels_last(model.module, settings.channels_last),
+        method.prepare(model, targets, references, settings) as plans,
+    ):
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]
             batch_targets = target_plan(batch)
@@ -216,9 +220,9 @@ def _record(
         settings={**dataclasses.asdict(settings), "seed": seed},
         seed=seed,
         evaluation={},
-        final_loss={name: float(value[item]) for name, value in run_.final_terms.items()},
-        final_total=float(history[-1]),
-        loss_history=[round(float(v), 6) for v in history],
+        final_loss={name: value[item].item() for name, value in run_.final_terms.items()},
+        final_total=history[-1].item(),
+        loss_history=[round(v, 6) for v in history.tolist()],
         seconds=run_.seconds,
         batch_size=run_.images.shape[0],
         device=str(run_.images.device),

@@ -56,7 +56,8 @@ class SortMatching:
         prototypes = self._stack(factor, model_input.device)
         features = self.tap(model_input)
         return {
-            t.layer: t.weight * sort_matching_loss(features[t.layer], prototypes[t.layer])
+            # float32 sorts and losses, whatever precision the model ran in
+            t.layer: t.weight * sort_matching_loss(features[t.layer].float(), prototypes[t.layer])
             for t in self.taps
             if t.weight
         }
@@ -274,7 +275,7 @@ class RelevanceSortMatching:
         terms = {}
         for column, name in enumerate(self.taps):
             prototype, importance = stacked[name]
-            weighted = weighted_features(features[name], relevance[name])
+            weighted = weighted_features(features[name].float(), relevance[name].float())
             terms[name] = weights[:, column] * sort_matching_loss(weighted, prototype, importance)
         return terms
 

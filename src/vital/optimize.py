@@ -63,6 +63,13 @@ class Settings:
         ``rotate``, one bilinear warp with mirrored borders.
     rotate
         Largest random rotation of each step's jittered image, in degrees (0 = none).
+    precision
+        ``"float32"``, or ``"bfloat16"``: the model's forward (and so its backward) under
+        autocast, for GPUs; sorts, losses and the image stay float32.
+    channels_last
+        Run the model in the channels-last memory format (faster convolutions on GPUs).
+    compile
+        Compile the objective with ``torch.compile`` (the first steps pay the compilation).
     """
 
     steps: int = 2000
@@ -83,6 +90,9 @@ class Settings:
     parametrization: str = "pixels"
     zoom: tuple[float, float] = (1.0, 1.0)
     rotate: float = 0.0
+    precision: str = "float32"
+    channels_last: bool = False
+    compile: bool = False
 
     @classmethod
     def setting(cls, number: int | str, **overrides) -> Settings:
@@ -131,7 +141,12 @@ class Settings:
             and all(_is_number(b) and 0 <= b < 1 for b in self.betas)
         ):
             raise VitalError(f"Adam's betas are two numbers in [0, 1), not {self.betas!r}.")
-        for name in ("flip", "clamp"):
+        if self.precision not in PRECISIONS:
+            raise VitalError(
+                f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)} "
+                "(float16 would need loss scaling; bfloat16 has float32's range)."
+            )
+        for name in ("flip", "clamp", "channels_last", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise VitalError(f"{name} is True or False, not {getattr(self, name)!r}.")
         if not (
@@ -163,6 +178,9 @@ def _number(value: object, what: str, option: str, positive: bool = False) -> No
         kind = "a positive" if positive else "a non-negative"
         raise VitalError(f"{what} must be {kind} finite number ({option}), not {value!r}.")
 
+
+# Floating-point types of the model's forward and backward (autocast).
+PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence".
 FAST = Settings(steps=300, parametrization="fourier", lr=0.1, warmup=30)
@@ -246,8 +264,13 @@ def _jitter(
     """Roll each image by its own random offset in [-reach, reach]², optionally flip it."""
     moved = []
     for image, generator in zip(x, generators, strict=True):
-        dy, dx = torch.randint(-reach, reach + 1, (2,), generator=generator) if reach else (0, 0)
-        image = torch.roll(image, shifts=(int(dy), int(dx)), dims=(-2, -1))
+        # .tolist() on the CPU generator's draw: no scalar read of a device tensor
+        dy, dx = (
+            torch.randint(-reach, reach + 1, (2,), generator=generator).tolist()
+            if reach
+            else (0, 0)
+        )
+        image = torch.roll(image, shifts=(dy, dx), dims=(-2, -1))
         if flip and torch.rand((), generator=generator) < 0.5:
             image = image.flip(-1)
         moved.append(image)
@@ -347,6 +370,14 @@ def optimize(
         )
     terms: dict[str, torch.Tensor] = {}
     total_steps = sum(steps for steps, _ in settings.stages())
+    device = torch.device(device)
+    autocast = torch.autocast(
+        device.type if device.type in ("cpu", "cuda") else "cpu",
+        dtype=PRECISIONS[settings.precision],
+        enabled=settings.precision != "float32",
+    )
+    if settings.compile:
+        objective = torch.compile(objective)
     bar = tqdm(
         total=total_steps,
         desc=progress if isinstance(progress, str) else "optimising",
@@ -370,9 +401,12 @@ def optimize(
                 jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
                 warped = _warp(jittered, generators, settings.zoom, settings.rotate)
                 model_input = F.avg_pool2d(warped, factor) if factor > 1 else warped
+                if settings.channels_last:
+                    model_input = model_input.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    raw = objective(model_input, factor)
                 terms = {
-                    name: settings.feature_weight * value
-                    for name, value in objective(model_input, factor).items()
+                    name: settings.feature_weight * value.float() for name, value in raw.items()
                 }
                 terms.update(priors(jittered, settings))
                 total = torch.stack(list(terms.values())).sum(dim=0)

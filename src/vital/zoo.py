@@ -862,6 +862,19 @@ def frozen(module: object) -> Iterator[None]:
             parameter.requires_grad_(requires_grad)
 
 
+@contextmanager
+def channels_last(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """The module's 4-D weights in the channels-last memory format while the block runs."""
+    if not enabled:
+        yield
+        return
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
 def load_model_or_fallback(
     name: str,
     weights: str | Path | None = None,

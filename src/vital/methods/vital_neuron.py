@@ -161,7 +161,8 @@ def _thinned(trace: torch.Tensor, points: int = 50) -> list[list[float]]:
     """About ``points`` [step, activation] pairs of a (steps,) trace, the last one included."""
     every = max(1, len(trace) // points)
     steps = sorted({*range(0, len(trace), every), len(trace) - 1}) if len(trace) else []
-    return [[step + 1, round(float(trace[step]), 5)] for step in steps]
+    values = trace.tolist()
+    return [[step + 1, round(values[step], 5)] for step in steps]
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,11 @@ class ZPlus(_LeanHook, BasicHook):
     def backward(self, module, grad_input, grad_output):
         """Relevance at the module input from the relevance ``grad_output`` at its output."""
         original = self.stored_tensors["input"][0].detach()
+        # Under autocast the input may be bfloat16 while the weights are float32: z⁺ runs in
+        # the weights' precision and hands relevance back in the input's.
+        given = grad_output[0].dtype
+        original = original.to(module.weight.dtype)
+        grad_output = tuple(g.to(module.weight.dtype) for g in grad_output)
         if self._nonnegative is None:
             # Whether this layer's input can be negative is a property of the network (after a
             # ReLU it never is): looked at once, not at every step (the look waits for a GPU).
@@ -177,6 +182,7 @@ class ZPlus(_LeanHook, BasicHook):
         else:
             relevance = self._generic(module, parts, grad_output[0])
         # The module's own backward was skipped (see post_forward), so grad_input may be None.
+        relevance = relevance.to(given)
         return tuple(
             relevance if g is None or g.shape == relevance.shape else None for g in grad_input
         )
