@@ -46,6 +46,7 @@ import torch
 import vital
 from vital import metrics
 from vital.grids import display_pixels, grid, to_image
+from vital.optimize import Settings
 from vital.references import SAMPLE_PHOTOS, center_crop, from_samples, open_rgb, sample_photo
 from vital.taps import tapped
 from vital.targets import Channel
@@ -247,6 +248,13 @@ def figure(points: list[Point], photos: list[str], headers: list[str], path: Pat
 # --- the driver -------------------------------------------------------------------------------
 
 
+def recipe(method: str, setting: str) -> dict | None:
+    """What a named VITAL setting is made of: a cached point is reused only while it holds."""
+    if method != "vital":
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(Settings.setting(setting))))
+
+
 def cached_point(cache: Path | None, key: dict, compute) -> Point:
     if cache is None:
         return compute()
@@ -321,6 +329,7 @@ def main() -> None:
                 "kind": "classes",
                 "method": method,
                 "setting": setting,
+                "recipe": recipe(method, setting),
                 "steps": n,
                 "targets": classes,
                 "model": model.fingerprint,
@@ -355,6 +364,7 @@ def main() -> None:
                 "kind": "channels",
                 "method": method,
                 "setting": setting,
+                "recipe": recipe(method, setting),
                 "steps": n,
                 "targets": [[t.layer, t.index] for t in targets],
                 "references": args.channel_references,

@@ -146,6 +146,35 @@ def test_neuron_taps_are_below_the_target_with_stem_weight(tiny_cnn):
         neuron_taps(tiny_cnn, layers, "stem")
 
 
+def test_the_near_tap_is_the_module_just_below_the_target(tiny_resnet):
+    layers = list_layers(tiny_resnet.module, 32)
+    plain, _ = neuron_taps(tiny_resnet, layers, "layer2.conv2")
+    near, source = neuron_taps(tiny_resnet, layers, "layer2.conv2", near=True)
+    # layer2's second convolution reads bn1 → relu(inplace, shared: not tappable) of its block
+    assert [t.layer for t in near] == [*(t.layer for t in plain), "layer2.bn1"]
+    assert near[-1].weight == 1 and "just below it" in source
+    # a target whose predecessor is already a tap gets nothing twice
+    block, _ = neuron_taps(tiny_resnet, layers, "layer2", near=True)
+    assert [t.layer for t in block] == [
+        t.layer for t in neuron_taps(tiny_resnet, layers, "layer2")[0]
+    ]
+    # the user's taps are used as given
+    given, _ = neuron_taps(tiny_resnet, layers, "layer2", [Tap("conv1")], near=True)
+    assert [t.layer for t in given] == ["conv1"]
+
+
+def test_fast_matches_the_near_tap_for_inner_units_only(tiny_cnn, image_folder):
+    assert Settings.setting("fast").near_tap and not Settings.setting(1).near_tap
+    common = {"setting": "fast", "settings": {"steps": 2}, "reference_count": 2, "progress": False}
+    (neuron,) = visualize(tiny_cnn, [Channel("stage3.1", 1)], image_folder, **common)
+    assert neuron.record.taps[-1] == {"layer": "stage3.0", "weight": 1.0}  # the convolution
+    assert neuron.record.settings["near_tap"] is True
+    (authors,) = visualize(
+        tiny_cnn, [Channel("stage3.1", 1)], image_folder, **{**common, "setting": 1}
+    )
+    assert [t["layer"] for t in authors.record.taps] == ["stem", "stage1", "stage2"]
+
+
 # --- references: patches -----------------------------------------------------------------------
 
 

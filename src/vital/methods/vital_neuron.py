@@ -78,11 +78,13 @@ def neuron_taps(
     layers: Sequence[LayerInfo],
     target_layer: str,
     taps: Sequence[str | Tap] | None = None,
+    near: bool = False,
 ) -> tuple[tuple[Tap, ...], str]:
     """Taps strictly below ``target_layer``: the user's, else the model's defaults.
 
     With the defaults the first (stem) tap weighs 0.1 and the others 1, as in the authors'
-    inner-neuron setting.
+    inner-neuron setting; ``near`` adds the module just below the target (weight 1), the
+    deepest one with positions that finishes before the target starts.
     """
     info = {i.name: i for i in layers}
     below = lambda name: info[name].end < info[target_layer].start  # noqa: E731
@@ -109,7 +111,17 @@ def neuron_taps(
             f"{', '.join(t.layer for t in defaults)}); pick a deeper layer or name taps with "
             "--tap NAME=WEIGHT."
         )
-    return chosen, f"{source}, below {target_layer} (stem weight {NEURON_STEM_WEIGHT:g})"
+    source = f"{source}, below {target_layer} (stem weight {NEURON_STEM_WEIGHT:g})"
+    if near:
+        candidates = [
+            i for i in layers
+            if below(i.name) and i.calls == 1 and len(i.shape) in (2, 3) and i.positions > 1
+        ]  # fmt: skip
+        nearest = max(candidates, key=lambda i: i.end, default=None)
+        if nearest is not None and nearest.name not in {t.layer for t in chosen}:
+            chosen = (*chosen, Tap(nearest.name))
+            source += f", and {nearest.name} just below it"
+    return chosen, source
 
 
 def target_score(
@@ -240,7 +252,9 @@ class VitalNeuron(Method):
                     f"layer {target.layer!r} has no positions (a (C, H, W) map or (T, D) "
                     "tokens); choose another layer (run `vital layers MODEL`)."
                 )
-            chosen, source = neuron_taps(model, layers, target.layer, self.taps)
+            chosen, source = neuron_taps(
+                model, layers, target.layer, self.taps, near=settings.near_tap
+            )
             neuron = NeuronTarget(target.layer, direction_of(target, info[target.layer]), chosen)
             candidates = neuron_references(
                 target, references, self.reference_count, self.reference_seed
