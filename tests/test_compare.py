@@ -112,3 +112,57 @@ def test_cli_overrides_reach_a_baseline_and_vital_only_options_are_refused(
         result = CliRunner().invoke(app, [*base, *extra])
         assert isinstance(result.exception, VitalError), result.output
         assert message in str(result.exception)
+
+
+def test_channel_comparison_scores_every_method_against_the_same_references(
+    tiny_cnn, tmp_path, monkeypatch
+):
+    import torch
+
+    from vital.compare import compare_channels
+    from vital.references import from_folder
+    from vital.targets import Channel
+
+    write_images(tmp_path / "refs", 3)
+    targets = [Channel("stage3", 1), Channel("stage3", 4)]
+    comparison = compare_channels(
+        tiny_cnn,
+        targets,
+        ["vital", "fourier"],
+        references=tmp_path / "refs",
+        steps=3,
+        reference_count=4,
+        out=tmp_path / "out",
+        progress=False,
+    )
+    assert [row["method"] for row in comparison.summary] == ["vital", "fourier"]
+    # the references' mean activation, computed here with a plain forward hook
+    views = torch.stack(list(from_folder(tmp_path / "refs", 4).views(32)))
+    seen = {}
+    handle = tiny_cnn.module.stage3.register_forward_hook(lambda _m, _i, o: seen.update(o=o))
+    with torch.no_grad():
+        tiny_cnn.module(tiny_cnn.preprocessing.normalize(views))
+    handle.remove()
+    for row in comparison.per_image:
+        channel = int(row["unit"].rpartition("/")[2])
+        mean = float(seen["o"][:, channel].mean())
+        assert row["reference_activation"] == pytest.approx(mean, rel=1e-4)
+        assert row["relative"] == pytest.approx(row["activation"] / mean, rel=1e-6)
+    paths = write_report(comparison, tmp_path / "report")
+    assert "activation / references'" in paths["table"].read_text()
+    assert Image.open(paths["grid"]).width > 0
+
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    arguments = ["compare", "--layer", "stage3", "--channel", "1,4", "--refs", tmp_path / "refs"]
+    arguments += ["--method", "vital,maco", "--steps", "2", "--references", "3"]
+    result = CliRunner().invoke(app, [str(a) for a in [*arguments, "--out", tmp_path / "c"]])
+    assert result.exit_code == 0, result.output
+    for extra, message in (
+        (["-c", "1"], "either classes"),
+        (["--judge", "x"], "score classes"),
+        (["--method", "deepinversion"], "not Channel"),
+    ):
+        result = CliRunner().invoke(app, [str(a) for a in [*arguments, *extra]])
+        assert message in str(result.exception), result.output

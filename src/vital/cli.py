@@ -258,9 +258,19 @@ def class_command(
 @app.command("compare")
 def compare_command(
     classes: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option("--class", "-c", "--classes", help="Class index, name or WordNet id; repeat."),
-    ],
+    ] = None,
+    layer: Annotated[
+        str | None, typer.Option("--layer", "-l", help="With --channel: the channels' layer.")
+    ] = None,
+    channels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--channel", "-k", help="Compare on inner channels instead (repeat or use commas)."
+        ),
+    ] = None,
+    setting: SettingName = None,
     model: ModelName = "mobilenet_v2",
     methods: Annotated[
         list[str] | None,
@@ -302,13 +312,40 @@ def compare_command(
         str | None, typer.Option("--clip-weights", help="Local open_clip weights (optional).")
     ] = None,
 ) -> None:
-    """Compare VITAL with the baselines on the same classes: table and grid."""
-    from vital.compare import METHODS, compare, write_report
+    """Compare VITAL with the baselines on the same classes (or inner channels): table, grid."""
+    from vital.compare import CHANNEL_METHODS, METHODS, compare, compare_channels, write_report
+    from vital.targets import Channel
 
+    if bool(classes) == bool(channels):
+        raise VitalError("compare either classes (--class C) or channels (--layer L --channel K).")
+    if channels and not layer:
+        raise VitalError("--channel selects channels of --layer; name the layer too.")
+    if channels and (judge or real_refs or clip_weights):
+        raise VitalError(
+            "--judge, --real-refs and --clip-weights score classes; channels are scored by "
+            "their activation relative to their references (--refs)."
+        )
+    if classes and setting is not None:
+        raise VitalError("--setting goes with channel comparisons; classes use each method's own.")
     _check_out(out)
     loaded = _load(model, weights, device)
-    judged = _load(judge, judge_weights, device) if judge else None
     chosen = [m.strip() for value in methods or [] for m in value.split(",") if m.strip()]
+    if channels:
+        comparison = compare_channels(
+            loaded,
+            [Channel(layer, k) for k in _integers(channels, "--channel")],
+            chosen or CHANNEL_METHODS,
+            references=refs,
+            steps=steps,
+            seed=seed,
+            setting=_setting(setting),
+            out=out,
+            batch_size=batch,
+            reference_count=references,
+        )
+        _print_report(write_report(comparison, out))
+        return
+    judged = _load(judge, judge_weights, device) if judge else None
     comparison = compare(
         loaded,
         _names(classes),
@@ -323,7 +360,10 @@ def compare_command(
         reference_count=references,
         clip_weights=clip_weights,
     )
-    paths = write_report(comparison, out)
+    _print_report(write_report(comparison, out))
+
+
+def _print_report(paths: dict[str, Path]) -> None:
     typer.echo(paths["table"].read_text().split("\n\n")[0])
     for kind, path in paths.items():
         typer.echo(f"{kind}: {path}")

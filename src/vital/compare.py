@@ -26,9 +26,10 @@ from vital.errors import VitalError
 from vital.grids import grid
 from vital.methods import METHODS as REGISTRY
 from vital.methods.vital_class import References, class_references
+from vital.methods.vital_neuron import neuron_references
 from vital.references import DEFAULT_REFERENCES
 from vital.store import Result
-from vital.targets import ClassTarget, class_target
+from vital.targets import Channel, ClassTarget, Direction, class_target
 from vital.zoo import Model, as_model, frozen
 
 METHODS = ("vital", "fourier", "maco", "deepinversion")
@@ -43,7 +44,7 @@ class Comparison:
     model, judge
         Names of the explained model and of the judge (``None`` without one).
     targets
-        The class targets, in column order.
+        The targets (classes, or channels and directions), in column order.
     results
         Per method, one result per target.
     summary
@@ -56,7 +57,7 @@ class Comparison:
 
     model: str
     judge: str | None
-    targets: list[ClassTarget]
+    targets: list
     results: dict[str, list[Result]]
     summary: list[dict] = field(default_factory=list)
     per_image: list[dict] = field(default_factory=list)
@@ -248,6 +249,99 @@ def _score(
     )
 
 
+CHANNEL_METHODS = ("vital", "fourier", "maco")
+
+
+def compare_channels(
+    model: Model | str,
+    targets: Sequence[Channel | Direction],
+    methods: str | Sequence[str] = CHANNEL_METHODS,
+    *,
+    references: References = None,
+    steps: int | None = None,
+    seed: int = 0,
+    setting: int | str | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 8,
+    reference_count: int = DEFAULT_REFERENCES,
+    method_options: Mapping[str, Mapping[str, object]] | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """Run ``methods`` on the same inner channels (or directions) and score them.
+
+    Each picture is scored by its target's activation relative to the mean over the reference
+    images VITAL matches (``references``, as for :func:`vital.visualize`): the same yardstick
+    for VITAL and for activation maximisation (Fourier FV with a channel objective, as Lucent
+    does, and MaCo). ``setting`` applies to VITAL only (e.g. ``"fast"``).
+    """
+    with frozen(model):
+        model = as_model(model)
+        names = parse_methods(methods)
+        targets = list(targets)
+        if not targets:
+            raise VitalError("no channels given; name at least one (--layer L --channel K).")
+        options = dict(method_options or {})
+        comparison = Comparison(model.name, None, targets, {})
+        means = []
+        for target in targets:
+            views = neuron_references(target, references, reference_count, seed).views(
+                model.preprocessing.input_size, model.preprocessing.crop_pct,
+                model.preprocessing.interpolation,
+            )  # fmt: skip
+            views = torch.stack(list(views))
+            activations = metrics.target_activations(model, views, [target] * len(views))
+            means.append(float(np.mean(activations)))
+        for method in names:
+            chosen = dict(options.get(method) or {})
+            if method == "vital":
+                chosen.setdefault("reference_count", reference_count)
+            results = visualize(
+                model,
+                targets,
+                references if method == "vital" else None,
+                method=method,
+                setting=setting if method == "vital" else None,
+                settings={"steps": steps, "seed": seed},
+                out=Path(out) / method if out is not None else None,
+                batch_size=batch_size,
+                progress=progress,
+                **chosen,
+            )
+            comparison.results[method] = results
+            relative = []
+            for result, mean in zip(results, means, strict=True):
+                activation = result.record.evaluation["activation"]
+                relative.append(activation / mean if abs(mean) > 1e-12 else float("nan"))
+                comparison.per_image.append(
+                    {
+                        "method": method,
+                        "unit": result.target.unit(),
+                        "activation": activation,
+                        "reference_activation": mean,
+                        "relative": relative[-1],
+                        "initial_activation": result.record.evaluation["initial_activation"],
+                    }
+                )
+            seconds = sum(r.record.seconds / r.record.batch_size for r in results)
+            comparison.summary.append(
+                {
+                    "method": method,
+                    "images": len(results),
+                    "steps": results[0].record.settings["steps"],
+                    "relative_mean": float(np.nanmean(relative)),
+                    "half_reached": float(np.mean([r >= 0.5 for r in relative])),
+                    "seconds_per_image": seconds / len(results),
+                }
+            )
+        comparison.notes.append(
+            "Relative activation: the target's mean activation on the picture divided by its "
+            f"mean over the {reference_count} reference views VITAL matches; ≥ ½: the share of "
+            "targets reaching half of it. VITAL has no activation term (its references enter "
+            "through the loss); the baselines maximise the activation itself."
+        )
+        return comparison
+
+
 def _notes(comparison: Comparison, held_out: bool) -> list[str]:
     judge = comparison.judge or f"{comparison.model} (no judge given: the explained model)"
     first = comparison.summary[0]["fid"] if comparison.summary else None
@@ -305,6 +399,8 @@ _COLUMNS = [
     ("realism_own", "realism own ↑", "{:.3f}"),
     ("realism_others", "realism others", "{:.3f}"),
     ("realism_margin", "realism margin ↑", "{:.3f}"),
+    ("relative_mean", "activation / references' ↑", "{:.2f}"),
+    ("half_reached", "≥ ½ references'", "{:.0%}"),
     ("clip_top1", "CLIP top-1", "{:.0%}"),
     ("clip_top5", "CLIP top-5", "{:.0%}"),
     ("seconds_per_image", "s / image", "{:.1f}"),
@@ -335,7 +431,19 @@ def table_markdown(comparison: Comparison) -> str:
 
 
 def per_image_markdown(comparison: Comparison) -> str:
-    """One row per (method, class): probabilities, ranks, realism."""
+    """One row per (method, target): probabilities, ranks, realism, or channel activations."""
+    if comparison.per_image and "unit" in comparison.per_image[0]:
+        lines = [
+            "| method | unit | activation | references' mean | relative | noise |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['method']} | {row['unit']} | {row['activation']:.3g} | "
+            f"{row['reference_activation']:.3g} | {row['relative']:.2f} | "
+            f"{row['initial_activation']:.3g} |"
+            for row in comparison.per_image
+        ]
+        return "\n".join(lines) + "\n"
     lines = [
         "| method | class | p (explained) | rank | p (judge) | judge rank | realism own | margin |",
         "|---|---|---|---|---|---|---|---|",
@@ -355,13 +463,19 @@ def comparison_grid(comparison: Comparison, cell: int = 160):
     """Rows = methods, columns = targets; captions give p(target) and the judge's rank."""
     rows = {row["method"]: row for row in comparison.summary}
     images, captions = [], []
-    scores = {(r["method"], r["class"]): r for r in comparison.per_image}
+    channels = bool(comparison.per_image) and "unit" in comparison.per_image[0]
+    key = "unit" if channels else "class"
+    scores = {(r["method"], r[key]): r for r in comparison.per_image}
     for method, results in comparison.results.items():
         for result in results:
-            score = scores[(method, result.target.index)]
-            caption = f"{result.target.name[:14]} p={score['probability']:.2f}"
-            if score["judge_rank"] is not None:
-                caption += f" j#{score['judge_rank']}"
+            if channels:
+                score = scores[(method, result.target.unit())]
+                caption = f"{result.target.unit()[-14:]} ×{score['relative']:.2f}"
+            else:
+                score = scores[(method, result.target.index)]
+                caption = f"{result.target.name[:14]} p={score['probability']:.2f}"
+                if score["judge_rank"] is not None:
+                    caption += f" j#{score['judge_rank']}"
             images.append(result.image)
             captions.append(caption)
     return grid(

@@ -248,7 +248,7 @@ class Parametrization(Protocol):
     """What the loop optimises: trainable tensors and the images they make.
 
     The default is :class:`Pixels` (the image itself); the baselines use Fourier
-    parametrisations (:mod:`vital.baselines`).
+    parametrisations (:mod:`vital.parametrizations`).
     """
 
     def parameters(self) -> list[torch.Tensor]:

@@ -23,8 +23,6 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
-import torch
-
 from vital.errors import VitalError
 from vital.optimize import Objective, Parametrization, Settings
 from vital.parametrizations import create
@@ -127,8 +125,3 @@ def check_settings_for(method: Method, setting: int | str | None) -> None:
             f"--setting {setting} selects one of VITAL's settings; {method.name} runs with its "
             "published defaults. Leave --setting out, or use --method vital."
         )
-
-
-def on_device(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Stack tensors on ``device``."""
-    return torch.stack(list(tensors)).to(device)
