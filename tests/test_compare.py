@@ -56,7 +56,7 @@ def test_compare_runs_every_method_and_writes_the_report(tiny_cnn, tmp_path):
 def test_compare_rejects_unknown_methods_and_no_classes(tiny_cnn):
     with pytest.raises(VitalError, match="unknown method"):
         parse_methods("vital,lucid")
-    with pytest.raises(VitalError, match="no classes"):
+    with pytest.raises(VitalError, match="no targets"):
         compare(tiny_cnn, [], "fourier", steps=1, progress=False)
 
 
@@ -119,13 +119,12 @@ def test_channel_comparison_scores_every_method_against_the_same_references(
 ):
     import torch
 
-    from vital.compare import compare_channels
     from vital.references import from_folder
     from vital.targets import Channel
 
     write_images(tmp_path / "refs", 3)
     targets = [Channel("stage3", 1), Channel("stage3", 4)]
-    comparison = compare_channels(
+    comparison = compare(
         tiny_cnn,
         targets,
         ["vital", "fourier"],
@@ -161,7 +160,7 @@ def test_channel_comparison_scores_every_method_against_the_same_references(
     assert result.exit_code == 0, result.output
     for extra, message in (
         (["-c", "1"], "either classes"),
-        (["--judge", "x"], "score classes"),
+        (["--judge", "efficientnet_lite0"], "score classes"),
         (["--method", "deepinversion"], "not Channel"),
     ):
         result = CliRunner().invoke(app, [str(a) for a in [*arguments, *extra]])

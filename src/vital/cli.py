@@ -7,6 +7,7 @@ may also be comma-separated (``--channel 3 --channel 17`` or ``--channel 3,17``)
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -207,23 +208,8 @@ def _visualize(loaded, targets, references, out: Path, **arguments):
     return visualize(loaded, targets, references, out=out, on_result=_Session.count, **arguments)
 
 
-@app.command("class")
-def class_command(
-    classes: Annotated[
-        list[str],
-        typer.Option(
-            "--class", "-c", help="Class index, name or WordNet id; repeat or use commas."
-        ),
-    ],
+def _generation_options(
     model: ModelName = "mobilenet_v2",
-    refs: Annotated[
-        str | None,
-        typer.Option(
-            "--refs",
-            help="Reference folder: ImageNet-style tree, class sub-folders, or (one class) "
-            "a plain folder. Default: the embedded photos of the class.",
-        ),
-    ] = None,
     references: ReferenceCount = None,
     weights: Weights = None,
     taps: TapOption = None,
@@ -238,21 +224,76 @@ def class_command(
     jitter: Jitter = None,
     method: Method = "vital",
 ) -> None:
-    """Visualise output classes with VITAL (or a baseline, --method)."""
+    """The options ``vital class`` and ``vital neuron`` share, declared once (``_generating``)."""
+
+
+def _generating(command):
+    """Give a command the shared options after its own; it receives them as ``**common``.
+
+    typer reads a command's options from its signature: this one is the command's own
+    parameters followed by :func:`_generation_options`'.
+    """
+    own = [
+        parameter
+        for parameter in inspect.signature(command, eval_str=True).parameters.values()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    shared = list(inspect.signature(_generation_options, eval_str=True).parameters.values())
+    command.__signature__ = inspect.Signature([*own, *shared])
+    command.__annotations__ = {**_generation_options.__annotations__, **command.__annotations__}
+    return command
+
+
+def _generate(targets, references, kind: str, common: dict, **options) -> list:
+    """Load the model, run :func:`vital.visualize` with the shared options, report.
+
+    The grid is ``KIND-grid.png`` for VITAL; a baseline's is ``METHOD-grid.png`` for classes,
+    ``neuron-METHOD-grid.png`` for channels.
+    """
+    out, method = common["out"], common["method"]
     _check_out(out)
-    loaded = _load(model, weights, device)
+    loaded = _load(common["model"], common["weights"], common["device"])
+    if callable(references):  # references that need the loaded model (mined lists)
+        references = references(loaded)
     results = _visualize(
         loaded,
-        _names(classes),
-        refs,
+        targets,
+        references,
         out,
         method=method,
-        setting=_setting(setting),
-        settings=_overrides(steps=steps, seed=seed, resolution=resolution, lr=lr, jitter=jitter),
-        batch_size=batch,
-        **_options(taps=taps or None, reference_count=references),
+        setting=_setting(common["setting"]),
+        settings=_overrides(
+            **{k: common[k] for k in ("steps", "seed", "resolution", "lr", "jitter")}
+        ),
+        batch_size=common["batch"],
+        **_options(taps=common["taps"] or None, reference_count=common["references"], **options),
     )
-    _report(results, out, "class" if method == "vital" else method)
+    baseline = method if kind == "class" else f"{kind}-{method}"
+    _report(results, out, kind if method == "vital" else baseline)
+    return results
+
+
+@app.command("class")
+@_generating
+def class_command(
+    classes: Annotated[
+        list[str],
+        typer.Option(
+            "--class", "-c", help="Class index, name or WordNet id; repeat or use commas."
+        ),
+    ],
+    refs: Annotated[
+        str | None,
+        typer.Option(
+            "--refs",
+            help="Reference folder: ImageNet-style tree, class sub-folders, or (one class) "
+            "a plain folder. Default: the embedded photos of the class.",
+        ),
+    ] = None,
+    **common,
+) -> None:
+    """Visualise output classes with VITAL (or a baseline, --method)."""
+    _generate(_names(classes), refs, "class", common)
 
 
 @app.command("compare")
@@ -313,48 +354,31 @@ def compare_command(
     ] = None,
 ) -> None:
     """Compare VITAL with the baselines on the same classes (or inner channels): table, grid."""
-    from vital.compare import CHANNEL_METHODS, METHODS, compare, compare_channels, write_report
+    from vital.compare import METHODS, compare, write_report
     from vital.targets import Channel
 
     if bool(classes) == bool(channels):
         raise VitalError("compare either classes (--class C) or channels (--layer L --channel K).")
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
-    if channels and (judge or real_refs or clip_weights):
-        raise VitalError(
-            "--judge, --real-refs and --clip-weights score classes; channels are scored by "
-            "their activation relative to their references (--refs)."
-        )
-    if classes and setting is not None:
-        raise VitalError("--setting goes with channel comparisons; classes use each method's own.")
     _check_out(out)
     loaded = _load(model, weights, device)
     chosen = [m.strip() for value in methods or [] for m in value.split(",") if m.strip()]
     if channels:
-        comparison = compare_channels(
-            loaded,
-            [Channel(layer, k) for k in _integers(channels, "--channel")],
-            chosen or CHANNEL_METHODS,
-            references=refs,
-            steps=steps,
-            seed=seed,
-            setting=_setting(setting),
-            out=out,
-            batch_size=batch,
-            reference_count=references,
-        )
-        _print_report(write_report(comparison, out))
-        return
-    judged = _load(judge, judge_weights, device) if judge else None
+        targets = [Channel(layer, k) for k in _integers(channels, "--channel")]
+        chosen = chosen or [m for m in METHODS if m != "deepinversion"]  # classes only
+    else:
+        targets = _names(classes)
     comparison = compare(
         loaded,
-        _names(classes),
+        targets,
         chosen or METHODS,
-        judge=judged,
+        judge=_load(judge, judge_weights, device) if judge else None,
         references=refs,
         real_references=real_refs,
         steps=steps,
         seed=seed,
+        setting=_setting(setting),
         out=out,
         batch_size=batch,
         reference_count=references,
@@ -370,6 +394,7 @@ def _print_report(paths: dict[str, Path]) -> None:
 
 
 @app.command()
+@_generating
 def neuron(
     layer: Annotated[str, typer.Option("--layer", "-l", help="Target layer (module name).")],
     channels: Annotated[
@@ -406,20 +431,7 @@ def neuron(
     rank: Annotated[
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")
     ] = False,
-    model: ModelName = "mobilenet_v2",
-    references: ReferenceCount = None,
-    weights: Weights = None,
-    taps: TapOption = None,
-    setting: SettingName = None,
-    steps: Steps = None,
-    out: Out = Path("vital-out"),
-    seed: Seed = 0,
-    device: Device = "auto",
-    resolution: Resolution = None,
-    batch: Batch = 8,
-    lr: LearningRate = None,
-    jitter: Jitter = None,
-    method: Method = "vital",
+    **common,
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
     from vital.methods.vital_neuron import direction_target
@@ -430,40 +442,29 @@ def neuron(
     targets += [direction_target(layer, path) for path in direction or []]
     if not targets:
         raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
-    if method == "vital" and refs is None:
+    if common["method"] == "vital" and refs is None:
         raise VitalError(
             "give reference images with --refs DIR (images that activate the channel, e.g. "
             "from `vital mine`), or --refs samples for the embedded photos."
         )
-    _check_out(out)
-    loaded = _load(model, weights, device)
-    references_given = refs
+    references = refs
     if refs == "mined" or (refs is not None and is_mining_database(refs)):
-        database = out if refs == "mined" else Path(refs)
-        references_given = mined_reference_sets(
-            database, loaded, targets, mined_mode, references or 50
+        database = common["out"] if refs == "mined" else Path(refs)
+        count = common["references"] or 50
+        references = lambda loaded: mined_reference_sets(  # noqa: E731
+            database, loaded, targets, mined_mode, count
         )
-    options = _options(
-        taps=taps or None,
+    results = _generate(
+        targets,
+        references,
+        "neuron",
+        common,
         relevance=relevance,
         patch_side=patches,
         rank=rank or None,
-        reference_count=references,
-    )
-    results = _visualize(
-        loaded,
-        targets,
-        references_given,
-        out,
-        method=method,
-        setting=_setting(setting),
-        settings=_overrides(steps=steps, seed=seed, resolution=resolution, lr=lr, jitter=jitter),
-        batch_size=batch,
-        **options,
     )
     if results and results[0].record.relevance:
         typer.echo(f"relevance backend: {results[0].record.relevance}")
-    _report(results, out, "neuron" if method == "vital" else f"neuron-{method}")
 
 
 @app.command()

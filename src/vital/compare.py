@@ -29,7 +29,7 @@ from vital.methods.vital_class import References, class_references
 from vital.methods.vital_neuron import neuron_references
 from vital.references import DEFAULT_REFERENCES
 from vital.store import Result
-from vital.targets import Channel, ClassTarget, Direction, class_target
+from vital.targets import ClassTarget, resolve_targets
 from vital.zoo import Model, as_model, frozen
 
 METHODS = ("vital", "fourier", "maco", "deepinversion")
@@ -114,15 +114,20 @@ def compare(
     clip_weights: str | Path | None = None,
     method_options: Mapping[str, Mapping[str, object]] | None = None,
     progress: bool = True,
+    setting: int | str | None = None,
 ) -> Comparison:
-    """Run ``methods`` on the same classes and score them.
+    """Run ``methods`` on the same targets and score them.
 
     Parameters
     ----------
     model
         The explained model.
     classes
-        Class targets (index, name, WordNet id or :class:`ClassTarget`).
+        Class targets (index, name, WordNet id or :class:`ClassTarget`), or inner
+        :class:`Channel` / :class:`Direction` targets: then every picture is scored by its
+        target's activation relative to the mean over the references VITAL matches, the same
+        yardstick for VITAL and for activation maximisation (Fourier FV with a channel
+        objective, as Lucent does, and MaCo).
     methods
         ``"vital"`` and baseline names (comma-separated text or a list).
     judge
@@ -150,43 +155,58 @@ def compare(
         Per baseline, its options (e.g. ``{"maco": {"crops": 2}}``).
     progress
         Show progress bars.
+    setting
+        VITAL's named setting for inner targets (e.g. ``"fast"``).
     """
     # A caller's own modules are handed back in the state they came in.
     with frozen(model), frozen(judge), frozen(fid_model):
         model = as_model(model)
         names = parse_methods(methods)
-        targets = [class_target(model, c) for c in classes]
-        if not targets:
-            raise VitalError("no classes given; name at least one (--classes C1,C2).")
+        targets = resolve_targets(model, classes)
+        inner = not isinstance(targets[0], ClassTarget)
+        if inner and (judge or real_references or clip_weights or fid_model):
+            raise VitalError(
+                "a judge, held-out real images, CLIP and FID score classes; inner channels are "
+                "scored by their activation relative to their references (--refs)."
+            )
+        if not inner and setting is not None:
+            raise VitalError(
+                "--setting goes with channel comparisons; classes use each method's own."
+            )
         judge_model = as_model(judge) if judge is not None else None
         fid_model = as_model(fid_model) if fid_model is not None else model
         options = dict(method_options or {})
         held_out = real_references is not None
-        real, real_labels = _real_images(
-            model, targets, real_references if held_out else references, reference_count, seed + 1
-        )
-        labels = [t.index for t in targets]
+        if inner:
+            means = _reference_means(model, targets, references, reference_count, seed)
+        else:
+            real, real_labels = _real_images(
+                model, targets, real_references if held_out else references, reference_count,
+                seed + 1,
+            )  # fmt: skip
         comparison = Comparison(model.name, judge_model.name if judge_model else None, targets, {})
         for method in names:
-            chosen_options = dict(options.get(method) or {})
-            if method == "vital":
-                chosen_options.setdefault("reference_count", reference_count)
-            results = visualize(
-                model,
-                targets,
-                references if method == "vital" else None,
-                method=method,
-                settings={"steps": steps, "seed": seed},
-                out=Path(out) / method if out is not None else None,
-                batch_size=batch_size,
-                progress=progress,
-                **chosen_options,
-            )
+            results = _run(
+                model, targets, method, references, steps, seed, setting, out, batch_size,
+                progress, options.get(method), reference_count,
+            )  # fmt: skip
             comparison.results[method] = results
+            if inner:
+                _score_inner(comparison, method, results, means)
+                continue
+            labels = [t.index for t in targets]
             _score(comparison, method, results, model, judge_model, real, real_labels, labels)
             comparison.summary[-1]["fid"] = _fid(comparison, results, real, fid_model, fid_layer)
-        comparison.notes += _notes(comparison, held_out)
-        _clip(comparison, clip_weights, model)
+        if inner:
+            comparison.notes.append(
+                "Relative activation: the target's mean activation on the picture divided by "
+                f"its mean over the {reference_count} reference views VITAL matches; ≥ ½: the "
+                "share of targets reaching half of it. VITAL has no activation term (its "
+                "references enter through the loss); the baselines maximise the activation."
+            )
+        else:
+            comparison.notes += _notes(comparison, held_out)
+            _clip(comparison, clip_weights, model)
         return comparison
 
 
@@ -198,6 +218,28 @@ def _fid(comparison: Comparison, results, real, fid_model, fid_layer):
             comparison.notes.append(note)
         return None
     return metrics.fid(torch.stack([r.pixels for r in results]), real, fid_model, fid_layer)
+
+
+def _run(
+    model, targets, method, references, steps, seed, setting, out, batch_size, progress,
+    options, reference_count,
+) -> list[Result]:  # fmt: skip
+    """One method on every target, with the same steps and seed as the others."""
+    chosen = dict(options or {})
+    if method == "vital":
+        chosen.setdefault("reference_count", reference_count)
+    return visualize(
+        model,
+        targets,
+        references if method == "vital" else None,
+        method=method,
+        setting=setting if method == "vital" else None,
+        settings={"steps": steps, "seed": seed},
+        out=Path(out) / method if out is not None else None,
+        batch_size=batch_size,
+        progress=progress,
+        **chosen,
+    )
 
 
 def _score(
@@ -249,97 +291,48 @@ def _score(
     )
 
 
-CHANNEL_METHODS = ("vital", "fourier", "maco")
-
-
-def compare_channels(
-    model: Model | str,
-    targets: Sequence[Channel | Direction],
-    methods: str | Sequence[str] = CHANNEL_METHODS,
-    *,
-    references: References = None,
-    steps: int | None = None,
-    seed: int = 0,
-    setting: int | str | None = None,
-    out: str | Path | None = None,
-    batch_size: int = 8,
-    reference_count: int = DEFAULT_REFERENCES,
-    method_options: Mapping[str, Mapping[str, object]] | None = None,
-    progress: bool = True,
-) -> Comparison:
-    """Run ``methods`` on the same inner channels (or directions) and score them.
-
-    Each picture is scored by its target's activation relative to the mean over the reference
-    images VITAL matches (``references``, as for :func:`vital.visualize`): the same yardstick
-    for VITAL and for activation maximisation (Fourier FV with a channel objective, as Lucent
-    does, and MaCo). ``setting`` applies to VITAL only (e.g. ``"fast"``).
-    """
-    with frozen(model):
-        model = as_model(model)
-        names = parse_methods(methods)
-        targets = list(targets)
-        if not targets:
-            raise VitalError("no channels given; name at least one (--layer L --channel K).")
-        options = dict(method_options or {})
-        comparison = Comparison(model.name, None, targets, {})
-        means = []
-        for target in targets:
-            views = neuron_references(target, references, reference_count, seed).views(
-                model.preprocessing.input_size, model.preprocessing.crop_pct,
-                model.preprocessing.interpolation,
-            )  # fmt: skip
-            views = torch.stack(list(views))
-            activations = metrics.target_activations(model, views, [target] * len(views))
-            means.append(float(np.mean(activations)))
-        for method in names:
-            chosen = dict(options.get(method) or {})
-            if method == "vital":
-                chosen.setdefault("reference_count", reference_count)
-            results = visualize(
-                model,
-                targets,
-                references if method == "vital" else None,
-                method=method,
-                setting=setting if method == "vital" else None,
-                settings={"steps": steps, "seed": seed},
-                out=Path(out) / method if out is not None else None,
-                batch_size=batch_size,
-                progress=progress,
-                **chosen,
-            )
-            comparison.results[method] = results
-            relative = []
-            for result, mean in zip(results, means, strict=True):
-                activation = result.record.evaluation["activation"]
-                relative.append(activation / mean if abs(mean) > 1e-12 else float("nan"))
-                comparison.per_image.append(
-                    {
-                        "method": method,
-                        "unit": result.target.unit(),
-                        "activation": activation,
-                        "reference_activation": mean,
-                        "relative": relative[-1],
-                        "initial_activation": result.record.evaluation["initial_activation"],
-                    }
-                )
-            seconds = sum(r.record.seconds / r.record.batch_size for r in results)
-            comparison.summary.append(
-                {
-                    "method": method,
-                    "images": len(results),
-                    "steps": results[0].record.settings["steps"],
-                    "relative_mean": float(np.nanmean(relative)),
-                    "half_reached": float(np.mean([r >= 0.5 for r in relative])),
-                    "seconds_per_image": seconds / len(results),
-                }
-            )
-        comparison.notes.append(
-            "Relative activation: the target's mean activation on the picture divided by its "
-            f"mean over the {reference_count} reference views VITAL matches; ≥ ½: the share of "
-            "targets reaching half of it. VITAL has no activation term (its references enter "
-            "through the loss); the baselines maximise the activation itself."
+def _reference_means(model: Model, targets, references, count: int, seed: int) -> list[float]:
+    """Each inner target's mean activation over the reference views VITAL matches."""
+    means = []
+    for target in targets:
+        views = neuron_references(target, references, count, seed).views(
+            model.preprocessing.input_size, model.preprocessing.crop_pct,
+            model.preprocessing.interpolation,
+        )  # fmt: skip
+        views = torch.stack(list(views))
+        means.append(
+            float(np.mean(metrics.target_activations(model, views, [target] * len(views))))
         )
-        return comparison
+    return means
+
+
+def _score_inner(comparison: Comparison, method: str, results: list[Result], means) -> None:
+    """Each picture's target activation relative to its references' mean."""
+    relative = []
+    for result, mean in zip(results, means, strict=True):
+        activation = result.record.evaluation["activation"]
+        relative.append(activation / mean if abs(mean) > 1e-12 else float("nan"))
+        comparison.per_image.append(
+            {
+                "method": method,
+                "unit": result.target.unit(),
+                "activation": activation,
+                "reference_activation": mean,
+                "relative": relative[-1],
+                "initial_activation": result.record.evaluation["initial_activation"],
+            }
+        )
+    seconds = sum(r.record.seconds / r.record.batch_size for r in results)
+    comparison.summary.append(
+        {
+            "method": method,
+            "images": len(results),
+            "steps": results[0].record.settings["steps"],
+            "relative_mean": float(np.nanmean(relative)),
+            "half_reached": float(np.mean([r >= 0.5 for r in relative])),
+            "seconds_per_image": seconds / len(results),
+        }
+    )
 
 
 def _notes(comparison: Comparison, held_out: bool) -> list[str]:

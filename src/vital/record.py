@@ -13,7 +13,7 @@ import datetime
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from vital.errors import VitalError
 
@@ -46,8 +46,52 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+class Document:
+    """JSON in and out with a schema version: what every document vital writes shares.
+
+    Subclasses are dataclasses with ``vital_version`` and ``schema`` fields, a ``to_dict`` and
+    a class attribute ``version`` (their current schema) and ``kind`` (for messages).
+    """
+
+    kind: ClassVar[str] = "record"
+    version: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if not self.vital_version:
+            from vital import __version__
+
+            self.vital_version = __version__
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Valid JSON (no NaN or Infinity)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def known_fields(cls, data: Any) -> dict:
+        """The entries of ``data`` that are fields, after checking it is a readable version."""
+        if not isinstance(data, dict):
+            raise VitalError(f"a {cls.kind} is a JSON object, not {type(data).__name__}.")
+        schema = data.get("schema", 1)
+        if schema > cls.version:
+            raise VitalError(
+                f"this {cls.kind} has schema {schema}, newer than this vital's {cls.version}; "
+                "upgrade vital to read it."
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {key: value for key, value in data.items() if key in names}
+
+    @classmethod
+    def from_json(cls, text: str) -> Document:
+        """Parse :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise VitalError(f"the {cls.kind} is not valid JSON: {error}") from error
+        return cls.from_dict(data)
+
+
 @dataclass
-class Record:
+class Record(Document):
     """What ran and what came out, for one target.
 
     Attributes
@@ -115,11 +159,7 @@ class Record:
     created: str = field(default_factory=now)
     schema: int = SCHEMA_VERSION
 
-    def __post_init__(self) -> None:
-        if not self.vital_version:
-            from vital import __version__
-
-            self.vital_version = __version__
+    version: ClassVar[int] = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         """Plain data, with non-finite numbers as ``None``; empty optional fields left out."""
@@ -128,23 +168,10 @@ class Record:
         optional += ("activation_trace", "unit")
         return finite({k: v for k, v in data.items() if not (k in optional and v is None)})
 
-    def to_json(self, indent: int | None = 2) -> str:
-        """Valid JSON (no NaN or Infinity)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
     @classmethod
     def from_dict(cls, data: dict) -> Record:
         """Read a record written by :meth:`to_dict` (this schema or the unversioned first one)."""
-        if not isinstance(data, dict):
-            raise VitalError(f"a record is a JSON object, not {type(data).__name__}.")
-        schema = data.get("schema", 1)
-        if schema > SCHEMA_VERSION:
-            raise VitalError(
-                f"this record has schema {schema}, newer than this vital's {SCHEMA_VERSION}; "
-                "upgrade vital to read it."
-            )
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {key: value for key, value in data.items() if key in names}
+        known = cls.known_fields(data)
         missing = [
             f.name
             for f in dataclasses.fields(cls)
@@ -156,12 +183,3 @@ class Record:
             raise VitalError(f"the record lacks {', '.join(missing)}; it is not a vital record.")
         known["schema"] = SCHEMA_VERSION
         return cls(**known)
-
-    @classmethod
-    def from_json(cls, text: str) -> Record:
-        """Parse :meth:`to_json` output."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise VitalError(f"the record is not valid JSON: {error}") from error
-        return cls.from_dict(data)

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,16 +82,26 @@ def open_rgb(source: ImageSource) -> Image.Image | None:
         return None
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """All image files under ``folder`` (any depth), sorted for determinism."""
-    folder = Path(folder)
+def reference_folder(path: str | Path, kinds: str) -> Path:
+    """``path`` as an existing folder of references, or an error saying what it is instead.
+
+    ``kinds`` says what a references folder may hold (for the message about a file).
+    """
+    folder = Path(path)
     if folder.is_file():
-        raise VitalError(
-            f"{folder} is a file; references are a folder of images (any depth) or, for inner "
-            "neurons, a mining database (`vital mine` writes OUT/mining.sqlite)."
-        )
+        raise VitalError(f"{folder} is a file; references are {kinds}.")
     if not folder.is_dir():
         raise VitalError(f"reference folder {folder} does not exist.")
+    return folder
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """All image files under ``folder`` (any depth), sorted for determinism."""
+    folder = reference_folder(
+        folder,
+        "a folder of images (any depth) or, for inner neurons, a mining database (`vital mine` "
+        "writes OUT/mining.sqlite)",
+    )
     return sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
@@ -112,34 +123,35 @@ def _requires(module: str, package: str, photo: str):
         ) from error
 
 
-def _skimage(name: str) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
-        data = _requires("skimage.data", "scikit-image", name)
-        array = getattr(data, name)()
-        if isinstance(array, tuple):  # stereo pairs: the left view
-            array = array[0]
-        return Image.fromarray(array)
+def _photo(
+    module: str, package: str, name: str, read: Callable[[Any, str], Image.Image]
+) -> Callable[[], Image.Image]:
+    """A loader of photo ``name`` from ``module`` (inside ``package``), imported when needed."""
 
-    load.requires = ("skimage.data", "scikit-image")
+    def load() -> Image.Image:
+        return read(_requires(module, package, name), name)
+
+    load.requires = (module, package)
     return load
+
+
+def _skimage_read(data: Any, name: str) -> Image.Image:
+    array = getattr(data, name)()
+    return Image.fromarray(array[0] if isinstance(array, tuple) else array)  # stereo: left
+
+
+def _skimage(name: str) -> Callable[[], Image.Image]:
+    return _photo("skimage.data", "scikit-image", name, _skimage_read)
 
 
 def _sklearn(filename: str) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
-        datasets = _requires("sklearn.datasets", "scikit-learn", filename)
-        return Image.fromarray(datasets.load_sample_image(filename))
-
-    load.requires = ("sklearn.datasets", "scikit-learn")
-    return load
+    read = lambda datasets, name: Image.fromarray(datasets.load_sample_image(name))  # noqa: E731
+    return _photo("sklearn.datasets", "scikit-learn", filename, read)
 
 
 def _matplotlib(filename: str) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
-        cbook = _requires("matplotlib.cbook", "matplotlib", filename)
-        return Image.open(cbook.get_sample_data(filename))
-
-    load.requires = ("matplotlib.cbook", "matplotlib")
-    return load
+    read = lambda cbook, name: Image.open(cbook.get_sample_data(name))  # noqa: E731
+    return _photo("matplotlib.cbook", "matplotlib", filename, read)
 
 
 # name → (loader, ImageNet class the photo shows, or None)

@@ -39,8 +39,30 @@ class ClassTarget:
         return f"{self.name} ({self.index})" if self.name else f"class {self.index}"
 
 
+class _Inner:
+    """What channels and directions share: a layer, and names built from a short label."""
+
+    layer: str
+
+    def _label(self) -> tuple[str, str, str]:
+        """(unit suffix, file-name suffix, description suffix)."""
+        raise NotImplementedError
+
+    def unit(self) -> str:
+        """Stable id for stores and atlases, e.g. ``layer4.2/1935`` or ``layer3/striped``."""
+        return f"{self.layer}/{self._label()[0]}"
+
+    def slug(self) -> str:
+        """File-name stem, e.g. ``layer4.2-ch1935``."""
+        return f"{_slug(self.layer)}-{self._label()[1]}"
+
+    def describe(self) -> str:
+        """Human-readable label."""
+        return f"{self.layer} {self._label()[2]}"
+
+
 @dataclass(frozen=True)
-class Channel:
+class Channel(_Inner):
     """Channel ``index`` of the inner layer ``layer`` (a module name)."""
 
     layer: str
@@ -54,17 +76,8 @@ class Channel:
                 f"({self.index!r})."
             )
 
-    def unit(self) -> str:
-        """Stable id for stores and atlases, e.g. ``layer4.2/1935``."""
-        return f"{self.layer}/{self.index}"
-
-    def slug(self) -> str:
-        """File-name stem, e.g. ``layer4.2-ch1935``."""
-        return f"{_slug(self.layer)}-ch{self.index}"
-
-    def describe(self) -> str:
-        """Human-readable label."""
-        return f"{self.layer} channel {self.index}"
+    def _label(self) -> tuple[str, str, str]:
+        return str(self.index), f"ch{self.index}", f"channel {self.index}"
 
     def vector(self, channels: int) -> np.ndarray:
         """The one-hot direction of this channel."""
@@ -74,7 +87,7 @@ class Channel:
 
 
 @dataclass(frozen=True)
-class Direction:
+class Direction(_Inner):
     """A concept: a direction ``values`` in the channel space of ``layer``."""
 
     layer: str
@@ -93,17 +106,8 @@ class Direction:
         if not isinstance(self.name, str) or not self.name:
             raise VitalError(f"a direction's name is a non-empty text, not {self.name!r}.")
 
-    def unit(self) -> str:
-        """Stable id for stores and atlases, e.g. ``layer3/striped``."""
-        return f"{self.layer}/{self.name}"
-
-    def slug(self) -> str:
-        """File-name stem."""
-        return f"{_slug(self.layer)}-{_slug(self.name)}"
-
-    def describe(self) -> str:
-        """Human-readable label."""
-        return f"{self.layer} {self.name}"
+    def _label(self) -> tuple[str, str, str]:
+        return self.name, _slug(self.name), self.name
 
     def vector(self, channels: int) -> np.ndarray:
         """The direction as an array (its length must equal the layer's channels)."""

@@ -10,12 +10,11 @@ and whether it was reused or computed). Files are paths relative to the atlas fo
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from vital.errors import VitalError
-from vital.record import finite, now
+from vital.record import Document, finite, now
 
 SCHEMA_VERSION = 1
 
@@ -66,7 +65,7 @@ class ChannelEvidence:
 
 
 @dataclass
-class Explanation:
+class Explanation(Document):
     """Why a model gave an image its class, in terms of one layer's channels.
 
     Attributes
@@ -128,33 +127,17 @@ class Explanation:
     created: str = field(default_factory=now)
     schema: int = SCHEMA_VERSION
 
-    def __post_init__(self) -> None:
-        if not self.vital_version:
-            from vital import __version__
-
-            self.vital_version = __version__
+    kind: ClassVar[str] = "explanation"
+    version: ClassVar[int] = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         """Plain data, with non-finite numbers as ``None``."""
         return finite(dataclasses.asdict(self))
 
-    def to_json(self, indent: int | None = 1) -> str:
-        """Valid JSON (no NaN or Infinity)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
     @classmethod
     def from_dict(cls, data: Any) -> Explanation:
         """Read :meth:`to_dict` output."""
-        if not isinstance(data, dict):
-            raise VitalError(f"an explanation is a JSON object, not {type(data).__name__}.")
-        schema = data.get("schema", SCHEMA_VERSION)
-        if schema > SCHEMA_VERSION:
-            raise VitalError(
-                f"this explanation has schema {schema}, newer than this vital's "
-                f"{SCHEMA_VERSION}; upgrade vital to read it."
-            )
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {key: value for key, value in data.items() if key in names}
+        known = cls.known_fields(data)
         try:
             evidence = {f.name for f in dataclasses.fields(ChannelEvidence)}
             known["top"] = [
@@ -164,12 +147,3 @@ class Explanation:
             return cls(**known)
         except TypeError as error:
             raise VitalError(f"not a vital explanation record: {error}") from error
-
-    @classmethod
-    def from_json(cls, text: str) -> Explanation:
-        """Parse :meth:`to_json` output."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise VitalError(f"the explanation is not valid JSON: {error}") from error
-        return cls.from_dict(data)

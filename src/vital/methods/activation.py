@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +29,18 @@ def squashed(decorrelated: torch.Tensor, preprocessing: Preprocessing) -> torch.
     return preprocessing.normalize(torch.sigmoid(recorrelate_colors(decorrelated)))
 
 
-def seeded_generators(seeds: Sequence[int], offset: int) -> list[torch.Generator]:
-    """One random stream per image, apart from the streams its seed starts elsewhere."""
-    return [torch.Generator().manual_seed(offset + seed) for seed in seeds]
+class SeededViews:
+    """Transformed views of each image, drawn from the image's own random stream.
+
+    Subclasses take ``seeds`` (one per image of the batch) first and set ``offset``, which keeps
+    their streams apart from the others a seed starts: so a batch gives each image the views it
+    would get alone.
+    """
+
+    offset: ClassVar[int] = 0
+
+    def __init__(self, seeds: Sequence[int]):
+        self.generators = [torch.Generator().manual_seed(self.offset + seed) for seed in seeds]
 
 
 # --- objectives -------------------------------------------------------------------------------

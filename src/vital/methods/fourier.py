@@ -20,10 +20,10 @@ import torch
 
 from vital.methods.activation import (
     Activation,
+    SeededViews,
     activation_objective,
     affine_views,
     grey,
-    seeded_generators,
     uniform,
 )
 from vital.methods.base import Method, check_settings_for, resolution_of, target_plan
@@ -32,17 +32,14 @@ from vital.parametrizations import FourierPixels
 from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model
 
-# Offset of the transforms' seeds from the image seeds, so the two random streams differ.
-_VIEW_SEED_OFFSET = 1_000_003
 
-
-class RobustViews:
+class RobustViews(SeededViews):
     """lucent's standard transforms as one affine warp per view: frame, scale, rotate, shift.
 
     Parameters
     ----------
     seeds
-        One seed per image of the batch; each image has its own random stream.
+        See :class:`~vital.methods.activation.SeededViews`.
     fill
         (3,) value of the frame (grey in the model's input space).
     resolution
@@ -52,6 +49,8 @@ class RobustViews:
     views
         Views of each image per step (their activations are averaged).
     """
+
+    offset = 1_000_003
 
     def __init__(
         self,
@@ -64,7 +63,7 @@ class RobustViews:
         shift: int = 4,
         views: int = 1,
     ):
-        self.generators = seeded_generators(seeds, _VIEW_SEED_OFFSET)
+        super().__init__(seeds)
         self.fill = fill
         self.frame = resolution / (resolution + 2 * pad)
         self.scales = scales

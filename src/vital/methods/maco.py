@@ -27,10 +27,10 @@ import torch
 from vital.errors import VitalError
 from vital.methods.activation import (
     Activation,
+    SeededViews,
     activation_objective,
     affine_views,
     grey,
-    seeded_generators,
     squashed,
     uniform,
 )
@@ -40,8 +40,6 @@ from vital.parametrizations import decorrelate_colors
 from vital.references import SAMPLE_PHOTOS, ReferenceSet, from_folder, sample_photo
 from vital.targets import Channel, ClassTarget, Direction
 from vital.zoo import Model, Preprocessing
-
-_VIEW_SEED_OFFSET = 2_000_003
 
 
 def natural_spectrum(images: Iterable[torch.Tensor], resolution: int) -> torch.Tensor:
@@ -171,13 +169,13 @@ class MagnitudeConstrainedImage:
         """Nothing to do: the magnitude is fixed by construction."""
 
 
-class RandomCrops:
+class RandomCrops(SeededViews):
     """MaCo's views: square crops around a jittered centre, upsampled, with added noise.
 
     Parameters
     ----------
     seeds
-        One seed per image of the batch; each image has its own random stream.
+        See :class:`~vital.methods.activation.SeededViews`.
     steps
         Length of the run (the box size shrinks linearly over it).
     crops
@@ -191,6 +189,8 @@ class RandomCrops:
         resized to its input size.
     """
 
+    offset = 2_000_003
+
     def __init__(
         self,
         seeds: Sequence[int],
@@ -200,7 +200,7 @@ class RandomCrops:
         noise: float,
         preprocessing: Preprocessing,
     ):
-        self.generators = seeded_generators(seeds, _VIEW_SEED_OFFSET)
+        super().__init__(seeds)
         self.steps = steps
         self.crops = crops
         self.box = box

@@ -26,6 +26,7 @@ from vital.references import (
     compute_prototypes,
     from_folder,
     is_imagenet_tree,
+    reference_folder,
     sample_photos_for_class,
 )
 from vital.taps import Tap, check_layer, default_taps, list_layers, parse_taps, tapped
@@ -77,14 +78,10 @@ def class_references(
             f"references must be a folder, a ReferenceSet or a mapping of them, not "
             f"{type(references).__name__}."
         )
-    folder = Path(references)
-    if folder.is_file():
-        raise VitalError(
-            f"{folder} is a file; class references are a folder (an ImageNet-style tree, one "
-            "sub-folder per class, or one class's images)."
-        )
-    if not folder.is_dir():
-        raise VitalError(f"reference folder {folder} does not exist.")
+    folder = reference_folder(
+        references,
+        "a folder (an ImageNet-style tree, one sub-folder per class, or one class's images)",
+    )
     for name in _class_folder_names(model, target):
         if (folder / name).is_dir():
             return from_folder(folder / name, count, seed)

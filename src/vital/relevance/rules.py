@@ -283,16 +283,24 @@ class ZPlus(_LeanHook, BasicHook):
         return ZPlus(self.stabilizer)
 
 
-class AbsoluteShare(_LeanHook):
-    """Residual sum: each branch receives the share ``|branch| / (|shortcut| + |main| + ε)``."""
+class _SharingRule(_LeanHook):
+    """A rule that shares relevance by the module's inputs: keeps them, has a stabiliser ε."""
 
     def __init__(self, stabilizer: float = EPSILON):
         super().__init__()
         self.stabilizer = stabilizer
 
     def forward(self, module, input, output):
-        """Keep both branches for the backward pass."""
+        """Keep the inputs for the backward pass."""
         self.stored_tensors["input"] = input
+
+    def copy(self) -> _SharingRule:
+        """A fresh hook with the same stabiliser (one hook per module)."""
+        return type(self)(self.stabilizer)
+
+
+class AbsoluteShare(_SharingRule):
+    """Residual sum: each branch receives the share ``|branch| / (|shortcut| + |main| + ε)``."""
 
     def backward(self, module, grad_input, grad_output):
         """Split the relevance of the sum between the branches."""
@@ -300,12 +308,8 @@ class AbsoluteShare(_LeanHook):
         scaled = grad_output[0] / (shortcut + main + self.stabilizer)
         return shortcut * scaled, main * scaled
 
-    def copy(self) -> AbsoluteShare:
-        """A fresh hook with the same stabiliser."""
-        return AbsoluteShare(self.stabilizer)
 
-
-class MaxPoolAsAverage(_LeanHook):
+class MaxPoolAsAverage(_SharingRule):
     """Max pooling passes relevance as the z-rule of a 2×2 average pool (the authors' choice).
 
     ``R_i = x_i Σ_j w_ij R_j / (Σ_i w_ij x_i + ε)`` with ``w`` the weights of a 2×2, stride-2
@@ -313,14 +317,6 @@ class MaxPoolAsAverage(_LeanHook):
     pool's output does not have the max pool's shape, the max pool's own window is averaged.
     Every input of a window gets a share, not only the winner.
     """
-
-    def __init__(self, stabilizer: float = EPSILON):
-        super().__init__()
-        self.stabilizer = stabilizer
-
-    def forward(self, module, input, output):
-        """Keep the input for the backward pass."""
-        self.stored_tensors["input"] = input
 
     def backward(self, module, grad_input, grad_output):
         """Relevance at the pool's input from the relevance at its output."""
@@ -335,7 +331,3 @@ class MaxPoolAsAverage(_LeanHook):
                 )
             (share,) = torch.autograd.grad(z, leaf, relevance_out / (z.detach() + self.stabilizer))
         return (x * share,)
-
-    def copy(self) -> MaxPoolAsAverage:
-        """A fresh hook with the same stabiliser."""
-        return MaxPoolAsAverage(self.stabilizer)
