@@ -71,9 +71,9 @@ def test_seeds_reproduce_and_a_batch_is_its_images_alone():
 def test_the_registry_builds_what_settings_name():
     assert {"pixels", "fourier"} <= set(PARAMETRIZATIONS)
     preprocessing = Preprocessing(input_size=16)
-    pixels = create(Settings(), [0], 16, CPU, preprocessing)
+    pixels = create("pixels", [0], 16, CPU, preprocessing, clamp=True)
     assert isinstance(pixels, Pixels)
-    made = create(Settings(parametrization="fourier"), [0, 1], 16, CPU, preprocessing)
+    made = create("fourier", [0, 1], 16, CPU, preprocessing, clamp=True)
     assert isinstance(made, FourierPixels)
     assert made.images().shape == (2, 3, 16, 16)
     with pytest.raises(VitalError, match="unknown parametrization 'wavelets'.*pixels"):

@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 
 from vital import losses
 from vital.errors import VitalError
-from vital.parametrizations import check_parametrization, create
+from vital.parametrizations import Parametrization, check_parametrization, create
 from vital.zoo import Preprocessing
 
 # An objective maps (model input (B, 3, h, w), downsample factor) to named (B,) loss terms.
@@ -244,26 +243,6 @@ class Run:
     seeds: list[int] = field(default_factory=list)
 
 
-class Parametrization(Protocol):
-    """What the loop optimises: trainable tensors and the images they make.
-
-    The default is :class:`Pixels` (the image itself); the baselines use Fourier
-    parametrisations (:mod:`vital.parametrizations`).
-    """
-
-    def parameters(self) -> list[torch.Tensor]:
-        """The tensors Adam updates."""
-        ...
-
-    def images(self) -> torch.Tensor:
-        """The current images, (B, 3, R, R) in the model's normalised input space."""
-        ...
-
-    def project(self) -> None:
-        """Called after every step (e.g. to clamp); may do nothing."""
-        ...
-
-
 def _jitter(
     x: torch.Tensor, generators: list[torch.Generator], reach: int, flip: bool
 ) -> torch.Tensor:
@@ -363,7 +342,15 @@ def optimize(
     if len(seeds) != count:
         raise VitalError(f"{len(seeds)} seeds were given for {count} images.")
     if parametrization is None:
-        parametrization = create(settings, seeds, resolution, device, preprocessing, dtype)
+        parametrization = create(
+            settings.parametrization,
+            seeds,
+            resolution,
+            device,
+            preprocessing,
+            clamp=settings.clamp,
+            dtype=dtype,
+        )
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     history: list[torch.Tensor] = []
     gradient_magnitude = torch.zeros(count, 3, resolution, resolution, device=device, dtype=dtype)

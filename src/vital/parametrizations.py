@@ -26,17 +26,35 @@ it would get alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from vital.errors import VitalError
 from vital.zoo import Preprocessing
 
-if TYPE_CHECKING:
-    from vital.optimize import Parametrization, Settings
 
-Factory = Callable[..., "Parametrization"]
+class Parametrization(Protocol):
+    """What the loop optimises: trainable tensors and the images they make.
+
+    The default is :class:`Pixels` (the image itself); the baselines use Fourier
+    parametrisations (:mod:`vital.parametrizations`).
+    """
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The tensors Adam updates."""
+        ...
+
+    def images(self) -> torch.Tensor:
+        """The current images, (B, 3, R, R) in the model's normalised input space."""
+        ...
+
+    def project(self) -> None:
+        """Called after every step (e.g. to clamp); may do nothing."""
+        ...
+
+
+Factory = Callable[..., Parametrization]
 
 # Standard deviation of the initial coefficients (lucid's): a near-grey start with a faint
 # 1/f texture, so the first steps set the layout rather than fight initial noise.
@@ -228,18 +246,16 @@ class FourierPixels:
         self.coefficients.copy_(torch.view_as_real(spectrum))
 
 
-def _pixels(seeds, resolution, device, preprocessing, settings, dtype) -> Parametrization:
-    return Pixels(seeds, resolution, device, preprocessing, settings.clamp, dtype)
+def _pixels(seeds, resolution, device, preprocessing, clamp, dtype) -> Parametrization:
+    return Pixels(seeds, resolution, device, preprocessing, clamp, dtype)
 
 
-def _fourier(seeds, resolution, device, preprocessing, settings, dtype) -> FourierPixels:
-    return FourierPixels(seeds, resolution, device, preprocessing, settings.clamp, dtype=dtype)
+def _fourier(seeds, resolution, device, preprocessing, clamp, dtype) -> FourierPixels:
+    return FourierPixels(seeds, resolution, device, preprocessing, clamp, dtype=dtype)
 
 
-def _fourier_sigmoid(seeds, resolution, device, preprocessing, settings, dtype) -> FourierPixels:
-    return FourierPixels(
-        seeds, resolution, device, preprocessing, settings.clamp, "sigmoid", dtype=dtype
-    )
+def _fourier_sigmoid(seeds, resolution, device, preprocessing, clamp, dtype) -> FourierPixels:
+    return FourierPixels(seeds, resolution, device, preprocessing, clamp, "sigmoid", dtype=dtype)
 
 
 PARAMETRIZATIONS: dict[str, Factory] = {
@@ -258,14 +274,16 @@ def check_parametrization(name: str) -> None:
 
 
 def create(
-    settings: Settings,
+    name: str,
     seeds: Sequence[int],
     resolution: int,
     device: torch.device,
     preprocessing: Preprocessing,
+    *,
+    clamp: bool,
     dtype: torch.dtype = torch.float32,
 ) -> Parametrization:
-    """The parametrisation that ``settings.parametrization`` names, for ``seeds``."""
-    check_parametrization(settings.parametrization)
-    factory = PARAMETRIZATIONS[settings.parametrization]
-    return factory(seeds, resolution, device, preprocessing, settings, dtype)
+    """The parametrisation registered as ``name``, one image per seed."""
+    check_parametrization(name)
+    factory = PARAMETRIZATIONS[name]
+    return factory(seeds, resolution, device, preprocessing, clamp, dtype)

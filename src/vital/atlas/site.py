@@ -30,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vital.atlas.build import Atlas
 from vital.atlas.charts import Series, line_chart
+from vital.atlas.folder import Atlas
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError
 from vital.record import Record

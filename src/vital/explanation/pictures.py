@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vital.atlas.build import Atlas, GivenModel, Unit, build_atlas
+from vital.atlas.build import GivenModel, build_atlas
+from vital.atlas.folder import Atlas
 from vital.atlas.keys import PictureSpec, picture_spec
 from vital.errors import VitalError
 from vital.record import Record
@@ -76,9 +77,7 @@ def _import(atlas: Atlas, result: Result, spec: PictureSpec, references: Referen
     record = result.record
     record.unit = spec.unit
     record.references = dict(record.references or {})
-    record.references["top"] = atlas.reference_thumbnails(
-        Unit(result.target, record.seed), references
-    )
+    record.references["top"] = atlas.reference_thumbnails(result.target, references)
     atlas.ledger.claim(atlas.result_files(result.stem))
     atlas.store.write(result)
     atlas.ledger.seal(result.paths.values())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vital.atlas.build import Atlas
+from vital.atlas.folder import Atlas
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError
 from vital.explanation.attribution import ChannelRelevance, attributor

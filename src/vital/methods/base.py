@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from vital.errors import VitalError
-from vital.optimize import Objective, Parametrization, Settings
-from vital.parametrizations import create
+from vital.optimize import Objective, Settings
+from vital.parametrizations import Parametrization, create
 from vital.targets import Target
 from vital.zoo import Model
 
@@ -79,7 +79,15 @@ class Method:
     ) -> Parametrization:
         """What the loop optimises for images with these seeds: the settings' parametrisation."""
         resolution = resolution_of(model, settings)
-        return create(settings, seeds, resolution, model.device, model.preprocessing, model.dtype)
+        return create(
+            settings.parametrization,
+            seeds,
+            resolution,
+            model.device,
+            model.preprocessing,
+            clamp=settings.clamp,
+            dtype=model.dtype,
+        )
 
     def objective(
         self, model: Model, plans: Sequence[Any], settings: Settings, seeds: Sequence[int]

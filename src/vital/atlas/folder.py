@@ -1,0 +1,93 @@
+"""An atlas folder: its ledger, its result store, and which result each unit shows.
+
+The builder (:mod:`vital.atlas.build`) writes into it and the site (:mod:`vital.atlas.site`)
+reads from it; neither needs the other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vital.atlas.keys import PictureSpec
+from vital.atlas.ledger import Ledger, prepare_folder
+from vital.grids import to_image
+from vital.references import ReferenceSet, center_crop, open_rgb
+from vital.store import ResultStore, database
+from vital.targets import Target
+
+_UNITS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS atlas_units (
+    unit TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredUnit:
+    """The atlas's current result of a unit: its key, what it depended on, its record file."""
+
+    unit: str
+    key: str
+    inputs: dict
+    record: str
+
+
+class Atlas:
+    """An atlas folder: ``atlas.sqlite``, ``results/``, ``refs/`` and the static site.
+
+    Opening one checks that the folder's output names hold only what vital wrote
+    (:func:`vital.atlas.ledger.prepare_folder`).
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.ledger: Ledger = prepare_folder(self.folder)
+        self.store = ResultStore(self.folder / "results", index=self.folder / "atlas.sqlite")
+        with database(self.store.index, "atlas index") as connection:
+            connection.executescript(_UNITS_SCHEMA)
+        self.planned: dict[str, PictureSpec] = {}
+
+    def units(self) -> dict[str, StoredUnit]:
+        """Every unit's current result (the one the site shows)."""
+        with database(self.store.index, "atlas index") as connection:
+            rows = connection.execute("SELECT unit, key, inputs, record FROM atlas_units")
+            return {u: StoredUnit(u, k, json.loads(i), r) for u, k, i, r in rows.fetchall()}
+
+    def register(self, spec: PictureSpec, record_file: str) -> None:
+        """Make ``record_file`` (in ``results/``) the unit's current result under ``spec``."""
+        with database(self.store.index, "atlas index") as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO atlas_units VALUES (?, ?, ?, ?, ?)",
+                (spec.unit, spec.key(), json.dumps(spec.inputs()), record_file, time.time()),
+            )
+
+    def result_files(self, stem: str) -> list[Path]:
+        """The files the store writes for a result stem (claimed before a unit runs)."""
+        names = (f"{stem}.png", f"{stem}.json", f"{stem}-rgba.png", f"{stem}-alpha.npy")
+        return [self.store.folder / name for name in names]
+
+    def reference_thumbnails(self, target: Target, references: ReferenceSet, limit: int = 8):
+        """Save the first references as small JPEGs inside the atlas; return their entries."""
+        folder = self.folder / "refs" / target.slug()
+        entries = []
+        for position, source in enumerate(references.sources[:limit]):
+            image = open_rgb(source)
+            if image is None:
+                continue
+            pixels = center_crop(image, 112)
+            path = folder / f"{position:02d}.jpg"
+            self.ledger.claim([path])
+            folder.mkdir(parents=True, exist_ok=True)
+            to_image(pixels).save(path, quality=88)
+            self.ledger.seal([path])
+            entries.append(
+                {"image": path.relative_to(self.folder).as_posix(), "label": source.label}
+            )
+        return entries
