@@ -16,9 +16,8 @@ from vital.references import ReferenceSet, from_folder, from_imagenet_class, fro
 from vital.store import Result, ResultStore
 from vital.taps import list_layers
 from vital.targets import Channel, ClassTarget, Direction
+from vital.version import __version__
 from vital.zoo import MissingWeightsError, Model, Preprocessing, available_models, load_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",

@@ -39,7 +39,7 @@ class _Session:
 
 def _version(value: bool) -> None:
     if value:
-        from vital import __version__
+        from vital.version import __version__
 
         typer.echo(f"vital {__version__}")
         raise typer.Exit()

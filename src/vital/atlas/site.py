@@ -15,7 +15,7 @@ Pages (all links relative, so the site reads the same from disk as from ``vital 
     with their relevance, conditional heatmap, dataset examples and picture.
 
 Every number on a page is read from a record (the unit's :class:`~vital.record.Record`, an
-:class:`~vital.explanation.record.Explanation`, or the mining index); elements that show one carry
+:class:`~vital.record.Explanation`, or the mining index); elements that show one carry
 the exact value in ``data-value``.
 """
 
@@ -34,7 +34,7 @@ from vital.atlas.charts import Series, line_chart
 from vital.atlas.folder import Atlas
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError
-from vital.record import Record
+from vital.record import Explanation, Record
 
 
 def _escape(value: object) -> str:
@@ -542,9 +542,7 @@ def _explain_page(explanation, pages: dict[str, str]) -> str:
     return _page(f"explanation: {explained['name']}", body, depth=1)
 
 
-def _explanations(atlas: Atlas) -> list:
-    from vital.explanation.record import Explanation
-
+def _explanations(atlas: Atlas) -> list[Explanation]:
     found = []
     for path in sorted((atlas.folder / "explanations").glob("*.json")):
         if atlas.ledger.owns(path):

@@ -7,7 +7,7 @@ reused or computed (:mod:`.pictures`), the record (:mod:`.record`) and its page 
 
 from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.pipeline import explain, load_image
-from vital.explanation.record import ChannelEvidence, Explanation
+from vital.record import ChannelEvidence, Explanation
 
 __all__ = [
     "ChannelEvidence",

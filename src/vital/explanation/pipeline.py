@@ -25,9 +25,8 @@ from vital.errors import VitalError
 from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.images import heatmap_image
 from vital.explanation.pictures import channel_pictures
-from vital.explanation.record import ChannelEvidence, Explanation
 from vital.grids import to_image
-from vital.record import model_info
+from vital.record import ChannelEvidence, Explanation, model_info
 from vital.references import ImageSource, center_crop, open_rgb
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
