@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from vital.api import resolve_taps
 from vital.cli import app
+from vital.methods.vital_class import resolve_taps
 from vital.zoo import load_model
 
 FAMILIES = [
@@ -59,8 +59,11 @@ def main() -> None:
     options = parser.parse_args()
     torch.set_num_threads(2)
     out = options.out or Path(tempfile.mkdtemp(prefix="vital-families-"))
-    print("| family | library | name | taps (source) | class run | neuron run (grad-x-act) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| family | library | name | taps (source) | class run | neuron run (grad-x-act) | "
+        "neuron run (lrp) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for family, library, name in FAMILIES:
         if options.only and name not in options.only:
             continue
@@ -74,13 +77,15 @@ def main() -> None:
         ok_class, why_class, t_class = _run(["class", "--class", "espresso", *common])
         layer = taps[-1].layer
         neuron = ["neuron", "--layer", layer, "--channel", "0", "--refs", "samples"]
-        ok_neuron, why_neuron, t_neuron = _run([*neuron, "--relevance", "grad-x-act", *common])
+        neurons = []
+        for relevance in ("grad-x-act", "lrp"):
+            ok, why, seconds = _run([*neuron, "--relevance", relevance, *common])
+            neurons.append(f"yes, {layer} ch 0 ({seconds:.0f} s)" if ok else f"no: {why}")
         tap_text = ", ".join(t.layer for t in taps)
         class_text = f"yes ({t_class:.0f} s)" if ok_class else f"no: {why_class}"
-        neuron_text = f"yes, {layer} ch 0 ({t_neuron:.0f} s)" if ok_neuron else f"no: {why_neuron}"
         print(
             f"| {family} | {library} | `{name}` | {tap_text} ({source}) | {class_text} | "
-            f"{neuron_text} |",
+            f"{neurons[0]} | {neurons[1]} |",
             flush=True,
         )
 
