@@ -102,6 +102,15 @@ TapOption = Annotated[
 ReferenceCount = Annotated[
     int | None, typer.Option("--references", help="Reference views per target (N, default 50).")
 ]
+ChannelSelection = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--channel",
+        "--channels",
+        "-k",
+        help="'all' (the default) or channel indices; repeat, or separate with commas.",
+    ),
+]
 Method = Annotated[
     str,
     typer.Option(
@@ -609,15 +618,7 @@ def mine_command(
     ],
     model: ModelName = "mobilenet_v2",
     weights: Weights = None,
-    channels: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--channel",
-            "--channels",
-            "-k",
-            help="'all' (default) or channel indices; repeat, or separate with commas.",
-        ),
-    ] = None,
+    channels: ChannelSelection = None,
     direction: Annotated[
         Path | None,
         typer.Option("--direction", help="Concept direction(s): a .npy of shape (C,) or (D, C)."),
@@ -866,15 +867,7 @@ def atlas_build(
     layer: Annotated[
         str | None, typer.Option("--layer", "-l", help="Layer whose channels to visualise.")
     ] = None,
-    channels: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--channel",
-            "--channels",
-            "-k",
-            help="'all' (default with --layer) or channel indices; repeat or use commas.",
-        ),
-    ] = None,
+    channels: ChannelSelection = None,
     class_list: Annotated[
         list[str] | None,
         typer.Option("--class", "-c", "--classes", help="Class index, name or WordNet id; repeat."),
