@@ -251,3 +251,37 @@ def test_ctrl_c_says_what_was_saved(monkeypatch, capsys, tmp_path, refs):
     assert code == 130
     assert f"interrupted: 1 finished result(s) saved in {out}" in err
     assert len(list(out.glob("*.png"))) == 1 and len(list(out.glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["neuron", "--channel", "0"], "--layer"),
+        (["class", "--class"], "--class"),
+        (["explain"], "image"),
+        (["mine"], "--layer"),
+        (["atlas", "build"], "--out"),
+        (["class", "--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_a_missing_or_malformed_option_is_a_usage_message(monkeypatch, capsys, arguments, named):
+    code, _, err = run(monkeypatch, capsys, *arguments)
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("Error: ") and named in last, err
+
+
+def test_warnings_are_one_line_each(monkeypatch, capsys, tmp_path):
+    unreadable = tmp_path / "refs"
+    unreadable.mkdir()
+    (unreadable / "a.jpg").write_text("not an image")
+    code, _, err = run(monkeypatch, capsys, "class", "-c", "1", "--refs", unreadable)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[0] == (
+        f"warning: skipping unreadable image {unreadable / 'a.jpg'}: "
+        f"cannot identify image file '{unreadable / 'a.jpg'}'"
+    ), err
+    assert lines[1].startswith("error: none of the 1 reference images could be read"), err
+    assert len(lines) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -1046,20 +1047,35 @@ def _interrupted() -> str:
     )
 
 
+# typer >= 0.29 carries its own copy of click, whose errors are not click's own classes.
+_CLICKS = (click, *([typer._click] if hasattr(typer, "_click") else []))
+_USAGE_ERRORS = tuple(module.exceptions.ClickException for module in _CLICKS)
+_ABORTS = (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each (``warning: …``), without the source line Python adds."""
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes end with a one-line message and exit status 2."""
     _Session.out, _Session.finished, _Session.resumable = None, 0, False
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         code = app(args=argv, standalone_mode=False)
     except VitalError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _ABORTS:
         typer.echo(_interrupted(), err=True)
         sys.exit(130)
-    except click.ClickException as error:
+    except _USAGE_ERRORS as error:  # a missing or malformed option: click's usage message
         error.show()
         sys.exit(error.exit_code)
+    finally:
+        warnings.showwarning = shown
     if code == 130:  # typer turns Ctrl-C into this exit status before we see the interrupt
         typer.echo(_interrupted(), err=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -39,13 +39,15 @@ class ImageSource:
     identity: str
     open: Callable[[], Image.Image] = field(compare=False, repr=False)
     label: str = ""
+    where: str = field(default="", compare=False)  # how messages name it (a file: its path)
 
     @classmethod
     def from_path(cls, path: str | Path) -> ImageSource:
         """A file; its identity changes when the file does."""
         path = Path(path)
         stat = path.stat()
-        return cls(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", lambda: Image.open(path))
+        identity = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        return cls(identity, lambda: Image.open(path), where=str(path))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -71,7 +73,9 @@ def open_rgb(source: ImageSource) -> Image.Image | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return to_rgb(source.open())
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        warnings.warn(f"skipping unreadable image {source.identity}: {error}", stacklevel=2)
+        warnings.warn(
+            f"skipping unreadable image {source.where or source.identity}: {error}", stacklevel=2
+        )
         return None
     except Image.DecompressionBombError as error:
         warnings.warn(
