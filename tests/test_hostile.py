@@ -96,11 +96,13 @@ def test_a_decompression_bomb_is_skipped_with_a_warning(monkeypatch, capsys, tmp
     folder.mkdir()
     bomb_png(folder / "huge.png")
     arguments = ["class", "-c", "1", "--refs", folder, "--steps", "1", "--out", tmp_path / "o"]
-    with warnings.catch_warnings(record=True) as seen:
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
         code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
-    assert_one_line_error(code, err, "could be read")
-    assert any("MAX_IMAGE_PIXELS" in str(w.message) for w in seen)
+    warning, error = [line for line in err.splitlines() if line.strip()]
+    assert warning.startswith(f"warning: skipping {folder / 'huge.png'}: ")
+    assert "MAX_IMAGE_PIXELS" in warning
+    assert_one_line_error(code, error, "could be read")
     # beside a readable image the bomb is skipped and the run finishes
     write_images(folder, 1)
     with warnings.catch_warnings():
@@ -285,3 +287,12 @@ def test_warnings_are_one_line_each(monkeypatch, capsys, tmp_path):
     ), err
     assert lines[1].startswith("error: none of the 1 reference images could be read"), err
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize("target", [3, Channel("0", 1)])
+def test_a_model_that_does_not_take_rgb_images_is_named(target):
+    grey_only = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    )
+    with pytest.raises(VitalError, match=r"failed on a \(1, 3, 224, 224\) RGB image: .*channels"):
+        vital.visualize(grey_only, [target], "samples", settings={"steps": 1}, progress=False)

@@ -7,7 +7,8 @@ traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class VitalError(ValueError):
@@ -22,3 +23,23 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]
         lowered = word.lower()
         found = [c for c in candidates if lowered in c.lower()][:n]
     return found
+
+
+@contextmanager
+def first_forward(input_size: int) -> Iterator[None]:
+    """Turn a model's failure on its first RGB input into a :class:`VitalError`.
+
+    The first forward pass vital makes (a probe on a (1, 3, S, S) image) is where a model that
+    does not take RGB images at that size fails; without this the user sees torch's traceback.
+    """
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        if isinstance(error, VitalError):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VitalError(
+            f"the model failed on a (1, 3, {input_size}, {input_size}) RGB image: {first}. "
+            "vital feeds RGB images at the model's input size: give a model that takes them "
+            "(or wrap yours), or set the size (--resolution / Preprocessing(input_size=...))."
+        ) from error

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vital.errors import VitalError
+from vital.errors import VitalError, first_forward
 from vital.relevance.seeds import target_activation
 from vital.taps import check_layer, tapped, to_positions
 from vital.targets import Channel, ClassTarget, Direction, Target
@@ -90,7 +90,9 @@ def probabilities(model: Model, images: torch.Tensor, batch_size: int = 16) -> t
 def check_classifier(model: Model, largest_class: int) -> None:
     """Raise a :class:`VitalError` unless ``model`` gives a score to every class up to this one."""
     size = model.preprocessing.input_size
-    scores = class_scores(model, model.module(model_input(model, torch.zeros(1, 3, size, size))))
+    with first_forward(size):
+        output = model.module(model_input(model, torch.zeros(1, 3, size, size)))
+    scores = class_scores(model, output)
     if largest_class >= scores.shape[1]:
         raise VitalError(
             f"class {largest_class} is not an output of {model.name}, which has "

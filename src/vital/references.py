@@ -79,8 +79,8 @@ def open_rgb(source: ImageSource) -> Image.Image | None:
         return None
     except Image.DecompressionBombError as error:
         warnings.warn(
-            f"skipping {source.identity}: {error} (raise PIL.Image.MAX_IMAGE_PIXELS if the "
-            "image is genuine)",
+            f"skipping {source.where or source.identity}: {error} "
+            "(raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)",
             stacklevel=2,
         )
         return None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vital.errors import VitalError, close_matches
+from vital.errors import VitalError, close_matches, first_forward
 from vital.presets import PRESETS, Tap
 
 # Layouts of a tap output, in timm's naming: channels-first and channels-last maps, tokens,
@@ -291,7 +291,7 @@ def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, 
                 handles.append(submodule.register_forward_pre_hook(pre_hook(name)))
                 handles.append(submodule.register_forward_hook(post_hook(name)))
         like = next(module.parameters(), torch.zeros(()))
-        with torch.no_grad():
+        with torch.no_grad(), first_forward(input_size):
             module(like.new_zeros(1, 3, input_size, input_size))
     finally:
         for handle in handles:
