@@ -15,6 +15,7 @@ from vital.references import (
     from_folder,
     from_imagenet_class,
     open_rgb,
+    random_view,
 )
 from vital.taps import tapped
 
@@ -123,3 +124,12 @@ def test_prototypes_stream_equals_all_at_once_and_are_cached(tiny_cnn, image_fol
 def test_reference_set_needs_sources():
     with pytest.raises(VitalError, match="no usable reference images"):
         ReferenceSet(())
+
+
+@pytest.mark.parametrize("size", [(3000, 2), (2, 3000), (1, 1), (40, 7)])
+def test_random_views_of_extreme_shapes_are_whole_squares(size):
+    # A very thin image leaves no sampled box inside it: the view falls back to its centre.
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), np.uint8))
+    generator = np.random.default_rng(1)
+    views = [random_view(image, 32, generator) for _ in range(4)]
+    assert all(view.shape == (3, 32, 32) and torch.isfinite(view).all() for view in views)

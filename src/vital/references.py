@@ -336,8 +336,9 @@ def random_view(
             crop = image.crop((left, top, left + w, top + h))
             break
     else:
-        side = min(width, height)
-        crop = image.crop(((width - side) // 2, (height - side) // 2, side, side))
+        side = min(width, height)  # no sampled box fits: the central square
+        left, top = (width - side) // 2, (height - side) // 2
+        crop = image.crop((left, top, left + side, top + side))
     crop = crop.resize((resolution, resolution), Image.Resampling.BILINEAR)
     if generator.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
