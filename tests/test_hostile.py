@@ -75,6 +75,9 @@ def bomb_png(path: Path, side: int = 30000) -> Path:
         (["--resolution", "4"], ["resolution"]),
         (["--batch", "0"], ["batch size"]),
         (["--setting", "9"], ["setting 9 does not exist"]),
+        (["--tap", "features.0=nan"], ["weight must be a finite number", "nan"]),
+        (["--tap", "features.0=-2"], ["weight must be a finite number", "-2"]),
+        (["--tap", "=2"], ["a tap names a layer"]),
     ],
 )
 def test_bad_numbers_are_one_line(monkeypatch, capsys, refs, tmp_path, extra, phrases):

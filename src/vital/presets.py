@@ -16,8 +16,11 @@ branches. Add a family here, not an ``if`` elsewhere.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from vital.errors import VitalError
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,17 @@ class Tap:
 
     layer: str
     weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, str) or not self.layer.strip():
+            raise VitalError(f"a tap names a layer (run `vital layers MODEL`), not {self.layer!r}.")
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise VitalError(f"tap {self.layer!r}: its weight is a number, not {weight!r}.")
+        if not math.isfinite(weight) or weight < 0:
+            raise VitalError(
+                f"tap {self.layer!r}: its weight must be a finite number ≥ 0, not {weight}."
+            )
 
 
 # --- feature taps and priors (METHOD.md sections 1-3) -------------------------------------------

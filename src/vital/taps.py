@@ -394,11 +394,12 @@ def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:
     for spec in specs:
         name, _, weight = spec.partition("=")
         try:
-            taps.append(Tap(name.strip(), float(weight) if weight else 1.0))
+            value = float(weight) if weight else 1.0
         except ValueError as error:
             raise VitalError(
                 f"tap {spec!r} is not NAME or NAME=WEIGHT (e.g. layer3=0.5)"
             ) from error
+        taps.append(Tap(name.strip(), value))
     return tuple(taps)
 
 
