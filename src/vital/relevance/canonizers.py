@@ -46,10 +46,30 @@ def _basic_block_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.relu(self.canonizer_sum(shortcut, self.bn2(self.conv2(out))))
 
 
-# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``).
+def _regnet_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Torchvision's RegNet ``ResBottleneckBlock.forward``, the sum through ``canonizer_sum``."""
+    shortcut = x if self.proj is None else self.proj(x)
+    return self.activation(self.canonizer_sum(shortcut, self.f(x)))
+
+
+def _timm_regnet_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The ``Bottleneck.forward`` of timm's RegNet with the sum through ``canonizer_sum``.
+
+    timm's ``downsample`` is the shortcut (an identity, a projection, or ``None``: no shortcut).
+    """
+    main = self.conv3(self.se(self.conv2(self.conv1(x))))
+    if self.downsample is not None:
+        main = self.canonizer_sum(self.downsample(x), self.drop_path(main))
+    return self.act3(main)
+
+
+# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``, or has
+# no flag to switch it off).
 RESIDUAL_FORWARDS: dict[str, Callable] = {
     "torchvision.models.resnet.Bottleneck": _bottleneck_forward,
     "torchvision.models.resnet.BasicBlock": _basic_block_forward,
+    "torchvision.models.regnet.ResBottleneckBlock": _regnet_forward,
+    "timm.models.regnet.Bottleneck": _timm_regnet_forward,
 }
 
 
