@@ -263,11 +263,13 @@ FAMILIES = {
         "trunk_output.block2.block2-1",
     ),
     "timm regnety_004": (_timm("regnety_004"), ["s1"], "s2.b1"),
+    # no gates, but timm's ResNet blocks are rewritten like RegNet's (``x += shortcut``)
+    "timm resnet18": (_timm("resnet18"), ["layer1"], "layer2"),
 }
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_lrp_on_gated_families_is_non_negative_and_conserved(family, monkeypatch):
+def test_lrp_on_real_families_is_non_negative_and_conserved(family, monkeypatch):
     make, taps, target = FAMILIES[family]
     torch.manual_seed(0)
     net = make()
@@ -280,6 +282,8 @@ def test_lrp_on_gated_families_is_non_negative_and_conserved(family, monkeypatch
         1, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
     )
     layers = list_layers(net, size)
+    with tapped(net, [target], stop_early=True) as tap:
+        plain = tap(x)[target]
     # Activations of these randomly initialised networks are small (~1e-3), where ε = 1e-5
     # would take percents: a negligible ε leaves only the rules to account for.
     monkeypatch.setattr(composites, "EPSILON", 1e-12)
@@ -288,7 +292,7 @@ def test_lrp_on_gated_families_is_non_negative_and_conserved(family, monkeypatch
         chosen.attached(net, layers, taps, [target]),
         tapped(net, [*taps, target], stop_early=True) as tap,
     ):
-        tap(x.clone().requires_grad_(True))
+        rewritten = tap(x.clone().requires_grad_(True))[target].detach()
         # A non-negative seed (the positive part of the target's activation), from which z⁺
         # gives non-negative relevance everywhere.
         positive = F.relu(tap.outputs[target])
@@ -297,6 +301,8 @@ def test_lrp_on_gated_families_is_non_negative_and_conserved(family, monkeypatch
         directions = torch.zeros(1, positive.shape[1], dtype=torch.float64)
         directions[0, channel] = 1
         relevance = chosen.relevance(tap.outputs, {target: directions}, taps)
+    # The rewritten blocks compute what the model's own do.
+    torch.testing.assert_close(rewritten, plain, atol=1e-10, rtol=1e-8)
     seed = float(positive[0, channel].detach().sum())
     assert seed > 0
     for name in taps:
