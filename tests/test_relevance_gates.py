@@ -229,6 +229,27 @@ def test_blocks_combining_computed_tensors_are_refused(block, message):
             net(x)
 
 
+class RootResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
+        self.middle = nn.Conv2d(8, 8, 3, 1, 1)
+        self.top = nn.Conv2d(8, 4, 3, 1, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.top(x + self.middle(x))
+
+
+def test_a_residual_in_the_models_own_forward_is_refused():
+    # The sum is in no block between the tap and the target, but in the model that holds them.
+    net = RootResidual().eval().requires_grad_(False)
+    layers = list_layers(net, 8)
+    with pytest.raises(VitalError, match=r"the model's own forward \(RootResidual\) adds"):
+        with get_backend("lrp").attached(net, layers, ["stem"], ["top"]):
+            pass
+
+
 # --- the real families with gates ----------------------------------------------------------
 
 
@@ -263,8 +284,9 @@ FAMILIES = {
         "trunk_output.block2.block2-1",
     ),
     "timm regnety_004": (_timm("regnety_004"), ["s1"], "s2.b1"),
-    # no gates, but timm's ResNet blocks are rewritten like RegNet's (``x += shortcut``)
+    # no gates, but residual blocks newly split: timm's ResNet (``x += shortcut``), MNASNet
     "timm resnet18": (_timm("resnet18"), ["layer1"], "layer2"),
+    "torchvision mnasnet0_5": (_torchvision("mnasnet0_5"), ["layers.8"], "layers.9"),
 }
 
 

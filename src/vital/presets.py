@@ -79,6 +79,7 @@ RESIDUAL_FLAGS: dict[str, str] = {
     # depth); in eval mode that is the identity, which the block skips with its flag off.
     "torchvision.models.efficientnet.MBConv": "use_res_connect",
     "torchvision.models.efficientnet.FusedMBConv": "use_res_connect",
+    "torchvision.models.mnasnet._InvertedResidual": "apply_residual",
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "has_skip",
     "timm.models._efficientnet_blocks.InvertedResidual": "has_skip",
     "timm.models._efficientnet_blocks.CondConvResidual": "has_skip",

@@ -217,6 +217,13 @@ def check_supported(
             blocks.append((name, child))
         if problem:
             _refuse(backend, name, child, problem)
+    # The blocks that hold those modules (up to the model itself) combine their outputs too.
+    holders = {name.rpartition(".")[0] for name in names if name} | {""} if names else set()
+    holders = {prefix for name in holders for prefix in _prefixes(name)}
+    for name, child in module.named_modules():
+        if name in holders and name not in names and not isinstance(child, residual + gates):
+            if not any(name.startswith(gate + ".") for gate in inside):
+                blocks.append((name, child))
     # Blocks last, so that a module without a rule is named before the block that holds it.
     for name, child in blocks:
         if type(child).forward in (nn.Sequential.forward, nn.Identity.forward):
@@ -226,9 +233,16 @@ def check_supported(
             _refuse(backend, name, child, problem)
 
 
+def _prefixes(name: str) -> list[str]:
+    """``a.b.c`` → ``["", "a", "a.b", "a.b.c"]``: the module and every module above it."""
+    parts = name.split(".") if name else []
+    return ["", *(".".join(parts[: i + 1]) for i in range(len(parts)))]
+
+
 def _refuse(backend: str, name: str, child: nn.Module, problem: str) -> None:
+    where = f"layer {name!r}" if name else "the model's own forward"
     raise VitalError(
-        f"relevance backend {backend!r}: layer {name!r} ({type(child).__name__}) "
+        f"relevance backend {backend!r}: {where} ({type(child).__name__}) "
         f"{problem}; use --relevance grad-x-act (gradient × activation, works for "
         "any differentiable model), or target a layer below it."
     )
