@@ -17,7 +17,7 @@ from torchvision.ops import SqueezeExcitation
 
 from test_relevance import bn, conv_zplus, one_hot, split
 from vital.errors import VitalError
-from vital.relevance import backends, composites, get_backend
+from vital.relevance import BACKENDS, backends, composites, get_backend
 from vital.taps import list_layers, tapped
 
 
@@ -159,6 +159,20 @@ def test_rules_inside_a_gate_do_not_change_its_relevance():
         got = gated_relevance(net, x, [1, 4])
     for tap in TAPS:
         torch.testing.assert_close(got[tap], expected[tap], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_every_backend_runs_on_gated_blocks(backend):
+    # zennit's named composites get the gate rule too.
+    net = make_gated_net()
+    layers = list_layers(net, 16)
+    chosen = get_backend(backend)
+    with chosen.attached(net, layers, TAPS, ["head"]), tapped(net, [*TAPS, "head"]) as tap:
+        tap(_gated_input().requires_grad_(True))
+        relevance = chosen.relevance(tap.outputs, {"head": one_hot([1, 4])}, TAPS)
+    for tap_name in TAPS:
+        assert torch.isfinite(relevance[tap_name]).all()
+        assert relevance[tap_name].abs().sum() > 0
 
 
 def test_without_the_gate_rule_the_gate_is_refused():
