@@ -219,12 +219,33 @@ class Scaled(nn.Module):
         return self.conv(x) * scale + 1.0  # a constant scale and shift: nothing to split
 
 
+class LearnedShift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, 1, 1)
+        self.shift = nn.Parameter(torch.zeros(1, 8, 1, 1))
+
+    def forward(self, x):
+        return self.conv(x) + self.shift  # a parameter is a constant for relevance
+
+
+class Difference(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, 1, 1)
+
+    def forward(self, x):
+        return x - self.conv(x)
+
+
 @pytest.mark.parametrize(
     ("block", "message"),
     [
-        (UnknownResidual(), r"'middle' \(UnknownResidual\) adds two computed tensors"),
-        (UnknownProduct(), r"'middle' \(UnknownProduct\) multiplies two computed tensors"),
+        (UnknownResidual(), r"'middle' \(UnknownResidual\) adds or subtracts two"),
+        (Difference(), r"'middle' \(Difference\) adds or subtracts two"),
+        (UnknownProduct(), r"'middle' \(UnknownProduct\) multiplies or divides two"),
         (Scaled(), None),
+        (LearnedShift(), None),
     ],
 )
 def test_blocks_combining_computed_tensors_are_refused(block, message):

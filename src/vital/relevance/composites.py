@@ -135,8 +135,17 @@ class _OwnForward(torch.fx.Tracer):
         return True
 
 
-_SUMS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
-_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__imul__"}
+# Sums (and differences), whose relevance a gradient would copy whole into both operands.
+_SUMS = {
+    *(operator.add, operator.iadd, torch.add, "add", "add_"),
+    *(operator.sub, operator.isub, torch.sub, "sub", "sub_"),
+}
+# Products (and quotients, matrix products), whose relevance a gradient would not share out.
+_PRODUCTS = {
+    *(operator.mul, operator.imul, torch.mul, "mul", "mul_"),
+    *(operator.truediv, operator.itruediv, torch.div, "div", "div_"),
+    *(operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"),
+}
 # Calls that read a tensor's shape or type, not its values: what they return is no feature.
 _QUERIES = {"size", "dim", "numel", "shape", "dtype", "device", "ndim"}
 
@@ -160,7 +169,9 @@ def combines_computed_tensors(block: nn.Module) -> str:
     features: set[torch.fx.Node] = set()
     for node in graph.nodes:
         arguments = [a for a in node.args if isinstance(a, torch.fx.Node) and a in features]
-        if node.op in ("placeholder", "call_module", "get_attr"):
+        # Parameters and buffers (``get_attr``) are constants for relevance: a learned shift
+        # or scale is no second branch.
+        if node.op in ("placeholder", "call_module"):
             features.add(node)
         elif node.op in ("call_function", "call_method") and arguments:
             query = node.target in _QUERIES or (
@@ -171,9 +182,9 @@ def combines_computed_tensors(block: nn.Module) -> str:
         if node.op not in ("call_function", "call_method") or len(arguments) < 2:
             continue
         if node.target in _SUMS:
-            return "adds two computed tensors (a residual sum) that no canonizer splits"
+            return "adds or subtracts two computed tensors (a residual sum) that nothing splits"
         if node.target in _PRODUCTS:
-            return "multiplies two computed tensors (a gate) that no rule covers"
+            return "multiplies or divides two computed tensors (a gate) that no rule covers"
     return ""
 
 
@@ -218,8 +229,7 @@ def check_supported(
         if problem:
             _refuse(backend, name, child, problem)
     # The blocks that hold those modules (up to the model itself) combine their outputs too.
-    holders = {name.rpartition(".")[0] for name in names if name} | {""} if names else set()
-    holders = {prefix for name in holders for prefix in _prefixes(name)}
+    holders = {prefix for name in names for prefix in _prefixes(name.rpartition(".")[0])}
     for name, child in module.named_modules():
         if name in holders and name not in names and not isinstance(child, residual + gates):
             if not any(name.startswith(gate + ".") for gate in inside):
