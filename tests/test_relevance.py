@@ -295,27 +295,6 @@ def test_unknown_backend_lists_the_known_ones():
         get_backend("lrp-fancy")
 
 
-class GatedNet(nn.Module):
-    def __init__(self):
-        from torchvision.ops import SqueezeExcitation
-
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
-        self.gate = SqueezeExcitation(8, 4)
-        self.top = nn.Conv2d(8, 4, 3, 1, 1)
-
-    def forward(self, x):
-        return self.top(self.gate(self.stem(x)))
-
-
-def test_squeeze_excitation_gate_is_refused_by_lrp():
-    net = GatedNet().eval().requires_grad_(False)
-    with pytest.raises(VitalError, match=r"'gate'.*gate.*grad-x-act"):
-        backend_relevance(
-            net, torch.randn(1, 3, 16, 16), "top", torch.tensor([[1.0, 0, 0, 0]]), taps=["stem"]
-        )
-
-
 class TimmBlockNet(nn.Module):
     """A stem and a timm EfficientNet inverted residual with its skip (bias-free convolutions,
     freshly initialised BatchNorm, which relevance passes)."""

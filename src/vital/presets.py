@@ -8,9 +8,10 @@ branches. Add a family here, not an ``if`` elsewhere.
   priors (METHOD.md sections 1–2).
 - :data:`NEURON_STEM_WEIGHT`, :data:`NEURON_PRIOR`: the authors' inner-neuron defaults
   (METHOD.md section 3).
-- :data:`RESIDUAL_FLAGS`, :data:`FOLDABLE_PAIRS`, :data:`GATES`, :data:`NEUTRAL_BY_NAME`:
-  which blocks the LRP canonizers rewrite, fold, refuse or pass (:mod:`vital.relevance`),
-  named by class path so that optional packages need not be installed.
+- :data:`RESIDUAL_FLAGS`, :data:`FOLDABLE_PAIRS`, :data:`GATES`, :data:`REFUSED`,
+  :data:`NEUTRAL_BY_NAME`: which blocks the LRP canonizers rewrite, fold, gate, refuse or pass
+  (:mod:`vital.relevance`), named by class path so that optional packages need not be
+  installed.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ NEURON_PRIOR = 3e-7
 # ``ResidualSum``.
 RESIDUAL_FLAGS: dict[str, str] = {
     "torchvision.models.mobilenetv2.InvertedResidual": "use_res_connect",
+    "torchvision.models.mobilenetv3.InvertedResidual": "use_res_connect",
+    # EfficientNet's blocks also drop their main path at random while training (stochastic
+    # depth); in eval mode that is the identity, which the block skips with its flag off.
+    "torchvision.models.efficientnet.MBConv": "use_res_connect",
+    "torchvision.models.efficientnet.FusedMBConv": "use_res_connect",
+    "torchvision.models.mnasnet._InvertedResidual": "apply_residual",
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "has_skip",
     "timm.models._efficientnet_blocks.InvertedResidual": "has_skip",
     "timm.models._efficientnet_blocks.CondConvResidual": "has_skip",
@@ -101,19 +108,30 @@ FOLDABLE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "torchvision.models.resnet.ResNet": (("conv1", "bn1"),),
 }
 
-# Blocks that multiply features by a computed gate; no LRP rule here covers the product.
+# Squeeze-excitation gates: ``x · s(x)`` with ``s`` a per-channel gate in [0, 1] computed from
+# ``x`` itself. The LRP rules treat the gate as a constant and pass all relevance through the
+# signal ``x``, none into the branch that computes ``s`` ("signal takes all", as Arras et al.
+# 2017 do for LSTM gates); the modules inside a gate get no rule of their own.
 GATES: tuple[str, ...] = (
     "torchvision.ops.misc.SqueezeExcitation",
     "timm.models._efficientnet_blocks.SqueezeExcite",
     "timm.layers.squeeze_excite.SEModule",
     "timm.layers.squeeze_excite.EffectiveSEModule",
-    "torch.nn.modules.activation.MultiheadAttention",
 )
 
-# Blocks that timm stores as drop-path wrappers (identity in eval mode), and layers that scale
-# features by a constant (relevance passes in proportion).
+# Blocks that no rule of the CNN rule sets covers, with the reason; LRP backends refuse them.
+# (``lrp`` crosses attention with AttnLRP's rules instead, relevance.attention.)
+REFUSED: dict[str, str] = {
+    "torch.nn.modules.activation.MultiheadAttention": (
+        "weighs tokens by computed attention, which the CNN rules do not cover"
+    ),
+}
+
+# Drop-path wrappers (timm's DropPath, torchvision's StochasticDepth: identities in eval mode),
+# and layers that scale features by a constant (relevance passes in proportion).
 NEUTRAL_BY_NAME: tuple[str, ...] = (
     "timm.layers.drop.DropPath",
+    "torchvision.ops.stochastic_depth.StochasticDepth",
     "timm.layers.layer_scale.LayerScale",
 )
 

@@ -12,20 +12,24 @@ Backends
 ``lrp``
     The authors' rule set on zennit: z⁺ for convolutions and linear layers (positive weights, no
     bias, ε = 1e-5), BatchNorm and activations passed through, and the residual sum split in
-    proportion to ``|main|`` and ``|shortcut|``. Residual blocks (torchvision ResNet blocks, the
-    inverted residuals of torchvision MobileNetV2 and timm EfficientNet) are rewritten for the
-    run by ``canonizers.ResidualSplitCanonizer``, after zennit's ResNet canonizers, but with a
-    two-input sum module instead of a stack and a sum over its last axis (which is slow).
-    BatchNorms with positive scales are folded into their convolutions for the run
-    (``canonizers.FoldBatchNorm``), which leaves z⁺ exactly as with the BatchNorm passed and
-    saves a module per convolution; a layer whose output a tap or target reads is never
-    rewritten, so taps read what they read without the rules (ResNet's ``conv1`` tap is conv1's
-    output before its BatchNorm). Max pooling shares relevance as the z-rule of a 2×2 average
-    pool, as the authors' code does (``rules.MaxPoolAsAverage``). Two details where this
-    differs from the authors' code on purpose: the min-max normalisations of relevance and
-    channel importance have no +1e-6 in the denominator (a constant map becomes 0 instead),
-    and the residual split keeps ε = 1e-5 in its denominator (no 0/0 where both branches are
-    0); both change values by less than 1e-6 relative on maps that are not constant.
+    proportion to ``|main|`` and ``|shortcut|``. Residual blocks (torchvision and timm ResNet and
+    RegNet blocks, the inverted residuals of torchvision MobileNetV2/V3 and EfficientNet and of timm
+    EfficientNet/MobileNet) are rewritten for the run by ``canonizers.ResidualSplitCanonizer``,
+    after zennit's ResNet canonizers, but with a two-input sum module instead of a stack and a sum
+    over its last axis (which is slow). BatchNorms with positive scales are folded into their
+    convolutions for the run (``canonizers.FoldBatchNorm``), which leaves z⁺ exactly as with the
+    BatchNorm passed and saves a module per convolution; a layer whose output a tap or target reads
+    is never rewritten, so taps read what they read without the rules (ResNet's ``conv1`` tap is
+    conv1's output before its BatchNorm). Max pooling shares relevance as the z-rule of a 2×2
+    average pool, as the authors' code does (``rules.MaxPoolAsAverage``). Beyond the authors' rule
+    set (their models have no gates), a squeeze-excitation gate ``x · s(x)`` passes all relevance to
+    ``x`` and none into the branch computing ``s`` (``presets.GATES``). Blocks whose forward adds or
+    multiplies two computed tensors that nothing splits are refused
+    (``composites.check_supported``). Two details where this differs from the authors' code on
+    purpose: the min-max normalisations of relevance and channel importance have no +1e-6 in the
+    denominator (a constant map becomes 0 instead), and the residual split keeps ε = 1e-5 in its
+    denominator (no 0/0 where both branches are 0); both change values by less than 1e-6 relative on
+    maps that are not constant.
 ``lrp-restricted``
     As ``lrp``, started only at the position of the target layer whose activation vector is
     most aligned with the target direction, with the direction itself as starting relevance

@@ -134,7 +134,7 @@ def check_covered(module: nn.Module, names: set[str], backend: str) -> None:
         *LAYER_NORMS, *ACTIVATIONS, *NORMS, *AVERAGE_POOLS, *NEUTRAL, *LINEAR,
         *classes_named(NEUTRAL_BY_NAME),
     )  # fmt: skip
-    gates = tuple(g for g in classes_named(GATES) if g is not nn.MultiheadAttention)
+    gates = classes_named(GATES)
     # Inside an attention block only the values carry relevance: its softmax and the like need
     # no rule of their own.
     blocks = [name + "." for name, child in module.named_modules() if is_attention(child)]

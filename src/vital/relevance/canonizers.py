@@ -46,10 +46,55 @@ def _basic_block_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.relu(self.canonizer_sum(shortcut, self.bn2(self.conv2(out))))
 
 
-# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``).
+def _regnet_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Torchvision's RegNet ``ResBottleneckBlock.forward``, the sum through ``canonizer_sum``."""
+    shortcut = x if self.proj is None else self.proj(x)
+    return self.activation(self.canonizer_sum(shortcut, self.f(x)))
+
+
+def _timm_regnet_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The ``Bottleneck.forward`` of timm's RegNet with the sum through ``canonizer_sum``.
+
+    timm's ``downsample`` is the shortcut (an identity, a projection, or ``None``: no shortcut).
+    """
+    main = self.conv3(self.se(self.conv2(self.conv1(x))))
+    if self.downsample is not None:
+        main = self.canonizer_sum(self.downsample(x), self.drop_path(main))
+    return self.act3(main)
+
+
+def _timm_tail(self, x: torch.Tensor, shortcut: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """The end of timm's ResNet blocks: optional gate and drop path, the sum, the activation."""
+    if self.se is not None:
+        x = self.se(x)
+    if self.drop_path is not None:
+        x = self.drop_path(x)
+    shortcut = shortcut if self.downsample is None else self.downsample(shortcut)
+    return act(self.canonizer_sum(shortcut, x))
+
+
+def _timm_basic_block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The ``BasicBlock.forward`` of timm's ResNet with the sum through ``canonizer_sum``."""
+    out = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+    return _timm_tail(self, self.bn2(self.conv2(out)), x, self.act2)
+
+
+def _timm_bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The ``Bottleneck.forward`` of timm's ResNet with the sum through ``canonizer_sum``."""
+    out = self.act1(self.bn1(self.conv1(x)))
+    out = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(out)))))
+    return _timm_tail(self, self.bn3(self.conv3(out)), x, self.act3)
+
+
+# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``, or has
+# no flag to switch it off).
 RESIDUAL_FORWARDS: dict[str, Callable] = {
     "torchvision.models.resnet.Bottleneck": _bottleneck_forward,
     "torchvision.models.resnet.BasicBlock": _basic_block_forward,
+    "torchvision.models.regnet.ResBottleneckBlock": _regnet_forward,
+    "timm.models.regnet.Bottleneck": _timm_regnet_forward,
+    "timm.models.resnet.BasicBlock": _timm_basic_block_forward,
+    "timm.models.resnet.Bottleneck": _timm_bottleneck_forward,
 }
 
 

@@ -78,9 +78,14 @@ class _LeanHook(Hook):
 
         def wrapper(grad_input, grad_output):
             hook = hook_ref()
-            if hook is not None and hook.active:
-                return hook.backward(module, grad_input, hook.stored_tensors["grad_output"])
-            return None
+            if hook is None or not hook.active:
+                return None
+            relevance = hook.stored_tensors["grad_output"]
+            # No relevance arrived (a module inside a gate, whose rule hands its interior
+            # none): none leaves either.
+            if all(r is None for r in relevance):
+                return None
+            return hook.backward(module, grad_input, relevance)
 
         if not isinstance(input, tuple):
             input = (input,)
