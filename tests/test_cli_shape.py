@@ -58,7 +58,9 @@ def test_classes_repeat_or_take_commas_in_class_compare_and_atlas(seen, tmp_path
     assert seen["load"]["device"] == "auto"
     invoke("compare", "-c", "1", "--class", "2", "--classes", "3,4", "--out", tmp_path)
     assert seen["compare"]["classes"] == ["1", "2", "3", "4"]
-    invoke("compare", "-c", "1", "--method", "vital", "--methods", "maco,fourier")
+    invoke(
+        "compare", "-c", "1", "--method", "vital", "--methods", "maco,fourier", "--out", tmp_path
+    )  # noqa: E501
     assert list(seen["compare"]["methods"]) == ["vital", "maco", "fourier"]
     invoke("atlas", "build", "--out", tmp_path / "a", "-c", "1", "--classes", "2,3")
     assert [t.index for t in seen["atlas"]["targets"]] == [1, 2, 3]

@@ -163,5 +163,9 @@ def test_channel_comparison_scores_every_method_against_the_same_references(
         (["--judge", "efficientnet_lite0"], "score classes"),
         (["--method", "deepinversion"], "not Channel"),
     ):
-        result = CliRunner().invoke(app, [str(a) for a in [*arguments, *extra]])
+        result = CliRunner().invoke(
+            app, [str(a) for a in [*arguments, *extra, "--out", tmp_path / "refused"]]
+        )
         assert message in str(result.exception), result.output
+    # refused before any method ran: no picture or record was written
+    assert not [path for path in (tmp_path / "refused").rglob("*") if path.is_file()]

@@ -25,6 +25,7 @@ from vital.api import visualize
 from vital.errors import VitalError
 from vital.grids import grid
 from vital.methods import METHODS as REGISTRY
+from vital.methods import get_method
 from vital.methods.vital_class import References, class_references
 from vital.methods.vital_neuron import neuron_references
 from vital.references import DEFAULT_REFERENCES
@@ -173,9 +174,11 @@ def compare(
             raise VitalError(
                 "--setting goes with channel comparisons; classes use each method's own."
             )
+        options = dict(method_options or {})
+        for method in names:  # refuse a method that cannot take these targets before any runs
+            get_method(method, targets, **_options_of(method, options, reference_count))
         judge_model = as_model(judge) if judge is not None else None
         fid_model = as_model(fid_model) if fid_model is not None else model
-        options = dict(method_options or {})
         held_out = real_references is not None
         if inner:
             means = _reference_means(model, targets, references, reference_count, seed)
@@ -188,7 +191,7 @@ def compare(
         for method in names:
             results = _run(
                 model, targets, method, references, steps, seed, setting, out, batch_size,
-                progress, options.get(method), reference_count,
+                progress, _options_of(method, options, reference_count),
             )  # fmt: skip
             comparison.results[method] = results
             if inner:
@@ -220,14 +223,18 @@ def _fid(comparison: Comparison, results, real, fid_model, fid_layer):
     return metrics.fid(torch.stack([r.pixels for r in results]), real, fid_model, fid_layer)
 
 
-def _run(
-    model, targets, method, references, steps, seed, setting, out, batch_size, progress,
-    options, reference_count,
-) -> list[Result]:  # fmt: skip
-    """One method on every target, with the same steps and seed as the others."""
-    chosen = dict(options or {})
+def _options_of(method: str, options: dict, reference_count: int) -> dict:
+    """The options ``method`` runs with: the caller's, and VITAL's reference count."""
+    chosen = dict(options.get(method) or {})
     if method == "vital":
         chosen.setdefault("reference_count", reference_count)
+    return chosen
+
+
+def _run(
+    model, targets, method, references, steps, seed, setting, out, batch_size, progress, chosen,
+) -> list[Result]:  # fmt: skip
+    """One method on every target, with the same steps and seed as the others."""
     return visualize(
         model,
         targets,
