@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--layer", default="features.18")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--setting", default=None, help="VITAL's setting, e.g. fast")
     parser.add_argument("--references", type=int, default=4)
     parser.add_argument("--work", type=Path, default=HERE / "out" / "explain")
     args = parser.parse_args()
@@ -97,6 +98,7 @@ def main() -> None:
                 top=args.top,
                 data=data,
                 out=atlas,
+                setting=args.setting,
                 settings={"steps": args.steps},
                 references=args.references,
                 mined_as="patch",
@@ -111,13 +113,16 @@ def main() -> None:
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"## `vital explain` on MobileNetV2 `{args.layer}`, {when}\n")
+    chosen = f" --setting {args.setting}" if args.setting else ""
     print(
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, no GPU. "
-        f"Commit {commit}. Command: `python benchmarks/explain_mobilenet.py --steps {args.steps}` "
+        f"Commit {commit}. Command: `python benchmarks/explain_mobilenet.py --steps {args.steps}"
+        f"{chosen}` "
         f"(per photo the same as `vital explain PHOTO --layer {args.layer} --top {args.top} "
-        f"--data PHOTOS --out ATLAS --steps {args.steps} --references {args.references} "
+        f"--data PHOTOS --out ATLAS --steps {args.steps}{chosen} --references {args.references} "
         "--mined-as patch`). Data: the 8 embedded photos; relevance `lrp` from the class logit. "
-        f"Pictures: VITAL at {args.steps} steps (the authors use 2000) on each channel's "
+        f"Pictures: VITAL{chosen or ' setting 1'} at {args.steps} steps (the authors use 2000) "
+        "on each channel's "
         f"{args.references} best 64 px patches.\n"
     )
     for record, took in zip(records, seconds, strict=True):
