@@ -121,6 +121,18 @@ def tiny_vit_model() -> Model:
     return Model(module, "tiny_vit", Preprocessing(input_size=32), generic_labels(10))
 
 
+def tiny_swin_model() -> Model:
+    """timm's Swin at 64 px, one block a stage: its stages' outputs are channels-last."""
+    import timm
+
+    torch.manual_seed(0)
+    module = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4,
+        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=10,
+    )  # fmt: skip
+    return Model(module, "tiny_swin", Preprocessing(input_size=64), generic_labels(10))
+
+
 def write_images(folder: Path, count: int, size: int = 48, seed: int = 0) -> list[Path]:
     """Random smooth-ish RGB images as PNG files."""
     folder.mkdir(parents=True, exist_ok=True)

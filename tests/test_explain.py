@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import tiny_cnn_model, tiny_resnet_model, write_images
+from tests.conftest import tiny_cnn_model, tiny_resnet_model, tiny_swin_model, write_images
 from torch import nn
 from typer.testing import CliRunner
 from zennit.core import Composite
@@ -202,14 +202,8 @@ def test_a_vision_transformers_embedding_dimensions_are_its_channels(tiny_vit, b
 def test_a_channels_last_layer_is_explained_on_its_channel_axis():
     # grad-x-act: lrp's transformer rules have no rule yet for timm's FastAdaptiveAvgPool head.
     backend = "grad-x-act"
-    import timm
-
-    torch.manual_seed(0)
-    module = timm.create_model(
-        "swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4,
-        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=10,
-    )  # fmt: skip
-    model = Model(module, "tiny_swin", Preprocessing(input_size=64), generic_labels(10))
+    model = tiny_swin_model()
+    module = model.module
     seen = {}
     handle = module.layers[2].register_forward_hook(lambda _m, _i, out: seen.update(out=out))
     with attributor(model, "layers.2", backend) as attribute:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import tiny_swin_model
 from vital import Channel, Direction, Settings, visualize
 from vital.cli import app
 from vital.errors import VitalError
@@ -350,17 +351,8 @@ def test_mixing_class_and_channel_targets_is_refused(tiny_cnn):
 
 @pytest.mark.parametrize("relevance", ["grad-x-act", "lrp"])
 def test_channels_last_swin_neurons_use_the_channel_axis(relevance, image_folder):
-    import timm
-
-    from vital.labels import generic_labels
-    from vital.zoo import Model, Preprocessing
-
-    torch.manual_seed(0)
-    module = timm.create_model(
-        "swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4,
-        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=10,
-    )  # fmt: skip
-    model = Model(module, "tiny_swin", Preprocessing(input_size=64), generic_labels(10))
+    model = tiny_swin_model()
+    module = model.module
     (result,) = visualize(
         model,
         [Channel("layers.2", 5)],
