@@ -299,3 +299,21 @@ def test_a_model_that_does_not_take_rgb_images_is_named(target):
     )
     with pytest.raises(VitalError, match=r"failed on a \(1, 3, 224, 224\) RGB image: .*channels"):
         vital.visualize(grey_only, [target], "samples", settings={"steps": 1}, progress=False)
+
+
+def test_an_atlas_with_a_wrong_setting_is_refused_before_mining(monkeypatch, capsys, tmp_path):
+    data = tmp_path / "data"
+    write_images(data, 2)
+    arguments = ["atlas", "build", "--out", tmp_path / "atlas", "--layer", "stage2"]
+    arguments += ["--channel", "1", "--data", data, "--setting", "nope"]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert_one_line_error(code, err, "setting nope does not exist")
+    assert not (tmp_path / "atlas" / "mining.sqlite").exists()
+
+
+def test_a_direction_file_of_strings_is_refused(monkeypatch, capsys, tmp_path, refs):
+    np.save(tmp_path / "words.npy", np.array(["a", "b"]))
+    arguments = ["neuron", "--layer", "stage2", "--direction", tmp_path / "words.npy"]
+    arguments += ["--refs", refs, "--steps", "1", "--out", tmp_path / "o"]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert_one_line_error(code, err, "a direction is numbers")

@@ -926,11 +926,17 @@ def atlas_build(
     from vital.engines import make_engine
     from vital.methods.vital_class import class_references
     from vital.mining import mine, mined_references
+    from vital.optimize import Settings
     from vital.taps import check_layer, list_layers
     from vital.targets import Channel, class_target
 
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
+    # A wrong setting name or number is refused before mining, not after it.
+    named = _setting(setting)
+    Settings.setting(
+        1 if named is None else named, **_overrides(steps=steps, resolution=resolution)
+    ).validate()
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, ray_address)
     spec = ModelSpec(model, weights, device)

@@ -70,6 +70,8 @@ def direction_target(layer: str, path: str | Path) -> Direction:
             f"{path} holds an array of shape {values.shape}; a direction is one vector over "
             "the layer's channels."
         )
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+        raise VitalError(f"{path} holds {values.dtype} values; a direction is numbers.")
     return Direction(layer, tuple(float(v) for v in values), name=path.stem)
 
 
