@@ -317,3 +317,13 @@ def test_a_direction_file_of_strings_is_refused(monkeypatch, capsys, tmp_path, r
     arguments += ["--refs", refs, "--steps", "1", "--out", tmp_path / "o"]
     code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
     assert_one_line_error(code, err, "a direction is numbers")
+
+
+def test_library_functions_name_a_wrong_argument(tmp_path):
+    write_images(tmp_path / "data", 2)
+    with pytest.raises(VitalError, match="channels are whole numbers"):
+        vital.mine(tiny_cnn_model(), "stage2", tmp_path / "data", tmp_path / "m", channels=["x"])
+    with pytest.raises(VitalError, match="weights are a state-dict path"):
+        vital.load_model("mobilenet_v2", weights=123)
+    with pytest.raises(VitalError, match="takes the network"):
+        vital.list_layers("mobilenet_v2")

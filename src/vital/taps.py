@@ -220,6 +220,11 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
     input_size
         Side of the square input.
     """
+    if not isinstance(module, nn.Module):
+        raise VitalError(
+            f"list_layers takes the network (an nn.Module, e.g. model.module), not "
+            f"{type(module).__name__}."
+        )
     starts, ends, shapes, calls, kinds = _trace(module, input_size)
     stages = library_stages(module)
     declared = declared_layouts(module)

@@ -797,6 +797,11 @@ def load_model(
     MissingWeightsError
         Weights that are not on this machine and could not be downloaded.
     """
+    if weights is not None and not isinstance(weights, (str, Path)):
+        raise VitalError(
+            f"weights are a state-dict path, a pretrained-weights name (DEFAULT, …) or "
+            f"'random', not {type(weights).__name__}."
+        )
     device = resolve_device(device)
     found = _find_architecture(name)
     library, arch = found.library, found.arch

@@ -92,7 +92,10 @@ class Units:
 
 def channel_units(channels: Sequence[int] | None, layer_channels: int) -> Units:
     """Channels by index (``None``: all of the layer's)."""
-    chosen = list(range(layer_channels)) if channels is None else [int(c) for c in channels]
+    try:
+        chosen = list(range(layer_channels)) if channels is None else [int(c) for c in channels]
+    except (TypeError, ValueError) as error:
+        raise VitalError(f"channels are whole numbers, not {list(channels)!r}.") from error
     wrong = [c for c in chosen if not 0 <= c < layer_channels]
     if wrong:
         raise VitalError(
