@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,21 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep prototype caches out of the user's home."""
     monkeypatch.setenv("VITAL_CACHE", str(tmp_path_factory.mktemp("cache")))
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def quadratic_objective(target: float):
+    """An objective pulling every model-input value towards ``target`` (no model needed)."""
+
+    def objective(model_input, factor):
+        return {"distance": ((model_input - target) ** 2).flatten(1).mean(1)}
+
+    return objective
+
+
+def first_caller(marker: str) -> bool:
+    """True for exactly one caller across processes (it creates ``marker``)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import vital
-from conftest import tiny_cnn_model, write_images
+from conftest import first_caller, tiny_cnn_model, write_images
 from vital.engines import (
     JobFailedError,
     LocalEngine,
@@ -40,14 +40,14 @@ def sleepy(job: tuple[str, float]) -> str:
 
 def raise_once(job: tuple[int, str]) -> int:
     number, marker = job
-    if number == 1 and _first(marker):
+    if number == 1 and first_caller(marker):
         raise RuntimeError("transient failure")
     return number
 
 
 def die_once(job: tuple[int, str]) -> int:
     number, marker = job
-    if number == 1 and _first(marker):
+    if number == 1 and first_caller(marker):
         os._exit(1)  # the worker process dies: no exception, no cleanup
     return number
 
@@ -56,15 +56,6 @@ def always_fails(job: int) -> int:
     if job == 2:
         raise ValueError(f"job {job} is broken")
     return job
-
-
-def _first(marker: str) -> bool:
-    """True for exactly one caller across processes (creates ``marker``)."""
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return False
-    return True
 
 
 def add_prepared(job: int, prepared: list[int]) -> tuple[int, list[int], int]:

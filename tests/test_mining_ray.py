@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import test_mining
+from conftest import first_caller
 from test_mining import COUNT, LAYER, dump, mine_kwargs, planted_model, write_dataset
 from vital.errors import VitalError
 from vital.mining import list_images, mine
@@ -80,12 +81,12 @@ def note_process(folder: str, _module, _inputs, _output) -> None:
 
 def die_once(marker: str, driver: int, _module, _inputs, _output) -> None:
     """Kill the first worker process that runs a forward (the driver's probe is spared)."""
-    if os.getpid() != driver and _first(marker):
+    if os.getpid() != driver and first_caller(marker):
         os._exit(1)
 
 
 def raise_once(marker: str, driver: int, _module, _inputs, _output) -> None:
-    if os.getpid() != driver and _first(marker):
+    if os.getpid() != driver and first_caller(marker):
         raise RuntimeError("transient worker failure")
 
 
@@ -97,14 +98,6 @@ def fail_after(counter: str, limit: int, poison: str, driver: int, _m, _i, _o) -
         handle.write(b".")
     if os.path.getsize(counter) > limit:
         raise RuntimeError("persistent worker failure")
-
-
-def _first(marker: str) -> bool:
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return False
-    return True
 
 
 def hooked(hook) -> object:

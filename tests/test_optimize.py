@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from conftest import quadratic_objective
 from vital.errors import VitalError
 from vital.optimize import Settings, learning_rate, optimize, transparency
 from vital.zoo import Preprocessing
@@ -17,13 +18,6 @@ def test_schedule_values_at_the_documented_steps():
     assert learning_rate(1999, total, peak) == pytest.approx(last)
     assert learning_rate(1999, total, peak) < 1e-5
     assert learning_rate(1050, total, 2.0) == pytest.approx(1.0)  # half way down the cosine
-
-
-def quadratic_objective(target: float):
-    def objective(model_input, factor):
-        return {"distance": ((model_input - target) ** 2).flatten(1).mean(1)}
-
-    return objective
 
 
 def test_clamping_keeps_the_image_in_pixel_range():

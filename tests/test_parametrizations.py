@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from tests.conftest import write_images
+from tests.conftest import quadratic_objective, write_images
 
 import vital
 from vital.errors import VitalError
@@ -80,17 +80,10 @@ def test_the_registry_builds_what_settings_name():
         Settings(parametrization="wavelets").validate()
 
 
-def quadratic(target: float):
-    def objective(model_input, factor):
-        return {"distance": ((model_input - target) ** 2).flatten(1).mean(1)}
-
-    return objective
-
-
 def test_the_loop_builds_the_named_parametrization_and_keeps_pixels_valid():
     preprocessing = Preprocessing(input_size=16)
     settings = Settings(steps=30, jitter=2, lr=1.0, parametrization="fourier")
-    run = optimize(quadratic(100.0), 2, preprocessing, settings, CPU, False)
+    run = optimize(quadratic_objective(100.0), 2, preprocessing, settings, CPU, False)
     pixels = preprocessing.denormalize(run.images)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
     assert pixels.max() > 0.9  # it moved towards the target, up to the bound
@@ -101,10 +94,10 @@ def test_setting_one_is_still_the_pixels_the_authors_optimise():
     # Default settings must build exactly today's Pixels: same start, same steps, same result.
     preprocessing = Preprocessing(input_size=16)
     settings = Settings(steps=8, jitter=3)
-    by_name = optimize(quadratic(0.3), 2, preprocessing, settings, CPU, False)
+    by_name = optimize(quadratic_objective(0.3), 2, preprocessing, settings, CPU, False)
     given = Pixels([0, 1], 16, CPU, preprocessing)
     explicit = optimize(
-        quadratic(0.3), 2, preprocessing, settings, CPU, False, parametrization=given
+        quadratic_objective(0.3), 2, preprocessing, settings, CPU, False, parametrization=given
     )
     assert torch.equal(by_name.images, explicit.images)
     assert Settings.setting(1) == Settings()
@@ -163,8 +156,8 @@ def test_rotation_moves_an_off_centre_spot_but_not_a_centred_disc():
 def test_transforms_keep_runs_seeded():
     preprocessing = Preprocessing(input_size=16)
     settings = Settings(steps=5, jitter=2, zoom=(1.0, 1.3), rotate=10)
-    first = optimize(quadratic(0.2), 2, preprocessing, settings, CPU, False)
-    second = optimize(quadratic(0.2), 2, preprocessing, settings, CPU, False)
+    first = optimize(quadratic_objective(0.2), 2, preprocessing, settings, CPU, False)
+    second = optimize(quadratic_objective(0.2), 2, preprocessing, settings, CPU, False)
     assert torch.equal(first.images, second.images)
 
 
