@@ -267,6 +267,13 @@ def recipe(method: str, setting: str) -> dict | None:
     return json.loads(json.dumps(dataclasses.asdict(Settings.setting(setting))))
 
 
+def point_key(kind: str, method: str, setting: str, steps: int, model, **inputs) -> dict:
+    """Everything a point depends on: a cached point is reused only for an equal key."""
+    recipe_ = recipe(method, setting)
+    return {"kind": kind, "method": method, "setting": setting, "recipe": recipe_,
+            "steps": steps, "model": model.fingerprint, **inputs}  # fmt: skip
+
+
 def cached_point(cache: Path | None, key: dict, compute) -> Point:
     if cache is None:
         return compute()
@@ -337,15 +344,7 @@ def main() -> None:
         classes = [int(c) for c in args.classes.split(",")]
         points = []
         for method, setting, n in plan:
-            key = {
-                "kind": "classes",
-                "method": method,
-                "setting": setting,
-                "recipe": recipe(method, setting),
-                "steps": n,
-                "targets": classes,
-                "model": model.fingerprint,
-            }
+            key = point_key("classes", method, setting, n, model, targets=classes)
             points.append(
                 cached_point(
                     cache,
@@ -377,16 +376,11 @@ def main() -> None:
         labels = [next(c for c, n in CLASS_PHOTOS.items() if n == p) for p in photos]
         points = []
         for method, setting, n in channel_plan:
-            key = {
-                "kind": "channels",
-                "method": method,
-                "setting": setting,
-                "recipe": recipe(method, setting),
-                "steps": n,
-                "targets": [[t.layer, t.index] for t in targets],
-                "references": args.channel_references,
-                "model": model.fingerprint,
-            }
+            key = point_key(
+                "channels", method, setting, n, model,
+                targets=[[t.layer, t.index] for t in targets],
+                references=args.channel_references,
+            )  # fmt: skip
             point = cached_point(
                 cache,
                 key,
