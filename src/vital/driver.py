@@ -16,9 +16,16 @@ from typing import Any
 import torch
 
 from vital import metrics
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
 from vital.methods.base import Method, target_plan
-from vital.optimize import Run, Settings, effective_warmup, optimize, transparency
+from vital.optimize import (
+    DEFAULT_SETTING,
+    Run,
+    Settings,
+    effective_warmup,
+    optimize,
+    transparency,
+)
 from vital.record import Record, model_info
 from vital.store import Result, ResultSink
 from vital.targets import ClassTarget, Target
@@ -42,7 +49,7 @@ def resolve_settings(
     model
         The explained model.
     setting
-        A named setting of the method (VITAL: 0, 1, 2); ``None`` for its default.
+        A named setting of the method (VITAL: ``"fast"``, 0, 1, 2); ``None`` for its default.
     settings
         Overrides as a mapping of :class:`Settings` fields (values of ``None`` mean "not
         given"), or a complete :class:`Settings`, used as it is.
@@ -53,7 +60,7 @@ def resolve_settings(
         Validated, with the warm-up as the loop will run it.
     """
     if isinstance(settings, Settings):
-        if setting is not None:
+        if setting not in (None, DEFAULT_SETTING):  # the default name is no choice of the user's
             raise VitalError("give either a named setting or complete Settings, not both.")
         chosen = settings
     else:
@@ -148,10 +155,7 @@ def run(
     progress
         Show progress bars.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise VitalError(
-            f"the batch size must be a whole number ≥ 1 (--batch B), not {batch_size!r}."
-        )
+    check_count(batch_size, "batch_size")
     if not targets:
         raise VitalError("no targets given; name at least one class (--class C) or channel.")
     seeds = _seeds(settings, len(targets), seeds)

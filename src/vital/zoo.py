@@ -210,6 +210,15 @@ class Model:
         self.module.eval()
         self.module.requires_grad_(False)
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print the module and every label (about 60 KB).
+        classes = f"{len(self.labels)} classes" if self.labels is not None else "no labels"
+        size = self.preprocessing.input_size
+        return (
+            f"Model({self.name!r}, weights {self.weights_source!r}, {classes}, input {size} px, "
+            f"{self.device})"
+        )
+
     @property
     def device(self) -> torch.device:
         """Device of the first parameter (CPU for parameter-free modules)."""

@@ -18,7 +18,7 @@ from typing import Any
 from vital.errors import VitalError
 from vital.methods.base import Method, resolution_of
 from vital.objectives import SortMatching
-from vital.optimize import Settings
+from vital.optimize import DEFAULT_SETTING, Settings
 from vital.presets import PRESET_PRIORS
 from vital.references import (
     DEFAULT_REFERENCES,
@@ -164,10 +164,11 @@ class VitalClass(Method):
     name = "vital"
     targets = (ClassTarget,)
     uses_references = True
+    named_settings = True
 
     def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
-        """The authors' setting (1 unless named), with the model's preset priors (ViT-L)."""
-        settings = Settings.setting(1 if setting is None else setting)
+        """The named setting (``fast`` unless named), with the model's preset priors (ViT-L)."""
+        settings = Settings.setting(DEFAULT_SETTING if setting is None else setting)
         strength = PRESET_PRIORS.get(model.name)
         return dataclasses.replace(settings, tv_l2=strength, l2=strength) if strength else settings
 
