@@ -171,3 +171,10 @@ def test_batch_zero_is_refused_the_same_way_everywhere(command):
     assert cli_wording(str(result.exception)) == (
         "--batch N is a whole number of at least 1, not 0."
     )
+
+
+def test_the_package_docstring_example_runs():
+    import doctest
+
+    outcome = doctest.testmod(vital, verbose=False)
+    assert outcome.attempted >= 2 and outcome.failed == 0

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vital.driver import SettingsOverrides, resolve_settings, run
+from vital.driver import SettingsOverrides, resolve_settings, run, setting_name
 from vital.methods import DEFAULT_METHOD, get_method
 from vital.methods.vital_class import class_references
 from vital.optimize import DEFAULT_SETTING
@@ -105,6 +105,7 @@ def visualize(
             resolved,
             references,
             settings=resolve_settings(chosen, model, setting, settings),
+            setting=setting_name(chosen, setting, settings),
             seeds=seeds,
             batch_size=batch_size,
             sink=ResultSink(out, on_result),

@@ -178,7 +178,7 @@ def compare(
         if inner and (judge or real_references or clip_weights or fid_model):
             raise VitalError(
                 "a judge, held-out real images, CLIP and FID score classes; inner channels are "
-                "scored by their activation relative to their references (--refs)."
+                "scored by their activation relative to their references (references=DIR)."
             )
         options = dict(method_options or {})
         for method in names:  # refuse a method that cannot take these targets before any runs

@@ -214,6 +214,15 @@ def effective_warmup(settings: Settings) -> int:
     return max(1, min(settings.warmup, shortest // 4))
 
 
+def resolved(settings: Settings) -> Settings:
+    """Validated settings with the warm-up the loop runs (:func:`effective_warmup`).
+
+    The one place a run's warm-up is decided; :func:`vital.driver.resolve_settings` ends here.
+    """
+    settings.validate()
+    return replace(settings, warmup=effective_warmup(settings))
+
+
 @dataclass
 class Run:
     """What the loop returns for a batch.
@@ -323,7 +332,8 @@ def optimize(
     preprocessing
         The model's normalisation (for clamping and the output pixels).
     settings
-        Optimisation settings.
+        Resolved settings (:func:`vital.driver.resolve_settings`, or :func:`resolved`): the
+        loop runs them as they are, the warm-up included.
     device
         Where to optimise.
     progress
@@ -386,10 +396,9 @@ def optimize(
             optimizer = torch.optim.Adam(
                 parametrization.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps
             )
-            warmup = effective_warmup(settings)
             for step in range(steps):
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, steps, settings.lr, warmup)
+                    group["lr"] = learning_rate(step, steps, settings.lr, settings.warmup)
                 x = parametrization.images()
                 if not x.is_leaf:
                     x.retain_grad()  # for the transparency map

@@ -29,6 +29,7 @@ from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
 from vital.engines import Engine, LocalEngine
 from vital.errors import VitalError
+from vital.methods import DEFAULT_METHOD
 from vital.optimize import DEFAULT_SETTING
 from vital.references import ReferenceSet
 from vital.store import Result
@@ -344,7 +345,7 @@ def build_atlas(
 
 def _record(atlas: Atlas, outcome: UnitOutcome, references: ReferenceSet, model: str) -> None:
     if outcome.error is not None:
-        atlas.store.record_failure(outcome.unit.target, "vital", model, outcome.error)
+        atlas.store.record_failure(outcome.unit.target, DEFAULT_METHOD, model, outcome.error)
         return
     result = outcome.result
     spec = atlas.planned[outcome.unit.id]

@@ -249,10 +249,11 @@ def demo(
     resolution: Resolution = None,
     batch: Batch = 3,
 ) -> None:
-    """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (a few minutes).
+    """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 30 s).
 
-    The fast setting by default: the authors' loss in 300 steps through a Fourier
-    parametrisation (docs/method.md); --setting 1 for the authors' own 2000-step setting.
+    About 30 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
+    authors' loss in 300 steps through a Fourier parametrisation (docs/method.md); --setting 1
+    for the authors' own 2000-step setting (about 8 times longer).
     """
     from vital.references import from_samples
 

@@ -111,6 +111,7 @@ API_TO_OPTION: dict[str, str] = {
     "relevance": "--relevance",
     "method": "--method",
     "top_images": "--top-images",
+    "mined_as": "--mined-as",
     "top": "--top",
     "shard_size": "--shard-size",
     "workers": "--workers",

@@ -26,6 +26,7 @@ from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.images import heatmap_image
 from vital.explanation.pictures import channel_pictures
 from vital.grids import to_image
+from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH
 from vital.optimize import DEFAULT_SETTING
 from vital.record import ChannelEvidence, Explanation, model_info
@@ -174,9 +175,9 @@ def explain(
     from vital.atlas.site import render_site
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise VitalError(f"--top is the number of channels to show (at least 1), not {top!r}.")
+        raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
     if mined_as not in ("image", "patch"):
-        raise VitalError(f"--mined-as is 'image' or 'patch', not {mined_as!r}.")
+        raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     with frozen(model):
         model = as_model(model, device)
         pixels, image_info = load_image(image, model.preprocessing.input_size)
@@ -293,7 +294,7 @@ def explain(
             ],
             mining=mining,
             pictures={
-                "method": "vital",
+                "method": DEFAULT_METHOD,
                 "setting": setting,
                 "overrides": dict(settings or {}),
                 "seed": seed,

@@ -68,7 +68,7 @@ def class_references(
         if not sources:
             raise VitalError(
                 f"no embedded photo shows {target.describe()}; give reference images with "
-                "--refs DIR (a folder of that class, or an ImageNet-style tree)."
+                "references=DIR (a folder of that class, or an ImageNet-style tree)."
             )
         return ReferenceSet(
             tuple(sources), count, seed, "embedded photos " + ", ".join(s.label for s in sources)
