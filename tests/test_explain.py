@@ -421,3 +421,18 @@ def test_explain_from_the_command_line(tmp_path, data, monkeypatch):
     assert again.output.count("picture atlas") == 2
     with sqlite3.connect(tmp_path / "atlas" / "atlas.sqlite") as connection:
         assert connection.execute("SELECT COUNT(*) FROM atlas_units").fetchone() == (2,)
+
+
+def test_explain_explains_each_class_it_is_given(tmp_path, data, monkeypatch):
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli.session, "load", lambda *a: tiny_cnn_model())
+    arguments = ["explain", str(data / "img002.png"), "--layer", "stage3", "--top", "2"]
+    arguments += ["--out", str(tmp_path), "-c", "3", "--class", "4,5"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    explained = [
+        Explanation.from_json(path.read_text()).explained["index"]
+        for path in (tmp_path / "explanations").glob("*.json")
+    ]
+    assert sorted(explained) == [3, 4, 5] and result.output.count("record:") == 3

@@ -290,7 +290,6 @@ def test_activation_trace_starts_at_the_initial_activation(tiny_cnn, image_folde
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--layer", "stage3", "--channel", "1"], "--refs"),
         (["--layer", "stage3", "--refs", "REFS"], "--channel K"),
         (["--layer", "stage9", "--channel", "1", "--refs", "REFS"], "stage9"),
         (["--layer", "stage3", "--channel", "99", "--refs", "REFS"], "16 channels"),
@@ -316,6 +315,21 @@ def test_neuron_cli_errors(monkeypatch, tiny_cnn, image_folder, tmp_path, argume
     result = CliRunner().invoke(app, ["neuron", *arguments, "--steps", "2", "--out", str(tmp_path)])
     assert isinstance(result.exception, VitalError), result.output
     assert message in str(result.exception)
+
+
+def test_neuron_cli_without_refs_uses_the_embedded_photos_and_says_so(
+    monkeypatch, tiny_cnn, tmp_path
+):
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
+    arguments = ["neuron", "--layer", "stage3", "--channel", "1", "--steps", "2"]
+    result = CliRunner().invoke(app, [*arguments, "--ref-count", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "references: the embedded photos" in result.output
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert "embedded photos" in record["references"]["summary"]
+    assert record["setting"] == "fast"
 
 
 def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):

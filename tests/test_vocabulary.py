@@ -178,3 +178,12 @@ def test_the_package_docstring_example_runs():
 
     outcome = doctest.testmod(vital, verbose=False)
     assert outcome.attempted >= 2 and outcome.failed == 0
+
+
+def test_a_model_prints_in_one_short_line():
+    from conftest import tiny_cnn_model
+
+    model = tiny_cnn_model()
+    text = repr(model)
+    assert "\n" not in text and len(text) < 200
+    assert model.labels.name(3) not in text and "10 classes" in text

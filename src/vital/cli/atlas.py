@@ -10,29 +10,19 @@ import typer
 from vital.cli import options, session
 from vital.cli.options import (
     Address,
-    Batch,
     ChannelSelection,
     Classes,
-    Device,
     Engine,
     Force,
     MinedAs,
     MiningPatch,
-    ModelName,
     Out,
-    Precision,
     ReferenceCount,
-    Resolution,
-    Seed,
-    SettingName,
-    Steps,
     TopImages,
-    Weights,
 )
 from vital.errors import VitalError
 from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
-from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
 
 atlas_app = typer.Typer(
@@ -42,10 +32,9 @@ atlas_app = typer.Typer(
 )
 
 
+@options.sharing(options.model_options, options.picture_options, batch=4)
 def atlas_build(
     out: Out = Path("vital-out"),
-    model: ModelName = "mobilenet_v2",
-    weights: Weights = None,
     layer: Annotated[
         str | None, options.option("--layer", "Layer whose channels to visualise.")
     ] = None,
@@ -69,14 +58,8 @@ def atlas_build(
     mined_as: MinedAs = "image",
     engine: Engine = "local",
     address: Address = None,
-    setting: SettingName = DEFAULT_SETTING,
-    steps: Steps = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    precision: Precision = None,
-    resolution: Resolution = None,
-    batch: Batch = 4,
     force: Force = False,
+    **common,
 ) -> None:
     """Visualise every selected unit into an atlas folder and write its web pages.
 
@@ -100,17 +83,15 @@ def atlas_build(
         raise VitalError("--channel selects channels of --layer; name the layer too.")
     if layer and data is None:
         raise VitalError("channels need images to mine references from: --data DIR.")
-    setting_name = options.setting_value(setting)
+    setting_name = options.setting_value(common["setting"])
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, address)
-    spec = ModelSpec(model, weights, device)
+    spec = ModelSpec(common["model"], common["weights"], common["device"])
     loaded = spec()
     classes = [class_target(loaded, name) for name in options.names(class_list)]
     if not classes and not layer:
         raise VitalError("name the units to visualise: --layer L [--channel ...] or --class C.")
-    overrides = options.overrides(
-        steps=steps, seed=seed, resolution=resolution, precision=precision
-    )
+    overrides = options.settings_of(common)
     # A wrong setting is refused before mining, not after it: each kind of unit, its method.
     for kind in (classes, [Channel(layer, 0)] if layer else []):
         if kind:
@@ -152,7 +133,7 @@ def atlas_build(
         overrides,
         setting=setting_name,
         engine=chosen_engine,
-        batch_size=batch,
+        batch_size=common["batch"],
         force=force,
     )
     _report_reuse(result)

@@ -9,25 +9,17 @@ import typer
 
 from vital.cli import options, session
 from vital.cli.options import (
-    Batch,
-    Device,
     MinedAs,
     MiningPatch,
-    ModelName,
-    Precision,
     Relevance,
-    Resolution,
-    SettingName,
-    Steps,
     TopImages,
-    Weights,
 )
 from vital.explanation.pipeline import DEFAULT_TOP
 from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
-from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
 
 
+@options.sharing(options.model_options, options.picture_options, batch=4)
 def explain_command(
     image: Annotated[Path, typer.Argument(help="The image to explain (its centre crop).")],
     layer: Annotated[
@@ -53,8 +45,6 @@ def explain_command(
         ),
     ] = None,
     relevance: Relevance = "lrp",
-    model: ModelName = "mobilenet_v2",
-    weights: Weights = None,
     out: Annotated[
         Path, options.option("--out", "Atlas folder the explanation is written to.")
     ] = Path("vital-out"),
@@ -75,13 +65,7 @@ def explain_command(
     force: Annotated[
         bool, options.option("--force", "Compute the pictures again even if stored.")
     ] = False,
-    setting: SettingName = DEFAULT_SETTING,
-    steps: Steps = None,
-    seed: Annotated[int, options.option("--seed", "Seed of pictures that are computed.")] = 0,
-    device: Device = "auto",
-    precision: Precision = None,
-    resolution: Resolution = None,
-    batch: Batch = 4,
+    **common,
 ) -> None:
     """Explain why the model gives IMAGE its class: the channels of --layer that carried it.
 
@@ -90,7 +74,7 @@ def explain_command(
     pictures (reused from the atlas or --store when stored with the same settings). Writes a
     JSON record and a page into the atlas folder --out.
     """
-    loaded = session.load(model, weights, device)
+    loaded = session.load(common["model"], common["weights"], common["device"])
     session.Session.out, session.Session.resumable = out, True
     for target in options.names(classes) or [None]:
         _explain_one(
@@ -102,9 +86,11 @@ def explain_command(
             data=data,
             target=target,
             relevance=relevance,
-            setting=options.setting_value(setting),
-            settings=options.overrides(steps=steps, resolution=resolution, precision=precision),
-            seed=seed,
+            setting=options.setting_value(common["setting"]),
+            settings=options.overrides(
+                **{name: common[name] for name in ("steps", "resolution", "precision")}
+            ),
+            seed=common["seed"],
             reference_count=ref_count,
             mined_as=mined_as,
             top_images=top_images,
@@ -112,7 +98,7 @@ def explain_command(
             pictures=not no_pictures,
             stores=stores or (),
             force=force,
-            batch_size=batch,
+            batch_size=common["batch"],
         )
 
 

@@ -15,12 +15,9 @@ from vital.cli.options import (
     Device,
     ModelName,
     Out,
-    Precision,
     ReferenceCount,
-    Resolution,
     Seed,
     SettingName,
-    Steps,
     Weights,
 )
 from vital.compare import METHODS
@@ -49,9 +46,7 @@ def _generate(targets, references, kind: str, common: dict, **method_options) ->
         out,
         method=method,
         setting=options.setting_value(common["setting"]),
-        settings=options.overrides(
-            **{k: common[k] for k in ("steps", "seed", "resolution", "lr", "jitter", "precision")}
-        ),
+        settings=options.settings_of(common, "lr", "jitter"),
         batch_size=common["batch"],
         **options.overrides(taps=common["taps"] or None, **method_options),
         **_reference_count(method, resolve_targets(loaded, targets), common["ref_count"]),
@@ -61,7 +56,7 @@ def _generate(targets, references, kind: str, common: dict, **method_options) ->
     return results
 
 
-@options.generating
+@options.sharing(options.model_options, options.generation_options, options.picture_options)
 def class_command(
     classes: Annotated[list[str], options.option("--class", options.CLASSES_HELP)],
     refs: Annotated[
@@ -173,7 +168,7 @@ def _print_report(paths: dict[str, Path]) -> None:
         typer.echo(f"{kind}: {path}")
 
 
-@options.generating
+@options.sharing(options.model_options, options.generation_options, options.picture_options)
 def neuron(
     layer: Annotated[str, options.option("--layer", "Target layer (module name).")],
     channels: Channels = None,
@@ -239,16 +234,8 @@ def neuron(
         typer.echo(f"relevance backend: {results[0].record.relevance}")
 
 
-def demo(
-    setting: SettingName = DEFAULT_SETTING,
-    steps: Steps = None,
-    out: Out = Path("vital-out"),
-    seed: Seed = 0,
-    device: Device = "auto",
-    precision: Precision = None,
-    resolution: Resolution = None,
-    batch: Batch = 3,
-) -> None:
+@options.sharing(options.picture_options, batch=3)
+def demo(out: Out = Path("vital-out"), **common) -> None:
     """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 30 s).
 
     About 30 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
@@ -258,23 +245,23 @@ def demo(
     from vital.references import from_samples
 
     session.check_out(out)
-    loaded = session.load("mobilenet_v2", None, device)
+    loaded = session.load("mobilenet_v2", None, common["device"])
     typer.echo(
         f"Demo: VITAL class visualisations of the embedded {loaded.name} (ImageNet weights).\n"
-        "References: the embedded photos, each expanded to 50 views by random resized crops "
-        "and flips (one photo per class, not 50 distinct photos)."
+        f"References: the embedded photos, each expanded to {DEFAULT_REFERENCES} views by random "
+        f"resized crops and flips (one photo per class, not {DEFAULT_REFERENCES} distinct photos)."
     )
     photos = {967: "coffee", 285: "chelsea", 665: "motorcycle"}
-    references = {index: from_samples([name], seed=seed) for index, name in photos.items()}
+    references = {
+        index: from_samples([name], seed=common["seed"]) for index, name in photos.items()
+    }
     results = session.visualize(
         loaded,
         list(photos),
         references,
         out,
-        setting=options.setting_value(setting),
-        settings=options.overrides(
-            steps=steps, seed=seed, resolution=resolution, precision=precision
-        ),
-        batch_size=batch,
+        setting=options.setting_value(common["setting"]),
+        settings=options.settings_of(common),
+        batch_size=common["batch"],
     )
     session.report(results, out, "demo")

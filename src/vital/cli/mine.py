@@ -14,10 +14,8 @@ from vital.cli.options import (
     Device,
     Engine,
     MiningPatch,
-    ModelName,
     Out,
     TopImages,
-    Weights,
 )
 from vital.errors import VitalError
 from vital.mining.scan import (
@@ -29,6 +27,7 @@ from vital.mining.scan import (
 )
 
 
+@options.sharing(options.model_options)
 def mine_command(
     layer: Annotated[str, options.option("--layer", "Layer to mine (see `vital layers`).")],
     data: Annotated[
@@ -37,8 +36,6 @@ def mine_command(
             "--data", "Image folder (any depth, ImageNet-style trees too) or list file."
         ),
     ],
-    model: ModelName = "mobilenet_v2",
-    weights: Weights = None,
     channels: ChannelSelection = None,
     direction: Annotated[
         Path | None,
@@ -74,6 +71,7 @@ def mine_command(
             "--shard-size", help="Images per shard: the unit of distribution and of resuming."
         ),
     ] = DEFAULT_SHARD,
+    **common,
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
     import numpy as np
@@ -85,7 +83,7 @@ def mine_command(
             "--channel and --direction choose what to mine; give one of them (a direction "
             "file is mined instead of channels)."
         )
-    loaded = session.load(model, weights, device)
+    loaded = session.load(common["model"], common["weights"], device)
     directions = None
     if direction is not None:
         try:

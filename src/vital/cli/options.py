@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -198,41 +199,65 @@ def channel_list(values: list[str] | None) -> list[int] | None:
     return integers(values, "--channel")
 
 
-def generation_options(
-    model: ModelName = "mobilenet_v2",
-    ref_count: ReferenceCount = DEFAULT_REFERENCES,
-    weights: Weights = None,
-    taps: TapOption = None,
+def picture_options(
     setting: SettingName = DEFAULT_SETTING,
     steps: Steps = None,
-    out: Out = Path("vital-out"),
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = None,
     resolution: Resolution = None,
     batch: Batch = 8,
+) -> None:
+    """The options of every command that makes pictures, declared once (:func:`sharing`)."""
+
+
+def model_options(model: ModelName = "mobilenet_v2", weights: Weights = None) -> None:
+    """The explained model, for every command that loads one (:func:`sharing`)."""
+
+
+def generation_options(
+    ref_count: ReferenceCount = DEFAULT_REFERENCES,
+    taps: TapOption = None,
+    out: Out = Path("vital-out"),
     lr: LearningRate = None,
     jitter: Jitter = None,
     method: Method = DEFAULT_METHOD,
 ) -> None:
-    """The options ``vital class`` and ``vital neuron`` share, declared once (``generating``)."""
+    """The options ``vital class`` and ``vital neuron`` also share (:func:`sharing`)."""
 
 
-def generating(command):
-    """Give a command the shared options after its own; it receives them as ``**common``.
+def sharing(*bundles: Callable, **defaults: Any) -> Callable:
+    """Give a command the options of ``bundles`` after its own; it receives them as ``**common``.
 
-    typer reads a command's options from its signature: this one is the command's own
-    parameters followed by :func:`generation_options`'.
+    typer reads a command's options from its signature: this one becomes the command's own
+    parameters followed by each bundle's. ``defaults`` change a bundle's defaults for this
+    command (``batch=4``).
     """
-    own = [
-        parameter
-        for parameter in inspect.signature(command, eval_str=True).parameters.values()
-        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    shared = list(inspect.signature(generation_options, eval_str=True).parameters.values())
-    command.__signature__ = inspect.Signature([*own, *shared])
-    command.__annotations__ = {
-        **typing.get_type_hints(generation_options, include_extras=True),
-        **command.__annotations__,
-    }
-    return command
+
+    def give(command: Callable) -> Callable:
+        own = [
+            parameter
+            for parameter in inspect.signature(command, eval_str=True).parameters.values()
+            if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        shared = [
+            parameter.replace(default=defaults.get(parameter.name, parameter.default))
+            for bundle in bundles
+            for parameter in inspect.signature(bundle, eval_str=True).parameters.values()
+        ]
+        command.__signature__ = inspect.Signature([*own, *shared])
+        hints = [typing.get_type_hints(bundle, include_extras=True) for bundle in bundles]
+        command.__annotations__ = {
+            **{name: hint for bundle in hints for name, hint in bundle.items()},
+            **command.__annotations__,
+        }
+        return command
+
+    return give
+
+
+def settings_of(common: dict, *names: str) -> dict:
+    """The settings the user gave among the shared options (``None``: not given)."""
+    return overrides(
+        **{name: common[name] for name in ("steps", "seed", "resolution", "precision", *names)}
+    )
