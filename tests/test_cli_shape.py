@@ -20,7 +20,7 @@ def seen(monkeypatch):
     """Record what each command hands the library instead of running it."""
     calls: dict[str, dict] = {}
     model = tiny_cnn_model()
-    monkeypatch.setattr(vital.cli, "_load", lambda name, weights, device: calls.update(
+    monkeypatch.setattr(vital.cli.session, "load", lambda name, weights, device: calls.update(
         load={"name": name, "device": device}) or model)  # fmt: skip
 
     def visualize(loaded, targets, references, **kwargs):
@@ -44,7 +44,7 @@ def seen(monkeypatch):
     monkeypatch.setattr("vital.atlas.build_atlas", build_atlas)
     monkeypatch.setattr("vital.atlas.ModelSpec.__call__", lambda self: model)
     monkeypatch.setattr("vital.mining.mined_references", lambda *args: None)
-    monkeypatch.setattr(vital.cli, "_report", lambda *args: None)
+    monkeypatch.setattr(vital.cli.session, "report", lambda *args: None)
     return calls
 
 

@@ -38,7 +38,7 @@ def test_the_same_target_gets_the_same_settings_from_api_cli_atlas_and_compare(
     given = {"steps": 2, "seed": 0}
     api = vital.visualize(model, [1], class_tree, settings=given, progress=False)[0]
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: model)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: model)
     arguments = ["class", "-c", "1", "--refs", str(class_tree), "--steps", "2"]
     result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
@@ -82,7 +82,7 @@ def _tiny_vit_l_32() -> Model:
 
 
 def test_vit_l_32_runs_with_its_preset_priors_from_the_cli(monkeypatch, tmp_path):
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: _tiny_vit_l_32())
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: _tiny_vit_l_32())
     arguments = ["class", "-c", "espresso", "--steps", "1", "--references", "2"]
     result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

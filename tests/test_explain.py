@@ -404,7 +404,7 @@ def test_load_image_takes_the_centre_crop():
 def test_explain_from_the_command_line(tmp_path, data, monkeypatch):
     import vital.cli
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *a: tiny_cnn_model())
+    monkeypatch.setattr(vital.cli.session, "load", lambda *a: tiny_cnn_model())
     arguments = ["explain", str(data / "img002.png"), "--layer", "stage3", "--top", "2"]
     arguments += ["--data", str(data), "--out", str(tmp_path / "atlas"), "--steps", "2"]
     arguments += ["--references", "3", "--top-images", "6", "--patch", "16", "--class", "3"]

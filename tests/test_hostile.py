@@ -22,7 +22,7 @@ from vital.targets import Channel, Direction
 def run(monkeypatch, capsys, *arguments, model=None):
     """``vital ARGUMENTS`` in this process; returns (exit status, stdout, stderr)."""
     if model is not None:
-        monkeypatch.setattr(vital.cli, "_load", lambda *args: model)
+        monkeypatch.setattr(vital.cli.session, "load", lambda *args: model)
     with pytest.raises(SystemExit) as exit_info:
         vital.cli.main([str(a) for a in arguments])
     captured = capsys.readouterr()
