@@ -170,3 +170,33 @@ def test_records_are_valid_json_even_when_a_loss_overflows():
         Record.from_dict({**data, "schema": 99})
     with pytest.raises(VitalError, match="lacks"):
         Record.from_dict({"method": "vital"})
+
+
+def test_a_records_scores_hold_for_the_png_it_writes(tmp_path, class_tree):
+    import numpy as np
+    from PIL import Image
+
+    from vital import metrics
+
+    model = tiny_cnn_model()
+    targets = [1, 2, Channel("stage3", 0)]
+    results = [
+        *vital.visualize(model, targets[:2], class_tree, out=tmp_path, settings={"steps": 3}),
+        *vital.visualize(model, targets[2:], class_tree, out=tmp_path, settings={"steps": 3}),
+    ]
+    rounding_mattered = False
+    for target, result in zip(targets, results, strict=True):
+        array = np.asarray(Image.open(result.paths["png"]).convert("RGB"), dtype=np.float32)
+        pixels = torch.from_numpy(array / 255).permute(2, 0, 1)[None]
+        evaluation = result.record.evaluation
+        if isinstance(target, int):
+            (scores,) = metrics.target_scores(model, pixels, [target])
+            assert evaluation["rank"] == scores["rank"]
+            key = "probability"
+        else:
+            scores = {"activation": metrics.target_activations(model, pixels, [target])[0]}
+            key = "activation"
+        assert evaluation[key] == pytest.approx(scores[key], rel=1e-5, abs=1e-7)
+        # The float image's score is kept, labelled; it differs, so the check above can fail.
+        rounding_mattered |= abs(evaluation[f"float_{key}"] - scores[key]) > 1e-5
+    assert rounding_mattered

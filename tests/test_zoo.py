@@ -384,7 +384,9 @@ def test_a_missing_photo_package_is_a_clear_error(monkeypatch):
     from vital.references import open_rgb, sample_photo
 
     monkeypatch.setitem(sys.modules, "skimage.data", None)  # import fails as if not installed
-    with pytest.raises(VitalError, match="ships with scikit-image.*pip install scikit-image"):
+    with pytest.raises(
+        VitalError, match=r"ships with scikit-image.*pip install 'vital\[samples\]'"
+    ):
         sample_photo("coffee")
     monkeypatch.undo()
     assert open_rgb(sample_photo("coffee")).size == (600, 400)

@@ -226,7 +226,7 @@ def _fid(comparison: Comparison, results, real, fid_model, fid_layer):
         if note not in comparison.notes:
             comparison.notes.append(note)
         return None
-    return metrics.fid(torch.stack([r.pixels for r in results]), real, fid_model, fid_layer)
+    return metrics.fid(torch.stack([r.saved_pixels for r in results]), real, fid_model, fid_layer)
 
 
 def _options_of(method: str, targets, options: dict, reference_count: int) -> dict:
@@ -266,7 +266,7 @@ def _score(
     real_labels: list[int],
     labels: list[int],
 ) -> None:
-    pixels = torch.stack([r.pixels for r in results])
+    pixels = torch.stack([r.saved_pixels for r in results])
     explained = metrics.target_scores(model, pixels, labels)
     judged = metrics.target_scores(judge, pixels, labels) if judge is not None else None
     realism = metrics.realism(judge or model, pixels, labels, real, real_labels)
@@ -377,7 +377,7 @@ def _notes(comparison: Comparison, held_out: bool) -> list[str]:
 
 def _clip(comparison: Comparison, clip_weights, model: Model) -> None:
     pixels_by_method = {
-        m: torch.stack([r.pixels for r in rs]) for m, rs in comparison.results.items()
+        m: torch.stack([r.saved_pixels for r in rs]) for m, rs in comparison.results.items()
     }
     labels = [t.index for t in comparison.targets]
     names = model.labels.names if model.labels is not None else []

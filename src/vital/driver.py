@@ -17,6 +17,7 @@ import torch
 
 from vital import metrics
 from vital.errors import VitalError, check_count
+from vital.grids import as_saved
 from vital.methods.base import Method, target_plan
 from vital.optimize import (
     DEFAULT_SETTING,
@@ -194,7 +195,10 @@ def run(
                     seeds=batch_seeds,
                     parametrization=parametrization,
                 )
-            final = metrics.evaluate(model, run_.pixels, batch_targets)
+            # Scored on the pixels the PNG holds, so what a record claims holds for the file;
+            # the float image's scores are kept beside them, labelled.
+            final = metrics.evaluate(model, as_saved(run_.pixels), batch_targets)
+            unsaved = metrics.evaluate(model, run_.pixels, batch_targets)
             alphas = (
                 transparency(run_.gradient_magnitude).cpu() if method.has_transparency else None
             )
@@ -203,6 +207,7 @@ def run(
                 record.setting = setting
                 record.evaluation = {
                     **final[item],
+                    **{f"float_{k}": v for k, v in unsaved[item].items() if k != "top5"},
                     **{f"initial_{k}": v for k, v in initial[item].items() if k != "top5"},
                 }
                 _merge(record, method.record_fields(plan, objective, item))

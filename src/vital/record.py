@@ -112,7 +112,9 @@ class Record(Document):
     seed
         The image's seed.
     evaluation
-        Scores of the final image (and of the starting image, ``initial_*``).
+        Scores of the final image as saved (the 8-bit PNG: ``probability``, ``rank``,
+        ``top5`` or ``activation``), of the float image before rounding (``float_*``) and of
+        the starting image (``initial_*``).
     final_loss, final_total, loss_history
         Each loss term at the last step, the total, and the total at every step.
     seconds

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from vital.errors import VitalError
-from vital.grids import display_pixels, to_image
+from vital.grids import as_saved, display_pixels, to_image
 from vital.record import Record
 
 _SCHEMA = """
@@ -57,7 +57,8 @@ class Result:
     target
         What was visualised.
     pixels
-        (3, H, W) image in [0, 1].
+        (3, H, W) image in [0, 1] as optimised (floating point; some settings leave it
+        unclamped); :attr:`saved_pixels` is what the PNG holds.
     record
         Everything needed to understand and reproduce it (written as JSON).
     alpha
@@ -76,6 +77,11 @@ class Result:
     def image(self) -> Image.Image:
         """The visualisation as a Pillow image."""
         return to_image(self.pixels)
+
+    @property
+    def saved_pixels(self) -> torch.Tensor:
+        """The pixels as the PNG holds them (8 bits): what the record's evaluation scored."""
+        return as_saved(self.pixels)
 
     @property
     def stem(self) -> str:
