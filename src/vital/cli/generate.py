@@ -20,9 +20,8 @@ from vital.cli.options import (
     SettingName,
     Weights,
 )
-from vital.compare import METHODS
 from vital.errors import VitalError
-from vital.methods import DEFAULT_METHOD
+from vital.methods import DEFAULT_METHOD, METHODS, method_class
 from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
 from vital.targets import resolve_targets
@@ -157,8 +156,6 @@ def compare_command(
 
 def _reference_count(method: str, targets, count: int) -> dict:
     """``reference_count`` for a method that uses references; nothing for one that has none."""
-    from vital.methods import method_class
-
     return {"reference_count": count} if method_class(method, targets).uses_references else {}
 
 
@@ -204,7 +201,6 @@ def neuron(
     **common,
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
-    from vital.methods import method_class
     from vital.methods.vital_neuron import direction_target
     from vital.mining import is_mining_database, mined_reference_sets
     from vital.targets import Channel

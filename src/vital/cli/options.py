@@ -19,8 +19,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from vital.cli.vocabulary import BY_OPTION, OLD_SPELLINGS
 from vital.errors import VitalError, check_count
-from vital.methods import DEFAULT_METHOD
-from vital.optimize import DEFAULT_SETTING, PRECISIONS
+from vital.methods import DEFAULT_METHOD, METHODS
+from vital.optimize import DEFAULT_SETTING, PRECISIONS, Settings
 from vital.references import DEFAULT_REFERENCES
 from vital.relevance import BACKENDS
 
@@ -83,7 +83,6 @@ RELEVANCE_HELP = "Relevance backend: " + ", ".join(BACKENDS) + " (default lrp)."
 ModelName = Annotated[str, option("--model", "Model name (see `vital models`).")]
 Weights = Annotated[str | None, option("--weights", WEIGHTS_HELP)]
 Classes = Annotated[list[str] | None, option("--class", CLASSES_HELP)]
-Layer = Annotated[str, option("--layer", "Layer (module name; see `vital layers MODEL`).")]
 Channels = Annotated[list[str] | None, option("--channel", CHANNELS_HELP)]
 ChannelSelection = Annotated[
     list[str] | None,
@@ -118,8 +117,9 @@ SettingName = Annotated[
     str,
     option(
         "--setting",
-        f"{DEFAULT_SETTING} (the default: 300 steps through a Fourier parametrisation), or the "
-        "authors' 1 (2000 steps), 0 (half resolution first) or 2 (20000 steps).",
+        f"{DEFAULT_SETTING} (the default: {Settings.setting(DEFAULT_SETTING).steps} steps through "
+        f"a Fourier parametrisation), or the authors' 1 ({Settings.setting(1).steps} steps), 0 "
+        f"(half resolution first) or 2 ({Settings.setting(2).steps} steps).",
     ),
 ]
 Engine = Annotated[
@@ -155,7 +155,12 @@ TapOption = Annotated[
 ]
 Method = Annotated[
     str,
-    option("--method", "vital, or a baseline to compare with: fourier, maco, deepinversion."),
+    option(
+        "--method",
+        f"{DEFAULT_METHOD}, or a baseline to compare with: "
+        + ", ".join(name for name in METHODS if name != DEFAULT_METHOD)
+        + ".",
+    ),
 ]
 
 
@@ -256,8 +261,8 @@ def sharing(*bundles: Callable, **defaults: Any) -> Callable:
     return give
 
 
-def settings_of(common: dict, *names: str) -> dict:
+def settings_of(common: dict, *extra: str) -> dict:
     """The settings the user gave among the shared options (``None``: not given)."""
     return overrides(
-        **{name: common[name] for name in ("steps", "seed", "resolution", "precision", *names)}
+        **{name: common[name] for name in ("steps", "seed", "resolution", "precision", *extra)}
     )
