@@ -429,7 +429,7 @@ def test_names_with_markup_are_shown_as_text_on_every_page(tmp_path, data):
     photo = data / "0" / "img000.png"
     record = explain(
         model, photo, layer="stage3", top=1, data=data / "0", out=folder, settings={"steps": 2},
-        references=2, top_images=2, patch=16, workers=0, progress=False,
+        reference_count=2, top_images=2, patch_side=16, workers=0, progress=False,
     )  # fmt: skip
     explained = record.explained["name"]
 

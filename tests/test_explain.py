@@ -387,7 +387,7 @@ def test_explain_refuses_a_folder_with_the_users_files(tmp_path, data):
 def test_explain_refuses_bad_inputs(tmp_path, data):
     with pytest.raises(VitalError, match="does not exist"):
         run(data, tmp_path / "atlas", image="missing.png")
-    with pytest.raises(VitalError, match="--top"):
+    with pytest.raises(VitalError, match="top=N"):
         run(data, tmp_path / "atlas", top=0)
     (data / "broken.png").write_bytes(b"not an image")
     with pytest.raises(VitalError, match="cannot read"):
