@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--layer", default="features.18")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--setting", default=None, help="VITAL's setting, e.g. fast")
+    parser.add_argument("--setting", default="1", help="VITAL's setting (1, fast ...)")
     parser.add_argument("--references", type=int, default=4)
     parser.add_argument("--work", type=Path, default=HERE / "out" / "explain")
     args = parser.parse_args()
@@ -119,7 +119,7 @@ def main() -> None:
         f"Commit {commit}. Command: `python benchmarks/explain_mobilenet.py --steps {args.steps}"
         f"{chosen}` "
         f"(per photo the same as `vital explain PHOTO --layer {args.layer} --top {args.top} "
-        f"--data PHOTOS --out ATLAS --steps {args.steps}{chosen} --references {args.references} "
+        f"--data PHOTOS --out ATLAS --steps {args.steps}{chosen} --ref-count {args.references} "
         "--mined-as patch`). Data: the 8 embedded photos; relevance `lrp` from the class logit. "
         f"Pictures: VITAL{chosen or ' setting 1'} at {args.steps} steps (the authors use 2000) "
         "on each channel's "

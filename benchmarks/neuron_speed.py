@@ -46,11 +46,17 @@ def neuron_seconds(model, target, steps: int, relevance: str) -> float:
     settings = {"steps": steps, "warmup": 1}  # the inner-neuron priors are the defaults
     # A first short run computes (and caches) the reference prototypes and warms up.
     visualize(
-        model, [target], references, settings={"steps": 1}, relevance=relevance,
+        model, [target], references, setting=1, settings={"steps": 1}, relevance=relevance,
         progress=False,
     )  # fmt: skip
     (result,) = visualize(
-        model, [target], references, settings=settings, relevance=relevance, progress=False
+        model,
+        [target],
+        references,
+        setting=1,
+        settings=settings,
+        relevance=relevance,
+        progress=False,
     )
     return result.record.seconds / steps
 

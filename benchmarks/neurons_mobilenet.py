@@ -115,6 +115,7 @@ def main() -> None:
         model,
         targets,
         references,
+        setting=1,  # the authors' setting, as the RESULTS sections of this script report
         settings=settings,
         relevance=arguments.relevance,
         out=arguments.out,

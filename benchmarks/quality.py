@@ -59,6 +59,7 @@ def main() -> None:
         [int(c) for c in args.classes.split(",")],
         args.methods,
         judge=judge,
+        setting=1,  # the authors' setting, as the RESULTS sections of this script report
         steps=args.steps,
         seed=args.seed,
         out=args.out / "runs",
