@@ -51,5 +51,5 @@ def first_forward(input_size: int) -> Iterator[None]:
         raise VitalError(
             f"the model failed on a (1, 3, {input_size}, {input_size}) RGB image: {first}. "
             "vital feeds RGB images at the model's input size: give a model that takes them "
-            "(or wrap yours), or set the size (--resolution / Preprocessing(input_size=...))."
+            "(or wrap yours), or set the size (resolution=R, or Preprocessing(input_size=...))."
         ) from error

@@ -426,7 +426,7 @@ def optimize(
                         raise VitalError(
                             f"the loss became {mean} at step {step + 1}: the model or the "
                             "settings produce non-finite values (check the weights for NaN, "
-                            "lower --lr)."
+                            "lower lr=LR)."
                         )
                     bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
                 bar.update()

@@ -91,14 +91,14 @@ class Ledger:
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise VitalError(
-                f"{self.folder} is a file, not a folder; give --out a folder for the atlas."
+                f"{self.folder} is a file, not a folder; give a folder for the atlas (out=DIR)."
             )
         self.database = self.folder / ATLAS_DATABASE
         tables = _tables(self.database) if self.database.exists() else set()
         if tables is None or (self.database.exists() and not tables & {"atlas_files", "results"}):
             raise VitalError(
                 f"{self.database} exists and is not an atlas database written by vital; vital "
-                "will not write over it. Choose another --out folder, or move the file away."
+                "will not write over it. Choose another folder (out=DIR), or move the file away."
             )
         self._owned: dict[str, Stamp] = self._read() if "atlas_files" in tables else {}
 
@@ -189,8 +189,8 @@ class Ledger:
             shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
             raise VitalError(
                 f"{self.folder} holds files that vital did not write and an atlas would write "
-                f"over ({shown}); vital never overwrites them. Choose a new or empty --out "
-                "folder, or move those files away."
+                f"over ({shown}); vital never overwrites them. Choose a new or empty folder "
+                "(out=DIR), or move those files away."
             )
 
     def claim(self, paths: Iterable[str | Path]) -> None:
@@ -215,12 +215,12 @@ class Ledger:
                 raise VitalError(
                     f"{self.folder / path} was changed since vital wrote it; vital will not "
                     "write over it. Move it away (vital then writes it anew) or choose another "
-                    "--out folder."
+                    "folder (out=DIR)."
                 )
             if path not in self._owned and exists:
                 raise VitalError(
                     f"{self.folder / path} exists and vital did not write it; vital never "
-                    "overwrites it. Move it away or choose another --out folder."
+                    "overwrites it. Move it away or choose another folder (out=DIR)."
                 )
         self.create()
         with sqlite3.connect(self.database) as connection:
