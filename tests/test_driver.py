@@ -99,8 +99,12 @@ def test_settings_resolution():
     assert resolve_settings(vital_class, model).tv_l2 == 0
     assert resolve_settings(neuron, model).tv_l2 == resolve_settings(neuron, model).l2 == 3e-7
     assert resolve_settings(neuron, model, 0).half_resolution_steps == 2000
-    # a mapping changes the defaults; None means "not given"
-    changed = resolve_settings(neuron, model, None, {"steps": 20, "lr": None})
+    # fast unless a setting is named, for every kind of target
+    for method in (vital_class, neuron):
+        assert resolve_settings(method, model) == resolve_settings(method, model, "fast")
+        assert resolve_settings(method, model).parametrization == "fourier"
+    # a mapping changes the named setting's values; None means "not given"
+    changed = resolve_settings(neuron, model, 1, {"steps": 20, "lr": None})
     assert (changed.steps, changed.lr, changed.warmup, changed.l2) == (20, 1.0, 5, 3e-7)
     # a complete Settings is used as it is (then without the neuron priors)
     complete = resolve_settings(neuron, model, None, vital.Settings(steps=8))
