@@ -242,7 +242,7 @@ def test_mined_lists_equal_a_brute_force_scan_for_every_channel(dataset, tmp_pat
 def test_stage_one_alone_ranks_whole_images_as_brute_force(dataset, tmp_path):
     folder, _ = dataset
     model = planted_model()
-    kwargs = {**mine_kwargs(), "patch": 0, "top": TOP_IMAGES}
+    kwargs = {**mine_kwargs(), "patch_side": 0, "top": TOP_IMAGES}
     report = mine(model, LAYER, folder, tmp_path / "out", **kwargs)
     paths = list(list_images(folder).paths)
     crops = [center_crop(open_rgb_path(p), 32) for p in paths]

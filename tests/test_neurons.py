@@ -15,6 +15,7 @@ from conftest import tiny_swin_model
 from vital import Channel, Direction, Settings, visualize
 from vital.cli import app
 from vital.errors import VitalError
+from vital.grids import as_saved
 from vital.losses import sort_matching_loss
 from vital.methods.vital_neuron import neuron_taps
 from vital.objectives import (
@@ -380,7 +381,8 @@ def test_channels_last_swin_neurons_use_the_channel_axis(relevance, image_folder
     handle = module.layers[2].register_forward_hook(lambda _m, _i, out: seen.update(out=out))
     try:
         with torch.no_grad():
-            module(model.preprocessing.normalize(result.pixels[None]))
+            # the record scores the picture as its PNG holds it
+            module(model.preprocessing.normalize(as_saved(result.pixels)[None]))
     finally:
         handle.remove()
     assert seen["out"].shape[-1] == 64  # (B, H, W, C): channels last
