@@ -181,7 +181,7 @@ def test_shards_that_keep_failing_stop_the_pass_and_a_rerun_finishes(
 
 def test_local_and_ray_agree_on_whole_images_and_directions(engine, data, tmp_path):
     directions = torch.randn(2, 8, generator=torch.Generator().manual_seed(5)).numpy()
-    kwargs = {**mine_kwargs(), "patch": 0, "directions": directions}
+    kwargs = {**mine_kwargs(), "patch_side": 0, "directions": directions}
     local = mine(planted_model(), LAYER, data, tmp_path / "local", **kwargs)
     remote = mine(planted_model(), LAYER, data, tmp_path / "ray", engine=engine, **kwargs)
     assert dump(local.database) and dump(remote.database) == dump(local.database)
