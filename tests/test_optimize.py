@@ -143,8 +143,9 @@ def test_no_scalar_reads_inside_the_step(tmp_path):
     def scalar_reads(steps: int) -> int:
         settings = {"steps": steps, "jitter": 2, "warmup": 1}
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            vital.visualize(model, [vital.Channel("stage3", 1)], tmp_path, settings=settings,
-                            progress=False, reference_count=2)  # fmt: skip
+            # setting 1 (pixels): what this was written for; fast's Fourier loop is not checked
+            vital.visualize(model, [vital.Channel("stage3", 1)], tmp_path, setting=1,
+                            settings=settings, progress=False, reference_count=2)  # fmt: skip
         reads = 0
         for event in profile.events():
             if event.name != "aten::_local_scalar_dense":
