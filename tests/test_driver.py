@@ -83,7 +83,7 @@ def _tiny_vit_l_32() -> Model:
 
 def test_vit_l_32_runs_with_its_preset_priors_from_the_cli(monkeypatch, tmp_path):
     monkeypatch.setattr(vital.cli.session, "load", lambda *args: _tiny_vit_l_32())
-    arguments = ["class", "-c", "espresso", "--steps", "1", "--references", "2"]
+    arguments = ["class", "-c", "espresso", "--steps", "1", "--ref-count", "2"]
     result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]

@@ -329,7 +329,7 @@ def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
         [
             "neuron", "--layer", "stage3", "--channel", "3", "--direction", str(direction),
             "--refs", str(image_folder), "--steps", "3", "--out", str(tmp_path / "o"),
-            "--patches", "16", "--references", "2", "--relevance", "grad-x-act",
+            "--patch", "16", "--ref-count", "2", "--relevance", "grad-x-act",
             "--lr", "0.25", "--jitter", "4",
         ],
     )  # fmt: skip

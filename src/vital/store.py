@@ -99,15 +99,16 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
     """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise VitalError(f"the {what} {folder} is a file; give a folder (--out DIR).")
+        raise VitalError(f"the {what} {folder} is a file; give a folder (out=DIR).")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise VitalError(
-            f"cannot create the {what} {folder}: {error.strerror or error}; choose another --out."
+            f"cannot create the {what} {folder}: {error.strerror or error}; choose another "
+            "folder (out=DIR)."
         ) from error
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise VitalError(f"the {what} {folder} is not writable; choose another --out.")
+        raise VitalError(f"the {what} {folder} is not writable; choose another folder (out=DIR).")
     return folder
 
 

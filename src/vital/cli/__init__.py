@@ -14,10 +14,12 @@ from typing import Annotated
 import click
 import typer
 
-from vital.cli import atlas, explain, generate, listing, mine, session
+from vital.cli import atlas, explain, generate, listing, mine, options, session
+from vital.cli.vocabulary import cli_wording
 from vital.errors import VitalError
 
 app = typer.Typer(
+    cls=options.Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -46,15 +48,15 @@ def _main(
 
 
 # The order here is the order `vital --help` lists the commands in.
-app.command("class")(generate.class_command)
-app.command("compare")(generate.compare_command)
-app.command("neuron")(generate.neuron)
-app.command("demo")(generate.demo)
-app.command("layers")(listing.layers)
-app.command("classes")(listing.classes)
-app.command("models")(listing.models)
-app.command("mine")(mine.mine_command)
-app.command("explain")(explain.explain_command)
+app.command("class", cls=options.Command)(generate.class_command)
+app.command("compare", cls=options.Command)(generate.compare_command)
+app.command("neuron", cls=options.Command)(generate.neuron)
+app.command("demo", cls=options.Command)(generate.demo)
+app.command("layers", cls=options.Command)(listing.layers)
+app.command("classes", cls=options.Command)(listing.classes)
+app.command("models", cls=options.Command)(listing.models)
+app.command("mine", cls=options.Command)(mine.mine_command)
+app.command("explain", cls=options.Command)(explain.explain_command)
 app.add_typer(atlas.atlas_app, name="atlas")
 
 # typer >= 0.29 carries its own copy of click, whose errors are not click's own classes.
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)
     except VitalError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {cli_wording(str(error))}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except _ABORTS:
         typer.echo(session.interrupted(), err=True)

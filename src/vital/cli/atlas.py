@@ -9,75 +9,74 @@ import typer
 
 from vital.cli import options, session
 from vital.cli.options import (
+    Address,
     Batch,
     ChannelSelection,
+    Classes,
     Device,
+    Engine,
+    Force,
+    MinedAs,
+    MiningPatch,
     ModelName,
+    Out,
+    Precision,
+    ReferenceCount,
     Resolution,
     Seed,
     SettingName,
     Steps,
+    TopImages,
     Weights,
 )
 from vital.errors import VitalError
+from vital.methods import DEFAULT_METHOD
+from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
+from vital.optimize import DEFAULT_SETTING
+from vital.references import DEFAULT_REFERENCES
 
 atlas_app = typer.Typer(
-    no_args_is_help=True, help="Visualise many units, record them, browse them as a web page."
+    cls=options.Group,
+    no_args_is_help=True,
+    help="Visualise many units, record them, browse them as a web page.",
 )
 
 
-@atlas_app.command("build")
 def atlas_build(
-    out: Annotated[Path, typer.Option("--out", help="Atlas folder.")],
+    out: Out = Path("vital-out"),
     model: ModelName = "mobilenet_v2",
     weights: Weights = None,
     layer: Annotated[
-        str | None, typer.Option("--layer", "-l", help="Layer whose channels to visualise.")
+        str | None, options.option("--layer", "Layer whose channels to visualise.")
     ] = None,
     channels: ChannelSelection = None,
-    class_list: Annotated[
-        list[str] | None,
-        typer.Option("--class", "-c", "--classes", help="Class index, name or WordNet id; repeat."),
-    ] = None,
+    class_list: Classes = None,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Images to mine the layer's channels' references from."),
+        options.option("--data", "Images to mine the layer's channels' references from."),
     ] = None,
     refs: Annotated[
         str | None,
-        typer.Option(
+        options.option(
             "--refs",
-            "--class-refs",
-            help="References of the classes: an ImageNet-style tree or class sub-folders "
-            "(default: the embedded photos).",
+            "References of the classes: an ImageNet-style tree or class sub-folders (default: "
+            "the embedded photos).",
         ),
     ] = None,
-    references: Annotated[int, typer.Option("--references", help="References per unit.")] = 50,
-    top_images: Annotated[
-        int, typer.Option("--top-images", help="Mining stage 1: images kept per channel.")
-    ] = 10000,
-    patch: Annotated[int, typer.Option("--patch", help="Mining patch side (0: whole).")] = 64,
-    mined_as: Annotated[
-        str, typer.Option("--mined-as", help="Channel references: 'image' or 'patch'.")
-    ] = "image",
-    engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            "--ray-address",
-            help="Ray cluster address (default: start a local one).",
-        ),
-    ] = None,
-    setting: SettingName = None,
+    ref_count: ReferenceCount = DEFAULT_REFERENCES,
+    top_images: TopImages = DEFAULT_TOP_IMAGES,
+    patch: MiningPatch = DEFAULT_PATCH,
+    mined_as: MinedAs = "image",
+    engine: Engine = "local",
+    address: Address = None,
+    setting: SettingName = DEFAULT_SETTING,
     steps: Steps = None,
     seed: Seed = 0,
     device: Device = "auto",
+    precision: Precision = None,
     resolution: Resolution = None,
     batch: Batch = 4,
-    force: Annotated[
-        bool, typer.Option("--force", help="Recompute every unit, even those already stored.")
-    ] = False,
+    force: Force = False,
 ) -> None:
     """Visualise every selected unit into an atlas folder and write its web pages.
 
@@ -89,28 +88,35 @@ def atlas_build(
     """
     from vital.atlas import ModelSpec, build_atlas
     from vital.atlas.ledger import prepare_folder
+    from vital.driver import resolve_settings
     from vital.engines import make_engine
+    from vital.methods import get_method
     from vital.methods.vital_class import class_references
     from vital.mining import mine, mined_references
-    from vital.optimize import Settings
     from vital.taps import check_layer, list_layers
     from vital.targets import Channel, class_target
 
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
-    # A wrong setting name or number is refused before mining, not after it.
-    named = options.setting_value(setting)
-    Settings.setting(
-        1 if named is None else named, **options.overrides(steps=steps, resolution=resolution)
-    ).validate()
+    if layer and data is None:
+        raise VitalError("channels need images to mine references from: --data DIR.")
+    setting_name = options.setting_value(setting)
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
-    chosen_engine = make_engine(engine, ray_address)
+    chosen_engine = make_engine(engine, address)
     spec = ModelSpec(model, weights, device)
     loaded = spec()
-    targets = [class_target(loaded, name) for name in options.names(class_list)]
+    classes = [class_target(loaded, name) for name in options.names(class_list)]
+    if not classes and not layer:
+        raise VitalError("name the units to visualise: --layer L [--channel ...] or --class C.")
+    overrides = options.overrides(
+        steps=steps, seed=seed, resolution=resolution, precision=precision
+    )
+    # A wrong setting is refused before mining, not after it: each kind of unit, its method.
+    for kind in (classes, [Channel(layer, 0)] if layer else []):
+        if kind:
+            resolve_settings(get_method(DEFAULT_METHOD, kind), loaded, setting_name, overrides)
+    selected = []
     if layer:
-        if data is None:
-            raise VitalError("channels need images to mine references from: --data DIR.")
         check_layer(layer, loaded.module)
         selected = options.channel_list(channels)
         if selected is None:
@@ -118,6 +124,7 @@ def atlas_build(
                 i.name: i for i in list_layers(loaded.module, loaded.preprocessing.input_size)
             }
             selected = list(range(shapes[layer].channels))
+    if layer:
         session.Session.out, session.Session.resumable = out, True
         mine(
             loaded,
@@ -126,27 +133,24 @@ def atlas_build(
             out,
             channels=selected,
             top_images=top_images,
-            top=references,
-            patch=patch,
+            top=ref_count,
+            patch_side=patch,
             engine=chosen_engine,
         )
-        targets += [Channel(layer, index) for index in selected]
-    if not targets:
-        raise VitalError("name the units to visualise: --layer L [--channel ...] or --class C.")
 
     def reference_set(target):
         if target.layer is None:
-            return class_references(loaded, target, refs, references)
-        return mined_references(out, loaded, target.layer, target, mined_as, references)
+            return class_references(loaded, target, refs, ref_count)
+        return mined_references(out, loaded, target.layer, target, mined_as, ref_count)
 
     session.Session.out, session.Session.resumable = out, True
     result = build_atlas(
         spec,
-        targets,
+        [*classes, *(Channel(layer, index) for index in selected)],
         reference_set,
         out,
-        options.overrides(steps=steps, seed=seed, resolution=resolution),
-        setting=options.setting_value(setting),
+        overrides,
+        setting=setting_name,
         engine=chosen_engine,
         batch_size=batch,
         force=force,
@@ -171,7 +175,6 @@ def _report_reuse(report) -> None:
         typer.echo(f"… and {len(report.changed) - 6} more unit(s) whose inputs changed")
 
 
-@atlas_app.command("serve")
 def atlas_serve(
     folder: Annotated[Path, typer.Argument(help="Atlas folder.")],
     port: Annotated[int, typer.Option("--port", help="Port (1-65535; 0: any free one).")] = 8000,
@@ -203,3 +206,7 @@ def atlas_serve(
         server.serve_forever()
     finally:
         server.server_close()
+
+
+atlas_app.command("build", cls=options.Command)(atlas_build)
+atlas_app.command("serve", cls=options.Command)(atlas_serve)

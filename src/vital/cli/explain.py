@@ -8,48 +8,63 @@ from typing import Annotated
 import typer
 
 from vital.cli import options, session
-from vital.cli.options import Batch, Device, ModelName, Resolution, SettingName, Steps, Weights
+from vital.cli.options import (
+    Batch,
+    Device,
+    MinedAs,
+    MiningPatch,
+    ModelName,
+    Precision,
+    Relevance,
+    Resolution,
+    SettingName,
+    Steps,
+    TopImages,
+    Weights,
+)
+from vital.explanation.pipeline import DEFAULT_TOP
+from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
+from vital.optimize import DEFAULT_SETTING
+from vital.references import DEFAULT_REFERENCES
 
 
 def explain_command(
     image: Annotated[Path, typer.Argument(help="The image to explain (its centre crop).")],
     layer: Annotated[
-        str, typer.Option("--layer", "-l", help="Layer whose channels explain the prediction.")
+        str, options.option("--layer", "Layer whose channels explain the prediction.")
     ],
     data: Annotated[
         Path | None,
-        typer.Option(
+        options.option(
             "--data",
-            help="Images to mine the channels' dataset examples and picture references from "
+            "Images to mine the channels' dataset examples and picture references from "
             "(folder or list file).",
         ),
     ] = None,
-    top: Annotated[int, typer.Option("--top", help="Most relevant channels to show.")] = 5,
-    class_name: Annotated[
-        str | None,
-        typer.Option("--class", "-c", help="Class to explain (default: the prediction)."),
-    ] = None,
-    relevance: Annotated[
-        str,
-        typer.Option(
-            "--relevance", help="lrp (default), epsilon-plus, guided-backprop, grad-x-act, …"
+    top: Annotated[
+        int, typer.Option("--top", help="Most relevant channels to show.")
+    ] = DEFAULT_TOP,
+    classes: Annotated[
+        list[str] | None,
+        options.option(
+            "--class",
+            "Class to explain (default: the prediction); several (repeat or use commas) are "
+            "explained one after the other.",
         ),
-    ] = "lrp",
+    ] = None,
+    relevance: Relevance = "lrp",
     model: ModelName = "mobilenet_v2",
     weights: Weights = None,
     out: Annotated[
-        Path, typer.Option("--out", help="Atlas folder the explanation is written to.")
-    ] = Path("vital-atlas"),
-    references: Annotated[
-        int, typer.Option("--references", help="Mined images per channel (picture references).")
-    ] = 50,
-    mined_as: Annotated[
-        str, typer.Option("--mined-as", help="Picture references: 'image' or 'patch'.")
-    ] = "image",
-    top_images: Annotated[
-        int, typer.Option("--top-images", help="Mining stage 1: images kept per channel.")
-    ] = 10000,
-    patch: Annotated[int, typer.Option("--patch", help="Mining patch side (0: whole).")] = 64,
+        Path, options.option("--out", "Atlas folder the explanation is written to.")
+    ] = Path("vital-out"),
+    ref_count: Annotated[
+        int,
+        options.option("--ref-count", "Mined images per channel (picture references)."),
+    ] = DEFAULT_REFERENCES,
+    mined_as: MinedAs = "image",
+    top_images: TopImages = DEFAULT_TOP_IMAGES,
+    patch: MiningPatch = DEFAULT_PATCH,
     stores: Annotated[
         list[Path] | None,
         typer.Option("--store", help="Another atlas or result folder to reuse pictures from."),
@@ -58,12 +73,13 @@ def explain_command(
         bool, typer.Option("--no-pictures", help="Skip the channels' VITAL pictures.")
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Compute the pictures again even if stored.")
+        bool, options.option("--force", "Compute the pictures again even if stored.")
     ] = False,
-    setting: SettingName = None,
+    setting: SettingName = DEFAULT_SETTING,
     steps: Steps = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of pictures that are computed.")] = 0,
+    seed: Annotated[int, options.option("--seed", "Seed of pictures that are computed.")] = 0,
     device: Device = "auto",
+    precision: Precision = None,
     resolution: Resolution = None,
     batch: Batch = 4,
 ) -> None:
@@ -74,31 +90,37 @@ def explain_command(
     pictures (reused from the atlas or --store when stored with the same settings). Writes a
     JSON record and a page into the atlas folder --out.
     """
-    from vital.explanation import explain
-
     loaded = session.load(model, weights, device)
     session.Session.out, session.Session.resumable = out, True
-    record = explain(
-        loaded,
-        image,
-        layer=layer,
-        top=top,
-        data=data,
-        out=out,
-        target=class_name,
-        relevance=relevance,
-        setting=options.setting_value(setting),
-        settings=options.overrides(steps=steps, resolution=resolution),
-        seed=seed,
-        references=references,
-        mined_as=mined_as,
-        top_images=top_images,
-        patch=patch,
-        pictures=not no_pictures,
-        stores=stores or (),
-        force=force,
-        batch_size=batch,
-    )
+    for target in options.names(classes) or [None]:
+        _explain_one(
+            loaded,
+            image,
+            out,
+            layer=layer,
+            top=top,
+            data=data,
+            target=target,
+            relevance=relevance,
+            setting=options.setting_value(setting),
+            settings=options.overrides(steps=steps, resolution=resolution, precision=precision),
+            seed=seed,
+            reference_count=ref_count,
+            mined_as=mined_as,
+            top_images=top_images,
+            patch_side=patch,
+            pictures=not no_pictures,
+            stores=stores or (),
+            force=force,
+            batch_size=batch,
+        )
+
+
+def _explain_one(loaded, image: Path, out: Path, **arguments) -> None:
+    """Explain one class of ``image`` (the prediction's for ``target=None``) and say where."""
+    from vital.explanation import explain
+
+    record = explain(loaded, image, out=out, **arguments)
     explained = record.explained
     typer.echo(
         f"{Path(record.image['source']).name}: {explained['name']} (class {explained['index']}, "

@@ -10,16 +10,25 @@ import typer
 from vital.cli import options, session
 from vital.cli.options import (
     Batch,
+    Channels,
+    Classes,
     Device,
     ModelName,
     Out,
+    Precision,
+    ReferenceCount,
     Resolution,
     Seed,
     SettingName,
     Steps,
     Weights,
 )
+from vital.compare import METHODS
 from vital.errors import VitalError
+from vital.methods import DEFAULT_METHOD
+from vital.optimize import DEFAULT_SETTING
+from vital.references import DEFAULT_REFERENCES
+from vital.targets import resolve_targets
 
 
 def _generate(targets, references, kind: str, common: dict, **method_options) -> list:
@@ -41,32 +50,26 @@ def _generate(targets, references, kind: str, common: dict, **method_options) ->
         method=method,
         setting=options.setting_value(common["setting"]),
         settings=options.overrides(
-            **{k: common[k] for k in ("steps", "seed", "resolution", "lr", "jitter")}
+            **{k: common[k] for k in ("steps", "seed", "resolution", "lr", "jitter", "precision")}
         ),
         batch_size=common["batch"],
-        **options.overrides(
-            taps=common["taps"] or None, reference_count=common["references"], **method_options
-        ),
+        **options.overrides(taps=common["taps"] or None, **method_options),
+        **_reference_count(method, resolve_targets(loaded, targets), common["ref_count"]),
     )
     baseline = method if kind == "class" else f"{kind}-{method}"
-    session.report(results, out, kind if method == "vital" else baseline)
+    session.report(results, out, kind if method == DEFAULT_METHOD else baseline)
     return results
 
 
 @options.generating
 def class_command(
-    classes: Annotated[
-        list[str],
-        typer.Option(
-            "--class", "-c", help="Class index, name or WordNet id; repeat or use commas."
-        ),
-    ],
+    classes: Annotated[list[str], options.option("--class", options.CLASSES_HELP)],
     refs: Annotated[
         str | None,
-        typer.Option(
+        options.option(
             "--refs",
-            help="Reference folder: ImageNet-style tree, class sub-folders, or (one class) "
-            "a plain folder. Default: the embedded photos of the class.",
+            "Reference folder: ImageNet-style tree, class sub-folders, or (one class) a plain "
+            "folder. Default: the embedded photos of the class.",
         ),
     ] = None,
     **common,
@@ -76,28 +79,22 @@ def class_command(
 
 
 def compare_command(
-    classes: Annotated[
-        list[str] | None,
-        typer.Option("--class", "-c", "--classes", help="Class index, name or WordNet id; repeat."),
-    ] = None,
+    classes: Classes = None,
     layer: Annotated[
-        str | None, typer.Option("--layer", "-l", help="With --channel: the channels' layer.")
+        str | None, options.option("--layer", "With --channel: the channels' layer.")
     ] = None,
     channels: Annotated[
         list[str] | None,
-        typer.Option(
-            "--channel", "-k", help="Compare on inner channels instead (repeat or use commas)."
-        ),
+        options.option("--channel", "Compare on inner channels instead (repeat or use commas)."),
     ] = None,
-    setting: SettingName = None,
+    setting: SettingName = DEFAULT_SETTING,
     model: ModelName = "mobilenet_v2",
     methods: Annotated[
         list[str] | None,
-        typer.Option(
+        options.option(
             "--method",
-            "--methods",
-            help="vital, fourier, maco, deepinversion; repeat or separate with commas "
-            "(default: all).",
+            f"{', '.join(METHODS)}; repeat or use commas (default: all that can visualise "
+            "the targets).",
         ),
     ] = None,
     judge: Annotated[
@@ -109,21 +106,21 @@ def compare_command(
     ] = None,
     refs: Annotated[
         str | None,
-        typer.Option(
-            "--refs", help="VITAL's references and the metrics' real images (default: photos)."
+        options.option(
+            "--refs", "VITAL's references and the metrics' real images (default: photos)."
         ),
     ] = None,
     real_refs: Annotated[
         str | None,
         typer.Option("--real-refs", help="Held-out real images for FID/realism (default: --refs)."),
     ] = None,
-    references: Annotated[int, typer.Option("--references", help="Images per class.")] = 50,
+    ref_count: ReferenceCount = DEFAULT_REFERENCES,
     weights: Weights = None,
     steps: Annotated[
         int | None,
-        typer.Option("--steps", help="Steps for every method (default: each method's own)."),
+        options.option("--steps", "Steps for every method (default: each method's own)."),
     ] = None,
-    out: Out = Path("vital-compare"),
+    out: Out = Path("vital-out"),
     seed: Seed = 0,
     device: Device = "auto",
     batch: Batch = 8,
@@ -132,7 +129,7 @@ def compare_command(
     ] = None,
 ) -> None:
     """Compare VITAL with the baselines on the same classes (or inner channels): table, grid."""
-    from vital.compare import METHODS, compare, write_report
+    from vital.compare import compare, methods_for, write_report
     from vital.targets import Channel
 
     if bool(classes) == bool(channels):
@@ -141,16 +138,14 @@ def compare_command(
         raise VitalError("--channel selects channels of --layer; name the layer too.")
     session.check_out(out)
     loaded = session.load(model, weights, device)
-    chosen = [m.strip() for value in methods or [] for m in value.split(",") if m.strip()]
     if channels:
         targets = [Channel(layer, k) for k in options.integers(channels, "--channel")]
-        chosen = chosen or [m for m in METHODS if m != "deepinversion"]  # classes only
     else:
         targets = options.names(classes)
     comparison = compare(
         loaded,
         targets,
-        chosen or METHODS,
+        options.names(methods) or methods_for(resolve_targets(loaded, targets)),
         judge=session.load(judge, judge_weights, device) if judge else None,
         references=refs,
         real_references=real_refs,
@@ -159,10 +154,17 @@ def compare_command(
         setting=options.setting_value(setting),
         out=out,
         batch_size=batch,
-        reference_count=references,
+        reference_count=ref_count,
         clip_weights=clip_weights,
     )
     _print_report(write_report(comparison, out))
+
+
+def _reference_count(method: str, targets, count: int) -> dict:
+    """``reference_count`` for a method that uses references; nothing for one that has none."""
+    from vital.methods import method_class
+
+    return {"reference_count": count} if method_class(method, targets).uses_references else {}
 
 
 def _print_report(paths: dict[str, Path]) -> None:
@@ -173,22 +175,19 @@ def _print_report(paths: dict[str, Path]) -> None:
 
 @options.generating
 def neuron(
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Target layer (module name).")],
-    channels: Annotated[
-        list[str] | None,
-        typer.Option("--channel", "-k", help="Channel index; repeat, or separate with commas."),
-    ] = None,
+    layer: Annotated[str, options.option("--layer", "Target layer (module name).")],
+    channels: Channels = None,
     direction: Annotated[
         list[Path] | None,
-        typer.Option("--direction", help="A concept: .npy vector over the layer's channels."),
+        options.option("--direction", "A concept: .npy vector over the layer's channels."),
     ] = None,
     refs: Annotated[
         str | None,
-        typer.Option(
+        options.option(
             "--refs",
-            help="Folder of images that activate the targets; 'mined' for the top images "
-            "that `vital mine` found (OUT/mining.sqlite) or a mining database path; "
-            "'samples' for the embedded photos.",
+            "Folder of images that activate the targets; 'mined' for the top images that "
+            "`vital mine` found (OUT/mining.sqlite) or a mining database path. Default: the "
+            "embedded photos.",
         ),
     ] = None,
     mined_mode: Annotated[
@@ -197,13 +196,12 @@ def neuron(
             "--mined-as", help="With mined references: 'image' (whole images) or 'patch'."
         ),
     ] = "image",
-    relevance: Annotated[
-        str | None,
-        typer.Option("--relevance", help="lrp (default), lrp-restricted, guided-backprop, …"),
-    ] = None,
-    patches: Annotated[
+    relevance: Annotated[str | None, typer.Option("--relevance", help=options.RELEVANCE_HELP)] = (
+        None
+    ),
+    patch: Annotated[
         int | None,
-        typer.Option("--patches", help="Use the best patch of this side (32 or 64) per image."),
+        options.option("--patch", "Use the best patch of this side (32 or 64) of each image."),
     ] = None,
     rank: Annotated[
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")
@@ -211,6 +209,7 @@ def neuron(
     **common,
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
+    from vital.methods import method_class
     from vital.methods.vital_neuron import direction_target
     from vital.mining import is_mining_database, mined_reference_sets
     from vital.targets import Channel
@@ -219,17 +218,13 @@ def neuron(
     targets += [direction_target(layer, path) for path in direction or []]
     if not targets:
         raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
-    if common["method"] == "vital" and refs is None:
-        raise VitalError(
-            "give reference images with --refs DIR (images that activate the channel, e.g. "
-            "from `vital mine`), or --refs samples for the embedded photos."
-        )
     references = refs
+    if refs is None and method_class(common["method"], targets).uses_references:
+        typer.echo("references: the embedded photos (no --refs given)")
     if refs == "mined" or (refs is not None and is_mining_database(refs)):
         database = common["out"] if refs == "mined" else Path(refs)
-        count = common["references"] or 50
         references = lambda loaded: mined_reference_sets(  # noqa: E731
-            database, loaded, targets, mined_mode, count
+            database, loaded, targets, mined_mode, common["ref_count"]
         )
     results = _generate(
         targets,
@@ -237,7 +232,7 @@ def neuron(
         "neuron",
         common,
         relevance=relevance,
-        patch_side=patches,
+        patch_side=patch,
         rank=rank or None,
     )
     if results and results[0].record.relevance:
@@ -245,21 +240,20 @@ def neuron(
 
 
 def demo(
-    setting: Annotated[
-        str,
-        typer.Option("--setting", help="fast (default: 300 steps) or the authors' 0, 1, 2."),
-    ] = "fast",
+    setting: SettingName = DEFAULT_SETTING,
     steps: Steps = None,
     out: Out = Path("vital-out"),
     seed: Seed = 0,
     device: Device = "auto",
+    precision: Precision = None,
     resolution: Resolution = None,
     batch: Batch = 3,
 ) -> None:
-    """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (a few minutes).
+    """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 30 s).
 
-    The fast setting by default: the authors' loss in 300 steps through a Fourier
-    parametrisation (docs/method.md); --setting 1 for the authors' own 2000-step setting.
+    About 30 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
+    authors' loss in 300 steps through a Fourier parametrisation (docs/method.md); --setting 1
+    for the authors' own 2000-step setting (about 8 times longer).
     """
     from vital.references import from_samples
 
@@ -278,7 +272,9 @@ def demo(
         references,
         out,
         setting=options.setting_value(setting),
-        settings=options.overrides(steps=steps, seed=seed, resolution=resolution),
+        settings=options.overrides(
+            steps=steps, seed=seed, resolution=resolution, precision=precision
+        ),
         batch_size=batch,
     )
     session.report(results, out, "demo")

@@ -13,16 +13,29 @@ from vital.errors import VitalError
 
 def layers(
     model: Annotated[str, typer.Argument(help="Model name.")],
-    weights: Weights = "random",
+    weights: Weights = None,
     match: Annotated[
         str | None, typer.Option("--match", help="Only names containing this.")
     ] = None,
 ) -> None:
-    """List the tappable layers of MODEL with their output shapes, and the default taps."""
+    """List the tappable layers of MODEL with their output shapes, and the default taps.
+
+    The model is loaded as a run loads it (the same weights, so the same preprocessing).
+    """
     from vital.methods.vital_class import resolve_taps
     from vital.taps import list_layers
+    from vital.zoo import MissingWeightsError
 
-    loaded = session.load(model, weights, "cpu")
+    try:
+        loaded = session.load(model, weights, "cpu")
+    except MissingWeightsError:  # the layers do not depend on the weights; the input may
+        loaded = session.load(model, "random", "cpu")
+        typer.secho(
+            f"note: no weights of {model} on this machine; the input line below is what "
+            "--weights random uses.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     for info in list_layers(loaded.module, loaded.preprocessing.input_size):
         if match and match not in info.name:
             continue

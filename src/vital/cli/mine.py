@@ -8,18 +8,33 @@ from typing import Annotated
 import typer
 
 from vital.cli import options, session
-from vital.cli.options import ChannelSelection, Device, ModelName, Out, Weights
+from vital.cli.options import (
+    Address,
+    ChannelSelection,
+    Device,
+    Engine,
+    MiningPatch,
+    ModelName,
+    Out,
+    TopImages,
+    Weights,
+)
 from vital.errors import VitalError
+from vital.mining.scan import (
+    DEFAULT_MINING_BATCH,
+    DEFAULT_PATCH,
+    DEFAULT_SHARD,
+    DEFAULT_TOP,
+    DEFAULT_TOP_IMAGES,
+)
 
 
 def mine_command(
-    layer: Annotated[
-        str, typer.Option("--layer", "-l", help="Layer to mine (see `vital layers`).")
-    ],
+    layer: Annotated[str, options.option("--layer", "Layer to mine (see `vital layers`).")],
     data: Annotated[
         Path,
-        typer.Option(
-            "--data", help="Image folder (any depth, ImageNet-style trees too) or list file."
+        options.option(
+            "--data", "Image folder (any depth, ImageNet-style trees too) or list file."
         ),
     ],
     model: ModelName = "mobilenet_v2",
@@ -27,20 +42,13 @@ def mine_command(
     channels: ChannelSelection = None,
     direction: Annotated[
         Path | None,
-        typer.Option("--direction", help="Concept direction(s): a .npy of shape (C,) or (D, C)."),
+        options.option("--direction", "Concept direction(s): a .npy of shape (C,) or (D, C)."),
     ] = None,
-    top_images: Annotated[
-        int, typer.Option("--top-images", help="Stage 1: images kept per unit (spatial max).")
-    ] = 10_000,
+    top_images: TopImages = DEFAULT_TOP_IMAGES,
     top: Annotated[
         int, typer.Option("--top", help="Stage 2: images kept per unit (best patch).")
-    ] = 50,
-    patch: Annotated[
-        int,
-        typer.Option(
-            "--patch", help="Patch side on the centre crop; 0 ranks whole images (no stage 2)."
-        ),
-    ] = 64,
+    ] = DEFAULT_TOP,
+    patch: MiningPatch = DEFAULT_PATCH,
     out: Out = Path("vital-out"),
     sheets: Annotated[
         str,
@@ -50,32 +58,22 @@ def mine_command(
             "32 units).",
         ),
     ] = "auto",
-    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 32,
+    batch: Annotated[
+        int, options.option("--batch", "Images per forward pass.", callback=options.at_least_one)
+    ] = DEFAULT_MINING_BATCH,
     workers: Annotated[
         int | None,
         typer.Option("--workers", help="Local engine's decoding processes (default: cores - 1)."),
     ] = None,
     device: Device = "auto",
-    engine: Annotated[
-        str,
-        typer.Option(
-            "--engine",
-            help="local (shards in this process) or ray (shards as Ray tasks, the model on GPU "
-            "workers when the cluster has GPUs; needs Ray: pip install 'vital\\[ray]').",
-        ),
-    ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", help="Ray cluster for --engine ray (default: start a local one)."
-        ),
-    ] = None,
+    engine: Engine = "local",
+    address: Address = None,
     shard_size: Annotated[
         int,
         typer.Option(
             "--shard-size", help="Images per shard: the unit of distribution and of resuming."
         ),
-    ] = 1024,
+    ] = DEFAULT_SHARD,
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
     import numpy as np
@@ -105,7 +103,7 @@ def mine_command(
         direction_name=direction.stem if direction is not None else "direction",
         top_images=top_images,
         top=top,
-        patch=patch,
+        patch_side=patch,
         batch_size=batch,
         workers=workers,
         engine=engine,

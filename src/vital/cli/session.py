@@ -39,6 +39,10 @@ def report(results, out: Path, title: str) -> None:
     """Print a line per result and write ``OUT/TITLE-grid.png`` of them all."""
     from vital.grids import grid
 
+    if results:
+        record = results[0].record
+        named = f"setting {record.setting}, " if record.setting is not None else ""
+        typer.echo(f"{record.method}: {named}{record.settings['steps']} steps")
     for result in results:
         evaluation = result.record.evaluation
         line = f"  {result.target.describe():32s} -> {result.paths.get('png', '')}"
