@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vital.driver import SettingsOverrides, resolve_settings, run
+from vital.errors import BATCH, whole_number
 from vital.methods import get_method
 from vital.methods.vital_class import class_references
 from vital.store import Result, ResultSink
@@ -91,6 +92,7 @@ def visualize(
         One per target, in order; ``result.record`` (:class:`vital.record.Record`) says what
         ran and how the picture scores (``evaluation``).
     """
+    whole_number(batch_size, BATCH)  # before ``out`` is made
     with frozen(model):
         model = as_model(model, device)
         resolved = resolve_targets(model, targets)

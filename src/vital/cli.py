@@ -16,7 +16,7 @@ from typing import Annotated
 import click
 import typer
 
-from vital.errors import VitalError
+from vital.errors import BATCH, VitalError, whole_number
 
 app = typer.Typer(
     add_completion=False,
@@ -199,7 +199,9 @@ def _report(results, out: Path, title: str) -> None:
     else:
         sheet = grid([r.image for r in results], [r.target.describe() for r in results])
     path = out / f"{title}-grid.png"
-    sheet.save(path)
+    from vital.files import save_image
+
+    save_image(path, sheet)
     typer.echo(f"grid: {path}")
 
 
@@ -261,6 +263,7 @@ def _generate(targets, references, kind: str, common: dict, **options) -> list:
     ``neuron-METHOD-grid.png`` for channels.
     """
     out, method = common["out"], common["method"]
+    whole_number(common["batch"], BATCH)  # refused alike by every command, before --out is made
     _check_out(out)
     loaded = _load(common["model"], common["weights"], common["device"])
     if callable(references):  # references that need the loaded model (mined lists)
@@ -371,6 +374,7 @@ def compare_command(
         raise VitalError("compare either classes (--class C) or channels (--layer L --channel K).")
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
+    whole_number(batch, BATCH)
     _check_out(out)
     loaded = _load(model, weights, device)
     chosen = [m.strip() for value in methods or [] for m in value.split(",") if m.strip()]
@@ -729,11 +733,12 @@ def mine_command(
             if sheets == "all"
             else [report.units[i] for i in _sheet_numbers(sheets, len(report.units))]
         )
+        from vital.files import save_image
+
         folder = out / "sheets"
-        folder.mkdir(parents=True, exist_ok=True)
         for unit in chosen:
             path = folder / f"{layer}-{unit.replace(':', '-')}.png"
-            contact_sheet(report.database, loaded, layer, unit, count=top).save(path)
+            save_image(path, contact_sheet(report.database, loaded, layer, unit, count=top))
         typer.echo(f"contact sheets: {folder} ({len(chosen)})")
 
 
@@ -930,6 +935,7 @@ def atlas_build(
     from vital.taps import check_layer, list_layers
     from vital.targets import Channel, class_target
 
+    whole_number(batch, BATCH)  # before the folder is prepared or anything mined
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
     # A wrong setting name or number is refused before mining, not after it.

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vital import metrics
-from vital.errors import VitalError
+from vital.errors import BATCH, VitalError, whole_number
 from vital.methods.base import Method, target_plan
 from vital.optimize import Run, Settings, effective_warmup, optimize, transparency
 from vital.record import Record, model_info
@@ -148,10 +148,7 @@ def run(
     progress
         Show progress bars.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise VitalError(
-            f"the batch size must be a whole number ≥ 1 (--batch B), not {batch_size!r}."
-        )
+    whole_number(batch_size, BATCH)
     if not targets:
         raise VitalError("no targets given; name at least one class (--class C) or channel.")
     seeds = _seeds(settings, len(targets), seeds)

@@ -15,6 +15,29 @@ class VitalError(ValueError):
     """A problem with what the user asked for, with a message that says what to do."""
 
 
+BATCH = "the batch size (--batch)"
+
+
+def whole_number(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` when it is a whole number of at least ``minimum``, else one line saying so.
+
+    The one check of counts (batch sizes, top-k, shard sizes …) for every command and API
+    entry, so that ``--batch 0`` is refused alike everywhere instead of meaning 1 somewhere.
+
+    Parameters
+    ----------
+    value
+        What was given.
+    what
+        How the message names it, with its option: ``"the batch size (--batch)"``.
+    minimum
+        The smallest allowed value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise VitalError(f"{what} must be a whole number of at least {minimum}, not {value!r}.")
+    return value
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Return up to ``n`` candidates that look like ``word`` (for "did you mean" hints)."""
     candidates = list(candidates)

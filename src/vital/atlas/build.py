@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
 from vital.engines import Engine, LocalEngine
-from vital.errors import VitalError
+from vital.errors import BATCH, VitalError, whole_number
 from vital.references import ReferenceSet
 from vital.store import Result
 from vital.targets import Target
@@ -269,6 +269,7 @@ def build_atlas(
     """
     from vital.atlas.site import render_site
 
+    whole_number(batch_size, BATCH)
     if settings is not None and not isinstance(settings, Mapping):
         raise VitalError(
             "an atlas takes changes to the methods' defaults as a mapping, e.g. "

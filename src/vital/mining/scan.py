@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vital.engines import Engine, check_engine, make_engine
-from vital.errors import VitalError
+from vital.errors import BATCH, VitalError, whole_number
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import MiningIndex, PassState, database_path
 from vital.mining.shards import Decoder, Patches, Shard, ShardFailure, StageScorer
@@ -189,13 +189,11 @@ def mine(
         (top_images, "--top-images"),
         (top, "--top"),
         (shard_size, "the shard size (--shard-size)"),
-        (batch_size, "the batch (--batch)"),
+        (batch_size, BATCH),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise VitalError(f"{what} must be a whole number of at least 1, not {value!r}.")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 0):  # fmt: skip
-        raise VitalError(f"--workers must be 0 (decode in this process) or more, not {workers!r}.")
+        whole_number(value, what)
+    if workers is not None:
+        whole_number(workers, "--workers (0: decode in this process)", minimum=0)
     output_folder(database_path(database).parent, "mining folder")
     with frozen(model.module if isinstance(model, Model) else model):
         return _mine(
