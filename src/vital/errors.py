@@ -15,27 +15,14 @@ class VitalError(ValueError):
     """A problem with what the user asked for, with a message that says what to do."""
 
 
-BATCH = "the batch size (--batch)"
+def check_count(value: object, name: str) -> None:
+    """Refuse anything but a whole number of at least 1; ``name`` is the parameter's name.
 
-
-def whole_number(value: object, what: str, minimum: int = 1) -> int:
-    """``value`` when it is a whole number of at least ``minimum``, else one line saying so.
-
-    The one check of counts (batch sizes, top-k, shard sizes …) for every command and API
-    entry, so that ``--batch 0`` is refused alike everywhere instead of meaning 1 somewhere.
-
-    Parameters
-    ----------
-    value
-        What was given.
-    what
-        How the message names it, with its option: ``"the batch size (--batch)"``.
-    minimum
-        The smallest allowed value.
+    The message names the Python parameter (``batch_size=N``); the command line shows it with
+    its option (``--batch N``), so every caller refuses a count the same way.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise VitalError(f"{what} must be a whole number of at least {minimum}, not {value!r}.")
-    return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VitalError(f"{name}=N is a whole number of at least 1, not {value!r}.")
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:

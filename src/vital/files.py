@@ -179,7 +179,7 @@ def write_error(path: Path, error: OSError | sqlite3.Error) -> WriteError:
         advice = "Check that it has free space and is writable"
     return WriteError(
         f"cannot write into the folder {printable(path.parent)} ({path.name}: {reason}); "
-        f"nothing half-written was left. {advice}, or choose another folder (--out)."
+        f"nothing half-written was left. {advice}, or choose another folder (out=DIR)."
     )
 
 
