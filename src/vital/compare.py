@@ -23,7 +23,7 @@ import torch
 
 from vital import metrics
 from vital.api import visualize
-from vital.errors import BATCH, VitalError, whole_number
+from vital.errors import VitalError, check_count
 from vital.files import save_image, write_file
 from vital.grids import grid
 from vital.methods import METHODS as REGISTRY
@@ -171,7 +171,7 @@ def compare(
         The named setting of the methods that have them (VITAL: ``"fast"``, the default, or the
         authors' 0, 1, 2); the baselines run their published defaults.
     """
-    whole_number(batch_size, BATCH)
+    check_count(batch_size, "batch_size")
     # A caller's own modules are handed back in the state they came in.
     with frozen(model), frozen(judge), frozen(fid_model):
         model = as_model(model)
