@@ -111,6 +111,28 @@ def test_an_atlas_built_through_a_relative_out_keeps_the_users_edit(tmp_path, cl
     assert report.skipped == 3
 
 
+def test_a_ledger_written_by_an_older_vital_through_a_relative_out_is_re_rooted(
+    tmp_path, classes, monkeypatch
+):
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    build("atlas", classes, 1)
+    with sqlite3.connect(tmp_path / "atlas" / "atlas.sqlite") as connection:
+        # As vital wrote it before: paths from the working folder, no digests, no stamps.
+        rows = connection.execute("SELECT path, written FROM atlas_files").fetchall()
+        connection.execute("DROP TABLE atlas_files")
+        connection.execute(
+            "CREATE TABLE atlas_files (path TEXT PRIMARY KEY, written REAL NOT NULL, "
+            "size INTEGER, mtime_ns INTEGER)"
+        )
+        connection.executemany(
+            "INSERT INTO atlas_files VALUES (?, ?, NULL, NULL)",
+            [(f"atlas/{path}", written) for path, written in rows],
+        )
+    assert build(tmp_path / "atlas", classes, 2).skipped == 1  # its own files, not refused
+
+
 def test_a_file_vital_wrote_and_that_was_touched_or_copied_back_is_still_vitals(tmp_path, classes):
     folder = tmp_path / "atlas"
     build(folder, classes, 1)

@@ -112,6 +112,8 @@ class Ledger:
                 f"{self.database} exists and is not an atlas database written by vital; vital "
                 "will not write over it. Choose another --out folder, or move the file away."
             )
+        if "atlas_files" in tables:
+            self._upgrade()
         self._owned: dict[str, Stamp] = self._read() if "atlas_files" in tables else {}
 
     def _read(self, paths: list[str] | None = None) -> dict[str, Stamp]:
@@ -135,15 +137,35 @@ class Ledger:
         return {p: None if size is None else (size, mtime, sha) for p, size, mtime, sha in rows}
 
     def _upgrade(self) -> None:
-        """Add the SHA-256 column to a ledger written before vital stored it."""
+        """Bring a ledger written before vital stored digests up to date.
+
+        Adds the SHA-256 column, and re-roots paths that such a ledger stored relative to the
+        working folder of a build given a relative folder (``atlas/refs/…`` for ``--out
+        atlas``): a path whose leading parts are the atlas folder's trailing parts, and that
+        exists without them, is the atlas's own file.
+        """
         with database(self.database, "atlas index") as connection:
             columns = {row[1] for row in connection.execute("PRAGMA table_info(atlas_files)")}
-            if columns and "sha256" not in columns:
-                try:
-                    connection.execute("ALTER TABLE atlas_files ADD COLUMN sha256 TEXT")
-                except sqlite3.OperationalError as error:  # another build added it meanwhile
-                    if "duplicate column" not in str(error):
-                        raise
+            if not columns or "sha256" in columns:
+                return
+            try:
+                connection.execute("ALTER TABLE atlas_files ADD COLUMN sha256 TEXT")
+            except sqlite3.OperationalError as error:  # another build upgraded it meanwhile
+                if "duplicate column" in str(error):
+                    return
+                raise
+            paths = [row[0] for row in connection.execute("SELECT path FROM atlas_files")]
+            for path in paths:
+                parts = path.split("/")
+                for cut in range(1, len(parts)):
+                    rest = "/".join(parts[cut:])
+                    tail = self.folder.parts[-cut:]
+                    if tuple(parts[:cut]) == tail and (self.folder / rest).exists():
+                        connection.execute(
+                            "UPDATE OR IGNORE atlas_files SET path = ? WHERE path = ?",
+                            (rest, path),
+                        )
+                        break
 
     def create(self) -> Ledger:
         """Create the folder and the ledger's table (after :meth:`check`); returns ``self``."""
