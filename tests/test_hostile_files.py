@@ -7,6 +7,7 @@ disk, a second build in another terminal).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -189,6 +190,44 @@ def test_two_builds_into_one_folder_at_once(tmp_path, classes, monkeypatch):
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
     monkeypatch.undo()
     assert build(folder, classes, 2).skipped == 2  # reused: the atlas is whole and vital's
+
+
+def test_two_minings_into_one_index_at_once(tmp_path, monkeypatch):
+    """Both finish with the one result; the second waits for the first instead of clashing."""
+    from test_mining import LAYER, dump, mine_kwargs, planted_model, write_dataset
+    from vital.mining.index import MiningIndex
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    alone = dump(vital.mine(planted_model(), LAYER, data, tmp_path / "a", **mine_kwargs()).database)
+    meeting = threading.Barrier(2, timeout=5)
+    original = MiningIndex.dataset_id
+
+    def meet_then_add(index, images):
+        # Both add the dataset at the same moment, if both get that far at once.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meeting.wait()
+        return original(index, images)
+
+    monkeypatch.setattr(MiningIndex, "dataset_id", meet_then_add)
+    models = [planted_model(), planted_model()]
+    outcomes = []
+
+    def one_mining(model):
+        try:
+            outcomes.append(vital.mine(model, LAYER, data, tmp_path / "out", **mine_kwargs()))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=one_mining, args=(model,)) for model in models]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+    assert dump(tmp_path / "out" / "mining.sqlite") == alone
 
 
 def test_an_atlas_database_being_created_by_another_build_is_not_taken_for_a_foreign_one(

@@ -244,6 +244,35 @@ def save_tensors(path: str | os.PathLike, value: object) -> Path:
     return write_file(path, buffer.getvalue())
 
 
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) while the block runs.
+
+    A second process (or thread) asking for it says once that it waits, then waits: two
+    runs of one job into one folder take turns instead of both writing. Without ``fcntl``
+    (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    path = Path(path)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, _MODE)
+    except OSError as error:
+        raise write_error(path, error) from error
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            warnings.warn(f"waiting for another vital {what} ({printable(path)})", stacklevel=3)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 # --- databases --------------------------------------------------------------------------------
 
 _WRITE_FAILURES = ("disk is full", "disk i/o error", "readonly database", "unable to open")

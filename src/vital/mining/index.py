@@ -215,16 +215,17 @@ class MiningIndex:
     def dataset_id(self, images: ImageList) -> int:
         """The id of this exact listing, adding it (and its images) when new."""
         with self._connect() as connection:
-            row = connection.execute(
-                "SELECT id FROM datasets WHERE identity = ?", (images.identity,)
-            ).fetchone()
-            if row:
-                return row[0]
+            # Inserted first (nothing if it is there): two processes adding one listing at
+            # once both get its id, neither a conflict.
             cursor = connection.execute(
-                "INSERT INTO datasets (identity, root, images, not_images, created) "
+                "INSERT OR IGNORE INTO datasets (identity, root, images, not_images, created) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (images.identity, images.root, len(images), images.not_images, time.time()),
             )
+            if cursor.rowcount == 0:
+                return connection.execute(
+                    "SELECT id FROM datasets WHERE identity = ?", (images.identity,)
+                ).fetchone()[0]
             dataset = cursor.lastrowid
             connection.executemany(
                 "INSERT INTO images VALUES (?, ?, ?, ?)",
