@@ -62,7 +62,7 @@ def build(folder, classes, count=1, model=None, **kwargs):
 
 def test_a_references_mapping_takes_folders(classes):
     model = tiny_cnn_model()
-    for key in (1, ClassTarget(1)):
+    for key in (1, ClassTarget(1), "1"):
         for folder in (classes / "1", str(classes / "1")):
             (result,) = vital.visualize(model, [1], {key: folder}, settings=STEPS, progress=False)
             assert str(classes / "1") in result.record.references["summary"]

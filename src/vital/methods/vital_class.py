@@ -53,16 +53,18 @@ def class_references(
         ``None`` (the embedded photos of that class), a :class:`ReferenceSet`, a folder: an
         ImageNet-style tree (sub-folder per WordNet id), a folder with one sub-folder per class
         (named by index, WordNet id or class name), or a plain folder of images of this one
-        class; or a mapping from class index (or target) to any of these.
+        class; or a mapping from class index (or target, WordNet id, name) to any of these.
     shared_ok
         Allow one plain folder to serve as references of several targets.
     """
     if isinstance(references, ReferenceSet):
         return references
     if isinstance(references, Mapping):
-        for key, given in references.items():  # keyed by target or by class index
+        names = _class_folder_names(model, target)
+        for key, given in references.items():  # by target, class index, WordNet id or name
             index = key.index if isinstance(key, ClassTarget) else key
-            if key == target or (isinstance(index, int) and index == target.index):
+            same = isinstance(index, int) and not isinstance(index, bool) and index == target.index
+            if key == target or same or (isinstance(key, str) and key in names):
                 given = one_targets_references(given, target.describe())
                 return class_references(model, target, given, count, seed, shared_ok=True)
         raise VitalError(f"no references were given for {target.describe()}.")
