@@ -109,7 +109,7 @@ def test_bad_targets(tiny_cnn, class_tree):
         run_tiny(tiny_cnn, [], class_tree)
     with pytest.raises(VitalError, match="out of range"):
         class_target(tiny_cnn, 12)
-    with pytest.raises(VitalError, match="batch size"):
+    with pytest.raises(VitalError, match="batch_size=N is a whole number of at least 1"):
         run_tiny(tiny_cnn, [1], class_tree, batch_size=0)
 
 
