@@ -171,14 +171,15 @@ def write_error(path: Path, error: OSError | sqlite3.Error) -> WriteError:
     """The one-line message for a write into ``path``'s folder that failed."""
     reason = getattr(error, "strerror", None) or str(error)
     number = getattr(error, "errno", None)
-    if number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if number in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
         advice = "Free some space there (or raise the quota)"
     elif number in (errno.EACCES, errno.EPERM, errno.EROFS):
         advice = "Make it writable"
     else:  # sqlite says "disk I/O error" for both
         advice = "Check that it has free space and is writable"
     return WriteError(
-        f"cannot write into the folder {printable(path.parent)} ({path.name}: {reason}); "
+        f"cannot write into the folder {printable(path.parent)} ({printable(path.name)}: "
+        f"{reason}); "
         f"nothing half-written was left. {advice}, or choose another folder (out=DIR)."
     )
 
