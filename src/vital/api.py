@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vital.driver import SettingsOverrides, resolve_settings, run, setting_name
+from vital.errors import check_count
 from vital.methods import DEFAULT_METHOD, get_method
 from vital.methods.vital_class import class_references
 from vital.optimize import DEFAULT_SETTING
@@ -95,6 +96,7 @@ def visualize(
         One per target, in order; ``result.record`` (:class:`vital.record.Record`) says what
         ran and how the picture scores (``evaluation``).
     """
+    check_count(batch_size, "batch_size")  # before ``out`` is made
     with frozen(model):
         model = as_model(model, device)
         resolved = resolve_targets(model, targets)

@@ -12,6 +12,7 @@ from the same images, so both metrics are in-sample for VITAL; the notes say so.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ import torch
 
 from vital import metrics
 from vital.api import visualize
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
+from vital.files import save_image, write_file
 from vital.grids import grid
 from vital.methods import METHODS as REGISTRY
 from vital.methods import get_method, method_class
@@ -169,6 +171,7 @@ def compare(
         The named setting of the methods that have them (VITAL: ``"fast"``, the default, or the
         authors' 0, 1, 2); the baselines run their published defaults.
     """
+    check_count(batch_size, "batch_size")
     # A caller's own modules are handed back in the state they came in.
     with frozen(model), frozen(judge), frozen(fid_model):
         model = as_model(model)
@@ -497,27 +500,28 @@ def comparison_grid(comparison: Comparison, cell: int = 160):
 def write_report(comparison: Comparison, out: str | Path, cell: int = 160) -> dict[str, Path]:
     """Write ``table.md``, ``table.csv``, ``per_image.csv`` and ``grid.png`` into ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {
         "table": out / "table.md",
         "csv": out / "table.csv",
         "per_image": out / "per_image.csv",
         "grid": out / "grid.png",
     }
-    paths["table"].write_text(table_markdown(comparison) + "\n" + per_image_markdown(comparison))
+    write_file(paths["table"], table_markdown(comparison) + "\n" + per_image_markdown(comparison))
     keys = [k for k, _, _ in _COLUMNS if any(k in row for row in comparison.summary)]
-    with open(paths["csv"], "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(keys + ["fid_images", "fid_real_images"])
-        for row in comparison.summary:
-            fid = row.get("fid")
-            writer.writerow(
-                [_cell(row, k, "{}") for k in keys]
-                + ([fid.images, fid.real_images] if fid is not None else ["", ""])
-            )
-    with open(paths["per_image"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(comparison.per_image[0]))
-        writer.writeheader()
-        writer.writerows(comparison.per_image)
-    comparison_grid(comparison, cell).save(paths["grid"])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(keys + ["fid_images", "fid_real_images"])
+    for row in comparison.summary:
+        fid = row.get("fid")
+        writer.writerow(
+            [_cell(row, k, "{}") for k in keys]
+            + ([fid.images, fid.real_images] if fid is not None else ["", ""])
+        )
+    write_file(paths["csv"], table.getvalue())
+    per_image = io.StringIO(newline="")
+    writer = csv.DictWriter(per_image, fieldnames=list(comparison.per_image[0]))
+    writer.writeheader()
+    writer.writerows(comparison.per_image)
+    write_file(paths["per_image"], per_image.getvalue())
+    save_image(paths["grid"], comparison_grid(comparison, cell))
     return paths

@@ -22,9 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from vital.errors import VitalError
+from vital.files import (
+    UnreadableImageError,
+    WriteError,
+    decoding,
+    open_image,
+    printable,
+    save_image,
+    save_tensors,
+    to_rgb,
+)
 from vital.losses import sorted_prototype
 from vital.taps import tapped
 
@@ -46,44 +56,32 @@ class ImageSource:
         """A file; its identity changes when the file does."""
         path = Path(path)
         stat = path.stat()
-        identity = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        return cls(identity, lambda: Image.open(path), where=str(path))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Decode fully and convert any mode (L, P, RGBA, CMYK, I;16 …) to RGB."""
-    image.load()
-    if image.mode in ("I", "I;16", "I;16B", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        span = array.max() - array.min()
-        array = (array - array.min()) / (span if span > 0 else 1.0) * 255
-        image = Image.fromarray(array.astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
+        identity = f"{printable(path.resolve())}:{stat.st_size}:{stat.st_mtime_ns}"
+        return cls(identity, lambda: open_image(path), where=printable(path))
 
 
 def open_rgb(source: ImageSource) -> Image.Image | None:
-    """Open a source as RGB, or warn and return ``None`` if it cannot be decoded."""
+    """Open a source as RGB, upright, or warn (saying why) and return ``None``."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with decoding(source.where or source.identity):
             return to_rgb(source.open())
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        warnings.warn(
-            f"skipping unreadable image {source.where or source.identity}: {error}", stacklevel=2
-        )
+    except UnreadableImageError as error:
+        warnings.warn(error.warning, stacklevel=2)
         return None
-    except Image.DecompressionBombError as error:
-        warnings.warn(
-            f"skipping {source.where or source.identity}: {error} "
-            "(raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)",
-            stacklevel=2,
-        )
-        return None
+
+
+def one_targets_references(given: object, what: str) -> ReferenceSet | str | Path | None:
+    """A value of a references mapping: a folder, a :class:`ReferenceSet` or ``"samples"``.
+
+    ``what`` names the target in the message about anything else (a list, a number, a
+    mapping inside the mapping).
+    """
+    if given is None or isinstance(given, (ReferenceSet, str, Path)):
+        return given
+    raise VitalError(
+        f"the references of {what} are a folder (a path), a ReferenceSet or 'samples', not "
+        f"{type(given).__name__}; e.g. {{967: 'photos/espresso'}}."
+    )
 
 
 def reference_folder(path: str | Path, kinds: str) -> Path:
@@ -197,7 +195,7 @@ def export_sample_photos(folder: str | Path) -> list[Path]:
         image = open_rgb(sample_photo(name))
         if image is not None:
             path = folder / f"{name}.jpg"
-            image.save(path, quality=95)
+            save_image(path, image, quality=95)
             written.append(path)
     return written
 
@@ -247,6 +245,43 @@ class ReferenceSet:
                 f"image(s) from {self.description}: not {self.count} distinct photos"
             )
         return f"{self.count} images from {self.description}"
+
+    def readable(self, cache_dir: Path | None = None) -> ReferenceSet:
+        """The set without its sources that cannot be decoded, each warned about.
+
+        Which sources decode is cached with the prototypes (keyed by the set's identity, which
+        changes when a file does), so records count the images actually read.
+
+        Raises
+        ------
+        VitalError
+            When none of them can be read.
+        """
+
+        def compute() -> dict:
+            failed: dict = {"positions": [], "warnings": []}
+            for position, source in enumerate(self.sources):
+                try:
+                    with decoding(source.where or source.identity):
+                        to_rgb(source.open())
+                except UnreadableImageError as error:
+                    failed["positions"].append(position)
+                    failed["warnings"].append(error.warning)
+            return failed
+
+        failed = cached("readable", ["readable", self.identity()], compute, cache_dir)
+        for warning in failed["warnings"]:
+            warnings.warn(warning, stacklevel=2)
+        if len(failed["positions"]) == len(self.sources):
+            raise VitalError(
+                f"none of the {len(self.sources)} reference images could be read "
+                f"({self.description}); check the files."
+            )
+        if not failed["positions"]:
+            return self
+        dropped = set(failed["positions"])
+        kept = tuple(s for p, s in enumerate(self.sources) if p not in dropped)
+        return dataclasses.replace(self, sources=kept)
 
     def identity(self) -> str:
         """A stable text that changes when the set would produce other pixels."""
@@ -537,12 +572,9 @@ def cached(kind: str, key: object, compute: Callable[[], dict], cache_dir: Path 
     value = compute()
     if cache_file is not None:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(value, temporary)
-            temporary.replace(cache_file)
-        except OSError as error:  # a read-only or full cache slows later runs, nothing more
-            warnings.warn(f"cannot write the cache {cache_file}: {error}", stacklevel=2)
+            save_tensors(cache_file, value)
+        except WriteError as error:  # a read-only or full cache slows later runs, nothing more
+            warnings.warn(f"the cache is not kept: {error}", stacklevel=2)
     return value
 
 

@@ -1,26 +1,24 @@
 """Results on disk: a PNG and a JSON record per target, and one SQLite index per folder.
 
 Each result is written as soon as its batch finishes, so an interrupted run keeps everything
-that was finished. Files are written to a temporary name and renamed, so a crash never leaves a
-half-written record.
+that was finished. Files are written through :func:`vital.files.write_file` (a unique temporary
+name, then a rename), so a crash, a full disk or a second writer never leaves a half-written
+record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from vital.errors import VitalError
+from vital.files import create_database, database, save_array, save_image, write_file
 from vital.grids import as_saved, display_pixels, to_image
 from vital.record import Record
 
@@ -112,38 +110,13 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def database(path: Path, what: str = "index") -> Iterator[sqlite3.Connection]:
-    """A connection to an SQLite file that names the file and the way out when it is damaged."""
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as connection, connection:
-            yield connection
-    except sqlite3.DatabaseError as error:
-        raise VitalError(
-            f"the {what} {path} cannot be read ({error}); it is damaged or not a vital {what}. "
-            "Move it away (the results beside it stay) and run again to start a new one."
-        ) from error
-
-
-def _atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    temporary.replace(path)
-
-
-def _save_array(path: Path, tensor: torch.Tensor) -> None:
-    with open(path, "wb") as handle:  # a handle, so numpy does not append ".npy" to the name
-        np.save(handle, tensor.detach().cpu().numpy())
-
-
 class ResultStore:
     """A folder of results with an index (``index.sqlite``)."""
 
     def __init__(self, folder: str | Path, index: str | Path | None = None):
         self.folder = output_folder(folder)
         self.index = Path(index) if index is not None else self.folder / "index.sqlite"
-        with self._connect() as connection:
-            connection.executescript(_SCHEMA)
+        create_database(self.index, _SCHEMA, "result index")
 
     def _connect(self):
         return database(self.index, "result index")
@@ -156,21 +129,21 @@ class ResultStore:
         """
         stem = result.stem
         png = self.folder / f"{stem}.png"
-        _atomic_write(png, lambda p: result.image.save(p, format="PNG"))
+        save_image(png, result.image)
         result.paths["png"] = png
         if result.alpha is not None:
             rgba = self.folder / f"{stem}-rgba.png"
             alpha_file = self.folder / f"{stem}-alpha.npy"
             image = to_image(display_pixels(result.pixels), result.alpha)
-            _atomic_write(rgba, lambda p: image.save(p, format="PNG"))
-            _atomic_write(alpha_file, lambda p: _save_array(p, result.alpha))
+            save_image(rgba, image)
+            save_array(alpha_file, result.alpha)
             result.paths.update(rgba=rgba, alpha=alpha_file)
         json_path = self.folder / f"{stem}.json"
         result.paths["json"] = json_path
         record = result.record
         record.files = {kind: path.name for kind, path in result.paths.items()}
         text = record.to_json()
-        _atomic_write(json_path, lambda p: p.write_text(text))
+        write_file(json_path, text)
         unit = result.target.unit()
         with self._connect() as connection:
             connection.execute(

@@ -706,12 +706,62 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"cannot read weights from {path}: {error}. vital loads state dicts only "
             "(weights_only=True); save yours with torch.save(model.state_dict(), path)."
         ) from error
+    return _unwrap(state, str(path))
+
+
+def _unwrap(state: object, source: str) -> dict[str, torch.Tensor]:
+    """The state dict inside the common checkpoint containers, without DataParallel prefixes."""
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise VitalError(f"{path} does not hold a state dict (found {type(state).__name__}).")
+        raise VitalError(f"{source} does not hold a state dict (found {type(state).__name__}).")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+URL_SCHEMES = ("http", "https", "file")
+
+
+def _is_url(weights: str | Path) -> bool:
+    return isinstance(weights, str) and "://" in weights
+
+
+def download_state_dict(url: str) -> dict[str, torch.Tensor]:
+    """A state dict from a URL, downloaded once into torch's cache (as torchvision's weights).
+
+    The file goes to ``$TORCH_HOME/hub/checkpoints`` under the URL's file name, and later
+    calls read it from there. Read with ``weights_only=True``, like a local file.
+
+    Raises
+    ------
+    VitalError
+        A URL that is not http, https or file, a download that fails, or a file that is not a
+        state dict.
+    """
+    import urllib.error
+    import urllib.parse
+
+    scheme = urllib.parse.urlparse(url).scheme.lower()
+    if scheme not in URL_SCHEMES:
+        raise VitalError(
+            f"weights={url!r}: vital downloads weights from http, https or file URLs only; "
+            "download the file yourself and give its path (weights=PATH)."
+        )
+    try:
+        state = torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=False, weights_only=True
+        )
+    except (OSError, urllib.error.URLError, ValueError) as error:
+        raise VitalError(
+            f"cannot download weights from {url}: {getattr(error, 'reason', None) or error}. "
+            "Check the address, or download the file and give its path (weights=PATH)."
+        ) from error
+    except Exception as error:  # an unpickling error: not a state dict saved by torch.save
+        raise VitalError(
+            f"cannot read the weights downloaded from {url}: {error}. vital loads state dicts "
+            "only (weights_only=True)."
+        ) from error
+    return _unwrap(state, url)
 
 
 def check_finite(module: nn.Module, source: str) -> None:
@@ -793,7 +843,9 @@ def load_model(
         ``None``: local only (embedded weights, else the library's default pretrained weights
         if already cached; never downloads). ``"DEFAULT"`` or a named weight (torchvision
         ``"IMAGENET1K_V2"``, a timm tag): the library's pretrained weights, downloaded on
-        first use. A path: a state-dict file. ``"random"``: untrained.
+        first use. A path: a state-dict file. An http(s) or file URL: a state-dict file,
+        downloaded once into torch's cache (``$TORCH_HOME/hub/checkpoints``). ``"random"``:
+        untrained.
     device
         ``"cpu"`` or ``"cuda"``.
 
@@ -827,6 +879,10 @@ def load_model(
                 "state dict, weights=random gives an untrained network."
             )
         module, source = loaded
+    elif _is_url(weights):
+        module = library.build(arch)
+        _apply_weights(module, download_state_dict(str(weights)), str(weights))
+        source = str(weights)
     elif _is_path(weights):
         module = library.build(arch)
         _apply_weights(module, load_state_dict(weights), str(weights))

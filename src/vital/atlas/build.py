@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
 from vital.engines import Engine, LocalEngine
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
 from vital.methods import DEFAULT_METHOD
 from vital.optimize import DEFAULT_SETTING
 from vital.references import ReferenceSet
@@ -271,6 +271,7 @@ def build_atlas(
     """
     from vital.atlas.site import render_site
 
+    check_count(batch_size, "batch_size")
     if settings is not None and not isinstance(settings, Mapping):
         raise VitalError(
             "an atlas takes changes to the methods' defaults as a mapping, e.g. "

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from vital.atlas.keys import PictureSpec
 from vital.atlas.ledger import Ledger, prepare_folder
+from vital.files import create_database, database, save_image
 from vital.grids import to_image
 from vital.references import ReferenceSet, center_crop, open_rgb
-from vital.store import ResultStore, database
+from vital.store import ResultStore
 from vital.targets import Target
 
 _UNITS_SCHEMA = """
@@ -47,11 +48,10 @@ class Atlas:
     """
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        self.ledger: Ledger = prepare_folder(self.folder)
+        self.ledger: Ledger = prepare_folder(folder)
+        self.folder = self.ledger.folder  # resolved once: every path below is absolute
         self.store = ResultStore(self.folder / "results", index=self.folder / "atlas.sqlite")
-        with database(self.store.index, "atlas index") as connection:
-            connection.executescript(_UNITS_SCHEMA)
+        create_database(self.store.index, _UNITS_SCHEMA, "atlas index")
         self.planned: dict[str, PictureSpec] = {}
 
     def units(self) -> dict[str, StoredUnit]:
@@ -84,8 +84,7 @@ class Atlas:
             pixels = center_crop(image, 112)
             path = folder / f"{position:02d}.jpg"
             self.ledger.claim([path])
-            folder.mkdir(parents=True, exist_ok=True)
-            to_image(pixels).save(path, quality=88)
+            save_image(path, to_image(pixels), quality=88)
             self.ledger.seal([path])
             entries.append(
                 {"image": path.relative_to(self.folder).as_posix(), "label": source.label}

@@ -1,7 +1,9 @@
 """What vital wrote into an atlas folder: it never writes over anything else.
 
 An atlas folder can be a folder the user already uses. The *ledger* (a table in the atlas's
-``atlas.sqlite``) lists every file the atlas wrote, by path relative to the folder. Before a
+``atlas.sqlite``) lists every file the atlas wrote, by its path relative to the folder (the
+folder is resolved once, so a build through a relative, absolute or linked path sees the same
+entries), with the size, modification time and SHA-256 vital left it with. Before a
 file is written it is *claimed*: a file that exists and is not in the ledger belongs to the
 user, and the write is refused with a message that names it. Before any work starts,
 :meth:`Ledger.check` looks at the names the atlas uses (``index.html``, ``results/`` …) and
@@ -15,12 +17,15 @@ used (added to) when they are vital's own (they hold vital's tables, e.g. a mini
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from vital.errors import VitalError
+from vital.files import create_database, database, read_only, temporary_target
 
 ATLAS_DATABASE = "atlas.sqlite"
 MINING_DATABASE = "mining.sqlite"
@@ -38,37 +43,43 @@ OUTPUT_FOLDERS = (
 )
 # Tables that mark each database as vital's.
 _OWN_TABLES = {ATLAS_DATABASE: {"results"}, MINING_DATABASE: {"lists"}}
-# Side files of a database or of an atomic write that are part of what vital wrote.
-_SIDE_SUFFIXES = ("-journal", "-wal", "-shm", ".tmp")
+# Side files of a database that are part of what vital wrote.
+_SIDE_SUFFIXES = ("-journal", "-wal", "-shm")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS atlas_files (
     path TEXT PRIMARY KEY,
     written REAL NOT NULL,
     size INTEGER,
-    mtime_ns INTEGER
+    mtime_ns INTEGER,
+    sha256 TEXT
 );
 """
 
-Stamp = tuple[int, int] | None
+# (size, modification time, SHA-256) as vital left a file; None while it is being written.
+Stamp = tuple[int, int, str | None] | None
 
 
-def _stamp(path: Path) -> Stamp:
-    """(size, modification time) of a file, ``None`` when it does not exist."""
+def _stamp(path: Path, digest: bool = True) -> Stamp:
+    """(size, modification time, SHA-256) of a file, ``None`` when it does not exist."""
     try:
         stat = path.stat()
+        sha = hashlib.sha256(path.read_bytes()).hexdigest() if digest else None
     except OSError:
         return None
-    return stat.st_size, stat.st_mtime_ns
+    return stat.st_size, stat.st_mtime_ns, sha
 
 
 def _tables(path: Path) -> set[str] | None:
-    """The tables of an SQLite file, or ``None`` if it is not one."""
+    """The tables of an SQLite file, or ``None`` if it is not one (an empty file has none)."""
     try:
         with open(path, "rb") as handle:
-            if handle.read(16) != b"SQLite format 3\x00":
+            header = handle.read(16)
+            if not header:  # being created (by sqlite, or by a build of another version)
+                return set()
+            if header != b"SQLite format 3\x00":
                 return None
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = read_only(path)
         try:
             rows = connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
             return {row[0] for row in rows}
@@ -88,66 +99,131 @@ class Ledger:
     """
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         if self.folder.exists() and not self.folder.is_dir():
             raise VitalError(
                 f"{self.folder} is a file, not a folder; give a folder for the atlas (out=DIR)."
             )
         self.database = self.folder / ATLAS_DATABASE
         tables = _tables(self.database) if self.database.exists() else set()
-        if tables is None or (self.database.exists() and not tables & {"atlas_files", "results"}):
+        # A database without tables has nothing to lose (and may be another build's, being made).
+        if tables is None or (tables and not tables & {"atlas_files", "results"}):
             raise VitalError(
                 f"{self.database} exists and is not an atlas database written by vital; vital "
                 "will not write over it. Choose another folder (out=DIR), or move the file away."
             )
+        if "atlas_files" in tables:
+            self._upgrade()
         self._owned: dict[str, Stamp] = self._read() if "atlas_files" in tables else {}
 
     def _read(self, paths: list[str] | None = None) -> dict[str, Stamp]:
         """The ledger's entries (all, or those of ``paths``): path → stamp when written."""
-        with sqlite3.connect(self.database) as connection:
+        with database(self.database, "atlas index") as connection:
+            found = {row[1] for row in connection.execute("PRAGMA table_info(atlas_files)")}
+            if not found:  # another build is creating the ledger
+                return {}
+            columns = "path, size, mtime_ns, " + ("sha256" if "sha256" in found else "NULL")
             if paths is None:
-                rows = connection.execute("SELECT path, size, mtime_ns FROM atlas_files").fetchall()
+                rows = connection.execute(f"SELECT {columns} FROM atlas_files").fetchall()
             else:
                 rows = []
                 for start in range(0, len(paths), 500):
                     chunk = paths[start : start + 500]
                     rows += connection.execute(
-                        "SELECT path, size, mtime_ns FROM atlas_files WHERE path IN "
+                        f"SELECT {columns} FROM atlas_files WHERE path IN "
                         f"({','.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
-        return {path: None if size is None else (size, mtime) for path, size, mtime in rows}
+        return {p: None if size is None else (size, mtime, sha) for p, size, mtime, sha in rows}
+
+    def _upgrade(self) -> None:
+        """Bring a ledger written before vital stored digests up to date.
+
+        Adds the SHA-256 column, and re-roots paths that such a ledger stored relative to the
+        working folder of a build given a relative folder (``atlas/refs/…`` for ``--out
+        atlas``): a path whose leading parts are the atlas folder's trailing parts, and that
+        exists without them, is the atlas's own file.
+        """
+        with database(self.database, "atlas index") as connection:
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(atlas_files)")}
+            if not columns or "sha256" in columns:
+                return
+            try:
+                connection.execute("ALTER TABLE atlas_files ADD COLUMN sha256 TEXT")
+            except sqlite3.OperationalError as error:  # another build upgraded it meanwhile
+                if "duplicate column" in str(error):
+                    return
+                raise
+            paths = [row[0] for row in connection.execute("SELECT path FROM atlas_files")]
+            for path in paths:
+                parts = path.split("/")
+                for cut in range(1, len(parts)):
+                    rest = "/".join(parts[cut:])
+                    tail = self.folder.parts[-cut:]
+                    if tuple(parts[:cut]) == tail and (self.folder / rest).exists():
+                        connection.execute(
+                            "UPDATE OR IGNORE atlas_files SET path = ? WHERE path = ?",
+                            (rest, path),
+                        )
+                        break
 
     def create(self) -> Ledger:
         """Create the folder and the ledger's table (after :meth:`check`); returns ``self``."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with sqlite3.connect(self.database) as connection:
-                connection.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as error:
+        except OSError as error:
             raise VitalError(f"cannot use {self.folder} as an atlas folder: {error}") from error
+        create_database(self.database, _SCHEMA, "atlas index")
+        self._upgrade()
         return self
 
     def _relative(self, path: str | Path) -> str:
-        path = Path(path)
-        absolute = path if path.is_absolute() else self.folder / path
-        return absolute.relative_to(self.folder).as_posix()
+        """``path`` (absolute, or relative to the working folder) relative to the atlas."""
+        path = Path(os.path.abspath(path))
+        # Resolve the folder it is in (links, "..") but not the file itself, as the atlas's
+        # own folder was resolved.
+        return (path.parent.resolve() / path.name).relative_to(self.folder).as_posix()
 
     def _unchanged(self, relative: str) -> bool:
-        """Vital wrote it, and it is as vital left it (or being written, or gone)."""
+        """Vital wrote it, and it is as vital left it (or being written, or gone).
+
+        Size and time decide when they match; otherwise the content does (a copy, a touch or
+        a second build writing the same bytes is no change; an edit is).
+        """
         stamp = self._owned[relative]
-        current = _stamp(self.folder / relative)
-        return stamp is None or current is None or current == stamp
+        current = _stamp(self.folder / relative, digest=False)
+        if stamp is None or current is None or current[:2] == stamp[:2]:
+            return True
+        if stamp[2] is None:  # sealed before vital kept digests: size and time only
+            return False
+        return _stamp(self.folder / relative)[2] == stamp[2]
 
     def owns(self, path: str | Path) -> bool:
         """Whether vital wrote ``path`` and nobody changed it since."""
         relative = self._relative(path)
+        self._refresh([relative])
         if relative in self._owned:
             return self._unchanged(relative)
-        for suffix in _SIDE_SUFFIXES:
-            if relative.endswith(suffix) and relative[: -len(suffix)] in self._owned:
-                return True
-        return False
+        return self._known(relative)
+
+    def _refresh(self, relative: list[str]) -> None:
+        """Read the entries of paths not known yet: another build may have claimed them."""
+        unknown = [r for r in relative if r not in self._owned]
+        if unknown and self.database.exists():
+            self._owned.update(self._read(unknown))
+
+    def _known(self, relative: str) -> bool:
+        """In the ledger, or a side file of a write or database that is (not a user's file)."""
+        if relative in self._owned:
+            return True
+        folder, _, name = relative.rpartition("/")
+        written = temporary_target(name)  # a write in progress, this build's or another's
+        if written is not None:
+            return f"{folder}/{written}" in self._owned if folder else written in self._owned
+        return any(
+            relative.endswith(suffix) and relative[: -len(suffix)] in self._owned
+            for suffix in _SIDE_SUFFIXES
+        )
 
     def foreign(self) -> list[str]:
         """What in the atlas's output names vital did not write, and would write over (sorted).
@@ -167,8 +243,9 @@ class Ledger:
             if path.exists() and not path.is_dir():
                 found.append(name)
             elif path.is_dir():
-                files = [p for p in path.rglob("*") if not p.is_dir()]
-                if files and not any(self._relative(p) in self._owned for p in files):
+                files = [self._relative(p) for p in path.rglob("*") if not p.is_dir()]
+                self._refresh(files)
+                if files and not any(self._known(p) for p in files):
                     found.append(f"{name}/")
         for name, tables in _OWN_TABLES.items():
             path = self.folder / name
@@ -223,23 +300,23 @@ class Ledger:
                     "overwrites it. Move it away or choose another folder (out=DIR)."
                 )
         self.create()
-        with sqlite3.connect(self.database) as connection:
+        with database(self.database, "atlas index") as connection:
             now = time.time()
             connection.executemany(
-                "INSERT OR REPLACE INTO atlas_files VALUES (?, ?, NULL, NULL)",
+                "INSERT OR REPLACE INTO atlas_files VALUES (?, ?, NULL, NULL, NULL)",
                 ((r, now) for r in relative),
             )
         self._owned.update(dict.fromkeys(relative))
 
     def seal(self, paths: Iterable[str | Path]) -> None:
-        """Remember how vital left ``paths`` (size and time), after writing them."""
+        """Remember how vital left ``paths`` (size, time and SHA-256), after writing them."""
         relative = [self._relative(p) for p in paths]
         stamps = {r: _stamp(self.folder / r) for r in relative if r in self._owned}
         stamps = {r: s for r, s in stamps.items() if s is not None}
-        with sqlite3.connect(self.database) as connection:
+        with database(self.database, "atlas index") as connection:
             connection.executemany(
-                "UPDATE atlas_files SET size = ?, mtime_ns = ? WHERE path = ?",
-                ((s[0], s[1], r) for r, s in stamps.items()),
+                "UPDATE atlas_files SET size = ?, mtime_ns = ?, sha256 = ? WHERE path = ?",
+                ((*s, r) for r, s in stamps.items()),
             )
         self._owned.update(stamps)
 

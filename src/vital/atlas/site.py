@@ -41,6 +41,7 @@ from vital.atlas.charts import Series, line_chart
 from vital.atlas.folder import Atlas
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError
+from vital.files import save_image, write_file
 from vital.record import Explanation, Record
 
 _ENVIRONMENT = Environment(
@@ -229,8 +230,7 @@ def _mined(
             image = None
         if image is not None:
             atlas.ledger.claim([sheet])
-            sheet.parent.mkdir(parents=True, exist_ok=True)
-            image.save(sheet)
+            save_image(sheet, image)
             atlas.ledger.seal([sheet])
     mining = {"scanned": info["scanned"], "settings": info["settings"], "count": len(ranked)}
     return entries, mining, sheet.relative_to(atlas.folder).as_posix() if sheet.is_file() else None
@@ -290,10 +290,7 @@ def _explanations(atlas: Atlas) -> list[Explanation]:
 def _write(atlas: Atlas, pages: dict[Path, str]) -> None:
     atlas.ledger.claim(pages)
     for path, text in pages.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(text, "utf-8")
-        temporary.replace(path)
+        write_file(path, text)
     atlas.ledger.seal(pages)
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from vital.atlas.ledger import Ledger
+from vital.files import open_image, save_image
 from vital.mining import Ranked, open_patch
-from vital.references import resize_for_crop, to_rgb
+from vital.references import resize_for_crop
 
 THUMBNAIL = 128
 BOX_COLOUR = (255, 214, 0)
@@ -27,8 +28,7 @@ def example_stem(entry: Ranked) -> str:
 
 def boxed_crop(entry: Ranked, side: int = THUMBNAIL) -> Image.Image:
     """The centre crop the miner saw, ``side`` pixels wide, with the best patch outlined."""
-    with Image.open(entry.path) as image:
-        resized, left, top = resize_for_crop(to_rgb(image), entry.crop)
+    resized, left, top = resize_for_crop(open_image(entry.path), entry.crop)
     crop = resized.crop((left, top, left + entry.crop, top + entry.crop))
     scale = side / entry.crop
     thumbnail = crop.resize((side, side), Image.Resampling.BILINEAR)
@@ -57,9 +57,8 @@ def write_example(entry: Ranked, folder: Path, ledger: Ledger) -> dict[str, str]
         except (OSError, ValueError):
             return None
         ledger.claim(paths.values())
-        folder.mkdir(parents=True, exist_ok=True)
-        thumbnail.save(paths["thumbnail"], quality=88)
-        patch.save(paths["patch"], quality=88)
+        save_image(paths["thumbnail"], thumbnail, quality=88)
+        save_image(paths["patch"], patch, quality=88)
         ledger.seal(paths.values())
     return {kind: path.relative_to(ledger.folder).as_posix() for kind, path in paths.items()}
 

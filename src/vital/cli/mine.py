@@ -130,11 +130,12 @@ def mine_command(
             if sheets == "all"
             else [report.units[i] for i in _sheet_numbers(sheets, len(report.units))]
         )
+        from vital.files import save_image
+
         folder = out / "sheets"
-        folder.mkdir(parents=True, exist_ok=True)
         for unit in chosen:
             path = folder / f"{layer}-{unit.replace(':', '-')}.png"
-            contact_sheet(report.database, loaded, layer, unit, count=top).save(path)
+            save_image(path, contact_sheet(report.database, loaded, layer, unit, count=top))
         typer.echo(f"contact sheets: {folder} ({len(chosen)})")
 
 

@@ -69,8 +69,10 @@ def report(results, out: Path, title: str) -> None:
         sheet = grid(cells, captions, columns=min(4, len(cells)))
     else:
         sheet = grid([r.image for r in results], [r.target.describe() for r in results])
+    from vital.files import save_image
+
     path = out / f"{title}-grid.png"
-    sheet.save(path)
+    save_image(path, sheet)
     typer.echo(f"grid: {path}")
 
 

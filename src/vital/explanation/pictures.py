@@ -11,6 +11,7 @@ self-contained. The others are computed by :func:`vital.atlas.build_atlas` (that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vital.atlas.build import GivenModel, build_atlas
 from vital.atlas.folder import Atlas
 from vital.atlas.keys import PictureSpec, picture_spec
 from vital.errors import VitalError
+from vital.files import open_image, read_only
 from vital.record import Record
 from vital.references import ReferenceSet
 from vital.store import Result
@@ -40,7 +41,7 @@ def _store_records(folder: Path) -> list[tuple[Record, Path]]:
         if not index.is_file():
             continue
         try:
-            with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as connection:
+            with contextlib.closing(read_only(index)) as connection:
                 rows = connection.execute("SELECT record FROM results").fetchall()
         except sqlite3.DatabaseError as error:
             raise VitalError(f"{index} is not a vital result store ({error}).") from error
@@ -64,8 +65,7 @@ def _in_atlas(atlas: Atlas, spec: PictureSpec) -> Record | None:
 
 def _load_result(record: Record, folder: Path, target: Channel) -> Result:
     """A stored result back as a :class:`Result` (its PNG is 8-bit, so re-saving is exact)."""
-    with Image.open(folder / record.files["png"]) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    array = np.asarray(open_image(folder / record.files["png"]), dtype=np.float32) / 255
     alpha = None
     if "alpha" in record.files:
         alpha = torch.from_numpy(np.load(folder / record.files["alpha"], allow_pickle=False))

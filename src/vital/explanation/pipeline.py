@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,16 +20,17 @@ from torch import nn
 
 from vital.atlas.folder import Atlas
 from vital.atlas.thumbnails import example_entry, write_example
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
 from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.images import heatmap_image
 from vital.explanation.pictures import channel_pictures
+from vital.files import decoding, printable, save_image, to_rgb, write_file
 from vital.grids import to_image
 from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH
 from vital.optimize import DEFAULT_SETTING
 from vital.record import ChannelEvidence, Explanation, model_info
-from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop, open_rgb
+from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
 
@@ -47,21 +47,15 @@ def load_image(image: str | Path | Image.Image, resolution: int) -> tuple[torch.
     elif isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
-            raise VitalError(f"image {path} does not exist or is not a file.")
+            raise VitalError(f"image {printable(path)} does not exist or is not a file.")
         source = ImageSource.from_path(path)
-        description = str(path)
+        description = source.where
     else:
         raise VitalError(
             f"the image to explain is a file path or a PIL image, not {type(image).__name__}."
         )
-    try:
-        with warnings.catch_warnings():  # an unreadable image is an error here, said once
-            warnings.simplefilter("ignore")
-            rgb = open_rgb(source)
-    except Image.DecompressionBombError as error:
-        raise VitalError(f"{description} is too large to decode safely: {error}") from error
-    if rgb is None:
-        raise VitalError(f"cannot read {description} as an image.")
+    with decoding(description):  # an unreadable or too large image is an error here
+        rgb = to_rgb(source.open())
     info = {"source": description, "identity": source.identity, "crop": resolution}
     return center_crop(rgb, resolution), info
 
@@ -176,6 +170,7 @@ def explain(
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
+    check_count(batch_size, "batch_size")
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     with frozen(model):
@@ -244,16 +239,15 @@ def explain(
             "json": atlas.folder / "explanations" / f"{slug}.json",
         }
         atlas.ledger.claim(files.values())
-        folder.mkdir(parents=True, exist_ok=True)
-        to_image(pixels).save(files["crop"], quality=92)
-        heatmap_image(found.heatmap, pixels).save(files["heatmap"])
+        save_image(files["crop"], to_image(pixels), quality=92)
+        save_image(files["heatmap"], heatmap_image(found.heatmap, pixels))
         for channel, heatmap in zip(chosen, conditional, strict=True):
-            heatmap_image(heatmap, pixels).save(files[f"channel-{channel}"])
+            save_image(files[f"channel-{channel}"], heatmap_image(heatmap, pixels))
             if spatial:
                 scaled = F.interpolate(
                     found.relevance[channel][None, None], size=pixels.shape[-2:], mode="bilinear"
                 )[0, 0]
-                heatmap_image(scaled, pixels).save(files[f"layer-{channel}"])
+                save_image(files[f"layer-{channel}"], heatmap_image(scaled, pixels))
 
         relative = {k: p.relative_to(atlas.folder).as_posix() for k, p in files.items()}
         channels, shares = found.channels, found.shares
@@ -307,7 +301,7 @@ def explain(
             files={"json": relative["json"], "page": f"explain/{slug}.html"},
         )
         text = record.to_json()
-        files["json"].write_text(text, "utf-8")
+        write_file(files["json"], text)
         atlas.ledger.seal(files.values())
         render_site(atlas.folder)
     return Explanation.from_json(text)  # exactly what was stored (tuples as lists)

@@ -26,6 +26,7 @@ from vital.references import (
     compute_prototypes,
     from_folder,
     is_imagenet_tree,
+    one_targets_references,
     reference_folder,
     sample_photos_for_class,
 )
@@ -49,19 +50,23 @@ def class_references(
     Parameters
     ----------
     references
-        ``None`` (the embedded photos of that class), a :class:`ReferenceSet`, a mapping from
-        class index to set, or a folder: an ImageNet-style tree (sub-folder per WordNet id), a
-        folder with one sub-folder per class (named by index, WordNet id or class name), or a
-        plain folder of images of this one class.
+        ``None`` (the embedded photos of that class), a :class:`ReferenceSet`, a folder: an
+        ImageNet-style tree (sub-folder per WordNet id), a folder with one sub-folder per class
+        (named by index, WordNet id or class name), or a plain folder of images of this one
+        class; or a mapping from class index (or target, WordNet id, name) to any of these.
     shared_ok
         Allow one plain folder to serve as references of several targets.
     """
     if isinstance(references, ReferenceSet):
         return references
     if isinstance(references, Mapping):
-        for key in (target, target.index):  # keyed by target or by class index
-            if key in references:
-                return references[key]
+        names = _class_folder_names(model, target)
+        for key, given in references.items():  # by target, class index, WordNet id or name
+            index = key.index if isinstance(key, ClassTarget) else key
+            same = isinstance(index, int) and not isinstance(index, bool) and index == target.index
+            if key == target or same or (isinstance(key, str) and key in names):
+                given = one_targets_references(given, target.describe())
+                return class_references(model, target, given, count, seed, shared_ok=True)
         raise VitalError(f"no references were given for {target.describe()}.")
     if references is None or str(references) == "samples":
         sources = sample_photos_for_class(target.index)
@@ -184,7 +189,7 @@ class VitalClass(Method):
                 target,
                 class_references(
                     model, target, references, self.reference_count, self.reference_seed, shared_ok
-                ),
+                ).readable(self.cache_dir),
                 taps,
                 source,
             )

@@ -30,6 +30,7 @@ from vital.references import (
     ReferenceSet,
     from_folder,
     from_samples,
+    one_targets_references,
     top_references,
 )
 from vital.relevance import RelevanceBackend, get_backend, target_activation
@@ -37,7 +38,9 @@ from vital.taps import LayerInfo, Tap, check_layer, default_taps, list_layers, p
 from vital.targets import Channel, Direction
 from vital.zoo import Model
 
-NeuronReferences = ReferenceSet | str | Path | Mapping[Channel | Direction, ReferenceSet] | None
+NeuronReferences = (
+    ReferenceSet | str | Path | Mapping[Channel | Direction, ReferenceSet | str | Path] | None
+)
 
 
 def direction_of(target: Channel | Direction, info: LayerInfo) -> torch.Tensor:
@@ -160,7 +163,8 @@ def neuron_references(
     if isinstance(references, Mapping):
         if target not in references:
             raise VitalError(f"no references were given for {target.describe()}.")
-        return references[target]
+        given = one_targets_references(references[target], target.describe())
+        return neuron_references(target, given, count, seed)
     if references is None or str(references) == "samples":
         return from_samples(list(SAMPLE_PHOTOS), count, seed)
     if not isinstance(references, (str, Path)):
@@ -261,7 +265,7 @@ class VitalNeuron(Method):
             neuron = NeuronTarget(target.layer, direction_of(target, info[target.layer]), chosen)
             candidates = neuron_references(
                 target, references, self.reference_count, self.reference_seed
-            )
+            ).readable(self.cache_dir)
             scores = None
             if self.patch_side is not None or self.rank:
                 score = target_score(model, neuron.layer, neuron.direction)

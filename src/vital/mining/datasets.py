@@ -8,6 +8,7 @@ identity (paths, sizes, modification times) says whether earlier mining work sti
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 
 from vital.errors import VitalError
+from vital.files import is_printable, open_image, printable
 from vital.references import (
     IMAGE_SUFFIXES,
     ImageSource,
@@ -75,18 +77,31 @@ def list_images(data: str | Path) -> ImageList:
         labelled = is_imagenet_tree(data)
         labels = [p.relative_to(data).parts[0] if labelled else "" for p in paths]
     elif data.is_file():
-        lines = data.read_text().splitlines()
+        # Names as the file system takes them: a list written in Latin-1 is read, not refused.
+        lines = [os.fsdecode(line) for line in data.read_bytes().splitlines()]
         entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         paths = [p if p.is_absolute() else data.parent / p for p in map(Path, entries)]
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [printable(p) for p in paths if not p.is_file()]
         if missing:
             raise VitalError(
-                f"{len(missing)} file(s) in the list {data} do not exist, e.g. {missing[0]}; "
-                "paths are relative to the list file's folder."
+                f"{len(missing)} file(s) in the list {printable(data)} do not exist, e.g. "
+                f"{missing[0]}; paths are relative to the list file's folder."
             )
         others, labels = 0, [""] * len(paths)
     else:
-        raise VitalError(f"{data} is neither a folder of images nor a list file of image paths.")
+        raise VitalError(
+            f"{printable(data)} is neither a folder of images nor a list file of image paths."
+        )
+    strange = [printable(p) for p in paths if not is_printable(p)]
+    if strange:
+        warnings.warn(
+            f"skipping {len(strange)} image(s) whose file name is not valid UTF-8, e.g. "
+            f"{strange[0]}: the mining index stores names as text; rename them (e.g. "
+            "`convmv -f latin1 -t utf8 -r --notest DIR`).",
+            stacklevel=2,
+        )
+        kept = [i for i, p in enumerate(paths) if is_printable(p)]
+        paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
     if not paths:
         raise VitalError(
             f"no images found in {data} ({others} other file(s) ignored; image files end in "
@@ -130,7 +145,7 @@ class CropDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: int) -> tuple[int, torch.Tensor, bool]:
         position = self.positions[item]
         path = self.paths[item]
-        source = ImageSource(path, lambda: Image.open(path))
+        source = ImageSource(path, lambda: open_image(path))
         with warnings.catch_warnings():  # counted and reported once by the caller
             warnings.simplefilter("ignore")
             image = open_rgb(source)

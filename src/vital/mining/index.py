@@ -25,8 +25,7 @@ import io
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from vital.errors import VitalError
+from vital.files import create_database, database
 from vital.mining.datasets import ImageList
 
 DATABASE_NAME = "mining.sqlite"
@@ -204,40 +204,28 @@ class MiningIndex:
     """
 
     def __init__(self, path: str | Path):
-        self.path = database_path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as connection:
-            connection.executescript(_SCHEMA)
+        self.path = create_database(database_path(path), _SCHEMA, "mining index")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=60)
-        try:
-            with connection:  # one transaction: committed on success, rolled back on error
-                yield connection
-        except sqlite3.DatabaseError as error:
-            raise VitalError(
-                f"the mining index {self.path} cannot be read ({error}); it is damaged or not a "
-                "vital mining index. Move it away and run again to mine afresh."
-            ) from error
-        finally:
-            connection.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction: committed on success, rolled back on error."""
+        return database(self.path, "mining index")
 
     # --- datasets ---------------------------------------------------------------------------
 
     def dataset_id(self, images: ImageList) -> int:
         """The id of this exact listing, adding it (and its images) when new."""
         with self._connect() as connection:
-            row = connection.execute(
-                "SELECT id FROM datasets WHERE identity = ?", (images.identity,)
-            ).fetchone()
-            if row:
-                return row[0]
+            # Inserted first (nothing if it is there): two processes adding one listing at
+            # once both get its id, neither a conflict.
             cursor = connection.execute(
-                "INSERT INTO datasets (identity, root, images, not_images, created) "
+                "INSERT OR IGNORE INTO datasets (identity, root, images, not_images, created) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (images.identity, images.root, len(images), images.not_images, time.time()),
             )
+            if cursor.rowcount == 0:
+                return connection.execute(
+                    "SELECT id FROM datasets WHERE identity = ?", (images.identity,)
+                ).fetchone()[0]
             dataset = cursor.lastrowid
             connection.executemany(
                 "INSERT INTO images VALUES (?, ?, ?, ?)",

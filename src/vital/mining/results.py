@@ -9,10 +9,11 @@ import numpy as np
 from PIL import Image
 
 from vital.errors import VitalError
+from vital.files import open_image
 from vital.grids import grid
 from vital.mining.index import MiningIndex, Ranked, database_path
 from vital.mining.units import unit_key
-from vital.references import ImageSource, ReferenceSet, resize_for_crop, to_rgb
+from vital.references import ImageSource, ReferenceSet, resize_for_crop
 from vital.targets import Channel, Direction
 from vital.zoo import Model
 
@@ -53,8 +54,7 @@ def open_patch(entry: Ranked, context: float = 1.0) -> Image.Image:
     margin that :func:`vital.references.center_crop` trims, so a reference view of the
     returned image is the patch itself.
     """
-    with Image.open(entry.path) as image:
-        resized, crop_left, crop_top = resize_for_crop(to_rgb(image), entry.crop)
+    resized, crop_left, crop_top = resize_for_crop(open_image(entry.path), entry.crop)
     left, top, size = entry.box
     side = size * context
     centre_x = crop_left + left + size / 2
@@ -73,7 +73,7 @@ def _source(entry: Ranked, mode: str) -> ImageSource:
     identity = f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}"
     label = Path(entry.path).name
     if mode == "image":
-        return ImageSource(identity, lambda: Image.open(entry.path), label)
+        return ImageSource(identity, lambda: open_image(entry.path), label)
     left, top, size = entry.box
     return ImageSource(
         f"{identity}#patch={left},{top},{size}@{entry.crop}",

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from vital.engines import Engine, check_engine, make_engine
 from vital.errors import VitalError, check_count
+from vital.files import exclusive
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import MiningIndex, PassState, database_path
 from vital.mining.shards import Decoder, Patches, Shard, ShardFailure, StageScorer
@@ -197,7 +198,12 @@ def mine(
                                 or workers < 0):  # fmt: skip
         raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
     output_folder(database_path(database).parent, "mining folder")
-    with frozen(model.module if isinstance(model, Model) else model):
+    lock = database_path(database).with_suffix(".lock")
+    # Two runs into one index take turns: the second then reuses what the first finished.
+    with (
+        exclusive(lock, f"run mining into {database_path(database)}"),
+        frozen(model.module if isinstance(model, Model) else model),
+    ):
         return _mine(
             as_model(model), layer, data, database, channels, directions, direction_name,
             top_images, top, patch_side, batch_size, workers, checkpoint_seconds, progress, engine,
