@@ -50,6 +50,11 @@ def _number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def _ratio(evidence) -> float | None:
+    """How much of a channel's relevance reaches the input through it."""
+    return evidence.heatmap_total / evidence.relevance if evidence.relevance else None
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
@@ -487,11 +492,13 @@ def _explain_page(explanation, pages: dict[str, str]) -> str:
             f"{_shown(evidence.activation_max)}</span></td>"
             f"<td><img class='heatmap' src='{up}{_escape(evidence.heatmap)}' alt='conditional "
             f"heatmap' width='160' height='160'><div class='muted'>at the input, through this "
-            f"channel: {_shown(evidence.heatmap_total)}</div></td>"
+            f"channel: {_shown(evidence.heatmap_total)} ({_percent(_ratio(evidence))} of its "
+            "relevance)</div></td>"
             f"<td>{layer_map}</td>"
             f"<td>{picture_html}</td><td>{examples}</td></tr>"
         )
     shown_share = sum(e.share for e in explanation.top)
+    reaching = explanation.heatmap.get("reaching_input")  # absent in older records
     channels = len(explanation.channels)
     top5 = "".join(_class_row(entry) for entry in explanation.top5)
     notes = "".join(f"<li>{_escape(note)}</li>" for note in explanation.notes)
@@ -521,6 +528,9 @@ def _explain_page(explanation, pages: dict[str, str]) -> str:
         f"<tr><th>relevance at {_escape(explanation.layer)}</th><td>"
         f"{_shown(explanation.total, cls='total')} over {channels} channels "
         f"(absolute {_shown(explanation.absolute_total)})</td></tr>"
+        f"<tr><th>reaching the input</th><td>"
+        f"{_shown(reaching, _percent(reaching), cls='reaching')} of it (the heatmap's "
+        f"{_shown(explanation.heatmap.get('total'))}; see the notes)</td></tr>"
         f"<tr><th>shown channels</th><td>{len(explanation.top)}, together "
         f"{_shown(shown_share, _percent(shown_share), cls='shown-share')} of the absolute "
         "relevance</td></tr></table>"

@@ -70,6 +70,24 @@ def _slug(info: dict, explained: int, layer: str, backend: str) -> str:
     return f"{clean.strip('-')[:80]}-{digest}"
 
 
+def reaching_input(at_input: float, at_layer: float) -> float | None:
+    """The fraction of the relevance at the layer that arrives at the input (``None``: none)."""
+    return at_input / at_layer if at_layer else None
+
+
+def _conservation_note(reaching: float | None, layer: str, backend: str) -> list[str]:
+    """Why the input heatmap holds less relevance than the layer, when it does."""
+    if reaching is None or abs(reaching - 1) < 0.05:
+        return []
+    return [
+        f"{100 * reaching:.3g} % of the relevance at {layer} reaches the input ({backend}): "
+        "the rules give the biases and BatchNorm shifts below the layer no relevance (z⁺ "
+        "propagates through positive weights only), so the share of every layer's output they "
+        "contribute stops where they enter. The heatmaps show where the rest goes; each is "
+        "scaled to its own largest value."
+    ]
+
+
 def _class_entry(model: Model, found: ChannelRelevance, index: int) -> dict:
     name = model.labels.name(index) if model.labels is not None else f"class {index}"
     return {
@@ -256,6 +274,7 @@ def explain(
         channels, shares = found.channels, found.shares
         activation = found.activation.flatten(1)
         order = torch.argsort(found.probabilities, descending=True)
+        reaching = reaching_input(float(found.heatmap.sum()), float(channels.sum()))
         record = Explanation(
             slug=slug,
             model=model_info(model),
@@ -272,7 +291,11 @@ def explain(
             channels=[float(v) for v in channels],
             total=float(channels.sum()),
             absolute_total=float(channels.abs().sum()),
-            heatmap={"file": relative["heatmap"], "total": float(found.heatmap.sum())},
+            heatmap={
+                "file": relative["heatmap"],
+                "total": float(found.heatmap.sum()),
+                "reaching_input": reaching,
+            },
             top=[
                 ChannelEvidence(
                     channel=channel,
@@ -300,6 +323,7 @@ def explain(
             if pictures and data is not None
             else None,
             notes=found.notes
+            + _conservation_note(reaching, layer, found.backend)
             + ([] if data is not None else ["no --data: no dataset examples and no pictures."]),
             files={"json": relative["json"], "page": f"explain/{slug}.html"},
         )
