@@ -70,6 +70,7 @@ def run_layer(model, judge, layer: str, args) -> tuple[list[dict], Path]:
         settings={"steps": args.steps, "seed": 0},
         batch_size=len(targets),
         progress=False,
+        **({} if args.patch_side is None else {"patch_side": args.patch_side}),
     )
     seconds = (time.perf_counter() - started) / len(targets)
     pixels = torch.stack([r.pixels for r in results])
@@ -169,6 +170,9 @@ def main() -> None:
     parser.add_argument("--setting", default="fast")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--references", type=int, default=12)
+    parser.add_argument(
+        "--patch-side", type=int, help="0: whole views; default: the method's ('auto')"
+    )
     parser.add_argument(
         "--judge",
         default="efficientnet_lite0",

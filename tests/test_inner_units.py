@@ -229,3 +229,36 @@ def test_an_attention_head_output_is_matched_at_the_tokens_below_not_the_keys(ti
         tiny_vit, torch.rand(1, 3, 32, 32), [Channel("blocks.2.attn.norm", 17)]
     )
     assert len(activations) == 1
+
+
+# --- residual sums ----------------------------------------------------------------------------
+
+
+class _InvertedResidualNet(torch.nn.Module):
+    """A stem and two MobileNetV2 inverted residuals: one with its skip, one without."""
+
+    def __init__(self):
+        from torchvision.models.mobilenetv2 import InvertedResidual
+
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+        self.down = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+        self.summed = InvertedResidual(8, 8, 1, 2)
+        self.widened = InvertedResidual(8, 16, 2, 2)
+
+    def forward(self, x):
+        return self.widened(self.summed(self.down(self.stem(x))))
+
+
+def test_a_residual_sum_is_matched_at_both_of_its_inputs():
+    torch.manual_seed(0)
+    model = Model(_InvertedResidualNet().eval(), "blocks", Preprocessing(input_size=32))
+    layers = list_layers(model.module, 32)
+    taps, source = neuron_taps(model, layers, "summed", near=True)
+    # the block's input (its skip) and the branch its sum adds
+    assert [t.layer for t in taps][-2:] == ["down", "summed.conv"]
+    assert "summed.conv, the branch its residual sum adds" in source
+    # no sum, no branch: the block's output is its branch
+    taps, source = neuron_taps(model, layers, "widened", near=True)
+    assert taps[-1].layer == "summed" and "branch" not in source
+    assert "branch" not in neuron_taps(model, layers, "summed", near=False)[1]

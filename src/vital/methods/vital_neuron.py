@@ -23,7 +23,13 @@ from vital.methods.base import Method, resolution_of
 from vital.methods.vital_class import reference_fields
 from vital.objectives import NeuronTarget, RelevanceSortMatching, neuron_prototypes
 from vital.optimize import Settings
-from vital.presets import NEURON_PRIOR, NEURON_STEM_WEIGHT
+from vital.presets import (
+    NEURON_PRIOR,
+    NEURON_STEM_WEIGHT,
+    RESIDUAL_BRANCHES,
+    RESIDUAL_FLAGS,
+    classes_named,
+)
 from vital.references import (
     DEFAULT_REFERENCES,
     SAMPLE_PHOTOS,
@@ -136,7 +142,25 @@ def neuron_taps(
         if nearest is not None and nearest.name not in {t.layer for t in chosen}:
             chosen = (*chosen, Tap(nearest.name))
             source += f", and {nearest.name} just below it"
+        branch = residual_branch(model.module, target_layer)
+        if branch is not None and branch in info and info[branch].calls == 1:
+            chosen = (*chosen, Tap(branch))
+            source += f", and {branch}, the branch its residual sum adds"
     return chosen, source
+
+
+def residual_branch(module: torch.nn.Module, layer: str) -> str | None:
+    """The branch a residual block adds to its input, when ``layer`` is such a block.
+
+    Which blocks and branches is data (:data:`vital.presets.RESIDUAL_BRANCHES`); a block whose
+    skip is switched off (:data:`vital.presets.RESIDUAL_FLAGS`) adds nothing.
+    """
+    block = dict(module.named_modules()).get(layer)
+    for path, child in RESIDUAL_BRANCHES.items():
+        if type(block) in classes_named([path]) and hasattr(block, child):
+            flag = RESIDUAL_FLAGS.get(path)
+            return f"{layer}.{child}" if flag is None or getattr(block, flag) else None
+    return None
 
 
 def target_score(
