@@ -72,8 +72,9 @@ def test_the_command_line_prints_the_failure_as_one_warning_line(
     monkeypatch, capsys, tiny_cnn, image_folder, tmp_path
 ):
     import vital.cli
+    import vital.cli.session
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
     monkeypatch.setattr("vital.driver.metrics.evaluate", _evaluations(-0.3, 0.1))
     with pytest.raises(SystemExit) as exit_:
         vital.cli.main(
