@@ -7,7 +7,6 @@ residual-stream channels and attention-head outputs of vision transformers are t
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -143,9 +142,7 @@ def test_auto_references_are_patches_for_small_units_and_the_record_says_so(tiny
     assert small.record.references["distinct_images"] == 2  # as given: two photos …
     assert small.record.references["matched"]["distinct_images"] == 6  # … one patch per view
     assert len(small.record.references["scores"]) == 6
-    sides = [int(re.match(r"best (\d+)px", r.record.references["mode"]).group(1))
-             for r in (small, large)]  # fmt: skip
-    assert sides[0] < sides[1]  # a deeper unit sees a larger patch
+    assert large.record.references["mode"].startswith("whole images (auto")
     assert small.record.evaluation["reference_activation"] > 0
     whole = visualize(
         tiny_cnn, [Channel("stage1", 2)], references, settings={"steps": 2}, progress=False,

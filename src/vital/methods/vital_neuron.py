@@ -183,7 +183,7 @@ def target_score(
 
 # A unit whose receptive field covers more than this share of the image side sees whole
 # images; a smaller one is shown the best patches of its references (``patch_side="auto"``).
-WHOLE_IMAGE_FIELD = 0.95
+WHOLE_IMAGE_FIELD = 0.6
 
 
 def receptive_field(model: Model, info: LayerInfo, resolution: int, share: float = 0.9) -> int:
