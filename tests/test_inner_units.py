@@ -135,7 +135,7 @@ def test_auto_references_are_patches_for_small_units_and_the_record_says_so(tiny
     references = from_folder(folder, count=6)
     small, large = visualize(
         tiny_cnn, [Channel("stage1", 2), Channel("stage3", 2)], references,
-        settings={"steps": 2}, progress=False,
+        settings={"steps": 2}, progress=False, patch_side="auto",
     )  # fmt: skip
     assert small.record.references["mode"].startswith("best ")
     assert "patch of each view (auto" in small.record.references["mode"]
@@ -145,9 +145,8 @@ def test_auto_references_are_patches_for_small_units_and_the_record_says_so(tiny
     assert large.record.references["mode"].startswith("whole images (auto")
     assert small.record.evaluation["reference_activation"] > 0
     whole = visualize(
-        tiny_cnn, [Channel("stage1", 2)], references, settings={"steps": 2}, progress=False,
-        patch_side=0,
-    )[0]  # fmt: skip
+        tiny_cnn, [Channel("stage1", 2)], references, settings={"steps": 2}, progress=False
+    )[0]  # the default
     assert whole.record.references["mode"] == "whole images"
     # the best patches excite the unit more than the views they were cut from
     assert (

@@ -203,9 +203,8 @@ def neuron(
         int | None,
         options.option(
             "--patch",
-            "References: the best patch of this side (32, 64) of each image; 0: whole images; "
-            "default: patches the size of the unit's receptive field, whole images where it "
-            "covers the image.",
+            "References: the best patch of this side (32, 64) of each image; 0 or left out: "
+            "whole images.",
         ),
     ] = None,
     rank: Annotated[

@@ -182,7 +182,7 @@ def target_score(
 
 
 # A unit whose receptive field covers more than this share of the image side sees whole
-# images; a smaller one is shown the best patches of its references (``patch_side="auto"``).
+# images; with ``patch_side="auto"`` a smaller one is shown the best patches of its references.
 WHOLE_IMAGE_FIELD = 0.6
 
 
@@ -287,13 +287,15 @@ class VitalNeuron(Method):
         Relevance backend name (``lrp``, ``lrp-restricted``, ``guided-backprop``,
         ``grad-x-act``, or a zennit composite such as ``epsilon-plus-flat``) or a backend.
     patch_side
-        ``"auto"`` (default): the best patches when the unit's receptive field is smaller than
-        the image (:func:`auto_patch_side`: a mid-level unit of a 14×14 or 28×28 map), else
-        whole images; ``None`` or 0: whole images; a side in pixels (32 or 64 as the authors
+        ``None`` or 0 (default): whole images; ``"auto"``: the best patches when the unit's
+        receptive field is smaller than the image (:func:`auto_patch_side`: a mid-level unit of
+        a 14×14 or 28×28 map), else whole images; a side in pixels (32 or 64 as the authors
         mine): the best patch of each image (by the target's mean activation), resized to the
-        input size. From a folder of at least ``reference_count`` images the top
-        ``reference_count`` images by that score are kept; a set of fewer images, expanded to
-        views (crops), gives the best patch of each view.
+        input size. Whole images are the default because, measured with a few photos' crops as
+        references, patches gave less realistic pictures and less concentrated transparency
+        maps (benchmarks/RESULTS.md, "Layer kinds"). With patches, from a folder of at least
+        ``reference_count`` images the top ``reference_count`` images by that score are kept;
+        a set of fewer images, expanded to views (crops), gives the best patch of each view.
     rank
         With whole images, keep the ``reference_count`` images that activate the target most
         (instead of the set as given).
@@ -303,7 +305,7 @@ class VitalNeuron(Method):
 
     taps: Sequence[str | Tap] | None = None
     relevance: str | RelevanceBackend = "lrp"
-    patch_side: int | str | None = "auto"
+    patch_side: int | str | None = None
     rank: bool = False
     reference_count: int = DEFAULT_REFERENCES
     reference_seed: int = 0
