@@ -259,3 +259,26 @@ def test_a_residual_sum_is_matched_at_both_of_its_inputs():
     taps, source = neuron_taps(model, layers, "widened", near=True)
     assert taps[-1].layer == "summed" and "branch" not in source
     assert "branch" not in neuron_taps(model, layers, "summed", near=False)[1]
+
+
+def test_a_timm_inverted_residuals_branch_is_read_while_the_lrp_rules_rewrite_it(image_folder):
+    from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+            self.block = TimmInvertedResidual(8, 8, exp_ratio=2.0)
+            self.top = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+
+        def forward(self, x):
+            return self.top(self.block(self.down(self.stem(x))))
+
+    torch.manual_seed(0)
+    model = Model(Net().eval(), "timm_blocks", Preprocessing(input_size=32))
+    assert model.module.block.has_skip
+    (result,) = visualize(
+        model, [Channel("block", 3)], str(image_folder), settings={"steps": 2}, progress=False
+    )
+    assert result.record.taps[-1]["layer"] == "block.bn3"

@@ -106,11 +106,12 @@ RESIDUAL_FLAGS: dict[str, str] = {
 # Residual blocks, and the child whose output is the branch added to their input (the sum's other
 # input, besides the block's input). Inner units of such a block are matched there too
 # (``near_tap``): the block's input alone leaves the added branch, and so the unit, free. Only
-# blocks whose sum is not in place are listed (an in-place sum would overwrite the read branch).
+# blocks whose sum is not in place are listed (an in-place sum would overwrite the read branch),
+# and the branch is a module that also runs while the LRP canonizer switches the skip off.
 RESIDUAL_BRANCHES: dict[str, str] = {
     "torchvision.models.mobilenetv2.InvertedResidual": "conv",
-    "timm.models._efficientnet_blocks.InvertedResidual": "drop_path",
-    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "drop_path",
+    "timm.models._efficientnet_blocks.InvertedResidual": "bn3",
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "bn2",
     "timm.models.vision_transformer.Block": "drop_path2",
     "torchvision.models.vision_transformer.EncoderBlock": "mlp",
 }
