@@ -82,12 +82,14 @@ def _conservation_note(reaching: float | None, layer: str, backend: str) -> list
     """Why the input heatmap holds less relevance than the layer, when it does."""
     if reaching is None or abs(reaching - 1) < 0.05:
         return []
+    share = f"{100 * reaching:.3g} % of the relevance at {layer} reaches the input ({backend})"
+    if backend != "lrp":
+        return [f"{share}: this backend does not conserve relevance from layer to layer."]
     return [
-        f"{100 * reaching:.3g} % of the relevance at {layer} reaches the input ({backend}): "
-        "the rules give the biases and BatchNorm shifts below the layer no relevance (z⁺ "
-        "propagates through positive weights only), so the share of every layer's output they "
-        "contribute stops where they enter. The heatmaps show where the rest goes; each is "
-        "scaled to its own largest value."
+        f"{share}: z⁺ hands a unit's relevance to the inputs that contribute positively to it, "
+        "and a unit below the layer that fires through its bias or BatchNorm shift alone (no "
+        "input with a positive weight active) has nobody to hand it to, so it stops there. The "
+        "heatmaps show where the rest goes; each is scaled to its own largest value."
     ]
 
 
