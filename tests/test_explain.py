@@ -436,3 +436,32 @@ def test_explain_explains_each_class_it_is_given(tmp_path, data, monkeypatch):
         for path in (tmp_path / "explanations").glob("*.json")
     ]
     assert sorted(explained) == [3, 4, 5] and result.output.count("record:") == 3
+
+
+def test_the_share_of_relevance_reaching_the_input_is_recorded_shown_and_explained(tmp_path, data):
+    conserved = run(None, tmp_path / "first", image=str(data / "img001.png"))
+    assert conserved.heatmap["reaching_input"] == pytest.approx(1, abs=0.01)
+    assert not any("reaches the input" in n for n in conserved.notes)
+    # Filters with no positive weight that fire through their BatchNorm shift alone (as 400 of
+    # the 960 depthwise filters of MobileNetV2's features.17 do): z⁺ finds no positive
+    # contribution below them, so their relevance stops there.
+    model = tiny_cnn_model()
+    conv, norm = model.module.stage2[0], model.module.stage2[1]
+    with torch.no_grad():
+        conv.weight[:8] = -conv.weight[:8].abs()
+        norm.bias[:8] = 2.0
+    record = explain(
+        model, data / "img001.png", layer="stage3", top=2, out=tmp_path / "atlas",
+        workers=0, progress=False,
+    )  # fmt: skip
+    heatmap_total = record.heatmap["total"]
+    reaching = record.heatmap["reaching_input"]
+    assert reaching == pytest.approx(heatmap_total / record.total)
+    assert reaching < 0.95
+    note = next(n for n in record.notes if "reaches the input" in n)
+    assert "stage3" in note and "BatchNorm" in note
+    page = (tmp_path / "atlas" / record.files["page"]).read_text()
+    assert f"class='reaching' data-value='{json.dumps(reaching)}'" in page
+    for evidence in record.top:
+        share = evidence.heatmap_total / evidence.relevance
+        assert f"{100 * share:.2f}% of its" in page

@@ -39,9 +39,10 @@ def test_normalized_relevance_and_importance_match_loops():
     normalized = normalized_relevance(relevance)
     importance = channel_importance(relevance)
     for b in range(2):
-        peaks = [max(relevance[b, c].tolist()) for c in range(3)]
+        # negative relevance (evidence against the target) counts as none
+        peaks = [max(max(relevance[b, c].tolist()), 0.0) for c in range(3)]
         for c in range(3):
-            values = relevance[b, c].tolist()
+            values = [max(v, 0.0) for v in relevance[b, c].tolist()]
             low, high = min(values), max(values)
             for p in range(5):
                 expected = 0.0 if high == low else (values[p] - low) / (high - low)

@@ -12,7 +12,7 @@ from torchvision.models.resnet import BasicBlock
 from vital.errors import VitalError
 from vital.relevance import BACKENDS, get_backend
 from vital.relevance.rules import ZPlus
-from vital.relevance.seeds import activation_seed, restricted_seed
+from vital.relevance.seeds import activation_seed, gradient_seed, restricted_seed, upward
 from vital.taps import list_layers, tapped
 
 EPS = 1e-5
@@ -64,6 +64,17 @@ def backend_relevance(net, x, layer, directions, backend="lrp", taps=TAPS):
 # --- the explicit reference -------------------------------------------------------------------
 
 
+def upward_seed(output, channels):
+    """Starting relevance written out: channel k's positive part, or 1 at its maximum where it
+    is nowhere positive (docs/method.md, "Signed units"); every other channel 0."""
+    seed = torch.zeros_like(output)
+    for b, k in enumerate(channels):
+        values = output[b, k]
+        fires = values > 0
+        seed[b, k] = values.clamp(min=0) if fires.any() else (values == values.max()).to(values)
+    return seed
+
+
 def conv_zplus(x, conv, relevance_out):
     """z⁺ through one convolution, written out: positive inputs with positive weights plus
     negative inputs with negative weights, bias ignored, ε-stabilised denominator."""
@@ -105,10 +116,7 @@ def explicit_relevance(net: TwoBlockNet, x, channels):
     block2 = block1 + main2
     head = F.conv2d(block2, net.head.weight, net.head.bias, 1, 1)
 
-    mask = torch.zeros_like(head)
-    for b, k in enumerate(channels):
-        mask[b, k] = 1
-    r_head = head * mask
+    r_head = upward_seed(head, channels)
     r_block2 = conv_zplus(block2, net.head, r_head)
     r_short2, r_main2 = split(block1, main2, r_block2)
     r_h2 = conv_zplus(h2, project, r_main2)  # BatchNorm passes
@@ -163,11 +171,13 @@ def test_relevance_is_zero_outside_receptive_field(backend):
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     layers = list_layers(net, 64)
     chosen = get_backend(backend)
-    # A spatial target: channel 2 of `head` at one position only, given as a seed mask.
-    row, column = 10, 21
+    # A spatial target: channel 2 of `head` at one position only, where it fires (a positive
+    # value inside the map's interior), given as a seed mask.
     with chosen.attached(net, layers, TAPS, ["head"]), tapped(net, [*TAPS, "head"]) as tap:
         tap(x.clone().requires_grad_(True))
         head = tap.outputs["head"]
+        row, column = (int(v) + 6 for v in divmod(int(head[0, 2, 6:26, 6:26].argmax()), 20))
+        assert head[0, 2, row, column] > 0
         restricted = backend == "lrp-restricted"
         if not restricted:
             # Keep only one position of the head by zeroing every other position's output.
@@ -200,7 +210,7 @@ def test_zplus_conserves_relevance_through_bias_free_layers():
     channels = [1, 4]
     _, head = explicit_relevance(net, x, channels)
     got = backend_relevance(net, x, "head", one_hot(channels))
-    seed_sum = torch.stack([head[b, k].sum() for b, k in enumerate(channels)])
+    seed_sum = torch.stack([head[b, k].clamp(min=0).sum() for b, k in enumerate(channels)])
     seed_size = torch.stack([head[b, k].abs().sum() for b, k in enumerate(channels)])
     for tap in TAPS:
         error = (got[tap].sum(dim=(1, 2)) - seed_sum).abs() / seed_size
@@ -331,8 +341,7 @@ def test_timm_inverted_residual_matches_explicit_zplus():
     h2 = b.bn2(b.conv_dw(h1))
     main = b.bn3(b.conv_pwl(h2))
     head = net.head(stem + main)
-    seed = torch.zeros_like(head)
-    seed[:, 2] = head[:, 2]
+    seed = upward_seed(head, [2])
     r_block = conv_zplus(stem + main, net.head, seed)
     r_shortcut, r_main = split(stem, main, r_block)
     r_h1 = conv_zplus(h1, b.conv_dw, conv_zplus(h2, b.conv_pwl, r_main))
@@ -402,6 +411,49 @@ def test_restricted_seed_is_the_direction_even_where_the_target_is_silent():
     assert seed[1, 1, 0, 4] == 1 and seed[1].sum() == 1
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NLC"])
+def test_upward_seeds_only_where_a_signed_target_fires(layout):
+    # Image 0: channel 2 is signed; image 1: channel 2 is negative everywhere, closest to firing
+    # at one position; image 2: a zero direction (its target lies in another layer).
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 4, 3, 5, generator=generator)
+    maps[1, 2] = -1.0 - torch.rand(3, 5, generator=generator)
+    maps[1, 2, 1, 3] = -0.5
+    directions = one_hot([2, 2, 0], count=4).float()
+    directions[2] = 0
+    activation = maps if layout == "NCHW" else maps.flatten(2).transpose(1, 2)  # (B, T, D)
+    channel = (lambda t: t[:, 2]) if layout == "NCHW" else (lambda t: t[:, :, 2])
+    for make in (activation_seed, gradient_seed):
+        plain = make(activation, directions, layout)
+        seed = upward(plain, activation, directions, layout)
+        assert seed.shape == activation.shape
+        values, kept = channel(activation)[0], channel(seed)[0]
+        fires = values > 0
+        assert 0 < fires.sum() < fires.numel()  # signed: the case at hand
+        torch.testing.assert_close(kept[fires], channel(plain)[0][fires])
+        assert kept[~fires].abs().max() == 0
+        silent = channel(seed)[1].flatten()
+        assert silent.sum() == 1 and silent[8] == 1  # the least negative position, row 1 col 3
+        assert seed[2].abs().max() == 0
+        others = [c for c in range(4) if c != 2]
+        rest = seed[:2, others] if layout == "NCHW" else seed[:2, :, others]
+        assert rest.abs().max() == 0
+
+
+def test_relevance_from_a_signed_target_is_non_negative_and_follows_where_it_fires():
+    # LRP from a signed map used to start negative relevance where the target is negative; the
+    # min-max normalisation then weighted the positions *against* the target. Now relevance
+    # starts only where it fires: non-negative, and zero where no positive position reaches.
+    net = make_net()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    relevance = backend_relevance(net, x, "head", one_hot([1, 4]))
+    with torch.no_grad():
+        head = net.head(net.block2(net.block1(net.stem(x))))
+    assert (head[0, 1] < 0).any() and (head[0, 1] > 0).any()
+    for tap in TAPS:
+        assert relevance[tap].min() >= -1e-12 and relevance[tap].max() > 0
+
+
 def test_batchnorm_is_folded_only_where_the_order_is_known():
     class Reordered(nn.Sequential):
         def forward(self, x):  # applies the BatchNorm *before* the convolution
@@ -469,10 +521,7 @@ def explicit_resnet_relevance(net, x, channels):
     for block in (net.layer1[0], net.layer2[0], net.layer3[0]):
         outputs.append(_block_relevance(block, outputs[-1], torch.zeros(()))[1])
     pooled, layer1, layer2, layer3 = outputs
-    mask = torch.zeros_like(layer3)
-    for b, k in enumerate(channels):
-        mask[b, k] = 1
-    r_layer2, _ = _block_relevance(net.layer3[0], layer2, layer3 * mask)
+    r_layer2, _ = _block_relevance(net.layer3[0], layer2, upward_seed(layer3, channels))
     r_layer1, _ = _block_relevance(net.layer2[0], layer1, r_layer2)
     r_pooled, _ = _block_relevance(net.layer1[0], pooled, r_layer1)
     r_conv1 = _average_pool_share(stem, r_pooled)  # then ReLU and BatchNorm pass
@@ -565,7 +614,10 @@ def test_lrp_on_a_vit_follows_attnlrp_and_leaves_true_gradients_alone():
     # independent: the block by the rules, relevance = input × gradient of the target's mean
     block_input = hooks.outputs[tap].detach().requires_grad_(True)
     output = _encoder_block_by_the_rules(net.encoder.layers.encoder_layer_1, block_input)
-    target_mean = (output * directions[:, None, :]).sum(-1).mean(-1).sum()
+    projection = (output * directions[:, None, :]).sum(-1)
+    fires = (projection.detach() > 0).double()  # only where the target fires (seeds.upward)
+    assert 0 < fires.mean() < 1
+    target_mean = (projection * fires).mean(-1).sum()
     (gradient,) = torch.autograd.grad(target_mean, block_input)
     expected = (block_input * gradient).detach().transpose(1, 2)  # (B, D, T)
     assert expected.abs().max() > 1e-4

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models.efficientnet import MBConv, MBConvConfig
 from torchvision.ops import SqueezeExcitation
 
-from test_relevance import bn, conv_zplus, one_hot, split
+from test_relevance import bn, conv_zplus, one_hot, split, upward_seed
 from vital.errors import VitalError
 from vital.relevance import BACKENDS, backends, composites, get_backend
 from vital.taps import list_layers, tapped
@@ -99,10 +99,7 @@ def explicit_gated_relevance(net: GatedNet, x, channels):
     block = gated + main
     head = F.conv2d(block, net.head.weight, net.head.bias, 1, 1)
 
-    mask = torch.zeros_like(head)
-    for b, k in enumerate(channels):
-        mask[b, k] = 1
-    r_block = conv_zplus(block, net.head, head * mask)
+    r_block = conv_zplus(block, net.head, upward_seed(head, channels))
     r_shortcut, r_main = split(gated, main, r_block)
     r_h3 = conv_zplus(h3, project[0], r_main)  # BatchNorm passes
     r_h2 = r_h3  # the inner gate: signal takes all

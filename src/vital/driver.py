@@ -10,6 +10,7 @@ record stores exactly what ran.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -212,8 +213,34 @@ def run(
                 }
                 _merge(record, method.record_fields(plan, objective, item))
                 alpha = alphas[item] if alphas is not None else None
+                record.evaluation.update(_checks(batch_targets[item], record.evaluation, alpha))
                 sink(Result(batch_targets[item], run_.pixels[item].cpu(), record, alpha))
     return sink.results
+
+
+def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor | None) -> dict:
+    """What a record says about an inner picture's success, beside its numbers.
+
+    ``below_start``: the target ends below its activation on the starting noise, so the picture
+    does not show what drives it up (a warning says so, which the command line prints);
+    ``transparency_top_quarter``: the share of the transparency map's mass in its brightest
+    quarter of pixels (0.25: a flat map).
+    """
+    checks: dict[str, Any] = {}
+    if alpha is not None:
+        checks["transparency_top_quarter"] = round(metrics.concentration(alpha), 4)
+    final, initial = evaluation.get("activation"), evaluation.get("initial_activation")
+    if final is None or initial is None:
+        return checks
+    checks["below_start"] = bool(final < initial)
+    if checks["below_start"]:
+        warnings.warn(
+            f"{target.describe()}: its activation ended at {final:.3g}, below the "
+            f"{initial:.3g} of its starting noise: the picture does not show what drives it "
+            "up (try more --steps, other --refs or another --seed).",
+            stacklevel=3,
+        )
+    return checks
 
 
 def _record(

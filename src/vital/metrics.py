@@ -17,6 +17,7 @@ penultimate features) unless a layer is named, so no function knows any architec
 - :func:`evaluate`: what a record stores about a picture: class probability and rank, or the
   inner target's activation.
 - :func:`relative_activation`: a channel's activation on images relative to its references.
+- :func:`concentration`: the share of a transparency map's mass in its brightest quarter.
 """
 
 from __future__ import annotations
@@ -468,3 +469,17 @@ def relative_activation(
     if abs(float(reference)) < 1e-12:
         raise VitalError(f"the references do not activate {layer} channel {channel} at all.")
     return (generated / reference).tolist()
+
+
+def concentration(alpha: torch.Tensor, share: float = 0.25) -> float:
+    """The share of a map's mass held by its brightest ``share`` of pixels.
+
+    A flat map gives ``share`` (0.25 by default); a map whose mass sits in one quarter of the
+    image, 1. Used for transparency maps: a high value means the picture's evidence for its
+    unit is in one place.
+    """
+    values = torch.as_tensor(alpha).flatten().float().sort(descending=True).values
+    total = float(values.sum())
+    if total <= 0:
+        return 0.0
+    return float(values[: max(1, round(values.numel() * share))].sum()) / total

@@ -67,7 +67,12 @@ class SortMatching:
 
 
 def normalized_relevance(relevance: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each channel's relevance over positions, per image.
+    """Min-max normalise each channel's positive relevance over positions, per image.
+
+    Negative relevance (evidence against the target, which signed backends such as
+    ``grad-x-act`` or the epsilon composites give) counts as none: the weights say where the
+    features drive the target up (docs/method.md, "Signed units"). For the non-negative
+    relevance of ``lrp`` this is the authors' min-max normalisation.
 
     Parameters
     ----------
@@ -79,14 +84,18 @@ def normalized_relevance(relevance: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         (B, C, P) in [0, 1]; channels with constant relevance become 0.
     """
+    relevance = relevance.clamp_min(0)
     low = relevance.amin(dim=-1, keepdim=True)
     span = relevance.amax(dim=-1, keepdim=True) - low
     return torch.where(span > 0, (relevance - low) / span.clamp_min(1e-12), 0.0)
 
 
 def channel_importance(relevance: torch.Tensor) -> torch.Tensor:
-    """Each channel's largest relevance, min-max normalised across channels, per image: (B, C)."""
-    peak = relevance.amax(dim=-1)
+    """Each channel's largest relevance, min-max normalised across channels, per image: (B, C).
+
+    As in :func:`normalized_relevance`, negative relevance counts as none.
+    """
+    peak = relevance.clamp_min(0).amax(dim=-1)
     low = peak.amin(dim=-1, keepdim=True)
     span = peak.amax(dim=-1, keepdim=True) - low
     return torch.where(span > 0, (peak - low) / span.clamp_min(1e-12), 0.0)

@@ -12,6 +12,8 @@ branches. Add a family here, not an ``if`` elsewhere.
   :data:`NEUTRAL_BY_NAME`: which blocks the LRP canonizers rewrite, fold, gate, refuse or pass
   (:mod:`vital.relevance`), named by class path so that optional packages need not be
   installed.
+- :data:`RESIDUAL_BRANCHES`: the branch a residual block adds, matched for inner units of the
+  block (:mod:`vital.methods.vital_neuron`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,19 @@ RESIDUAL_FLAGS: dict[str, str] = {
     "timm.models._efficientnet_blocks.CondConvResidual": "has_skip",
     "timm.models._efficientnet_blocks.EdgeResidual": "has_skip",
     "timm.models._efficientnet_blocks.UniversalInvertedResidual": "has_skip",
+}
+
+# Residual blocks, and the child whose output is the branch added to their input (the sum's other
+# input, besides the block's input). Inner units of such a block are matched there too
+# (``near_tap``): the block's input alone leaves the added branch, and so the unit, free. Only
+# blocks whose sum is not in place are listed (an in-place sum would overwrite the read branch),
+# and the branch is a module that also runs while the LRP canonizer switches the skip off.
+RESIDUAL_BRANCHES: dict[str, str] = {
+    "torchvision.models.mobilenetv2.InvertedResidual": "conv",
+    "timm.models._efficientnet_blocks.InvertedResidual": "bn3",
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "bn2",
+    "timm.models.vision_transformer.Block": "drop_path2",
+    "torchvision.models.vision_transformer.EncoderBlock": "mlp",
 }
 
 # Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``, or has

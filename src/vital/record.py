@@ -264,7 +264,9 @@ class Explanation(Document):
     total, absolute_total
         Sum of ``channels`` and of their absolute values.
     heatmap
-        ``file`` of the input heatmap and its ``total``.
+        ``file`` of the input heatmap, its ``total`` and ``reaching_input``: that total as a
+        fraction of ``total`` (the relevance at the layer); below 1 where the rules give biases
+        and BatchNorm shifts below the layer no relevance (a note says so).
     top
         The most relevant channels, best first.
     mining

@@ -540,6 +540,78 @@ def top_references(
     return chosen, [v for v, _ in kept]
 
 
+def best_patches(
+    references: ReferenceSet,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    resolution: int,
+    patch_side: int,
+    crop_pct: float = 224 / 256,
+    interpolation: str = "bilinear",
+    batch_size: int = 32,
+) -> tuple[ReferenceSet, list[float]]:
+    """The best patch of every view of a set, for a unit smaller than the image.
+
+    The authors' second mining stage (METHOD.md section 3) applied to the views the set would
+    give as references: each view (a distinct image's centre crop, or one of the seeded random
+    crops a set of few photos is expanded to) is cut into square patches of ``patch_side``
+    (stride half a side), each resized to ``resolution`` and scored; the view keeps its best.
+    A set of one photo so gives as many patches as views, each from another crop.
+
+    Parameters
+    ----------
+    references
+        The views to cut from.
+    score
+        Maps pixels in [0, 1], (N, 3, r, r), to one score per image (the target's spatially
+        averaged activation).
+    resolution
+        Side of the views and of the resized patches.
+    patch_side
+        Side of the patches on the view.
+    crop_pct, interpolation
+        The model's preprocessing, as for :meth:`ReferenceSet.views`.
+    batch_size
+        Patches scored per forward pass.
+
+    Returns
+    -------
+    ReferenceSet, scores
+        One patch per view, best first, whose views are the patches; their scores.
+    """
+    scored: list[tuple[float, ImageSource]] = []
+    for number, view in enumerate(references.views(resolution, crop_pct, interpolation)):
+        patches, corners = cut_patches(view, patch_side, resolution)
+        values = torch.cat([score(chunk) for chunk in patches.split(batch_size)])
+        best = int(values.argmax())
+        identity = (
+            f"{references.identity()}#view{number}#patch{patch_side}@{corners[best]}/{resolution}"
+        )
+        patch = _view_patch(view, corners[best], patch_side, resolution / crop_pct)
+        label = f"view {number} patch {patch_side}px at {corners[best]}"
+        scored.append((float(values[best]), ImageSource(identity, patch, label)))
+    scored.sort(key=lambda pair: -pair[0])
+    chosen = ReferenceSet(
+        tuple(source for _, source in scored),
+        len(scored),
+        references.seed,
+        f"the best {patch_side}px patch of each of {len(scored)} views of {references.description}",
+    )
+    return chosen, [value for value, _ in scored]
+
+
+def _view_patch(
+    view: torch.Tensor, corner: tuple[int, int], side: int, short: float
+) -> Callable[[], Image.Image]:
+    """Opens a patch of a view as an image whose centre crop (short side ``short``) is it."""
+    left, top = corner
+    grown = min(round(side * short / view.shape[-1]), view.shape[-1])
+    left = int(min(max(round(left + side / 2 - grown / 2), 0), view.shape[-1] - grown))
+    top = int(min(max(round(top + side / 2 - grown / 2), 0), view.shape[-2] - grown))
+    pixels = view[:, top : top + grown, left : left + grown]
+    array = (pixels.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return lambda: Image.fromarray(array)
+
+
 # --- prototypes -------------------------------------------------------------------------------
 
 
@@ -693,6 +765,7 @@ __all__ = [
     "PATCH_SIDES",
     "ImageSource",
     "ReferenceSet",
+    "best_patches",
     "compute_prototypes",
     "from_folder",
     "from_imagenet_class",

@@ -193,7 +193,11 @@ def neuron(
     ),
     patch: Annotated[
         int | None,
-        options.option("--patch", "Use the best patch of this side (32 or 64) of each image."),
+        options.option(
+            "--patch",
+            "References: the best patch of this side (32, 64) of each image; 0 or left out: "
+            "whole images.",
+        ),
     ] = None,
     rank: Annotated[
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")

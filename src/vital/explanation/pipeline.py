@@ -67,6 +67,26 @@ def _slug(info: dict, explained: int, layer: str, backend: str) -> str:
     return f"{clean.strip('-')[:80]}-{digest}"
 
 
+def reaching_input(at_input: float, at_layer: float) -> float | None:
+    """The fraction of the relevance at the layer that arrives at the input (``None``: none)."""
+    return at_input / at_layer if at_layer else None
+
+
+def _conservation_note(reaching: float | None, layer: str, backend: str) -> list[str]:
+    """Why the input heatmap holds less relevance than the layer, when it does."""
+    if reaching is None or abs(reaching - 1) < 0.05:
+        return []
+    share = f"{100 * reaching:.3g} % of the relevance at {layer} reaches the input ({backend})"
+    if backend != "lrp":
+        return [f"{share}: this backend does not conserve relevance from layer to layer."]
+    return [
+        f"{share}: z⁺ hands a unit's relevance to the inputs that contribute positively to it, "
+        "and a unit below the layer that fires through its bias or BatchNorm shift alone (no "
+        "input with a positive weight active) has nobody to hand it to, so it stops there. The "
+        "heatmaps show where the rest goes; each is scaled to its own largest value."
+    ]
+
+
 def _class_entry(model: Model, found: ChannelRelevance, index: int) -> dict:
     name = model.labels.name(index) if model.labels is not None else f"class {index}"
     return {
@@ -253,6 +273,7 @@ def explain(
         channels, shares = found.channels, found.shares
         activation = found.activation.flatten(1)
         order = torch.argsort(found.probabilities, descending=True)
+        reaching = reaching_input(float(found.heatmap.sum()), float(channels.sum()))
         record = Explanation(
             slug=slug,
             model=model_info(model),
@@ -269,7 +290,11 @@ def explain(
             channels=[float(v) for v in channels],
             total=float(channels.sum()),
             absolute_total=float(channels.abs().sum()),
-            heatmap={"file": relative["heatmap"], "total": float(found.heatmap.sum())},
+            heatmap={
+                "file": relative["heatmap"],
+                "total": float(found.heatmap.sum()),
+                "reaching_input": reaching,
+            },
             top=[
                 ChannelEvidence(
                     channel=channel,
@@ -297,6 +322,7 @@ def explain(
             if pictures and data is not None
             else None,
             notes=found.notes
+            + _conservation_note(reaching, layer, found.backend)
             + ([] if data is not None else ["no --data: no dataset examples and no pictures."]),
             files={"json": relative["json"], "page": f"explain/{slug}.html"},
         )

@@ -23,18 +23,34 @@ from vital.methods.base import Method, resolution_of
 from vital.methods.vital_class import reference_fields
 from vital.objectives import NeuronTarget, RelevanceSortMatching, neuron_prototypes
 from vital.optimize import DEFAULT_SETTING, Settings
-from vital.presets import NEURON_PRIOR, NEURON_STEM_WEIGHT
+from vital.presets import (
+    NEURON_PRIOR,
+    NEURON_STEM_WEIGHT,
+    RESIDUAL_BRANCHES,
+    RESIDUAL_FLAGS,
+    classes_named,
+)
 from vital.references import (
     DEFAULT_REFERENCES,
     SAMPLE_PHOTOS,
     ReferenceSet,
+    best_patches,
     from_folder,
     from_samples,
     one_targets_references,
     top_references,
 )
 from vital.relevance import RelevanceBackend, get_backend, target_activation
-from vital.taps import LayerInfo, Tap, check_layer, default_taps, list_layers, parse_taps, tapped
+from vital.taps import (
+    LayerInfo,
+    Tap,
+    check_layer,
+    default_taps,
+    list_layers,
+    parse_taps,
+    tapped,
+    to_positions,
+)
 from vital.targets import Channel, Direction
 from vital.zoo import Model
 
@@ -89,7 +105,9 @@ def neuron_taps(
 
     With the defaults the first (stem) tap weighs 0.1 and the others 1, as in the authors'
     inner-neuron setting; ``near`` adds the module just below the target (weight 1), the
-    deepest one with positions that finishes before the target starts.
+    deepest one with positions that finishes before the target starts and whose output is laid
+    out as the target's (tokens below a token layer: not the per-head queries and keys inside
+    an attention block; maps below a map).
     """
     info = {i.name: i for i in layers}
     below = lambda name: info[name].end < info[target_layer].start  # noqa: E731
@@ -121,12 +139,31 @@ def neuron_taps(
         candidates = [
             i for i in layers
             if below(i.name) and i.calls == 1 and len(i.shape) in (2, 3) and i.positions > 1
+            and i.layout == info[target_layer].layout
         ]  # fmt: skip
         nearest = max(candidates, key=lambda i: i.end, default=None)
         if nearest is not None and nearest.name not in {t.layer for t in chosen}:
             chosen = (*chosen, Tap(nearest.name))
             source += f", and {nearest.name} just below it"
+        branch = residual_branch(model.module, target_layer)
+        if branch is not None and branch in info and info[branch].calls == 1:
+            chosen = (*chosen, Tap(branch))
+            source += f", and {branch}, the branch its residual sum adds"
     return chosen, source
+
+
+def residual_branch(module: torch.nn.Module, layer: str) -> str | None:
+    """The branch a residual block adds to its input, when ``layer`` is such a block.
+
+    Which blocks and branches is data (:data:`vital.presets.RESIDUAL_BRANCHES`); a block whose
+    skip is switched off (:data:`vital.presets.RESIDUAL_FLAGS`) adds nothing.
+    """
+    block = dict(module.named_modules()).get(layer)
+    for path, child in RESIDUAL_BRANCHES.items():
+        if type(block) in classes_named([path]) and hasattr(block, child):
+            flag = RESIDUAL_FLAGS.get(path)
+            return f"{layer}.{child}" if flag is None or getattr(block, flag) else None
+    return None
 
 
 def target_score(
@@ -145,6 +182,49 @@ def target_score(
         return torch.cat(values)
 
     return score
+
+
+# A unit whose receptive field covers more than this share of the image side sees whole
+# images; with ``patch_side="auto"`` a smaller one is shown the best patches of its references.
+WHOLE_IMAGE_FIELD = 0.6
+
+
+def receptive_field(model: Model, info: LayerInfo, resolution: int, share: float = 0.9) -> int:
+    """Side in pixels of the centred square that holds ``share`` of a centre unit's evidence.
+
+    The effective receptive field (Luo et al. 2016): the gradient of the layer's centre
+    position (all channels) with respect to a few noise images, summed over colours and
+    images; the side of the smallest square around the position's centre that holds
+    ``share`` of its magnitude. Token layers (transformers) mix every token: the whole image.
+    """
+    if info.layout not in ("NCHW", "NHWC") or len(info.spatial) != 2:
+        return resolution
+    noise = torch.randn(2, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    x = noise.to(model.device, model.dtype).requires_grad_(True)
+    with tapped(model.module, [info.name], stop_early=True) as tap, torch.enable_grad():
+        tap(x)
+        output, layout = tap.outputs[info.name], tap.layout(info.name)
+        positions = to_positions(output, layout)
+        height, width = output.shape[1:3] if layout == "NHWC" else output.shape[-2:]
+        centre = (height // 2) * width + width // 2
+        (gradient,) = torch.autograd.grad(positions[:, :, centre].sum(), x)
+    mass = gradient.abs().sum(dim=(0, 1)).float()
+    cy, cx = resolution * (height // 2 + 0.5) / height, resolution * (width // 2 + 0.5) / width
+    total = float(mass.sum())
+    step = max(1, resolution // 56)  # 4 px at 224
+    for side in range(step, 2 * resolution + 1, step):
+        top, left = max(0, round(cy - side / 2)), max(0, round(cx - side / 2))
+        if float(mass[top : top + side, left : left + side].sum()) >= share * total:
+            return min(side, resolution)
+    return resolution
+
+
+def auto_patch_side(field: int, resolution: int) -> int | None:
+    """The patch side that matches a receptive field of ``field`` px; ``None``: whole images."""
+    if field > WHOLE_IMAGE_FIELD * resolution:
+        return None
+    # at least 32 px of 224 (the authors' smaller side), at most half the image
+    return min(max(resolution // 7, field), resolution // 2)
 
 
 def neuron_references(
@@ -193,6 +273,8 @@ class NeuronPlan:
     taps_source: str
     references: ReferenceSet
     scores: list[float] | None
+    reference_mode: str
+    given: ReferenceSet
     summaries: dict[int, dict[str, torch.Tensor]]
 
 
@@ -209,9 +291,15 @@ class VitalNeuron(Method):
         Relevance backend name (``lrp``, ``lrp-restricted``, ``guided-backprop``,
         ``grad-x-act``, or a zennit composite such as ``epsilon-plus-flat``) or a backend.
     patch_side
-        ``None``: whole images as references; 32 or 64: the best patch of each image (by the
-        target's mean activation), resized to the input size, and the top ``reference_count``
-        images by that score.
+        ``None`` or 0 (default): whole images; ``"auto"``: the best patches when the unit's
+        receptive field is smaller than the image (:func:`auto_patch_side`: a mid-level unit of
+        a 14×14 or 28×28 map), else whole images; a side in pixels (32 or 64 as the authors
+        mine): the best patch of each image (by the target's mean activation), resized to the
+        input size. Whole images are the default because, measured with a few photos' crops as
+        references, patches gave less realistic pictures and less concentrated transparency
+        maps (benchmarks/RESULTS.md, "Layer kinds"). With patches, from a folder of at least
+        ``reference_count`` images the top ``reference_count`` images by that score are kept;
+        a set of fewer images, expanded to views (crops), gives the best patch of each view.
     rank
         With whole images, keep the ``reference_count`` images that activate the target most
         (instead of the set as given).
@@ -221,7 +309,7 @@ class VitalNeuron(Method):
 
     taps: Sequence[str | Tap] | None = None
     relevance: str | RelevanceBackend = "lrp"
-    patch_side: int | None = None
+    patch_side: int | str | None = None
     rank: bool = False
     reference_count: int = DEFAULT_REFERENCES
     reference_seed: int = 0
@@ -251,7 +339,9 @@ class VitalNeuron(Method):
         resolution = resolution_of(model, settings)
         layers = list_layers(model.module, model.preprocessing.input_size)
         info = {i.name: i for i in layers}
-        resolved: list[tuple[NeuronTarget, str, ReferenceSet, list[float] | None]] = []
+        resolved: list[
+            tuple[NeuronTarget, str, ReferenceSet, list[float] | None, str, ReferenceSet]
+        ] = []
         for target in targets:
             check_layer(target.layer, model.module)
             if target.layer not in info or len(info[target.layer].shape) not in (2, 3):
@@ -266,13 +356,10 @@ class VitalNeuron(Method):
             candidates = neuron_references(
                 target, references, self.reference_count, self.reference_seed
             ).readable(self.cache_dir)
-            scores = None
-            if self.patch_side is not None or self.rank:
-                score = target_score(model, neuron.layer, neuron.direction)
-                candidates, scores = top_references(
-                    candidates, score, resolution, self.reference_count, self.patch_side
-                )
-            resolved.append((neuron, source, candidates, scores))
+            chosen_references, scores, mode = self._choose_references(
+                model, info[target.layer], neuron, candidates, resolution
+            )
+            resolved.append((neuron, source, chosen_references, scores, mode, candidates))
         all_taps = list(dict.fromkeys(t.layer for n, *_ in resolved for t in n.taps))
         target_layers = list(dict.fromkeys(n.layer for n, *_ in resolved))
         # The backend may fold BatchNorms into convolutions while attached: fingerprint before.
@@ -286,6 +373,8 @@ class VitalNeuron(Method):
                     source,
                     candidates,
                     scores,
+                    mode,
+                    given,
                     {
                         factor: neuron_prototypes(
                             model,
@@ -299,10 +388,45 @@ class VitalNeuron(Method):
                         for _, factor in settings.stages()
                     },
                 )
-                for target, (neuron, source, candidates, scores) in zip(
+                for target, (neuron, source, candidates, scores, mode, given) in zip(
                     targets, resolved, strict=True
                 )
             ]
+
+    def _choose_references(
+        self,
+        model: Model,
+        info: LayerInfo,
+        neuron: NeuronTarget,
+        candidates: ReferenceSet,
+        resolution: int,
+    ) -> tuple[ReferenceSet, list[float] | None, str]:
+        """The references a target matches, their scores, and how they were chosen.
+
+        The last is the record's ``references.mode``.
+        """
+        side, why = self.patch_side, ""
+        if side == "auto":
+            field = receptive_field(model, info, resolution)
+            side = auto_patch_side(field, resolution)
+            why = f" (auto: the unit's receptive field is about {field}px of {resolution})"
+        elif side is not None and (isinstance(side, bool) or not isinstance(side, int)):
+            raise VitalError(f"patch_side is 'auto', 0 (whole images) or pixels, not {side!r}.")
+        if not side and not self.rank:
+            return candidates, None, "whole images" + why
+        score = target_score(model, neuron.layer, neuron.direction)
+        if side and candidates.expanded:
+            preprocessing = model.preprocessing
+            chosen, scores = best_patches(
+                candidates, score, resolution, side, preprocessing.crop_pct,
+                preprocessing.interpolation,
+            )  # fmt: skip
+            return chosen, scores, f"best {side}px patch of each view{why}"
+        chosen, scores = top_references(
+            candidates, score, resolution, self.reference_count, side or None
+        )
+        mode = f"best {side}px patch per image" if side else "whole images, ranked"
+        return chosen, scores, mode + why
 
     @contextlib.contextmanager
     def objective(
@@ -320,10 +444,12 @@ class VitalNeuron(Method):
 
     def record_fields(self, plan: NeuronPlan, objective: RelevanceSortMatching, item: int) -> dict:
         """Taps, relevance, references (with their scores) and the activation over the run."""
-        references = reference_fields(plan.references)
-        references["mode"] = (
-            f"best {self.patch_side}px patch per image" if self.patch_side else "whole images"
-        )
+        # The given references identify the picture (the patches follow from them, the model
+        # and the options); what was matched is described beside them.
+        references = reference_fields(plan.given)
+        references["mode"] = plan.reference_mode
+        if plan.references is not plan.given:
+            references["matched"] = reference_fields(plan.references)
         if plan.scores is not None:
             references["scores"] = [round(v, 6) for v in plan.scores]
         full = plan.summaries.get(1)

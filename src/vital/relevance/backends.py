@@ -27,7 +27,7 @@ from vital.relevance.composites import (
     vital_composite,
     zennit_composite,
 )
-from vital.relevance.seeds import activation_seed, gradient_seed, restricted_seed
+from vital.relevance.seeds import activation_seed, gradient_seed, restricted_seed, upward
 from vital.taps import LayerInfo, to_positions
 
 
@@ -51,6 +51,10 @@ class RelevanceBackend:
     transformer_rules
         Where relevance crosses attention blocks, use AttnLRP's rules (:mod:`.attention`)
         instead of the composite.
+    upward
+        Start relevance only where the target fires (:func:`.seeds.upward`), so that a signed
+        unit's relevance shows what drives it up; off for ``lrp-restricted``, whose seed is
+        already one position where the target is most aligned.
     """
 
     name: str
@@ -59,6 +63,7 @@ class RelevanceBackend:
     times_activation: bool = False
     is_lrp: bool = False
     transformer_rules: bool = False
+    upward: bool = True
 
     def __post_init__(self) -> None:
         self._attached: Composite | None = None
@@ -136,6 +141,9 @@ class RelevanceBackend:
     ) -> dict[str, torch.Tensor]:
         """Relevance of every tap position for each image's target, in one backward pass.
 
+        The backend's seed starts only where each target fires (:func:`.seeds.upward`, unless
+        the backend's ``upward`` is off).
+
         Parameters
         ----------
         outputs
@@ -160,10 +168,14 @@ class RelevanceBackend:
         layouts = layouts or {}
         seed = gradient_seed if gradient_form else self.seed
         starts = [outputs[layer] for layer in directions]
-        seeds = [
-            seed(outputs[layer].detach(), direction.to(outputs[layer].device), layouts.get(layer))
-            for layer, direction in directions.items()
-        ]
+        seeds = []
+        for layer, direction in directions.items():
+            output = outputs[layer].detach()
+            direction = direction.to(output.device)
+            start = seed(output, direction, layouts.get(layer))
+            if self.upward:
+                start = upward(start, output, direction, layouts.get(layer))
+            seeds.append(start)
         ends = [outputs[tap] for tap in taps]
         self._activate(True)
         try:
@@ -196,7 +208,9 @@ _ZENNIT_COMPOSITES = (
 # Name → factory: a backend holds the state of its attachment, so each run builds its own.
 BACKENDS: dict[str, Callable[[], RelevanceBackend]] = {
     "lrp": _backend("lrp", activation_seed, vital_composite, is_lrp=True, transformer_rules=True),
-    "lrp-restricted": _backend("lrp-restricted", restricted_seed, vital_composite, is_lrp=True),
+    "lrp-restricted": _backend(
+        "lrp-restricted", restricted_seed, vital_composite, is_lrp=True, upward=False
+    ),
     "guided-backprop": _backend("guided-backprop", gradient_seed, guided_backprop_composite),
     "grad-x-act": _backend("grad-x-act", gradient_seed, times_activation=True),
     **{

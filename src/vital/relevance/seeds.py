@@ -4,6 +4,11 @@ A target is a direction ``v`` over a layer's channels (one-hot for a channel). I
 the spatial mean of the projection ``Σ_c v_c A_c``; a backend's *seed* is the relevance it starts
 from at that layer, in the layer's own layout. Maps are (B, C, H, W); transformer tokens are
 (B, T, D), where the embedding dimensions are the channels and the tokens the positions.
+
+Signed targets (a residual block's output, a linear bottleneck, a transformer's residual stream)
+are seeded by :func:`upward`: only the positions where the projection is positive start
+relevance, since a picture of a unit shows what drives it *up*; LRP from a negative position
+would hand the image's evidence *against* the unit the same weight after normalisation.
 """
 
 from __future__ import annotations
@@ -83,3 +88,40 @@ def gradient_seed(
     flat = _positions(activation, layout)
     seed = direction.to(flat.dtype).unsqueeze(-1).expand_as(flat) / flat.shape[-1]
     return from_positions(seed.contiguous(), activation, layout)
+
+
+def upward(
+    seed: torch.Tensor,
+    activation: torch.Tensor,
+    direction: torch.Tensor,
+    layout: str | None = None,
+) -> torch.Tensor:
+    """A seed kept only where the target fires: what drives it up (docs/method.md, "Signed units").
+
+    Positions whose projection ``Σ_c v_c A_c`` is positive keep ``seed``; the others start no
+    relevance. An image whose target is nowhere positive (a signed unit on the starting noise)
+    is seeded with ``v`` at the positions of its largest projection (all of them where the map
+    is constant), as the authors' restricted seed does where the unit is silent, so relevance
+    still flows to where the unit is closest to firing.
+
+    Parameters
+    ----------
+    seed
+        A backend's seed, in the layer's own layout (:func:`activation_seed`,
+        :func:`gradient_seed`).
+    activation, direction, layout
+        As for :func:`projection`.
+
+    Returns
+    -------
+    torch.Tensor
+        The seed, same shape and layout; rows whose direction is zero stay zero.
+    """
+    values = projection(activation, direction, layout)  # (B, P)
+    positive = values > 0
+    peak = values == values.amax(dim=1, keepdim=True)
+    silent = ~positive.any(dim=1, keepdim=True)
+    kept = _positions(seed, layout) * positive.unsqueeze(1).to(seed.dtype)
+    fallback = direction.to(seed.dtype).unsqueeze(-1) * peak.unsqueeze(1).to(seed.dtype)
+    chosen = torch.where(silent.unsqueeze(1), fallback, kept)
+    return from_positions(chosen, activation, layout)

@@ -1,0 +1,210 @@
+"""Layer kinds: how well inner channels of different kinds of layer are visualised (issue 20).
+
+For each ``MODEL:LAYER`` the four channels are chosen by the convergence benchmark's rule
+(:func:`convergence.selective_channels`: for each of the photos coffee, chelsea, motorcycle,
+daisy the channel most selective for it); each channel's references are ``--references`` views
+of its photo (``from_samples``), handed to ``vital.visualize`` as they are, so the method's own
+defaults decide how it uses them (whole views or their best patches). Per channel:
+
+- *activation reached*: the picture's mean activation of the channel divided by the mean over
+  its photo's views (the references as given), and the same against what the method matched
+  (the record's ``reference_activation``: the patches where patches were used);
+- *concentration*: the share of the transparency map's mass held by its brightest quarter of
+  pixels (a flat map: 0.25);
+- *realism*: the judge's (EfficientNet-Lite0) cosine of the picture's pooled features to its own
+  photo's 50 views (seed 1) and the gap to the other three channels' photos.
+
+A grid per layer (photo, picture, RGBA, the first references as the method used them) goes to
+``--figures``; a Markdown table to stdout.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/layer_kinds.py \\
+        mobilenet_v2:features.18 mobilenet_v2:features.15 mobilenet_v2:features.12 \\
+        efficientnet_lite0:blocks.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vital
+from vital import metrics
+from vital.grids import display_pixels, grid, to_image
+from vital.methods.vital_neuron import target_score
+from vital.references import SAMPLE_PHOTOS, best_patches, from_samples
+from vital.taps import tapped
+from vital.targets import Channel
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from convergence import CHANNEL_PHOTOS, selective_channels  # noqa: E402
+
+REAL_VIEWS = 50
+
+
+def photo_label(photo: str) -> int:
+    return SAMPLE_PHOTOS[photo][1]
+
+
+def run_layer(model, judge, layer: str, args) -> tuple[list[dict], Path]:
+    """Visualise the layer's four chosen channels; their numbers and the grid's path."""
+    photos = list(CHANNEL_PHOTOS)
+    chosen = selective_channels(model, layer, photos)
+    targets = [Channel(layer, chosen[p]) for p in photos]
+    references = {
+        t: from_samples([p], args.references, seed=0) for t, p in zip(targets, photos, strict=True)
+    }
+    started = time.perf_counter()
+    results = vital.visualize(
+        model,
+        targets,
+        references,
+        setting=args.setting,
+        settings={"steps": args.steps, "seed": 0},
+        batch_size=len(targets),
+        progress=False,
+        **({} if args.patch_side is None else {"patch_side": args.patch_side}),
+    )
+    seconds = (time.perf_counter() - started) / len(targets)
+    pixels = torch.stack([r.pixels for r in results])
+    real, real_labels = [], []
+    for photo in photos:
+        views = list(from_samples([photo], REAL_VIEWS, seed=1).views(224))
+        real += views
+        real_labels += [photo_label(photo)] * len(views)
+    labels = [photo_label(p) for p in photos]
+    judged = metrics.realism(judge, pixels, labels, torch.stack(real), real_labels)
+    rows = []
+    for target, photo, result, realism in zip(targets, photos, results, judged, strict=True):
+        views = torch.stack(list(references[target].views(224)))
+        given = metrics.relative_activation(model, layer, target.index, result.pixels[None], views)[
+            0
+        ]
+        evaluation = result.record.evaluation
+        rows.append(
+            {
+                "layer": layer,
+                "channel": target.index,
+                "photo": photo,
+                "relative": given,
+                "relative_matched": evaluation["activation"] / evaluation["reference_activation"]
+                if evaluation.get("reference_activation")
+                else float("nan"),
+                "initial": evaluation.get("initial_activation"),
+                "activation": evaluation["activation"],
+                "concentration": metrics.concentration(result.alpha),
+                "own": realism["own"],
+                "gap": realism["margin"],
+                "seconds": seconds,
+                "references": result.record.references.get("mode", ""),
+                "warnings": result.record.evaluation.get("warnings", []),
+            }
+        )
+    images, captions, names = [], [], []
+    for photo, result, row in zip(photos, results, rows, strict=True):
+        images.append(to_image(from_samples([photo], 1).views(224).__next__()))
+        captions.append(photo)
+        images.append(result.image)
+        captions.append(f"act {row['relative']:.2f}x views")
+        images.append(to_image(display_pixels(result.pixels), result.alpha))
+        captions.append(f"top quarter {row['concentration']:.2f}")
+        for view in list(matched_references(model, result, references[result.target]))[:3]:
+            images.append(to_image(view))
+            captions.append("reference")
+        names.append(f"ch {result.target.index}")
+    sheet = grid(images, captions, columns=6, cell=150, row_labels=names)
+    model_name = model.name.replace("/", "_")
+    path = args.figures / f"layer-kinds-{model_name}-{layer.replace('.', '_')}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, quality=85)
+    return rows, path
+
+
+def matched_references(model, result, given):
+    """The views the method matched: the given ones, or their best patches (recut here)."""
+    found = re.match(r"best (\d+)px patch of each view", result.record.references["mode"])
+    if not found:
+        return given.views(224)
+    direction = torch.zeros(_channels(model, result))
+    direction[result.target.index] = 1
+    score = target_score(model, result.target.layer, direction)
+    patches, _ = best_patches(given, score, 224, int(found.group(1)))
+    return patches.views(224)
+
+
+def _channels(model, result) -> int:
+    with torch.no_grad(), tapped(model.module, [result.target.layer], stop_early=True) as tap:
+        tap(torch.zeros(1, 3, 224, 224))
+        return tap.outputs[result.target.layer].shape[1]
+
+
+def _values(rows: list[dict], key: str) -> str:
+    return " ".join(f"{row[key]:.2f}" for row in rows)
+
+
+def summary(rows: list[dict], model_name: str) -> str:
+    layer = rows[0]["layer"]
+    half = sum(r["relative"] >= 0.5 for r in rows)
+    negative = sum(r["relative"] < 0 for r in rows)
+    return (
+        f"| {model_name} {layer} | {half}/{len(rows)} | {negative} | "
+        f"{_values(rows, 'relative')} | {_values(rows, 'relative_matched')} | "
+        f"{np.mean([r['concentration'] for r in rows]):.2f} "
+        f"({min(r['concentration'] for r in rows):.2f}) | "
+        f"{np.mean([r['own'] for r in rows]):.3f} | {np.mean([r['gap'] for r in rows]):.3f} "
+        f"({min(r['gap'] for r in rows):.3f}) | {rows[0]['references']} | "
+        f"{rows[0]['seconds']:.1f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("layers", nargs="+", help="MODEL:LAYER, e.g. mobilenet_v2:features.15")
+    parser.add_argument("--setting", default="fast")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--references", type=int, default=12)
+    parser.add_argument(
+        "--patch-side", type=int, help="0: whole views; default: the method's ('auto')"
+    )
+    parser.add_argument(
+        "--judge",
+        default="efficientnet_lite0",
+        help="judge of realism (for its own layers: mobilenet_v2)",
+    )
+    parser.add_argument("--figures", type=Path, default=HERE / "out" / "layer_kinds")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    judges = {args.judge: vital.load_model(args.judge)}
+    models: dict[str, vital.Model] = {}
+    lines = [
+        "| model layer | ≥ ½ views' activation | negative | relative to views | relative to "
+        "what was matched | top-quarter share mean (min) | realism own | gap to other "
+        "channels mean (min) | references | s / picture |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for item in args.layers:
+        name, layer = item.split(":")
+        model = models.setdefault(name, vital.load_model(name))
+        # A model is not its own judge: the explained MobileNetV2 judges the judge's pictures.
+        other = args.judge if name != args.judge else "mobilenet_v2"
+        judge = judges.setdefault(other, vital.load_model(other))
+        rows, path = run_layer(model, judge, layer, args)
+        args.figures.mkdir(parents=True, exist_ok=True)
+        with open(args.figures / "rows.jsonl", "a") as handle:
+            for row in rows:
+                print(row, flush=True)
+                handle.write(json.dumps({**row, "model": name, "judge": other}) + "\n")
+        lines.append(summary(rows, name))
+        print(lines[-1], f"grid {path}", flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Inner units of every kind: signed outputs, mid-level maps and transformer tokens (issue 20).
+
+Signed targets start relevance where they fire and a picture that ends below its starting
+noise is flagged; units smaller than the image are shown the best patches of their references;
+residual-stream channels and attention-head outputs of vision transformers are targets.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_vit_model, write_images
+from vital import Channel, visualize
+from vital.labels import generic_labels
+from vital.methods.vital_neuron import auto_patch_side, neuron_taps, receptive_field
+from vital.metrics import concentration, target_activations
+from vital.parametrizations import create
+from vital.references import ImageSource, ReferenceSet, best_patches, from_folder
+from vital.taps import list_layers, tapped, to_positions
+from vital.zoo import Model, Preprocessing
+
+# --- measuring a picture -----------------------------------------------------------------------
+
+
+def test_concentration_is_the_brightest_quarters_share():
+    flat = torch.ones(8, 8)
+    assert concentration(flat) == pytest.approx(0.25)
+    quarter = torch.zeros(8, 8)
+    quarter[:4, :4] = 0.5
+    assert concentration(quarter) == pytest.approx(1.0)
+    ramp = torch.arange(16.0).view(4, 4)  # brightest 4 of 16: 12 + 13 + 14 + 15 of 120
+    assert concentration(ramp) == pytest.approx(54 / 120)
+    assert concentration(torch.zeros(4, 4)) == 0.0
+
+
+def _evaluations(final: float, initial: float):
+    def evaluate(model, images, targets):
+        is_start = not hasattr(evaluate, "called")
+        evaluate.called = True
+        return [{"activation": initial if is_start else final} for _ in targets]
+
+    return evaluate
+
+
+@pytest.mark.parametrize(("final", "initial", "flagged"), [(0.2, 0.5, True), (0.6, 0.5, False)])
+def test_a_picture_below_its_starting_noise_is_flagged_and_warned(
+    monkeypatch, tiny_cnn, image_folder, final, initial, flagged
+):
+    monkeypatch.setattr("vital.driver.metrics.evaluate", _evaluations(final, initial))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (result,) = visualize(
+            tiny_cnn, [Channel("stage2", 3)], str(image_folder), settings={"steps": 2},
+            progress=False,
+        )  # fmt: skip
+    assert result.record.evaluation["below_start"] is flagged
+    said = [str(w.message) for w in caught if "starting noise" in str(w.message)]
+    assert len(said) == flagged
+    if flagged:
+        assert "stage2 channel 3" in said[0] and "0.2" in said[0] and "0.5" in said[0]
+    assert 0.25 <= result.record.evaluation["transparency_top_quarter"] <= 1
+
+
+def test_the_command_line_prints_the_failure_as_one_warning_line(
+    monkeypatch, capsys, tiny_cnn, image_folder, tmp_path
+):
+    import vital.cli
+    import vital.cli.session
+
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
+    monkeypatch.setattr("vital.driver.metrics.evaluate", _evaluations(-0.3, 0.1))
+    with pytest.raises(SystemExit) as exit_:
+        vital.cli.main(
+            ["neuron", "--layer", "stage2", "--channel", "1", "--refs", str(image_folder),
+             "--steps", "2", "--out", str(tmp_path / "out")]
+        )  # fmt: skip
+    assert exit_.value.code == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "starting noise" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: stage2 channel 1")
+
+
+# --- references that match the unit's receptive field ------------------------------------------
+
+
+def _marked_photo(tmp_path: Path) -> ImageSource:
+    """A grey photo with one red square: the only place a 'redness' unit fires."""
+    array = np.full((120, 160, 3), 128, dtype=np.uint8)
+    array[30:60, 90:120] = (255, 0, 0)
+    path = tmp_path / "marked.png"
+    Image.fromarray(array).save(path)
+    return ImageSource.from_path(path)
+
+
+def _redness(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels[:, 0] - pixels[:, 1:].mean(dim=1)).mean(dim=(1, 2))
+
+
+def test_best_patches_take_one_patch_from_every_view_of_a_few_photos(tmp_path):
+    photo = ReferenceSet((_marked_photo(tmp_path),), count=5, seed=3, description="one photo")
+    patches, scores = best_patches(photo, _redness, 64, patch_side=16)
+    assert len(patches.sources) == 5 and not patches.expanded
+    assert scores == sorted(scores, reverse=True)
+    views = torch.stack(list(photo.views(64)))
+    view_scores = _redness(views)
+    patch_views = torch.stack(list(patches.views(64)))
+    # every patch is redder than the view it was cut from, and its score is what it shows
+    assert (_redness(patch_views).sort(descending=True).values > view_scores.max()).all()
+    torch.testing.assert_close(_redness(patch_views), torch.tensor(scores), atol=0.08, rtol=0)
+    assert len({s.identity for s in patches.sources}) == 5
+    assert "16px patch of each of 5 views" in patches.description
+
+
+def test_the_receptive_field_grows_with_depth_and_decides_the_references(tiny_cnn):
+    layers = {i.name: i for i in list_layers(tiny_cnn.module, 32)}
+    fields = [receptive_field(tiny_cnn, layers[n], 32) for n in ("stem", "stage1", "stage3")]
+    assert fields[0] < fields[1] < fields[2] <= 32
+    # theoretical bounds: the stem sees 3 px, stage1 7 px, stage3 31 px
+    assert fields[0] <= 8 and fields[1] <= 16
+    assert auto_patch_side(fields[1], 32) == fields[1]
+    assert auto_patch_side(32, 32) is None
+    vit = tiny_vit_model()
+    tokens = {i.name: i for i in list_layers(vit.module, 32)}["blocks.1"]
+    assert receptive_field(vit, tokens, 32) == 32  # attention mixes every token
+
+
+def test_auto_references_are_patches_for_small_units_and_the_record_says_so(tiny_cnn, tmp_path):
+    folder = tmp_path / "two"
+    write_images(folder, 2, size=48, seed=2)
+    references = from_folder(folder, count=6)
+    small, large = visualize(
+        tiny_cnn, [Channel("stage1", 2), Channel("stage3", 2)], references,
+        settings={"steps": 2}, progress=False, patch_side="auto",
+    )  # fmt: skip
+    assert small.record.references["mode"].startswith("best ")
+    assert "patch of each view (auto" in small.record.references["mode"]
+    assert small.record.references["distinct_images"] == 2  # as given: two photos …
+    assert small.record.references["matched"]["distinct_images"] == 6  # … one patch per view
+    assert len(small.record.references["scores"]) == 6
+    assert large.record.references["mode"].startswith("whole images (auto")
+    assert small.record.evaluation["reference_activation"] > 0
+    whole = visualize(
+        tiny_cnn, [Channel("stage1", 2)], references, settings={"steps": 2}, progress=False
+    )[0]  # the default
+    assert whole.record.references["mode"] == "whole images"
+    # the best patches excite the unit more than the views they were cut from
+    assert (
+        small.record.evaluation["reference_activation"]
+        > whole.record.evaluation["reference_activation"]
+    )
+
+
+# --- transformer blocks -----------------------------------------------------------------------
+
+
+def _torchvision_vit() -> Model:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    module = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    )  # fmt: skip
+    return Model(module, "tiny_tv_vit", Preprocessing(input_size=32), generic_labels(10))
+
+
+def _responsive_channel(model: Model, layer: str, references: ReferenceSet) -> int:
+    """The channel its references excite most above the level of ``fast``'s starting image."""
+    views = torch.stack(list(references.views(32)))
+    start = create("fourier", [0], 32, torch.device("cpu"), model.preprocessing, clamp=True)
+    with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
+        noise = start.images()
+        tap(model.preprocessing.normalize(views))
+        on_references = to_positions(tap.outputs[layer], tap.layout(layer)).mean(dim=(0, 2))
+        tap(noise)
+        on_noise = to_positions(tap.outputs[layer], tap.layout(layer)).mean(dim=(0, 2))
+    return int((on_references - on_noise).argmax())
+
+
+VIT_TARGETS = [
+    ("timm", "blocks.2"),  # a residual-stream channel
+    ("timm", "blocks.2.attn.norm"),  # one dimension of an attention head's output
+    ("torchvision", "encoder.layers.encoder_layer_2"),  # a residual-stream channel
+]
+
+
+@pytest.mark.parametrize(("library", "layer"), VIT_TARGETS)
+def test_vit_channels_rise_to_their_references_and_their_maps_follow_the_tokens(
+    library, layer, tmp_path
+):
+    model = tiny_vit_model() if library == "timm" else _torchvision_vit()
+    write_images(tmp_path / "refs", 4, size=48, seed=1)
+    references = from_folder(tmp_path / "refs", count=4)
+    channel = _responsive_channel(model, layer, references)
+    (result,) = visualize(
+        model, [Channel(layer, channel)], references, setting="fast",
+        settings={"steps": 60}, progress=False,
+    )  # fmt: skip
+    evaluation = result.record.evaluation
+    assert result.record.relevance == "lrp"
+    assert evaluation["reference_activation"] > evaluation["initial_activation"]
+    gained = evaluation["activation"] - evaluation["initial_activation"]
+    wanted = evaluation["reference_activation"] - evaluation["initial_activation"]
+    assert gained >= 0.5 * wanted and not evaluation["below_start"]
+    # The transparency sits on the patches whose tokens fire for the unit on the picture.
+    with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
+        tap(model.preprocessing.normalize(result.pixels[None]))
+        tokens = to_positions(tap.outputs[layer], tap.layout(layer))[0, channel]
+    patches = tokens[-16:].view(4, 4)  # the 16 patch tokens after the class token
+    alpha = result.alpha.view(4, 8, 4, 8).mean(dim=(1, 3))
+    fires = patches > patches.median()
+    assert alpha[fires].mean() > alpha[~fires].mean()
+    assert evaluation["transparency_top_quarter"] > 0.3
+
+
+def test_an_attention_head_output_is_matched_at_the_tokens_below_not_the_keys(tiny_vit):
+    layers = list_layers(tiny_vit.module, 32)
+    taps, source = neuron_taps(tiny_vit, layers, "blocks.2.attn.norm", near=True)
+    assert taps[-1].layer == "blocks.2.attn.qkv" and "blocks.2.attn.qkv just below" in source
+    activations = target_activations(
+        tiny_vit, torch.rand(1, 3, 32, 32), [Channel("blocks.2.attn.norm", 17)]
+    )
+    assert len(activations) == 1
+
+
+# --- residual sums ----------------------------------------------------------------------------
+
+
+class _InvertedResidualNet(torch.nn.Module):
+    """A stem and two MobileNetV2 inverted residuals: one with its skip, one without."""
+
+    def __init__(self):
+        from torchvision.models.mobilenetv2 import InvertedResidual
+
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+        self.down = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+        self.summed = InvertedResidual(8, 8, 1, 2)
+        self.widened = InvertedResidual(8, 16, 2, 2)
+
+    def forward(self, x):
+        return self.widened(self.summed(self.down(self.stem(x))))
+
+
+def test_a_residual_sum_is_matched_at_both_of_its_inputs():
+    torch.manual_seed(0)
+    model = Model(_InvertedResidualNet().eval(), "blocks", Preprocessing(input_size=32))
+    layers = list_layers(model.module, 32)
+    taps, source = neuron_taps(model, layers, "summed", near=True)
+    # the block's input (its skip) and the branch its sum adds
+    assert [t.layer for t in taps][-2:] == ["down", "summed.conv"]
+    assert "summed.conv, the branch its residual sum adds" in source
+    # no sum, no branch: the block's output is its branch
+    taps, source = neuron_taps(model, layers, "widened", near=True)
+    assert taps[-1].layer == "summed" and "branch" not in source
+    assert "branch" not in neuron_taps(model, layers, "summed", near=False)[1]
+
+
+def test_a_timm_inverted_residuals_branch_is_read_while_the_lrp_rules_rewrite_it(image_folder):
+    from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+            self.block = TimmInvertedResidual(8, 8, exp_ratio=2.0)
+            self.top = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+
+        def forward(self, x):
+            return self.top(self.block(self.down(self.stem(x))))
+
+    torch.manual_seed(0)
+    model = Model(Net().eval(), "timm_blocks", Preprocessing(input_size=32))
+    assert model.module.block.has_skip
+    (result,) = visualize(
+        model, [Channel("block", 3)], str(image_folder), settings={"steps": 2}, progress=False
+    )
+    assert result.record.taps[-1]["layer"] == "block.bn3"
