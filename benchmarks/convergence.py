@@ -264,11 +264,7 @@ def recipe(method: str, setting: str) -> dict | None:
     """What a named VITAL setting is made of: a cached point is reused only while it holds."""
     if method != "vital":
         return None
-    fields = dataclasses.asdict(Settings.setting(setting))
-    # Left out while off, so that points cached before the field existed stay valid.
-    if fields["budget_steps"] is None:
-        del fields["budget_steps"]
-    return json.loads(json.dumps(fields))
+    return json.loads(json.dumps(dataclasses.asdict(Settings.setting(setting))))
 
 
 def point_key(kind: str, method: str, setting: str, steps: int, model, **inputs) -> dict:

@@ -1,12 +1,11 @@
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 
 from conftest import quadratic_objective
 from vital.errors import VitalError
-from vital.optimize import Settings, fitted, learning_rate, optimize, transparency
+from vital.optimize import Settings, learning_rate, optimize, transparency
 from vital.zoo import Preprocessing
 
 
@@ -76,36 +75,6 @@ def test_settings_presets_follow_the_paper():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(VitalError):
         Settings(**bad).validate()
-
-
-def test_a_step_budget_scales_short_runs_only():
-    given = Settings(steps=100, lr=0.1, warmup=30, budget_steps=300)
-    short = fitted(given)
-    assert short.lr == pytest.approx(0.3) and short.warmup == 10 and short.budget_steps is None
-    assert fitted(short) == short  # a record's settings run as they are
-    for steps in (300, 1000):
-        long = fitted(replace(given, steps=steps))
-        assert (long.lr, long.warmup) == (0.1, 30)
-    assert fitted(Settings(steps=100)) == replace(Settings(steps=100), warmup=25)
-
-
-def test_the_loop_runs_the_budgeted_learning_rate():
-    preprocessing = Preprocessing(input_size=16)
-    common = {"steps": 6, "jitter": 2}
-    budgeted = Settings(lr=0.05, warmup=4, budget_steps=12, **common)
-    explicit = Settings(lr=0.1, warmup=2, **common)
-    runs = [
-        optimize(quadratic_objective(0.3), 2, preprocessing, s, "cpu", False)
-        for s in (budgeted, explicit, replace(budgeted, budget_steps=None))
-    ]
-    assert torch.equal(runs[0].images, runs[1].images)
-    assert not torch.equal(runs[0].images, runs[2].images)
-
-
-@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
-def test_a_bad_step_budget_is_refused(bad):
-    with pytest.raises(VitalError, match="step budget"):
-        Settings(budget_steps=bad).validate()
 
 
 def test_transparency_clips_and_normalises():

@@ -18,7 +18,7 @@ import torch
 from vital import metrics
 from vital.errors import VitalError
 from vital.methods.base import Method, target_plan
-from vital.optimize import Run, Settings, fitted, optimize, transparency
+from vital.optimize import Run, Settings, effective_warmup, optimize, transparency
 from vital.record import Record, model_info
 from vital.store import Result, ResultSink
 from vital.targets import ClassTarget, Target
@@ -50,8 +50,7 @@ def resolve_settings(
     Returns
     -------
     Settings
-        Validated, with the learning rate and warm-up as the loop will run them
-        (:func:`vital.optimize.fitted`).
+        Validated, with the warm-up as the loop will run it.
     """
     if isinstance(settings, Settings):
         if setting is not None:
@@ -73,7 +72,7 @@ def resolve_settings(
             )
         chosen = dataclasses.replace(method.default_settings(model, setting), **overrides)
     chosen.validate()
-    return fitted(chosen)
+    return dataclasses.replace(chosen, warmup=effective_warmup(chosen))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:

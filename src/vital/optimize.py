@@ -74,12 +74,6 @@ class Settings:
         below it (the deepest one that finishes before the target starts). Off in the authors'
         settings; on in ``fast``, where the target otherwise fires at a fraction of its
         references' activation (benchmarks/RESULTS.md, "Inner units in 300 steps").
-    budget_steps
-        The run length ``lr`` and ``warmup`` are given for, or ``None`` (as given). A run of
-        fewer steps takes a peak learning rate ``lr · budget_steps / steps`` and a warm-up
-        ``warmup · steps / budget_steps``: Adam moves each parameter by about the learning
-        rate per step, so the distance the image can travel, the step budget, stays the
-        ``budget_steps`` run's. Longer runs keep ``lr`` and ``warmup``. On in ``fast``.
     """
 
     steps: int = 2000
@@ -104,7 +98,6 @@ class Settings:
     channels_last: bool = False
     compile: bool = False
     near_tap: bool = False
-    budget_steps: int | None = None
 
     @classmethod
     def setting(cls, number: int | str, **overrides) -> Settings:
@@ -172,8 +165,6 @@ class Settings:
                 f"{self.zoom!r}."
             )
         _number(self.rotate, "the rotation", "degrees")
-        if self.budget_steps is not None:
-            _whole(self.budget_steps, "the step budget", "budget_steps", 1)
         check_parametrization(self.parametrization)
 
 
@@ -219,25 +210,6 @@ def effective_warmup(settings: Settings) -> int:
     """
     shortest = min(steps for steps, _ in settings.stages())
     return max(1, min(settings.warmup, shortest // 4))
-
-
-def fitted(settings: Settings) -> Settings:
-    """The settings as the loop runs them: step budget applied, warm-up capped.
-
-    ``budget_steps`` (see :class:`Settings`) scales the peak learning rate and the warm-up to
-    the run's length and is then cleared, so that fitting twice changes nothing and a record
-    holds the learning rate and warm-up that ran.
-    """
-    budget = settings.budget_steps
-    total = sum(steps for steps, _ in settings.stages())
-    if budget is not None and total < budget:
-        settings = replace(
-            settings,
-            lr=settings.lr * budget / total,
-            warmup=max(1, round(settings.warmup * total / budget)),
-        )
-    settings = replace(settings, budget_steps=None)
-    return replace(settings, warmup=effective_warmup(settings))
 
 
 @dataclass
@@ -365,7 +337,6 @@ def optimize(
         accumulates |∂L/∂image| of those images.
     """
     settings.validate()
-    settings = fitted(settings)
     resolution = settings.resolution or preprocessing.input_size
     seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(count)]
     if len(seeds) != count:
@@ -413,9 +384,10 @@ def optimize(
             optimizer = torch.optim.Adam(
                 parametrization.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps
             )
+            warmup = effective_warmup(settings)
             for step in range(steps):
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, steps, settings.lr, settings.warmup)
+                    group["lr"] = learning_rate(step, steps, settings.lr, warmup)
                 x = parametrization.images()
                 if not x.is_leaf:
                     x.retain_grad()  # for the transparency map
