@@ -17,7 +17,7 @@ other views of the own photo, and the gap to the other photos'), and seconds per
 Seeds are fixed (image ``i`` uses seed ``i``). The Fourier FV baseline (activation
 maximisation, Lucent's recipe) runs beside VITAL at ``--baseline-steps``.
 
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/convergence.py --steps 100,300,1000,2000
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/convergence.py --steps 50,100,150,300,2000
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/convergence.py --quick   # CI-sized
 
 writes a Markdown table and grids (rows = method@steps, columns = targets; channels with their
@@ -289,7 +289,7 @@ def cached_point(cache: Path | None, key: dict, compute) -> Point:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", default="100,300,1000,2000", help="comma-separated")
+    parser.add_argument("--steps", default="50,100,150,300,1000,2000", help="comma-separated")
     parser.add_argument("--settings", default="1,fast", help="VITAL settings to run")
     parser.add_argument(
         "--points", default="", help="instead of --settings x --steps: e.g. 1@300,1@2000,fast@300"

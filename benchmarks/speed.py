@@ -4,17 +4,32 @@ Each configuration runs in its own subprocess so that peak RSS belongs to it alo
 
     python benchmarks/speed.py                      # all configurations, prints a Markdown table
     python benchmarks/speed.py --device cuda --steps 20
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --ratio             # step / bare pass, 1 thread
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --ratio --before OTHER/src   # against a checkout
+
+``--ratio``: a VITAL step through the driver (setting 1, 50 references; the loop's own timer,
+``record.seconds / steps``) against a bare forward + backward-to-input of the same frozen model,
+batch 1, one thread, rounds interleaved, medians: a class step of MobileNetV2 and of ResNet-50
+(random weights: the cost does not depend on them) and a neuron step (MobileNetV2
+``features.16`` channel 5, ``lrp``). The "sorts" column is what the loss's exact sorts of the
+step's tap features cost alone (:func:`vital.losses.rank_order`), the part of a class step a
+bare pass has no counterpart for. ``--before SRC`` runs every round twice, once with ``SRC``
+(another checkout's ``src``) on ``PYTHONPATH`` and once with this one, each in its own process,
+alternating, and prints both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -105,13 +120,133 @@ def reference_memory(device: str, count: int) -> dict:
     }
 
 
+# (label, model, weights, target): the step-cost cases of --ratio.
+RATIO_CASES = (
+    ("class", "mobilenet_v2", None, 967),
+    ("class", "resnet50", "random", 967),
+    ("neuron", "mobilenet_v2", None, ("features.16", 5)),
+)
+
+
+def bare_seconds(model, passes: int) -> float:
+    """Seconds of one forward + backward-to-input of the whole frozen model, batch 1."""
+    from vital.zoo import frozen
+
+    size = model.preprocessing.input_size
+    x = torch.randn(1, 3, size, size, device=model.device, requires_grad=True)
+    with frozen(model.module):
+        started = time.perf_counter()
+        for _ in range(passes):
+            x.grad = None
+            model.module(x).sum().backward()
+    return (time.perf_counter() - started) / passes
+
+
+def step_seconds(model, target, references, steps: int) -> float:
+    """Seconds of one setting-1 step through the driver, by the loop's own timer."""
+    import vital
+
+    (result,) = vital.visualize(
+        model, [target], references, setting=1, settings={"steps": steps}, progress=False
+    )
+    return result.record.seconds / steps
+
+
+def sort_seconds(model, layers: list[str], passes: int) -> float:
+    """Seconds of the exact sorts one class step does: ``rank_order`` of every tap's features."""
+    from vital.losses import rank_order
+    from vital.taps import tapped
+
+    size = model.preprocessing.input_size
+    with tapped(model.module, layers, stop_early=True) as tap, torch.no_grad():
+        features = tap(torch.randn(1, 3, size, size, device=model.device))
+    started = time.perf_counter()
+    for _ in range(passes):
+        for value in features.values():
+            rank_order(value)
+    return (time.perf_counter() - started) / passes
+
+
+def ratio_rounds(rounds: int, steps: int) -> list[dict]:
+    """Per case and round: bare pass, step and sort seconds (see the module's doc)."""
+    import vital
+    from vital.taps import default_taps, list_layers
+
+    torch.set_num_threads(1)
+    references = vital.from_samples(["coffee"], count=50)
+    rows = []
+    for kind, name, weights, target in RATIO_CASES:
+        model = vital.load_model(name, weights=weights)
+        target = vital.Channel(*target) if kind == "neuron" else target
+        layers = [t.layer for t in default_taps(name, list_layers(model.module, 224))[0]]
+        # prototypes (computed once, cached) and allocator warm-up
+        step_seconds(model, target, references, 2)
+        bare_seconds(model, 2)
+        for number in range(rounds):  # the machine may be shared: interleave, keep medians
+            bare = bare_seconds(model, steps)
+            step = step_seconds(model, target, references, steps)
+            sorts = sort_seconds(model, layers, steps)
+            case = f"{kind} {name}"
+            rows.append({"case": case, "round": number, "bare": bare, "step": step, "sorts": sorts})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def ratio_table(rows: list[dict], tree: str = "") -> list[str]:
+    lines = []
+    for case in dict.fromkeys(row["case"] for row in rows):
+        mine = [row for row in rows if row["case"] == case]
+        bare = statistics.median(row["bare"] for row in mine)
+        step = statistics.median(row["step"] for row in mine)
+        sorts = statistics.median(row["sorts"] for row in mine)
+        lines.append(
+            f"| {tree}{case} | {bare * 1e3:.1f} | {step * 1e3:.1f} | {step / bare:.2f}x "
+            f"| {sorts * 1e3:.1f} ({sorts / bare:.2f} of bare) | {len(mine)} |"
+        )
+    return lines
+
+
+def ratio_main(rounds: int, steps: int, before: str | None) -> None:
+    print(
+        f"torch {torch.__version__}, 1 thread, batch 1, 224 px, {steps} steps or passes per "
+        f"round, medians of {rounds} interleaved rounds; {platform.machine()}\n"
+    )
+    print("| case | bare fwd+bwd ms | step ms | step / bare | exact sorts ms | rounds |")
+    print("|---|---|---|---|---|---|")
+    if before is None:
+        print("\n".join(ratio_table(ratio_rounds(rounds, steps))))
+        return
+    trees = {"before": str(Path(before).resolve()), "after": str(Path(__file__).parents[1] / "src")}
+    rows: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, source in trees.items():
+            command = [sys.executable, __file__, "--ratio-json", "--steps", str(steps)]
+            environment = {**os.environ, "PYTHONPATH": source, "OMP_NUM_THREADS": "1"}
+            output = subprocess.run(
+                command, capture_output=True, text=True, check=True, env=environment
+            ).stdout
+            rows[name] += json.loads(output)
+    for name in trees:
+        print("\n".join(ratio_table(rows[name], f"{name}: ")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "BATCH"))
     parser.add_argument("--references", type=int, default=0, help="measure N references")
+    parser.add_argument("--ratio", action="store_true", help="step / bare pass (see the doc)")
+    parser.add_argument("--rounds", type=int, default=5, help="--ratio: interleaved rounds")
+    parser.add_argument("--before", help="--ratio: another checkout's src to compare with")
+    parser.add_argument("--ratio-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ratio:
+        ratio_main(args.rounds, args.steps, args.before)
+        return
+    if args.ratio_json:  # one round of every case, for --before
+        print(json.dumps(ratio_rounds(1, args.steps)))
+        return
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.steps, args.device)))
         return

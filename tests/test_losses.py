@@ -108,3 +108,29 @@ def test_rank_order_sorts_every_row(dtype):
 def test_rank_order_of_a_non_contiguous_view():
     values = torch.randn(40, 30).t()  # rows are strided
     assert torch.equal(values.gather(-1, rank_order(values)), values.sort(dim=-1).values)
+
+
+def test_loss_and_gradient_equal_the_direct_form_with_ties():
+    # The direct form: each position's target is the prototype at its rank, through autograd.
+    torch.manual_seed(5)
+    values = torch.randn(2, 4, 300).clamp_min(0)  # ReLU-like: many exact ties at 0
+    prototypes = torch.randn(2, 4, 300).clamp_min(0).sort(-1).values
+    importance = torch.rand(2, 4, 1)
+    fused = values.clone().requires_grad_(True)
+    direct = values.clone().requires_grad_(True)
+    order = direct.detach().argsort(dim=-1)
+    target = torch.empty_like(prototypes).scatter_(-1, order, prototypes)
+    expected = ((direct - target) ** 2 * importance).flatten(1).mean(dim=1)
+    loss = sort_matching_loss(fused, prototypes, importance)
+    (loss * torch.tensor([1.0, 3.0])).sum().backward()
+    (expected * torch.tensor([1.0, 3.0])).sum().backward()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    # Tied positions may trade targets; the gradient summed over each tie group may not.
+    assert torch.allclose(fused.grad.sum(-1), direct.grad.sum(-1), rtol=1e-4, atol=1e-7)
+    untied = values > 0
+    assert torch.allclose(fused.grad[untied], direct.grad[untied], rtol=1e-4, atol=1e-7)
+
+
+def test_importance_per_position_is_refused():
+    with pytest.raises(ValueError, match="whole channels"):
+        sort_matching_loss(torch.zeros(1, 2, 5), torch.zeros(2, 5), torch.ones(1, 2, 5))
