@@ -4,6 +4,7 @@
 >>> results = vital.visualize("mobilenet_v2", ["espresso", "moped"], steps=...)  # doctest: +SKIP
 """
 
+from vital import concepts  # callable: vital.concepts(model, class, data, layer=...)
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError
 from vital.explanation import Explanation, explain
@@ -40,6 +41,7 @@ __all__ = [
     "available_models",
     "class_references",
     "classify",
+    "concepts",
     "contact_sheet",
     "explain",
     "from_folder",

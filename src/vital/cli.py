@@ -854,6 +854,119 @@ def explain_command(
     typer.echo(f"page:   {out / record.files['page']} (or: vital atlas serve {out})")
 
 
+def _scale(text: str) -> tuple[float, float]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError as error:
+        raise VitalError(
+            f"--crop-scale is LOW,HIGH (fractions of the image's largest square), not {text!r}."
+        ) from error
+    return low, high
+
+
+@app.command("concepts")
+def concepts_command(
+    class_name: Annotated[
+        str, typer.Option("--class", "-c", help="The class (index, name or WordNet id).")
+    ],
+    layer: Annotated[
+        str, typer.Option("--layer", "-l", help="Layer whose activations are factorised.")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="The class's images: one image, a folder (ImageNet-style tree, class "
+            "sub-folders, or the class's images) or OUT/mining.sqlite. Default: the embedded "
+            "photos of the class.",
+        ),
+    ] = None,
+    count: Annotated[int, typer.Option("--count", help="Number of concepts K.")] = 10,
+    crops: Annotated[int, typer.Option("--crops", help="Random crops in all.")] = 128,
+    crop_scale: Annotated[
+        str,
+        typer.Option(
+            "--crop-scale", help="LOW,HIGH: a crop's area as a fraction of the image's square."
+        ),
+    ] = "0.05,0.4",
+    examples: Annotated[
+        int, typer.Option("--examples", help="Crops per concept: examples and picture references.")
+    ] = 16,
+    relevance: Annotated[
+        str, typer.Option("--relevance", help="Relevance backend from the class logit (lrp).")
+    ] = "lrp",
+    no_pictures: Annotated[
+        bool, typer.Option("--no-pictures", help="Skip the concepts' VITAL pictures.")
+    ] = False,
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    setting: Annotated[
+        str,
+        typer.Option(
+            "--setting", help="VITAL's setting for the pictures: fast (default), 0, 1, 2."
+        ),
+    ] = "fast",
+    steps: Steps = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of crops, NMF and pictures.")] = 0,
+    out: Out = Path("vital-out"),
+    device: Device = "auto",
+    batch: Batch = 8,
+) -> None:
+    """Find what --class is made of at --layer: K concepts, their shares, maps and pictures.
+
+    Random crops of the class's images are factorised (NMF) into concepts; each concept's share
+    of the class's relevance at the layer (LRP from the logit), where it sits on each image,
+    its examples (the crops it was built from) and its VITAL picture. Writes OUT/concepts.json,
+    OUT/overview.png, OUT/maps/, OUT/pictures/, OUT/examples/.
+    """
+    from vital.concepts import concepts
+
+    names = _names([class_name])
+    if len(names) != 1:
+        raise VitalError(f"concepts are found for one class at a time, not {class_name!r}.")
+    _check_out(out)
+    loaded = _load(model, weights, device)
+    _Session.out = out
+    report = concepts(
+        loaded,
+        names[0],
+        data,
+        layer=layer,
+        count=count,
+        crops=crops,
+        scale=_scale(crop_scale),
+        examples=examples,
+        pictures=not no_pictures,
+        setting=_setting(setting),
+        settings=_overrides(steps=steps),
+        seed=seed,
+        relevance=relevance,
+        out=out,
+        batch_size=batch,
+    )
+    explained = report.target
+    typer.echo(
+        f"{explained['name']} (class {explained['index']}) at {report.layer}: "
+        f"{len(report.concepts)} concepts from {report.crops} crops of {report.images} "
+        f"image(s) carry {report.explained_share:.1%} of its relevance"
+    )
+    for entry in report.concepts:
+        picture = (
+            f"picture {entry.activation / entry.reference_activation:.2f}× its references"
+            if entry.activation is not None and entry.reference_activation
+            else "no picture"
+        )
+        typer.echo(
+            f"  concept {entry.index:3d}  share {entry.share:6.1%}  "
+            f"{len(entry.examples)} examples  {picture}"
+        )
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"record: {out / 'concepts.json'}")
+    typer.echo(f"overview: {out / 'overview.png'}")
+
+
 atlas_app = typer.Typer(
     no_args_is_help=True, help="Visualise many units, record them, browse them as a web page."
 )

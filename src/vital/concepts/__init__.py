@@ -8,6 +8,9 @@ class's relevance at the layer distributed over the concepts, with a residual), 
 :mod:`.fidelity` (deletion and insertion curves against channels).
 """
 
+import sys
+import types
+
 from vital.concepts.crops import CropSet, class_images, sample_crops
 from vital.concepts.discovery import ConceptBasis, discover, layer_features
 from vital.concepts.fidelity import Curves, fidelity_curves
@@ -32,3 +35,18 @@ __all__ = [
     "map_image",
     "sample_crops",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``vital.concepts(...)`` runs :func:`concepts`, while ``vital.concepts.X`` stays this package.
+
+    The package and the public function share a name; making the package callable keeps both
+    (binding the function over the package's name in ``vital`` would hide the submodules from
+    tools that resolve dotted names attribute by attribute).
+    """
+
+    def __call__(self, *args, **kwargs) -> ConceptReport:
+        return concepts(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
