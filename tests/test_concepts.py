@@ -217,3 +217,28 @@ def test_user_mistakes_are_one_line(tmp_path, data, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         vital.cli.main(arguments)
     assert exit_.value.code == 2
+
+
+def test_a_plain_folder_of_one_photo_per_class_gives_the_class_its_photo(tmp_path, data):
+    from vital.concepts import class_images
+    from vital.targets import class_target
+
+    model = tiny_cnn_model()
+    (data / "img001.png").rename(data / "class_3.png")
+    sources, notes = class_images(model, class_target(model, 3), data)
+    assert [Path(s.where).name for s in sources] == ["class_3.png"] and "file name" in notes[0]
+    # No name fits class 5: the images whose top five hold it (all of them, if none does).
+    with torch.no_grad():
+        top5 = {
+            p.name: 5 in model.module(model.preprocessing.normalize(load(p)[None])).topk(5).indices
+            for p in sorted(data.iterdir())
+        }
+    sources, notes = class_images(model, class_target(model, 5), data)
+    expected = [name for name, holds in top5.items() if holds] or sorted(top5)
+    assert [Path(s.where).name for s in sources] == expected and notes
+
+
+def load(path):
+    from vital.references import center_crop
+
+    return center_crop(Image.open(path).convert("RGB"), 32)

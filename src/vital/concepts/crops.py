@@ -11,6 +11,7 @@ matches are the same views.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from vital.errors import VitalError
-from vital.methods.vital_class import class_references
+from vital.methods.vital_class import class_folder_names, class_references
 from vital.references import (
     IMAGE_SUFFIXES,
     ImageSource,
@@ -158,31 +159,75 @@ def class_images(
     data: str | Path | None,
     limit: int = MAX_IMAGES,
     seed: int = 0,
-) -> list[ImageSource]:
-    """The images a class's concepts are found in.
+) -> tuple[list[ImageSource], list[str]]:
+    """The images a class's concepts are found in, and notes on how they were chosen.
 
     ``data``: ``None`` (the embedded photos of the class), one image file, a mining database
     (its images of the class when it was mined over an ImageNet-style tree, else all of them),
-    or a folder (an ImageNet-style tree, one sub-folder per class, or that class's images).
+    or a folder: an ImageNet-style tree or one sub-folder per class (the class's folder), or a
+    plain folder. A plain folder may hold photos of several classes (one photo per class): the
+    images whose file name names the class are used; without such names, the images whose
+    top five predictions hold the class; when there are none, all of them.
     """
     if data is not None and Path(data).is_file():
         path = Path(data)
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return [ImageSource.from_path(path)]
+            return [ImageSource.from_path(path)], []
         from vital.mining.results import is_mining_database
 
         if is_mining_database(path):
-            return _mined_images(model, target, path, limit, seed)
+            return _mined_images(model, target, path, limit, seed), []
         raise VitalError(
             f"{path} is neither an image nor a mining database; --data is an image, a folder "
             "or OUT/mining.sqlite."
         )
     found = class_references(model, target, data, limit, seed, shared_ok=True)
     sources = list(found.sources)
+    notes: list[str] = []
+    if data is not None and not any(child.is_dir() for child in Path(data).iterdir()):
+        sources, notes = _of_the_class(model, target, sources)
     if len(sources) > limit:
         chosen = np.random.default_rng(seed).choice(len(sources), size=limit, replace=False)
         sources = [sources[i] for i in sorted(chosen)]
-    return sources
+        notes.append(f"a random {limit} of the class's images were used.")
+    return sources, notes
+
+
+def _words(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def _of_the_class(
+    model: Model, target: ClassTarget, sources: list[ImageSource]
+) -> tuple[list[ImageSource], list[str]]:
+    """A plain folder's images of ``target``: by file name, else by the model's top five."""
+    if len(sources) == 1:
+        return sources, []
+    names = {_words(n) for n in class_folder_names(model, target)} - {""}
+    stem = lambda s: f" {_words(Path(s.where).stem)} "  # noqa: E731
+    named = [s for s in sources if any(f" {n} " in stem(s) for n in names)]
+    if named:
+        return named, [f"{len(named)} of {len(sources)} images name the class in their file name."]
+    from vital.references import center_crop
+
+    preprocessing = model.preprocessing
+    kept = []
+    with torch.no_grad():
+        for source in sources:
+            image = open_rgb(source)
+            if image is None:
+                continue
+            pixels = center_crop(
+                image, preprocessing.input_size, preprocessing.crop_pct, preprocessing.interpolation
+            )
+            logits = model.module(
+                preprocessing.normalize(pixels[None].to(model.device, model.dtype))
+            )
+            if target.index in logits[0].topk(min(5, logits.shape[1])).indices.tolist():
+                kept.append(source)
+    if kept:
+        return kept, [f"{len(kept)} of {len(sources)} images have the class in their top five."]
+    return sources, [f"no image has the class in its top five: all {len(sources)} were used."]
 
 
 def _mined_images(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def concepts(
         model = as_model(model, device)
         explained = class_target(model, target)
         folder = output_folder(out)
-        sources = class_images(model, explained, data, seed=seed)
+        sources, notes = class_images(model, explained, data, seed=seed)
         crop_set = sample_crops(sources, crops, scale, seed, model.preprocessing.crop_pct)
         resolution = model.preprocessing.input_size
         crop_pixels = crop_set.pixels(model, resolution)
@@ -188,7 +189,9 @@ def concepts(
         basis = discover(crop_features, layer, count, seed)
         coefficients = basis.coefficients(basis.features(crop_features).mean(dim=-1))  # (N, K)
 
-        found = _explained_images(model, explained.index, crop_set, basis, relevance)
+        found, relevance_notes = _explained_images(
+            model, explained.index, crop_set, basis, relevance
+        )
         if not found:
             raise VitalError("none of the images could be read; check the files.")
         total = sum((f["shares"] for f in found[1:]), found[0]["shares"])
@@ -261,7 +264,7 @@ def concepts(
             explained_share=total.explained,
             residual_share=total.residual / total.total if total.total else 0.0,
             relevance={
-                "backend": relevance,
+                "backend": found[0]["backend"],
                 "total": total.total,
                 "residual": total.residual,
                 "per_image": [
@@ -294,7 +297,9 @@ def concepts(
             else None,
             fidelity=fidelity,
             files={"directions": "directions.npy", "overview": "overview.png"},
-            notes=(
+            notes=notes
+            + relevance_notes
+            + (
                 [f"{count - basis.count} of {count} concepts came out empty and were dropped."]
                 if basis.count < count
                 else []
@@ -312,10 +317,22 @@ def concepts(
 
 def _explained_images(
     model: Model, index: int, crop_set: CropSet, basis: ConceptBasis, relevance: str
-) -> list[dict]:
-    """Per image: its view, the layer's relevance and activation, coefficients and shares."""
+) -> tuple[list[dict], list[str]]:
+    """Per image: its view, the layer's relevance and activation, coefficients and shares.
+
+    Where ``lrp``'s rules do not cover the model (it refuses a module), relevance falls back to
+    gradient × activation, which works for any model, and a note says so.
+    """
+    notes: list[str] = []
     found = []
-    with attributor(model, basis.layer, relevance) as attribute:
+    with ExitStack() as stack:
+        try:
+            attribute = stack.enter_context(attributor(model, basis.layer, relevance))
+        except VitalError as error:
+            if relevance != "lrp":
+                raise
+            notes.append(f"relevance by grad-x-act: {error}")
+            attribute = stack.enter_context(attributor(model, basis.layer, "grad-x-act"))
         for number, source in enumerate(crop_set.images):
             pixels = _view(model, source)
             if pixels is None:
@@ -324,9 +341,11 @@ def _explained_images(
             activation = explained.activation.flatten(1).float()
             layer_relevance = explained.relevance.flatten(1).float()
             coefficients = basis.position_coefficients(activation)
+            notes += [n for n in explained.notes if n not in notes]
             found.append(
                 {
                     "stem": _stem(source, number),
+                    "backend": explained.backend,
                     "pixels": pixels,
                     "activation": activation,
                     "relevance": layer_relevance,
@@ -334,7 +353,7 @@ def _explained_images(
                     "shares": concept_shares(basis, activation, layer_relevance, coefficients),
                 }
             )
-    return found
+    return found, notes
 
 
 def _write_examples(folder: Path, pixels: torch.Tensor, chosen: dict[int, list[int]]) -> dict:

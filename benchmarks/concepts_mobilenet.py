@@ -1,0 +1,169 @@
+"""Concepts of three classes of the embedded MobileNetV2 at ``features.18``, measured.
+
+For each embedded dev photo (espresso, Egyptian cat, moped) runs ``vital concepts`` on the photo
+alone (the same as ``vital concepts --class C --layer features.18 --count K --steps N --out
+OUT/C``) and measures what issue 19 asks:
+
+- the top five concepts' share of the class's relevance at the layer, against the top five
+  channels' (the same LRP relevance, summed per channel);
+- each concept picture's coefficient against its references' mean (≥ ½ asked);
+- the judge (EfficientNet-Lite0, which chose nothing): is each picture closer (cosine of pooled
+  features) to its own examples' mean than to every other concept's examples' mean;
+- deletion / insertion at the layer: concepts against channels (logits, areas under the curves).
+
+Writes ``OUT/C/`` (the concepts' folders), ``OUT/results.json`` and ``benchmarks/figures/
+concepts-C.jpg`` (the overview sheets), and prints a RESULTS.md section.
+
+    OMP_NUM_THREADS=1 python benchmarks/concepts_mobilenet.py --count 10 --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import vital
+from vital.explanation import attributor
+from vital.metrics import features
+from vital.references import center_crop, open_rgb, sample_photo
+from vital.zoo import load_model
+
+HERE = Path(__file__).resolve().parent
+PHOTOS = {"espresso": "coffee", "Egyptian cat": "chelsea", "moped": "motorcycle"}
+LAYER = "features.18"
+
+
+def pixels_of(folder: Path, paths: list[str]) -> torch.Tensor:
+    arrays = [
+        np.asarray(Image.open(folder / p).convert("RGB"), dtype=np.float32) / 255 for p in paths
+    ]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def judge_closeness(judge, folder: Path, concepts: list[dict]) -> list[dict]:
+    """Per concept: cosine of its picture to each concept's examples' mean (judge features)."""
+    pictured = [c for c in concepts if c["picture"]]
+    means = F.normalize(
+        torch.stack([features(judge, pixels_of(folder, c["examples"])).mean(0) for c in pictured]),
+        dim=1,
+    )
+    shown = F.normalize(features(judge, pixels_of(folder, [c["picture"] for c in pictured])), dim=1)
+    cosines = shown @ means.T
+    rows = []
+    for i, concept in enumerate(pictured):
+        others = torch.cat([cosines[i, :i], cosines[i, i + 1 :]])
+        rows.append(
+            {
+                "index": concept["index"],
+                "own": float(cosines[i, i]),
+                "best_other": float(others.max()) if len(others) else None,
+                "closest_is_own": bool(int(cosines[i].argmax()) == i),
+            }
+        )
+    return rows
+
+
+def channel_top5(model, name: str, photo: str) -> float:
+    pixels = center_crop(open_rgb(sample_photo(photo)), 224)
+    with attributor(model, LAYER, "lrp") as attribute:
+        found = attribute(pixels, model.labels.resolve(name))
+    channels = found.channels
+    return float(torch.sort(channels, descending=True).values[:5].sum() / channels.sum())
+
+
+def area(curve: list[float]) -> float:
+    """Mean of a curve normalised by its start (deletion) — lower falls faster."""
+    values = np.asarray(curve)
+    return float(values[1:].mean() / values[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--crops", type=int, default=128)
+    parser.add_argument("--examples", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "concepts_mobilenet")
+    parser.add_argument("--figures", type=Path, default=HERE / "figures")
+    parser.add_argument("--classes", nargs="*", default=list(PHOTOS))
+    arguments = parser.parse_args()
+    torch.set_num_threads(1)
+    model = load_model("mobilenet_v2")
+    judge = load_model("efficientnet_lite0")
+    rows = []
+    for name in arguments.classes:
+        folder = arguments.out / PHOTOS[name]
+        started = time.time()
+        vital.concepts(
+            model, name, None, layer=LAYER, count=arguments.count, crops=arguments.crops,
+            examples=arguments.examples, settings={"steps": arguments.steps}, out=folder,
+            progress=False,
+        )  # fmt: skip
+        seconds = time.time() - started
+        record = json.loads((folder / "concepts.json").read_text())
+        concepts = record["concepts"]
+        ratios = [
+            c["activation"] / c["reference_activation"]
+            for c in concepts
+            if c["reference_activation"]
+        ]
+        fidelity = record["fidelity"]
+        rows.append(
+            {
+                "class": name,
+                "photo": PHOTOS[name],
+                "seconds": round(seconds),
+                "explained_share": record["explained_share"],
+                "top1_share": concepts[0]["share"],
+                "top5_share": sum(c["share"] for c in concepts[:5]),
+                "channels_top5_share": channel_top5(model, name, PHOTOS[name]),
+                "coefficient_ratios": [round(r, 3) for r in ratios],
+                "judge": judge_closeness(judge, folder, concepts),
+                "deletion_top1": {
+                    "concept": fidelity["concepts_deletion"][1] - fidelity["concepts_deletion"][0],
+                    "channel": fidelity["channels_deletion"][1] - fidelity["channels_deletion"][0],
+                },
+                "deletion_area": {
+                    "concepts": area(fidelity["concepts_deletion"]),
+                    "channels": area(fidelity["channels_deletion"]),
+                },
+                "fidelity": fidelity,
+                "shares": [round(c["share"], 4) for c in concepts],
+                "indices": [c["index"] for c in concepts],
+            }
+        )
+        arguments.figures.mkdir(parents=True, exist_ok=True)
+        overview = Image.open(folder / "overview.png").convert("RGB")
+        overview.save(arguments.figures / f"concepts-{PHOTOS[name]}.jpg", quality=70)
+        print(f"{name}: {seconds:.0f} s", flush=True)
+    (arguments.out / "results.json").write_text(json.dumps(rows, indent=2))
+    print(
+        "| class | concepts' share | top-1 | top-5 concepts | top-5 channels | pictures ≥ ½ "
+        "(ratios) | judge: own closest | top-1 deletion Δlogit concept / channel | deletion "
+        "area concepts / channels | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ratios = row["coefficient_ratios"]
+        listed = ", ".join(f"{r:.2f}" for r in ratios)
+        judged = row["judge"]
+        print(
+            f"| {row['class']} | {row['explained_share']:.2f} | {row['top1_share']:.2f} | "
+            f"{row['top5_share']:.2f} | {row['channels_top5_share']:.3f} | "
+            f"{sum(r >= 0.5 for r in ratios)}/{len(ratios)} ({listed}) | "
+            f"{sum(j['closest_is_own'] for j in judged)}/{len(judged)} | "
+            f"{row['deletion_top1']['concept']:.2f} / {row['deletion_top1']['channel']:.2f} | "
+            f"{row['deletion_area']['concepts']:.2f} / {row['deletion_area']['channels']:.2f} | "
+            f"{row['seconds']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
