@@ -48,23 +48,24 @@ def pixels_of(folder: Path, paths: list[str]) -> torch.Tensor:
 
 
 def judge_closeness(judge, folder: Path, concepts: list[dict]) -> list[dict]:
-    """Per concept: cosine of its picture to each concept's examples' mean (judge features)."""
-    pictured = [c for c in concepts if c["picture"]]
+    """Per pictured concept: cosine of its picture to every concept's examples' mean (judge)."""
     means = F.normalize(
-        torch.stack([features(judge, pixels_of(folder, c["examples"])).mean(0) for c in pictured]),
+        torch.stack([features(judge, pixels_of(folder, c["examples"])).mean(0) for c in concepts]),
         dim=1,
     )
-    shown = F.normalize(features(judge, pixels_of(folder, [c["picture"] for c in pictured])), dim=1)
-    cosines = shown @ means.T
     rows = []
-    for i, concept in enumerate(pictured):
-        others = torch.cat([cosines[i, :i], cosines[i, i + 1 :]])
+    for own, concept in enumerate(concepts):
+        if not concept["picture"]:
+            continue
+        shown = F.normalize(features(judge, pixels_of(folder, [concept["picture"]])), dim=1)[0]
+        cosines = means @ shown
+        others = torch.cat([cosines[:own], cosines[own + 1 :]])
         rows.append(
             {
                 "index": concept["index"],
-                "own": float(cosines[i, i]),
+                "own": float(cosines[own]),
                 "best_other": float(others.max()) if len(others) else None,
-                "closest_is_own": bool(int(cosines[i].argmax()) == i),
+                "closest_is_own": bool(int(cosines.argmax()) == own),
             }
         )
     return rows
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--crops", type=int, default=128)
     parser.add_argument("--examples", type=int, default=16)
+    parser.add_argument("--pictured", type=int, default=5, help="pictures of the top N concepts")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "concepts_mobilenet")
     parser.add_argument("--figures", type=Path, default=HERE / "figures")
     parser.add_argument("--classes", nargs="*", default=list(PHOTOS))
@@ -103,8 +105,8 @@ def main() -> None:
         started = time.time()
         vital.concepts(
             model, name, None, layer=LAYER, count=arguments.count, crops=arguments.crops,
-            examples=arguments.examples, settings={"steps": arguments.steps}, out=folder,
-            progress=False,
+            examples=arguments.examples, pictures=arguments.pictured,
+            settings={"steps": arguments.steps}, out=folder, progress=False,
         )  # fmt: skip
         seconds = time.time() - started
         record = json.loads((folder / "concepts.json").read_text())

@@ -899,6 +899,10 @@ def concepts_command(
     no_pictures: Annotated[
         bool, typer.Option("--no-pictures", help="Skip the concepts' VITAL pictures.")
     ] = False,
+    pictured: Annotated[
+        int | None,
+        typer.Option("--pictured", help="Picture only the N concepts with the largest shares."),
+    ] = None,
     model: ModelName = "mobilenet_v2",
     weights: Weights = None,
     setting: Annotated[
@@ -937,7 +941,7 @@ def concepts_command(
         crops=crops,
         scale=_scale(crop_scale),
         examples=examples,
-        pictures=not no_pictures,
+        pictures=False if no_pictures else (True if pictured is None else pictured),
         setting=_setting(setting),
         settings=_overrides(steps=steps),
         seed=seed,

@@ -124,7 +124,7 @@ def concepts(
     crops: int = DEFAULT_CROPS,
     scale: tuple[float, float] = DEFAULT_SCALE,
     examples: int = DEFAULT_EXAMPLES,
-    pictures: bool = True,
+    pictures: bool | int = True,
     setting: int | str | None = "fast",
     settings: Mapping[str, object] | None = None,
     seed: int = 0,
@@ -157,7 +157,8 @@ def concepts(
         Crops kept per concept (highest coefficient first): its examples and its picture's
         references.
     pictures
-        Make the concepts' VITAL pictures.
+        Make the concepts' VITAL pictures: ``True`` for every concept, a number for the top
+        ones by share, ``False`` for none.
     setting, settings
         VITAL's setting for the pictures (``fast`` by default) and changes to its defaults
         (``{"steps": 300}``).
@@ -210,7 +211,8 @@ def concepts(
 
         picture_files: dict[int, dict] = {}
         if pictures:
-            named = [k for k in order if chosen[k]]
+            pictured = order if pictures is True else order[: int(pictures)]
+            named = [k for k in pictured if chosen[k]]
             results = concept_pictures(
                 model,
                 basis,
@@ -397,7 +399,7 @@ def _write_overview(folder: Path, report: ConceptReport, found: list[dict]) -> N
             path = getattr(entry, kind)
             if path is not None:
                 ratio = (
-                    f" {entry.activation / entry.reference_activation:.2f}×"
+                    f" {entry.activation / entry.reference_activation:.2f}x refs"
                     if kind == "picture" and entry.reference_activation
                     else ""
                 )
