@@ -242,3 +242,21 @@ def load(path):
     from vital.references import center_crop
 
     return center_crop(Image.open(path).convert("RGB"), 32)
+
+
+def test_explain_by_concepts_from_the_command_line(tmp_path, data, monkeypatch):
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli, "_load", lambda *a: tiny_cnn_model())
+    photo = data / "img002.png"
+    arguments = ["explain", str(photo), "--layer", "stage3", "--by", "concepts", "--count", "2"]
+    result = CliRunner().invoke(app, [*arguments, "--steps", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "concepts" / "img002-stage3"
+    record = _check_contract(folder, 2)
+    model = tiny_cnn_model()
+    with torch.no_grad():
+        image = model.preprocessing.normalize(load(photo)[None])
+        predicted = int(model.module(image).argmax())
+    assert record["class"]["index"] == predicted and record["images"] == 1
+    assert f"{record['explained_share']:.1%} of its relevance" in result.output

@@ -760,6 +760,13 @@ def explain_command(
         ),
     ] = None,
     top: Annotated[int, typer.Option("--top", help="Most relevant channels to show.")] = 5,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by", help="channels (default) or concepts: the concepts found in the photo's crops."
+        ),
+    ] = "channels",
+    count: Annotated[int, typer.Option("--count", help="With --by concepts: K concepts.")] = 10,
     class_name: Annotated[
         str | None,
         typer.Option("--class", "-c", help="Class to explain (default: the prediction)."),
@@ -807,11 +814,21 @@ def explain_command(
     For the top channels: their relevance (LRP from the class logit) and share, a heatmap of
     the relevance through each, their dataset examples mined from --data, and their VITAL
     pictures (reused from the atlas or --store when stored with the same settings). Writes a
-    JSON record and a page into the atlas folder --out.
+    JSON record and a page into the atlas folder --out. With --by concepts: the --count
+    concepts found in the photo's own crops, their shares of the class's relevance, maps on the
+    photo, examples and VITAL pictures (as `vital concepts`), in OUT/concepts/.
     """
     from vital.explanation import explain
 
+    if by not in ("channels", "concepts"):
+        raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
     loaded = _load(model, weights, device)
+    if by == "concepts":
+        _explain_by_concepts(
+            loaded, image, layer, class_name, count, out, relevance, not no_pictures,
+            _setting(setting), _overrides(steps=steps, resolution=resolution), seed, batch,
+        )  # fmt: skip
+        return
     _Session.out, _Session.resumable = out, True
     record = explain(
         loaded,
@@ -863,6 +880,30 @@ def _scale(text: str) -> tuple[float, float]:
             f"--crop-scale is LOW,HIGH (fractions of the image's largest square), not {text!r}."
         ) from error
     return low, high
+
+
+def _print_concepts(report, out: Path) -> None:
+    """The concepts' shares and pictures, and where the record and overview are."""
+    explained = report.target
+    typer.echo(
+        f"{explained['name']} (class {explained['index']}) at {report.layer}: "
+        f"{len(report.concepts)} concepts from {report.crops} crops of {report.images} "
+        f"image(s) carry {report.explained_share:.1%} of its relevance"
+    )
+    for entry in report.concepts:
+        picture = (
+            f"picture {entry.activation / entry.reference_activation:.2f}× its references"
+            if entry.activation is not None and entry.reference_activation
+            else "no picture"
+        )
+        typer.echo(
+            f"  concept {entry.index:3d}  share {entry.share:6.1%}  "
+            f"{len(entry.examples)} examples  {picture}"
+        )
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"record: {out / 'concepts.json'}")
+    typer.echo(f"overview: {out / 'overview.png'}")
 
 
 @app.command("concepts")
@@ -949,26 +990,31 @@ def concepts_command(
         out=out,
         batch_size=batch,
     )
-    explained = report.target
-    typer.echo(
-        f"{explained['name']} (class {explained['index']}) at {report.layer}: "
-        f"{len(report.concepts)} concepts from {report.crops} crops of {report.images} "
-        f"image(s) carry {report.explained_share:.1%} of its relevance"
-    )
-    for entry in report.concepts:
-        picture = (
-            f"picture {entry.activation / entry.reference_activation:.2f}× its references"
-            if entry.activation is not None and entry.reference_activation
-            else "no picture"
-        )
-        typer.echo(
-            f"  concept {entry.index:3d}  share {entry.share:6.1%}  "
-            f"{len(entry.examples)} examples  {picture}"
-        )
-    for note in report.notes:
-        typer.echo(f"note: {note}")
-    typer.echo(f"record: {out / 'concepts.json'}")
-    typer.echo(f"overview: {out / 'overview.png'}")
+    _print_concepts(report, out)
+
+
+def _explain_by_concepts(
+    loaded, image: Path, layer: str, class_name, count, out, relevance, pictures, setting,
+    overrides, seed, batch,
+) -> None:  # fmt: skip
+    """``explain --by concepts``: the photo's own concepts for its class (or the prediction)."""
+    from vital.concepts import concepts
+    from vital.explanation import load_image
+
+    pixels, _ = load_image(image, loaded.preprocessing.input_size)
+    if class_name is None:
+        from vital.api import classify
+
+        normalised = loaded.preprocessing.normalize(pixels[None].to(loaded.device, loaded.dtype))
+        class_name = int(classify(loaded, normalised)[0].argmax())
+    folder = out / "concepts" / f"{image.stem}-{layer}"
+    _Session.out = folder
+    report = concepts(
+        loaded, class_name, image, layer=layer, count=count, pictures=pictures,
+        setting="fast" if setting is None else setting, settings=overrides, seed=seed,
+        relevance=relevance, out=folder, batch_size=batch,
+    )  # fmt: skip
+    _print_concepts(report, folder)
 
 
 atlas_app = typer.Typer(
