@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vital
+from vital.concepts.pipeline import write_overview
 from vital.explanation import attributor
 from vital.metrics import features
 from vital.references import center_crop, open_rgb, sample_photo
@@ -95,6 +96,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "out" / "concepts_mobilenet")
     parser.add_argument("--figures", type=Path, default=HERE / "figures")
     parser.add_argument("--classes", nargs="*", default=list(PHOTOS))
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the folders a previous run left in --out"
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model("mobilenet_v2")
@@ -103,12 +107,14 @@ def main() -> None:
     for name in arguments.classes:
         folder = arguments.out / PHOTOS[name]
         started = time.time()
-        vital.concepts(
-            model, name, None, layer=LAYER, count=arguments.count, crops=arguments.crops,
-            examples=arguments.examples, pictures=arguments.pictured,
-            settings={"steps": arguments.steps}, out=folder, progress=False,
-        )  # fmt: skip
-        seconds = time.time() - started
+        computed = not (arguments.reuse and (folder / "concepts.json").is_file())
+        if computed:
+            vital.concepts(
+                model, name, None, layer=LAYER, count=arguments.count, crops=arguments.crops,
+                examples=arguments.examples, pictures=arguments.pictured,
+                settings={"steps": arguments.steps}, out=folder, progress=False,
+            )  # fmt: skip
+        seconds = time.time() - started if computed else None
         record = json.loads((folder / "concepts.json").read_text())
         concepts = record["concepts"]
         ratios = [
@@ -121,7 +127,7 @@ def main() -> None:
             {
                 "class": name,
                 "photo": PHOTOS[name],
-                "seconds": round(seconds),
+                "seconds": None if seconds is None else round(seconds),
                 "explained_share": record["explained_share"],
                 "top1_share": concepts[0]["share"],
                 "top5_share": sum(c["share"] for c in concepts[:5]),
@@ -142,10 +148,11 @@ def main() -> None:
             }
         )
         arguments.figures.mkdir(parents=True, exist_ok=True)
-        overview = Image.open(folder / "overview.png").convert("RGB")
+        overview = Image.open(write_overview(folder)).convert("RGB")
         overview.save(arguments.figures / f"concepts-{PHOTOS[name]}.jpg", quality=70)
-        print(f"{name}: {seconds:.0f} s", flush=True)
-    (arguments.out / "results.json").write_text(json.dumps(rows, indent=2))
+        print(f"{name}: {'reused' if seconds is None else f'{seconds:.0f} s'}", flush=True)
+    if len(rows) == len(PHOTOS):
+        (arguments.out / "results.json").write_text(json.dumps(rows, indent=2))
     print(
         "| class | concepts' share | top-1 | top-5 concepts | top-5 channels | pictures ≥ ½ "
         "(ratios) | judge: own closest | top-1 deletion Δlogit concept / channel | deletion "

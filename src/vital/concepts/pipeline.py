@@ -312,8 +312,8 @@ def concepts(
                 else []
             ),
         )
-        _write_overview(folder, report, found)
         (folder / "concepts.json").write_text(report.to_json(), "utf-8")
+        write_overview(folder)
     return report
 
 
@@ -389,37 +389,40 @@ def _write_maps(folder: Path, found: list[dict], basis: ConceptBasis, order: lis
     return written
 
 
-def _write_overview(folder: Path, report: ConceptReport, found: list[dict]) -> None:
-    """One row per concept: picture, transparency, map on the first image, examples."""
-    columns = 3 + SHEET_EXAMPLES
+def write_overview(folder: str | Path) -> Path:
+    """``overview.png`` from a folder's ``concepts.json``: one row per concept.
+
+    Each row: the picture (with its coefficient against its references'), the picture with its
+    transparency map, the concept's map on the first image, its best examples.
+    """
+    folder = Path(folder)
+    record = json.loads((folder / "concepts.json").read_text("utf-8"))
+    first = record["relevance"]["per_image"][0]["image"][4:]  # without the number
+    blank = (Image.new("RGB", (8, 8), "white"), "")
     cells, captions, labels = [], [], []
-    for entry in report.concepts:
-        row: list[tuple[Image.Image, str]] = []
-        for kind in ("picture", "alpha"):
-            path = getattr(entry, kind)
-            if path is not None:
-                ratio = (
-                    f" {entry.activation / entry.reference_activation:.2f}x refs"
-                    if kind == "picture" and entry.reference_activation
-                    else ""
-                )
-                row.append(
-                    (
-                        Image.open(folder / path),
-                        ("VITAL" + ratio) if kind == "picture" else "transparency",
-                    )
-                )
-        if entry.maps:
-            row.append((Image.open(folder / entry.maps[0]), f"where, {found[0]['stem'][4:]}"))
-        for i, path in enumerate(entry.examples[:SHEET_EXAMPLES]):
-            row.append((Image.open(folder / path), f"{entry.example_coefficients[i]:.2f}"))
-        row += [(Image.new("RGB", (8, 8), "white"), "")] * (columns - len(row))
+    for entry in record["concepts"]:
+        row = [blank, blank]
+        if entry["picture"] is not None:
+            ratio = (
+                f" {entry['activation'] / entry['reference_activation']:.2f}x refs"
+                if entry["reference_activation"]
+                else ""
+            )
+            row[0] = (Image.open(folder / entry["picture"]), "VITAL" + ratio)
+        if entry["alpha"] is not None:
+            row[1] = (Image.open(folder / entry["alpha"]), "transparency")
+        row.append(
+            (Image.open(folder / entry["maps"][0]), f"where, {first}") if entry["maps"] else blank
+        )
+        for path, value in zip(entry["examples"], entry["example_coefficients"], strict=True):
+            row.append((Image.open(folder / path), f"{value:.2f}"))
+        row = (row + [blank] * SHEET_EXAMPLES)[: 3 + SHEET_EXAMPLES]
         cells += [image for image, _ in row]
         captions += [caption for _, caption in row]
-        labels.append(f"concept {entry.index}: {entry.share:.0%}")
-    grid(cells, captions, columns=columns, cell=128, row_labels=labels).save(
-        folder / "overview.png"
-    )
+        labels.append(f"concept {entry['index']}: {entry['share']:.0%}")
+    path = folder / "overview.png"
+    grid(cells, captions, columns=3 + SHEET_EXAMPLES, cell=128, row_labels=labels).save(path)
+    return path
 
 
 def _fidelity(
