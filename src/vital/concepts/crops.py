@@ -167,7 +167,7 @@ def class_images(
     or a folder: an ImageNet-style tree or one sub-folder per class (the class's folder), or a
     plain folder. A plain folder may hold photos of several classes (one photo per class): the
     images whose file name names the class are used; without such names, the images whose
-    top five predictions hold the class; when there are none, all of them.
+    top five predictions hold the class; when there are none, the one that ranks it highest.
     """
     if data is not None and Path(data).is_file():
         path = Path(data)
@@ -211,7 +211,7 @@ def _of_the_class(
     from vital.references import center_crop
 
     preprocessing = model.preprocessing
-    kept = []
+    kept, ranks = [], []
     with torch.no_grad():
         for source in sources:
             image = open_rgb(source)
@@ -223,11 +223,17 @@ def _of_the_class(
             logits = model.module(
                 preprocessing.normalize(pixels[None].to(model.device, model.dtype))
             )
-            if target.index in logits[0].topk(min(5, logits.shape[1])).indices.tolist():
+            rank = int((logits[0] > logits[0, target.index]).sum())
+            ranks.append((rank, source))
+            if rank < 5:
                 kept.append(source)
     if kept:
         return kept, [f"{len(kept)} of {len(sources)} images have the class in their top five."]
-    return sources, [f"no image has the class in its top five: all {len(sources)} were used."]
+    rank, best = min(ranks, key=lambda pair: pair[0])
+    return [best], [
+        f"no image names the class or has it in its top five: the one that ranks it highest "
+        f"({rank + 1}) was used."
+    ]
 
 
 def _mined_images(
