@@ -263,3 +263,16 @@ def test_explain_by_concepts_from_the_command_line(tmp_path, data, monkeypatch):
         predicted = int(model.module(image).argmax())
     assert record["class"]["index"] == predicted and record["images"] == 1
     assert f"{record['explained_share']:.1%} of its relevance" in result.output
+
+
+def test_concepts_from_a_mining_database_use_its_images(tmp_path, data):
+    from vital.mining import mine
+
+    model = tiny_cnn_model()
+    mine(model, "stage3", data, tmp_path / "mined", channels=[0], top_images=3, top=2,
+         patch=16, workers=0, progress=False)  # fmt: skip
+    report = vital.concepts(
+        model, 1, tmp_path / "mined" / "mining.sqlite", layer="stage3", count=2, crops=12,
+        pictures=False, out=tmp_path / "out", progress=False,
+    )  # fmt: skip
+    assert report.images == 3  # not an ImageNet-style tree: every image it mined
