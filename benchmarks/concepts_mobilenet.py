@@ -149,7 +149,8 @@ def main() -> None:
         )
         arguments.figures.mkdir(parents=True, exist_ok=True)
         overview = Image.open(write_overview(folder)).convert("RGB")
-        overview.save(arguments.figures / f"concepts-{PHOTOS[name]}.jpg", quality=70)
+        small = overview.resize((overview.width * 3 // 4, overview.height * 3 // 4))
+        small.save(arguments.figures / f"concepts-{PHOTOS[name]}.jpg", quality=60)
         print(f"{name}: {'reused' if seconds is None else f'{seconds:.0f} s'}", flush=True)
     if len(rows) == len(PHOTOS):
         (arguments.out / "results.json").write_text(json.dumps(rows, indent=2))
