@@ -48,28 +48,34 @@ def pixels_of(folder: Path, paths: list[str]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
-def judge_closeness(judge, folder: Path, concepts: list[dict]) -> list[dict]:
-    """Per pictured concept: cosine of its picture to every concept's examples' mean (judge)."""
-    means = F.normalize(
-        torch.stack([features(judge, pixels_of(folder, c["examples"])).mean(0) for c in concepts]),
-        dim=1,
-    )
-    rows = []
-    for own, concept in enumerate(concepts):
-        if not concept["picture"]:
-            continue
+def judge_closeness(judge, folder: Path, concepts: list[dict]) -> tuple[list[dict], float]:
+    """Per pictured concept: its picture's cosine to every concept's examples' mean (judge).
+
+    Also how distinct the examples themselves are: the fraction of the pictured concepts'
+    examples that are closest to their own concept's mean.
+    """
+    examples = [
+        F.normalize(features(judge, pixels_of(folder, c["examples"])), dim=1) for c in concepts
+    ]
+    means = F.normalize(torch.stack([e.mean(0) for e in examples]), dim=1)
+    pictured = [i for i, c in enumerate(concepts) if c["picture"]]
+    rows, own_examples = [], []
+    for own in pictured:
+        concept = concepts[own]
         shown = F.normalize(features(judge, pixels_of(folder, [concept["picture"]])), dim=1)[0]
         cosines = means @ shown
-        others = torch.cat([cosines[:own], cosines[own + 1 :]])
+        among = cosines[pictured]
         rows.append(
             {
                 "index": concept["index"],
                 "own": float(cosines[own]),
-                "best_other": float(others.max()) if len(others) else None,
+                "rank_among_all": int((cosines > cosines[own]).sum()) + 1,
+                "rank_among_pictured": int((among > cosines[own]).sum()) + 1,
                 "closest_is_own": bool(int(cosines.argmax()) == own),
             }
         )
-    return rows
+        own_examples += ((examples[own] @ means.T).argmax(dim=1) == own).tolist()
+    return rows, float(np.mean(own_examples))
 
 
 def channel_top5(model, name: str, photo: str) -> float:
@@ -123,6 +129,7 @@ def main() -> None:
             if c["reference_activation"]
         ]
         fidelity = record["fidelity"]
+        judged, distinct = judge_closeness(judge, folder, concepts)
         rows.append(
             {
                 "class": name,
@@ -133,7 +140,8 @@ def main() -> None:
                 "top5_share": sum(c["share"] for c in concepts[:5]),
                 "channels_top5_share": channel_top5(model, name, PHOTOS[name]),
                 "coefficient_ratios": [round(r, 3) for r in ratios],
-                "judge": judge_closeness(judge, folder, concepts),
+                "judge": judged,
+                "examples_closest_to_own": distinct,
                 "deletion_top1": {
                     "concept": fidelity["concepts_deletion"][1] - fidelity["concepts_deletion"][0],
                     "channel": fidelity["channels_deletion"][1] - fidelity["channels_deletion"][0],
@@ -156,10 +164,10 @@ def main() -> None:
         (arguments.out / "results.json").write_text(json.dumps(rows, indent=2))
     print(
         "| class | concepts' share | top-1 | top-5 concepts | top-5 channels | pictures ≥ ½ "
-        "(ratios) | judge: own closest | top-1 deletion Δlogit concept / channel | deletion "
-        "area concepts / channels | s |"
+        "(ratios) | judge: own closest among all / pictured | examples closest to own | "
+        "top-1 deletion Δlogit concept / channel | deletion area concepts / channels | s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         ratios = row["coefficient_ratios"]
         listed = ", ".join(f"{r:.2f}" for r in ratios)
@@ -168,7 +176,9 @@ def main() -> None:
             f"| {row['class']} | {row['explained_share']:.2f} | {row['top1_share']:.2f} | "
             f"{row['top5_share']:.2f} | {row['channels_top5_share']:.3f} | "
             f"{sum(r >= 0.5 for r in ratios)}/{len(ratios)} ({listed}) | "
-            f"{sum(j['closest_is_own'] for j in judged)}/{len(judged)} | "
+            f"{sum(j['rank_among_all'] == 1 for j in judged)}/{len(judged)} / "
+            f"{sum(j['rank_among_pictured'] == 1 for j in judged)}/{len(judged)} | "
+            f"{row['examples_closest_to_own']:.2f} | "
             f"{row['deletion_top1']['concept']:.2f} / {row['deletion_top1']['channel']:.2f} | "
             f"{row['deletion_area']['concepts']:.2f} / {row['deletion_area']['channels']:.2f} | "
             f"{row['seconds']} |"
