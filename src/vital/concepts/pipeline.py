@@ -189,6 +189,10 @@ def concepts(
         crop_features = layer_features(model, layer, crop_pixels)
         basis = discover(crop_features, layer, count, seed)
         coefficients = basis.coefficients(basis.features(crop_features).mean(dim=-1))  # (N, K)
+        held = coefficients.max(axis=0) > 0
+        if not held.all():  # a direction no crop holds is no concept of these images
+            basis = ConceptBasis(basis.layer, basis.directions[held], basis.signed)
+            coefficients = coefficients[:, held]
 
         found, relevance_notes = _explained_images(
             model, explained.index, crop_set, basis, relevance
