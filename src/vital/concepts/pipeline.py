@@ -306,7 +306,10 @@ def concepts(
             notes=notes
             + relevance_notes
             + (
-                [f"{count - basis.count} of {count} concepts came out empty and were dropped."]
+                [
+                    f"{count - basis.count} of {count} concepts were dropped "
+                    "(empty, or held by no crop)."
+                ]
                 if basis.count < count
                 else []
             )
