@@ -28,7 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 
-# What a user without the Makefile gets: a fresh venv, `pip install .`, `vital demo --steps 20`.
+# What a user without the Makefile gets: a fresh venv, `pip install '.[samples]'`, `vital demo --steps 20`.
 plain:
 	bash benchmarks/plain_install.sh
 

@@ -95,7 +95,7 @@ def main() -> None:
         channels=channels,
         top_images=12,
         top=8,
-        patch=64,
+        patch_side=64,
         progress=False,
     )
     mining_seconds = time.perf_counter() - started

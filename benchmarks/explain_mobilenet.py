@@ -100,7 +100,7 @@ def main() -> None:
                 out=atlas,
                 setting=args.setting,
                 settings={"steps": args.steps},
-                references=args.references,
+                reference_count=args.references,
                 mined_as="patch",
                 progress=False,
             )

@@ -60,7 +60,7 @@ def main() -> None:
         channels=list(channels.values()),
         top_images=arguments.top_images,
         top=arguments.top,
-        patch=arguments.patch,
+        patch_side=arguments.patch,
         batch_size=32,
         workers=1,
     )

@@ -113,7 +113,7 @@ def mining(model, data: Path, layer: str, batch: int, workers: int, engine, shar
             layer,
             data,
             folder,
-            patch=0,  # stage 1 only: the stage whose cost grows with the dataset
+            patch_side=0,  # stage 1 only: the stage whose cost grows with the dataset
             top=1,
             batch_size=batch,
             workers=workers,

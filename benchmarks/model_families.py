@@ -72,7 +72,7 @@ def main() -> None:
         source = source.split(" (")[0].replace(
             "the library's feature metadata", "timm feature_info"
         )
-        common = ["--model", name, "--weights", "random", "--steps", "2", "--references", "4"]
+        common = ["--model", name, "--weights", "random", "--steps", "2", "--ref-count", "4"]
         common += ["--out", str(out / name.replace("/", "-"))]
         ok_class, why_class, t_class = _run(["class", "--class", "espresso", *common])
         layer = taps[-1].layer

@@ -21,7 +21,7 @@ import torch
 
 def measure(model_name: str, batch: int, steps: int, device: str) -> dict:
     from vital.objectives import SortMatching
-    from vital.optimize import Settings, optimize
+    from vital.optimize import Settings, optimize, resolved
     from vital.taps import default_taps, list_layers, tapped
     from vital.zoo import load_model
 
@@ -59,11 +59,13 @@ def measure(model_name: str, batch: int, steps: int, device: str) -> dict:
     with tapped(model.module, layers, stop_early=True) as tap:
         objective = SortMatching(tap, taps, {1: [prototypes] * batch})
         # Two untimed steps warm up allocators and kernels, as for the bare pass.
-        optimize(objective, batch, model.preprocessing, Settings(steps=2), device, False)
+        optimize(objective, batch, model.preprocessing, resolved(Settings(steps=2)), device, False)
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        run = optimize(objective, batch, model.preprocessing, Settings(steps=steps), device, False)
+        run = optimize(
+            objective, batch, model.preprocessing, resolved(Settings(steps=steps)), device, False
+        )
         sync()
     vital_step = run.seconds / steps
     return {

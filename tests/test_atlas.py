@@ -406,3 +406,58 @@ def test_serve_warns_when_it_listens_beyond_this_machine(tmp_path, data, monkeyp
     assert "http://0.0.0.0:8123/" in result.output
     quiet = CliRunner().invoke(app, ["atlas", "serve", str(tmp_path / "atlas"), "--port", "8123"])
     assert "warning" not in quiet.output and "http://127.0.0.1:8123/" in quiet.output
+
+
+def test_names_with_markup_are_shown_as_text_on_every_page(tmp_path, data):
+    from html.parser import HTMLParser
+
+    from vital.explanation import explain
+    from vital.labels import ClassLabels
+
+    model = tiny_cnn_model()
+    hostile = tuple(f"<script>alert('{i}')</script> & \"q{i}\"" for i in range(10))
+    model.labels = ClassLabels(names=hostile, synonyms=tuple((n.lower(),) for n in hostile))
+    folder = tmp_path / "atlas"
+    build_atlas(
+        model,
+        [ClassTarget(1, hostile[1])],
+        lambda t: from_folder(data / "1", count=2),
+        folder,
+        {"steps": 2},
+        progress=False,
+    )
+    photo = data / "0" / "img000.png"
+    record = explain(
+        model, photo, layer="stage3", top=1, data=data / "0", out=folder, settings={"steps": 2},
+        references=2, top_images=2, patch=16, workers=0, progress=False,
+    )  # fmt: skip
+    explained = record.explained["name"]
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.scripts, self.text, self.labels = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "script":
+                self.scripts.append(attrs.get("src"))
+            self.labels += [attrs[k] for k in ("data-label", "alt", "title") if k in attrs]
+
+        def handle_data(self, text):
+            self.text.append(text)
+
+    pages = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*.html")}
+    unit_page = next(name for name in pages if name.startswith("units/vital-class-1"))
+    shown = {}
+    for name, path in pages.items():
+        page = Page()
+        page.feed(path.read_text("utf-8"))
+        assert all((src or "").endswith("static/atlas.js") for src in page.scripts), name
+        assert len(page.scripts) == 1, name
+        shown[name] = ("".join(page.text), page.labels)
+    # The names are there, as text and as whole attribute values (no attribute broken open).
+    assert hostile[1] in shown["index.html"][0] and hostile[1].lower() in shown["index.html"][1]
+    assert hostile[1] in shown[unit_page][0]
+    assert f"Why tiny_cnn says “{explained}”" in shown[record.files["page"]][0]
+    assert explained in hostile

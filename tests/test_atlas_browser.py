@@ -70,9 +70,9 @@ def atlas(tmp_path):
             data=data,
             out=folder,
             settings={"steps": 3, "jitter": 2},
-            references=4,
+            reference_count=4,
             top_images=8,
-            patch=16,
+            patch_side=16,
             workers=0,
             progress=False,
         )

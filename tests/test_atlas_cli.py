@@ -15,8 +15,8 @@ def test_atlas_build_of_mined_channels_and_classes_from_the_cli(tmp_path):
     photos = tmp_path / "photos"
     export_sample_photos(photos)
     arguments = ["atlas", "build", "--out", str(tmp_path / "atlas"), "--layer", "features.16"]
-    arguments += ["--channels", "2,9", "--classes", "espresso", "--data", str(photos)]
-    arguments += ["--top-images", "3", "--patch", "0", "--references", "2", "--steps", "2"]
+    arguments += ["--channel", "2,9", "--class", "espresso", "--data", str(photos)]
+    arguments += ["--top-images", "3", "--patch", "0", "--ref-count", "2", "--steps", "2"]
     arguments += ["--resolution", "64", "--device", "cpu"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
@@ -47,7 +47,7 @@ def test_atlas_build_of_mined_channels_and_classes_from_the_cli(tmp_path):
 def test_atlas_build_refuses_a_folder_with_the_users_index(tmp_path):
     (tmp_path / "atlas").mkdir()
     (tmp_path / "atlas" / "index.html").write_text("my index")
-    arguments = ["atlas", "build", "--out", str(tmp_path / "atlas"), "--classes", "espresso"]
+    arguments = ["atlas", "build", "--out", str(tmp_path / "atlas"), "--class", "espresso"]
     process = subprocess.run(
         [sys.executable, "-m", "vital", *arguments], capture_output=True, text=True
     )

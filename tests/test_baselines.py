@@ -16,7 +16,7 @@ from vital.errors import VitalError
 from vital.methods import METHODS, get_method
 from vital.methods.deepinversion import batchnorm_inputs
 from vital.methods.maco import natural_spectrum
-from vital.optimize import Settings, optimize
+from vital.optimize import Settings, optimize, resolved
 from vital.parametrizations import COLOR_CORRELATION, Pixels
 from vital.references import from_folder
 from vital.targets import Channel, ClassTarget
@@ -299,7 +299,7 @@ def test_baselines_reject_what_they_cannot_do(tiny_cnn, tiny_vit):
 
 
 def test_pixels_parametrization_is_the_default(tiny_cnn):
-    settings = Settings(steps=4, warmup=2, jitter=2, seed=3)
+    settings = resolved(Settings(steps=4, warmup=2, jitter=2, seed=3))
 
     def objective(x, _factor):
         return {"mean": tiny_cnn.module(x)[:, 1]}

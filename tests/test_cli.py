@@ -59,7 +59,7 @@ def test_class_command_writes_images_records_and_grid(monkeypatch, capsys, tmp_p
         "2",
         "--resolution",
         "64",
-        "--references",
+        "--ref-count",
         "2",
         "--out",
         str(tmp_path),

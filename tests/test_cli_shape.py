@@ -20,7 +20,7 @@ def seen(monkeypatch):
     """Record what each command hands the library instead of running it."""
     calls: dict[str, dict] = {}
     model = tiny_cnn_model()
-    monkeypatch.setattr(vital.cli, "_load", lambda name, weights, device: calls.update(
+    monkeypatch.setattr(vital.cli.session, "load", lambda name, weights, device: calls.update(
         load={"name": name, "device": device}) or model)  # fmt: skip
 
     def visualize(loaded, targets, references, **kwargs):
@@ -44,7 +44,7 @@ def seen(monkeypatch):
     monkeypatch.setattr("vital.atlas.build_atlas", build_atlas)
     monkeypatch.setattr("vital.atlas.ModelSpec.__call__", lambda self: model)
     monkeypatch.setattr("vital.mining.mined_references", lambda *args: None)
-    monkeypatch.setattr(vital.cli, "_report", lambda *args: None)
+    monkeypatch.setattr(vital.cli.session, "report", lambda *args: None)
     return calls
 
 
@@ -56,13 +56,11 @@ def test_classes_repeat_or_take_commas_in_class_compare_and_atlas(seen, tmp_path
     assert invoke("class", "-c", "3", "--class", "1,2", "--out", tmp_path).exit_code == 0
     assert seen["visualize"]["targets"] == ["3", "1", "2"]
     assert seen["load"]["device"] == "auto"
-    invoke("compare", "-c", "1", "--class", "2", "--classes", "3,4", "--out", tmp_path)
+    invoke("compare", "-c", "1", "--class", "2", "--class", "3,4", "--out", tmp_path)
     assert seen["compare"]["classes"] == ["1", "2", "3", "4"]
-    invoke(
-        "compare", "-c", "1", "--method", "vital", "--methods", "maco,fourier", "--out", tmp_path
-    )  # noqa: E501
+    invoke("compare", "-c", "1", "--method", "vital", "--method", "maco,fourier", "--out", tmp_path)  # noqa: E501
     assert list(seen["compare"]["methods"]) == ["vital", "maco", "fourier"]
-    invoke("atlas", "build", "--out", tmp_path / "a", "-c", "1", "--classes", "2,3")
+    invoke("atlas", "build", "--out", tmp_path / "a", "-c", "1", "--class", "2,3")
     assert [t.index for t in seen["atlas"]["targets"]] == [1, 2, 3]
 
 
@@ -72,10 +70,10 @@ def test_channels_repeat_or_take_commas_in_neuron_mine_and_atlas(seen, tmp_path,
     assert [t.index for t in seen["visualize"]["targets"]] == [3, 1, 2]
     invoke("mine", "--layer", "stage3", "--data", image_folder, "--channel", "4", "-k", "5,6")
     assert seen["mine"]["channels"] == [4, 5, 6]
-    invoke("mine", "--layer", "stage3", "--data", image_folder, "--channels", "all")
+    invoke("mine", "--layer", "stage3", "--data", image_folder, "--channel", "all")
     assert seen["mine"]["channels"] is None
     invoke("atlas", "build", "--out", tmp_path / "b", "--layer", "stage3", "--data",
-           image_folder, "--channel", "7", "--channels", "8,9")  # fmt: skip
+           image_folder, "--channel", "7", "--channel", "8,9")  # fmt: skip
     assert [t.index for t in seen["atlas"]["targets"]] == [7, 8, 9]
     result = invoke("neuron", *arguments, "--channel", "3,x")
     assert "--channel takes whole numbers" in str(result.exception)

@@ -67,15 +67,15 @@ def test_cli_compare_and_class_method_on_the_embedded_model(tmp_path):
         app,
         [
             "compare",
-            "--classes",
+            "--class",
             "espresso,daisy",
-            "--methods",
+            "--method",
             "vital,maco",
             "--judge",
             "efficientnet_lite0",
             "--steps",
             "2",
-            "--references",
+            "--ref-count",
             "2",
             "--out",
             str(tmp_path / "cmp"),
@@ -97,7 +97,7 @@ def test_cli_overrides_reach_a_baseline_and_vital_only_options_are_refused(
 ):
     import vital.cli
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
     base = ["class", "-c", "3", "--method", "fourier", "--steps", "2", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, [*base, "--lr", "0.1"])
     assert result.exit_code == 0, result.output
@@ -153,9 +153,9 @@ def test_channel_comparison_scores_every_method_against_the_same_references(
 
     import vital.cli
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
     arguments = ["compare", "--layer", "stage3", "--channel", "1,4", "--refs", tmp_path / "refs"]
-    arguments += ["--method", "vital,maco", "--steps", "2", "--references", "3"]
+    arguments += ["--method", "vital,maco", "--steps", "2", "--ref-count", "3"]
     result = CliRunner().invoke(app, [str(a) for a in [*arguments, "--out", tmp_path / "c"]])
     assert result.exit_code == 0, result.output
     for extra, message in (

@@ -182,9 +182,7 @@ def test_concepts_end_to_end_on_a_tiny_vit_a_signed_token_layer(tmp_path, data):
 
 
 def test_cli_and_api_find_the_same_concepts(tmp_path, data, monkeypatch):
-    import vital.cli
-
-    monkeypatch.setattr(vital.cli, "_load", lambda *a: tiny_cnn_model())
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
     arguments = ["concepts", "--class", "2", "--layer", "stage3", "--data", str(data)]
     arguments += ["--count", "3", "--crops", "20", "--seed", "4", "--no-pictures"]
     result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "cli")])
@@ -212,7 +210,7 @@ def test_user_mistakes_are_one_line(tmp_path, data, monkeypatch):
     with pytest.raises(VitalError, match="crop scale"):
         vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", scale=(0.5, 0.1),
                        pictures=False, out=tmp_path, progress=False)  # fmt: skip
-    monkeypatch.setattr(vital.cli, "_load", lambda *a: tiny_cnn_model())
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
     arguments = ["concepts", "--class", "2,3", "--layer", "stage3", "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_:
         vital.cli.main(arguments)
@@ -248,9 +246,7 @@ def load(path):
 
 
 def test_explain_by_concepts_from_the_command_line(tmp_path, data, monkeypatch):
-    import vital.cli
-
-    monkeypatch.setattr(vital.cli, "_load", lambda *a: tiny_cnn_model())
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
     photo = data / "img002.png"
     arguments = ["explain", str(photo), "--layer", "stage3", "--by", "concepts", "--count", "2"]
     result = CliRunner().invoke(app, [*arguments, "--steps", "2", "--out", str(tmp_path)])
@@ -270,7 +266,7 @@ def test_concepts_from_a_mining_database_use_its_images(tmp_path, data):
 
     model = tiny_cnn_model()
     mine(model, "stage3", data, tmp_path / "mined", channels=[0], top_images=3, top=2,
-         patch=16, workers=0, progress=False)  # fmt: skip
+         patch_side=16, workers=0, progress=False)  # fmt: skip
     report = vital.concepts(
         model, 1, tmp_path / "mined" / "mining.sqlite", layer="stage3", count=2, crops=12,
         pictures=False, out=tmp_path / "out", progress=False,

@@ -38,7 +38,7 @@ def test_the_same_target_gets_the_same_settings_from_api_cli_atlas_and_compare(
     given = {"steps": 2, "seed": 0}
     api = vital.visualize(model, [1], class_tree, settings=given, progress=False)[0]
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: model)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: model)
     arguments = ["class", "-c", "1", "--refs", str(class_tree), "--steps", "2"]
     result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
@@ -82,8 +82,8 @@ def _tiny_vit_l_32() -> Model:
 
 
 def test_vit_l_32_runs_with_its_preset_priors_from_the_cli(monkeypatch, tmp_path):
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: _tiny_vit_l_32())
-    arguments = ["class", "-c", "espresso", "--steps", "1", "--references", "2"]
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: _tiny_vit_l_32())
+    arguments = ["class", "-c", "espresso", "--steps", "1", "--ref-count", "2"]
     result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
@@ -170,3 +170,33 @@ def test_records_are_valid_json_even_when_a_loss_overflows():
         Record.from_dict({**data, "schema": 99})
     with pytest.raises(VitalError, match="lacks"):
         Record.from_dict({"method": "vital"})
+
+
+def test_a_records_scores_hold_for_the_png_it_writes(tmp_path, class_tree):
+    import numpy as np
+    from PIL import Image
+
+    from vital import metrics
+
+    model = tiny_cnn_model()
+    targets = [1, 2, Channel("stage3", 0)]
+    results = [
+        *vital.visualize(model, targets[:2], class_tree, out=tmp_path, settings={"steps": 3}),
+        *vital.visualize(model, targets[2:], class_tree, out=tmp_path, settings={"steps": 3}),
+    ]
+    rounding_mattered = False
+    for target, result in zip(targets, results, strict=True):
+        array = np.asarray(Image.open(result.paths["png"]).convert("RGB"), dtype=np.float32)
+        pixels = torch.from_numpy(array / 255).permute(2, 0, 1)[None]
+        evaluation = result.record.evaluation
+        if isinstance(target, int):
+            (scores,) = metrics.target_scores(model, pixels, [target])
+            assert evaluation["rank"] == scores["rank"]
+            key = "probability"
+        else:
+            scores = {"activation": metrics.target_activations(model, pixels, [target])[0]}
+            key = "activation"
+        assert evaluation[key] == pytest.approx(scores[key], rel=1e-5, abs=1e-7)
+        # The float image's score is kept, labelled; it differs, so the check above can fail.
+        rounding_mattered |= abs(evaluation[f"float_{key}"] - scores[key]) > 1e-5
+    assert rounding_mattered

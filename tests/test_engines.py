@@ -108,7 +108,7 @@ def test_a_task_asks_for_a_gpu_only_where_the_cluster_has_one():
 def test_engine_names_and_a_missing_ray_are_one_clear_line(monkeypatch, tmp_path):
     with pytest.raises(VitalError, match="unknown engine 'spark'"):
         make_engine("spark")
-    with pytest.raises(VitalError, match="--engine ray"):
+    with pytest.raises(VitalError, match="engine=ray"):
         make_engine("local", address="10.0.0.1:6379")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(VitalError, match=r"pip install 'vital\[ray\]'"):

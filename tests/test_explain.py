@@ -240,9 +240,9 @@ def run(data, out, image="img000.png", **options):
         data=data,
         out=out,
         settings=PICTURES,
-        references=3,
+        reference_count=3,
         top_images=6,
-        patch=16,
+        patch_side=16,
         workers=0,
         progress=False,
     )
@@ -302,11 +302,11 @@ def test_explain_reuses_pictures_only_when_the_settings_match(tmp_path, data, mo
         stored = json.loads((tmp_path / "atlas" / evidence.picture["record"]).read_text())
         assert stored["settings"]["steps"] == 3
     other_references = run(
-        data, tmp_path / "atlas", settings={"steps": 3, "jitter": 2}, references=2
+        data, tmp_path / "atlas", settings={"steps": 3, "jitter": 2}, reference_count=2
     )
     assert [e.picture["source"] for e in other_references.top] == ["computed", "computed"]
     forced = run(
-        data, tmp_path / "atlas", settings={"steps": 3, "jitter": 2}, references=2, force=True
+        data, tmp_path / "atlas", settings={"steps": 3, "jitter": 2}, reference_count=2, force=True
     )
     assert [e.picture["source"] for e in forced.top] == ["computed", "computed"]
 
@@ -317,7 +317,7 @@ def test_pictures_are_reused_from_another_atlas_whatever_their_seed(tmp_path, da
     channels = [e.channel for e in first.top]
     # The same units, built in another atlas with other seeds (7 and 8).
     mine(model, "stage3", data, tmp_path / "other", channels=channels, top_images=6, top=3,
-         patch=16, workers=0, progress=False)  # fmt: skip
+         patch_side=16, workers=0, progress=False)  # fmt: skip
     build_atlas(
         model,
         [Channel("stage3", c) for c in channels],
@@ -404,10 +404,10 @@ def test_load_image_takes_the_centre_crop():
 def test_explain_from_the_command_line(tmp_path, data, monkeypatch):
     import vital.cli
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *a: tiny_cnn_model())
+    monkeypatch.setattr(vital.cli.session, "load", lambda *a: tiny_cnn_model())
     arguments = ["explain", str(data / "img002.png"), "--layer", "stage3", "--top", "2"]
     arguments += ["--data", str(data), "--out", str(tmp_path / "atlas"), "--steps", "2"]
-    arguments += ["--references", "3", "--top-images", "6", "--patch", "16", "--class", "3"]
+    arguments += ["--ref-count", "3", "--top-images", "6", "--patch", "16", "--class", "3"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "class 3 (class 3" in result.output and "given" in result.output

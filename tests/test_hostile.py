@@ -22,7 +22,7 @@ from vital.targets import Channel, Direction
 def run(monkeypatch, capsys, *arguments, model=None):
     """``vital ARGUMENTS`` in this process; returns (exit status, stdout, stderr)."""
     if model is not None:
-        monkeypatch.setattr(vital.cli, "_load", lambda *args: model)
+        monkeypatch.setattr(vital.cli.session, "load", lambda *args: model)
     with pytest.raises(SystemExit) as exit_info:
         vital.cli.main([str(a) for a in arguments])
     captured = capsys.readouterr()
@@ -73,7 +73,7 @@ def bomb_png(path: Path, side: int = 30000) -> Path:
         (["--steps", "0"], ["steps"]),
         (["--jitter", "-3"], ["jitter"]),
         (["--resolution", "4"], ["resolution"]),
-        (["--batch", "0"], ["batch size"]),
+        (["--batch", "0"], ["--batch N is a whole number of at least 1, not 0"]),
         (["--setting", "9"], ["setting 9 does not exist"]),
         (["--tap", "features.0=nan"], ["weight must be a finite number", "nan"]),
         (["--tap", "features.0=-2"], ["weight must be a finite number", "-2"]),
@@ -265,7 +265,7 @@ def test_ctrl_c_says_what_was_saved(monkeypatch, capsys, tmp_path, refs):
         (["class", "--class"], "--class"),
         (["explain"], "image"),
         (["mine"], "--layer"),
-        (["atlas", "build"], "--out"),
+        (["atlas", "build", "--out"], "--out"),
         (["class", "--no-such-option"], "--no-such-option"),
     ],
 )

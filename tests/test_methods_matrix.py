@@ -145,7 +145,7 @@ def test_a_sixth_method_is_one_class_and_one_registry_line(monkeypatch, tmp_path
     assert record.method == "pixel-am" and record.settings["lr"] == 0.05
     assert record.evaluation["activation"] > record.evaluation["initial_activation"]
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: model)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: model)
     arguments = ["class", "-c", "3", "--method", "pixel-am", "--steps", "2"]
     outcome = CliRunner().invoke(vital.cli.app, [*arguments, "--out", str(tmp_path)])
     assert outcome.exit_code == 0, outcome.output

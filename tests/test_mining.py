@@ -72,7 +72,7 @@ def mine_kwargs() -> dict:
     return dict(
         top_images=TOP_IMAGES,
         top=TOP,
-        patch=PATCH,
+        patch_side=PATCH,
         batch_size=4,
         shard_size=8,  # two batches per shard in stage 1, one image per shard in stage 2
         workers=0,
@@ -439,7 +439,7 @@ def test_wrong_channels_and_directions_are_user_errors(dataset, tmp_path, tiny_c
     with pytest.raises(VitalError, match="not found"):
         mine(tiny_cnn, "stemm", folder, tmp_path / "out", progress=False)
     with pytest.raises(VitalError, match="patch side"):
-        mine(tiny_cnn, LAYER, folder, tmp_path / "out", patch=64, progress=False)
+        mine(tiny_cnn, LAYER, folder, tmp_path / "out", patch_side=64, progress=False)
 
 
 @pytest.mark.slow
@@ -456,7 +456,7 @@ def test_cli_mines_mobilenet_and_writes_sheets(tmp_path):
     np.save(tmp_path / "concept.npy", np.random.default_rng(0).normal(size=160))
     arguments = ["mine", "--layer", "features.16", "--data", str(data), "--top-images", "2"]
     arguments += ["--top", "2", "--patch", "112", "--out", str(tmp_path / "out"), "--workers", "0"]
-    result = CliRunner().invoke(app, [*arguments, "--channels", "3,7"])
+    result = CliRunner().invoke(app, [*arguments, "--channel", "3,7"])
     assert result.exit_code == 0, result.output
     assert "2 unit(s) of features.16 over 3 images" in result.output
     sheets = sorted(p.name for p in (tmp_path / "out" / "sheets").iterdir())
@@ -483,12 +483,12 @@ def test_neuron_command_uses_mined_references_end_to_end(tmp_path):
     for name in ("chelsea", "coffee", "daisy", "palace"):
         open_rgb(sample_photo(name)).save(data / f"{name}.jpg")
     out = str(tmp_path / "out")
-    mining = ["mine", "--layer", "features.16", "--data", str(data), "--channels", "5"]
+    mining = ["mine", "--layer", "features.16", "--data", str(data), "--channel", "5"]
     mining += ["--top-images", "3", "--top", "2", "--patch", "112", "--out", out, "--workers", "0"]
     assert CliRunner().invoke(app, mining).exit_code == 0
     for mode in ("image", "patch"):
         neuron = ["neuron", "--layer", "features.16", "--channel", "5", "--refs", "mined"]
-        neuron += ["--mined-as", mode, "--references", "2", "--steps", "2", "--out", out]
+        neuron += ["--mined-as", mode, "--ref-count", "2", "--steps", "2", "--out", out]
         result = CliRunner().invoke(app, [*neuron, "--resolution", "64"])
         assert result.exit_code == 0, result.output
         record = json.loads(next(Path(out).glob("vital-features-16-ch5-seed0.json")).read_text())

@@ -307,7 +307,7 @@ def test_activation_trace_starts_at_the_initial_activation(tiny_cnn, image_folde
 def test_neuron_cli_errors(monkeypatch, tiny_cnn, image_folder, tmp_path, arguments, message):
     import vital.cli
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
     np.save(tmp_path / "dir.npy", np.ones(3, dtype=np.float32))
     arguments = [
         str(image_folder) if a == "REFS" else str(tmp_path / "dir.npy") if a == "DIR" else a
@@ -321,7 +321,7 @@ def test_neuron_cli_errors(monkeypatch, tiny_cnn, image_folder, tmp_path, argume
 def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
     import vital.cli
 
-    monkeypatch.setattr(vital.cli, "_load", lambda *args: tiny_cnn)
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
     direction = tmp_path / "concept.npy"
     np.save(direction, np.linspace(-1, 1, 16).astype(np.float32))
     result = CliRunner().invoke(
@@ -329,7 +329,7 @@ def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
         [
             "neuron", "--layer", "stage3", "--channel", "3", "--direction", str(direction),
             "--refs", str(image_folder), "--steps", "3", "--out", str(tmp_path / "o"),
-            "--patches", "16", "--references", "2", "--relevance", "grad-x-act",
+            "--patch", "16", "--ref-count", "2", "--relevance", "grad-x-act",
             "--lr", "0.25", "--jitter", "4",
         ],
     )  # fmt: skip

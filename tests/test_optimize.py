@@ -5,7 +5,7 @@ import torch
 
 from conftest import quadratic_objective
 from vital.errors import VitalError
-from vital.optimize import Settings, learning_rate, optimize, transparency
+from vital.optimize import Settings, learning_rate, optimize, resolved, transparency
 from vital.zoo import Preprocessing
 
 
@@ -24,7 +24,12 @@ def test_clamping_keeps_the_image_in_pixel_range():
     preprocessing = Preprocessing(input_size=16)
     # The objective pulls far outside [0, 1] pixels; clamping must hold the bounds.
     run = optimize(
-        quadratic_objective(100.0), 2, preprocessing, Settings(steps=20, jitter=2), "cpu", False
+        quadratic_objective(100.0),
+        2,
+        preprocessing,
+        resolved(Settings(steps=20, jitter=2)),
+        "cpu",
+        False,
     )
     pixels = preprocessing.denormalize(run.images)
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
@@ -33,14 +38,14 @@ def test_clamping_keeps_the_image_in_pixel_range():
 
 def test_without_clamping_the_image_leaves_the_range():
     preprocessing = Preprocessing(input_size=16)
-    settings = Settings(steps=20, jitter=0, clamp=False)
+    settings = resolved(Settings(steps=20, jitter=0, clamp=False))
     run = optimize(quadratic_objective(100.0), 1, preprocessing, settings, "cpu", False)
     assert preprocessing.denormalize(run.images).max() > 1.5
 
 
 def test_history_and_gradients_are_kept():
     preprocessing = Preprocessing(input_size=16)
-    settings = Settings(steps=15, half_resolution_steps=5, jitter=4)
+    settings = resolved(Settings(steps=15, half_resolution_steps=5, jitter=4))
     run = optimize(quadratic_objective(0.5), 3, preprocessing, settings, "cpu", False)
     assert run.history.shape == (20, 3)
     assert run.history[-1].mean() < run.history[0].mean()
@@ -56,7 +61,7 @@ def test_half_resolution_stage_feeds_pooled_images():
         seen.append((model_input.shape[-1], factor))
         return {"zero": model_input.sum(dim=(1, 2, 3)) * 0}
 
-    settings = Settings(steps=2, half_resolution_steps=3)
+    settings = resolved(Settings(steps=2, half_resolution_steps=3))
     optimize(objective, 1, Preprocessing(input_size=16), settings, "cpu", False)
     assert seen == [(8, 2)] * 3 + [(16, 1)] * 2
 

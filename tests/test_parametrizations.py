@@ -6,7 +6,7 @@ from tests.conftest import quadratic_objective, write_images
 
 import vital
 from vital.errors import VitalError
-from vital.optimize import Settings, _warp, optimize
+from vital.optimize import Settings, _warp, optimize, resolved
 from vital.parametrizations import PARAMETRIZATIONS, FourierPixels, Pixels, create
 from vital.zoo import Preprocessing
 
@@ -82,7 +82,7 @@ def test_the_registry_builds_what_settings_name():
 
 def test_the_loop_builds_the_named_parametrization_and_keeps_pixels_valid():
     preprocessing = Preprocessing(input_size=16)
-    settings = Settings(steps=30, jitter=2, lr=1.0, parametrization="fourier")
+    settings = resolved(Settings(steps=30, jitter=2, lr=1.0, parametrization="fourier"))
     run = optimize(quadratic_objective(100.0), 2, preprocessing, settings, CPU, False)
     pixels = preprocessing.denormalize(run.images)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
@@ -93,7 +93,7 @@ def test_the_loop_builds_the_named_parametrization_and_keeps_pixels_valid():
 def test_setting_one_is_still_the_pixels_the_authors_optimise():
     # Default settings must build exactly today's Pixels: same start, same steps, same result.
     preprocessing = Preprocessing(input_size=16)
-    settings = Settings(steps=8, jitter=3)
+    settings = resolved(Settings(steps=8, jitter=3))
     by_name = optimize(quadratic_objective(0.3), 2, preprocessing, settings, CPU, False)
     given = Pixels([0, 1], 16, CPU, preprocessing)
     explicit = optimize(

@@ -32,7 +32,7 @@ def test_unknown_model_suggests_names():
 
 def test_missing_weights_explain_the_options(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(VitalError, match="no local weights for 'resnet18'.*--weights"):
+    with pytest.raises(VitalError, match="no local weights for 'resnet18'.*weights="):
         load_model("resnet18")
 
 
@@ -152,7 +152,7 @@ def test_offline_with_an_empty_cache_is_one_clear_line(tmp_path, monkeypatch):
         load_model("resnet18", weights="DEFAULT")
     message = str(error.value)
     assert "\n" not in message and "could not get torchvision's ResNet18_Weights" in message
-    assert "--weights PATH" in message and "URLError" in message
+    assert "weights=PATH" in message and "URLError" in message
     with pytest.raises(MissingWeightsError, match="no local weights for 'resnet18'.*DEFAULT"):
         load_model("resnet18")  # the default never downloads
     with pytest.raises(VitalError, match="not a file, 'random', or a named weight.*IMAGENET1K_V1"):
@@ -227,7 +227,7 @@ def test_timm_offline_with_an_empty_cache_is_one_clear_line(tmp_path, monkeypatc
     assert "\n" not in str(error.value) and "could not get timm's pretrained weights" in str(
         error.value
     )
-    with pytest.raises(MissingWeightsError, match="no local weights.*--weights DEFAULT"):
+    with pytest.raises(MissingWeightsError, match="no local weights.*weights=DEFAULT"):
         load_model("test_resnet")
     with pytest.raises(VitalError, match="not a file, 'random', or a named weight.*r160_in1k"):
         load_model("test_resnet", weights="in22k")
@@ -384,7 +384,9 @@ def test_a_missing_photo_package_is_a_clear_error(monkeypatch):
     from vital.references import open_rgb, sample_photo
 
     monkeypatch.setitem(sys.modules, "skimage.data", None)  # import fails as if not installed
-    with pytest.raises(VitalError, match="ships with scikit-image.*pip install scikit-image"):
+    with pytest.raises(
+        VitalError, match=r"ships with scikit-image.*pip install 'vital\[samples\]'"
+    ):
         sample_photo("coffee")
     monkeypatch.undo()
     assert open_rgb(sample_photo("coffee")).size == (600, 400)

@@ -1,7 +1,11 @@
 """vital: VITAL feature visualisation for any image classifier.
 
 >>> import vital
->>> results = vital.visualize("mobilenet_v2", ["espresso", "moped"], steps=...)  # doctest: +SKIP
+>>> results = vital.visualize("mobilenet_v2", ["espresso"], settings={"steps": 2}, progress=False)
+>>> results[0].target.name, results[0].record.settings["parametrization"]  # setting "fast"
+('espresso', 'fourier')
+
+``setting=1`` runs the authors' own setting (2000 steps); ``out="vital-out"`` writes PNG + JSON.
 """
 
 from vital import concepts  # callable: vital.concepts(model, class, data, layer=...)

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vital.driver import SettingsOverrides, resolve_settings, run
-from vital.methods import get_method
+from vital.driver import SettingsOverrides, resolve_settings, run, setting_name
+from vital.methods import DEFAULT_METHOD, get_method
 from vital.methods.vital_class import class_references
+from vital.optimize import DEFAULT_SETTING
 from vital.store import Result, ResultSink
 from vital.targets import Target, class_target, resolve_targets
 from vital.zoo import Model, as_model, frozen
@@ -28,8 +29,8 @@ def visualize(
     targets: Sequence[Target | int | str] | Target | int | str,
     references: Any = None,
     *,
-    method: str = "vital",
-    setting: int | str | None = None,
+    method: str = DEFAULT_METHOD,
+    setting: int | str | None = DEFAULT_SETTING,
     settings: SettingsOverrides = None,
     seeds: Sequence[int] | None = None,
     out: str | Path | None = None,
@@ -60,7 +61,10 @@ def visualize(
         ``"vital"`` (default), or a baseline to compare with: ``"fourier"``, ``"maco"``,
         ``"deepinversion"`` (:mod:`vital.methods`).
     setting
-        A named setting of the method: VITAL's 0, 1 (default) or 2 (the authors').
+        A named setting of the method: VITAL's ``"fast"`` (the default: the authors' loss in
+        300 steps through a Fourier parametrisation) or the authors' own 0, 1 (2000 steps) and
+        2. The baselines run their published defaults (the default name stands for them). The
+        record's ``settings`` say what ran.
     settings
         Changes to the method's defaults for this model, as a mapping of
         :class:`~vital.optimize.Settings` fields (``{"steps": 300, "seed": 1}``), or a complete
@@ -101,6 +105,7 @@ def visualize(
             resolved,
             references,
             settings=resolve_settings(chosen, model, setting, settings),
+            setting=setting_name(chosen, setting, settings),
             seeds=seeds,
             batch_size=batch_size,
             sink=ResultSink(out, on_result),

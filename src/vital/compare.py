@@ -25,15 +25,16 @@ from vital.api import visualize
 from vital.errors import VitalError
 from vital.grids import grid
 from vital.methods import METHODS as REGISTRY
-from vital.methods import get_method
+from vital.methods import get_method, method_class
 from vital.methods.vital_class import References, class_references
 from vital.methods.vital_neuron import neuron_references
+from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
 from vital.store import Result
-from vital.targets import ClassTarget, resolve_targets
+from vital.targets import ClassTarget, Target, resolve_targets
 from vital.zoo import Model, as_model, frozen
 
-METHODS = ("vital", "fourier", "maco", "deepinversion")
+METHODS = tuple(REGISTRY)
 
 
 @dataclass
@@ -63,6 +64,14 @@ class Comparison:
     summary: list[dict] = field(default_factory=list)
     per_image: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def methods_for(targets: Sequence[Target]) -> list[str]:
+    """The registered methods that can visualise ``targets`` (DeepInversion: classes only)."""
+    kinds = {type(target) for target in targets}
+    return [
+        name for name, classes in REGISTRY.items() if any(kinds <= set(c.targets) for c in classes)
+    ]
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
@@ -99,7 +108,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def compare(
     model: Model | str,
-    classes: Sequence[ClassTarget | int | str],
+    targets: Sequence[Target | int | str],
     methods: str | Sequence[str] = METHODS,
     *,
     judge: Model | str | None = None,
@@ -115,7 +124,7 @@ def compare(
     clip_weights: str | Path | None = None,
     method_options: Mapping[str, Mapping[str, object]] | None = None,
     progress: bool = True,
-    setting: int | str | None = None,
+    setting: int | str = DEFAULT_SETTING,
 ) -> Comparison:
     """Run ``methods`` on the same targets and score them.
 
@@ -123,7 +132,7 @@ def compare(
     ----------
     model
         The explained model.
-    classes
+    targets
         Class targets (index, name, WordNet id or :class:`ClassTarget`), or inner
         :class:`Channel` / :class:`Direction` targets: then every picture is scored by its
         target's activation relative to the mean over the references VITAL matches, the same
@@ -157,26 +166,23 @@ def compare(
     progress
         Show progress bars.
     setting
-        VITAL's named setting for inner targets (e.g. ``"fast"``).
+        The named setting of the methods that have them (VITAL: ``"fast"``, the default, or the
+        authors' 0, 1, 2); the baselines run their published defaults.
     """
     # A caller's own modules are handed back in the state they came in.
     with frozen(model), frozen(judge), frozen(fid_model):
         model = as_model(model)
         names = parse_methods(methods)
-        targets = resolve_targets(model, classes)
+        targets = resolve_targets(model, targets)
         inner = not isinstance(targets[0], ClassTarget)
         if inner and (judge or real_references or clip_weights or fid_model):
             raise VitalError(
                 "a judge, held-out real images, CLIP and FID score classes; inner channels are "
-                "scored by their activation relative to their references (--refs)."
-            )
-        if not inner and setting is not None:
-            raise VitalError(
-                "--setting goes with channel comparisons; classes use each method's own."
+                "scored by their activation relative to their references (references=DIR)."
             )
         options = dict(method_options or {})
         for method in names:  # refuse a method that cannot take these targets before any runs
-            get_method(method, targets, **_options_of(method, options, reference_count))
+            get_method(method, targets, **_options_of(method, targets, options, reference_count))
         judge_model = as_model(judge) if judge is not None else None
         fid_model = as_model(fid_model) if fid_model is not None else model
         held_out = real_references is not None
@@ -191,7 +197,7 @@ def compare(
         for method in names:
             results = _run(
                 model, targets, method, references, steps, seed, setting, out, batch_size,
-                progress, _options_of(method, options, reference_count),
+                progress, _options_of(method, targets, options, reference_count),
             )  # fmt: skip
             comparison.results[method] = results
             if inner:
@@ -220,13 +226,13 @@ def _fid(comparison: Comparison, results, real, fid_model, fid_layer):
         if note not in comparison.notes:
             comparison.notes.append(note)
         return None
-    return metrics.fid(torch.stack([r.pixels for r in results]), real, fid_model, fid_layer)
+    return metrics.fid(torch.stack([r.saved_pixels for r in results]), real, fid_model, fid_layer)
 
 
-def _options_of(method: str, options: dict, reference_count: int) -> dict:
-    """The options ``method`` runs with: the caller's, and VITAL's reference count."""
+def _options_of(method: str, targets, options: dict, reference_count: int) -> dict:
+    """The options ``method`` runs with: the caller's, and the reference count if it has one."""
     chosen = dict(options.get(method) or {})
-    if method == "vital":
+    if method_class(method, targets).uses_references:
         chosen.setdefault("reference_count", reference_count)
     return chosen
 
@@ -235,12 +241,13 @@ def _run(
     model, targets, method, references, steps, seed, setting, out, batch_size, progress, chosen,
 ) -> list[Result]:  # fmt: skip
     """One method on every target, with the same steps and seed as the others."""
+    kind = method_class(method, targets)
     return visualize(
         model,
         targets,
-        references if method == "vital" else None,
+        references if kind.uses_references else None,
         method=method,
-        setting=setting if method == "vital" else None,
+        setting=setting if kind.named_settings else None,
         settings={"steps": steps, "seed": seed},
         out=Path(out) / method if out is not None else None,
         batch_size=batch_size,
@@ -259,7 +266,7 @@ def _score(
     real_labels: list[int],
     labels: list[int],
 ) -> None:
-    pixels = torch.stack([r.pixels for r in results])
+    pixels = torch.stack([r.saved_pixels for r in results])
     explained = metrics.target_scores(model, pixels, labels)
     judged = metrics.target_scores(judge, pixels, labels) if judge is not None else None
     realism = metrics.realism(judge or model, pixels, labels, real, real_labels)
@@ -370,7 +377,7 @@ def _notes(comparison: Comparison, held_out: bool) -> list[str]:
 
 def _clip(comparison: Comparison, clip_weights, model: Model) -> None:
     pixels_by_method = {
-        m: torch.stack([r.pixels for r in rs]) for m, rs in comparison.results.items()
+        m: torch.stack([r.saved_pixels for r in rs]) for m, rs in comparison.results.items()
     }
     labels = [t.index for t in comparison.targets]
     names = model.labels.names if model.labels is not None else []

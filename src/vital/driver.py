@@ -16,12 +16,20 @@ from typing import Any
 import torch
 
 from vital import metrics
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
+from vital.grids import as_saved
 from vital.methods.base import Method, target_plan
-from vital.optimize import Run, Settings, effective_warmup, optimize, transparency
+from vital.optimize import (
+    DEFAULT_SETTING,
+    Run,
+    Settings,
+    optimize,
+    resolved,
+    transparency,
+)
 from vital.record import Record, model_info
 from vital.store import Result, ResultSink
-from vital.targets import ClassTarget, Target
+from vital.targets import ClassTarget, Target, target_record
 from vital.zoo import Model, channels_last, frozen
 
 SettingsOverrides = Settings | Mapping[str, Any] | None
@@ -42,7 +50,7 @@ def resolve_settings(
     model
         The explained model.
     setting
-        A named setting of the method (VITAL: 0, 1, 2); ``None`` for its default.
+        A named setting of the method (VITAL: ``"fast"``, 0, 1, 2); ``None`` for its default.
     settings
         Overrides as a mapping of :class:`Settings` fields (values of ``None`` mean "not
         given"), or a complete :class:`Settings`, used as it is.
@@ -53,7 +61,7 @@ def resolve_settings(
         Validated, with the warm-up as the loop will run it.
     """
     if isinstance(settings, Settings):
-        if setting is not None:
+        if setting not in (None, DEFAULT_SETTING):  # the default name is no choice of the user's
             raise VitalError("give either a named setting or complete Settings, not both.")
         chosen = settings
     else:
@@ -71,8 +79,22 @@ def resolve_settings(
                 f"{', '.join(sorted(fields))}."
             )
         chosen = dataclasses.replace(method.default_settings(model, setting), **overrides)
-    chosen.validate()
-    return dataclasses.replace(chosen, warmup=effective_warmup(chosen))
+    return resolved(chosen)
+
+
+def setting_name(
+    method: Method, setting: int | str | None, settings: SettingsOverrides
+) -> int | str | None:
+    """The named setting a run's records report: ``None`` where no name applies.
+
+    A method without named settings runs its published defaults; complete :class:`Settings`
+    are the caller's own.
+    """
+    if not method.named_settings or isinstance(settings, Settings):
+        return None
+    if setting is None:
+        return DEFAULT_SETTING
+    return int(setting) if isinstance(setting, str) and setting.isdigit() else setting
 
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
@@ -92,19 +114,6 @@ def _seeds(settings: Settings, count: int, seeds: Sequence[int] | None) -> list[
     return seeds
 
 
-def _target_record(target: Target, plan: Any) -> dict:
-    kind = type(target).__name__
-    if kind == "ClassTarget":
-        return {"kind": "class", "index": target.index, "name": target.name}
-    record = {"kind": "channel" if kind == "Channel" else "direction", "layer": target.layer}
-    if kind == "Channel":
-        record["index"] = target.index
-    else:
-        record["name"] = target.name
-        record["direction"] = [float(v) for v in target.values]
-    return record
-
-
 def _merge(record: Record, fields: Mapping[str, Any]) -> None:
     for name, value in fields.items():
         if name == "evaluation":
@@ -120,6 +129,7 @@ def run(
     references: Any = None,
     *,
     settings: Settings,
+    setting: int | str | None = None,
     seeds: Sequence[int] | None = None,
     batch_size: int = 8,
     sink: ResultSink | None = None,
@@ -139,6 +149,8 @@ def run(
         What the method prepares its references from (``None``: its default).
     settings
         Resolved settings (:func:`resolve_settings`).
+    setting
+        The named setting they came from, for the records (:func:`setting_name`).
     seeds
         One seed per target; default ``settings.seed + i`` for the ``i``-th target.
     batch_size
@@ -148,12 +160,9 @@ def run(
     progress
         Show progress bars.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise VitalError(
-            f"the batch size must be a whole number ≥ 1 (--batch B), not {batch_size!r}."
-        )
+    check_count(batch_size, "batch_size")
     if not targets:
-        raise VitalError("no targets given; name at least one class (--class C) or channel.")
+        raise VitalError("no targets given; name at least one class (targets=C) or channel.")
     seeds = _seeds(settings, len(targets), seeds)
     classes = [t.index for t in targets if isinstance(t, ClassTarget)]
     if classes:  # before any work: a model without class scores fails at once
@@ -186,14 +195,19 @@ def run(
                     seeds=batch_seeds,
                     parametrization=parametrization,
                 )
-            final = metrics.evaluate(model, run_.pixels, batch_targets)
+            # Scored on the pixels the PNG holds, so what a record claims holds for the file;
+            # the float image's scores are kept beside them, labelled.
+            final = metrics.evaluate(model, as_saved(run_.pixels), batch_targets)
+            unsaved = metrics.evaluate(model, run_.pixels, batch_targets)
             alphas = (
                 transparency(run_.gradient_magnitude).cpu() if method.has_transparency else None
             )
             for item, plan in enumerate(batch):
-                record = _record(method, model, batch_targets[item], plan, settings, run_, item)
+                record = _record(method, model, batch_targets[item], settings, run_, item)
+                record.setting = setting
                 record.evaluation = {
                     **final[item],
+                    **{f"float_{k}": v for k, v in unsaved[item].items() if k != "top5"},
                     **{f"initial_{k}": v for k, v in initial[item].items() if k != "top5"},
                 }
                 _merge(record, method.record_fields(plan, objective, item))
@@ -206,7 +220,6 @@ def _record(
     method: Method,
     model: Model,
     target: Target,
-    plan: Any,
     settings: Settings,
     run_: Run,
     item: int,
@@ -216,7 +229,7 @@ def _record(
     return Record(
         method=method.name,
         model=model_info(model),
-        target=_target_record(target, plan),
+        target=target_record(target),
         settings={**dataclasses.asdict(settings), "seed": seed},
         seed=seed,
         evaluation={},

@@ -167,7 +167,7 @@ class RayEngine:
             import ray
         except ImportError as error:
             raise VitalError(
-                "the ray engine needs Ray: pip install 'vital[ray]' (or use --engine local)."
+                "the ray engine needs Ray: pip install 'vital[ray]' (or use engine=local)."
             ) from error
         self._ray = ray
         self.retries = retries
@@ -182,8 +182,8 @@ class RayEngine:
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise VitalError(
                     f"cannot reach a Ray cluster at {address!r}: {error}. Start one with "
-                    "`ray start --head` and pass the address it prints, or leave --address "
-                    "out to start a local cluster."
+                    "`ray start --head` and pass it as address=ADDR, or leave the address out "
+                    "to start a local cluster."
                 ) from error
 
     def run(
@@ -254,7 +254,7 @@ def check_engine(name: str, address: str | None = None) -> None:
     """
     if name == "local":
         if address is not None:
-            raise VitalError("--address names a Ray cluster: use it with --engine ray.")
+            raise VitalError("address=ADDR names a Ray cluster: use it with engine=ray.")
         return
     if name != "ray":
         raise VitalError(f"unknown engine {name!r}: use 'local' or 'ray'.")
@@ -262,7 +262,7 @@ def check_engine(name: str, address: str | None = None) -> None:
         import ray  # noqa: F401
     except ImportError as error:
         raise VitalError(
-            "the ray engine needs Ray: pip install 'vital[ray]' (or use --engine local)."
+            "the ray engine needs Ray: pip install 'vital[ray]' (or use engine=local)."
         ) from error
 
 

@@ -15,6 +15,16 @@ class VitalError(ValueError):
     """A problem with what the user asked for, with a message that says what to do."""
 
 
+def check_count(value: object, name: str) -> None:
+    """Refuse anything but a whole number of at least 1; ``name`` is the parameter's name.
+
+    The message names the Python parameter (``batch_size=N``); the command line shows it with
+    its option (``--batch N``), so every caller refuses a count the same way.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VitalError(f"{name}=N is a whole number of at least 1, not {value!r}.")
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Return up to ``n`` candidates that look like ``word`` (for "did you mean" hints)."""
     candidates = list(candidates)

@@ -9,9 +9,18 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 
+def as_saved(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` as an 8-bit image file holds them: clamped to [0, 1], rounded to 1/255.
+
+    Scores that a record keeps are computed on these, so that they hold for the PNG the user
+    gets (a class can be top-1 on the float image and second on the file).
+    """
+    return ((pixels.detach().float().clamp(0, 1) * 255).round() / 255).to(pixels.dtype)
+
+
 def to_image(pixels: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
     """(3, H, W) pixels in [0, 1] (and an optional (H, W) alpha) as a Pillow image."""
-    array = (pixels.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+    array = (as_saved(pixels).cpu().permute(1, 2, 0).numpy() * 255).round()
     if alpha is not None:
         alpha_channel = (alpha.detach().cpu().clamp(0, 1).numpy() * 255).round()[..., None]
         array = np.concatenate([array, alpha_channel], axis=-1)

@@ -127,16 +127,15 @@ class Settings:
 
     def validate(self) -> None:
         """Raise a :class:`VitalError` for settings that cannot run (wrong types included)."""
-        _whole(self.steps, "the number of steps", "--steps N", 0)
         _whole(self.half_resolution_steps, "the number of half-resolution steps", "setting 0", 0)
-        if not self.stages():
-            raise VitalError("the number of steps must be positive (--steps N).")
+        # Only setting 0 (a half-resolution stage first) may skip the full-resolution one.
+        _whole(self.steps, "the number of steps", "steps=N", 0 if self.half_resolution_steps else 1)
         _whole(self.warmup, "the warm-up", "warmup", 0)
-        _whole(self.jitter, "jitter", "pixels, --jitter", 0)
-        _whole(self.seed, "the seed", "--seed S", 0, 2**63 - 1)
+        _whole(self.jitter, "jitter", "pixels, jitter=J", 0)
+        _whole(self.seed, "the seed", "seed=S", 0, 2**63 - 1)
         if self.resolution is not None:
-            _whole(self.resolution, "the resolution", "--resolution R", 16, 8192)
-        _number(self.lr, "the learning rate", "--lr", positive=True)
+            _whole(self.resolution, "the resolution", "resolution=R", 16, 8192)
+        _number(self.lr, "the learning rate", "lr=LR", positive=True)
         _number(self.eps, "Adam's eps", "eps", positive=True)
         for name in ("tv_l2", "tv_l1", "l2", "feature_weight"):
             _number(getattr(self, name), f"the weight {name}", name)
@@ -190,6 +189,9 @@ PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torc
 # The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence".
 FAST = Settings(steps=300, parametrization="fourier", lr=0.1, warmup=30, near_tap=True)
 
+# The setting a run uses unless one is named: as good in 300 steps as setting 1 in 2000.
+DEFAULT_SETTING = "fast"
+
 
 def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
     """Linear warm-up over ``warmup`` steps, then a half cosine to 0 at the end.
@@ -210,6 +212,15 @@ def effective_warmup(settings: Settings) -> int:
     """
     shortest = min(steps for steps, _ in settings.stages())
     return max(1, min(settings.warmup, shortest // 4))
+
+
+def resolved(settings: Settings) -> Settings:
+    """Validated settings with the warm-up the loop runs (:func:`effective_warmup`).
+
+    The one place a run's warm-up is decided; :func:`vital.driver.resolve_settings` ends here.
+    """
+    settings.validate()
+    return replace(settings, warmup=effective_warmup(settings))
 
 
 @dataclass
@@ -321,7 +332,8 @@ def optimize(
     preprocessing
         The model's normalisation (for clamping and the output pixels).
     settings
-        Optimisation settings.
+        Resolved settings (:func:`vital.driver.resolve_settings`, or :func:`resolved`): the
+        loop runs them as they are, the warm-up included.
     device
         Where to optimise.
     progress
@@ -384,10 +396,9 @@ def optimize(
             optimizer = torch.optim.Adam(
                 parametrization.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps
             )
-            warmup = effective_warmup(settings)
             for step in range(steps):
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, steps, settings.lr, warmup)
+                    group["lr"] = learning_rate(step, steps, settings.lr, settings.warmup)
                 x = parametrization.images()
                 if not x.is_leaf:
                     x.retain_grad()  # for the transparency map

@@ -101,6 +101,26 @@ RESIDUAL_FLAGS: dict[str, str] = {
     "timm.models._efficientnet_blocks.UniversalInvertedResidual": "has_skip",
 }
 
+# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``, or has
+# no flag to switch it off): the name of the forward (vital.relevance.canonizers) that adds the
+# shortcut through a ``ResidualSum``.
+RESIDUAL_FORWARDS: dict[str, str] = {
+    "torchvision.models.resnet.Bottleneck": "bottleneck",
+    "torchvision.models.resnet.BasicBlock": "basic_block",
+    "torchvision.models.regnet.ResBottleneckBlock": "regnet",
+    "timm.models.regnet.Bottleneck": "timm_regnet",
+    "timm.models.resnet.BasicBlock": "timm_basic_block",
+    "timm.models.resnet.Bottleneck": "timm_bottleneck",
+}
+
+# Classifiers whose forward pools with a function: (features child, classifier child,
+# activation between them or None). The canonizer routes the pool through a module so that the
+# average-pool rule spreads relevance over positions.
+POOLED_HEADS: dict[str, tuple[str, str, str | None]] = {
+    "torchvision.models.mobilenetv2.MobileNetV2": ("features", "classifier", None),
+    "torchvision.models.densenet.DenseNet": ("features", "classifier", "relu"),
+}
+
 # Blocks whose forward applies these (convolution, BatchNorm) children one after the other.
 FOLDABLE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "torchvision.models.resnet.Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),

@@ -106,10 +106,15 @@ class Record(Document):
     settings
         The effective optimisation settings (after the method's defaults and the user's
         overrides; the warm-up as it ran), with this image's seed.
+    setting
+        The named setting they came from (VITAL: ``"fast"``, 0, 1, 2); ``None`` for a
+        baseline's published defaults or settings given complete.
     seed
         The image's seed.
     evaluation
-        Scores of the final image (and of the starting image, ``initial_*``).
+        Scores of the final image as saved (the 8-bit PNG: ``probability``, ``rank``,
+        ``top5`` or ``activation``), of the float image before rounding (``float_*``) and of
+        the starting image (``initial_*``).
     final_loss, final_total, loss_history
         Each loss term at the last step, the total, and the total at every step.
     seconds
@@ -148,6 +153,7 @@ class Record(Document):
     seconds: float
     batch_size: int
     device: str
+    setting: str | int | None = None
     taps: list[dict] | None = None
     taps_source: str | None = None
     references: dict | None = None
@@ -165,7 +171,7 @@ class Record(Document):
     def to_dict(self) -> dict:
         """Plain data, with non-finite numbers as ``None``; empty optional fields left out."""
         data = dataclasses.asdict(self)
-        optional = ("taps", "taps_source", "references", "relevance", "options")
+        optional = ("setting", "taps", "taps_source", "references", "relevance", "options")
         optional += ("activation_trace", "unit")
         return finite({k: v for k, v in data.items() if not (k in optional and v is None)})
 

@@ -123,7 +123,8 @@ def _requires(module: str, package: str, photo: str):
     except ImportError as error:
         raise VitalError(
             f"the embedded photo {photo!r} ships with {package}, which is not installed: "
-            f"pip install {package} (vital depends on it; a --no-deps install skipped it)."
+            "pip install 'vital[samples]' for the sample photos, or give your own images "
+            "(--refs DIR)."
         ) from error
 
 

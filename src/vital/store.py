@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from vital.errors import VitalError
-from vital.grids import display_pixels, to_image
+from vital.grids import as_saved, display_pixels, to_image
 from vital.record import Record
 
 _SCHEMA = """
@@ -57,7 +57,8 @@ class Result:
     target
         What was visualised.
     pixels
-        (3, H, W) image in [0, 1].
+        (3, H, W) image in [0, 1] as optimised (floating point; some settings leave it
+        unclamped); :attr:`saved_pixels` is what the PNG holds.
     record
         Everything needed to understand and reproduce it (written as JSON).
     alpha
@@ -78,6 +79,11 @@ class Result:
         return to_image(self.pixels)
 
     @property
+    def saved_pixels(self) -> torch.Tensor:
+        """The pixels as the PNG holds them (8 bits): what the record's evaluation scored."""
+        return as_saved(self.pixels)
+
+    @property
     def stem(self) -> str:
         """File-name stem: method, target and seed."""
         return f"{self.record.method}-{self.target.slug()}-seed{self.record.seed}"
@@ -93,15 +99,16 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
     """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise VitalError(f"the {what} {folder} is a file; give a folder (--out DIR).")
+        raise VitalError(f"the {what} {folder} is a file; give a folder (out=DIR).")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise VitalError(
-            f"cannot create the {what} {folder}: {error.strerror or error}; choose another --out."
+            f"cannot create the {what} {folder}: {error.strerror or error}; choose another "
+            "folder (out=DIR)."
         ) from error
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise VitalError(f"the {what} {folder} is not writable; choose another --out.")
+        raise VitalError(f"the {what} {folder} is not writable; choose another folder (out=DIR).")
     return folder
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -117,6 +119,32 @@ class Direction(_Inner):
 Target = ClassTarget | Channel | Direction
 
 
+def target_record(target: Target) -> dict:
+    """A target as records store it (``record.target``); :func:`target_from_record` reads it."""
+    if isinstance(target, ClassTarget):
+        return {"kind": "class", "index": target.index, "name": target.name}
+    if isinstance(target, Channel):
+        return {"kind": "channel", "layer": target.layer, "index": target.index}
+    return {
+        "kind": "direction",
+        "layer": target.layer,
+        "name": target.name,
+        "direction": [float(v) for v in target.values],
+    }
+
+
+def target_from_record(data: Mapping[str, Any]) -> Target:
+    """The target of a record's ``target`` field (as :func:`target_record` wrote it)."""
+    kind = data.get("kind")
+    if kind == "class":
+        return ClassTarget(int(data["index"]), data.get("name") or "")
+    if kind == "channel":
+        return Channel(data["layer"], int(data["index"]))
+    if kind == "direction":
+        return Direction(data["layer"], tuple(data.get("direction") or ()), data["name"])
+    raise VitalError(f"a record's target has kind class, channel or direction, not {kind!r}.")
+
+
 def _check_layer_name(layer: object) -> None:
     if not isinstance(layer, str) or not layer:
         raise VitalError(f"a layer is named by its module name (text), not {layer!r}.")
@@ -149,5 +177,5 @@ def resolve_targets(model, targets) -> list[Target]:
         t if isinstance(t, (Channel, Direction)) else class_target(model, t) for t in targets
     ]
     if not resolved:
-        raise VitalError("no targets given; name at least one class (--class C) or channel.")
+        raise VitalError("no targets given; name at least one class (targets=C) or channel.")
     return resolved

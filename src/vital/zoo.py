@@ -210,6 +210,15 @@ class Model:
         self.module.eval()
         self.module.requires_grad_(False)
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print the module and every label (about 60 KB).
+        classes = f"{len(self.labels)} classes" if self.labels is not None else "no labels"
+        size = self.preprocessing.input_size
+        return (
+            f"Model({self.name!r}, weights {self.weights_source!r}, {classes}, input {size} px, "
+            f"{self.device})"
+        )
+
     @property
     def device(self) -> torch.device:
         """Device of the first parameter (CPU for parameter-free modules)."""
@@ -254,9 +263,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise VitalError(f"device {device!r} is not supported: use auto, cpu or cuda.")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise VitalError(
-            "device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu."
-        )
+        raise VitalError("device 'cuda' was asked for but no CUDA GPU is visible; use device=cpu.")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
         raise VitalError(
             f"there is no GPU {resolved.index}: {torch.cuda.device_count()} are visible (cuda:0 …)."
@@ -453,7 +460,7 @@ def _download_failed(what: str, error: Exception, cache: str) -> MissingWeightsE
         f"could not get {what} ({type(error).__name__}{': ' + reason if reason else ''}); "
         f"they are not in the local cache ({cache}) and could not be downloaded. Connect to "
         "the internet once (they are cached afterwards), copy the file into that cache, or "
-        "pass --weights PATH (a state dict) or --weights random."
+        "pass weights=PATH (a state dict) or weights=random."
     )
 
 
@@ -815,9 +822,9 @@ def load_model(
         loaded = library.pretrained(arch, "DEFAULT", download=False)
         if loaded is None:
             raise MissingWeightsError(
-                f"no local weights for {name!r}: --weights DEFAULT gets {library.name}'s "
-                "pretrained weights (downloaded once, then cached), --weights PATH loads a "
-                "state dict, --weights random gives an untrained network."
+                f"no local weights for {name!r}: weights=DEFAULT gets {library.name}'s "
+                "pretrained weights (downloaded once, then cached), weights=PATH loads a "
+                "state dict, weights=random gives an untrained network."
             )
         module, source = loaded
     elif _is_path(weights):
@@ -829,7 +836,7 @@ def load_model(
         if tag != "DEFAULT" and tag not in library.weight_names(arch):
             names = ", ".join(dict.fromkeys(["DEFAULT", *library.weight_names(arch)]))
             raise VitalError(
-                f"--weights {str(weights)!r} is not a file, 'random', or a named weight of "
+                f"weights={str(weights)!r} is not a file, 'random', or a named weight of "
                 f"{arch} ({names})."
             )
         module, source = library.pretrained(arch, tag, download=True)

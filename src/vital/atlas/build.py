@@ -29,6 +29,8 @@ from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
 from vital.engines import Engine, LocalEngine
 from vital.errors import VitalError
+from vital.methods import DEFAULT_METHOD
+from vital.optimize import DEFAULT_SETTING
 from vital.references import ReferenceSet
 from vital.store import Result
 from vital.targets import Target
@@ -220,7 +222,7 @@ def build_atlas(
     folder: str | Path,
     settings: Mapping[str, object] | None = None,
     *,
-    setting: int | str | None = None,
+    setting: int | str = DEFAULT_SETTING,
     engine: Engine | None = None,
     batch_size: int = 4,
     progress: bool = True,
@@ -246,7 +248,7 @@ def build_atlas(
         :func:`vital.visualize`): classes and channels each get their own method's defaults
         under them. ``settings["seed"]`` (default 0) seeds the first unit.
     setting
-        A named setting of VITAL (0, 1, 2).
+        A named setting of VITAL: ``"fast"`` (the default) or the authors' 0, 1, 2.
     engine
         Where batches run (default: in this process).
     batch_size
@@ -343,7 +345,7 @@ def build_atlas(
 
 def _record(atlas: Atlas, outcome: UnitOutcome, references: ReferenceSet, model: str) -> None:
     if outcome.error is not None:
-        atlas.store.record_failure(outcome.unit.target, "vital", model, outcome.error)
+        atlas.store.record_failure(outcome.unit.target, DEFAULT_METHOD, model, outcome.error)
         return
     result = outcome.result
     spec = atlas.planned[outcome.unit.id]

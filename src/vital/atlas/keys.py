@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vital.driver import resolve_settings
-from vital.methods import get_method
+from vital.methods import DEFAULT_METHOD, get_method
 from vital.record import Record
 from vital.references import ReferenceSet
-from vital.targets import Target
+from vital.targets import Target, target_from_record
 from vital.zoo import Model
 
 # Method options that say where things are cached, not what is computed.
@@ -43,12 +43,7 @@ def _plain(value: Any) -> Any:
 
 def unit_of_record(record: Record) -> str:
     """The unit id of a record's target (``class/967``, ``features.18/12``)."""
-    target = record.target
-    if target.get("kind") == "class":
-        return f"class/{target['index']}"
-    if target.get("kind") == "channel":
-        return f"{target['layer']}/{target['index']}"
-    return f"{target.get('layer')}/{target.get('name')}"
+    return target_from_record(record.target).unit()
 
 
 @dataclass(frozen=True)
@@ -118,7 +113,7 @@ def picture_spec(
     seed: int,
     setting: int | str | None = None,
     overrides: Mapping[str, object] | None = None,
-    method: str = "vital",
+    method: str = DEFAULT_METHOD,
     options: Mapping[str, object] | None = None,
 ) -> PictureSpec:
     """The spec of ``target``'s picture as :func:`vital.visualize` would make it.

@@ -26,8 +26,11 @@ from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.images import heatmap_image
 from vital.explanation.pictures import channel_pictures
 from vital.grids import to_image
+from vital.methods import DEFAULT_METHOD
+from vital.mining.scan import DEFAULT_PATCH
+from vital.optimize import DEFAULT_SETTING
 from vital.record import ChannelEvidence, Explanation, model_info
-from vital.references import ImageSource, center_crop, open_rgb
+from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop, open_rgb
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
 
@@ -96,16 +99,16 @@ def explain(
     layer: str,
     top: int = DEFAULT_TOP,
     data: str | Path | None = None,
-    out: str | Path = "vital-explain",
+    out: str | Path = "vital-out",
     target: int | str | None = None,
     relevance: str = "lrp",
-    setting: int | str | None = None,
+    setting: int | str = DEFAULT_SETTING,
     settings: Mapping[str, object] | None = None,
     seed: int = 0,
-    references: int = 50,
+    reference_count: int = DEFAULT_REFERENCES,
     mined_as: str = "image",
     top_images: int = 10_000,
-    patch: int = 64,
+    patch_side: int = DEFAULT_PATCH,
     examples: int = DEFAULT_EXAMPLES,
     pictures: bool = True,
     stores: Sequence[str | Path] = (),
@@ -142,11 +145,11 @@ def explain(
         (``{"steps": 300}``).
     seed
         Seed of pictures that are computed.
-    references
+    reference_count
         Mined images per channel: kept by the mining pass and used as picture references.
     mined_as
         The pictures' references: ``"image"`` (whole mined images) or ``"patch"``.
-    top_images, patch
+    top_images, patch_side
         Mining stage 1's images per channel and stage 2's patch side (as for ``vital mine``).
     examples
         Dataset examples shown per channel.
@@ -172,9 +175,9 @@ def explain(
     from vital.atlas.site import render_site
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise VitalError(f"--top is the number of channels to show (at least 1), not {top!r}.")
+        raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
     if mined_as not in ("image", "patch"):
-        raise VitalError(f"--mined-as is 'image' or 'patch', not {mined_as!r}.")
+        raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     with frozen(model):
         model = as_model(model, device)
         pixels, image_info = load_image(image, model.preprocessing.input_size)
@@ -199,8 +202,8 @@ def explain(
                 atlas.folder,
                 channels=chosen,
                 top_images=top_images,
-                top=references,
-                patch=patch,
+                top=reference_count,
+                patch_side=patch_side,
                 workers=workers,
                 progress=progress,
             )
@@ -216,7 +219,7 @@ def explain(
             }
             if pictures:
                 reference_sets = {
-                    c: mined_references(atlas.folder, model, layer, c, mined_as, references)
+                    c: mined_references(atlas.folder, model, layer, c, mined_as, reference_count)
                     for c in chosen
                 }
                 picture_entries = channel_pictures(
@@ -291,11 +294,11 @@ def explain(
             ],
             mining=mining,
             pictures={
-                "method": "vital",
+                "method": DEFAULT_METHOD,
                 "setting": setting,
                 "overrides": dict(settings or {}),
                 "seed": seed,
-                "references": {"count": references, "mode": mined_as},
+                "references": {"count": reference_count, "mode": mined_as},
             }
             if pictures and data is not None
             else None,

@@ -20,6 +20,9 @@ from vital.methods.vital_class import VitalClass
 from vital.methods.vital_neuron import VitalNeuron
 from vital.targets import Target
 
+# The method a run uses unless one is named.
+DEFAULT_METHOD = "vital"
+
 # Name → the method's classes (one per kind of target). A new method is one line here.
 METHODS: dict[str, tuple[type[Method], ...]] = {
     "vital": (VitalClass, VitalNeuron),
@@ -61,6 +64,7 @@ def get_method(name: str, targets: Sequence[Target], **options: object) -> Metho
 
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "DeepInversion",
     "Fourier",

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from vital.errors import VitalError
-from vital.optimize import Objective, Settings
+from vital.optimize import DEFAULT_SETTING, Objective, Settings
 from vital.parametrizations import Parametrization, create
 from vital.targets import Target
 from vital.zoo import Model
@@ -48,12 +48,15 @@ class Method:
         Whether it needs reference images (VITAL) or none (activation maximisation).
     has_transparency
         Whether its results carry an alpha map (accumulated |gradient|).
+    named_settings
+        Whether it has named settings (VITAL's fast, 0, 1, 2) or only its published defaults.
     """
 
     name: ClassVar[str] = ""
     targets: ClassVar[tuple[type, ...]] = ()
     uses_references: ClassVar[bool] = False
     has_transparency: ClassVar[bool] = False
+    named_settings: ClassVar[bool] = False
 
     def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
         """The method's defaults for ``model``; ``setting`` names one of its presets."""
@@ -70,7 +73,7 @@ class Method:
         if references is not None:
             raise VitalError(
                 f"{self.name} uses no reference images (it maximises the target's activation); "
-                "leave --refs out, or use --method vital."
+                "leave references= out, or use method=vital."
             )
         yield list(targets)
 
@@ -127,9 +130,12 @@ def target_plan(plans: Sequence[Any]) -> list[Target]:
 
 
 def check_settings_for(method: Method, setting: int | str | None) -> None:
-    """Refuse a named setting for a method that has only its published defaults."""
-    if setting not in (None, 1):
+    """Refuse a named setting for a method that has only its published defaults.
+
+    The default setting's name stands for "the method's defaults", whichever method runs.
+    """
+    if setting not in (None, DEFAULT_SETTING):
         raise VitalError(
-            f"--setting {setting} selects one of VITAL's settings; {method.name} runs with its "
-            "published defaults. Leave --setting out, or use --method vital."
+            f"setting={setting} selects one of VITAL's settings; {method.name} runs with its "
+            "published defaults. Leave the setting out, or use method=vital."
         )

@@ -18,7 +18,7 @@ from typing import Any
 from vital.errors import VitalError
 from vital.methods.base import Method, resolution_of
 from vital.objectives import SortMatching
-from vital.optimize import Settings
+from vital.optimize import DEFAULT_SETTING, Settings
 from vital.presets import PRESET_PRIORS
 from vital.references import (
     DEFAULT_REFERENCES,
@@ -68,7 +68,7 @@ def class_references(
         if not sources:
             raise VitalError(
                 f"no embedded photo shows {target.describe()}; give reference images with "
-                "--refs DIR (a folder of that class, or an ImageNet-style tree)."
+                "references=DIR (a folder of that class, or an ImageNet-style tree)."
             )
         return ReferenceSet(
             tuple(sources), count, seed, "embedded photos " + ", ".join(s.label for s in sources)
@@ -165,10 +165,11 @@ class VitalClass(Method):
     name = "vital"
     targets = (ClassTarget,)
     uses_references = True
+    named_settings = True
 
     def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
-        """The authors' setting (1 unless named), with the model's preset priors (ViT-L)."""
-        settings = Settings.setting(1 if setting is None else setting)
+        """The named setting (``fast`` unless named), with the model's preset priors (ViT-L)."""
+        settings = Settings.setting(DEFAULT_SETTING if setting is None else setting)
         strength = PRESET_PRIORS.get(model.name)
         return dataclasses.replace(settings, tv_l2=strength, l2=strength) if strength else settings
 

@@ -22,7 +22,7 @@ from vital.errors import VitalError
 from vital.methods.base import Method, resolution_of
 from vital.methods.vital_class import reference_fields
 from vital.objectives import NeuronTarget, RelevanceSortMatching, neuron_prototypes
-from vital.optimize import Settings
+from vital.optimize import DEFAULT_SETTING, Settings
 from vital.presets import NEURON_PRIOR, NEURON_STEM_WEIGHT
 from vital.references import (
     DEFAULT_REFERENCES,
@@ -226,11 +226,12 @@ class VitalNeuron(Method):
     name = "vital"
     targets = (Channel, Direction)
     uses_references = True
+    named_settings = True
     has_transparency = True
 
     def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
-        """The authors' setting (1 unless named) with the inner-neuron priors 3e-7."""
-        settings = Settings.setting(1 if setting is None else setting)
+        """The named setting (``fast`` unless named) with the inner-neuron priors 3e-7."""
+        settings = Settings.setting(DEFAULT_SETTING if setting is None else setting)
         return dataclasses.replace(settings, tv_l2=NEURON_PRIOR, l2=NEURON_PRIOR)
 
     @contextlib.contextmanager

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vital.engines import Engine, check_engine, make_engine
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import MiningIndex, PassState, database_path
 from vital.mining.shards import Decoder, Patches, Shard, ShardFailure, StageScorer
@@ -44,6 +44,7 @@ from vital.zoo import Model, as_model, frozen
 DEFAULT_TOP_IMAGES = 10_000
 DEFAULT_TOP = 50
 DEFAULT_PATCH = 64
+DEFAULT_MINING_BATCH = 32
 DEFAULT_SHARD = 1024
 PASS_FORMAT = "shards-1"  # in the pass key: passes saved by another layout are not resumed
 
@@ -116,8 +117,8 @@ def mine(
     direction_name: str = "direction",
     top_images: int = DEFAULT_TOP_IMAGES,
     top: int = DEFAULT_TOP,
-    patch: int = DEFAULT_PATCH,
-    batch_size: int = 32,
+    patch_side: int = DEFAULT_PATCH,
+    batch_size: int = DEFAULT_MINING_BATCH,
     workers: int | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
@@ -149,7 +150,7 @@ def mine(
         N of stage 1: images kept per unit by spatial-maximum activation.
     top
         k of stage 2: images kept per unit by their best patch.
-    patch
+    patch_side
         Patch side on the centre crop (32 or 64 in METHOD.md for a 224 crop); 0 skips stage 2
         and ranks whole images by their spatial maximum (the box is then the whole crop).
     batch_size
@@ -185,22 +186,21 @@ def mine(
         asked for but not installed, or a shard that kept failing (the finished shards are
         saved: run again to retry the rest).
     """
-    for value, what in (
-        (top_images, "--top-images"),
-        (top, "--top"),
-        (shard_size, "the shard size (--shard-size)"),
-        (batch_size, "the batch (--batch)"),
+    for value, name in (
+        (top_images, "top_images"),
+        (top, "top"),
+        (shard_size, "shard_size"),
+        (batch_size, "batch_size"),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise VitalError(f"{what} must be a whole number of at least 1, not {value!r}.")
+        check_count(value, name)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):  # fmt: skip
-        raise VitalError(f"--workers must be 0 (decode in this process) or more, not {workers!r}.")
+        raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
     output_folder(database_path(database).parent, "mining folder")
     with frozen(model.module if isinstance(model, Model) else model):
         return _mine(
             as_model(model), layer, data, database, channels, directions, direction_name,
-            top_images, top, patch, batch_size, workers, checkpoint_seconds, progress, engine,
+            top_images, top, patch_side, batch_size, workers, checkpoint_seconds, progress, engine,
             address, shard_size,
         )  # fmt: skip
 

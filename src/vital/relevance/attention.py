@@ -149,7 +149,7 @@ def check_covered(module: nn.Module, names: set[str], backend: str) -> None:
         if problem:
             raise VitalError(
                 f"relevance backend {backend!r}: layer {name!r} ({type(child).__name__}) "
-                f"{problem}; use --relevance grad-x-act (gradient × activation, works for "
+                f"{problem}; use relevance=grad-x-act (gradient × activation, works for "
                 "any differentiable model), or target a layer below it."
             )
 

@@ -5,8 +5,8 @@ a rule can split relevance between the branches), ``FoldBatchNorm`` folds positi
 BatchNorms into their convolutions, ``OutOfPlaceCanonizer`` runs in-place activations out of
 place, ``PooledHeadCanonizer`` routes a functional global average pool through a module (for
 relevance from the logits, :mod:`vital.explanation`). Which blocks they touch is data in
-:mod:`vital.presets` (and, for the forwards they install, here). Every canonizer restores the
-model exactly on ``remove()``.
+:mod:`vital.presets` (the forwards they install are code, here, named there). Every
+canonizer restores the model exactly on ``remove()``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.core import collect_leaves
 
+from vital import presets
 from vital.presets import FOLDABLE_PAIRS, RESIDUAL_FLAGS, classes_named
 from vital.relevance.rules import FOLDED_SCALE
 
@@ -86,15 +87,17 @@ def _timm_bottleneck_forward(self, x: torch.Tensor) -> torch.Tensor:
     return _timm_tail(self, self.bn3(self.conv3(out)), x, self.act3)
 
 
-# Residual blocks whose forward is replaced outright (their sum is an in-place ``+=``, or has
-# no flag to switch it off).
+# The forwards that :data:`vital.presets.RESIDUAL_FORWARDS` names, by name.
+_FORWARDS: dict[str, Callable] = {
+    "bottleneck": _bottleneck_forward,
+    "basic_block": _basic_block_forward,
+    "regnet": _regnet_forward,
+    "timm_regnet": _timm_regnet_forward,
+    "timm_basic_block": _timm_basic_block_forward,
+    "timm_bottleneck": _timm_bottleneck_forward,
+}
 RESIDUAL_FORWARDS: dict[str, Callable] = {
-    "torchvision.models.resnet.Bottleneck": _bottleneck_forward,
-    "torchvision.models.resnet.BasicBlock": _basic_block_forward,
-    "torchvision.models.regnet.ResBottleneckBlock": _regnet_forward,
-    "timm.models.regnet.Bottleneck": _timm_regnet_forward,
-    "timm.models.resnet.BasicBlock": _timm_basic_block_forward,
-    "timm.models.resnet.Bottleneck": _timm_bottleneck_forward,
+    path: _FORWARDS[name] for path, name in presets.RESIDUAL_FORWARDS.items()
 }
 
 
@@ -333,10 +336,11 @@ def _pooled_forward(features: str, classifier: str, activation: Callable | None 
     return forward
 
 
-# Architectures whose forward pools with a function (class name → forward through a module).
+# :data:`vital.presets.POOLED_HEADS` as forwards that pool through a module.
+_ACTIVATIONS: dict[str, Callable] = {"relu": F.relu}
 POOLED_HEADS: dict[str, Callable] = {
-    "torchvision.models.mobilenetv2.MobileNetV2": _pooled_forward("features", "classifier"),
-    "torchvision.models.densenet.DenseNet": _pooled_forward("features", "classifier", F.relu),
+    path: _pooled_forward(features, classifier, _ACTIVATIONS[act] if act else None)
+    for path, (features, classifier, act) in presets.POOLED_HEADS.items()
 }
 
 

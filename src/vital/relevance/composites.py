@@ -253,6 +253,6 @@ def _refuse(backend: str, name: str, child: nn.Module, problem: str) -> None:
     where = f"layer {name!r}" if name else "the model's own forward"
     raise VitalError(
         f"relevance backend {backend!r}: {where} ({type(child).__name__}) "
-        f"{problem}; use --relevance grad-x-act (gradient × activation, works for "
+        f"{problem}; use relevance=grad-x-act (gradient × activation, works for "
         "any differentiable model), or target a layer below it."
     )

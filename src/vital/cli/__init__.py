@@ -1,0 +1,94 @@
+"""The ``vital`` command: parses options, calls the library, prints where results went.
+
+Commands pass the library only what the user gave (overrides); the defaults are the methods'
+own (:func:`vital.driver.resolve_settings`). The options several commands take are declared
+once in :mod:`vital.cli.options`; each command group has its own module, registered here.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Annotated
+
+import click
+import typer
+
+from vital.cli import atlas, concepts, explain, generate, listing, mine, options, session
+from vital.cli.vocabulary import cli_wording
+from vital.errors import VitalError
+
+app = typer.Typer(
+    cls=options.Group,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="VITAL feature visualisation: see what a vision model's classes and neurons encode.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vital.version import __version__
+
+        typer.echo(f"vital {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """VITAL feature visualisation: see what a vision model's classes and neurons encode."""
+
+
+# The order here is the order `vital --help` lists the commands in.
+app.command("class", cls=options.Command)(generate.class_command)
+app.command("compare", cls=options.Command)(generate.compare_command)
+app.command("neuron", cls=options.Command)(generate.neuron)
+app.command("demo", cls=options.Command)(generate.demo)
+app.command("layers", cls=options.Command)(listing.layers)
+app.command("classes", cls=options.Command)(listing.classes)
+app.command("models", cls=options.Command)(listing.models)
+app.command("mine", cls=options.Command)(mine.mine_command)
+app.command("explain", cls=options.Command)(explain.explain_command)
+app.command("concepts", cls=options.Command)(concepts.concepts_command)
+app.add_typer(atlas.atlas_app, name="atlas")
+
+# typer >= 0.29 carries its own copy of click, whose errors are not click's own classes.
+_CLICKS = (click, *([typer._click] if hasattr(typer, "_click") else []))
+_USAGE_ERRORS = tuple(module.exceptions.ClickException for module in _CLICKS)
+_ABORTS = (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each (``warning: …``), without the source line Python adds."""
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes end with a one-line message and exit status 2."""
+    session.Session.reset()
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except VitalError as error:
+        typer.secho(f"error: {cli_wording(str(error))}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except _ABORTS:
+        typer.echo(session.interrupted(), err=True)
+        sys.exit(130)
+    except _USAGE_ERRORS as error:  # a missing or malformed option: click's usage message
+        error.show()
+        sys.exit(error.exit_code)
+    finally:
+        warnings.showwarning = shown
+    if code == 130:  # typer turns Ctrl-C into this exit status before we see the interrupt
+        typer.echo(session.interrupted(), err=True)
+    sys.exit(code if isinstance(code, int) else 0)

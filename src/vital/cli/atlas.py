@@ -1,0 +1,212 @@
+"""``vital atlas build`` and ``vital atlas serve``: many units into a browsable folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vital.cli import options, session
+from vital.cli.options import (
+    Address,
+    Batch,
+    ChannelSelection,
+    Classes,
+    Device,
+    Engine,
+    Force,
+    MinedAs,
+    MiningPatch,
+    ModelName,
+    Out,
+    Precision,
+    ReferenceCount,
+    Resolution,
+    Seed,
+    SettingName,
+    Steps,
+    TopImages,
+    Weights,
+)
+from vital.errors import VitalError
+from vital.methods import DEFAULT_METHOD
+from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
+from vital.optimize import DEFAULT_SETTING
+from vital.references import DEFAULT_REFERENCES
+
+atlas_app = typer.Typer(
+    cls=options.Group,
+    no_args_is_help=True,
+    help="Visualise many units, record them, browse them as a web page.",
+)
+
+
+def atlas_build(
+    out: Out = Path("vital-out"),
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    layer: Annotated[
+        str | None, options.option("--layer", "Layer whose channels to visualise.")
+    ] = None,
+    channels: ChannelSelection = None,
+    class_list: Classes = None,
+    data: Annotated[
+        str | None,
+        options.option("--data", "Images to mine the layer's channels' references from."),
+    ] = None,
+    refs: Annotated[
+        str | None,
+        options.option(
+            "--refs",
+            "References of the classes: an ImageNet-style tree or class sub-folders (default: "
+            "the embedded photos).",
+        ),
+    ] = None,
+    ref_count: ReferenceCount = DEFAULT_REFERENCES,
+    top_images: TopImages = DEFAULT_TOP_IMAGES,
+    patch: MiningPatch = DEFAULT_PATCH,
+    mined_as: MinedAs = "image",
+    engine: Engine = "local",
+    address: Address = None,
+    setting: SettingName = DEFAULT_SETTING,
+    steps: Steps = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = None,
+    resolution: Resolution = None,
+    batch: Batch = 4,
+    force: Force = False,
+) -> None:
+    """Visualise every selected unit into an atlas folder and write its web pages.
+
+    Channels of --layer get references mined from --data (`vital mine`, stored in the atlas
+    folder); --class targets get references from --refs or the embedded photos. Re-running
+    reuses units stored with the same settings, references and model, recomputes the others,
+    and resumes mining and visualisation where they stopped. vital never writes over a file
+    in --out that it did not write.
+    """
+    from vital.atlas import ModelSpec, build_atlas
+    from vital.atlas.ledger import prepare_folder
+    from vital.driver import resolve_settings
+    from vital.engines import make_engine
+    from vital.methods import get_method
+    from vital.methods.vital_class import class_references
+    from vital.mining import mine, mined_references
+    from vital.taps import check_layer, list_layers
+    from vital.targets import Channel, class_target
+
+    if channels and not layer:
+        raise VitalError("--channel selects channels of --layer; name the layer too.")
+    if layer and data is None:
+        raise VitalError("channels need images to mine references from: --data DIR.")
+    setting_name = options.setting_value(setting)
+    prepare_folder(out)  # refuse a folder with files of the user's before mining writes
+    chosen_engine = make_engine(engine, address)
+    spec = ModelSpec(model, weights, device)
+    loaded = spec()
+    classes = [class_target(loaded, name) for name in options.names(class_list)]
+    if not classes and not layer:
+        raise VitalError("name the units to visualise: --layer L [--channel ...] or --class C.")
+    overrides = options.overrides(
+        steps=steps, seed=seed, resolution=resolution, precision=precision
+    )
+    # A wrong setting is refused before mining, not after it: each kind of unit, its method.
+    for kind in (classes, [Channel(layer, 0)] if layer else []):
+        if kind:
+            resolve_settings(get_method(DEFAULT_METHOD, kind), loaded, setting_name, overrides)
+    selected = []
+    if layer:
+        check_layer(layer, loaded.module)
+        selected = options.channel_list(channels)
+        if selected is None:
+            shapes = {
+                i.name: i for i in list_layers(loaded.module, loaded.preprocessing.input_size)
+            }
+            selected = list(range(shapes[layer].channels))
+    if layer:
+        session.Session.out, session.Session.resumable = out, True
+        mine(
+            loaded,
+            layer,
+            data,
+            out,
+            channels=selected,
+            top_images=top_images,
+            top=ref_count,
+            patch_side=patch,
+            engine=chosen_engine,
+        )
+
+    def reference_set(target):
+        if target.layer is None:
+            return class_references(loaded, target, refs, ref_count)
+        return mined_references(out, loaded, target.layer, target, mined_as, ref_count)
+
+    session.Session.out, session.Session.resumable = out, True
+    result = build_atlas(
+        spec,
+        [*classes, *(Channel(layer, index) for index in selected)],
+        reference_set,
+        out,
+        overrides,
+        setting=setting_name,
+        engine=chosen_engine,
+        batch_size=batch,
+        force=force,
+    )
+    _report_reuse(result)
+    typer.echo(
+        f"{result.finished} units visualised, {result.failed} failed, {result.skipped} already "
+        f"done ({result.units_per_minute:.1f} units/min). Browse: vital atlas serve {out}"
+    )
+
+
+def _report_reuse(report) -> None:
+    """Say which stored units were reused, and why others were computed again."""
+    if report.reused:
+        shown = ", ".join(report.reused[:6]) + (" …" if len(report.reused) > 6 else "")
+        typer.echo(f"reused {len(report.reused)} unit(s) stored with the same inputs: {shown}")
+    if report.forced:
+        typer.echo(f"recomputing {len(report.forced)} stored unit(s) (--force)")
+    for unit, changes in list(report.changed.items())[:6]:
+        typer.echo(f"recomputing {unit}: " + "; ".join(changes[:3]))
+    if len(report.changed) > 6:
+        typer.echo(f"… and {len(report.changed) - 6} more unit(s) whose inputs changed")
+
+
+def atlas_serve(
+    folder: Annotated[Path, typer.Argument(help="Atlas folder.")],
+    port: Annotated[int, typer.Option("--port", help="Port (1-65535; 0: any free one).")] = 8000,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every "
+            "interface, for a remote machine).",
+        ),
+    ] = "127.0.0.1",
+) -> None:
+    """Serve an atlas on http://HOST:PORT (loopback by default) until Ctrl-C."""
+    from vital.atlas.serve import check_port, is_loopback, make_server
+
+    check_port(port)
+    server = make_server(folder, port, verbose=True, host=host)
+    if not is_loopback(host):
+        typer.secho(
+            f"warning: listening on {host}: anyone who can reach this machine can read the atlas "
+            "(no password). For a private view use the default host and an SSH tunnel: "
+            f"ssh -L {server.server_address[1]}:127.0.0.1:{server.server_address[1]} THIS_HOST",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    shown = "127.0.0.1" if host == "localhost" else host
+    typer.echo(f"serving {folder} on http://{shown}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+atlas_app.command("build", cls=options.Command)(atlas_build)
+atlas_app.command("serve", cls=options.Command)(atlas_serve)

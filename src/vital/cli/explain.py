@@ -1,0 +1,166 @@
+"""``vital explain``: which channels of a layer carried an image's class, with their pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vital.cli import options, session
+from vital.cli.concepts import explain_by_concepts
+from vital.cli.options import (
+    Batch,
+    Device,
+    MinedAs,
+    MiningPatch,
+    ModelName,
+    Precision,
+    Relevance,
+    Resolution,
+    SettingName,
+    Steps,
+    TopImages,
+    Weights,
+)
+from vital.concepts.discovery import DEFAULT_COUNT
+from vital.errors import VitalError
+from vital.explanation.pipeline import DEFAULT_TOP
+from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
+from vital.optimize import DEFAULT_SETTING
+from vital.references import DEFAULT_REFERENCES
+
+
+def explain_command(
+    image: Annotated[Path, typer.Argument(help="The image to explain (its centre crop).")],
+    layer: Annotated[
+        str, options.option("--layer", "Layer whose channels explain the prediction.")
+    ],
+    data: Annotated[
+        Path | None,
+        options.option(
+            "--data",
+            "Images to mine the channels' dataset examples and picture references from "
+            "(folder or list file).",
+        ),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", help="Most relevant channels to show.")
+    ] = DEFAULT_TOP,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by", help="channels (default) or concepts: the concepts found in the photo's crops."
+        ),
+    ] = "channels",
+    count: Annotated[
+        int, options.option("--count", "With --by concepts: the number of concepts K.")
+    ] = DEFAULT_COUNT,
+    classes: Annotated[
+        list[str] | None,
+        options.option(
+            "--class",
+            "Class to explain (default: the prediction); several (repeat or use commas) are "
+            "explained one after the other.",
+        ),
+    ] = None,
+    relevance: Relevance = "lrp",
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    out: Annotated[
+        Path, options.option("--out", "Atlas folder the explanation is written to.")
+    ] = Path("vital-out"),
+    ref_count: Annotated[
+        int,
+        options.option("--ref-count", "Mined images per channel (picture references)."),
+    ] = DEFAULT_REFERENCES,
+    mined_as: MinedAs = "image",
+    top_images: TopImages = DEFAULT_TOP_IMAGES,
+    patch: MiningPatch = DEFAULT_PATCH,
+    stores: Annotated[
+        list[Path] | None,
+        typer.Option("--store", help="Another atlas or result folder to reuse pictures from."),
+    ] = None,
+    no_pictures: Annotated[
+        bool, typer.Option("--no-pictures", help="Skip the channels' VITAL pictures.")
+    ] = False,
+    force: Annotated[
+        bool, options.option("--force", "Compute the pictures again even if stored.")
+    ] = False,
+    setting: SettingName = DEFAULT_SETTING,
+    steps: Steps = None,
+    seed: Annotated[int, options.option("--seed", "Seed of pictures that are computed.")] = 0,
+    device: Device = "auto",
+    precision: Precision = None,
+    resolution: Resolution = None,
+    batch: Batch = 4,
+) -> None:
+    """Explain why the model gives IMAGE its class: the channels of --layer that carried it.
+
+    For the top channels: their relevance (LRP from the class logit) and share, a heatmap of
+    the relevance through each, their dataset examples mined from --data, and their VITAL
+    pictures (reused from the atlas or --store when stored with the same settings). Writes a
+    JSON record and a page into the atlas folder --out. With --by concepts: the --count
+    concepts found in the photo's own crops, their shares of the class's relevance, maps on the
+    photo, examples and VITAL pictures (as `vital concepts`), in OUT/concepts/.
+    """
+    if by not in ("channels", "concepts"):
+        raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
+    loaded = session.load(model, weights, device)
+    if by == "concepts":
+        for target in options.names(classes) or [None]:
+            explain_by_concepts(
+                loaded, image, layer, target, count, out, relevance=relevance,
+                pictures=not no_pictures, setting=options.setting_value(setting),
+                settings=options.overrides(steps=steps, resolution=resolution, precision=precision),
+                seed=seed, batch_size=batch,
+            )  # fmt: skip
+        return
+    session.Session.out, session.Session.resumable = out, True
+    for target in options.names(classes) or [None]:
+        _explain_one(
+            loaded,
+            image,
+            out,
+            layer=layer,
+            top=top,
+            data=data,
+            target=target,
+            relevance=relevance,
+            setting=options.setting_value(setting),
+            settings=options.overrides(steps=steps, resolution=resolution, precision=precision),
+            seed=seed,
+            reference_count=ref_count,
+            mined_as=mined_as,
+            top_images=top_images,
+            patch_side=patch,
+            pictures=not no_pictures,
+            stores=stores or (),
+            force=force,
+            batch_size=batch,
+        )
+
+
+def _explain_one(loaded, image: Path, out: Path, **arguments) -> None:
+    """Explain one class of ``image`` (the prediction's for ``target=None``) and say where."""
+    from vital.explanation import explain
+
+    record = explain(loaded, image, out=out, **arguments)
+    explained = record.explained
+    typer.echo(
+        f"{Path(record.image['source']).name}: {explained['name']} (class {explained['index']}, "
+        f"p={explained['probability']:.3f}{', given' if explained['given'] else ''}); "
+        f"relevance at {record.layer} ({record.relevance}) {record.total:.4g}"
+    )
+    for evidence in record.top:
+        picture = evidence.picture
+        where = f"picture {picture['source']}" if picture else "no picture"
+        typer.echo(
+            f"  #{evidence.rank + 1} channel {evidence.channel:5d}  relevance "
+            f"{evidence.relevance:9.4g}  share {100 * evidence.share:5.2f}%  "
+            f"{len(evidence.examples)} examples  {where}"
+        )
+    for note in record.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"record: {out / record.files['json']}")
+    typer.echo(f"page:   {out / record.files['page']} (or: vital atlas serve {out})")

@@ -1,0 +1,280 @@
+"""The commands that generate pictures: ``class``, ``neuron``, ``compare`` and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vital.cli import options, session
+from vital.cli.options import (
+    Batch,
+    Channels,
+    Classes,
+    Device,
+    ModelName,
+    Out,
+    Precision,
+    ReferenceCount,
+    Resolution,
+    Seed,
+    SettingName,
+    Steps,
+    Weights,
+)
+from vital.compare import METHODS
+from vital.errors import VitalError
+from vital.methods import DEFAULT_METHOD
+from vital.optimize import DEFAULT_SETTING
+from vital.references import DEFAULT_REFERENCES
+from vital.targets import resolve_targets
+
+
+def _generate(targets, references, kind: str, common: dict, **method_options) -> list:
+    """Load the model, run :func:`vital.visualize` with the shared options, report.
+
+    The grid is ``KIND-grid.png`` for VITAL; a baseline's is ``METHOD-grid.png`` for classes,
+    ``neuron-METHOD-grid.png`` for channels.
+    """
+    out, method = common["out"], common["method"]
+    session.check_out(out)
+    loaded = session.load(common["model"], common["weights"], common["device"])
+    if callable(references):  # references that need the loaded model (mined lists)
+        references = references(loaded)
+    results = session.visualize(
+        loaded,
+        targets,
+        references,
+        out,
+        method=method,
+        setting=options.setting_value(common["setting"]),
+        settings=options.overrides(
+            **{k: common[k] for k in ("steps", "seed", "resolution", "lr", "jitter", "precision")}
+        ),
+        batch_size=common["batch"],
+        **options.overrides(taps=common["taps"] or None, **method_options),
+        **_reference_count(method, resolve_targets(loaded, targets), common["ref_count"]),
+    )
+    baseline = method if kind == "class" else f"{kind}-{method}"
+    session.report(results, out, kind if method == DEFAULT_METHOD else baseline)
+    return results
+
+
+@options.generating
+def class_command(
+    classes: Annotated[list[str], options.option("--class", options.CLASSES_HELP)],
+    refs: Annotated[
+        str | None,
+        options.option(
+            "--refs",
+            "Reference folder: ImageNet-style tree, class sub-folders, or (one class) a plain "
+            "folder. Default: the embedded photos of the class.",
+        ),
+    ] = None,
+    **common,
+) -> None:
+    """Visualise output classes with VITAL (or a baseline, --method)."""
+    _generate(options.names(classes), refs, "class", common)
+
+
+def compare_command(
+    classes: Classes = None,
+    layer: Annotated[
+        str | None, options.option("--layer", "With --channel: the channels' layer.")
+    ] = None,
+    channels: Annotated[
+        list[str] | None,
+        options.option("--channel", "Compare on inner channels instead (repeat or use commas)."),
+    ] = None,
+    setting: SettingName = DEFAULT_SETTING,
+    model: ModelName = "mobilenet_v2",
+    methods: Annotated[
+        list[str] | None,
+        options.option(
+            "--method",
+            f"{', '.join(METHODS)}; repeat or use commas (default: all that can visualise "
+            "the targets).",
+        ),
+    ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option("--judge", help="A second model for top-1/top-5 and realism."),
+    ] = None,
+    judge_weights: Annotated[
+        str | None, typer.Option("--judge-weights", help="State-dict file of the judge.")
+    ] = None,
+    refs: Annotated[
+        str | None,
+        options.option(
+            "--refs", "VITAL's references and the metrics' real images (default: photos)."
+        ),
+    ] = None,
+    real_refs: Annotated[
+        str | None,
+        typer.Option("--real-refs", help="Held-out real images for FID/realism (default: --refs)."),
+    ] = None,
+    ref_count: ReferenceCount = DEFAULT_REFERENCES,
+    weights: Weights = None,
+    steps: Annotated[
+        int | None,
+        options.option("--steps", "Steps for every method (default: each method's own)."),
+    ] = None,
+    out: Out = Path("vital-out"),
+    seed: Seed = 0,
+    device: Device = "auto",
+    batch: Batch = 8,
+    clip_weights: Annotated[
+        str | None, typer.Option("--clip-weights", help="Local open_clip weights (optional).")
+    ] = None,
+) -> None:
+    """Compare VITAL with the baselines on the same classes (or inner channels): table, grid."""
+    from vital.compare import compare, methods_for, write_report
+    from vital.targets import Channel
+
+    if bool(classes) == bool(channels):
+        raise VitalError("compare either classes (--class C) or channels (--layer L --channel K).")
+    if channels and not layer:
+        raise VitalError("--channel selects channels of --layer; name the layer too.")
+    session.check_out(out)
+    loaded = session.load(model, weights, device)
+    if channels:
+        targets = [Channel(layer, k) for k in options.integers(channels, "--channel")]
+    else:
+        targets = options.names(classes)
+    comparison = compare(
+        loaded,
+        targets,
+        options.names(methods) or methods_for(resolve_targets(loaded, targets)),
+        judge=session.load(judge, judge_weights, device) if judge else None,
+        references=refs,
+        real_references=real_refs,
+        steps=steps,
+        seed=seed,
+        setting=options.setting_value(setting),
+        out=out,
+        batch_size=batch,
+        reference_count=ref_count,
+        clip_weights=clip_weights,
+    )
+    _print_report(write_report(comparison, out))
+
+
+def _reference_count(method: str, targets, count: int) -> dict:
+    """``reference_count`` for a method that uses references; nothing for one that has none."""
+    from vital.methods import method_class
+
+    return {"reference_count": count} if method_class(method, targets).uses_references else {}
+
+
+def _print_report(paths: dict[str, Path]) -> None:
+    typer.echo(paths["table"].read_text().split("\n\n")[0])
+    for kind, path in paths.items():
+        typer.echo(f"{kind}: {path}")
+
+
+@options.generating
+def neuron(
+    layer: Annotated[str, options.option("--layer", "Target layer (module name).")],
+    channels: Channels = None,
+    direction: Annotated[
+        list[Path] | None,
+        options.option("--direction", "A concept: .npy vector over the layer's channels."),
+    ] = None,
+    refs: Annotated[
+        str | None,
+        options.option(
+            "--refs",
+            "Folder of images that activate the targets; 'mined' for the top images that "
+            "`vital mine` found (OUT/mining.sqlite) or a mining database path. Default: the "
+            "embedded photos.",
+        ),
+    ] = None,
+    mined_mode: Annotated[
+        str,
+        typer.Option(
+            "--mined-as", help="With mined references: 'image' (whole images) or 'patch'."
+        ),
+    ] = "image",
+    relevance: Annotated[str | None, typer.Option("--relevance", help=options.RELEVANCE_HELP)] = (
+        None
+    ),
+    patch: Annotated[
+        int | None,
+        options.option("--patch", "Use the best patch of this side (32 or 64) of each image."),
+    ] = None,
+    rank: Annotated[
+        bool, typer.Option("--rank", help="Keep the references that activate the target most.")
+    ] = False,
+    **common,
+) -> None:
+    """Visualise inner channels or concept directions with relevance-weighted VITAL."""
+    from vital.methods import method_class
+    from vital.methods.vital_neuron import direction_target
+    from vital.mining import is_mining_database, mined_reference_sets
+    from vital.targets import Channel
+
+    targets = [Channel(layer, k) for k in options.integers(channels, "--channel")]
+    targets += [direction_target(layer, path) for path in direction or []]
+    if not targets:
+        raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
+    references = refs
+    if refs is None and method_class(common["method"], targets).uses_references:
+        typer.echo("references: the embedded photos (no --refs given)")
+    if refs == "mined" or (refs is not None and is_mining_database(refs)):
+        database = common["out"] if refs == "mined" else Path(refs)
+        references = lambda loaded: mined_reference_sets(  # noqa: E731
+            database, loaded, targets, mined_mode, common["ref_count"]
+        )
+    results = _generate(
+        targets,
+        references,
+        "neuron",
+        common,
+        relevance=relevance,
+        patch_side=patch,
+        rank=rank or None,
+    )
+    if results and results[0].record.relevance:
+        typer.echo(f"relevance backend: {results[0].record.relevance}")
+
+
+def demo(
+    setting: SettingName = DEFAULT_SETTING,
+    steps: Steps = None,
+    out: Out = Path("vital-out"),
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = None,
+    resolution: Resolution = None,
+    batch: Batch = 3,
+) -> None:
+    """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 30 s).
+
+    About 30 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
+    authors' loss in 300 steps through a Fourier parametrisation (docs/method.md); --setting 1
+    for the authors' own 2000-step setting (about 8 times longer).
+    """
+    from vital.references import from_samples
+
+    session.check_out(out)
+    loaded = session.load("mobilenet_v2", None, device)
+    typer.echo(
+        f"Demo: VITAL class visualisations of the embedded {loaded.name} (ImageNet weights).\n"
+        "References: the embedded photos, each expanded to 50 views by random resized crops "
+        "and flips (one photo per class, not 50 distinct photos)."
+    )
+    photos = {967: "coffee", 285: "chelsea", 665: "motorcycle"}
+    references = {index: from_samples([name], seed=seed) for index, name in photos.items()}
+    results = session.visualize(
+        loaded,
+        list(photos),
+        references,
+        out,
+        setting=options.setting_value(setting),
+        settings=options.overrides(
+            steps=steps, seed=seed, resolution=resolution, precision=precision
+        ),
+        batch_size=batch,
+    )
+    session.report(results, out, "demo")

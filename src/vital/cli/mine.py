@@ -1,0 +1,148 @@
+"""``vital mine``: the top images and patches of a layer's units over a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vital.cli import options, session
+from vital.cli.options import (
+    Address,
+    ChannelSelection,
+    Device,
+    Engine,
+    MiningPatch,
+    ModelName,
+    Out,
+    TopImages,
+    Weights,
+)
+from vital.errors import VitalError
+from vital.mining.scan import (
+    DEFAULT_MINING_BATCH,
+    DEFAULT_PATCH,
+    DEFAULT_SHARD,
+    DEFAULT_TOP,
+    DEFAULT_TOP_IMAGES,
+)
+
+
+def mine_command(
+    layer: Annotated[str, options.option("--layer", "Layer to mine (see `vital layers`).")],
+    data: Annotated[
+        Path,
+        options.option(
+            "--data", "Image folder (any depth, ImageNet-style trees too) or list file."
+        ),
+    ],
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    channels: ChannelSelection = None,
+    direction: Annotated[
+        Path | None,
+        options.option("--direction", "Concept direction(s): a .npy of shape (C,) or (D, C)."),
+    ] = None,
+    top_images: TopImages = DEFAULT_TOP_IMAGES,
+    top: Annotated[
+        int, typer.Option("--top", help="Stage 2: images kept per unit (best patch).")
+    ] = DEFAULT_TOP,
+    patch: MiningPatch = DEFAULT_PATCH,
+    out: Out = Path("vital-out"),
+    sheets: Annotated[
+        str,
+        typer.Option(
+            "--sheets",
+            help="Contact sheets: 'all', 'none', unit numbers (3,17), or 'auto' (all when at most "
+            "32 units).",
+        ),
+    ] = "auto",
+    batch: Annotated[
+        int, options.option("--batch", "Images per forward pass.", callback=options.at_least_one)
+    ] = DEFAULT_MINING_BATCH,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Local engine's decoding processes (default: cores - 1)."),
+    ] = None,
+    device: Device = "auto",
+    engine: Engine = "local",
+    address: Address = None,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size", help="Images per shard: the unit of distribution and of resuming."
+        ),
+    ] = DEFAULT_SHARD,
+) -> None:
+    """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
+    import numpy as np
+
+    from vital.mining import contact_sheet, mine
+
+    if direction is not None and channels:
+        raise VitalError(
+            "--channel and --direction choose what to mine; give one of them (a direction "
+            "file is mined instead of channels)."
+        )
+    loaded = session.load(model, weights, device)
+    directions = None
+    if direction is not None:
+        try:
+            directions = np.load(direction, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise VitalError(f"cannot read direction file {direction}: {error}") from error
+    session.Session.out, session.Session.resumable = out, True
+    report = mine(
+        loaded,
+        layer,
+        data,
+        out,
+        channels=options.channel_list(channels),
+        directions=directions,
+        direction_name=direction.stem if direction is not None else "direction",
+        top_images=top_images,
+        top=top,
+        patch_side=patch,
+        batch_size=batch,
+        workers=workers,
+        engine=engine,
+        address=address,
+        shard_size=shard_size,
+    )
+    typer.echo(
+        f"{len(report.units)} unit(s) of {layer} over {report.images} images "
+        f"({report.unreadable} unreadable skipped, {report.not_images} other files ignored)"
+    )
+    if report.reused:
+        typer.echo(f"  reused {len(report.reused)} finished list(s) from the index")
+    if report.scanned:
+        typer.echo(
+            f"  stage 1: {report.seconds['stage1']:.1f} s ({report.images_per_second:.1f} img/s), "
+            f"stage 2: {report.seconds['stage2']:.1f} s"
+        )
+    typer.echo(f"index: {report.database}")
+    if sheets == "auto":
+        sheets = "all" if len(report.units) <= 32 else "none"
+        if sheets == "none":
+            typer.echo("no contact sheets for more than 32 units; ask with --sheets 3,17 or all")
+    if sheets != "none":
+        chosen = (
+            report.units
+            if sheets == "all"
+            else [report.units[i] for i in _sheet_numbers(sheets, len(report.units))]
+        )
+        folder = out / "sheets"
+        folder.mkdir(parents=True, exist_ok=True)
+        for unit in chosen:
+            path = folder / f"{layer}-{unit.replace(':', '-')}.png"
+            contact_sheet(report.database, loaded, layer, unit, count=top).save(path)
+        typer.echo(f"contact sheets: {folder} ({len(chosen)})")
+
+
+def _sheet_numbers(text: str, units: int) -> list[int]:
+    numbers = options.integers([text], "--sheets")
+    wrong = [n for n in numbers if not 0 <= n < units]
+    if wrong:
+        raise VitalError(f"--sheets {wrong}: there are {units} mined units (0..{units - 1}).")
+    return numbers

@@ -1,0 +1,238 @@
+"""Every option more than one command takes, declared once, and the parsers of their values.
+
+Names and defaults come from :mod:`vital.cli.vocabulary` (one name per concept, everywhere).
+Every list option can be repeated and takes commas (``--channel 3 --channel 17`` or
+``--channel 3,17``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from vital.cli.vocabulary import BY_OPTION, OLD_SPELLINGS
+from vital.errors import VitalError, check_count
+from vital.methods import DEFAULT_METHOD
+from vital.optimize import DEFAULT_SETTING, PRECISIONS
+from vital.references import DEFAULT_REFERENCES
+from vital.relevance import BACKENDS
+
+
+def option(name: str, help: str, **extra: Any) -> Any:
+    """A ``typer.Option`` spelled as the vocabulary spells ``name`` (e.g. ``"--refs"``)."""
+    return typer.Option(*BY_OPTION[name].option, help=help, **extra)
+
+
+def _flags_without_type(params: list) -> list:
+    # typer >= 0.29 shows every option's type, flags included ("--force <bool>"): a flag
+    # takes no value, so it shows none.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose flags print as flags."""
+
+    def get_params(self, ctx: click.Context) -> list:
+        """The parameters, flags without a value type."""
+        return _flags_without_type(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A command group whose flags print as flags and that accepts old option spellings."""
+
+    def get_params(self, ctx: click.Context) -> list:
+        """The parameters, flags without a value type."""
+        return _flags_without_type(super().get_params(ctx))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Rewrite old spellings (``--classes`` → ``--class``) before any command parses."""
+        return super().parse_args(ctx, [_today(arg) for arg in args])
+
+
+def _today(arg: str) -> str:
+    name, equals, value = arg.partition("=")
+    if name not in OLD_SPELLINGS:
+        return arg
+    typer.secho(
+        f"warning: {name} is now {OLD_SPELLINGS[name]}; the old spelling will go.",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
+    return OLD_SPELLINGS[name] + equals + value
+
+
+WEIGHTS_HELP = (
+    "'DEFAULT' or a named weight (IMAGENET1K_V2, a timm tag): the library's pretrained weights, "
+    "downloaded once then cached; a state-dict file; 'random'. Default: the embedded or "
+    "already cached weights."
+)
+CLASSES_HELP = "Class index, name or WordNet id; repeat or use commas."
+CHANNELS_HELP = "Channel indices of --layer; repeat or use commas."
+RELEVANCE_HELP = "Relevance backend: " + ", ".join(BACKENDS) + " (default lrp)."
+
+ModelName = Annotated[str, option("--model", "Model name (see `vital models`).")]
+Weights = Annotated[str | None, option("--weights", WEIGHTS_HELP)]
+Classes = Annotated[list[str] | None, option("--class", CLASSES_HELP)]
+Layer = Annotated[str, option("--layer", "Layer (module name; see `vital layers MODEL`).")]
+Channels = Annotated[list[str] | None, option("--channel", CHANNELS_HELP)]
+ChannelSelection = Annotated[
+    list[str] | None,
+    option("--channel", "'all' (the default) or channel indices; repeat or use commas."),
+]
+ReferenceCount = Annotated[int, option("--ref-count", "Reference images (views) per target.")]
+Relevance = Annotated[str, typer.Option("--relevance", help=RELEVANCE_HELP)]
+Steps = Annotated[int | None, option("--steps", "Optimisation steps (default: the setting's).")]
+Out = Annotated[Path, option("--out", "Output folder.")]
+Seed = Annotated[int, option("--seed", "Seed of the first image; image i uses seed+i.")]
+Device = Annotated[str, option("--device", "auto (CUDA when present), cpu, cuda or cuda:N.")]
+Precision = Annotated[
+    str | None,
+    option(
+        "--precision",
+        f"The model's forward: {' or '.join(PRECISIONS)} (autocast, for GPUs); default float32.",
+    ),
+]
+Resolution = Annotated[
+    int | None, option("--resolution", "Image side (default: the model's input size).")
+]
+
+
+def at_least_one(value: int) -> int:
+    """A ``--batch`` (or other count) of at least 1, refused as the library refuses it."""
+    check_count(value, "batch_size")
+    return value
+
+
+Batch = Annotated[int, option("--batch", "Targets optimised together.", callback=at_least_one)]
+SettingName = Annotated[
+    str,
+    option(
+        "--setting",
+        f"{DEFAULT_SETTING} (the default: 300 steps through a Fourier parametrisation), or the "
+        "authors' 1 (2000 steps), 0 (half resolution first) or 2 (20000 steps).",
+    ),
+]
+Engine = Annotated[
+    str,
+    option(
+        "--engine",
+        "local (in this process) or ray (Ray tasks, on the cluster's GPUs when it has them; "
+        "needs Ray: pip install 'vital\\[ray]').",
+    ),
+]
+Address = Annotated[
+    str | None, option("--address", "Ray cluster for --engine ray (default: start a local one).")
+]
+Force = Annotated[bool, option("--force", "Compute again even what is stored.")]
+TopImages = Annotated[
+    int, typer.Option("--top-images", help="Mining stage 1: images kept per channel.")
+]
+MiningPatch = Annotated[
+    int, option("--patch", "Mining stage 2's patch side on the centre crop (0: whole images).")
+]
+MinedAs = Annotated[
+    str, typer.Option("--mined-as", help="Mined references: 'image' (whole images) or 'patch'.")
+]
+LearningRate = Annotated[
+    float | None, typer.Option("--lr", help="Peak learning rate (default: the method's).")
+]
+Jitter = Annotated[
+    int | None, typer.Option("--jitter", help="Largest random shift in pixels (default: method's).")
+]
+TapOption = Annotated[
+    list[str] | None,
+    typer.Option("--tap", help="NAME=WEIGHT; repeat for each tap (default: preset or discovered)."),
+]
+Method = Annotated[
+    str,
+    option("--method", "vital, or a baseline to compare with: fourier, maco, deepinversion."),
+]
+
+
+def overrides(**given) -> dict:
+    """The settings the user gave (``None``: not given)."""
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def setting_value(text: str) -> int | str:
+    """``--setting``'s text as the library takes it: a number (``"1"`` → 1) or a name."""
+    return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
+
+
+def integers(values: list[str] | None, option: str) -> list[int]:
+    """Repeated and/or comma-separated integers: ``["3", "17,200"]`` → ``[3, 17, 200]``."""
+    numbers = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                numbers.append(int(part))
+            except ValueError as error:
+                raise VitalError(
+                    f"{option} takes whole numbers (repeat it, or separate them with commas), "
+                    f"not {part!r}."
+                ) from error
+    return numbers
+
+
+def names(values: list[str] | None) -> list[str]:
+    """Repeated and/or comma-separated class names: ``["espresso,daisy", "967"]``."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def channel_list(values: list[str] | None) -> list[int] | None:
+    """``all`` (or nothing) → ``None``; else the channel indices."""
+    if not values or [v.strip().lower() for v in values] == ["all"]:
+        return None
+    return integers(values, "--channel")
+
+
+def generation_options(
+    model: ModelName = "mobilenet_v2",
+    ref_count: ReferenceCount = DEFAULT_REFERENCES,
+    weights: Weights = None,
+    taps: TapOption = None,
+    setting: SettingName = DEFAULT_SETTING,
+    steps: Steps = None,
+    out: Out = Path("vital-out"),
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = None,
+    resolution: Resolution = None,
+    batch: Batch = 8,
+    lr: LearningRate = None,
+    jitter: Jitter = None,
+    method: Method = DEFAULT_METHOD,
+) -> None:
+    """The options ``vital class`` and ``vital neuron`` share, declared once (``generating``)."""
+
+
+def generating(command):
+    """Give a command the shared options after its own; it receives them as ``**common``.
+
+    typer reads a command's options from its signature: this one is the command's own
+    parameters followed by :func:`generation_options`'.
+    """
+    own = [
+        parameter
+        for parameter in inspect.signature(command, eval_str=True).parameters.values()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    shared = list(inspect.signature(generation_options, eval_str=True).parameters.values())
+    command.__signature__ = inspect.Signature([*own, *shared])
+    command.__annotations__ = {
+        **typing.get_type_hints(generation_options, include_extras=True),
+        **command.__annotations__,
+    }
+    return command

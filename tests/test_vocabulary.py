@@ -1,0 +1,180 @@
+"""One vocabulary: every command and API function names a concept as vital.cli.vocabulary does.
+
+The test walks the whole click command tree and the public API signatures, so a command or a
+parameter added later in its own words fails here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import vital
+from vital.atlas import build_atlas
+from vital.cli import app
+from vital.cli.vocabulary import (
+    BY_OPTION,
+    OLD_SPELLINGS,
+    PER_COMMAND,
+    TERMS,
+    cli_wording,
+    markdown_table,
+)
+from vital.compare import compare
+from vital.errors import VitalError
+from vital.optimize import DEFAULT_SETTING, Settings
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+
+
+def _commands(command, path: str = "vital"):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, f"{path} {name}")
+
+
+COMMANDS = list(_commands(typer.main.get_command(app)))
+OPTIONS = [
+    (path, param)
+    for path, command in COMMANDS
+    for param in command.params
+    if param.param_type_name == "option"
+]
+
+
+def test_the_walk_sees_every_command():
+    names = {path for path, _ in COMMANDS}
+    assert {"vital class", "vital neuron", "vital explain", "vital atlas build"} <= names
+    assert len(OPTIONS) > 100
+
+
+@pytest.mark.parametrize("path, param", OPTIONS, ids=lambda x: getattr(x, "name", x))
+def test_every_option_is_spelled_and_defaulted_as_the_table_says(path, param):
+    spellings = set(param.opts) | set(param.secondary_opts)
+    assert not spellings & set(OLD_SPELLINGS), f"{path}: an old spelling is visible"
+    terms = {BY_OPTION[name] for name in spellings if name in BY_OPTION}
+    if not terms:
+        return
+    (term,) = terms
+    assert sorted(spellings) == sorted(term.option), f"{path} {param.opts}"
+    if term.default is not PER_COMMAND and not param.required:
+        default = param.default
+        default = str(default) if isinstance(default, Path) else default
+        assert default == term.default, f"{path} {param.opts[0]} defaults to {default!r}"
+    if term.repeat:
+        assert param.multiple, f"{path} {param.opts[0]} must repeat"
+    if term.flag:
+        assert param.is_flag, f"{path} {param.opts[0]} must be a flag"
+
+
+@pytest.mark.parametrize("path", [path for path, _ in COMMANDS])
+def test_flags_print_as_flags(path):
+    words = path.split()[1:]
+    help_text = CliRunner().invoke(app, [*words, "--help"], terminal_width=200).output
+    assert "--help" in help_text
+    assert "<bool>" not in help_text, f"{path}: a flag shows a value type"
+
+
+def test_batch_is_at_least_one_everywhere():
+    for path, param in OPTIONS:
+        if "--batch" in param.opts:
+            assert param.callback is not None and "at_least_one" in repr(param.callback), path
+
+
+API = {
+    "visualize": vital.visualize,
+    "explain": vital.explain,
+    "mine": vital.mine,
+    "compare": compare,
+    "build_atlas": build_atlas,
+}
+# Names the API used before for concepts the table names otherwise.
+OLD_API_NAMES = {"patch", "patches", "ray_address", "classes", "class_refs"}
+
+
+@pytest.mark.parametrize("name", API)
+def test_api_signatures_use_the_table_names(name):
+    parameters = inspect.signature(API[name]).parameters
+    assert not set(parameters) & OLD_API_NAMES, name
+    references = parameters.get("references")
+    if references is not None and references.default is not inspect.Parameter.empty:
+        assert not isinstance(references.default, int), f"{name}: references= is the folder"
+    if "setting" in parameters:
+        assert parameters["setting"].default == DEFAULT_SETTING, name
+    out = parameters.get("out")
+    if out is not None and out.default is not inspect.Parameter.empty:
+        assert out.default in (None, "vital-out"), f"{name}: out defaults to {out.default!r}"
+    if "reference_count" in parameters:
+        count = next(t for t in TERMS if t.option == ("--ref-count",))
+        assert parameters["reference_count"].default == count.default, name
+
+
+def test_docs_carry_the_table():
+    assert markdown_table() in DOCS.read_text()
+
+
+def test_old_spellings_still_work_with_a_warning(monkeypatch, tmp_path):
+    seen = {}
+
+    def compare(loaded, targets, methods, **kwargs):
+        seen.update(targets=targets, count=kwargs["reference_count"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr("vital.compare.compare", compare)
+    monkeypatch.setattr("vital.cli.session.load", lambda *args: object())
+    monkeypatch.setattr("vital.compare.methods_for", lambda targets: ["vital"])
+    monkeypatch.setattr("vital.cli.generate.resolve_targets", lambda model, targets: targets)
+    result = CliRunner().invoke(
+        app, ["compare", "--classes", "1,2", "--references=3", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == {"targets": ["1", "2"], "count": 3}
+    assert "--classes is now --class" in result.output
+
+
+def test_library_messages_read_as_options_on_the_command_line():
+    message = "pass references=DIR or reference_count=N; steps=N (patch_side=32)"
+    assert cli_wording(message) == "pass --refs DIR or --ref-count N; --steps N (--patch 32)"
+    assert cli_wording("no = here") == "no = here"
+
+
+def test_steps_zero_and_negative_are_refused_alike():
+    messages = []
+    for steps in (0, -1):
+        with pytest.raises(VitalError) as error:
+            Settings.setting("fast", steps=steps).validate()
+        messages.append(str(error.value).removesuffix(f"not {steps}."))
+    assert messages[0] == messages[1]
+    assert "steps=N" in messages[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["class", "-c", "1"],
+        ["neuron", "-l", "stage3", "-k", "1"],
+        ["demo"],
+        ["compare", "-c", "1"],
+        ["mine", "-l", "stage3", "--data", "."],
+        ["explain", "image.png", "-l", "stage3"],
+        ["atlas", "build", "-c", "1"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_batch_zero_is_refused_the_same_way_everywhere(command):
+    result = CliRunner().invoke(app, [*command, "--batch", "0"])
+    assert isinstance(result.exception, VitalError), result.output
+    assert cli_wording(str(result.exception)) == (
+        "--batch N is a whole number of at least 1, not 0."
+    )
+
+
+def test_the_package_docstring_example_runs():
+    import doctest
+
+    outcome = doctest.testmod(vital, verbose=False)
+    assert outcome.attempted >= 2 and outcome.failed == 0
