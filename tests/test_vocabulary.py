@@ -91,6 +91,7 @@ API = {
     "mine": vital.mine,
     "compare": compare,
     "build_atlas": build_atlas,
+    "concepts": vital.concepts.concepts,
 }
 # Names the API used before for concepts the table names otherwise.
 OLD_API_NAMES = {"patch", "patches", "ray_address", "classes", "class_refs"}

@@ -8,6 +8,7 @@
 ``setting=1`` runs the authors' own setting (2000 steps); ``out="vital-out"`` writes PNG + JSON.
 """
 
+from vital import concepts  # callable: vital.concepts(model, class, data, layer=...)
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError
 from vital.explanation import Explanation, explain
@@ -44,6 +45,7 @@ __all__ = [
     "available_models",
     "class_references",
     "classify",
+    "concepts",
     "contact_sheet",
     "explain",
     "from_folder",

@@ -14,7 +14,7 @@ from typing import Annotated
 import click
 import typer
 
-from vital.cli import atlas, explain, generate, listing, mine, options, session
+from vital.cli import atlas, concepts, explain, generate, listing, mine, options, session
 from vital.cli.vocabulary import cli_wording
 from vital.errors import VitalError
 
@@ -57,6 +57,7 @@ app.command("classes", cls=options.Command)(listing.classes)
 app.command("models", cls=options.Command)(listing.models)
 app.command("mine", cls=options.Command)(mine.mine_command)
 app.command("explain", cls=options.Command)(explain.explain_command)
+app.command("concepts", cls=options.Command)(concepts.concepts_command)
 app.add_typer(atlas.atlas_app, name="atlas")
 
 # typer >= 0.29 carries its own copy of click, whose errors are not click's own classes.

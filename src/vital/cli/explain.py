@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from vital.cli import options, session
+from vital.cli.concepts import explain_by_concepts
 from vital.cli.options import (
     MinedAs,
     MiningPatch,
     Relevance,
     TopImages,
 )
+from vital.concepts.discovery import DEFAULT_COUNT
+from vital.errors import VitalError
 from vital.explanation.pipeline import DEFAULT_TOP
 from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
 from vital.references import DEFAULT_REFERENCES
@@ -36,6 +39,15 @@ def explain_command(
     top: Annotated[
         int, typer.Option("--top", help="Most relevant channels to show.")
     ] = DEFAULT_TOP,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by", help="channels (default) or concepts: the concepts found in the photo's crops."
+        ),
+    ] = "channels",
+    count: Annotated[
+        int, options.option("--count", "With --by concepts: the number of concepts K.")
+    ] = DEFAULT_COUNT,
     classes: Annotated[
         list[str] | None,
         options.option(
@@ -72,9 +84,24 @@ def explain_command(
     For the top channels: their relevance (LRP from the class logit) and share, a heatmap of
     the relevance through each, their dataset examples mined from --data, and their VITAL
     pictures (reused from the atlas or --store when stored with the same settings). Writes a
-    JSON record and a page into the atlas folder --out.
+    JSON record and a page into the atlas folder --out. With --by concepts: the --count
+    concepts found in the photo's own crops, their shares of the class's relevance, maps on the
+    photo, examples and VITAL pictures (as `vital concepts`), in OUT/concepts/.
     """
+    if by not in ("channels", "concepts"):
+        raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
     loaded = session.load(common["model"], common["weights"], common["device"])
+    settings = options.overrides(
+        **{name: common[name] for name in ("steps", "resolution", "precision")}
+    )
+    if by == "concepts":
+        for target in options.names(classes) or [None]:
+            explain_by_concepts(
+                loaded, image, layer, target, count, out, relevance=relevance,
+                pictures=not no_pictures, setting=options.setting_value(common["setting"]),
+                settings=settings, seed=common["seed"], batch_size=common["batch"],
+            )  # fmt: skip
+        return
     session.Session.out, session.Session.resumable = out, True
     for target in options.names(classes) or [None]:
         _explain_one(
@@ -87,9 +114,7 @@ def explain_command(
             target=target,
             relevance=relevance,
             setting=options.setting_value(common["setting"]),
-            settings=options.overrides(
-                **{name: common[name] for name in ("steps", "resolution", "precision")}
-            ),
+            settings=settings,
             seed=common["seed"],
             reference_count=ref_count,
             mined_as=mined_as,

@@ -60,7 +60,7 @@ def class_references(
     if isinstance(references, ReferenceSet):
         return references
     if isinstance(references, Mapping):
-        names = _class_folder_names(model, target)
+        names = class_folder_names(model, target)
         for key, given in references.items():  # by target, class index, WordNet id or name
             index = key.index if isinstance(key, ClassTarget) else key
             same = isinstance(index, int) and not isinstance(index, bool) and index == target.index
@@ -87,13 +87,13 @@ def class_references(
         references,
         "a folder (an ImageNet-style tree, one sub-folder per class, or one class's images)",
     )
-    for name in _class_folder_names(model, target):
+    for name in class_folder_names(model, target):
         if (folder / name).is_dir():
             return from_folder(folder / name, count, seed)
     if is_imagenet_tree(folder) or any(child.is_dir() for child in folder.iterdir()):
         raise VitalError(
             f"{folder} has class sub-folders but none for {target.describe()}; expected one of "
-            f"{', '.join(_class_folder_names(model, target))}."
+            f"{', '.join(class_folder_names(model, target))}."
         )
     if not shared_ok:
         raise VitalError(
@@ -103,7 +103,8 @@ def class_references(
     return from_folder(folder, count, seed)
 
 
-def _class_folder_names(model: Model, target: ClassTarget) -> list[str]:
+def class_folder_names(model: Model, target: ClassTarget) -> list[str]:
+    """The names a folder of ``target``'s images may have: WordNet id, index, class name."""
     names = [str(target.index)]
     if model.labels is not None and model.labels.wnids:
         names.insert(0, model.labels.wnids[target.index])

@@ -378,6 +378,14 @@ class MiningIndex:
             connection.execute("DELETE FROM passes WHERE key = ?", (key,))
             connection.execute("DELETE FROM shards WHERE key = ?", (key,))
 
+    def images(self) -> list[tuple[str, str]]:
+        """Every image of every dataset mined into this index: (path, class folder or "")."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT path, label FROM images ORDER BY dataset, position"
+            ).fetchall()
+        return [(str(path), str(label)) for path, label in rows]
+
     def ranked(
         self, model: str, layer: str, unit: str, dataset: int | None = None
     ) -> tuple[dict, list[Ranked]]:

@@ -1,0 +1,156 @@
+"""``vital concepts``: what a class is made of at a layer, each concept weighed and pictured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vital.cli import options, session
+from vital.cli.options import (
+    Batch,
+    Classes,
+    Device,
+    ModelName,
+    Out,
+    Relevance,
+    SettingName,
+    Steps,
+    Weights,
+)
+from vital.concepts.crops import DEFAULT_CROPS, DEFAULT_SCALE
+from vital.concepts.discovery import DEFAULT_COUNT
+from vital.concepts.pipeline import DEFAULT_EXAMPLES
+from vital.errors import VitalError
+from vital.optimize import DEFAULT_SETTING
+
+Count = Annotated[int, options.option("--count", "Number of concepts K.")]
+
+
+def crop_scale(text: str) -> tuple[float, float]:
+    """``--crop-scale LOW,HIGH`` as two fractions."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError as error:
+        raise VitalError(
+            f"--crop-scale is LOW,HIGH (fractions of the image's largest square), not {text!r}."
+        ) from error
+    return low, high
+
+
+def concepts_command(
+    classes: Classes,
+    layer: Annotated[str, options.option("--layer", "Layer whose activations are factorised.")],
+    data: Annotated[
+        Path | None,
+        options.option(
+            "--data",
+            "The class's images: one image, a folder (ImageNet-style tree, class sub-folders, "
+            "or a plain folder, e.g. one photo per class) or OUT/mining.sqlite. Default: the "
+            "embedded photos of the class.",
+        ),
+    ] = None,
+    count: Count = DEFAULT_COUNT,
+    crops: Annotated[int, typer.Option("--crops", help="Random crops in all.")] = DEFAULT_CROPS,
+    scale: Annotated[
+        str,
+        typer.Option(
+            "--crop-scale", help="LOW,HIGH: a crop's area as a fraction of the image's square."
+        ),
+    ] = ",".join(str(v) for v in DEFAULT_SCALE),
+    examples: Annotated[
+        int, typer.Option("--examples", help="Crops per concept: examples and picture references.")
+    ] = DEFAULT_EXAMPLES,
+    relevance: Relevance = "lrp",
+    no_pictures: Annotated[
+        bool, typer.Option("--no-pictures", help="Skip the concepts' VITAL pictures.")
+    ] = False,
+    pictured: Annotated[
+        int | None,
+        typer.Option("--pictured", help="Picture only the N concepts with the largest shares."),
+    ] = None,
+    model: ModelName = "mobilenet_v2",
+    weights: Weights = None,
+    setting: SettingName = DEFAULT_SETTING,
+    steps: Steps = None,
+    seed: Annotated[int, options.option("--seed", "Seed of crops, NMF and pictures.")] = 0,
+    out: Out = Path("vital-out"),
+    device: Device = "auto",
+    batch: Batch = 8,
+) -> None:
+    """Find what --class is made of at --layer: K concepts, their shares, maps and pictures.
+
+    Random crops of the class's images are factorised (NMF) into concepts; each concept's share
+    of the class's relevance at the layer (LRP from the logit), where it sits on each image,
+    its examples (the crops it was built from) and its VITAL picture. Writes OUT/concepts.json,
+    OUT/overview.png, OUT/maps/, OUT/pictures/, OUT/examples/.
+    """
+    from vital.concepts import concepts
+
+    names = options.names(classes)
+    if len(names) != 1:
+        raise VitalError("concepts are found for one class at a time: give one --class.")
+    session.check_out(out)
+    loaded = session.load(model, weights, device)
+    session.Session.out = out
+    report = concepts(
+        loaded,
+        names[0],
+        data,
+        layer=layer,
+        count=count,
+        crops=crops,
+        scale=crop_scale(scale),
+        examples=examples,
+        pictures=False if no_pictures else (True if pictured is None else pictured),
+        setting=options.setting_value(setting),
+        settings=options.overrides(steps=steps),
+        seed=seed,
+        relevance=relevance,
+        out=out,
+        batch_size=batch,
+    )
+    print_concepts(report, out)
+
+
+def print_concepts(report, out: Path) -> None:
+    """The concepts' shares and pictures, and where the record and overview are."""
+    explained = report.target
+    typer.echo(
+        f"{explained['name']} (class {explained['index']}) at {report.layer}: "
+        f"{len(report.concepts)} concepts from {report.crops} crops of {report.images} "
+        f"image(s) carry {report.explained_share:.1%} of its relevance"
+    )
+    for entry in report.concepts:
+        picture = (
+            f"picture {entry.activation / entry.reference_activation:.2f}x its references"
+            if entry.activation is not None and entry.reference_activation
+            else "no picture"
+        )
+        typer.echo(
+            f"  concept {entry.index:3d}  share {entry.share:6.1%}  "
+            f"{len(entry.examples)} examples  {picture}"
+        )
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"record: {out / 'concepts.json'}")
+    typer.echo(f"overview: {out / 'overview.png'}")
+
+
+def explain_by_concepts(
+    loaded, image: Path, layer: str, target, count: int, out: Path, **arguments
+) -> None:
+    """``explain --by concepts``: the photo's own concepts for a class (default: the prediction)."""
+    from vital.api import classify
+    from vital.concepts import concepts
+    from vital.explanation import load_image
+
+    if target is None:
+        pixels, _ = load_image(image, loaded.preprocessing.input_size)
+        normalised = loaded.preprocessing.normalize(pixels[None].to(loaded.device, loaded.dtype))
+        target = int(classify(loaded, normalised)[0].argmax())
+    folder = out / "concepts" / f"{image.stem}-{layer}"
+    session.Session.out = folder
+    report = concepts(loaded, target, image, layer=layer, count=count, out=folder, **arguments)
+    print_concepts(report, folder)

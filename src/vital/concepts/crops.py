@@ -1,0 +1,255 @@
+"""Where a concept's examples come from: images, and random square crops of them.
+
+With one photo per class the crops are the only examples a concept has, so the sampler decides
+what a concept can be: crops of 5–40 % of the image's largest square (the default) are parts
+(a cup's rim, a cat's eye, a wheel) rather than whole scenes. A crop is an
+:class:`~vital.references.ImageSource` whose centre-crop view (the model's own preprocessing)
+is the crop's box, so the pixels discovery factorises and the references a concept's picture
+matches are the same views.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vital.errors import VitalError
+from vital.methods.vital_class import class_folder_names, class_references
+from vital.references import (
+    IMAGE_SUFFIXES,
+    ImageSource,
+    ReferenceSet,
+    open_rgb,
+    to_rgb,
+)
+from vital.targets import ClassTarget
+from vital.zoo import Model
+
+DEFAULT_CROPS = 128
+DEFAULT_SCALE = (0.05, 0.4)
+MAX_IMAGES = 200  # images of a class folder used (a seeded subset of larger folders)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One square crop of an image.
+
+    Attributes
+    ----------
+    source
+        The crop as an image source (its centre-crop view is the box).
+    image
+        Index of the image it was cut from (in :attr:`CropSet.images`).
+    box
+        (left, top, side) in the original image's pixels.
+    """
+
+    source: ImageSource
+    image: int
+    box: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CropSet:
+    """Images and the crops cut from them; ``pixels`` are the crops' views in [0, 1]."""
+
+    images: tuple[ImageSource, ...]
+    crops: tuple[Crop, ...]
+    scale: tuple[float, float]
+    seed: int
+
+    def references(
+        self, chosen: Sequence[int] | None = None, description: str = ""
+    ) -> ReferenceSet:
+        """Crops as a reference set (all, or the ``chosen`` ones in that order), one view each."""
+        picked = [self.crops[i] for i in (range(len(self.crops)) if chosen is None else chosen)]
+        return ReferenceSet(
+            tuple(c.source for c in picked), len(picked), self.seed, description or "crops"
+        )
+
+    def pixels(self, model: Model, resolution: int) -> torch.Tensor:
+        """(N, 3, R, R) the crops as the model sees them (its crop ratio and resampling)."""
+        preprocessing = model.preprocessing
+        views = self.references().views(
+            resolution, preprocessing.crop_pct, preprocessing.interpolation
+        )
+        return torch.stack(list(views))
+
+
+def crop_source(
+    image: ImageSource, box: tuple[int, int, int], crop_pct: float, label: str
+) -> ImageSource:
+    """An image source whose centre crop (ratio ``crop_pct``) is the square ``box`` of ``image``.
+
+    The box is grown by ``1 / crop_pct`` about its centre (and kept inside the image), since
+    the centre crop takes back that margin.
+    """
+    left, top, side = box
+
+    def load() -> Image.Image:
+        opened = to_rgb(image.open())
+        grown = min(round(side / crop_pct), opened.width, opened.height)
+        x = int(min(max(round(left + side / 2 - grown / 2), 0), opened.width - grown))
+        y = int(min(max(round(top + side / 2 - grown / 2), 0), opened.height - grown))
+        return opened.crop((x, y, x + grown, y + grown))
+
+    return ImageSource(f"{image.identity}#crop{left},{top},{side}", load, label)
+
+
+def sample_crops(
+    images: Sequence[ImageSource],
+    count: int = DEFAULT_CROPS,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    seed: int = 0,
+    crop_pct: float = 224 / 256,
+) -> CropSet:
+    """Random square crops spread evenly over the images.
+
+    Parameters
+    ----------
+    images
+        The images (unreadable ones are skipped with a warning).
+    count
+        Crops in all; every image gets ``ceil(count / images)`` of them.
+    scale
+        Range of a crop's area as a fraction of the image's largest square (uniform).
+    seed
+        Seed of the boxes.
+    crop_pct
+        The model's centre-crop ratio (see :func:`crop_source`).
+    """
+    low, high = scale
+    if not 0 < low <= high <= 1:
+        raise VitalError(f"a crop scale range is 0 < low ≤ high ≤ 1, not {scale}.")
+    if count < 1:
+        raise VitalError(f"the number of crops is at least 1, not {count}.")
+    generator = np.random.default_rng(seed)
+    readable = [(s, size) for s in images if (size := _size(s)) is not None]
+    if not readable:
+        raise VitalError("none of the images could be read; check the files.")
+    per_image = math.ceil(count / len(readable))
+    crops = []
+    for index, (source, (width, height)) in enumerate(readable):
+        short = min(width, height)
+        for _ in range(per_image):
+            side = max(8, round(math.sqrt(generator.uniform(low, high)) * short))
+            left = int(generator.integers(0, width - side + 1))
+            top = int(generator.integers(0, height - side + 1))
+            label = f"{source.label or Path(source.where).name or 'image'} crop {left},{top},{side}"
+            crops.append(Crop(crop_source(source, (left, top, side), crop_pct, label), index,
+                              (left, top, side)))  # fmt: skip
+    return CropSet(tuple(s for s, _ in readable), tuple(crops), (low, high), seed)
+
+
+def _size(source: ImageSource) -> tuple[int, int] | None:
+    image = open_rgb(source)
+    return None if image is None else image.size
+
+
+def class_images(
+    model: Model,
+    target: ClassTarget,
+    data: str | Path | None,
+    limit: int = MAX_IMAGES,
+    seed: int = 0,
+) -> tuple[list[ImageSource], list[str]]:
+    """The images a class's concepts are found in, and notes on how they were chosen.
+
+    ``data``: ``None`` (the embedded photos of the class), one image file, a mining database
+    (its images of the class when it was mined over an ImageNet-style tree, else all of them),
+    or a folder: an ImageNet-style tree or one sub-folder per class (the class's folder), or a
+    plain folder. A plain folder may hold photos of several classes (one photo per class): the
+    images whose file name names the class are used; without such names, the images whose
+    top five predictions hold the class; when there are none, the one that ranks it highest.
+    """
+    if data is not None and Path(data).is_file():
+        path = Path(data)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return [ImageSource.from_path(path)], []
+        from vital.mining.results import is_mining_database
+
+        if is_mining_database(path):
+            return _mined_images(model, target, path, limit, seed), []
+        raise VitalError(
+            f"{path} is neither an image nor a mining database; --data is an image, a folder "
+            "or OUT/mining.sqlite."
+        )
+    found = class_references(model, target, data, limit, seed, shared_ok=True)
+    sources = list(found.sources)
+    notes: list[str] = []
+    if data is not None and not any(child.is_dir() for child in Path(data).iterdir()):
+        sources, notes = _of_the_class(model, target, sources)
+    if len(sources) > limit:
+        chosen = np.random.default_rng(seed).choice(len(sources), size=limit, replace=False)
+        sources = [sources[i] for i in sorted(chosen)]
+        notes.append(f"a random {limit} of the class's images were used.")
+    return sources, notes
+
+
+def _words(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def _of_the_class(
+    model: Model, target: ClassTarget, sources: list[ImageSource]
+) -> tuple[list[ImageSource], list[str]]:
+    """A plain folder's images of ``target``: by file name, else by the model's top five."""
+    if len(sources) == 1:
+        return sources, []
+    names = {_words(n) for n in class_folder_names(model, target)} - {""}
+    stem = lambda s: f" {_words(Path(s.where).stem)} "  # noqa: E731
+    named = [s for s in sources if any(f" {n} " in stem(s) for n in names)]
+    if named:
+        return named, [f"{len(named)} of {len(sources)} images name the class in their file name."]
+    from vital.references import center_crop
+
+    preprocessing = model.preprocessing
+    kept, ranks = [], []
+    with torch.no_grad():
+        for source in sources:
+            image = open_rgb(source)
+            if image is None:
+                continue
+            pixels = center_crop(
+                image, preprocessing.input_size, preprocessing.crop_pct, preprocessing.interpolation
+            )
+            logits = model.module(
+                preprocessing.normalize(pixels[None].to(model.device, model.dtype))
+            )
+            rank = int((logits[0] > logits[0, target.index]).sum())
+            ranks.append((rank, source))
+            if rank < 5:
+                kept.append(source)
+    if kept:
+        return kept, [f"{len(kept)} of {len(sources)} images have the class in their top five."]
+    rank, best = min(ranks, key=lambda pair: pair[0])
+    return [best], [
+        f"no image names the class or has it in its top five: the one that ranks it highest "
+        f"({rank + 1}) was used."
+    ]
+
+
+def _mined_images(
+    model: Model, target: ClassTarget, path: Path, limit: int, seed: int
+) -> list[ImageSource]:
+    from vital.mining.index import MiningIndex
+
+    labelled = MiningIndex(path).images()
+    wnids = model.labels.wnids if model.labels is not None else ()
+    names = {wnids[target.index]} if target.index < len(wnids) else set()
+    own = [p for p, label in labelled if label in names]
+    paths = own or [p for p, _ in labelled]
+    paths = [p for p in dict.fromkeys(paths) if Path(p).is_file()]
+    if not paths:
+        raise VitalError(f"the images listed in {path} no longer exist; mine again.")
+    if len(paths) > limit:
+        chosen = np.random.default_rng(seed).choice(len(paths), size=limit, replace=False)
+        paths = [paths[i] for i in sorted(chosen)]
+    return [ImageSource.from_path(p) for p in paths]

@@ -1,0 +1,90 @@
+"""A VITAL picture of every concept, and how much of the concept it holds.
+
+A concept is visualised as a :class:`~vital.targets.Direction` target (METHOD.md section 4):
+its direction in the layer's channel space is the starting relevance and scores the
+references, and its references are the crops where its coefficient is highest, matched on
+relevance-weighted features exactly as a channel's are (:mod:`vital.methods.vital_neuron`).
+The picture's record then keeps the concept's coefficient on the picture next to its
+references' mean coefficient, the same non-negative least-squares fit of position-averaged
+features that ranked the crops (as neuron records keep activations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vital.api import visualize
+from vital.concepts.discovery import ConceptBasis, layer_features
+from vital.references import ReferenceSet
+from vital.store import Result, ResultStore
+from vital.targets import Direction
+from vital.zoo import Model
+
+
+def concept_target(basis: ConceptBasis, index: int, name: str) -> Direction:
+    """Concept ``index`` as a direction target named ``name``."""
+    return Direction(basis.layer, tuple(float(v) for v in basis.direction(index)), name=name)
+
+
+def crop_coefficients(model: Model, basis: ConceptBasis, pixels: torch.Tensor) -> np.ndarray:
+    """(N, K) the concepts' coefficients of images in [0, 1] (position-averaged features)."""
+    features = basis.features(layer_features(model, basis.layer, pixels)).mean(dim=-1)
+    return basis.coefficients(features)
+
+
+def concept_pictures(
+    model: Model,
+    basis: ConceptBasis,
+    concepts: Sequence[int],
+    names: Sequence[str],
+    references: Sequence[ReferenceSet],
+    reference_pixels: Sequence[torch.Tensor],
+    out: str | Path,
+    *,
+    setting: int | str | None = "fast",
+    settings: Mapping[str, object] | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[Result]:
+    """VITAL pictures of ``concepts``, written to ``out`` with the coefficients in their records.
+
+    Parameters
+    ----------
+    model, basis
+        The model and its concepts.
+    concepts, names
+        Which concepts (indices into the basis) and their target names.
+    references, reference_pixels
+        Per concept: its references (crops) and their pixels as the model sees them.
+    out
+        Folder of the pictures (PNG, RGBA PNG with the transparency map, JSON record).
+    setting, settings, seed, batch_size, progress
+        As for :func:`vital.visualize`; ``fast`` by default here.
+    """
+    targets = [concept_target(basis, k, n) for k, n in zip(concepts, names, strict=True)]
+    results = visualize(
+        model,
+        targets,
+        dict(zip(targets, references, strict=True)),
+        setting=setting,
+        settings=dict(settings or {}),
+        seeds=[seed] * len(targets),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    store = ResultStore(out)
+    for result, k, pixels in zip(results, concepts, reference_pixels, strict=True):
+        picture = crop_coefficients(model, basis, result.pixels[None])[0, k]
+        refs = crop_coefficients(model, basis, pixels)[:, k]
+        result.record.evaluation.update(
+            coefficient=float(picture),
+            reference_coefficient=float(refs.mean()),
+            relative_coefficient=float(picture / refs.mean()) if refs.mean() > 0 else None,
+        )
+        store.write(result)
+    return results

@@ -1,0 +1,451 @@
+"""One concept analysis, start to end: crops, concepts, shares, maps, pictures, record.
+
+:func:`concepts` writes into ``out``:
+
+- ``concepts.json``: the record (:class:`ConceptReport`), concepts ranked by share;
+- ``directions.npy``: (K, C) the concepts' directions in the layer's channel space (one row per
+  concept ``index``; ``vital neuron --direction`` takes a row saved on its own);
+- ``examples/crop-NNNN.png``: the crops each concept was built from, as the model sees them;
+- ``pictures/``: each concept's VITAL picture, its RGBA picture with the transparency map and
+  its record (coefficient on the picture against its references' mean);
+- ``maps/IMAGE/concept-I.png`` and ``maps/IMAGE.png``: where each concept sits on each image;
+- ``overview.png``: one row per concept: picture, transparency, map, examples.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from vital.concepts.crops import DEFAULT_CROPS, DEFAULT_SCALE, CropSet, class_images, sample_crops
+from vital.concepts.discovery import DEFAULT_COUNT, ConceptBasis, discover, layer_features
+from vital.concepts.fidelity import fidelity_curves
+from vital.concepts.maps import grid_of, map_image
+from vital.concepts.pictures import concept_pictures
+from vital.concepts.shares import concept_shares
+from vital.errors import VitalError
+from vital.explanation.attribution import attributor
+from vital.grids import grid, to_image
+from vital.record import model_info, now
+from vital.references import ImageSource, center_crop, open_rgb
+from vital.store import output_folder
+from vital.targets import class_target
+from vital.zoo import Model, as_model, frozen
+
+DEFAULT_EXAMPLES = 16
+FIDELITY_IMAGES = 16  # images whose deletion / insertion curves are averaged
+SHEET_EXAMPLES = 5
+
+
+@dataclass
+class ConceptEntry:
+    """One concept of a report (paths relative to the report's folder)."""
+
+    index: int
+    rank: int
+    share: float
+    relevance: float
+    picture: str | None
+    alpha: str | None
+    examples: list[str]
+    example_coefficients: list[float]
+    activation: float | None
+    reference_activation: float | None
+    maps: list[str]
+    record: str | None = None
+
+
+@dataclass
+class ConceptReport:
+    """What :func:`concepts` found and wrote (``concepts.json``).
+
+    ``activation`` / ``reference_activation`` of a concept are its coefficient on its picture
+    and its references' mean coefficient; ``explained_share`` is the concepts' total share of
+    the class's relevance at the layer, ``residual_share`` the rest.
+    """
+
+    model: dict
+    layer: str
+    target: dict
+    images: int
+    crops: int
+    explained_share: float
+    residual_share: float
+    relevance: dict
+    concepts: list[ConceptEntry]
+    discovery: dict
+    pictures: dict | None
+    fidelity: dict | None
+    files: dict
+    notes: list[str] = field(default_factory=list)
+    created: str = field(default_factory=now)
+
+    def to_json(self) -> str:
+        """The record as JSON (``class`` for the explained class, as the contract names it)."""
+        data = asdict(self)
+        data["model"] = self.model["name"]
+        data["model_info"] = self.model
+        data["class"] = data.pop("target")
+        order = ["model", "layer", "class", "images", "crops", "explained_share"]
+        return json.dumps({**{k: data.pop(k) for k in order}, **data}, indent=2)
+
+
+def _stem(source: ImageSource, number: int) -> str:
+    name = Path(source.where).stem if source.where else (source.label or "image")
+    return f"{number:03d}-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
+
+
+def _view(model: Model, source: ImageSource) -> torch.Tensor | None:
+    image = open_rgb(source)
+    if image is None:
+        return None
+    preprocessing = model.preprocessing
+    return center_crop(
+        image, preprocessing.input_size, preprocessing.crop_pct, preprocessing.interpolation
+    )
+
+
+def concepts(
+    model: Model | nn.Module | str,
+    target: int | str,
+    data: str | Path | None = None,
+    *,
+    layer: str,
+    count: int = DEFAULT_COUNT,
+    crops: int = DEFAULT_CROPS,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    examples: int = DEFAULT_EXAMPLES,
+    pictures: bool | int = True,
+    setting: int | str | None = "fast",
+    settings: Mapping[str, object] | None = None,
+    seed: int = 0,
+    relevance: str = "lrp",
+    out: str | Path = "vital-out",
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> ConceptReport:
+    """Find what a class is made of at a layer, picture each part, and weigh it.
+
+    Parameters
+    ----------
+    model
+        A model name, a :class:`vital.Model` or an ``nn.Module`` classifier.
+    target
+        The class (index, name or WordNet id).
+    data
+        The class's images: ``None`` (its embedded photos), one image file, a folder (an
+        ImageNet-style tree, one sub-folder per class, or the class's images) or a mining
+        database (``OUT/mining.sqlite``).
+    layer
+        The layer whose activations are factorised (``vital layers MODEL``).
+    count
+        K, the number of concepts.
+    crops, scale
+        Random square crops in all, and the range of their area as a fraction of each image's
+        largest square: a concept's possible examples.
+    examples
+        Crops kept per concept (highest coefficient first): its examples and its picture's
+        references.
+    pictures
+        Make the concepts' VITAL pictures: ``True`` for every concept, a number for the top
+        ones by share, ``False`` for none.
+    setting, settings
+        VITAL's setting for the pictures (``fast`` by default) and changes to its defaults
+        (``{"steps": 300}``).
+    seed
+        Seed of the crops, the factorisation and the pictures.
+    relevance
+        Relevance backend from the class logit (``lrp`` by default).
+    out
+        Output folder (see the module).
+    batch_size, device, progress
+        Pictures optimised together; ``"cpu"`` / ``"cuda"``; progress bars.
+
+    Returns
+    -------
+    ConceptReport
+        Also written as ``out/concepts.json``.
+    """
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        raise VitalError(f"the examples per concept are at least 1, not {examples!r}.")
+    with frozen(model):
+        model = as_model(model, device)
+        explained = class_target(model, target)
+        folder = output_folder(out)
+        sources, notes = class_images(model, explained, data, seed=seed)
+        crop_set = sample_crops(sources, crops, scale, seed, model.preprocessing.crop_pct)
+        resolution = model.preprocessing.input_size
+        crop_pixels = crop_set.pixels(model, resolution)
+        crop_features = layer_features(model, layer, crop_pixels)
+        basis = discover(crop_features, layer, count, seed)
+        coefficients = basis.coefficients(basis.features(crop_features).mean(dim=-1))  # (N, K)
+        held = coefficients.max(axis=0) > 0
+        if not held.all():  # a direction no crop holds is no concept of these images
+            basis = ConceptBasis(basis.layer, basis.directions[held], basis.signed)
+            coefficients = coefficients[:, held]
+
+        found, relevance_notes = _explained_images(
+            model, explained.index, crop_set, basis, relevance
+        )
+        if not found:
+            raise VitalError("none of the images could be read; check the files.")
+        total = sum((f["shares"] for f in found[1:]), found[0]["shares"])
+        order = [int(k) for k in np.argsort(-total.relevance, kind="stable")]
+
+        chosen = {
+            k: [int(i) for i in np.argsort(-coefficients[:, k], kind="stable")[:examples]
+                if coefficients[i, k] > 0]
+            for k in order
+        }  # fmt: skip
+        example_files = _write_examples(folder, crop_pixels, chosen)
+        np.save(
+            folder / "directions.npy", np.stack([basis.direction(k) for k in range(basis.count)])
+        )
+        map_files = _write_maps(folder, found, basis, order)
+
+        picture_files: dict[int, dict] = {}
+        if pictures:
+            pictured = order if pictures is True else order[: int(pictures)]
+            named = [k for k in pictured if chosen[k]]
+            results = concept_pictures(
+                model,
+                basis,
+                named,
+                [f"{explained.slug()}-concept-{k}" for k in named],
+                [crop_set.references(chosen[k], f"top crops of concept {k}") for k in named],
+                [crop_pixels[chosen[k]] for k in named],
+                folder / "pictures",
+                setting=setting,
+                settings=settings,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            for k, result in zip(named, results, strict=True):
+                picture_files[k] = {
+                    "picture": result.paths["png"],
+                    "alpha": result.paths.get("rgba"),
+                    "record": result.paths["json"],
+                    "activation": result.record.evaluation["coefficient"],
+                    "reference_activation": result.record.evaluation["reference_coefficient"],
+                }
+
+        relative = lambda path: None if path is None else path.relative_to(folder).as_posix()  # noqa: E731
+        entries = []
+        for rank, k in enumerate(order):
+            files = picture_files.get(k, {})
+            entries.append(
+                ConceptEntry(
+                    index=k,
+                    rank=rank,
+                    share=float(total.shares[k]),
+                    relevance=float(total.relevance[k]),
+                    picture=relative(files.get("picture")),
+                    alpha=relative(files.get("alpha")),
+                    examples=[relative(example_files[i]) for i in chosen[k]],
+                    example_coefficients=[round(float(coefficients[i, k]), 6) for i in chosen[k]],
+                    activation=files.get("activation"),
+                    reference_activation=files.get("reference_activation"),
+                    maps=[relative(m[k]) for m in map_files],
+                    record=relative(files.get("record")),
+                )
+            )
+        fidelity = _fidelity(model, layer, explained.index, basis, found[:FIDELITY_IMAGES], count)
+        report = ConceptReport(
+            model=model_info(model),
+            layer=layer,
+            target={"index": explained.index, "name": explained.name},
+            images=len(found),
+            crops=len(crop_set.crops),
+            explained_share=total.explained,
+            residual_share=total.residual / total.total if total.total else 0.0,
+            relevance={
+                "backend": found[0]["backend"],
+                "total": total.total,
+                "residual": total.residual,
+                "per_image": [
+                    {
+                        "image": f["stem"],
+                        "total": f["shares"].total,
+                        "explained_share": f["shares"].explained,
+                    }
+                    for f in found
+                ],
+            },  # fmt: skip
+            concepts=entries,
+            discovery={
+                "method": "NMF (scikit-learn, Frobenius, nndsvda) of position-averaged crops",
+                "count": basis.count,
+                "signed": basis.signed,
+                "crop_scale": list(crop_set.scale),
+                "crops_per_image": -(-len(crop_set.crops) // len(crop_set.images)),
+                "seed": seed,
+                "coefficients": "non-negative least squares on the fixed basis",
+            },
+            pictures={
+                "method": "vital",
+                "setting": setting,
+                "overrides": dict(settings or {}),
+                "seed": seed,
+                "references": "each concept's examples",
+            }
+            if pictures
+            else None,
+            fidelity=fidelity,
+            files={"directions": "directions.npy", "overview": "overview.png"},
+            notes=notes
+            + relevance_notes
+            + (
+                [
+                    f"{count - basis.count} of {count} concepts were dropped "
+                    "(empty, or held by no crop)."
+                ]
+                if basis.count < count
+                else []
+            )
+            + (
+                ["signed layer: features split into positive and negative parts (2C)."]
+                if basis.signed
+                else []
+            ),
+        )
+        (folder / "concepts.json").write_text(report.to_json(), "utf-8")
+        write_overview(folder)
+    return report
+
+
+def _explained_images(
+    model: Model, index: int, crop_set: CropSet, basis: ConceptBasis, relevance: str
+) -> tuple[list[dict], list[str]]:
+    """Per image: its view, the layer's relevance and activation, coefficients and shares.
+
+    Where ``lrp``'s rules do not cover the model (it refuses a module), relevance falls back to
+    gradient × activation, which works for any model, and a note says so.
+    """
+    notes: list[str] = []
+    found = []
+    with ExitStack() as stack:
+        try:
+            attribute = stack.enter_context(attributor(model, basis.layer, relevance))
+        except VitalError as error:
+            if relevance != "lrp":
+                raise
+            notes.append(f"relevance by grad-x-act: {error}")
+            attribute = stack.enter_context(attributor(model, basis.layer, "grad-x-act"))
+        for number, source in enumerate(crop_set.images):
+            pixels = _view(model, source)
+            if pixels is None:
+                continue
+            explained = attribute(pixels, index)
+            activation = explained.activation.flatten(1).float()
+            layer_relevance = explained.relevance.flatten(1).float()
+            coefficients = basis.position_coefficients(activation)
+            notes += [n for n in explained.notes if n not in notes]
+            found.append(
+                {
+                    "stem": _stem(source, number),
+                    "backend": explained.backend,
+                    "pixels": pixels,
+                    "activation": activation,
+                    "relevance": layer_relevance,
+                    "coefficients": coefficients,
+                    "shares": concept_shares(basis, activation, layer_relevance, coefficients),
+                }
+            )
+    return found, notes
+
+
+def _write_examples(folder: Path, pixels: torch.Tensor, chosen: dict[int, list[int]]) -> dict:
+    target = folder / "examples"
+    target.mkdir(exist_ok=True)
+    files = {}
+    for i in sorted({i for crops in chosen.values() for i in crops}):
+        files[i] = target / f"crop-{i:04d}.png"
+        to_image(pixels[i]).save(files[i])
+    return files
+
+
+def _write_maps(folder: Path, found: list[dict], basis: ConceptBasis, order: list[int]) -> list:
+    """Per image: {concept: map file}, and a strip of the image with every concept's map."""
+    written = []
+    for image in found:
+        target = folder / "maps" / image["stem"]
+        target.mkdir(parents=True, exist_ok=True)
+        grids = grid_of(image["coefficients"])
+        files, pictures = {}, [to_image(image["pixels"])]
+        for k in order:
+            files[k] = target / f"concept-{k}.png"
+            picture = map_image(grids[k], image["pixels"])
+            picture.save(files[k])
+            pictures.append(picture)
+        captions = ["image"] + [f"concept {k}: {image['shares'].shares[k]:.0%}" for k in order]
+        grid(pictures, captions, columns=min(len(pictures), 6), cell=160).save(
+            folder / "maps" / f"{image['stem']}.png"
+        )
+        written.append(files)
+    return written
+
+
+def write_overview(folder: str | Path) -> Path:
+    """``overview.png`` from a folder's ``concepts.json``: one row per concept.
+
+    Each row: the picture (with its coefficient against its references'), the picture with its
+    transparency map, the concept's map on the first image, its best examples.
+    """
+    folder = Path(folder)
+    record = json.loads((folder / "concepts.json").read_text("utf-8"))
+    first = record["relevance"]["per_image"][0]["image"][4:]  # without the number
+    blank = (Image.new("RGB", (8, 8), "white"), "")
+    cells, captions, labels = [], [], []
+    for entry in record["concepts"]:
+        row = [blank, blank]
+        if entry["picture"] is not None:
+            ratio = (
+                f" {entry['activation'] / entry['reference_activation']:.2f}x refs"
+                if entry["reference_activation"]
+                else ""
+            )
+            row[0] = (Image.open(folder / entry["picture"]), "VITAL" + ratio)
+        if entry["alpha"] is not None:
+            row[1] = (Image.open(folder / entry["alpha"]), "transparency")
+        row.append(
+            (Image.open(folder / entry["maps"][0]), f"where, {first}") if entry["maps"] else blank
+        )
+        for path, value in zip(entry["examples"], entry["example_coefficients"], strict=True):
+            row.append((Image.open(folder / path), f"{value:.2f}"))
+        row = (row + [blank] * SHEET_EXAMPLES)[: 3 + SHEET_EXAMPLES]
+        cells += [image for image, _ in row]
+        captions += [caption for _, caption in row]
+        labels.append(f"concept {entry['index']}: {entry['share']:.0%}")
+    path = folder / "overview.png"
+    grid(cells, captions, columns=3 + SHEET_EXAMPLES, cell=128, row_labels=labels).save(path)
+    return path
+
+
+def _fidelity(
+    model: Model, layer: str, index: int, basis: ConceptBasis, found: list[dict], count: int
+) -> dict:
+    """Deletion and insertion curves averaged over images, concepts against channels."""
+    steps = min(basis.count, count)
+    curves = []
+    for image in found:
+        by_share = [int(k) for k in np.argsort(-image["shares"].relevance, kind="stable")]
+        by_relevance = torch.argsort(image["relevance"].sum(dim=1), descending=True, stable=True)
+        curves.append(
+            fidelity_curves(
+                model, layer, image["pixels"], index, basis, image["activation"],
+                image["coefficients"], by_share[:steps], [int(c) for c in by_relevance[:steps]],
+            ).as_dict()
+        )  # fmt: skip
+    mean = {key: np.mean([c[key] for c in curves], axis=0).round(5).tolist() for key in curves[0]}
+    return {"images": len(curves), "steps": steps, **mean}

@@ -1,0 +1,274 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tests.conftest import tiny_cnn_model, tiny_vit_model, write_images
+from typer.testing import CliRunner
+
+import vital
+from vital.cli import app
+from vital.concepts import ConceptBasis, concept_shares, discover, fidelity_curves, sample_crops
+from vital.concepts.maps import upsampled
+from vital.errors import VitalError
+from vital.explanation import attributor
+from vital.references import ImageSource
+
+CONTRACT = {"model", "layer", "class", "images", "crops", "explained_share", "concepts"}
+ENTRY = {"index", "share", "picture", "alpha", "examples", "activation", "reference_activation"}
+
+
+@pytest.fixture
+def data(tmp_path):
+    write_images(tmp_path / "images", 3, size=64)
+    return tmp_path / "images"
+
+
+def pixels(seed=0, size=32):
+    return torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def basis_of(directions, signed=False):
+    rows = np.asarray(directions, dtype=float)
+    return ConceptBasis("layer", rows / np.linalg.norm(rows, axis=1, keepdims=True), signed)
+
+
+def test_shares_of_an_exact_factorisation_are_each_concepts_contribution():
+    generator = np.random.default_rng(0)
+    basis = basis_of(generator.uniform(0, 1, (3, 12)))
+    coefficients = generator.uniform(0, 2, (3, 5))
+    activation = torch.from_numpy(basis.directions.T @ coefficients)
+    rate = torch.from_numpy(generator.normal(size=(12, 5)))
+    relevance = rate * activation  # LRP's form: relevance = rate × activation
+    found = concept_shares(basis, activation, relevance)
+    for k in range(3):  # concept k's part of the activation, weighted by the rate
+        part = np.outer(basis.directions[k], coefficients[k])
+        assert found.relevance[k] == pytest.approx(float((rate.numpy() * part).sum()), rel=1e-6)
+    assert found.residual == pytest.approx(0, abs=1e-8)
+    assert found.total == pytest.approx(float(relevance.sum()))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_shares_and_residual_add_up_to_the_layers_relevance(signed):
+    model = tiny_cnn_model()
+    with attributor(model, "stage3", "lrp") as attribute:
+        found = attribute(pixels())
+    activation = found.activation.flatten(1)
+    relevance = found.relevance.flatten(1)
+    if signed:  # the same relevance on a layer whose values take both signs
+        sign = torch.where(torch.rand(activation.shape, generator=torch.Generator()) < 0.5, -1, 1)
+        activation = activation * sign
+    generator = np.random.default_rng(1)
+    basis = basis_of(generator.uniform(0, 1, (4, 32 if signed else 16)), signed)
+    shares = concept_shares(basis, activation, relevance)
+    # The layer's relevance is the channels' (tested against zennit in test_explain) ...
+    assert shares.total == pytest.approx(float(found.channels.sum()), rel=1e-6)
+    # ... and the concepts plus the residual are exactly that.
+    assert shares.relevance.sum() + shares.residual == pytest.approx(shares.total, rel=1e-9)
+    assert shares.shares.sum() == pytest.approx(shares.explained)
+    assert not np.allclose(shares.relevance, 0)
+
+
+def test_a_signed_layer_is_split_into_non_negative_parts():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(20, 6, 4, generator=generator)
+    basis = discover(features, "layer", count=3)
+    assert basis.signed and basis.directions.shape == (3, 12) and (basis.directions >= 0).all()
+    row = basis.directions[0]
+    assert np.allclose(basis.direction(0), row[:6] - row[6:])
+    unsigned = discover(features.abs(), "layer", count=3)
+    assert not unsigned.signed and unsigned.directions.shape == (3, 6)
+
+
+def test_concept_maps_are_zero_where_the_concept_is_absent():
+    basis = basis_of([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]])
+    activation = torch.zeros(6, 16)
+    activation[:2, :4] = 2.0  # concept 0 in the first row of a 4 × 4 map
+    activation[2:4, 4:8] = 1.0  # concept 1 in the second
+    activation[:, 12:] = torch.tensor([0.0, 0, 0, 0, 3, 3])[:, None]  # concept 2 in the last
+    maps = basis.position_coefficients(activation).reshape(3, 4, 4)
+    assert np.all(maps[0, 1:] == 0) and np.all(maps[0, 0] > 0)
+    assert np.all(maps[1, [0, 2, 3]] == 0) and np.all(maps[1, 1] > 0)
+    assert np.all(maps[:2, 3] == 0) and np.all(maps[:, 2] == 0)  # row 2: nothing at all
+    # Upsampled to 32 px (8 px a cell), concept 0 stays zero away from its row's border.
+    shown = upsampled(maps[0], (32, 32))
+    assert torch.all(shown[12:] == 0) and torch.all(shown[:4] > 0)
+
+
+def test_deletion_and_insertion_curves_start_where_they_should():
+    model = tiny_cnn_model()
+    image = pixels(3)
+    with attributor(model, "stage3", "lrp") as attribute:
+        found = attribute(image)
+    activation = found.activation.flatten(1)
+    basis = basis_of(np.random.default_rng(0).uniform(0, 1, (3, 16)))
+    coefficients = basis.position_coefficients(activation)
+    curves = fidelity_curves(
+        model, "stage3", image, found.target, basis, activation, coefficients, [0, 1, 2], [4, 5, 6]
+    )
+    logit = float(found.logits[found.target])
+    assert curves.concepts_deletion[0] == pytest.approx(logit, rel=1e-5)
+    assert curves.channels_deletion[0] == pytest.approx(logit, rel=1e-5)
+    # Nothing kept: the head's output on an all-zero layer (its bias).
+    with torch.no_grad():
+        bias = float(model.module.head.bias[found.target])
+    assert curves.concepts_insertion[0] == pytest.approx(bias, abs=1e-5)
+    assert curves.channels_insertion[0] == pytest.approx(bias, abs=1e-5)
+    assert len(curves.concepts_deletion) == 4 and curves.channels_deletion[1] != logit
+
+
+def test_a_crops_view_is_its_box(tmp_path):
+    generator = np.random.default_rng(0)
+    array = generator.integers(0, 256, (12, 18, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).resize((180, 120), Image.Resampling.NEAREST).save(path)
+    crops = sample_crops([ImageSource.from_path(path)], count=6, scale=(0.1, 0.3), seed=2)
+    model = tiny_cnn_model()
+    views = crops.pixels(model, 64)
+    photo = Image.open(path)
+    for crop, view in zip(crops.crops, views, strict=True):
+        left, top, side = crop.box
+        box = photo.crop((left, top, left + side, top + side)).resize((64, 64))
+        expected = torch.from_numpy(np.asarray(box, dtype=np.float32) / 255).permute(2, 0, 1)
+        assert (view - expected).abs().mean() < 0.08
+    assert len(crops.crops) == 6 and len({c.box for c in crops.crops}) == 6
+
+
+def _check_contract(out: Path, count: int) -> dict:
+    record = json.loads((out / "concepts.json").read_text())
+    assert CONTRACT <= record.keys()
+    assert isinstance(record["model"], str) and isinstance(record["class"]["index"], int)
+    shares = [c["share"] for c in record["concepts"]]
+    assert len(shares) == count and shares == sorted(shares, reverse=True)
+    assert record["explained_share"] == pytest.approx(sum(shares))
+    for concept in record["concepts"]:
+        assert ENTRY <= concept.keys()
+        for path in [concept["picture"], concept["alpha"], *concept["examples"]]:
+            assert not Path(path).is_absolute() and (out / path).is_file()
+        assert concept["examples"] and concept["activation"] is not None
+        assert concept["reference_activation"] > 0
+    assert (out / "overview.png").is_file() and (out / "directions.npy").is_file()
+    return record
+
+
+def test_concepts_end_to_end_on_a_tiny_cnn(tmp_path, data):
+    out = tmp_path / "out"
+    report = vital.concepts(
+        tiny_cnn_model(), 3, data, layer="stage3", count=3, crops=24, examples=4,
+        settings={"steps": 3}, out=out, progress=False,
+    )  # fmt: skip
+    record = _check_contract(out, 3)
+    assert record["images"] == 3 and record["crops"] == 24 and not record["discovery"]["signed"]
+    assert [c.index for c in report.concepts] == [c["index"] for c in record["concepts"]]
+    assert len(list((out / "maps").glob("*.png"))) == 3  # one sheet per image
+    example = out / record["concepts"][0]["examples"][0]
+    assert Image.open(example).size == (32, 32)
+    curves = record["fidelity"]
+    assert len(curves["concepts_deletion"]) == 4 and curves["images"] == 3
+
+
+def test_concepts_end_to_end_on_a_tiny_vit_a_signed_token_layer(tmp_path, data):
+    out = tmp_path / "vit"
+    vital.concepts(
+        tiny_vit_model(), 1, data / "img000.png", layer="blocks.2", count=2, crops=16,
+        examples=3, settings={"steps": 2}, out=out, progress=False,
+    )  # fmt: skip
+    record = _check_contract(out, 2)
+    assert record["images"] == 1 and record["discovery"]["signed"]
+    assert any("signed" in note for note in record["notes"])
+    assert np.load(out / "directions.npy").shape == (2, 32)  # the layer's own channel space
+
+
+def test_cli_and_api_find_the_same_concepts(tmp_path, data, monkeypatch):
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
+    arguments = ["concepts", "--class", "2", "--layer", "stage3", "--data", str(data)]
+    arguments += ["--count", "3", "--crops", "20", "--seed", "4", "--no-pictures"]
+    result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    vital.concepts(
+        tiny_cnn_model(), 2, data, layer="stage3", count=3, crops=20, seed=4, pictures=False,
+        out=tmp_path / "api", progress=False,
+    )  # fmt: skip
+    cli, api = (json.loads((tmp_path / f / "concepts.json").read_text()) for f in ("cli", "api"))
+    assert [c["index"] for c in cli["concepts"]] == [c["index"] for c in api["concepts"]]
+    assert [c["share"] for c in cli["concepts"]] == [c["share"] for c in api["concepts"]]
+    assert np.array_equal(
+        np.load(tmp_path / "cli/directions.npy"), np.load(tmp_path / "api/directions.npy")
+    )
+    for concept in cli["concepts"]:
+        assert f"share {concept['share']:6.1%}" in result.output
+
+
+def test_user_mistakes_are_one_line(tmp_path, data, monkeypatch):
+    import vital.cli
+
+    with pytest.raises(VitalError, match="--count"):
+        vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", count=30, crops=10,
+                       pictures=False, out=tmp_path, progress=False)  # fmt: skip
+    with pytest.raises(VitalError, match="crop scale"):
+        vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", scale=(0.5, 0.1),
+                       pictures=False, out=tmp_path, progress=False)  # fmt: skip
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
+    arguments = ["concepts", "--class", "2,3", "--layer", "stage3", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        vital.cli.main(arguments)
+    assert exit_.value.code == 2
+
+
+def test_a_plain_folder_of_one_photo_per_class_gives_the_class_its_photo(tmp_path, data):
+    from vital.concepts import class_images
+    from vital.targets import class_target
+
+    model = tiny_cnn_model()
+    (data / "img001.png").rename(data / "class_3.png")
+    sources, notes = class_images(model, class_target(model, 3), data)
+    assert [Path(s.where).name for s in sources] == ["class_3.png"] and "file name" in notes[0]
+    # No name fits classes 0-9 but 3: the images whose top five hold it, else the best one.
+    with torch.no_grad():
+        logits = {
+            p.name: model.module(model.preprocessing.normalize(load(p)[None]))[0]
+            for p in sorted(data.iterdir())
+        }
+    ranks = {c: {n: int((v > v[c]).sum()) for n, v in logits.items()} for c in range(10)}
+    for c in set(range(10)) - {3}:
+        sources, notes = class_images(model, class_target(model, c), data)
+        expected = [n for n, r in ranks[c].items() if r < 5]
+        expected = expected or [min(ranks[c], key=lambda n: ranks[c][n])]
+        assert [Path(s.where).name for s in sources] == expected and notes
+
+
+def load(path):
+    from vital.references import center_crop
+
+    return center_crop(Image.open(path).convert("RGB"), 32)
+
+
+def test_explain_by_concepts_from_the_command_line(tmp_path, data, monkeypatch):
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
+    photo = data / "img002.png"
+    arguments = ["explain", str(photo), "--layer", "stage3", "--by", "concepts", "--count", "2"]
+    result = CliRunner().invoke(app, [*arguments, "--steps", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "concepts" / "img002-stage3"
+    record = _check_contract(folder, 2)
+    model = tiny_cnn_model()
+    with torch.no_grad():
+        image = model.preprocessing.normalize(load(photo)[None])
+        predicted = int(model.module(image).argmax())
+    assert record["class"]["index"] == predicted and record["images"] == 1
+    assert f"{record['explained_share']:.1%} of its relevance" in result.output
+
+
+def test_concepts_from_a_mining_database_use_its_images(tmp_path, data):
+    from vital.mining import mine
+
+    model = tiny_cnn_model()
+    mine(model, "stage3", data, tmp_path / "mined", channels=[0], top_images=3, top=2,
+         patch_side=16, workers=0, progress=False)  # fmt: skip
+    report = vital.concepts(
+        model, 1, tmp_path / "mined" / "mining.sqlite", layer="stage3", count=2, crops=12,
+        pictures=False, out=tmp_path / "out", progress=False,
+    )  # fmt: skip
+    assert report.images == 3  # not an ImageNet-style tree: every image it mined
