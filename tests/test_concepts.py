@@ -272,3 +272,23 @@ def test_concepts_from_a_mining_database_use_its_images(tmp_path, data):
         pictures=False, out=tmp_path / "out", progress=False,
     )  # fmt: skip
     assert report.images == 3  # not an ImageNet-style tree: every image it mined
+
+
+@pytest.mark.parametrize("name", ["concepts.json", "overview.png"])
+def test_a_users_files_in_the_out_folder_are_refused_and_kept(tmp_path, data, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text("the user's own notes")
+    arguments = dict(layer="stage3", count=2, crops=8, examples=2, settings={"steps": 1})
+    with pytest.raises(VitalError, match="not written by vital concepts"):
+        vital.concepts(tiny_cnn_model(), 3, data, out=out, progress=False, **arguments)
+    assert (out / name).read_text() == "the user's own notes"
+    assert sorted(p.name for p in out.iterdir()) == [name]  # nothing written beside it
+
+
+def test_a_second_run_replaces_its_own_report(tmp_path, data):
+    out = tmp_path / "out"
+    arguments = dict(layer="stage3", count=2, crops=8, examples=2, settings={"steps": 1})
+    for _ in range(2):
+        vital.concepts(tiny_cnn_model(), 3, data, out=out, progress=False, **arguments)
+    assert json.loads((out / "concepts.json").read_text())["layer"] == "stage3"

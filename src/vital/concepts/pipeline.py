@@ -34,6 +34,7 @@ from vital.concepts.pictures import concept_pictures
 from vital.concepts.shares import concept_shares
 from vital.errors import VitalError
 from vital.explanation.attribution import attributor
+from vital.files import save_array, save_image, write_file
 from vital.grids import grid, to_image
 from vital.record import model_info, now
 from vital.references import ImageSource, center_crop, open_rgb
@@ -182,6 +183,7 @@ def concepts(
         model = as_model(model, device)
         explained = class_target(model, target)
         folder = output_folder(out)
+        _check_not_the_users(folder)
         sources, notes = class_images(model, explained, data, seed=seed)
         crop_set = sample_crops(sources, crops, scale, seed, model.preprocessing.crop_pct)
         resolution = model.preprocessing.input_size
@@ -208,7 +210,7 @@ def concepts(
             for k in order
         }  # fmt: skip
         example_files = _write_examples(folder, crop_pixels, chosen)
-        np.save(
+        save_array(
             folder / "directions.npy", np.stack([basis.direction(k) for k in range(basis.count)])
         )
         map_files = _write_maps(folder, found, basis, order)
@@ -319,7 +321,7 @@ def concepts(
                 else []
             ),
         )
-        (folder / "concepts.json").write_text(report.to_json(), "utf-8")
+        write_file(folder / "concepts.json", report.to_json())
         write_overview(folder)
     return report
 
@@ -365,13 +367,35 @@ def _explained_images(
     return found, notes
 
 
+def _check_not_the_users(folder: Path) -> None:
+    """Refuse a folder whose concept files vital did not write (a re-run replaces its own)."""
+    report = folder / "concepts.json"
+    if report.exists():
+        try:
+            written = json.loads(report.read_text("utf-8"))
+            ours = isinstance(written, dict) and {"model", "layer", "concepts"} <= written.keys()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            ours = False
+        if not ours:
+            raise VitalError(
+                f"{report} was not written by vital concepts; choose another out=DIR or move it."
+            )
+        return
+    for name in ("overview.png", "directions.npy"):
+        if (folder / name).exists():
+            raise VitalError(
+                f"{folder / name} was not written by vital concepts (there is no concepts.json "
+                "beside it); choose another out=DIR or move it."
+            )
+
+
 def _write_examples(folder: Path, pixels: torch.Tensor, chosen: dict[int, list[int]]) -> dict:
     target = folder / "examples"
     target.mkdir(exist_ok=True)
     files = {}
     for i in sorted({i for crops in chosen.values() for i in crops}):
         files[i] = target / f"crop-{i:04d}.png"
-        to_image(pixels[i]).save(files[i])
+        save_image(files[i], to_image(pixels[i]))
     return files
 
 
@@ -386,12 +410,11 @@ def _write_maps(folder: Path, found: list[dict], basis: ConceptBasis, order: lis
         for k in order:
             files[k] = target / f"concept-{k}.png"
             picture = map_image(grids[k], image["pixels"])
-            picture.save(files[k])
+            save_image(files[k], picture)
             pictures.append(picture)
         captions = ["image"] + [f"concept {k}: {image['shares'].shares[k]:.0%}" for k in order]
-        grid(pictures, captions, columns=min(len(pictures), 6), cell=160).save(
-            folder / "maps" / f"{image['stem']}.png"
-        )
+        sheet = grid(pictures, captions, columns=min(len(pictures), 6), cell=160)
+        save_image(folder / "maps" / f"{image['stem']}.png", sheet)
         written.append(files)
     return written
 
@@ -428,7 +451,7 @@ def write_overview(folder: str | Path) -> Path:
         captions += [caption for _, caption in row]
         labels.append(f"concept {entry['index']}: {entry['share']:.0%}")
     path = folder / "overview.png"
-    grid(cells, captions, columns=3 + SHEET_EXAMPLES, cell=128, row_labels=labels).save(path)
+    save_image(path, grid(cells, captions, columns=3 + SHEET_EXAMPLES, cell=128, row_labels=labels))
     return path
 
 
