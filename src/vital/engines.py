@@ -32,6 +32,10 @@ from vital.errors import VitalError
 
 Job = TypeVar("Job")
 Outcome = TypeVar("Outcome")
+# The callables of ``Engine.run`` (see the module doc).
+Work = Callable[..., Any]
+Prepare = Callable[[Any], Iterable[Any]] | None
+OnFailure = Callable[[Any, str], Any] | None
 
 
 class JobFailedError(VitalError):
@@ -45,11 +49,7 @@ class Engine(Protocol):
     remote: bool  # work runs in other processes: it must be picklable and find its own device
 
     def run(
-        self,
-        jobs: Iterable[Job],
-        work: Callable[..., Outcome],
-        prepare: Callable[[Job], Iterable[Any]] | None = None,
-        on_failure: Callable[[Job, str], Outcome] | None = None,
+        self, jobs: Iterable[Job], work: Work, prepare: Prepare = None, on_failure: OnFailure = None
     ) -> Iterator[Outcome]:
         """Yield every job's outcome, in completion order."""
         ...
@@ -72,11 +72,7 @@ class LocalEngine:
     remote = False
 
     def run(
-        self,
-        jobs: Iterable[Job],
-        work: Callable[..., Outcome],
-        prepare: Callable[[Job], Iterable[Any]] | None = None,
-        on_failure: Callable[[Job, str], Outcome] | None = None,
+        self, jobs: Iterable[Job], work: Work, prepare: Prepare = None, on_failure: OnFailure = None
     ) -> Iterator[Outcome]:
         """Yield ``work(job[, prepare(job)])`` for every job, in order.
 
@@ -187,11 +183,7 @@ class RayEngine:
                 ) from error
 
     def run(
-        self,
-        jobs: Iterable[Job],
-        work: Callable[..., Outcome],
-        prepare: Callable[[Job], Iterable[Any]] | None = None,
-        on_failure: Callable[[Job, str], Outcome] | None = None,
+        self, jobs: Iterable[Job], work: Work, prepare: Prepare = None, on_failure: OnFailure = None
     ) -> Iterator[Outcome]:
         """Submit jobs (at most ``window`` in flight) and yield outcomes as tasks finish.
 

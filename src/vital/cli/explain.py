@@ -21,6 +21,11 @@ from vital.explanation.pipeline import DEFAULT_TOP
 from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
 from vital.references import DEFAULT_REFERENCES
 
+DATA_HELP = (
+    "Images to mine the channels' dataset examples and picture references from "
+    "(folder or list file)."
+)
+
 
 @options.sharing(options.model_options, options.picture_options, batch=4)
 def explain_command(
@@ -28,14 +33,7 @@ def explain_command(
     layer: Annotated[
         str, options.option("--layer", "Layer whose channels explain the prediction.")
     ],
-    data: Annotated[
-        Path | None,
-        options.option(
-            "--data",
-            "Images to mine the channels' dataset examples and picture references from "
-            "(folder or list file).",
-        ),
-    ] = None,
+    data: Annotated[Path | None, options.option("--data", DATA_HELP)] = None,
     top: Annotated[
         int, typer.Option("--top", help="Most relevant channels to show.")
     ] = DEFAULT_TOP,

@@ -26,6 +26,18 @@ from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
 from vital.targets import resolve_targets
 
+COMPARE_REFS_HELP = "VITAL's references and the metrics' real images (default: photos)."
+REAL_REFS_HELP = "Held-out real images for FID/realism (default: --refs)."
+COMPARE_STEPS_HELP = "Steps for every method (default: each method's own)."
+NEURON_REFS_HELP = (
+    "Folder of images that activate the targets; 'mined' for the top images that "
+    "`vital mine` found (OUT/mining.sqlite) or a mining database path. Default: the "
+    "embedded photos."
+)
+NEURON_PATCH_HELP = (
+    "References: the best patch of this side (32, 64) of each image; 0 or left out: whole images."
+)
+
 
 def _generate(targets, references, kind: str, common: dict, **method_options) -> list:
     """Load the model, run :func:`vital.visualize` with the shared options, report.
@@ -98,22 +110,11 @@ def compare_command(
     judge_weights: Annotated[
         str | None, typer.Option("--judge-weights", help="State-dict file of the judge.")
     ] = None,
-    refs: Annotated[
-        str | None,
-        options.option(
-            "--refs", "VITAL's references and the metrics' real images (default: photos)."
-        ),
-    ] = None,
-    real_refs: Annotated[
-        str | None,
-        typer.Option("--real-refs", help="Held-out real images for FID/realism (default: --refs)."),
-    ] = None,
+    refs: Annotated[str | None, options.option("--refs", COMPARE_REFS_HELP)] = None,
+    real_refs: Annotated[str | None, typer.Option("--real-refs", help=REAL_REFS_HELP)] = None,
     ref_count: ReferenceCount = DEFAULT_REFERENCES,
     weights: Weights = None,
-    steps: Annotated[
-        int | None,
-        options.option("--steps", "Steps for every method (default: each method's own)."),
-    ] = None,
+    steps: Annotated[int | None, options.option("--steps", COMPARE_STEPS_HELP)] = None,
     out: Out = Path("vital-out"),
     seed: Seed = 0,
     device: Device = "auto",
@@ -173,15 +174,7 @@ def neuron(
         list[Path] | None,
         options.option("--direction", "A concept: .npy vector over the layer's channels."),
     ] = None,
-    refs: Annotated[
-        str | None,
-        options.option(
-            "--refs",
-            "Folder of images that activate the targets; 'mined' for the top images that "
-            "`vital mine` found (OUT/mining.sqlite) or a mining database path. Default: the "
-            "embedded photos.",
-        ),
-    ] = None,
+    refs: Annotated[str | None, options.option("--refs", NEURON_REFS_HELP)] = None,
     mined_mode: Annotated[
         str,
         typer.Option(
@@ -191,14 +184,7 @@ def neuron(
     relevance: Annotated[str | None, typer.Option("--relevance", help=options.RELEVANCE_HELP)] = (
         None
     ),
-    patch: Annotated[
-        int | None,
-        options.option(
-            "--patch",
-            "References: the best patch of this side (32, 64) of each image; 0 or left out: "
-            "whole images.",
-        ),
-    ] = None,
+    patch: Annotated[int | None, options.option("--patch", NEURON_PATCH_HELP)] = None,
     rank: Annotated[
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")
     ] = False,

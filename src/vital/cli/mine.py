@@ -26,16 +26,18 @@ from vital.mining.scan import (
     DEFAULT_TOP_IMAGES,
 )
 
+DATA_HELP = "Image folder (any depth, ImageNet-style trees too) or list file."
+SHEETS_HELP = (
+    "Contact sheets: 'all', 'none', unit numbers (3,17), or 'auto' (all when at most 32 units)."
+)
+BATCH_HELP = "Images per forward pass."
+WORKERS_HELP = "Local engine's decoding processes (default: cores - 1)."
+
 
 @options.sharing(options.model_options)
 def mine_command(
     layer: Annotated[str, options.option("--layer", "Layer to mine (see `vital layers`).")],
-    data: Annotated[
-        Path,
-        options.option(
-            "--data", "Image folder (any depth, ImageNet-style trees too) or list file."
-        ),
-    ],
+    data: Annotated[Path, options.option("--data", DATA_HELP)],
     channels: ChannelSelection = None,
     direction: Annotated[
         Path | None,
@@ -47,21 +49,11 @@ def mine_command(
     ] = DEFAULT_TOP,
     patch: MiningPatch = DEFAULT_PATCH,
     out: Out = Path("vital-out"),
-    sheets: Annotated[
-        str,
-        typer.Option(
-            "--sheets",
-            help="Contact sheets: 'all', 'none', unit numbers (3,17), or 'auto' (all when at most "
-            "32 units).",
-        ),
-    ] = "auto",
-    batch: Annotated[
-        int, options.option("--batch", "Images per forward pass.", callback=options.at_least_one)
-    ] = DEFAULT_MINING_BATCH,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", help="Local engine's decoding processes (default: cores - 1)."),
-    ] = None,
+    sheets: Annotated[str, typer.Option("--sheets", help=SHEETS_HELP)] = "auto",
+    batch: Annotated[int, options.option("--batch", BATCH_HELP, callback=options.at_least_one)] = (
+        DEFAULT_MINING_BATCH
+    ),
+    workers: Annotated[int | None, typer.Option("--workers", help=WORKERS_HELP)] = None,
     device: Device = "auto",
     engine: Engine = "local",
     address: Address = None,
