@@ -217,6 +217,22 @@ def test_user_mistakes_are_one_line(tmp_path, data, monkeypatch):
     assert exit_.value.code == 2
 
 
+def test_a_missing_data_path_is_named_as_the_data_option(tmp_path, capsys, monkeypatch):
+    import vital.cli
+
+    missing = tmp_path / "no-such-photos"
+    with pytest.raises(VitalError, match=r"data=.*no-such-photos does not exist"):
+        vital.concepts(tiny_cnn_model(), 2, missing, layer="stage3", pictures=False,
+                       out=tmp_path / "out", progress=False)  # fmt: skip
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
+    arguments = ["concepts", "-c", "2", "--layer", "stage3", "--data", str(missing)]
+    with pytest.raises(SystemExit) as exit_:
+        vital.cli.main([*arguments, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--data {missing} does not exist" in error and "reference folder" not in error
+
+
 def test_a_plain_folder_of_one_photo_per_class_gives_the_class_its_photo(tmp_path, data):
     from vital.concepts import class_images
     from vital.targets import class_target

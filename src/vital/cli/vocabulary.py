@@ -118,7 +118,7 @@ API_TO_OPTION: dict[str, str] = {
     "lr": "--lr",
     "jitter": "--jitter",
 }
-_API_WORD = re.compile(r"\b(" + "|".join(API_TO_OPTION) + r")=(?=[\w'\"<(\[{.-])")
+_API_WORD = re.compile(r"\b(" + "|".join(API_TO_OPTION) + r")=(?=[\w'\"<(\[{./~-])")
 
 
 def cli_wording(message: str) -> str:

@@ -169,6 +169,11 @@ def class_images(
     images whose file name names the class are used; without such names, the images whose
     top five predictions hold the class; when there are none, the one that ranks it highest.
     """
+    if data is not None and not Path(data).exists():
+        raise VitalError(
+            f"data={data} does not exist; the class's images are an image, a folder of images "
+            "or OUT/mining.sqlite (or leave it out for the embedded photos)."
+        )
     if data is not None and Path(data).is_file():
         path = Path(data)
         if path.suffix.lower() in IMAGE_SUFFIXES:
