@@ -123,6 +123,8 @@ def test_the_pages_show_the_numbers_of_concepts_json(atlas):
         assert page.values["weight"] == sorted(
             page.values["weight"], key=lambda w: -abs(w)
         ) and abs(page.values["weight"][0]) == pytest.approx(np.abs(row).max())
+        shown = np.array(page.values["weight"])
+        assert page.values["held"] == [pytest.approx((shown**2).sum() / (row**2).sum())]
         # Its picture and maps are the record's files.
         assert {entry["picture"], entry["alpha"], *entry["maps"], *entry["examples"]} <= set(
             page.links

@@ -82,6 +82,8 @@ _ENVIRONMENT.filters.update(
     exact=lambda value, indent=None: json.dumps(value, indent=indent),  # data-value, settings
     filename=lambda path: Path(path).name,
     step=lambda value: f"{value:g}",
+    # A concepts record names each image by its maps' stem, "000-coffee": the image is "coffee".
+    image_name=lambda stem: stem.split("-", 1)[-1],
 )
 
 
@@ -221,6 +223,15 @@ class _Concepts:
     def concept_page(entry: dict) -> str:
         """A concept's page, relative to the set's folder."""
         return f"concept-{entry['index']}.html"
+
+    def held(self, entry: dict) -> float | None:
+        """The part of the direction's squared length its :meth:`top_channels` hold."""
+        if self.directions is None or entry["index"] >= len(self.directions):
+            return None
+        row = self.directions[entry["index"]]
+        top = [c for c, _ in self.top_channels(entry)]
+        total = float((row**2).sum())
+        return float((row[top] ** 2).sum()) / total if total > 0 else None
 
     def top_channels(self, entry: dict) -> list[tuple[int, float]]:
         """The direction's largest weights (by size; a signed layer's may be negative)."""
@@ -401,6 +412,7 @@ def _concept_pages(found: _Concepts, pages: dict[str, str]) -> dict[str, str]:
             entry=entry,
             picture=picture,
             channels=found.top_channels(entry),
+            held=found.held(entry),
             pages=pages,
             previous=entries[position - 1] if position > 0 else None,
             following=entries[position + 1] if position + 1 < len(entries) else None,
