@@ -1,4 +1,5 @@
-"""The served atlas in a real headless Chromium: overview, sorting, search, unit and explanation.
+"""The served atlas in a real headless Chromium: overview, sorting, search, unit, explanation,
+a class's concept overview and a concept page.
 
 Screenshots (JPEG) go to ``benchmarks/out/``; the real-model ones are in ``benchmarks/figures``
 (``benchmarks/explain_mobilenet.py``).
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import tiny_cnn_model, write_images
 
-from vital.atlas import build_atlas, make_server
+from vital.atlas import add_concepts, build_atlas, make_server
 from vital.explanation import explain
 from vital.references import from_folder
 from vital.targets import ClassTarget
@@ -78,6 +79,10 @@ def atlas(tmp_path):
         )
         for name in ("img000.png", "img003.png")
     ]
+    add_concepts(
+        model, 1, tmp_path / "classes" / "1", layer="stage3", count=2, crops=12, examples=3,
+        settings={"steps": 3, "jitter": 2}, out=folder, progress=False,
+    )  # fmt: skip
     return folder, records
 
 
@@ -181,6 +186,34 @@ def test_atlas_in_chromium(atlas):
             page.locator(".channel-row .unit-link").first.click()
             page.wait_for_load_state("load")
             assert page.inner_text("h1") == f"stage3/{record['top'][0]['channel']}"
+
+            # The class's concepts: from the index to the overview, then to a concept's page.
+            page.goto(f"{root}/index.html")
+            page.locator(".concept-card").first.click()
+            page.wait_for_load_state("load")
+            widths = images_loaded(page)
+            assert len(widths) >= 2 * 4 and all(width > 0 for width in widths)
+            record = page.request.get(page.url.rsplit("/", 1)[0] + "/concepts.json").json()
+            assert values(page, ".concept-row .share") == [c["share"] for c in record["concepts"]]
+            assert values(page, ".explained") == [record["explained_share"]]
+            assert page.locator("svg.curve").count() == 2
+            page.screenshot(
+                path=str(SCREENSHOTS / "atlas-concepts.jpg"), full_page=True, type="jpeg",
+                quality=70,
+            )  # fmt: skip
+            page.locator(".concept-link").first.click()
+            page.wait_for_load_state("load")
+            top = record["concepts"][0]
+            assert page.inner_text("h1") == f"class 1 · concept {top['index']}"
+            widths = images_loaded(page)
+            assert len(widths) == 2 + len(top["maps"]) + len(top["examples"])
+            assert all(width > 0 for width in widths)
+            assert values(page, ".activation") == [top["activation"]]
+            assert values(page, ".coefficient") == top["example_coefficients"]
+            page.screenshot(
+                path=str(SCREENSHOTS / "atlas-concept.jpg"), full_page=True, type="jpeg",
+                quality=70,
+            )  # fmt: skip
             browser.close()
     finally:
         server.shutdown()

@@ -267,8 +267,9 @@ def test_explain_by_concepts_from_the_command_line(tmp_path, data, monkeypatch):
     arguments = ["explain", str(photo), "--layer", "stage3", "--by", "concepts", "--count", "2"]
     result = CliRunner().invoke(app, [*arguments, "--steps", "2", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    folder = tmp_path / "concepts" / "img002-stage3"
+    (folder,) = (tmp_path / "concepts").iterdir()  # in the atlas, with its pages
     record = _check_contract(folder, 2)
+    assert f"page: {folder / 'index.html'}" in result.output and (folder / "index.html").is_file()
     model = tiny_cnn_model()
     with torch.no_grad():
         image = model.preprocessing.normalize(load(photo)[None])

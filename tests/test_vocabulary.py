@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 import vital
+import vital.atlas
 from vital.atlas import build_atlas
 from vital.cli import app
 from vital.cli.vocabulary import (
@@ -92,6 +93,7 @@ API = {
     "compare": compare,
     "build_atlas": build_atlas,
     "concepts": vital.concepts.concepts,
+    "add_concepts": vital.atlas.add_concepts,
 }
 # Names the API used before for concepts the table names otherwise.
 OLD_API_NAMES = {"patch", "patches", "ray_address", "classes", "class_refs"}

@@ -1,4 +1,4 @@
-"""An atlas folder: its ledger, its result store, and which result each unit shows.
+"""An atlas folder: its ledger, its result store, which result each unit shows, and its concepts.
 
 The builder (:mod:`vital.atlas.build`) writes into it and the site (:mod:`vital.atlas.site`)
 reads from it; neither needs the other.
@@ -27,6 +27,13 @@ CREATE TABLE IF NOT EXISTS atlas_units (
     record TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS atlas_concepts (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -38,6 +45,19 @@ class StoredUnit:
     key: str
     inputs: dict
     record: str
+
+
+@dataclass(frozen=True)
+class StoredConcepts:
+    """The atlas's current concepts of a class at a layer over an image set.
+
+    ``folder`` (relative to the atlas) holds what :func:`vital.concepts` wrote for them.
+    """
+
+    id: str
+    key: str
+    inputs: dict
+    folder: str
 
 
 class Atlas:
@@ -66,6 +86,22 @@ class Atlas:
             connection.execute(
                 "INSERT OR REPLACE INTO atlas_units VALUES (?, ?, ?, ?, ?)",
                 (spec.unit, spec.key(), json.dumps(spec.inputs()), record_file, time.time()),
+            )
+
+    def concept_sets(self) -> dict[str, StoredConcepts]:
+        """Every concept set's current folder (the one the site shows), in the order added."""
+        with database(self.store.index, "atlas index") as connection:
+            rows = connection.execute(
+                "SELECT id, key, inputs, folder FROM atlas_concepts ORDER BY created"
+            )
+            return {i: StoredConcepts(i, k, json.loads(n), f) for i, k, n, f in rows.fetchall()}
+
+    def register_concepts(self, stored: StoredConcepts) -> None:
+        """Make ``stored.folder`` the current concepts of ``stored.id``."""
+        with database(self.store.index, "atlas index") as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO atlas_concepts VALUES (?, ?, ?, ?, ?)",
+                (stored.id, stored.key, json.dumps(stored.inputs), stored.folder, time.time()),
             )
 
     def result_files(self, stem: str) -> list[Path]:

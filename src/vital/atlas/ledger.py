@@ -40,6 +40,7 @@ OUTPUT_FOLDERS = (
     "contact-sheets",
     "explain",
     "explanations",
+    "concepts",
 )
 # Tables that mark each database as vital's.
 _OWN_TABLES = {ATLAS_DATABASE: {"results"}, MINING_DATABASE: {"lists"}}

@@ -13,6 +13,14 @@ Pages (all links relative, so the site reads the same from disk as from ``vital 
 ``explain/<slug>.html``
     One explanation: the image, the prediction, the heatmap, and the most relevant channels
     with their relevance, conditional heatmap, dataset examples and picture.
+``concepts/<set>/index.html``
+    A class's concepts at a layer (:mod:`vital.atlas.concepts`): the explained share and the
+    residual, the concepts ranked by share with their pictures, the deletion and insertion
+    curves against channels.
+``concepts/<set>/concept-<k>.html``
+    One concept: its picture and transparency view, its coefficient on the picture against its
+    references', its share, its maps on the images, its examples, the direction's top channels
+    (linked to their unit pages), the picture's curves and record.
 
 The pages are Jinja2 templates in ``vital/atlas/templates`` with autoescaping (a class name is
 text, whatever characters it holds): ``base.html`` is the layout, ``macros.html`` the shared
@@ -20,8 +28,8 @@ pieces, and each page kind one template extending the layout, rendered by :func:
 A new page kind is one template and one :func:`render_page` call.
 
 Every number on a page is read from a record (the unit's :class:`~vital.record.Record`, an
-:class:`~vital.record.Explanation`, or the mining index); elements that show one carry
-the exact value in ``data-value``.
+:class:`~vital.record.Explanation`, a ``concepts.json``, or the mining index); elements that
+show one carry the exact value in ``data-value``.
 """
 
 from __future__ import annotations
@@ -34,11 +42,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from vital.atlas.charts import Series, line_chart
-from vital.atlas.folder import Atlas
+from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError
 from vital.files import save_image, write_file
@@ -73,6 +82,8 @@ _ENVIRONMENT.filters.update(
     exact=lambda value, indent=None: json.dumps(value, indent=indent),  # data-value, settings
     filename=lambda path: Path(path).name,
     step=lambda value: f"{value:g}",
+    # A concepts record names each image by its maps' stem, "000-coffee": the image is "coffee".
+    image_name=lambda stem: stem.split("-", 1)[-1],
 )
 
 
@@ -160,7 +171,98 @@ def activation_curve_svg(
     return _macro("activation_curve")(Markup(chart), pairs[0], pairs[-1], reference)
 
 
+def fidelity_svg(fidelity: dict | None, kind: str, width: int = 420, height: int = 210) -> str:
+    """The class logit as the top n concepts (red) or channels (grey) are deleted or kept."""
+    if not fidelity:
+        return Markup("<p class='muted'>no deletion or insertion curves recorded</p>")
+    series = [
+        Series(list(enumerate(fidelity[f"{what}_{kind}"])), colour, what, dash)
+        for what, colour, dash in (("concepts", "#dc2626", ""), ("channels", "#6b7280", "4 3"))
+    ]
+    title = {"deletion": "deleting the top n", "insertion": "keeping only the top n"}[kind]
+    # line_chart escapes every text it draws: its SVG is markup.
+    return Markup(line_chart(series, "n", "class logit", title, width, height))
+
+
 # --- what the pages are made from ------------------------------------------------------------
+
+
+TOP_CHANNELS = 8  # a concept's largest direction weights shown
+
+
+@dataclass
+class _Concepts:
+    """One concept set: its ``concepts.json``, directions and pictures' records."""
+
+    stored: StoredConcepts
+    record: dict
+    directions: np.ndarray | None
+    pictures: dict[int, Record]  # concept index → its picture's record
+
+    @property
+    def folder(self) -> str:
+        return self.stored.folder
+
+    @property
+    def page(self) -> str:
+        return f"{self.folder}/index.html"
+
+    @property
+    def name(self) -> str:
+        return self.record["class"]["name"]
+
+    @property
+    def layer(self) -> str:
+        return self.record["layer"]
+
+    @property
+    def concepts(self) -> list[dict]:
+        return self.record["concepts"]
+
+    @staticmethod
+    def concept_page(entry: dict) -> str:
+        """A concept's page, relative to the set's folder."""
+        return f"concept-{entry['index']}.html"
+
+    def held(self, entry: dict) -> float | None:
+        """The part of the direction's squared length its :meth:`top_channels` hold."""
+        if self.directions is None or entry["index"] >= len(self.directions):
+            return None
+        row = self.directions[entry["index"]]
+        top = [c for c, _ in self.top_channels(entry)]
+        total = float((row**2).sum())
+        return float((row[top] ** 2).sum()) / total if total > 0 else None
+
+    def top_channels(self, entry: dict) -> list[tuple[int, float]]:
+        """The direction's largest weights (by size; a signed layer's may be negative)."""
+        if self.directions is None or entry["index"] >= len(self.directions):
+            return []
+        row = self.directions[entry["index"]]
+        order = np.argsort(-np.abs(row), kind="stable")[:TOP_CHANNELS]
+        return [(int(c), float(row[c])) for c in order if row[c] != 0]
+
+
+def _concept_sets(atlas: Atlas) -> list[_Concepts]:
+    """The atlas's current concept sets whose record vital wrote and nobody changed."""
+    found = []
+    for stored in atlas.concept_sets().values():
+        folder = atlas.folder / stored.folder
+        path = folder / "concepts.json"
+        if not (path.is_file() and atlas.ledger.owns(path)):
+            continue
+        record = json.loads(path.read_text("utf-8"))
+        directions = folder / record.get("files", {}).get("directions", "directions.npy")
+        pictures = {
+            entry["index"]: Record.from_json((folder / entry["record"]).read_text("utf-8"))
+            for entry in record["concepts"]
+            if entry.get("record") and (folder / entry["record"]).is_file()
+        }
+        found.append(
+            _Concepts(
+                stored, record, np.load(directions) if directions.is_file() else None, pictures
+            )
+        )
+    return found
 
 
 @dataclass
@@ -170,6 +272,8 @@ class _Unit:
     mining: dict | None = None
     sheet: str | None = None
     explanations: list[tuple[Any, Any]] = field(default_factory=list)  # (explanation, evidence)
+    # A class: its concept sets; a channel: the concepts it is among the top channels of.
+    concepts: list[tuple[_Concepts, dict | None]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -239,7 +343,9 @@ def _mined(
 # --- pages ---------------------------------------------------------------------------------
 
 
-def _index(units: list[_Unit], failures: list[dict], explanations: list) -> str:
+def _index(
+    units: list[_Unit], failures: list[dict], explanations: list, concept_sets: list[_Concepts]
+) -> str:
     layers = [u.layer for u in units]
     layers += [f["unit"].rpartition("/")[0] for f in failures if f["unit"].rpartition("/")[0]]
     layers = list(dict.fromkeys(layers))
@@ -248,11 +354,14 @@ def _index(units: list[_Unit], failures: list[dict], explanations: list) -> str:
         units=units,
         failures=failures,
         explanations=explanations,
+        concept_sets=concept_sets,
         layers=layers,
         counts={layer: sum(u.layer == layer for u in units) for layer in layers},
         methods=sorted({u.record.method for u in units} | {f["method"] for f in failures}),
         models=sorted(
-            {u.record.model["name"] for u in units} | {e.model["name"] for e in explanations}
+            {u.record.model["name"] for u in units}
+            | {e.model["name"] for e in explanations}
+            | {c.record["model"] for c in concept_sets}
         ),
     )
 
@@ -275,6 +384,44 @@ def _unit_page(unit: _Unit, previous: _Unit | None, following: _Unit | None) -> 
     )
 
 
+def _concept_pages(found: _Concepts, pages: dict[str, str]) -> dict[str, str]:
+    """The set's overview and one page per concept, by their paths in the atlas."""
+    written = {
+        found.page: render_page(
+            "concepts.html",
+            depth=2,
+            found=found,
+            pages=pages,
+            deletion=fidelity_svg(found.record.get("fidelity"), "deletion"),
+            insertion=fidelity_svg(found.record.get("fidelity"), "insertion"),
+        )
+    }
+    entries = found.concepts
+    for position, entry in enumerate(entries):
+        picture = found.pictures.get(entry["index"])
+        activation = loss = None
+        if picture is not None:
+            activation = activation_curve_svg(
+                picture.activation_trace, picture.evaluation.get("reference_activation")
+            )
+            loss = loss_curve_svg(picture.loss_history)
+        written[f"{found.folder}/{found.concept_page(entry)}"] = render_page(
+            "concept.html",
+            depth=2,
+            found=found,
+            entry=entry,
+            picture=picture,
+            channels=found.top_channels(entry),
+            held=found.held(entry),
+            pages=pages,
+            previous=entries[position - 1] if position > 0 else None,
+            following=entries[position + 1] if position + 1 < len(entries) else None,
+            activation=activation,
+            loss=loss,
+        )
+    return written
+
+
 def _explain_page(explanation: Explanation, pages: dict[str, str]) -> str:
     return render_page("explanation.html", depth=1, explanation=explanation, pages=pages)
 
@@ -295,7 +442,7 @@ def _write(atlas: Atlas, pages: dict[Path, str]) -> None:
 
 
 def render_site(folder: str | Path, examples: int = 8) -> Path:
-    """Write ``index.html``, the unit and explanation pages and the assets; return the index.
+    """Write ``index.html``, the unit, explanation and concept pages, the assets; return the index.
 
     Parameters
     ----------
@@ -326,6 +473,16 @@ def render_site(folder: str | Path, examples: int = 8) -> Path:
                 unit.explanations.append((explanation, evidence))
     for unit in units:
         unit.examples, unit.mining, unit.sheet = _mined(atlas, unit.record, examples)
+    concept_sets = _concept_sets(atlas)
+    for found in concept_sets:
+        owner = by_id.get(f"class/{found.record['class']['index']}")
+        if owner is not None:
+            owner.concepts.append((found, None))
+        for entry in found.concepts:
+            for channel, _ in found.top_channels(entry):
+                unit = by_id.get(f"{found.layer}/{channel}")
+                if unit is not None:
+                    unit.concepts.append((found, entry))
     failures = [f for f in atlas.store.failures() if f["unit"] not in by_id]
 
     pages: dict[Path, str] = {}
@@ -339,8 +496,11 @@ def render_site(folder: str | Path, examples: int = 8) -> Path:
     unit_pages = {unit.id: unit.page for unit in units}
     for explanation in explanations:
         pages[atlas.folder / explanation.files["page"]] = _explain_page(explanation, unit_pages)
+    for found in concept_sets:
+        for path, text in _concept_pages(found, unit_pages).items():
+            pages[atlas.folder / path] = text
     index = atlas.folder / "index.html"
-    pages[index] = _index(units, failures, explanations)
+    pages[index] = _index(units, failures, explanations, concept_sets)
     for name in ("atlas.css", "atlas.js"):
         source = resources.files("vital.atlas") / "static" / name
         pages[atlas.folder / "static" / name] = source.read_text("utf-8")

@@ -8,6 +8,14 @@ from typing import Annotated
 import typer
 
 from vital.cli import options, session
+from vital.cli.concepts import (
+    DEFAULT_CROP_SCALE,
+    Count,
+    Crops,
+    CropScale,
+    crop_scale,
+    report_added,
+)
 from vital.cli.options import (
     Address,
     ChannelSelection,
@@ -20,6 +28,8 @@ from vital.cli.options import (
     ReferenceCount,
     TopImages,
 )
+from vital.concepts.crops import DEFAULT_CROPS
+from vital.concepts.discovery import DEFAULT_COUNT
 from vital.errors import VitalError
 from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
@@ -42,8 +52,23 @@ def atlas_build(
     class_list: Classes = None,
     data: Annotated[
         str | None,
-        options.option("--data", "Images to mine the layer's channels' references from."),
+        options.option(
+            "--data",
+            "Images to mine the layer's channels' references from; with --by concepts, the "
+            "classes' images (as for `vital concepts`; default: their embedded photos).",
+        ),
     ] = None,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help="What shows --layer: channels (default), or concepts: each --class's --count "
+            "concepts at --layer, each with its page, and the class's concept overview.",
+        ),
+    ] = "channels",
+    count: Count = DEFAULT_COUNT,
+    crops: Crops = DEFAULT_CROPS,
+    scale: CropScale = DEFAULT_CROP_SCALE,
     refs: Annotated[
         str | None,
         options.option(
@@ -64,12 +89,13 @@ def atlas_build(
     """Visualise every selected unit into an atlas folder and write its web pages.
 
     Channels of --layer get references mined from --data (`vital mine`, stored in the atlas
-    folder); --class targets get references from --refs or the embedded photos. Re-running
-    reuses units stored with the same settings, references and model, recomputes the others,
-    and resumes mining and visualisation where they stopped. vital never writes over a file
-    in --out that it did not write.
+    folder); --class targets get references from --refs or the embedded photos. With --by
+    concepts, each --class's concepts at --layer are found in --data (`vital concepts`) and
+    get their pages. Re-running reuses units and concepts stored with the same settings,
+    references and model, recomputes the others, and resumes mining and visualisation where
+    they stopped. vital never writes over a file in --out that it did not write.
     """
-    from vital.atlas import ModelSpec, build_atlas
+    from vital.atlas import ModelSpec, add_concepts, build_atlas, render_site
     from vital.atlas.ledger import prepare_folder
     from vital.driver import resolve_settings
     from vital.engines import make_engine
@@ -79,10 +105,21 @@ def atlas_build(
     from vital.taps import check_layer, list_layers
     from vital.targets import Channel, class_target
 
+    if by not in ("channels", "concepts"):
+        raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
+    by_concepts = by == "concepts"
+    if by_concepts and not (layer and class_list):
+        raise VitalError("--by concepts finds each --class's concepts at --layer; name both.")
+    if by_concepts and channels:
+        raise VitalError(
+            "with --by concepts --layer shows concepts, not channels: build the channels in a "
+            "second run into the same --out (concept pages link to their unit pages)."
+        )
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
-    if layer and data is None:
+    if layer and data is None and not by_concepts:
         raise VitalError("channels need images to mine references from: --data DIR.")
+    crop_range = crop_scale(scale)
     setting_name = options.setting_value(common["setting"])
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, address)
@@ -99,13 +136,14 @@ def atlas_build(
     selected = []
     if layer:
         check_layer(layer, loaded.module)
+    if layer and not by_concepts:
         selected = options.channel_list(channels)
         if selected is None:
             shapes = {
                 i.name: i for i in list_layers(loaded.module, loaded.preprocessing.input_size)
             }
             selected = list(range(shapes[layer].channels))
-    if layer:
+    if layer and not by_concepts:
         session.Session.out, session.Session.resumable = out, True
         mine(
             loaded,
@@ -125,22 +163,36 @@ def atlas_build(
         return mined_references(out, loaded, target.layer, target, mined_as, ref_count)
 
     session.Session.out, session.Session.resumable = out, True
-    result = build_atlas(
-        spec,
-        [*classes, *(Channel(layer, index) for index in selected)],
-        reference_set,
-        out,
-        overrides,
-        setting=setting_name,
-        engine=chosen_engine,
-        batch_size=common["batch"],
-        force=force,
-    )
-    _report_reuse(result)
-    typer.echo(
-        f"{result.finished} units visualised, {result.failed} failed, {result.skipped} already "
-        f"done ({result.units_per_minute:.1f} units/min). Browse: vital atlas serve {out}"
-    )
+    try:
+        result = build_atlas(
+            spec,
+            [*classes, *(Channel(layer, index) for index in selected)],
+            reference_set,
+            out,
+            overrides,
+            setting=setting_name,
+            engine=chosen_engine,
+            batch_size=common["batch"],
+            force=force,
+            render=False,
+        )
+        _report_reuse(result)
+        typer.echo(
+            f"{result.finished} units visualised, {result.failed} failed, {result.skipped} "
+            f"already done ({result.units_per_minute:.1f} units/min)."
+        )
+        # Each class's concepts are one step, finished or not: an interrupted one runs again.
+        for target in classes if by_concepts else []:
+            added = add_concepts(
+                loaded, target, data, layer=layer, count=count, crops=crops, scale=crop_range,
+                setting=setting_name, settings={k: v for k, v in overrides.items() if k != "seed"},
+                seed=common["seed"], out=out, batch_size=common["batch"], force=force,
+                render=False,
+            )  # fmt: skip
+            report_added(added, out)
+    finally:
+        render_site(out)
+    typer.echo(f"Browse: vital atlas serve {out}")
 
 
 def _report_reuse(report) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +28,14 @@ from vital.errors import VitalError
 from vital.optimize import DEFAULT_SETTING
 
 Count = Annotated[int, options.option("--count", "Number of concepts K.")]
+Crops = Annotated[int, typer.Option("--crops", help="Random crops in all.")]
+CropScale = Annotated[
+    str,
+    typer.Option(
+        "--crop-scale", help="LOW,HIGH: a crop's area as a fraction of the image's square."
+    ),
+]
+DEFAULT_CROP_SCALE = ",".join(str(v) for v in DEFAULT_SCALE)
 
 
 def crop_scale(text: str) -> tuple[float, float]:
@@ -52,13 +62,8 @@ def concepts_command(
         ),
     ] = None,
     count: Count = DEFAULT_COUNT,
-    crops: Annotated[int, typer.Option("--crops", help="Random crops in all.")] = DEFAULT_CROPS,
-    scale: Annotated[
-        str,
-        typer.Option(
-            "--crop-scale", help="LOW,HIGH: a crop's area as a fraction of the image's square."
-        ),
-    ] = ",".join(str(v) for v in DEFAULT_SCALE),
+    crops: Crops = DEFAULT_CROPS,
+    scale: CropScale = DEFAULT_CROP_SCALE,
     examples: Annotated[
         int, typer.Option("--examples", help="Crops per concept: examples and picture references.")
     ] = DEFAULT_EXAMPLES,
@@ -111,46 +116,63 @@ def concepts_command(
         out=out,
         batch_size=batch,
     )
-    print_concepts(report, out)
+    print_concepts(json.loads(report.to_json()))
+    typer.echo(f"record: {out / 'concepts.json'}")
+    typer.echo(f"overview: {out / 'overview.png'}")
 
 
-def print_concepts(report, out: Path) -> None:
-    """The concepts' shares and pictures, and where the record and overview are."""
-    explained = report.target
+def print_concepts(record: Mapping) -> None:
+    """The concepts' shares and pictures, from a ``concepts.json`` record."""
+    explained = record["class"]
     typer.echo(
-        f"{explained['name']} (class {explained['index']}) at {report.layer}: "
-        f"{len(report.concepts)} concepts from {report.crops} crops of {report.images} "
-        f"image(s) carry {report.explained_share:.1%} of its relevance"
+        f"{explained['name']} (class {explained['index']}) at {record['layer']}: "
+        f"{len(record['concepts'])} concepts from {record['crops']} crops of {record['images']} "
+        f"image(s) carry {record['explained_share']:.1%} of its relevance"
     )
-    for entry in report.concepts:
+    for entry in record["concepts"]:
         picture = (
-            f"picture {entry.activation / entry.reference_activation:.2f}x its references"
-            if entry.activation is not None and entry.reference_activation
+            f"picture {entry['activation'] / entry['reference_activation']:.2f}x its references"
+            if entry["activation"] is not None and entry["reference_activation"]
             else "no picture"
         )
         typer.echo(
-            f"  concept {entry.index:3d}  share {entry.share:6.1%}  "
-            f"{len(entry.examples)} examples  {picture}"
+            f"  concept {entry['index']:3d}  share {entry['share']:6.1%}  "
+            f"{len(entry['examples'])} examples  {picture}"
         )
-    for note in report.notes:
+    for note in record["notes"]:
         typer.echo(f"note: {note}")
-    typer.echo(f"record: {out / 'concepts.json'}")
-    typer.echo(f"overview: {out / 'overview.png'}")
+
+
+def report_added(added, out: Path) -> None:
+    """What :func:`vital.atlas.add_concepts` did: reused, or the concepts found; their page."""
+    explained = added.record["class"]
+    where = f"{explained['name']} (class {explained['index']}) at {added.record['layer']}"
+    if added.reused:
+        typer.echo(f"reused the concepts of {where}, stored with the same inputs")
+    else:
+        if added.forced:
+            typer.echo(f"recomputing the concepts of {where} (--force)")
+        elif added.changed:
+            typer.echo(f"recomputed the concepts of {where}: " + "; ".join(added.changed[:3]))
+        print_concepts(added.record)
+    typer.echo(f"page: {added.page} (or: vital atlas serve {out})")
 
 
 def explain_by_concepts(
     loaded, image: Path, layer: str, target, count: int, out: Path, **arguments
 ) -> None:
-    """``explain --by concepts``: the photo's own concepts for a class (default: the prediction)."""
+    """``explain --by concepts``: the photo's own concepts for a class (default: the prediction).
+
+    They go into the atlas ``out`` (:func:`vital.atlas.add_concepts`) with their pages.
+    """
     from vital.api import classify
-    from vital.concepts import concepts
+    from vital.atlas import add_concepts
     from vital.explanation import load_image
 
     if target is None:
         pixels, _ = load_image(image, loaded.preprocessing.input_size)
         normalised = loaded.preprocessing.normalize(pixels[None].to(loaded.device, loaded.dtype))
         target = int(classify(loaded, normalised)[0].argmax())
-    folder = out / "concepts" / f"{image.stem}-{layer}"
-    session.Session.out = folder
-    report = concepts(loaded, target, image, layer=layer, count=count, out=folder, **arguments)
-    print_concepts(report, folder)
+    session.Session.out, session.Session.resumable = out, True
+    added = add_concepts(loaded, target, image, layer=layer, count=count, out=out, **arguments)
+    report_added(added, out)

@@ -84,7 +84,7 @@ def explain_command(
     pictures (reused from the atlas or --store when stored with the same settings). Writes a
     JSON record and a page into the atlas folder --out. With --by concepts: the --count
     concepts found in the photo's own crops, their shares of the class's relevance, maps on the
-    photo, examples and VITAL pictures (as `vital concepts`), in OUT/concepts/.
+    photo, examples and VITAL pictures (as `vital concepts`), with their pages in the atlas.
     """
     if by not in ("channels", "concepts"):
         raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
@@ -97,7 +97,7 @@ def explain_command(
             explain_by_concepts(
                 loaded, image, layer, target, count, out, relevance=relevance,
                 pictures=not no_pictures, setting=options.setting_value(common["setting"]),
-                settings=settings, seed=common["seed"], batch_size=common["batch"],
+                settings=settings, seed=common["seed"], batch_size=common["batch"], force=force,
             )  # fmt: skip
         return
     session.Session.out, session.Session.resumable = out, True
