@@ -4,6 +4,7 @@ One small atlas (a class, two channels, a class's three concepts on a tiny CNN) 
 for the tests that only read it; the others build their own.
 """
 
+import inspect
 import json
 import re
 from html.parser import HTMLParser
@@ -224,6 +225,19 @@ def test_a_users_concepts_folder_is_refused_and_kept(tmp_path):
     with pytest.raises(VitalError, match="concepts/"):
         add_concepts(tiny_cnn_model(), 2, data, out=tmp_path / "atlas", progress=False, **CONCEPTS)
     assert (tmp_path / "atlas" / "concepts" / "notes.txt").read_text() == "mine"
+
+
+def test_add_concepts_takes_the_keywords_of_vital_concepts_and_no_others(tmp_path):
+    from vital.atlas.concepts import concept_options
+
+    chosen = concept_options({"count": 4})
+    assert chosen["count"] == 4
+    assert (
+        chosen["setting"]
+        == inspect.signature(vital.concepts.concepts).parameters["setting"].default
+    )
+    with pytest.raises(VitalError, match="add_concepts takes no cout=; did you mean count"):
+        add_concepts(tiny_cnn_model(), 2, None, layer="stage3", out=tmp_path, cout=4)
 
 
 @pytest.fixture

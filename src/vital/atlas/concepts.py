@@ -16,28 +16,29 @@ run leaves nothing half-made in the atlas and loses no set finished before it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.keys import differences, picture_spec
-from vital.concepts.crops import DEFAULT_CROPS, DEFAULT_SCALE, class_images
-from vital.concepts.discovery import DEFAULT_COUNT
-from vital.concepts.pipeline import DEFAULT_EXAMPLES, concepts
-from vital.errors import VitalError
+from vital.concepts.crops import class_images
+from vital.concepts.pipeline import concepts
+from vital.errors import VitalError, close_matches
 from vital.files import printable, write_file
-from vital.optimize import DEFAULT_SETTING
 from vital.targets import ClassTarget, Direction, class_target
 from vital.zoo import Model, as_model
 
 FOLDER = "concepts"  # inside the atlas: one sub-folder per concept set's result
+CONCEPT_PARAMETERS = inspect.signature(concepts).parameters  # add_concepts's **options
 
 
 @dataclass
@@ -120,6 +121,29 @@ def concept_inputs(
     )
 
 
+def concept_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` keywords of :func:`vital.concepts` completed with its defaults.
+
+    The keywords that say where and how to run (``layer``, ``out``, ``device``, ``progress``)
+    are :func:`add_concepts`'s own; an unknown one is a one-line error with the close names.
+    """
+    parameters = CONCEPT_PARAMETERS
+    own = ("layer", "out", "device", "progress")
+    allowed = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY and n not in own]
+    for name in given:
+        if name not in allowed:
+            hint = close_matches(name, allowed)
+            raise VitalError(
+                f"add_concepts takes no {name}=; "
+                + (
+                    f"did you mean {', '.join(hint)}?"
+                    if hint
+                    else f"it takes {', '.join(allowed)}."
+                )
+            )
+    return {name: given.get(name, parameters[name].default) for name in allowed}
+
+
 def _key(inputs: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -142,21 +166,12 @@ def add_concepts(
     data: str | Path | None = None,
     *,
     layer: str,
-    count: int = DEFAULT_COUNT,
-    crops: int = DEFAULT_CROPS,
-    scale: tuple[float, float] = DEFAULT_SCALE,
-    examples: int = DEFAULT_EXAMPLES,
-    pictures: bool | int = True,
-    setting: int | str | None = DEFAULT_SETTING,
-    settings: Mapping[str, object] | None = None,
-    seed: int = 0,
-    relevance: str = "lrp",
     out: str | Path = "vital-out",
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
     force: bool = False,
-    progress: bool = True,
     render: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **options: Any,
 ) -> AddedConcepts:
     """Find a class's concepts at a layer (:func:`vital.concepts`) into the atlas ``out``.
 
@@ -166,9 +181,7 @@ def add_concepts(
 
     Parameters
     ----------
-    model, target, data, layer, count, crops, scale, examples, pictures
-        As for :func:`vital.concepts`.
-    setting, settings, seed, relevance, batch_size, device, progress
+    model, target, data, layer, device, progress
         As for :func:`vital.concepts`.
     out
         The atlas folder (created if needed; refused when it holds files of the user's where
@@ -177,6 +190,10 @@ def add_concepts(
         Compute again even when a result with the same inputs is stored.
     render
         Write the site afterwards (a caller adding several sets renders once at the end).
+    **options
+        The other keywords of :func:`vital.concepts` (``count``, ``crops``, ``scale``,
+        ``examples``, ``pictures``, ``setting``, ``settings``, ``seed``, ``relevance``,
+        ``batch_size``), with its defaults: one signature, so the two cannot drift.
 
     Returns
     -------
@@ -188,17 +205,13 @@ def add_concepts(
     model = as_model(model, device)
     explained = class_target(model, target)
     atlas = Atlas(out)
-    images, _ = class_images(model, explained, data, seed=seed)
-    discovery = {
-        "count": count,
-        "crops": crops,
-        "scale": list(scale),
-        "examples": examples,
-        "relevance": relevance,
-    }
+    chosen = concept_options(options)
+    images, _ = class_images(model, explained, data, seed=chosen["seed"])
+    discovery = {name: chosen[name] for name in ("count", "crops", "examples", "relevance")}
+    discovery["scale"] = list(chosen["scale"])
     inputs = concept_inputs(
-        model, explained, [s.identity for s in images], layer, discovery, pictures, setting,
-        settings, seed,
+        model, explained, [s.identity for s in images], layer, discovery, chosen["pictures"],
+        chosen["setting"], chosen["settings"], chosen["seed"],
     )  # fmt: skip
     key = _key(inputs)
     where = "embedded photos" if data is None else printable(Path(data).resolve())
@@ -219,10 +232,8 @@ def add_concepts(
     _check_free(atlas, folder)
     with tempfile.TemporaryDirectory(prefix="vital-concepts-") as staging:
         concepts(
-            model, explained.index, data, layer=layer, count=count, crops=crops, scale=scale,
-            examples=examples, pictures=pictures, setting=setting, settings=settings, seed=seed,
-            relevance=relevance, out=staging, batch_size=batch_size, progress=progress,
-        )  # fmt: skip
+            model, explained.index, data, layer=layer, out=staging, progress=progress, **chosen
+        )
         made = sorted(p for p in Path(staging).rglob("*") if p.is_file())
         copies = {source: folder / source.relative_to(staging) for source in made}
         atlas.ledger.claim(copies.values())

@@ -42,41 +42,33 @@ atlas_app = typer.Typer(
 )
 
 
+LAYER_HELP = "Layer whose channels to visualise."
+DATA_HELP = (
+    "Images to mine the layer's channels' references from; with --by concepts, the classes' "
+    "images (as for `vital concepts`; default: their embedded photos)."
+)
+BY_HELP = (
+    "What shows --layer: channels (default), or concepts: each --class's --count concepts at "
+    "--layer, each with its page, and the class's concept overview."
+)
+REFS_HELP = (
+    "References of the classes: an ImageNet-style tree or class sub-folders (default: the "
+    "embedded photos)."
+)
+
+
 @options.sharing(options.model_options, options.picture_options, batch=4)
 def atlas_build(
     out: Out = Path("vital-out"),
-    layer: Annotated[
-        str | None, options.option("--layer", "Layer whose channels to visualise.")
-    ] = None,
+    layer: Annotated[str | None, options.option("--layer", LAYER_HELP)] = None,
     channels: ChannelSelection = None,
     class_list: Classes = None,
-    data: Annotated[
-        str | None,
-        options.option(
-            "--data",
-            "Images to mine the layer's channels' references from; with --by concepts, the "
-            "classes' images (as for `vital concepts`; default: their embedded photos).",
-        ),
-    ] = None,
-    by: Annotated[
-        str,
-        typer.Option(
-            "--by",
-            help="What shows --layer: channels (default), or concepts: each --class's --count "
-            "concepts at --layer, each with its page, and the class's concept overview.",
-        ),
-    ] = "channels",
+    data: Annotated[str | None, options.option("--data", DATA_HELP)] = None,
+    by: Annotated[str, typer.Option("--by", help=BY_HELP)] = "channels",
     count: Count = DEFAULT_COUNT,
     crops: Crops = DEFAULT_CROPS,
     scale: CropScale = DEFAULT_CROP_SCALE,
-    refs: Annotated[
-        str | None,
-        options.option(
-            "--refs",
-            "References of the classes: an ImageNet-style tree or class sub-folders (default: "
-            "the embedded photos).",
-        ),
-    ] = None,
+    refs: Annotated[str | None, options.option("--refs", REFS_HELP)] = None,
     ref_count: ReferenceCount = DEFAULT_REFERENCES,
     top_images: TopImages = DEFAULT_TOP_IMAGES,
     patch: MiningPatch = DEFAULT_PATCH,

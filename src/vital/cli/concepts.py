@@ -49,24 +49,22 @@ def crop_scale(text: str) -> tuple[float, float]:
     return low, high
 
 
+DATA_HELP = (
+    "The class's images: one image, a folder (ImageNet-style tree, class sub-folders, or a plain "
+    "folder, e.g. one photo per class) or OUT/mining.sqlite. Default: the embedded photos of the "
+    "class."
+)
+EXAMPLES_HELP = "Crops per concept: examples and picture references."
+
+
 def concepts_command(
     classes: Classes,
     layer: Annotated[str, options.option("--layer", "Layer whose activations are factorised.")],
-    data: Annotated[
-        Path | None,
-        options.option(
-            "--data",
-            "The class's images: one image, a folder (ImageNet-style tree, class sub-folders, "
-            "or a plain folder, e.g. one photo per class) or OUT/mining.sqlite. Default: the "
-            "embedded photos of the class.",
-        ),
-    ] = None,
+    data: Annotated[Path | None, options.option("--data", DATA_HELP)] = None,
     count: Count = DEFAULT_COUNT,
     crops: Crops = DEFAULT_CROPS,
     scale: CropScale = DEFAULT_CROP_SCALE,
-    examples: Annotated[
-        int, typer.Option("--examples", help="Crops per concept: examples and picture references.")
-    ] = DEFAULT_EXAMPLES,
+    examples: Annotated[int, typer.Option("--examples", help=EXAMPLES_HELP)] = DEFAULT_EXAMPLES,
     relevance: Relevance = "lrp",
     no_pictures: Annotated[
         bool, typer.Option("--no-pictures", help="Skip the concepts' VITAL pictures.")
