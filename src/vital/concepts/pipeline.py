@@ -26,11 +26,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vital.concepts.crops import DEFAULT_CROPS, DEFAULT_SCALE, CropSet, class_images, sample_crops
+from vital.concepts.crops import (
+    DEFAULT_CROPS,
+    DEFAULT_SCALE,
+    EXAMPLE_ZOOM,
+    CropSet,
+    around_peak,
+    class_images,
+    sample_crops,
+)
 from vital.concepts.discovery import DEFAULT_COUNT, ConceptBasis, discover, layer_features
 from vital.concepts.fidelity import fidelity_curves
 from vital.concepts.maps import grid_of, map_image
-from vital.concepts.pictures import concept_pictures
+from vital.concepts.pictures import concept_pictures, crop_coefficients
 from vital.concepts.shares import concept_shares
 from vital.errors import VitalError
 from vital.explanation.attribution import attributor
@@ -204,12 +212,19 @@ def concepts(
         total = sum((f["shares"] for f in found[1:]), found[0]["shares"])
         order = [int(k) for k in np.argsort(-total.relevance, kind="stable")]
 
-        chosen = {
+        best = {
             k: [int(i) for i in np.argsort(-coefficients[:, k], kind="stable")[:examples]
                 if coefficients[i, k] > 0]
             for k in order
         }  # fmt: skip
-        example_files = _write_examples(folder, crop_pixels, chosen)
+        example_set, chosen = _around_peaks(model, crop_set, crop_features, basis, best)
+        example_pixels = example_set.pixels(model, resolution)
+        example_coefficients = crop_coefficients(model, basis, example_pixels)
+        chosen = {
+            k: sorted(found, key=lambda i, k=k: -example_coefficients[i, k])
+            for k, found in chosen.items()
+        }
+        example_files = _write_examples(folder, example_pixels, chosen)
         save_array(
             folder / "directions.npy", np.stack([basis.direction(k) for k in range(basis.count)])
         )
@@ -224,8 +239,8 @@ def concepts(
                 basis,
                 named,
                 [f"{explained.slug()}-concept-{k}" for k in named],
-                [crop_set.references(chosen[k], f"top crops of concept {k}") for k in named],
-                [crop_pixels[chosen[k]] for k in named],
+                [example_set.references(chosen[k], f"examples of concept {k}") for k in named],
+                [example_pixels[chosen[k]] for k in named],
                 folder / "pictures",
                 setting=setting,
                 settings=settings,
@@ -255,7 +270,9 @@ def concepts(
                     picture=relative(files.get("picture")),
                     alpha=relative(files.get("alpha")),
                     examples=[relative(example_files[i]) for i in chosen[k]],
-                    example_coefficients=[round(float(coefficients[i, k]), 6) for i in chosen[k]],
+                    example_coefficients=[
+                        round(float(example_coefficients[i, k]), 6) for i in chosen[k]
+                    ],
                     activation=files.get("activation"),
                     reference_activation=files.get("reference_activation"),
                     maps=[relative(m[k]) for m in map_files],
@@ -300,6 +317,8 @@ def concepts(
                 "overrides": dict(settings or {}),
                 "seed": seed,
                 "references": "each concept's examples",
+                "examples": f"around the concept's peak in its best crops ({EXAMPLE_ZOOM:g} of "
+                "a crop's side)",
             }
             if pictures
             else None,
@@ -389,13 +408,40 @@ def _check_not_the_users(folder: Path) -> None:
             )
 
 
+def _around_peaks(
+    model: Model,
+    crop_set: CropSet,
+    features: torch.Tensor,
+    basis: ConceptBasis,
+    best: dict[int, list[int]],
+) -> tuple[CropSet, dict[int, list[int]]]:
+    """Each concept's examples: in each of its best crops, the square around its peak.
+
+    A crop where a concept's coefficient is highest also holds the parts beside it, which other
+    concepts carry; matched whole, every concept's picture would take them in. The square of
+    :data:`EXAMPLE_ZOOM` of the crop's side centred where the concept's map of the crop peaks
+    keeps the part itself. Returns the examples as a crop set and each concept's indices in it.
+    """
+    examples, chosen = [], {}
+    crop_pct = model.preprocessing.crop_pct
+    for k, crops in best.items():
+        chosen[k] = []
+        for i in crops:
+            grid = grid_of(basis.position_coefficients(features[i]))[k]
+            crop = crop_set.crops[i]
+            chosen[k].append(len(examples))
+            examples.append(around_peak(crop_set.images[crop.image], crop, grid, EXAMPLE_ZOOM, crop_pct))
+    return CropSet(crop_set.images, tuple(examples), crop_set.scale, crop_set.seed), chosen
+
+
 def _write_examples(folder: Path, pixels: torch.Tensor, chosen: dict[int, list[int]]) -> dict:
     target = folder / "examples"
     target.mkdir(exist_ok=True)
     files = {}
-    for i in sorted({i for crops in chosen.values() for i in crops}):
-        files[i] = target / f"crop-{i:04d}.png"
-        save_image(files[i], to_image(pixels[i]))
+    for k, found in chosen.items():
+        for number, i in enumerate(found):
+            files[i] = target / f"concept-{k}-{number:02d}.png"
+            save_image(files[i], to_image(pixels[i]))
     return files
 
 
