@@ -19,7 +19,7 @@ concepts-C.jpg`` (the overview sheets), and prints a RESULTS.md section.
     OMP_NUM_THREADS=1 python benchmarks/concepts_mobilenet.py --count 10 --steps 300
     OMP_NUM_THREADS=1 python benchmarks/concepts_mobilenet.py --reuse --judge efficientnet_lite1
 
-``--zoom 1`` makes the examples whole crops (as before "Concept pictures tied to their
+``--zooms 1`` makes the examples whole crops (as before "Concept pictures tied to their
 examples" in RESULTS.md).
 """
 
@@ -134,13 +134,16 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, default=HERE / "figures")
     parser.add_argument("--classes", nargs="*", default=list(PHOTOS))
     parser.add_argument("--judge", default="efficientnet_lite0")
-    parser.add_argument("--zoom", type=float, default=pipeline.EXAMPLE_ZOOM)
+    parser.add_argument(
+        "--zooms", default=",".join(f"{z:g}" for z in pipeline.EXAMPLE_ZOOMS),
+        help="example sides tried around a concept's peak (1: whole crops, as before)",
+    )  # fmt: skip
     parser.add_argument(
         "--reuse", action="store_true", help="measure the folders a previous run left in --out"
     )
     arguments = parser.parse_args()
     torch.set_num_threads(1)
-    pipeline.EXAMPLE_ZOOM = arguments.zoom
+    pipeline.EXAMPLE_ZOOMS = tuple(float(z) for z in arguments.zooms.split(","))
     model = load_model("mobilenet_v2")
     judge = load_judge(arguments.judge)
     rows = []
@@ -176,7 +179,7 @@ def main() -> None:
                 "coefficient_ratios": [round(r, 3) for r in ratios],
                 "judge": judged,
                 "judge_model": arguments.judge,
-                "zoom": arguments.zoom,
+                "zooms": pipeline.EXAMPLE_ZOOMS,
                 "examples_closest_to_own": distinct,
                 "deletion_top1": {
                     "concept": fidelity["concepts_deletion"][1] - fidelity["concepts_deletion"][0],

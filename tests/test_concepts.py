@@ -159,6 +159,33 @@ def test_an_example_is_the_square_around_its_concepts_peak_inside_its_crop(tmp_p
         around_peak(image, crop, grid, zoom=0.0)
 
 
+def test_each_example_is_the_tightest_square_that_keeps_its_concept(data):
+    from vital.concepts.crops import EXAMPLE_KEEP, EXAMPLE_ZOOMS
+    from vital.concepts.discovery import layer_features
+    from vital.concepts.pipeline import _examples
+
+    model = tiny_cnn_model()
+    crops = sample_crops([ImageSource.from_path(data / "img000.png")], count=12, seed=3)
+    features = layer_features(model, "stage3", crops.pixels(model, 32))
+    basis = discover(features, "stage3", count=3)
+    coefficients = basis.coefficients(features.mean(dim=-1))
+    best = {k: [int(i) for i in np.argsort(-coefficients[:, k])[:4]] for k in range(3)}
+    examples, pixels, values, chosen = _examples(model, crops, features, coefficients, basis, best)
+    assert len(examples.crops) == len(pixels) == len(values) == 12
+    sides = {c.box: c.box[2] for c in crops.crops}
+    for k, found in chosen.items():
+        assert sorted(found) == list(range(4 * k, 4 * k + 4))
+        assert [values[i, k] for i in found] == sorted((values[i, k] for i in found), reverse=True)
+        for i in found:
+            example, crop = examples.crops[i], crops.crops[best[k][i - 4 * k]]
+            whole = example.box == crop.box
+            assert whole or example.box[2] < sides[crop.box]
+            # smaller than its crop only where it keeps enough of the concept
+            assert whole or values[i, k] >= EXAMPLE_KEEP * coefficients[best[k][i - 4 * k], k]
+    assert any(e.box not in sides for e in examples.crops)  # squares, not only whole crops
+    assert EXAMPLE_ZOOMS[-1] == 1.0  # a concept that needs its whole crop keeps it
+
+
 def _check_contract(out: Path, count: int) -> dict:
     record = json.loads((out / "concepts.json").read_text())
     assert CONTRACT <= record.keys()

@@ -60,7 +60,11 @@ def concepts_command(
         ),
     ] = ",".join(str(v) for v in DEFAULT_SCALE),
     examples: Annotated[
-        int, typer.Option("--examples", help="Crops per concept: examples and picture references.")
+        int,
+        typer.Option(
+            "--examples",
+            help="Examples per concept: squares around its peak in its best crops.",
+        ),
     ] = DEFAULT_EXAMPLES,
     relevance: Relevance = "lrp",
     no_pictures: Annotated[
@@ -83,8 +87,8 @@ def concepts_command(
 
     Random crops of the class's images are factorised (NMF) into concepts; each concept's share
     of the class's relevance at the layer (LRP from the logit), where it sits on each image,
-    its examples (the crops it was built from) and its VITAL picture. Writes OUT/concepts.json,
-    OUT/overview.png, OUT/maps/, OUT/pictures/, OUT/examples/.
+    its examples (the part around its peak in its best crops) and its VITAL picture. Writes
+    OUT/concepts.json, OUT/overview.png, OUT/maps/, OUT/pictures/, OUT/examples/.
     """
     from vital.concepts import concepts
 

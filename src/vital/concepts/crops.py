@@ -34,10 +34,13 @@ from vital.zoo import Model
 
 DEFAULT_CROPS = 128
 DEFAULT_SCALE = (0.05, 0.4)
-# An example's side as a fraction of its crop's: the square around the concept's peak. A whole
-# crop (1.0) holds the neighbouring parts too, which other concepts carry; half a crop keeps
-# the part (measured: benchmarks/RESULTS.md, "Concept pictures tied to their examples").
-EXAMPLE_ZOOM = 0.5
+# An example's side as a fraction of its crop's, tried in this order around the concept's peak:
+# the first that keeps EXAMPLE_KEEP of the concept's coefficient on the crop is the example (a
+# whole crop, 1, holds the neighbouring parts too, which other concepts carry; a concept that
+# needs its context keeps it). Measured: benchmarks/RESULTS.md, "Concept pictures tied to
+# their examples".
+EXAMPLE_ZOOMS = (0.5, 0.75, 1.0)
+EXAMPLE_KEEP = 0.5
 MAX_IMAGES = 200  # images of a class folder used (a seeded subset of larger folders)
 
 
@@ -111,7 +114,7 @@ def around_peak(
     image: ImageSource,
     crop: Crop,
     grid: np.ndarray,
-    zoom: float = EXAMPLE_ZOOM,
+    zoom: float = 0.5,
     crop_pct: float = 224 / 256,
 ) -> Crop:
     """The square of ``zoom`` times ``crop``'s side centred on ``grid``'s peak, inside the crop.
