@@ -185,3 +185,54 @@ def test_a_fast_batch_gives_each_class_what_it_gets_alone(tiny_cnn, tmp_path):
     assert not math.isclose(
         float(together[0].pixels.std()), float(together[1].pixels.std()), rel_tol=1e-6
     )
+
+
+COLORS = torch.tensor([[0.8, 0.3, 0.1], [0.2, 0.4, 0.9]])
+
+
+@pytest.mark.parametrize("squash", ["clamp", "sigmoid"])
+def test_a_color_start_moves_only_the_constant_term(squash):
+    grey = fourier([0, 1], 32, squash=squash).pixels()
+    colored = fourier([0, 1], 32, squash=squash, colors=COLORS).pixels()
+    assert torch.allclose(colored.mean(dim=(2, 3)), COLORS, atol=2e-3)
+    assert (grey.mean(dim=(2, 3)) - 0.5).abs().max() < 0.01
+    # the seed's faint texture is kept (the sigmoid rescales it), and nothing else comes with
+    # the colour: no layout
+    texture = (colored - colored.mean(dim=(2, 3), keepdim=True)).flatten(2)
+    seeded = (grey - grey.mean(dim=(2, 3), keepdim=True)).flatten(2)
+    assert torch.nn.functional.cosine_similarity(texture, seeded, dim=-1).min() > 0.99
+
+
+def test_pixels_start_as_the_same_noise_around_the_color():
+    preprocessing = Preprocessing(input_size=16)
+    noise = Pixels([0, 1], 16, CPU, preprocessing).x
+    colored = Pixels([0, 1], 16, CPU, preprocessing, colors=COLORS).x
+    shift = colored - noise
+    assert shift.flatten(2).std(dim=-1).max() < 1e-6
+    expected = preprocessing.normalize(COLORS[:, :, None, None])
+    assert torch.allclose(shift[:, :, :1, :1], expected, atol=1e-6)
+
+
+def test_fast_starts_at_the_references_colour_and_the_authors_settings_do_not(tiny_cnn, tmp_path):
+    from PIL import Image
+
+    for index, color in ((1, (230, 40, 20)), (2, (20, 60, 220))):
+        folder = tmp_path / "tree" / str(index)
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40 + 4 * i, 40), color).save(folder / f"{i}.png")
+    assert Settings.setting("fast").color_start
+    assert not any(Settings.setting(n).color_start for n in (0, 1, 2))
+
+    def first_pictures(setting, **overrides):
+        settings = Settings.setting(setting, steps=1, lr=1e-6, jitter=0, **overrides)
+        results = vital.visualize(
+            tiny_cnn, [1, 2], tmp_path / "tree", settings=settings, progress=False,
+            reference_count=2,
+        )  # fmt: skip
+        assert results[0].record.settings["color_start"] is settings.color_start
+        return torch.stack([r.pixels for r in results]).mean(dim=(2, 3))
+
+    red, blue = first_pictures("fast")
+    assert red[0] > 0.85 and red[2] < 0.15 and blue[2] > 0.8 and blue[0] < 0.15
+    assert first_pictures("fast", color_start=False).sub(0.5).abs().max() < 0.05

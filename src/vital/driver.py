@@ -178,7 +178,7 @@ def run(
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]
             batch_targets = target_plan(batch)
-            parametrization = method.parametrization(model, batch_seeds, settings)
+            parametrization = method.parametrization(model, batch_seeds, settings, batch)
             with torch.no_grad():
                 # The start as the optimiser sees it (unclamped: setting 1 starts from N(0, 1)).
                 start = model.preprocessing.denormalize(parametrization.images().detach())

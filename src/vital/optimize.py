@@ -74,6 +74,12 @@ class Settings:
         below it (the deepest one that finishes before the target starts). Off in the authors'
         settings; on in ``fast``, where the target otherwise fires at a fraction of its
         references' activation (benchmarks/RESULTS.md, "Inner units in 300 steps").
+    color_start
+        Start each picture at its references' mean colour (the parametrisation's constant
+        term; the rest of the start is the seed's as usual): three numbers per picture,
+        nothing of the references' layout. Off in the authors' settings; on in ``fast``, whose
+        short run otherwise ends near its grey start (benchmarks/RESULTS.md, "`fast` in 100
+        steps").
     """
 
     steps: int = 2000
@@ -98,6 +104,7 @@ class Settings:
     channels_last: bool = False
     compile: bool = False
     near_tap: bool = False
+    color_start: bool = False
 
     @classmethod
     def setting(cls, number: int | str, **overrides) -> Settings:
@@ -150,7 +157,7 @@ class Settings:
                 f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)} "
                 "(float16 would need loss scaling; bfloat16 has float32's range)."
             )
-        for name in ("flip", "clamp", "channels_last", "compile", "near_tap"):
+        for name in ("flip", "clamp", "channels_last", "compile", "near_tap", "color_start"):
             if not isinstance(getattr(self, name), bool):
                 raise VitalError(f"{name} is True or False, not {getattr(self, name)!r}.")
         if not (
@@ -187,7 +194,9 @@ def _number(value: object, what: str, option: str, positive: bool = False) -> No
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence".
-FAST = Settings(steps=300, parametrization="fourier", lr=0.1, warmup=30, near_tap=True)
+FAST = Settings(
+    steps=300, parametrization="fourier", lr=0.1, warmup=30, near_tap=True, color_start=True
+)
 
 # The setting a run uses unless one is named: as good in 300 steps as setting 1 in 2000.
 DEFAULT_SETTING = "fast"

@@ -19,8 +19,10 @@ authors' setting. The colour decorrelation and the 1/f frequencies are lucid's; 
 and MaCo baselines (:mod:`vital.methods`) use them too.
 
 Every parametrisation is built by a factory ``(seeds, resolution, device, preprocessing,
-settings, dtype)``; image ``i`` depends only on ``seeds[i]``, so a batch gives each image what
-it would get alone.
+clamp, dtype, colors)``; image ``i`` depends only on ``seeds[i]`` (and ``colors[i]``), so a
+batch gives each image what it would get alone. ``colors`` (``Settings.color_start``) moves
+each start's mean colour to its references' mean colour: three numbers per image, nothing of
+the references' layout; the rest of the start is the seed's.
 """
 
 from __future__ import annotations
@@ -115,8 +117,18 @@ def initial_images(
     return torch.stack(images).to(device=device, dtype=dtype)
 
 
+def _as_images(colors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, 3) or (3,) colours as constant images shaped and typed like ``like``."""
+    colors = colors.to(like).reshape(-1, 3, 1, 1)
+    return colors.expand(like.shape[0], 3, *like.shape[-2:])
+
+
 class Pixels:
-    """The image itself, initialised from N(0, 1) and clamped to valid pixels after each step."""
+    """The image itself, initialised from N(0, 1) and clamped to valid pixels after each step.
+
+    With ``colors`` ((B, 3) pixel colours), the noise is centred on those colours instead of
+    on the normalisation's mean.
+    """
 
     def __init__(
         self,
@@ -126,8 +138,12 @@ class Pixels:
         preprocessing: Preprocessing,
         clamp: bool = True,
         dtype: torch.dtype = torch.float32,
+        colors: torch.Tensor | None = None,
     ):
-        self.x = initial_images(seeds, resolution, device, dtype).requires_grad_(True)
+        self.x = initial_images(seeds, resolution, device, dtype)
+        if colors is not None:  # N(0, 1) is noise around the normalisation's mean (input 0)
+            self.x += preprocessing.normalize(_as_images(colors, self.x))
+        self.x.requires_grad_(True)
         self.low, self.high = preprocessing.bounds(self.x)
         self.clamp = clamp
 
@@ -184,6 +200,9 @@ class FourierPixels:
         Exponent of the 1/f scaling.
     dtype
         Floating-point type of the images (the model's); coefficients stay float32.
+    colors
+        (B, 3) pixel colours in [0, 1]: each image's constant term starts at its colour
+        instead of grey (the other coefficients as drawn).
     """
 
     def __init__(
@@ -196,6 +215,7 @@ class FourierPixels:
         squash: str = "clamp",
         decay_power: float = 1.0,
         dtype: torch.dtype = torch.float32,
+        colors: torch.Tensor | None = None,
     ):
         if squash not in ("clamp", "sigmoid"):
             raise VitalError(f"unknown squashing {squash!r}; choose 'clamp' or 'sigmoid'.")
@@ -210,7 +230,12 @@ class FourierPixels:
             torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * INITIAL_STD
             for seed in seeds
         ]
-        self.coefficients = torch.stack(coefficients).to(device).requires_grad_(True)
+        self.coefficients = torch.stack(coefficients).to(device)
+        if colors is not None:  # only the constant term: nothing of a layout
+            flat = torch.zeros(len(seeds), 3, resolution, resolution, device=device)
+            constant = self._coefficients_of(_as_images(colors, flat))
+            self.coefficients[:, :, 0, 0] = constant[:, :, 0, 0]
+        self.coefficients.requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
         """The real and imaginary parts of the coefficients, (B, 3, R, R//2+1, 2)."""
@@ -241,21 +266,34 @@ class FourierPixels:
         # On the CPU looking first saves the FFT round trip; on a GPU the look would wait for it.
         if pixels.device.type == "cpu" and bool(((pixels >= 0) & (pixels <= 1)).all()):
             return
-        signal = decorrelate_colors(pixels.clamp(0, 1) - 0.5) / GAIN
+        self.coefficients.copy_(self._coefficients_of(pixels.clamp(0, 1)))
+
+    def _coefficients_of(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The coefficients whose :meth:`pixels` are ``pixels`` (in [0, 1]; the inverse map)."""
+        if self.squash == "sigmoid":
+            signal = decorrelate_colors(4.0 * torch.logit(pixels, eps=1e-4))
+        else:
+            signal = decorrelate_colors(pixels - 0.5) / GAIN
         spectrum = torch.fft.rfft2(signal, norm="ortho") / self.scale
-        self.coefficients.copy_(torch.view_as_real(spectrum))
+        return torch.view_as_real(spectrum)
 
 
-def _pixels(seeds, resolution, device, preprocessing, clamp, dtype) -> Parametrization:
-    return Pixels(seeds, resolution, device, preprocessing, clamp, dtype)
+def _pixels(seeds, resolution, device, preprocessing, clamp, dtype, colors) -> Parametrization:
+    return Pixels(seeds, resolution, device, preprocessing, clamp, dtype, colors)
 
 
-def _fourier(seeds, resolution, device, preprocessing, clamp, dtype) -> FourierPixels:
-    return FourierPixels(seeds, resolution, device, preprocessing, clamp, dtype=dtype)
+def _fourier(seeds, resolution, device, preprocessing, clamp, dtype, colors) -> FourierPixels:
+    return FourierPixels(
+        seeds, resolution, device, preprocessing, clamp, dtype=dtype, colors=colors
+    )
 
 
-def _fourier_sigmoid(seeds, resolution, device, preprocessing, clamp, dtype) -> FourierPixels:
-    return FourierPixels(seeds, resolution, device, preprocessing, clamp, "sigmoid", dtype=dtype)
+def _fourier_sigmoid(
+    seeds, resolution, device, preprocessing, clamp, dtype, colors
+) -> FourierPixels:
+    return FourierPixels(
+        seeds, resolution, device, preprocessing, clamp, "sigmoid", dtype=dtype, colors=colors
+    )
 
 
 PARAMETRIZATIONS: dict[str, Factory] = {
@@ -282,8 +320,12 @@ def create(
     *,
     clamp: bool,
     dtype: torch.dtype = torch.float32,
+    colors: torch.Tensor | None = None,
 ) -> Parametrization:
-    """The parametrisation registered as ``name``, one image per seed."""
+    """The parametrisation registered as ``name``, one image per seed.
+
+    ``colors`` ((B, 3) pixel colours in [0, 1]) moves each image's starting mean colour there.
+    """
     check_parametrization(name)
     factory = PARAMETRIZATIONS[name]
-    return factory(seeds, resolution, device, preprocessing, clamp, dtype)
+    return factory(seeds, resolution, device, preprocessing, clamp, dtype, colors)

@@ -750,6 +750,41 @@ def compute_prototypes(
     return cached("prototypes", key, compute, cache_dir)
 
 
+def mean_color(
+    references: ReferenceSet,
+    resolution: int,
+    preprocessing,
+    cache_dir: Path | None = None,
+) -> torch.Tensor:
+    """The references' mean pixel colour, (3,) in [0, 1], cached on disk like prototypes.
+
+    Three numbers per set: what a picture may start from without taking anything of the
+    references' layout (``Settings.color_start``).
+
+    Parameters
+    ----------
+    references
+        The reference set.
+    resolution
+        Side of the square views.
+    preprocessing
+        The model's :class:`~vital.zoo.Preprocessing` (how views are cropped).
+    cache_dir
+        Where to keep it (default :func:`default_cache_dir`); ``False``-y to disable.
+    """
+
+    def compute() -> dict[str, torch.Tensor]:
+        total, seen = torch.zeros(3, dtype=torch.float64), 0
+        crop = (preprocessing.crop_pct, preprocessing.interpolation)
+        for view in references.views(resolution, *crop):
+            total += view.double().mean(dim=(1, 2))
+            seen += 1
+        return {"color": (total / seen).float()}
+
+    key = [references.identity(), resolution, preprocessing.crop_pct, preprocessing.interpolation]
+    return cached("colors", key, compute, cache_dir)["color"]
+
+
 def _batches(views: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
     chunk: list[torch.Tensor] = []
     for view in views:
@@ -770,6 +805,7 @@ __all__ = [
     "from_folder",
     "from_imagenet_class",
     "from_samples",
+    "mean_color",
     "sample_photos_for_class",
     "sorted_prototype",
     "top_references",

@@ -23,9 +23,12 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+import torch
+
 from vital.errors import VitalError
 from vital.optimize import DEFAULT_SETTING, Objective, Settings
 from vital.parametrizations import Parametrization, create
+from vital.references import mean_color
 from vital.targets import Target
 from vital.zoo import Model
 
@@ -78,10 +81,23 @@ class Method:
         yield list(targets)
 
     def parametrization(
-        self, model: Model, seeds: Sequence[int], settings: Settings
+        self, model: Model, seeds: Sequence[int], settings: Settings, plans: Sequence[Any] = ()
     ) -> Parametrization:
-        """What the loop optimises for images with these seeds: the settings' parametrisation."""
+        """What the loop optimises for images with these seeds: the settings' parametrisation.
+
+        With ``settings.color_start``, each image starts at the mean colour of its plan's
+        references (plans without references start as usual).
+        """
         resolution = resolution_of(model, settings)
+        colors = None
+        if settings.color_start and plans and all(hasattr(plan, "references") for plan in plans):
+            cache_dir = getattr(self, "cache_dir", None)
+            colors = torch.stack(
+                [
+                    mean_color(plan.references, resolution, model.preprocessing, cache_dir)
+                    for plan in plans
+                ]
+            )
         return create(
             settings.parametrization,
             seeds,
@@ -90,6 +106,7 @@ class Method:
             model.preprocessing,
             clamp=settings.clamp,
             dtype=model.dtype,
+            colors=colors,
         )
 
     def objective(

@@ -118,7 +118,7 @@ class Fourier(Method):
         return Settings(steps=512, lr=0.05, betas=(0.9, 0.999), warmup=10, jitter=8, clamp=False)
 
     def parametrization(
-        self, model: Model, seeds: Sequence[int], settings: Settings
+        self, model: Model, seeds: Sequence[int], settings: Settings, plans: Sequence = ()
     ) -> FourierPixels:
         """Fourier coefficients of one image per seed, squashed by lucid's sigmoid."""
         resolution = resolution_of(model, settings)

@@ -286,7 +286,7 @@ class Maco(Method):
         return self._spectra[resolution]
 
     def parametrization(
-        self, model: Model, seeds: Sequence[int], settings: Settings
+        self, model: Model, seeds: Sequence[int], settings: Settings, plans: Sequence = ()
     ) -> MagnitudeConstrainedImage:
         """Phases of one image per seed, with the natural magnitude."""
         resolution = resolution_of(model, settings)
