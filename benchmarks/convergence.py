@@ -8,7 +8,9 @@ Explained model: MobileNetV2 (embedded weights). Targets:
 - channels: for each of four photos (coffee, chelsea, motorcycle, daisy) the channel of
   ``--layer`` most selective for it (its mean activation on the photo's centre crop divided by
   its mean over the other embedded photos plus the layer's mean activation, the floor keeping
-  near-silent channels out), references = ``--channel-references`` views of that photo.
+  near-silent channels out; on signed layers the positive parts of the denominator's means,
+  so that a channel the photo drives negative ranks last), references =
+  ``--channel-references`` views of that photo.
 
 Per point (method, setting, steps): classes: the explained model's probability and rank;
 channels: the channel's mean activation on the picture relative to its references' mean; both:
@@ -132,12 +134,17 @@ def selective_channels(model, layer: str, photos=CHANNEL_PHOTOS) -> dict[str, in
     names = [n for n in SAMPLE_PHOTOS]
     with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
         activations = tap(model.preprocessing.normalize(photo_crops(names)))[layer].mean(dim=-1)
-    floor = activations.mean()
+    # Sign-aware: on a signed layer (a residual sum, a linear bottleneck) a channel whose mean on
+    # the photo is negative is not driven up by it, and dividing it by a negative denominator
+    # would rank it first. The floor and the other photos' means count their positive part only,
+    # so the denominator stays positive and a channel negative on the photo ranks last; on a
+    # ReLU layer every activation is non-negative and the rule is the old one.
+    floor = activations.clamp_min(0).mean()
     chosen: dict[str, int] = {}
     for photo in photos:
         row = names.index(photo)
         others = torch.cat([activations[:row], activations[row + 1 :]]).mean(dim=0)
-        selectivity = activations[row] / (others + floor)
+        selectivity = activations[row] / (others.clamp_min(0) + floor)
         for channel in selectivity.argsort(descending=True).tolist():
             if channel not in chosen.values():
                 chosen[photo] = channel

@@ -2,9 +2,10 @@
 
 For each ``MODEL:LAYER`` the four channels are chosen by the convergence benchmark's rule
 (:func:`convergence.selective_channels`: for each of the photos coffee, chelsea, motorcycle,
-daisy the channel most selective for it); each channel's references are ``--references`` views
-of its photo (``from_samples``), handed to ``vital.visualize`` as they are, so the method's own
-defaults decide how it uses them (whole views or their best patches). Per channel:
+daisy the channel most selective for it, among those the photo drives up); each channel's
+references are ``--references`` views of its photo (``from_samples``), handed to
+``vital.visualize`` as they are, so the method's own defaults decide how it uses them (whole
+views or their best patches). Per channel:
 
 - *activation reached*: the picture's mean activation of the channel divided by the mean over
   its photo's views (the references as given), and the same against what the method matched

@@ -282,3 +282,114 @@ def test_a_timm_inverted_residuals_branch_is_read_while_the_lrp_rules_rewrite_it
         model, [Channel("block", 3)], str(image_folder), settings={"steps": 2}, progress=False
     )
     assert result.record.taps[-1]["layer"] == "block.bn3"
+
+
+# --- signed targets: the floor under the relevance, and the channels a benchmark picks --------
+
+
+def test_the_floor_is_the_negative_share_of_the_map_and_zero_on_a_relu_output():
+    from vital.objectives import (
+        FLOOR_CAP,
+        held,
+        negative_shares,
+        normalized_relevance,
+        relevance_floor,
+    )
+    from vital.relevance.seeds import negative_share
+
+    generator = torch.Generator().manual_seed(0)
+    signed = torch.randn(3, 4, 5, 5, generator=generator)
+    direction = torch.tensor([[1.0, 0, 0, 0], [0, 0.5, -1, 0], [0, 0, 0, 0]])
+    share = negative_share(signed, direction)
+    for row in range(2):  # the definition, by loops
+        values = [
+            sum(direction[row, c] * signed[row, c, y, x] for c in range(4))
+            for y in range(5)
+            for x in range(5)
+        ]
+        negative = sum(-v for v in values if v < 0)
+        assert share[row] == pytest.approx(float(negative / sum(abs(v) for v in values)))
+    assert share[2] == 0  # a row without a target
+    # A ReLU output is never negative: no floor, and the weights are the authors' exactly.
+    relu = signed.clamp_min(0)
+    floor = relevance_floor(negative_shares({"layer": relu}, {"layer": direction.abs()}, {}))
+    assert torch.equal(floor, torch.zeros(3))
+    relevance = torch.rand(3, 4, 25, generator=generator)
+    assert torch.equal(normalized_relevance(relevance, floor), normalized_relevance(relevance))
+    # On a signed map every position keeps the floor; the most relevant one keeps 1.
+    floor = relevance_floor(negative_shares({"layer": signed}, {"layer": direction}, {}))
+    assert torch.equal(floor, share.clamp_max(FLOOR_CAP))
+    assert relevance_floor(torch.ones(1)) < 1  # a unit negative everywhere: relevance counts
+    # Held: signed, and driven up by its references over most of their map.
+    assert [held(s) for s in (0.0, 0.2, 0.7, 1.0)] == [False, True, False, False]
+    weights = normalized_relevance(relevance, floor)
+    assert torch.allclose(weights.amin(dim=-1), floor.view(3, 1).expand(3, 4))
+    assert torch.allclose(weights.amax(dim=-1), torch.ones(3, 4))
+
+
+def test_a_relu_layers_picture_is_the_same_with_and_without_the_floor(
+    monkeypatch, tiny_cnn, image_folder
+):
+    from vital.objectives import normalized_relevance
+
+    def picture():
+        (result,) = visualize(
+            tiny_cnn, [Channel("stage3", 2)], str(image_folder), settings={"steps": 3},
+            progress=False, cache_dir=False,
+        )  # fmt: skip
+        return result.pixels
+
+    floored = picture()
+    monkeypatch.setattr(
+        "vital.objectives.weighted_features",
+        lambda features, relevance, floor=None: features * normalized_relevance(relevance),
+    )
+    assert torch.equal(floored, picture())
+
+
+def test_the_benchmarks_channels_are_driven_up_by_their_photos_on_a_signed_layer():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from convergence import CHANNEL_PHOTOS, photo_crops, selective_channels
+    from vital.references import SAMPLE_PHOTOS
+
+    torch.manual_seed(0)
+    # 1x1 colour mixtures with offsets: some channels negative on every photo, so that the
+    # layer's mean is negative and dividing by it would rank them first.
+    layer = torch.nn.Conv2d(3, 12, 1)
+    torch.nn.init.normal_(layer.weight)
+    torch.nn.init.normal_(layer.bias, std=2.0)
+    signed = Model(torch.nn.Sequential(layer), "signed", Preprocessing(input_size=224))
+    rectified = Model(
+        torch.nn.Sequential(layer, torch.nn.ReLU()), "relu", Preprocessing(input_size=224)
+    )
+    names = list(SAMPLE_PHOTOS)
+    with torch.no_grad():
+        crops = signed.preprocessing.normalize(photo_crops(names))
+        means = {"0": layer(crops).mean(dim=(2, 3)), "1": layer(crops).relu().mean(dim=(2, 3))}
+    chosen = selective_channels(signed, "0", CHANNEL_PHOTOS)
+    for photo, channel in chosen.items():
+        assert means["0"][names.index(photo), channel] > 0
+    # On a non-negative layer the rule is the old one: mean on the photo / (others' + floor).
+    activations = means["1"]
+    old = {}
+    for photo in CHANNEL_PHOTOS:
+        row = names.index(photo)
+        others = torch.cat([activations[:row], activations[row + 1 :]]).mean(dim=0)
+        ranked = (activations[row] / (others + activations.mean())).argsort(descending=True)
+        old[photo] = next(c for c in ranked.tolist() if c not in old.values())
+    assert selective_channels(rectified, "1", CHANNEL_PHOTOS) == old
+
+
+def test_the_record_says_whether_a_target_was_matched_as_signed(tiny_cnn, image_folder):
+    torch.manual_seed(0)
+    signed = Model(_InvertedResidualNet().eval(), "blocks", Preprocessing(input_size=32))
+    kept = []
+    for model, layer in ((signed, "summed"), (tiny_cnn, "stage3")):
+        (result,) = visualize(
+            model, [Channel(layer, 1)], str(image_folder), settings={"steps": 2}, progress=False
+        )
+        kept.append(result.record.evaluation["reference_negative_share"])
+    assert 0 < kept[0] < 1  # a residual sum is negative somewhere on its references
+    assert kept[1] == 0  # a ReLU output never is

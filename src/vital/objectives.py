@@ -6,7 +6,7 @@ returns named (B,) loss terms; :func:`vital.optimize.optimize` adds the image pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import torch
 from vital.losses import sort_matching_loss
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
+from vital.relevance.seeds import negative_share
 from vital.taps import FeatureTap, Tap, tapped
 
 
@@ -66,7 +67,9 @@ class SortMatching:
 # --- inner neurons: relevance-weighted sort matching (METHOD.md section 3) --------------------
 
 
-def normalized_relevance(relevance: torch.Tensor) -> torch.Tensor:
+def normalized_relevance(
+    relevance: torch.Tensor, floor: torch.Tensor | None = None
+) -> torch.Tensor:
     """Min-max normalise each channel's positive relevance over positions, per image.
 
     Negative relevance (evidence against the target, which signed backends such as
@@ -78,16 +81,24 @@ def normalized_relevance(relevance: torch.Tensor) -> torch.Tensor:
     ----------
     relevance
         (B, C, P) relevance.
+    floor
+        Optional (B,) weights in [0, 1] every position keeps (:func:`relevance_floor`): the
+        normalised relevance ``r`` becomes ``floor + (1 − floor) · r``. A zero floor leaves
+        ``r`` exactly as it is.
 
     Returns
     -------
     torch.Tensor
-        (B, C, P) in [0, 1]; channels with constant relevance become 0.
+        (B, C, P) in [0, 1]; channels with constant relevance become 0 (the floor with one).
     """
     relevance = relevance.clamp_min(0)
     low = relevance.amin(dim=-1, keepdim=True)
     span = relevance.amax(dim=-1, keepdim=True) - low
-    return torch.where(span > 0, (relevance - low) / span.clamp_min(1e-12), 0.0)
+    normalized = torch.where(span > 0, (relevance - low) / span.clamp_min(1e-12), 0.0)
+    if floor is None:
+        return normalized
+    floor = floor.to(normalized.dtype).view(-1, *([1] * (normalized.dim() - 1)))
+    return floor + (1 - floor) * normalized
 
 
 def channel_importance(relevance: torch.Tensor) -> torch.Tensor:
@@ -101,9 +112,68 @@ def channel_importance(relevance: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (peak - low) / span.clamp_min(1e-12), 0.0)
 
 
-def weighted_features(features: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+def weighted_features(
+    features: torch.Tensor, relevance: torch.Tensor, floor: torch.Tensor | None = None
+) -> torch.Tensor:
     """Features (B, C, P) times their normalised relevance, which carries no gradient."""
-    return features * normalized_relevance(relevance.detach())
+    return features * normalized_relevance(relevance.detach(), floor)
+
+
+# The most a position the unit's relevance does not reach weighs, against 1 for its most
+# relevant one: the relevance keeps shaping the weights where a unit is negative nearly
+# everywhere (a floor of 1 would weigh every position alike).
+FLOOR_CAP = 0.5
+
+
+def negative_shares(
+    outputs: Mapping[str, torch.Tensor],
+    directions: Mapping[str, torch.Tensor],
+    layouts: Mapping[str, str],
+) -> torch.Tensor:
+    """Each image's share of its target's map that is negative, (B,) in [0, 1].
+
+    :func:`vital.relevance.seeds.negative_share` at each image's target layer (rows of
+    images whose target is at another layer count 0 there).
+
+    Parameters
+    ----------
+    outputs
+        Layer outputs of one forward pass (the target layers among them).
+    directions
+        Target layer → (B, C) directions, zero rows for images whose target is elsewhere.
+    layouts
+        Layer → layout of its output where the shape does not tell.
+    """
+    return sum(
+        negative_share(outputs[layer].detach(), direction, layouts.get(layer))
+        for layer, direction in directions.items()
+    )
+
+
+def held(reference_share: float | torch.Tensor) -> bool | torch.Tensor:
+    """Whether a target is matched with a floor under its relevance, from its references.
+
+    Signed targets whose references' maps are negative somewhere but mostly positive (a
+    negative share below :data:`FLOOR_CAP`): the unit fires on part of its references and the
+    rest is held. A ReLU output is never negative; a unit its references drive down over most
+    of the image has nothing it fires on to set apart from the rest, and the floor would weigh
+    every position nearly alike: both keep the authors' weights.
+    """
+    return (reference_share > 0) & (reference_share < FLOOR_CAP)
+
+
+def relevance_floor(share: torch.Tensor) -> torch.Tensor:
+    """The floor under each image's normalised relevance: its target's negative share, capped.
+
+    The seed starts only where a target fires (:func:`vital.relevance.seeds.upward`), so the
+    features of the rest of the image get no weight and nothing holds them: on signed units
+    those areas drifted to white or black. Every position keeps, as a floor, the share of the
+    target's map that is negative (:func:`negative_shares`), at most :data:`FLOOR_CAP`: high
+    while the unit is negative over most of the image (the image is then held close to the
+    references' feature statistics), fading as the unit comes to fire; 0, and so the
+    authors' weights exactly, where the target is never negative (a ReLU output).
+    """
+    return share.clamp_max(FLOOR_CAP)
 
 
 @dataclass(frozen=True)
@@ -144,28 +214,49 @@ def neuron_prototypes(
     -------
     dict
         ``prototype:TAP`` → (C, P) mean sorted ``A ⊙ R̂``; ``importance:TAP`` → (C,) mean channel
-        importance; ``activation`` → the references' mean target activation (scalar).
+        importance; ``activation`` → the references' mean target activation (scalar);
+        ``negative_share`` → the mean share of the target's map that is negative on them
+        (:func:`negative_shares`; 0 for a ReLU output), which decides whether the prototypes
+        are weighted with a floor (:func:`held`).
     """
     taps = [t.layer for t in target.taps]
 
     def compute() -> dict[str, torch.Tensor]:
         with tapped(model.module, [*taps, target.layer], stop_early=True) as tap:
 
+            def read(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                directions = {target.layer: target.direction.to(x.device).expand(x.shape[0], -1)}
+                return directions, {name: tap.layout(name) for name in tap.layers}
+
+            def shares(x: torch.Tensor) -> dict[str, torch.Tensor]:
+                with torch.no_grad():
+                    tap(x)
+                return {"negative_share": negative_shares(tap.outputs, *read(x))}
+
+            # Whether the floor applies is the target's, from all its references: one pass first
+            # (kept a tensor: no read of its value here).
+            overall = average_over_views(
+                model, references, resolution, shares, downsample, batch_size
+            )
+            hold = held(overall["negative_share"])
+
             def summarize(x: torch.Tensor) -> dict[str, torch.Tensor]:
                 with torch.enable_grad():
                     features = tap(x.requires_grad_(True))
-                directions = target.direction.to(x.device).expand(x.shape[0], -1)
-                layouts = {name: tap.layout(name) for name in tap.layers}
-                relevance = backend.relevance(
-                    tap.outputs, {target.layer: directions}, taps, layouts
-                )
+                directions, layouts = read(x)
+                relevance = backend.relevance(tap.outputs, directions, taps, layouts)
+                share = negative_shares(tap.outputs, directions, layouts)
+                floor = relevance_floor(share) * hold.to(share.device, share.dtype)
                 summary = {
                     "activation": target_activation(
-                        tap.outputs[target.layer].detach(), directions, layouts[target.layer]
-                    )
+                        tap.outputs[target.layer].detach(),
+                        directions[target.layer],
+                        layouts[target.layer],
+                    ),
+                    "negative_share": share,
                 }
                 for name in taps:
-                    weighted = weighted_features(features[name].detach(), relevance[name])
+                    weighted = weighted_features(features[name].detach(), relevance[name], floor)
                     summary[f"prototype:{name}"] = weighted.sort(dim=-1).values
                     summary[f"importance:{name}"] = channel_importance(relevance[name])
                 return summary
@@ -175,7 +266,7 @@ def neuron_prototypes(
             )
 
     key = [
-        "neuron-v1",
+        "neuron-v2",  # v2: upward seed, signed floor
         model.fingerprint,
         taps,
         target.layer,
@@ -199,6 +290,10 @@ class RelevanceSortMatching:
 
     After each call, :attr:`trace` holds one (B,) tensor more: each image's target activation
     on the input of that call.
+
+    Signed targets that their references drive up (:func:`held`) weight their features with a
+    floor under the relevance (:func:`relevance_floor`), which holds the areas the unit does
+    not fire on; other targets keep the authors' weights exactly.
 
     Parameters
     ----------
@@ -230,6 +325,10 @@ class RelevanceSortMatching:
         self._prototypes = prototypes
         self._stacked: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.trace: list[torch.Tensor] = []
+        # Read once here, not per step (a read of a device value waits for it).
+        any_factor = next(iter(prototypes.values()))
+        chosen = [bool(held(float(summary.get("negative_share", 0.0)))) for summary in any_factor]
+        self.held = torch.tensor(chosen) if any(chosen) else None
 
     def directions(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Target layer → (B, C) directions, zero rows for images targeting another layer."""
@@ -279,12 +378,16 @@ class RelevanceSortMatching:
                     for layer, direction in directions.items()
                 )
             )
+        floor = None
+        if self.held is not None:
+            floor = relevance_floor(negative_shares(self.tap.outputs, directions, layouts))
+            floor = floor * self.held.to(model_input.device)
         stacked = self._stack(factor, features)
         weights = self.weights.to(model_input.device)
         terms = {}
         for column, name in enumerate(self.taps):
             prototype, importance = stacked[name]
-            weighted = weighted_features(features[name].float(), relevance[name].float())
+            weighted = weighted_features(features[name].float(), relevance[name].float(), floor)
             terms[name] = weights[:, column] * sort_matching_loss(weighted, prototype, importance)
         return terms
 

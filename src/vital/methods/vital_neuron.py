@@ -460,7 +460,12 @@ class VitalNeuron(Method):
             "relevance": plan.backend.name,
             "references": references,
             "evaluation": {
-                "reference_activation": float(full["activation"]) if full is not None else None
+                "reference_activation": float(full["activation"]) if full is not None else None,
+                # > 0: a signed target, matched with a floor under its relevance (the share of
+                # its map that is negative; docs/method.md, "Signed units")
+                "reference_negative_share": round(float(full["negative_share"]), 4)
+                if full is not None
+                else None,
             },
             "activation_trace": _thinned(trace),
             "options": self.options(),

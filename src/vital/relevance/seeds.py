@@ -125,3 +125,18 @@ def upward(
     fallback = direction.to(seed.dtype).unsqueeze(-1) * peak.unsqueeze(1).to(seed.dtype)
     chosen = torch.where(silent.unsqueeze(1), fallback, kept)
     return from_positions(chosen, activation, layout)
+
+
+def negative_share(
+    activation: torch.Tensor, direction: torch.Tensor, layout: str | None = None
+) -> torch.Tensor:
+    """The share of the target's map that is negative, per image: (B,) in [0, 1].
+
+    ``Σ max(−p, 0) / Σ |p|`` over the positions of the projection ``p`` (:func:`projection`):
+    what :func:`upward` leaves unseeded, in proportion. 0 for a ReLU output (never negative)
+    and for rows whose direction or map is zero.
+    """
+    values = projection(activation, direction, layout).float()
+    total = values.abs().sum(dim=1)
+    negative = (-values).clamp_min(0).sum(dim=1)
+    return torch.where(total > 0, negative / total.clamp_min(1e-12), 0.0)
