@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from tests.conftest import tiny_cnn_model, write_images
 
-from vital.atlas import add_concepts, build_atlas, make_server
+from vital.atlas import build_atlas, make_server
+from vital.concepts import add_concepts
 from vital.explanation import explain
 from vital.references import from_folder
 from vital.targets import ClassTarget

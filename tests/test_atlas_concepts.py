@@ -16,9 +16,10 @@ import pytest
 from tests.conftest import tiny_cnn_model, write_images
 from typer.testing import CliRunner
 
-import vital.atlas.concepts
-from vital.atlas import add_concepts, build_atlas
+import vital.concepts.atlas
+from vital.atlas import build_atlas
 from vital.cli import app
+from vital.concepts import add_concepts
 from vital.errors import VitalError
 from vital.labels import ClassLabels
 from vital.references import from_folder
@@ -180,17 +181,17 @@ def test_an_interrupted_run_leaves_nothing_and_loses_no_finished_set(tmp_path, m
     model, folder = tiny_cnn_model(), tmp_path / "atlas"
     kept = add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".sqlite")
-    run = vital.atlas.concepts.concepts
+    run = vital.concepts.atlas.concepts
 
     def interrupted(*args, **kwargs):
         run(*args, **kwargs)  # everything written in the staging folder, then Ctrl-C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vital.atlas.concepts, "concepts", interrupted)
+    monkeypatch.setattr(vital.concepts.atlas, "concepts", interrupted)
     with pytest.raises(KeyboardInterrupt):
         add_concepts(model, 5, data, out=folder, progress=False, **CONCEPTS)
     assert sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".sqlite") == files
-    monkeypatch.setattr(vital.atlas.concepts, "concepts", run)
+    monkeypatch.setattr(vital.concepts.atlas, "concepts", run)
     again = add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS)
     assert again.reused and again.folder == kept.folder
     finished = add_concepts(model, 5, data, out=folder, progress=False, **CONCEPTS)
@@ -228,7 +229,7 @@ def test_a_users_concepts_folder_is_refused_and_kept(tmp_path):
 
 
 def test_add_concepts_takes_the_keywords_of_vital_concepts_and_no_others(tmp_path):
-    from vital.atlas.concepts import concept_options
+    from vital.concepts.atlas import concept_options
 
     chosen = concept_options({"count": 4})
     assert chosen["count"] == 4

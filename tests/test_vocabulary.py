@@ -93,7 +93,7 @@ API = {
     "compare": compare,
     "build_atlas": build_atlas,
     "concepts": vital.concepts.concepts,
-    "add_concepts": vital.atlas.add_concepts,
+    "add_concepts": vital.concepts.add_concepts,
 }
 # Names the API used before for concepts the table names otherwise.
 OLD_API_NAMES = {"patch", "patches", "ray_address", "classes", "class_refs"}

@@ -14,7 +14,7 @@ Pages (all links relative, so the site reads the same from disk as from ``vital 
     One explanation: the image, the prediction, the heatmap, and the most relevant channels
     with their relevance, conditional heatmap, dataset examples and picture.
 ``concepts/<set>/index.html``
-    A class's concepts at a layer (:mod:`vital.atlas.concepts`): the explained share and the
+    A class's concepts at a layer (:mod:`vital.concepts.atlas`): the explained share and the
     residual, the concepts ranked by share with their pictures, the deletion and insertion
     curves against channels.
 ``concepts/<set>/concept-<k>.html``

@@ -87,8 +87,9 @@ def atlas_build(
     references and model, recomputes the others, and resumes mining and visualisation where
     they stopped. vital never writes over a file in --out that it did not write.
     """
-    from vital.atlas import ModelSpec, add_concepts, build_atlas, render_site
+    from vital.atlas import ModelSpec, build_atlas, render_site
     from vital.atlas.ledger import prepare_folder
+    from vital.concepts import add_concepts
     from vital.driver import resolve_settings
     from vital.engines import make_engine
     from vital.methods import get_method

@@ -142,7 +142,7 @@ def print_concepts(record: Mapping) -> None:
 
 
 def report_added(added, out: Path) -> None:
-    """What :func:`vital.atlas.add_concepts` did: reused, or the concepts found; their page."""
+    """What :func:`vital.concepts.add_concepts` did: reused, or the concepts found; their page."""
     explained = added.record["class"]
     where = f"{explained['name']} (class {explained['index']}) at {added.record['layer']}"
     if added.reused:
@@ -161,10 +161,10 @@ def explain_by_concepts(
 ) -> None:
     """``explain --by concepts``: the photo's own concepts for a class (default: the prediction).
 
-    They go into the atlas ``out`` (:func:`vital.atlas.add_concepts`) with their pages.
+    They go into the atlas ``out`` (:func:`vital.concepts.add_concepts`) with their pages.
     """
     from vital.api import classify
-    from vital.atlas import add_concepts
+    from vital.concepts import add_concepts
     from vital.explanation import load_image
 
     if target is None:

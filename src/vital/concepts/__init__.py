@@ -11,6 +11,7 @@ class's relevance at the layer distributed over the concepts, with a residual), 
 import sys
 import types
 
+from vital.concepts.atlas import AddedConcepts, add_concepts
 from vital.concepts.crops import CropSet, class_images, sample_crops
 from vital.concepts.discovery import ConceptBasis, discover, layer_features
 from vital.concepts.fidelity import Curves, fidelity_curves
@@ -19,11 +20,13 @@ from vital.concepts.pipeline import ConceptEntry, ConceptReport, concepts
 from vital.concepts.shares import ConceptShares, concept_shares
 
 __all__ = [
+    "AddedConcepts",
     "ConceptBasis",
     "ConceptEntry",
     "ConceptReport",
     "ConceptShares",
     "CropSet",
+    "add_concepts",
     "Curves",
     "class_images",
     "concept_shares",
