@@ -61,7 +61,7 @@ def main() -> None:
     started = time.perf_counter()
     mine(
         model, args.layer, data, args.work / "mining",
-        channels=channels if args.mine_slice else None, top_images=12, top=8, patch=64,
+        channels=channels if args.mine_slice else None, top_images=12, top=8, patch_side=64,
         progress=False,
     )  # fmt: skip
     mining = time.perf_counter() - started
