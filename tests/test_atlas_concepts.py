@@ -276,6 +276,8 @@ def test_atlas_build_by_concepts_from_the_command_line(tmp_path, tiny_everywhere
         (["--by", "concepts", "--layer", "stage3", "--channel", "1"], "second run"),
         (["--by", "units"], "--by is 'channels' or 'concepts'"),
         (["--by", "concepts", "--layer", "stage3", "--crop-scale", "x"], "--crop-scale is LOW"),
+        (["--by", "concepts", "--layer", "stage3", "--crops", "0"], "number of crops"),
+        (["--by", "concepts", "--layer", "stage3", "--data", "/no/such/photos"], "does not exist"),
     ],
 )
 def test_atlas_build_by_concepts_mistakes_are_one_line(tmp_path, tiny_everywhere, extra, message):
@@ -283,3 +285,4 @@ def test_atlas_build_by_concepts_mistakes_are_one_line(tmp_path, tiny_everywhere
     result = CliRunner().invoke(app, arguments)
     assert isinstance(result.exception, VitalError) and message in str(result.exception)
     assert not (tmp_path / "atlas" / "concepts").exists()
+    assert not (tmp_path / "atlas" / "results").exists()  # refused before any picture

@@ -113,6 +113,11 @@ def atlas_build(
     if layer and data is None and not by_concepts:
         raise VitalError("channels need images to mine references from: --data DIR.")
     crop_range = crop_scale(scale)
+    if by_concepts:  # refused before the classes' pictures are made, not after
+        from vital.concepts.crops import check_data, check_sampling
+
+        check_sampling(crops, crop_range)
+        check_data(data)
     setting_name = options.setting_value(common["setting"])
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, address)

@@ -144,6 +144,24 @@ def around_peak(
     return Crop(crop_source(image, box, crop_pct, _label(image, box)), crop.image, box)
 
 
+def check_sampling(count: int, scale: tuple[float, float]) -> None:
+    """Refuse a crop count or scale range :func:`sample_crops` cannot use (before any work)."""
+    low, high = scale
+    if not 0 < low <= high <= 1:
+        raise VitalError(f"a crop scale range is 0 < low ≤ high ≤ 1, not {scale}.")
+    if count < 1:
+        raise VitalError(f"the number of crops is at least 1, not {count}.")
+
+
+def check_data(data: str | Path | None) -> None:
+    """Refuse a ``data`` path that does not exist (before any work)."""
+    if data is not None and not Path(data).exists():
+        raise VitalError(
+            f"data={data} does not exist; the class's images are an image, a folder of images "
+            "or OUT/mining.sqlite (or leave it out for the embedded photos)."
+        )
+
+
 def sample_crops(
     images: Sequence[ImageSource],
     count: int = DEFAULT_CROPS,
@@ -166,11 +184,8 @@ def sample_crops(
     crop_pct
         The model's centre-crop ratio (see :func:`crop_source`).
     """
+    check_sampling(count, scale)
     low, high = scale
-    if not 0 < low <= high <= 1:
-        raise VitalError(f"a crop scale range is 0 < low ≤ high ≤ 1, not {scale}.")
-    if count < 1:
-        raise VitalError(f"the number of crops is at least 1, not {count}.")
     generator = np.random.default_rng(seed)
     readable = [(s, size) for s in images if (size := _size(s)) is not None]
     if not readable:
@@ -214,11 +229,7 @@ def class_images(
     images whose file name names the class are used; without such names, the images whose
     top five predictions hold the class; when there are none, the one that ranks it highest.
     """
-    if data is not None and not Path(data).exists():
-        raise VitalError(
-            f"data={data} does not exist; the class's images are an image, a folder of images "
-            "or OUT/mining.sqlite (or leave it out for the embedded photos)."
-        )
+    check_data(data)
     if data is not None and Path(data).is_file():
         path = Path(data)
         if path.suffix.lower() in IMAGE_SUFFIXES:
