@@ -3,7 +3,8 @@
 The user's path, timed in stages: mine the layer over a small image folder (the embedded
 photos and seeded crops and flips of each; or ``--data DIR``), then build the atlas of
 ``--channels`` channels spread evenly over the layer (every 1280/N-th: no choice by eye) with
-``--setting`` (default ``fast``), their references the mined patches, and render its pages.
+``--setting`` (default ``fast``), their references the mined images (``--mined-as image``, as
+``vital atlas build`` uses them by default; ``patch``: the 64 px patches), and render its pages.
 It prints the seconds of each stage, channels per minute, and an **extrapolation** to all
 1,280 channels of the layer: mining is one pass over the images for every channel at once
 (so it is measured for all 1,280: ``--mine-slice`` mines only the slice's channels), the
@@ -48,6 +49,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--data", type=Path, default=None, help="default: photos + crops")
     parser.add_argument("--mine-slice", action="store_true", help="mine the slice only")
+    parser.add_argument(
+        "--mined-as", choices=("image", "patch"), default="image", help="as vital atlas build's"
+    )
     parser.add_argument("--work", type=Path, default=HERE / "out" / "atlas-slice")
     args = parser.parse_args()
 
@@ -67,7 +71,7 @@ def main() -> None:
     mining = time.perf_counter() - started
 
     def references(target):
-        return mined_references(args.work / "mining", model, target.layer, target, "patch", 8)
+        return mined_references(args.work / "mining", model, target.layer, target, args.mined_as, 8)
 
     settings = {"seed": 0} | ({"steps": args.steps} if args.steps else {})
     started = time.perf_counter()
@@ -90,7 +94,8 @@ def main() -> None:
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()} CPU, "
         f"{torch.get_num_threads()} torch threads; setting {args.setting}"
-        f"{f', {args.steps} steps' if args.steps else ''}; batch {args.batch}; {images} images"
+        f"{f', {args.steps} steps' if args.steps else ''}; batch {args.batch}; {images} images; "
+        f"references: mined {args.mined_as}s"
     )
     print(f"channels {channels}")
     print(f"mining {mined_for} channels over {images} images: {mining:.0f} s")
