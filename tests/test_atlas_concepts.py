@@ -7,6 +7,7 @@ for the tests that only read it; the others build their own.
 import inspect
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -18,8 +19,9 @@ from typer.testing import CliRunner
 
 import vital.concepts.atlas
 from vital.atlas import build_atlas
+from vital.atlas.folder import Atlas
 from vital.cli import app
-from vital.concepts import add_concepts
+from vital.concepts import add_concepts, concepts
 from vital.errors import VitalError
 from vital.labels import ClassLabels
 from vital.references import from_folder
@@ -286,3 +288,52 @@ def test_atlas_build_by_concepts_mistakes_are_one_line(tmp_path, tiny_everywhere
     assert isinstance(result.exception, VitalError) and message in str(result.exception)
     assert not (tmp_path / "atlas" / "concepts").exists()
     assert not (tmp_path / "atlas" / "results").exists()  # refused before any picture
+
+
+def test_a_vital_concepts_folder_imported_into_an_atlas_gets_its_pages(tmp_path):
+    data = tmp_path / "images"
+    write_images(data, 3, size=64)
+    model, run = tiny_cnn_model(), tmp_path / "run"
+    concepts(model, 3, data, out=run, progress=False, **CONCEPTS)
+    arguments = ["atlas", "import", str(run), "--out", str(tmp_path / "atlas")]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "atlas" / "concepts").iterdir()
+    record = json.loads((run / "concepts.json").read_text())
+    assert json.loads((folder / "concepts.json").read_text()) == record
+    for entry in record["concepts"]:
+        assert f"concept {entry['index']:3d}  share {entry['share']:6.1%}" in result.output
+        assert (folder / f"concept-{entry['index']}.html").is_file()
+    index = tmp_path / "atlas" / "index.html"
+    assert (folder / "index.html").relative_to(tmp_path / "atlas").as_posix() in Page(index).links
+    again = CliRunner().invoke(app, arguments)
+    assert "already in the atlas" in again.output
+    assert len(list((tmp_path / "atlas" / "concepts").iterdir())) == 1
+    # A re-run into the folder is a new record: imported again, it becomes the atlas's current
+    # set, and the copy outlives the run's folder.
+    concepts(model, 3, data, out=run, progress=False, **{**CONCEPTS, "count": 2})
+    replaced = CliRunner().invoke(app, arguments)
+    assert "replaced the atlas's copy" in replaced.output, replaced.output
+    shutil.rmtree(run)
+    (current,) = Atlas(tmp_path / "atlas").concept_sets().values()
+    shown = json.loads((tmp_path / "atlas" / current.folder / "concepts.json").read_text())
+    assert len(shown["concepts"]) == 2 and current.folder != folder.name
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda run: (run / "concepts.json").unlink(), "holds no concepts.json"),
+        (lambda run: (run / "concepts.json").write_text("{}"), "not written by `vital concepts`"),
+        (lambda run: (run / "concepts.json").write_text("{"), "cannot read"),
+        (lambda run: shutil.rmtree(run / "examples"), "copy the whole folder"),
+    ],
+)
+def test_importing_a_folder_that_is_not_a_whole_concepts_run_is_one_line(tmp_path, spoil, message):
+    data, run = tmp_path / "images", tmp_path / "run"
+    write_images(data, 3, size=64)
+    concepts(tiny_cnn_model(), 3, data, out=run, progress=False, **{**CONCEPTS, "pictures": 1})
+    spoil(run)
+    result = CliRunner().invoke(app, ["atlas", "import", str(run), "--out", str(tmp_path / "a")])
+    assert isinstance(result.exception, VitalError) and message in str(result.exception)
+    assert not (tmp_path / "a" / "concepts").exists()

@@ -1,4 +1,4 @@
-"""``vital atlas build`` and ``vital atlas serve``: many units into a browsable folder."""
+"""``vital atlas build``, ``import`` and ``serve``: many units into a browsable folder."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from vital.cli.concepts import (
     Crops,
     CropScale,
     crop_scale,
+    print_concepts,
     report_added,
 )
 from vital.cli.options import (
@@ -239,5 +240,25 @@ def atlas_serve(
         server.server_close()
 
 
+def atlas_import(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a `vital concepts` run.")],
+    out: Annotated[Path, options.option("--out", "The atlas folder.")] = Path("vital-out"),
+) -> None:
+    """Put a finished `vital concepts` result into an atlas, with its pages; nothing is computed."""
+    from vital.atlas.site import render_site
+    from vital.concepts import import_concepts
+
+    added = import_concepts(folder, out, render=False)
+    render_site(out)
+    if added.reused:
+        typer.echo(f"already in the atlas: {folder} (the same record)")
+    else:
+        if added.changed:
+            typer.echo("replaced the atlas's copy: " + "; ".join(added.changed[:3]))
+        print_concepts(added.record)
+    typer.echo(f"page: {added.page} (or: vital atlas serve {out})")
+
+
 atlas_app.command("build", cls=options.Command)(atlas_build)
+atlas_app.command("import", cls=options.Command)(atlas_import)
 atlas_app.command("serve", cls=options.Command)(atlas_serve)

@@ -11,7 +11,7 @@ class's relevance at the layer distributed over the concepts, with a residual), 
 import sys
 import types
 
-from vital.concepts.atlas import AddedConcepts, add_concepts
+from vital.concepts.atlas import AddedConcepts, add_concepts, import_concepts
 from vital.concepts.crops import CropSet, class_images, sample_crops
 from vital.concepts.discovery import ConceptBasis, discover, layer_features
 from vital.concepts.fidelity import Curves, fidelity_curves
@@ -34,6 +34,7 @@ __all__ = [
     "discover",
     "fidelity_curves",
     "grid_of",
+    "import_concepts",
     "layer_features",
     "map_image",
     "sample_crops",

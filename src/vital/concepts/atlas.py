@@ -234,14 +234,112 @@ def add_concepts(
         concepts(
             model, explained.index, data, layer=layer, out=staging, progress=progress, **chosen
         )
-        made = sorted(p for p in Path(staging).rglob("*") if p.is_file())
-        copies = {source: folder / source.relative_to(staging) for source in made}
-        atlas.ledger.claim(copies.values())
-        for source, copy in copies.items():
-            write_file(copy, source.read_bytes())
-        atlas.ledger.seal(copies.values())
+        _copy_in(atlas, Path(staging), folder)
     atlas.register_concepts(StoredConcepts(set_id, key, inputs, name))
     added.record = json.loads(record_file.read_text("utf-8"))
+    if render:
+        render_site(atlas.folder)
+    return added
+
+
+def _copy_in(atlas: Atlas, source: Path, folder: Path) -> None:
+    """Copy every file under ``source`` to ``folder``, each claimed in the ledger first."""
+    made = sorted(p for p in source.rglob("*") if p.is_file())
+    copies = {path: folder / path.relative_to(source) for path in made}
+    atlas.ledger.claim(copies.values())
+    for path, copy in copies.items():
+        write_file(copy, path.read_bytes())
+    atlas.ledger.seal(copies.values())
+
+
+def _written_concepts(folder: Path) -> dict:
+    """The checked ``concepts.json`` of a folder that :func:`vital.concepts` wrote."""
+    path = folder / "concepts.json"
+    if not path.is_file():
+        raise VitalError(
+            f"{folder} holds no concepts.json; give the --out folder of a `vital concepts` run."
+        )
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VitalError(f"cannot read {path}: {error}") from error
+    needed = {"model", "model_info", "layer", "class", "concepts", "discovery"}
+    if not isinstance(record, dict) or not needed <= record.keys():
+        raise VitalError(f"{path} was not written by `vital concepts` (fields are missing).")
+    named = [
+        name
+        for entry in record["concepts"]
+        for name in [entry.get("picture"), entry.get("alpha"), entry.get("record")]
+        + list(entry.get("examples", []))
+        + list(entry.get("maps", []))
+        if name
+    ]
+    missing = [name for name in named if not (folder / name).is_file()]
+    if missing:
+        raise VitalError(
+            f"{folder} lacks {len(missing)} file(s) its concepts.json names (first: "
+            f"{missing[0]}); copy the whole folder of the `vital concepts` run."
+        )
+    return record
+
+
+def import_concepts(
+    folder: str | Path, out: str | Path = "vital-out", *, render: bool = True
+) -> AddedConcepts:
+    """Put the finished result of a :func:`vital.concepts` run into the atlas ``out``.
+
+    The atlas shows it as if :func:`add_concepts` had made it (a page per concept, the class's
+    concept overview); nothing is computed. The set is keyed on the folder and its record: the
+    same folder imported again is reused, a changed record (a re-run into the folder) replaces
+    the atlas's copy, which stays in the atlas even if ``folder`` is later deleted.
+
+    Parameters
+    ----------
+    folder
+        The ``out`` folder of a :func:`vital.concepts` run (``concepts.json`` and its files).
+    out
+        The atlas folder (created if needed).
+    render
+        Write the site afterwards.
+
+    Returns
+    -------
+    AddedConcepts
+        Where the copy is, whether it was reused and what changed.
+    """
+    from vital.atlas.site import render_site
+
+    source = Path(folder)
+    record = _written_concepts(source)
+    where = printable(source.resolve())
+    inputs = _plain(
+        {
+            "model": record["model_info"].get("fingerprint"),
+            "layer": record["layer"],
+            "class": record["class"]["index"],
+            "imported": where,
+            "record": hashlib.sha256((source / "concepts.json").read_bytes()).hexdigest()[:16],
+        }
+    )
+    key = _key(inputs)
+    explained = ClassTarget(record["class"]["index"], record["class"].get("name", ""))
+    set_id = f"{record['layer']}/{explained.unit()} imported from {where}"
+    atlas = Atlas(out)
+    name = (
+        f"{FOLDER}/{explained.slug()[:48]}-{_slug(record['layer'])}-"
+        f"{_slug(source.resolve().name, 24)}-{key[:8]}"
+    )
+    target = atlas.folder / name
+    added = AddedConcepts(set_id, target, target / "index.html", record)
+    stored = atlas.concept_sets().get(set_id)
+    if stored is not None and stored.key == key and atlas.ledger.owns(target / "concepts.json"):
+        added.reused = True
+        return added
+    if stored is not None:
+        added.changed = differences(stored.inputs, inputs)
+    _check_free(atlas, target)
+    _copy_in(atlas, source, target)
+    atlas.register_concepts(StoredConcepts(set_id, key, inputs, name))
     if render:
         render_site(atlas.folder)
     return added
