@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vital.atlas import make_server
+from screens import browsing
 from vital.references import export_sample_photos
 
 HERE = Path(__file__).resolve().parent
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
 def vital(*arguments: str) -> float:
@@ -44,29 +41,17 @@ def vital(*arguments: str) -> float:
 
 def screenshot(atlas: Path, pages: dict[str, str], figures: Path, width: int) -> list[Path]:
     """Full-page JPEGs of ``pages`` (name → path in the atlas), scaled to ``width`` pixels."""
-    from playwright.sync_api import sync_playwright
-
-    server = make_server(atlas, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    root = f"http://127.0.0.1:{server.server_address[1]}"
     written = []
-    try:
-        with sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            for name, path in pages.items():
-                page.goto(f"{root}/{path}")
-                full = atlas.parent / f"{name}-full.png"
-                page.screenshot(path=str(full), full_page=True)
-                image = Image.open(full).convert("RGB")
-                scale = width / image.width
-                image = image.resize((width, round(image.height * scale)), Image.Resampling.LANCZOS)
-                written.append(figures / f"{name}.jpg")
-                image.save(written[-1], quality=72, optimize=True)
-            browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with browsing(atlas) as (page, root):
+        for name, path in pages.items():
+            page.goto(f"{root}/{path}")
+            full = atlas.parent / f"{name}-full.png"
+            page.screenshot(path=str(full), full_page=True)
+            image = Image.open(full).convert("RGB")
+            scale = width / image.width
+            image = image.resize((width, round(image.height * scale)), Image.Resampling.LANCZOS)
+            written.append(figures / f"{name}.jpg")
+            image.save(written[-1], quality=72, optimize=True)
     return written
 
 

@@ -14,50 +14,36 @@ import argparse
 import platform
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from vital.atlas import make_server
+from screens import browsing
 from vital.explanation import explain
 from vital.references import export_sample_photos
 from vital.zoo import load_model
 
 HERE = Path(__file__).resolve().parent
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
 def screenshots(atlas: Path, records, out: Path) -> list[Path]:
-    from playwright.sync_api import sync_playwright
-
-    server = make_server(atlas, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    root = f"http://127.0.0.1:{server.server_address[1]}"
     written = []
-    try:
-        with sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{root}/index.html?sort=relevant")
-            written.append(out / "explain-atlas-index.jpg")
-            page.screenshot(path=str(written[-1]), type="jpeg", quality=60)
-            for record in records:
-                page.goto(f"{root}/{record.files['page']}")
-                stem = Path(record.image["source"]).stem
-                written.append(out / f"explain-{stem}.jpg")
-                page.screenshot(path=str(written[-1]), full_page=True, type="jpeg", quality=60)
-            page.goto(f"{root}/{records[0].files['page']}")
-            page.locator(".channel-row .unit-link").first.click()
-            page.wait_for_load_state("load")
-            written.append(out / "explain-unit.jpg")
+    with browsing(atlas) as (page, root):
+        page.goto(f"{root}/index.html?sort=relevant")
+        written.append(out / "explain-atlas-index.jpg")
+        page.screenshot(path=str(written[-1]), type="jpeg", quality=60)
+        for record in records:
+            page.goto(f"{root}/{record.files['page']}")
+            stem = Path(record.image["source"]).stem
+            written.append(out / f"explain-{stem}.jpg")
             page.screenshot(path=str(written[-1]), full_page=True, type="jpeg", quality=60)
-            browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+        page.goto(f"{root}/{records[0].files['page']}")
+        page.locator(".channel-row .unit-link").first.click()
+        page.wait_for_load_state("load")
+        written.append(out / "explain-unit.jpg")
+        page.screenshot(path=str(written[-1]), full_page=True, type="jpeg", quality=60)
     for path in written:  # small files for the repository
         shrink(path)
     return written
