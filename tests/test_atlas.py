@@ -184,6 +184,15 @@ def test_server_binds_loopback_and_serves_the_atlas(server):
     assert get(server, "/results/")[0] == 404  # no folder listings
 
 
+def test_a_browser_leaving_mid_download_prints_no_traceback_but_real_errors_do(server, capsys):
+    for error, printed in [(BrokenPipeError(32, "gone"), False), (ValueError("bug"), True)]:
+        try:
+            raise error
+        except type(error):
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert ("Traceback" in capsys.readouterr().err) is printed
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import posixpath
+import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -50,6 +51,22 @@ class AtlasRequestHandler(SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class AtlasServer(ThreadingHTTPServer):
+    """A threading HTTP server that takes a browser leaving a page mid-download calmly.
+
+    Browsers drop connections whenever a user navigates away before a page's images arrive;
+    the standard library prints a traceback for each, which reads like a failure of vital.
+    """
+
+    daemon_threads = True
+    gone = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+    def handle_error(self, request, client_address):  # noqa: D102 - socketserver's contract
+        if isinstance(sys.exc_info()[1], self.gone):
+            return
+        super().handle_error(request, client_address)
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine's loopback interface only."""
     if host == "localhost":
@@ -71,7 +88,7 @@ def check_port(port: object) -> int:
 
 def make_server(
     folder: str | Path, port: int = 8000, verbose: bool = False, host: str = LOOPBACK
-) -> ThreadingHTTPServer:
+) -> AtlasServer:
     """An HTTP server for ``folder`` bound to ``host`` (default 127.0.0.1; port 0: a free one).
 
     Binding another address than the loopback makes the atlas readable by anyone who can reach
@@ -85,7 +102,7 @@ def make_server(
         )
     handler = functools.partial(AtlasRequestHandler, directory=str(folder.resolve()))
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = AtlasServer((host, port), handler)
     except (OSError, OverflowError) as error:
         raise VitalError(
             f"cannot listen on {host}:{port}: {error}; try another --port or --host."
