@@ -324,6 +324,7 @@ def test_a_vital_concepts_folder_imported_into_an_atlas_gets_its_pages(tmp_path)
     "spoil, message",
     [
         (lambda run: (run / "concepts.json").unlink(), "holds no concepts.json"),
+        (lambda run: shutil.rmtree(run), "is not a folder"),
         (lambda run: (run / "concepts.json").write_text("{}"), "not written by `vital concepts`"),
         (lambda run: (run / "concepts.json").write_text("{"), "cannot read"),
         (lambda run: shutil.rmtree(run / "examples"), "copy the whole folder"),

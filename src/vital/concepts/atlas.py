@@ -255,6 +255,10 @@ def _copy_in(atlas: Atlas, source: Path, folder: Path) -> None:
 def _written_concepts(folder: Path) -> dict:
     """The checked ``concepts.json`` of a folder that :func:`vital.concepts` wrote."""
     path = folder / "concepts.json"
+    if not folder.is_dir():
+        raise VitalError(
+            f"{folder} is not a folder; give the --out folder of a `vital concepts` run."
+        )
     if not path.is_file():
         raise VitalError(
             f"{folder} holds no concepts.json; give the --out folder of a `vital concepts` run."
