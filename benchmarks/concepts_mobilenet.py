@@ -20,7 +20,8 @@ concepts-C.jpg`` (the overview sheets), and prints a RESULTS.md section.
     OMP_NUM_THREADS=1 python benchmarks/concepts_mobilenet.py --reuse --judge efficientnet_lite1
 
 ``--zooms 1`` makes the examples whole crops (as before "Concept pictures tied to their
-examples" in RESULTS.md).
+examples" in RESULTS.md); ``--floor 0`` matches the pictures without the floor under the
+relevance (as before "Concept pictures matched as a whole").
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vital
+import vital.concepts.pictures as concept_pictures
 import vital.concepts.pipeline as pipeline
 from vital import zoo
 from vital.concepts.pipeline import write_overview
@@ -109,6 +111,14 @@ def judge_closeness(judge, folder: Path, concepts: list[dict]) -> tuple[list[dic
     return rows, float(np.mean(own_examples))
 
 
+def picture_floor(folder: Path, concepts: list[dict]) -> float | None:
+    """The floor the pictures were matched with, from the first picture's record."""
+    record = next((c["record"] for c in concepts if c["record"]), None)
+    if record is None:
+        return None
+    return json.loads((folder / record).read_text())["options"].get("relevance_floor", 0.0)
+
+
 def channel_top5(model, name: str, photo: str) -> float:
     pixels = center_crop(open_rgb(sample_photo(photo)), 224)
     with attributor(model, LAYER, "lrp") as attribute:
@@ -139,11 +149,16 @@ def main() -> None:
         help="example sides tried around a concept's peak (1: whole crops, as before)",
     )  # fmt: skip
     parser.add_argument(
+        "--floor", type=float, default=concept_pictures.CONCEPT_FLOOR,
+        help="floor under the pictures' normalised relevance (0: as before)",
+    )  # fmt: skip
+    parser.add_argument(
         "--reuse", action="store_true", help="measure the folders a previous run left in --out"
     )
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     pipeline.EXAMPLE_ZOOMS = tuple(float(z) for z in arguments.zooms.split(","))
+    concept_pictures.CONCEPT_FLOOR = arguments.floor
     model = load_model("mobilenet_v2")
     judge = load_judge(arguments.judge)
     rows = []
@@ -180,6 +195,7 @@ def main() -> None:
                 "judge": judged,
                 "judge_model": arguments.judge,
                 "zooms": pipeline.EXAMPLE_ZOOMS,
+                "floor": picture_floor(folder, concepts),
                 "examples_closest_to_own": distinct,
                 "deletion_top1": {
                     "concept": fidelity["concepts_deletion"][1] - fidelity["concepts_deletion"][0],

@@ -13,6 +13,7 @@ from vital.cli import app
 from vital.concepts import ConceptBasis, concept_shares, discover, fidelity_curves, sample_crops
 from vital.concepts.crops import around_peak
 from vital.concepts.maps import upsampled
+from vital.concepts.pictures import CONCEPT_FLOOR
 from vital.errors import VitalError
 from vital.explanation import attributor
 from vital.references import ImageSource
@@ -223,6 +224,9 @@ def test_concepts_end_to_end_on_a_tiny_cnn(tmp_path, data):
         assert values == sorted(values, reverse=True)
         ratio = concept["reference_activation"] / np.mean(values)
         assert ratio == pytest.approx(1, rel=1e-4)  # the picture's references are the examples
+        picture = json.loads((out / concept["record"]).read_text())
+        # matched as a whole: the floor under the relevance (docs/concepts.md, "Pictures")
+        assert picture["options"]["relevance_floor"] == CONCEPT_FLOOR > 0
     curves = record["fidelity"]
     assert len(curves["concepts_deletion"]) == 4 and curves["images"] == 3
 

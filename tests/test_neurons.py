@@ -136,6 +136,49 @@ def test_batched_neuron_objective_equals_one_at_a_time(tiny_cnn, image_folder):
     assert first.taps != second.taps  # different layers, different taps
 
 
+def test_a_floor_under_the_relevance_weighs_every_position_at_least_the_floor(
+    tiny_cnn, image_folder
+):
+    """A target's floor f matches A ⊙ (f + (1 − f)·r̂), for its references and the image."""
+    import dataclasses
+
+    backend = get_backend("lrp")
+    plain, layers = _target(tiny_cnn, "stage3", 4)
+    floored = dataclasses.replace(plain, floor=0.5)
+    taps = [t.layer for t in plain.taps]
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with backend.attached(tiny_cnn.module, layers, taps, ["stage3"]):
+        summaries = _summaries(tiny_cnn, backend, [plain, floored], image_folder)
+        with tapped(tiny_cnn.module, [*taps, "stage3"]) as tap:
+            loss = sum(
+                RelevanceSortMatching(tap, backend, [floored], {1: summaries[1][1:]})(x, 1).values()
+            )
+            features = {k: v.detach() for k, v in tap(x.clone().requires_grad_(True)).items()}
+            relevance = backend.relevance(
+                tap.outputs, {"stage3": plain.direction.view(1, -1)}, taps
+            )
+
+    def by_hand(summary, floor):
+        return sum(
+            t.weight
+            * sort_matching_loss(
+                features[t.layer]
+                * (floor + (1 - floor) * normalized_relevance(relevance[t.layer])),
+                summary[f"prototype:{t.layer}"],
+                summary[f"importance:{t.layer}"].view(-1, 1),
+            )
+            for t in plain.taps
+        )
+
+    torch.testing.assert_close(loss, by_hand(summaries[1][1], 0.5), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(loss, by_hand(summaries[1][1], 0.0))  # the floor is used
+    assert not torch.allclose(  # and the references are weighted with it too
+        summaries[1][0][f"prototype:{taps[-1]}"], summaries[1][1][f"prototype:{taps[-1]}"]
+    )
+    with pytest.raises(VitalError, match="relevance_floor"):
+        visualize(tiny_cnn, [Channel("stage3", 0)], image_folder, relevance_floor=1.0)
+
+
 def test_neuron_taps_are_below_the_target_with_stem_weight(tiny_cnn):
     layers = list_layers(tiny_cnn.module, 32)
     order = {i.name: i for i in layers}

@@ -188,11 +188,16 @@ class NeuronTarget:
         (C,) direction over its channels (one-hot for a channel).
     taps
         Taps strictly below ``layer`` with their weights.
+    floor
+        A floor every position keeps under the normalised relevance, ``f + (1 − f) · r``
+        (:func:`normalized_relevance`), whatever the target's sign; 0 (the default) keeps the
+        authors' weights. Concept pictures use one (docs/concepts.md, "Pictures").
     """
 
     layer: str
     direction: torch.Tensor
     taps: tuple[Tap, ...]
+    floor: float = 0.0
 
 
 def neuron_prototypes(
@@ -247,6 +252,7 @@ def neuron_prototypes(
                 relevance = backend.relevance(tap.outputs, directions, taps, layouts)
                 share = negative_shares(tap.outputs, directions, layouts)
                 floor = relevance_floor(share) * hold.to(share.device, share.dtype)
+                floor = floor.clamp_min(target.floor)
                 summary = {
                     "activation": target_activation(
                         tap.outputs[target.layer].detach(),
@@ -275,6 +281,7 @@ def neuron_prototypes(
         references.identity(),
         resolution,
         downsample,
+        *([target.floor] if target.floor else []),  # without one: the keys kept so far
     ]
     return cached("neuron-prototypes", key, compute, cache_dir)
 
@@ -329,6 +336,8 @@ class RelevanceSortMatching:
         any_factor = next(iter(prototypes.values()))
         chosen = [bool(held(float(summary.get("negative_share", 0.0)))) for summary in any_factor]
         self.held = torch.tensor(chosen) if any(chosen) else None
+        floors = [target.floor for target in targets]
+        self.floors = torch.tensor(floors) if any(floors) else None
 
     def directions(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Target layer → (B, C) directions, zero rows for images targeting another layer."""
@@ -382,6 +391,9 @@ class RelevanceSortMatching:
         if self.held is not None:
             floor = relevance_floor(negative_shares(self.tap.outputs, directions, layouts))
             floor = floor * self.held.to(model_input.device)
+        if self.floors is not None:
+            floors = self.floors.to(model_input.device)
+            floor = floors if floor is None else torch.maximum(floor, floors)
         stacked = self._stack(factor, features)
         weights = self.weights.to(model_input.device)
         terms = {}

@@ -24,6 +24,14 @@ from vital.store import Result, ResultStore
 from vital.targets import Direction
 from vital.zoo import Model
 
+# The floor under a concept picture's normalised relevance (f + (1 − f)·r at every position of
+# every tap). A concept's examples are small squares around its peak, so their features as a
+# whole, not only their most relevant spots, are the concept's: without a floor the picture
+# matched only the relevant spots and the rest stayed at the starting colour, which the judge
+# model took for another concept. Measured: benchmarks/RESULTS.md, "Concept pictures matched
+# as a whole".
+CONCEPT_FLOOR = 0.5
+
 
 def concept_target(basis: ConceptBasis, index: int, name: str) -> Direction:
     """Concept ``index`` as a direction target named ``name``."""
@@ -76,6 +84,7 @@ def concept_pictures(
         seeds=[seed] * len(targets),
         batch_size=batch_size,
         progress=progress,
+        relevance_floor=CONCEPT_FLOOR,
     )
     store = ResultStore(out)
     for result, k, pixels in zip(results, concepts, reference_pixels, strict=True):

@@ -305,12 +305,18 @@ class VitalNeuron(Method):
         (instead of the set as given).
     reference_count, reference_seed, cache_dir
         As for :class:`vital.methods.vital_class.VitalClass`.
+    relevance_floor
+        A floor in [0, 1) under every target's normalised relevance at every position:
+        ``f + (1 − f) · r`` (:class:`vital.objectives.NeuronTarget`). 0 (the default): the
+        authors' weights (signed targets keep their own floor, docs/method.md). Concept
+        pictures use one (docs/concepts.md).
     """
 
     taps: Sequence[str | Tap] | None = None
     relevance: str | RelevanceBackend = "lrp"
     patch_side: int | str | None = None
     rank: bool = False
+    relevance_floor: float = 0.0
     reference_count: int = DEFAULT_REFERENCES
     reference_seed: int = 0
     cache_dir: Path | None = None
@@ -335,6 +341,9 @@ class VitalNeuron(Method):
         settings: Settings,
     ) -> Iterator[list[NeuronPlan]]:
         """Resolve each target, choose its references, attach the backend, summarise them."""
+        floor = self.relevance_floor
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+            raise VitalError(f"relevance_floor is a number in [0, 1), not {floor!r}.")
         backend = get_backend(self.relevance)
         resolution = resolution_of(model, settings)
         layers = list_layers(model.module, model.preprocessing.input_size)
@@ -352,7 +361,9 @@ class VitalNeuron(Method):
             chosen, source = neuron_taps(
                 model, layers, target.layer, self.taps, near=settings.near_tap
             )
-            neuron = NeuronTarget(target.layer, direction_of(target, info[target.layer]), chosen)
+            neuron = NeuronTarget(
+                target.layer, direction_of(target, info[target.layer]), chosen, float(floor)
+            )
             candidates = neuron_references(
                 target, references, self.reference_count, self.reference_seed
             ).readable(self.cache_dir)
