@@ -109,16 +109,16 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     for number, (target, photo, result) in enumerate(zip(targets, photos, results, strict=True)):
         realism = judged[first][number]
         views = torch.stack(list(references[target].views(224)))
-        given = metrics.relative_activation(model, layer, target.index, result.pixels[None], views)[
-            0
-        ]
+        relative = metrics.relative_activation(
+            model, layer, target.index, result.pixels[None], views
+        )[0]
         evaluation = result.record.evaluation
         rows.append(
             {
                 "layer": layer,
                 "channel": target.index,
                 "photo": photo,
-                "relative": given,
+                "relative": relative,
                 "relative_matched": evaluation["activation"] / evaluation["reference_activation"]
                 if evaluation.get("reference_activation")
                 else float("nan"),
