@@ -13,7 +13,16 @@ views or their best patches). Per channel:
 - *concentration*: the share of the transparency map's mass held by its brightest quarter of
   pixels (a flat map: 0.25);
 - *realism*: the judge's (EfficientNet-Lite0) cosine of the picture's pooled features to its own
-  photo's 50 views (seed 1) and the gap to the other three channels' photos.
+  photo's 50 views (seed 1) and the gap to the other three channels' photos; ``--judge
+  efficientnet_lite0,efficientnet_lite1`` adds a second judge's (the first is the table's), so
+  that choices can be made with one judge and checked with the other;
+- *below start*: pictures whose activation ends below that of their starting image.
+
+``--field-scale`` shows each unit one receptive field at its own scale: the picture is made at
+the side of the unit's effective receptive field (``receptive_field``, e.g. 120 px for a 14×14
+unit at 224), from the best patches of that side of its references, not resized (the method
+is handed the patches as whole images); the picture is resized to 224 for the judges, and its
+activation is measured at its own side.
 
 A grid per layer (photo, picture, RGBA, the first references as the method used them) goes to
 ``--figures``; a Markdown table to stdout.
@@ -34,17 +43,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import vital
 from vital import metrics
 from vital.grids import display_pixels, grid, to_image
-from vital.methods.vital_neuron import target_score
+from vital.methods.vital_neuron import receptive_field, target_score
 from vital.references import SAMPLE_PHOTOS, best_patches, from_samples
-from vital.taps import tapped
+from vital.taps import list_layers, tapped
 from vital.targets import Channel
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from concepts_mobilenet import load_judge  # noqa: E402
 from convergence import CHANNEL_PHOTOS, selective_channels  # noqa: E402
 
 REAL_VIEWS = 50
@@ -54,7 +65,7 @@ def photo_label(photo: str) -> int:
     return SAMPLE_PHOTOS[photo][1]
 
 
-def run_layer(model, judge, layer: str, args) -> tuple[list[dict], Path]:
+def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     """Visualise the layer's four chosen channels; their numbers and the grid's path."""
     photos = list(CHANNEL_PHOTOS)
     chosen = selective_channels(model, layer, photos)
@@ -62,39 +73,52 @@ def run_layer(model, judge, layer: str, args) -> tuple[list[dict], Path]:
     references = {
         t: from_samples([p], args.references, seed=0) for t, p in zip(targets, photos, strict=True)
     }
+    given, settings = references, {"steps": args.steps, "seed": 0}
+    if args.field_scale:
+        given, settings["resolution"] = field_references(model, layer, targets, references)
+    if args.jitter is not None:
+        settings["jitter"] = args.jitter
     started = time.perf_counter()
     results = vital.visualize(
         model,
         targets,
-        references,
+        given,
         setting=args.setting,
-        settings={"steps": args.steps, "seed": 0},
+        settings=settings,
         batch_size=len(targets),
         progress=False,
-        **({} if args.patch_side is None else {"patch_side": args.patch_side}),
+        **({} if args.patch_side is None else {"patch_side": patch_side(args.patch_side)}),
+        **({} if args.relevance is None else {"relevance": args.relevance}),
     )
     seconds = (time.perf_counter() - started) / len(targets)
     pixels = torch.stack([r.pixels for r in results])
+    if pixels.shape[-1] != 224:  # --field-scale: the judges see the picture at their size
+        pixels = F.interpolate(pixels, size=224, mode="bilinear", align_corners=False).clamp(0, 1)
     real, real_labels = [], []
     for photo in photos:
         views = list(from_samples([photo], REAL_VIEWS, seed=1).views(224))
         real += views
         real_labels += [photo_label(photo)] * len(views)
     labels = [photo_label(p) for p in photos]
-    judged = metrics.realism(judge, pixels, labels, torch.stack(real), real_labels)
+    judged = {
+        name: metrics.realism(judge, pixels, labels, torch.stack(real), real_labels)
+        for name, judge in judges.items()
+    }
+    first = next(iter(judges))
     rows = []
-    for target, photo, result, realism in zip(targets, photos, results, judged, strict=True):
+    for number, (target, photo, result) in enumerate(zip(targets, photos, results, strict=True)):
+        realism = judged[first][number]
         views = torch.stack(list(references[target].views(224)))
-        given = metrics.relative_activation(model, layer, target.index, result.pixels[None], views)[
-            0
-        ]
+        relative = metrics.relative_activation(
+            model, layer, target.index, result.pixels[None], views
+        )[0]
         evaluation = result.record.evaluation
         rows.append(
             {
                 "layer": layer,
                 "channel": target.index,
                 "photo": photo,
-                "relative": given,
+                "relative": relative,
                 "relative_matched": evaluation["activation"] / evaluation["reference_activation"]
                 if evaluation.get("reference_activation")
                 else float("nan"),
@@ -103,6 +127,9 @@ def run_layer(model, judge, layer: str, args) -> tuple[list[dict], Path]:
                 "concentration": metrics.concentration(result.alpha),
                 "own": realism["own"],
                 "gap": realism["margin"],
+                **{f"own:{name}": judged[name][number]["own"] for name in judges},
+                **{f"gap:{name}": judged[name][number]["margin"] for name in judges},
+                "below_start": bool(evaluation.get("below_start")),
                 "seconds": seconds,
                 "references": result.record.references.get("mode", ""),
                 "warnings": result.record.evaluation.get("warnings", []),
@@ -116,7 +143,7 @@ def run_layer(model, judge, layer: str, args) -> tuple[list[dict], Path]:
         captions.append(f"act {row['relative']:.2f}x views")
         images.append(to_image(display_pixels(result.pixels), result.alpha))
         captions.append(f"top quarter {row['concentration']:.2f}")
-        for view in list(matched_references(model, result, references[result.target]))[:3]:
+        for view in list(matched_references(model, result, given[result.target]))[:3]:
             images.append(to_image(view))
             captions.append("reference")
         names.append(f"ch {result.target.index}")
@@ -126,6 +153,23 @@ def run_layer(model, judge, layer: str, args) -> tuple[list[dict], Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, quality=85)
     return rows, path
+
+
+def field_references(model, layer: str, targets, references) -> tuple[dict, int]:
+    """``--field-scale``: each target's best patches of its unit's receptive field, and the side."""
+    info = {i.name: i for i in list_layers(model.module, 224)}[layer]
+    side = receptive_field(model, info, 224)
+    preprocessing = model.preprocessing
+    patches = {}
+    for target in targets:
+        direction = torch.zeros(info.channels)
+        direction[target.index] = 1
+        score = target_score(model, layer, direction)
+        patches[target], _ = best_patches(
+            references[target], score, 224, side, preprocessing.crop_pct,
+            preprocessing.interpolation,
+        )  # fmt: skip
+    return patches, side
 
 
 def matched_references(model, result, given):
@@ -146,6 +190,11 @@ def _channels(model, result) -> int:
         return tap.outputs[result.target.layer].shape[1]
 
 
+def patch_side(value: str) -> int | str:
+    """``--patch-side``: ``auto`` or pixels (0: whole views)."""
+    return value if value == "auto" else int(value)
+
+
 def _values(rows: list[dict], key: str) -> str:
     return " ".join(f"{row[key]:.2f}" for row in rows)
 
@@ -154,14 +203,20 @@ def summary(rows: list[dict], model_name: str) -> str:
     layer = rows[0]["layer"]
     half = sum(r["relative"] >= 0.5 for r in rows)
     negative = sum(r["relative"] < 0 for r in rows)
+    others = [k for k in rows[0] if k.startswith("gap:")][1:]
+    also = "; ".join(
+        f"{key[4:]}: own {np.mean([r['own:' + key[4:]] for r in rows]):.3f} gap "
+        f"{np.mean([r[key] for r in rows]):.3f} ({min(r[key] for r in rows):.3f})"
+        for key in others
+    )
     return (
         f"| {model_name} {layer} | {half}/{len(rows)} | {negative} | "
         f"{_values(rows, 'relative')} | {_values(rows, 'relative_matched')} | "
         f"{np.mean([r['concentration'] for r in rows]):.2f} "
         f"({min(r['concentration'] for r in rows):.2f}) | "
         f"{np.mean([r['own'] for r in rows]):.3f} | {np.mean([r['gap'] for r in rows]):.3f} "
-        f"({min(r['gap'] for r in rows):.3f}) | {rows[0]['references']} | "
-        f"{rows[0]['seconds']:.1f} |"
+        f"({min(r['gap'] for r in rows):.3f}) | {sum(r['below_start'] for r in rows)} | "
+        f"{also} | {rows[0]['references']} | {rows[0]['seconds']:.1f} |"
     )
 
 
@@ -172,36 +227,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--references", type=int, default=12)
     parser.add_argument(
-        "--patch-side", type=int, help="0: whole views; default: the method's ('auto')"
+        "--patch-side", help="'auto', or pixels (0: whole views); default: the method's"
+    )
+    parser.add_argument("--relevance", help="relevance backend; default: the method's")
+    parser.add_argument("--jitter", type=int, help="jitter in pixels; default: the setting's")
+    parser.add_argument(
+        "--field-scale",
+        action="store_true",
+        help="pictures of one receptive field, from the best patches of that side, unresized",
     )
     parser.add_argument(
         "--judge",
         default="efficientnet_lite0",
-        help="judge of realism (for its own layers: mobilenet_v2)",
+        help="judges of realism, comma-separated, the first the table's (a model's own layers: "
+        "mobilenet_v2 judges them)",
     )
     parser.add_argument("--figures", type=Path, default=HERE / "out" / "layer_kinds")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    judges = {args.judge: vital.load_model(args.judge)}
-    models: dict[str, vital.Model] = {}
+    loaded: dict[str, vital.Model] = {}
     lines = [
         "| model layer | ≥ ½ views' activation | negative | relative to views | relative to "
         "what was matched | top-quarter share mean (min) | realism own | gap to other "
-        "channels mean (min) | references | s / picture |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "channels mean (min) | below start | other judges | references | s / picture |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for item in args.layers:
         name, layer = item.split(":")
-        model = models.setdefault(name, vital.load_model(name))
-        # A model is not its own judge: the explained MobileNetV2 judges the judge's pictures.
-        other = args.judge if name != args.judge else "mobilenet_v2"
-        judge = judges.setdefault(other, vital.load_model(other))
-        rows, path = run_layer(model, judge, layer, args)
+        # A model is not its own judge: the explained MobileNetV2 judges the judges' pictures.
+        names = [j if j != name else "mobilenet_v2" for j in args.judge.split(",")]
+        for needed in (name, *names):
+            if needed not in loaded:
+                loaded[needed] = load_judge(needed)
+        model, judges = loaded[name], {j: loaded[j] for j in dict.fromkeys(names)}
+        rows, path = run_layer(model, judges, layer, args)
         args.figures.mkdir(parents=True, exist_ok=True)
         with open(args.figures / "rows.jsonl", "a") as handle:
             for row in rows:
                 print(row, flush=True)
-                handle.write(json.dumps({**row, "model": name, "judge": other}) + "\n")
+                handle.write(json.dumps({**row, "model": name, "judge": names[0]}) + "\n")
         lines.append(summary(rows, name))
         print(lines[-1], f"grid {path}", flush=True)
     print("\n".join(lines))

@@ -79,6 +79,17 @@ def test_channels_repeat_or_take_commas_in_neuron_mine_and_atlas(seen, tmp_path,
     assert "--channel takes whole numbers" in str(result.exception)
 
 
+def test_neuron_patch_takes_auto_or_pixels(seen, tmp_path, image_folder):
+    arguments = ["--layer", "stage3", "--channel", "1", "--refs", image_folder, "--out", tmp_path]
+    for given, handed in (("auto", "auto"), ("32", 32), ("0", 0)):
+        assert invoke("neuron", *arguments, "--patch", given).exit_code == 0
+        assert seen["visualize"]["patch_side"] == handed
+    del seen["visualize"]
+    result = invoke("neuron", *arguments, "--patch", "big")
+    assert "--patch takes 'auto' or a side in pixels" in str(result.exception)
+    assert "visualize" not in seen
+
+
 def test_refs_and_device_everywhere(seen, tmp_path, image_folder):
     invoke("class", "-c", "1", "--refs", image_folder, "--out", tmp_path)
     assert seen["visualize"]["references"] == str(image_folder)

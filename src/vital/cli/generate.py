@@ -35,7 +35,9 @@ NEURON_REFS_HELP = (
     "embedded photos."
 )
 NEURON_PATCH_HELP = (
-    "References: the best patch of this side (32, 64) of each image; 0 or left out: whole images."
+    "References: the best patch of this side (32, 64) of each image; 'auto': sized to the unit's "
+    "receptive field (whole images where it covers most of the image); 0 or left out: whole "
+    "images."
 )
 
 
@@ -184,7 +186,7 @@ def neuron(
     relevance: Annotated[str | None, typer.Option("--relevance", help=options.RELEVANCE_HELP)] = (
         None
     ),
-    patch: Annotated[int | None, options.option("--patch", NEURON_PATCH_HELP)] = None,
+    patch: Annotated[str | None, options.option("--patch", NEURON_PATCH_HELP)] = None,
     rank: Annotated[
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")
     ] = False,
@@ -213,7 +215,7 @@ def neuron(
         "neuron",
         common,
         relevance=relevance,
-        patch_side=patch,
+        patch_side=options.patch_side(patch),
         rank=rank or None,
     )
     if results and results[0].record.relevance:

@@ -174,6 +174,18 @@ def setting_value(text: str) -> int | str:
     return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
 
 
+def patch_side(text: str | None) -> int | str | None:
+    """``--patch``'s text as the library takes it: ``"auto"``, a side in pixels, or not given."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "auto":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise VitalError(f"--patch takes 'auto' or a side in pixels (0: whole images), not {text!r}.")
+
+
 def integers(values: list[str] | None, option: str) -> list[int]:
     """Repeated and/or comma-separated integers: ``["3", "17,200"]`` → ``[3, 17, 200]``."""
     numbers = []
