@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -76,10 +77,47 @@ def test_settings_presets_follow_the_paper():
         Settings.setting(3)
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(jitter=-1), dict(resolution=4)])
+@pytest.mark.parametrize(
+    "bad", [dict(steps=0), dict(lr=0.0), dict(jitter=-1), dict(resolution=4), dict(views=0)]
+)
 def test_bad_settings_are_refused(bad):
     with pytest.raises(VitalError):
         Settings(**bad).validate()
+
+
+@pytest.mark.parametrize("parametrization", ["pixels", "fourier"])
+def test_several_views_average_the_views_gradients(parametrization):
+    """With V views a step's gradient is the mean of V jittered views' gradients: a linear
+    objective's gradient does not depend on the image, so one step of 2 views gives half of
+    what 2 steps of 1 view accumulate (the same two jitter draws), and the objective is
+    called once per view."""
+    weight = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def linear(model_input, factor):
+        calls.append(model_input.shape)
+        return {"linear": (model_input * weight).flatten(1).sum(1)}
+
+    def run(views, steps):
+        settings = Settings(steps=steps, jitter=5, warmup=1, views=views, lr=1e-3)
+        settings = resolved(replace(settings, parametrization=parametrization))
+        return optimize(linear, 2, Preprocessing(input_size=16), settings, "cpu", False)
+
+    one = run(1, 2)
+    assert len(calls) == 2
+    two = run(2, 1)
+    assert len(calls) == 4
+    assert two.history.shape == (1, 2)
+    torch.testing.assert_close(two.gradient_magnitude, one.gradient_magnitude / 2)
+
+
+def test_several_views_reach_the_parametrisation():
+    """The views' summed gradient flows through the parametrisation (the Fourier coefficients
+    are not the images): the loss falls as with one view."""
+    settings = resolved(Settings(steps=20, jitter=2, views=3, parametrization="fourier", lr=0.1))
+    preprocessing = Preprocessing(input_size=16)
+    run = optimize(quadratic_objective(0.5), 2, preprocessing, settings, "cpu", False)
+    assert run.history[-1].mean() < 0.5 * run.history[0].mean()
 
 
 def test_transparency_clips_and_normalises():

@@ -42,6 +42,10 @@ class Settings:
         Steps of linear warm-up before the half-cosine decay (at most a quarter of a stage).
     jitter
         Largest random circular shift in pixels, both axes.
+    views
+        Jittered (and flipped, warped) views of each image per step; the loss is their mean,
+        the same loss with a less noisy estimate of its expectation over the jitter. Each
+        view costs a forward and backward pass (1 in the authors' settings).
     flip
         Random horizontal flips (p = 0.5).
     clamp
@@ -89,6 +93,7 @@ class Settings:
     eps: float = 1e-8
     warmup: int = 100
     jitter: int = 30
+    views: int = 1
     flip: bool = False
     clamp: bool = True
     tv_l2: float = 0.0
@@ -139,6 +144,7 @@ class Settings:
         _whole(self.steps, "the number of steps", "steps=N", 0 if self.half_resolution_steps else 1)
         _whole(self.warmup, "the warm-up", "warmup", 0)
         _whole(self.jitter, "jitter", "pixels, jitter=J", 0)
+        _whole(self.views, "the number of views per step", "views=V", 1, 64)
         _whole(self.seed, "the seed", "seed=S", 0, 2**63 - 1)
         if self.resolution is not None:
             _whole(self.resolution, "the resolution", "resolution=R", 16, 8192)
@@ -314,6 +320,27 @@ def priors(x: torch.Tensor, settings: Settings) -> dict[str, torch.Tensor]:
     return terms
 
 
+def _view_terms(
+    x: torch.Tensor,
+    objective: Objective,
+    generators: list[torch.Generator],
+    factor: int,
+    settings: Settings,
+    autocast: torch.autocast,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one jittered (and warped, pooled) view of the images, each (B,)."""
+    jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
+    warped = _warp(jittered, generators, settings.zoom, settings.rotate)
+    model_input = F.avg_pool2d(warped, factor) if factor > 1 else warped
+    if settings.channels_last:
+        model_input = model_input.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        raw = objective(model_input, factor)
+    terms = {name: settings.feature_weight * value.float() for name, value in raw.items()}
+    terms.update(priors(jittered, settings))
+    return terms
+
+
 def optimize(
     objective: Objective,
     count: int,
@@ -329,8 +356,10 @@ def optimize(
     """Optimise ``count`` images against ``objective``.
 
     Each step: jitter, compute the objective's terms on the (pooled, in setting 0's first
-    stage) jittered images plus the priors, one backward pass, an Adam step, clamping. Adam and
-    the schedule start afresh for each stage.
+    stage) jittered images plus the priors, one backward pass, an Adam step, clamping; with
+    ``settings.views`` > 1 the terms are averaged over that many jittered views, each view's
+    backward pass ending at the images so that only one view's activations are held at a time.
+    Adam and the schedule start afresh for each stage.
 
     Parameters
     ----------
@@ -408,24 +437,25 @@ def optimize(
             for step in range(steps):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, settings.lr, settings.warmup)
-                x = parametrization.images()
-                if not x.is_leaf:
-                    x.retain_grad()  # for the transparency map
-                jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
-                warped = _warp(jittered, generators, settings.zoom, settings.rotate)
-                model_input = F.avg_pool2d(warped, factor) if factor > 1 else warped
-                if settings.channels_last:
-                    model_input = model_input.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    raw = objective(model_input, factor)
-                terms = {
-                    name: settings.feature_weight * value.float() for name, value in raw.items()
-                }
-                terms.update(priors(jittered, settings))
-                total = torch.stack(list(terms.values())).sum(dim=0)
                 optimizer.zero_grad(set_to_none=True)
-                total.sum().backward()
-                gradient_magnitude += x.grad.abs()
+                x = parametrization.images()
+                # With several views, each view's graph ends at a detached copy of the images
+                # (freed after its backward), and the summed gradient flows once through the
+                # parametrisation; with one view the graph is the plain one.
+                image = x.detach().requires_grad_(True) if settings.views > 1 else x
+                if not image.is_leaf:
+                    image.retain_grad()  # for the transparency map
+                terms = {}
+                for _ in range(settings.views):
+                    view = _view_terms(image, objective, generators, factor, settings, autocast)
+                    total = torch.stack(list(view.values())).sum(dim=0) / settings.views
+                    total.sum().backward()
+                    for name, value in view.items():
+                        terms[name] = terms.get(name, 0) + value.detach() / settings.views
+                total = torch.stack(list(terms.values())).sum(dim=0)
+                gradient_magnitude += image.grad.abs()
+                if image is not x:
+                    x.backward(image.grad)
                 optimizer.step()
                 parametrization.project()
                 history.append(total.detach())
