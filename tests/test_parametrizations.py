@@ -7,7 +7,7 @@ from tests.conftest import quadratic_objective, write_images
 import vital
 from vital.errors import VitalError
 from vital.optimize import Settings, _warp, optimize, resolved
-from vital.parametrizations import PARAMETRIZATIONS, FourierPixels, Pixels, create
+from vital.parametrizations import PARAMETRIZATIONS, FourierPixels, Pixels, PyramidPixels, create
 from vital.zoo import Preprocessing
 
 CPU = torch.device("cpu")
@@ -236,3 +236,57 @@ def test_fast_starts_at_the_references_colour_and_the_authors_settings_do_not(ti
     red, blue = first_pictures("fast")
     assert red[0] > 0.85 and red[2] < 0.15 and blue[2] > 0.8 and blue[0] < 0.15
     assert first_pictures("fast", color_start=False).sub(0.5).abs().max() < 0.05
+
+
+def pyramid(seeds, resolution=16, **kwargs) -> PyramidPixels:
+    return PyramidPixels(seeds, resolution, CPU, Preprocessing(input_size=resolution), **kwargs)
+
+
+def test_a_pyramid_starts_near_grey_or_at_its_colour_with_coarse_levels():
+    image = pyramid([0, 1], 32)
+    assert [tuple(level.shape[-2:]) for level in image.parameters()] == [
+        (32, 32), (16, 16), (8, 8), (4, 4)
+    ]  # fmt: skip
+    pixels = image.pixels()
+    assert (pixels - 0.5).abs().max() < 0.05 and pixels.std() > 0
+    colored = pyramid([0, 1], 32, colors=COLORS).pixels()
+    assert torch.allclose(colored.mean(dim=(2, 3)), COLORS, atol=2e-3)
+    # only a constant came with the colour: the seed's texture is the grey start's
+    assert torch.allclose(colored - colored.mean(dim=(2, 3), keepdim=True),
+                          pixels - pixels.mean(dim=(2, 3), keepdim=True), atol=1e-5)  # fmt: skip
+
+
+def test_a_pyramid_projects_to_the_clamped_image_and_is_seeded_per_image():
+    image = pyramid([0, 1], 16)
+    with torch.no_grad():
+        for level in image.parameters():
+            level.mul_(300)
+        wanted = image.pixels().clamp(0, 1)
+    assert wanted.min() == 0 and wanted.max() == 1
+    image.project()
+    with torch.no_grad():
+        assert torch.allclose(image.pixels(), wanted, atol=1e-5)
+    batch = pyramid([4, 9], 16).pixels()
+    assert torch.equal(batch[1:], pyramid([9], 16).pixels())
+    assert not torch.equal(batch[0], batch[1])
+
+
+def test_a_coarse_pyramid_level_moves_a_region_in_one_step():
+    """The point of the pyramid: a gradient on one pixel moves only that pixel's value in the
+    finest level but a whole block through the coarse levels."""
+    image = pyramid([0], 16)
+    image.pixels()[0, 0, 5, 5].backward()
+    finest, *_, coarsest = image.parameters()
+    assert int((finest.grad != 0).sum()) == 3  # the pixel's three decorrelated colours
+    assert (coarsest.grad != 0).any()
+
+
+def test_the_loop_runs_a_pyramid():
+    preprocessing = Preprocessing(input_size=16)
+    settings = resolved(Settings(steps=30, jitter=2, lr=0.05, parametrization="pyramid"))
+    made = create("pyramid", [0, 1], 16, CPU, preprocessing, clamp=True)
+    assert isinstance(made, PyramidPixels)
+    run = optimize(quadratic_objective(100.0), 2, preprocessing, settings, CPU, False)
+    pixels = preprocessing.denormalize(run.images)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and pixels.max() > 0.9
+    assert run.history[-1].mean() < run.history[0].mean()

@@ -60,7 +60,8 @@ class Settings:
         Seed of the first image; image ``i`` of a batch uses ``seed + i``.
     parametrization
         What Adam optimises, by name (:data:`vital.parametrizations.PARAMETRIZATIONS`):
-        ``"pixels"`` (the authors'), ``"fourier"`` (1/f-scaled decorrelated spectrum, clamped).
+        ``"pixels"`` (the authors'), ``"fourier"`` (1/f-scaled decorrelated spectrum, clamped),
+        ``"pyramid"`` (a Laplacian pyramid of decorrelated colours, clamped).
     zoom
         (low, high) range of a random zoom of each step's jittered image (1 = none); with
         ``rotate``, one bilinear warp with mirrored borders.
