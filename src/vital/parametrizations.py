@@ -179,6 +179,14 @@ def spectrum_scale(resolution: int, decay_power: float = 1.0) -> torch.Tensor:
     return 1.0 / frequencies(resolution, resolution).clamp_min(1.0 / resolution) ** decay_power
 
 
+def _valid_on_cpu(pixels: torch.Tensor) -> bool:
+    """True when every pixel is in [0, 1], asked on the CPU only.
+
+    There looking first saves a projection's round trip; on a GPU the look would wait for it.
+    """
+    return pixels.device.type == "cpu" and bool(((pixels >= 0) & (pixels <= 1)).all())
+
+
 class FourierPixels:
     """Images as 1/f-scaled Fourier coefficients of decorrelated colours, clamped like pixels.
 
@@ -268,8 +276,7 @@ class FourierPixels:
         if self.squash == "sigmoid" or not self.clamp:
             return
         pixels = self.pixels()
-        # On the CPU looking first saves the FFT round trip; on a GPU the look would wait for it.
-        if pixels.device.type == "cpu" and bool(((pixels >= 0) & (pixels <= 1)).all()):
+        if _valid_on_cpu(pixels):
             return
         self.coefficients.copy_(self._coefficients_of(pixels.clamp(0, 1)))
 
@@ -373,7 +380,7 @@ class PyramidPixels:
         if not self.clamp:
             return
         pixels = self.pixels()
-        if pixels.device.type == "cpu" and bool(((pixels >= 0) & (pixels <= 1)).all()):
+        if _valid_on_cpu(pixels):
             return
         self.levels[0] += self._signal_of(pixels.clamp(0, 1) - pixels)
 
