@@ -67,18 +67,44 @@ def test_half_resolution_stage_feeds_pooled_images():
     assert seen == [(8, 2)] * 3 + [(16, 1)] * 2
 
 
+def test_a_coarse_start_runs_a_share_of_the_steps_at_half_resolution():
+    """``coarse_start`` splits ``steps`` (the total stays ``steps``): 0.3 of 10 steps is 3
+    half-resolution steps, then 7, the stages ``half_resolution_steps=3, steps=7`` give."""
+    seen = []
+
+    def objective(model_input, factor):
+        seen.append((model_input.shape[-1], factor))
+        return {"zero": model_input.sum(dim=(1, 2, 3)) * 0}
+
+    settings = Settings(steps=10, coarse_start=0.3)
+    assert settings.stages() == Settings(steps=7, half_resolution_steps=3).stages()
+    run = optimize(objective, 1, Preprocessing(input_size=16), resolved(settings), "cpu", False)
+    assert seen == [(8, 2)] * 3 + [(16, 1)] * 7 and run.history.shape == (10, 1)
+    assert Settings(steps=1, coarse_start=0.3).stages() == [(1, 1)]  # never an empty full stage
+
+
 def test_settings_presets_follow_the_paper():
     assert Settings.setting(1).steps == 2000 and Settings.setting(1).betas == (0.5, 0.9)
     zero = Settings.setting(0)
     assert (zero.half_resolution_steps, zero.steps) == (2000, 1000)
     two = Settings.setting(2)
     assert (two.steps, two.betas, two.clamp) == (20000, (0.9, 0.999), False)
+    assert all(Settings.setting(n).coarse_start == 0 for n in (0, 1, 2))  # the authors' stages
     with pytest.raises(VitalError, match="choose 0, 1 or 2"):
         Settings.setting(3)
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(steps=0), dict(lr=0.0), dict(jitter=-1), dict(resolution=4), dict(views=0)]
+    "bad",
+    [
+        dict(steps=0),
+        dict(lr=0.0),
+        dict(jitter=-1),
+        dict(resolution=4),
+        dict(views=0),
+        dict(coarse_start=1.0),
+        dict(coarse_start=-0.1),
+    ],
 )
 def test_bad_settings_are_refused(bad):
     with pytest.raises(VitalError):

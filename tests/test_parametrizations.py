@@ -108,6 +108,7 @@ def test_setting_one_is_still_the_pixels_the_authors_optimise():
 def test_fast_preset_is_accepted_and_validated():
     fast = Settings.setting("fast")
     assert fast.parametrization == "fourier" and fast.steps == 300
+    assert fast.coarse_start == 0.3 and fast.stages() == [(90, 2), (210, 1)]
     assert fast.lr < Settings().lr
     fast.validate()
     assert Settings.setting("fast", steps=100).steps == 100
@@ -167,20 +168,25 @@ def test_a_fast_batch_gives_each_class_what_it_gets_alone(tiny_cnn, tmp_path):
     tiny_cnn.module.double()
     settings = Settings.setting("fast", steps=6, jitter=3, zoom=(1.0, 1.2), rotate=5)
 
-    def run(targets, seed):
+    def run(targets, seed, **overrides):
         return vital.visualize(
             tiny_cnn,
             targets,
             tmp_path / "tree",
-            settings=Settings.setting("fast", **{**settings.__dict__, "seed": seed}),
+            settings=Settings.setting("fast", **{**settings.__dict__, "seed": seed, **overrides}),
             progress=False,
             reference_count=4,
         )
 
-    together = run([1, 2], 10)
-    for offset, target in enumerate([1, 2]):
-        alone = run([target], 10 + offset)[0]
-        assert torch.allclose(alone.pixels, together[offset].pixels, atol=1e-9, rtol=0)
+    # Full resolution: equal to float64 rounding. With fast's coarse start the float32 FFTs
+    # of a batch and of one image round differently at half resolution (2e-7 after a step),
+    # which the chaotic loop grows; a leak between images would move pixels by O(0.1).
+    for overrides, tolerance in (({"coarse_start": 0.0}, 1e-9), ({}, 1e-3)):
+        together = run([1, 2], 10, **overrides)
+        for offset, target in enumerate([1, 2]):
+            alone = run([target], 10 + offset, **overrides)[0]
+            difference = (alone.pixels - together[offset].pixels).abs().max()
+            assert difference <= tolerance
     assert together[0].record.settings["parametrization"] == "fourier"
     assert not math.isclose(
         float(together[0].pixels.std()), float(together[1].pixels.std()), rel_tol=1e-6

@@ -36,6 +36,11 @@ class Settings:
         Steps at full resolution.
     half_resolution_steps
         Steps before those at half resolution (2×2 average pooling, jitter halved); setting 0.
+    coarse_start
+        Share of ``steps`` run first at half resolution (coarse to fine: the layout forms on
+        a quarter of the pixels at a quarter of a step's cost, then the details): 0.3 of 100
+        steps is 30 half-resolution steps, then 70. Off (0) in the authors' settings; on in
+        ``fast`` (benchmarks/RESULTS.md, "`fast` in 100 steps: coarse to fine").
     lr, betas, eps
         Adam's parameters; ``lr`` is the peak of the schedule.
     warmup
@@ -89,6 +94,7 @@ class Settings:
 
     steps: int = 2000
     half_resolution_steps: int = 0
+    coarse_start: float = 0.0
     lr: float = 1.0
     betas: tuple[float, float] = (0.5, 0.9)
     eps: float = 1e-8
@@ -118,7 +124,8 @@ class Settings:
 
         ``"fast"`` reaches in 300 steps what setting 1 reaches in 2000 (benchmarks/RESULTS.md,
         "Convergence"): the same loss, optimised through :class:`~vital.parametrizations.
-        FourierPixels` with a smaller learning rate.
+        FourierPixels` with a smaller learning rate, the first 30 % of the steps at half
+        resolution.
         """
         presets = {
             0: cls(steps=1000, half_resolution_steps=2000),
@@ -135,7 +142,8 @@ class Settings:
 
     def stages(self) -> list[tuple[int, int]]:
         """(steps, downsample factor) per stage, in order, skipping empty ones."""
-        stages = [(self.half_resolution_steps, 2), (self.steps, 1)]
+        coarse = round(self.steps * self.coarse_start)
+        stages = [(self.half_resolution_steps + coarse, 2), (self.steps - coarse, 1)]
         return [(steps, factor) for steps, factor in stages if steps > 0]
 
     def validate(self) -> None:
@@ -178,6 +186,11 @@ class Settings:
                 f"{self.zoom!r}."
             )
         _number(self.rotate, "the rotation", "degrees")
+        if not (_is_number(self.coarse_start) and 0 <= self.coarse_start < 1):
+            raise VitalError(
+                f"coarse_start is the share of the steps run at half resolution first, in "
+                f"[0, 1), not {self.coarse_start!r}."
+            )
         check_parametrization(self.parametrization)
 
 
@@ -200,9 +213,16 @@ def _number(value: object, what: str, option: str, positive: bool = False) -> No
 # Floating-point types of the model's forward and backward (autocast).
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-# The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence".
+# The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence";
+# its coarse start (issue 21): "`fast` in 100 steps: coarse to fine".
 FAST = Settings(
-    steps=300, parametrization="fourier", lr=0.1, warmup=30, near_tap=True, color_start=True
+    steps=300,
+    parametrization="fourier",
+    lr=0.1,
+    warmup=30,
+    near_tap=True,
+    color_start=True,
+    coarse_start=0.3,
 )
 
 # The setting a run uses unless one is named: as good in 300 steps as setting 1 in 2000.
