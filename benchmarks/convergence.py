@@ -16,11 +16,20 @@ Per point (method, setting, steps): classes: the explained model's probability a
 channels: the channel's mean activation on the picture relative to its references' mean; both:
 the judge's top-5 (the photo's class), realism (cosine of the judge's pooled features to 50
 other views of the own photo, and the gap to the other photos'), and seconds per picture.
-Seeds are fixed (image ``i`` uses seed ``i``). The Fourier FV baseline (activation
-maximisation, Lucent's recipe) runs beside VITAL at ``--baseline-steps``.
+Seeds are fixed: image ``i`` uses seed ``--seed-base`` + ``i`` (default 0), so a second and
+third seed set (e.g. ``--seed-base 7``, ``--seed-base 14``) confirm a result beyond one draw; the
+loop is chaotic (runs that differ in float rounding end in different pictures). ``--set
+KEY=VALUE`` (repeatable) overrides a :class:`~vital.optimize.Settings` field of every VITAL point
+(e.g. ``--set views=2``), to measure a variant of a setting; it is part of the point's label and
+cache key. ``--judge efficientnet_lite1`` scores with EfficientNet-Lite1 (installed as
+``benchmarks/concepts_mobilenet.py`` says), the model variants are chosen by; ``--json FILE``
+writes the rows for averaging over seed sets. The Fourier FV baseline (activation maximisation,
+Lucent's recipe) runs beside VITAL at ``--baseline-steps``.
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/convergence.py --steps 50,100,150,300,2000
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/convergence.py --quick   # CI-sized
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/convergence.py --points fast@100 \
+        --channel-points fast@100 --baseline-steps '' --seed-base 7 --set views=2
 
 writes a Markdown table and grids (rows = method@steps, columns = targets; channels with their
 RGBA transparency view) into benchmarks/figures/, and with ``--append`` a dated section to
@@ -31,6 +40,7 @@ the model) so that adding a step count reruns only the new points; ``--fresh`` i
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime
 import hashlib
@@ -72,6 +82,7 @@ class Point:
     seconds: float  # per picture
     alphas: torch.Tensor | None = None
     relative: list[float] | None = None  # channels: activation / references' mean
+    variant: str = ""  # the --set overrides, e.g. "views=2"
 
     @property
     def label(self) -> str:
@@ -79,47 +90,83 @@ class Point:
             name = self.method
         else:
             name = f"setting {self.setting}" if self.setting.isdigit() else self.setting
-        return f"{name} @{self.steps}"
+        return f"{name}{' ' + self.variant if self.variant else ''} @{self.steps}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every VITAL point of one invocation shares: the seed set and the overrides."""
+
+    seed_base: int = 0
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def variant(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.overrides)
+
+    def settings(self, steps: int) -> dict:
+        return {"steps": steps, "seed": self.seed_base, **dict(self.overrides)}
+
+
+def parse_overrides(pairs: list[str]) -> tuple[tuple[str, object], ...]:
+    """``KEY=VALUE`` strings as (key, Python literal) pairs, checked against Settings' fields."""
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"steps", "seed"}
+    parsed = []
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        if key not in fields or not text:
+            raise SystemExit(f"--set takes KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        parsed.append((key, value))
+    return tuple(parsed)
 
 
 # --- the two target runners -------------------------------------------------------------------
 
 
-def _visualize(model, targets, references, method: str, setting: str, steps: int):
+def _visualize(model, targets, references, method: str, setting: str, steps: int, run: Run):
     """One batch through the driver: the method's defaults for the model (preset and neuron
-    priors included), the named VITAL setting, the same steps and seeds 0..N-1 for all."""
+    priors included), the named VITAL setting with the run's overrides, the same steps and
+    seeds ``seed_base``..``seed_base`` + N - 1 for all."""
+    vital_ = method == "vital"
     return vital.visualize(
         model,
         list(targets),
         references,
         method=method,
-        setting=setting if method == "vital" else None,
-        settings={"steps": steps, "seed": 0},
+        setting=setting if vital_ else None,
+        settings=run.settings(steps) if vital_ else {"steps": steps, "seed": run.seed_base},
         batch_size=len(targets),
         progress=False,
     )
 
 
-def run_classes(model, classes, method: str, setting: str, steps: int) -> Point:
-    """VITAL (setting 1 or fast) or a baseline on class targets, one batch, seeds 0..N-1."""
+def run_classes(model, classes, method: str, setting: str, steps: int, run: Run) -> Point:
+    """VITAL (setting 1 or fast) or a baseline on class targets, one batch."""
     started = time.perf_counter()
-    results = _visualize(model, classes, None, method, setting, steps)
+    results = _visualize(model, classes, None, method, setting, steps, run)
     seconds = (time.perf_counter() - started) / len(classes)
-    return Point(
-        "classes", method, setting, steps, torch.stack([r.pixels for r in results]), seconds
-    )
+    pixels = torch.stack([r.pixels for r in results])
+    variant = run.variant if method == "vital" else ""
+    return Point("classes", method, setting, steps, pixels, seconds, variant=variant)
 
 
-def run_channels(model, targets, references, method: str, setting: str, steps: int) -> Point:
+def run_channels(
+    model, targets, references, method: str, setting: str, steps: int, run: Run
+) -> Point:
     """VITAL (``lrp``, the authors' neuron priors) or a baseline on channel targets."""
     started = time.perf_counter()
     chosen = references if method == "vital" else None
-    results = _visualize(model, targets, chosen, method, setting, steps)
+    results = _visualize(model, targets, chosen, method, setting, steps, run)
     seconds = (time.perf_counter() - started) / len(targets)
     pixels = torch.stack([r.pixels for r in results])
     alphas = [r.alpha for r in results]
     alphas = torch.stack(alphas) if all(a is not None for a in alphas) else None
-    return Point("channels", method, setting, steps, pixels, seconds, alphas)
+    variant = run.variant if method == "vital" else ""
+    return Point("channels", method, setting, steps, pixels, seconds, alphas, variant=variant)
 
 
 # --- targets, references, real images ---------------------------------------------------------
@@ -267,18 +314,31 @@ def figure(points: list[Point], photos: list[str], headers: list[str], path: Pat
 # --- the driver -------------------------------------------------------------------------------
 
 
-def recipe(method: str, setting: str) -> dict | None:
-    """What a named VITAL setting is made of: a cached point is reused only while it holds."""
+def load_judge(name: str):
+    """The judge: an embedded model, or EfficientNet-Lite1 (the one variants are chosen by)."""
+    if name == "efficientnet_lite1":
+        from concepts_mobilenet import load_judge as lite1  # benchmarks/ is on the path
+
+        return lite1(name)
+    return vital.load_model(name)
+
+
+def recipe(method: str, setting: str, run: Run) -> dict | None:
+    """What a named VITAL setting is made of (with the run's overrides): a cached point is
+    reused only while it holds."""
     if method != "vital":
         return None
-    return json.loads(json.dumps(dataclasses.asdict(Settings.setting(setting))))
+    chosen = Settings.setting(setting, **dict(run.overrides))
+    return json.loads(json.dumps(dataclasses.asdict(chosen)))
 
 
-def point_key(kind: str, method: str, setting: str, steps: int, model, **inputs) -> dict:
+def point_key(kind: str, method: str, setting: str, steps: int, model, run: Run, **inputs) -> dict:
     """Everything a point depends on: a cached point is reused only for an equal key."""
-    recipe_ = recipe(method, setting)
+    recipe_ = recipe(method, setting, run)
+    # seed set 0 keeps the key it had before --seed-base existed (its cached points hold)
+    seeds = {"seed_base": run.seed_base} if run.seed_base else {}
     return {"kind": kind, "method": method, "setting": setting, "recipe": recipe_,
-            "steps": steps, "model": model.fingerprint, **inputs}  # fmt: skip
+            "steps": steps, "model": model.fingerprint, **seeds, **inputs}  # fmt: skip
 
 
 def cached_point(cache: Path | None, key: dict, compute) -> Point:
@@ -308,7 +368,13 @@ def main() -> None:
     parser.add_argument("--layer", default="features.18")
     parser.add_argument("--channel-references", type=int, default=20)
     parser.add_argument("--kinds", default="classes,channels")
-    parser.add_argument("--judge", default="efficientnet_lite0")
+    parser.add_argument("--judge", default="efficientnet_lite0", help="or efficientnet_lite1")
+    parser.add_argument("--seed-base", type=int, default=0, help="image i uses seed BASE + i")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a Settings field of every VITAL point (repeatable), e.g. views=2",
+    )  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write the rows here (for averaging)")
     parser.add_argument("--quick", action="store_true", help="CI-sized: 2 classes, 1 channel")
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "convergence")
     parser.add_argument("--fresh", action="store_true", help="recompute every point")
@@ -325,8 +391,9 @@ def main() -> None:
     ).stdout.strip()
     dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=HERE).returncode
     started = time.perf_counter()
+    run = Run(args.seed_base, parse_overrides(args.set))
     model = vital.load_model("mobilenet_v2")
-    judge = vital.load_model(args.judge)
+    judge = load_judge(args.judge)
     real, real_labels = real_images()
     cache = None if args.fresh else args.cache / "points"
     steps = [int(s) for s in args.steps.split(",") if s]
@@ -345,22 +412,23 @@ def main() -> None:
         plan = plan + baselines
     if args.channel_points:
         channel_plan = points_plan(args.channel_points)
-    sections = []
+    sections, all_rows = [], []
     kinds = args.kinds.split(",")
     if "classes" in kinds:
         classes = [int(c) for c in args.classes.split(",")]
         points = []
         for method, setting, n in plan:
-            key = point_key("classes", method, setting, n, model, targets=classes)
+            key = point_key("classes", method, setting, n, model, run, targets=classes)
             points.append(
                 cached_point(
                     cache,
                     key,
-                    lambda m=method, s=setting, n=n: run_classes(model, classes, m, s, n),
+                    lambda m=method, s=setting, n=n: run_classes(model, classes, m, s, n, run),
                 )
             )
             print(f"classes {points[-1].label}: {points[-1].seconds:.1f} s/picture", flush=True)
         rows = [score(p, model, judge, classes, real, real_labels) for p in points]
+        all_rows += [{"kind": "classes", **r} for r in rows]
         names = [f"{model.labels.name(c)} ({c})" for c in classes]
         sections.append(table(rows, "classes", ", ".join(names)))
         sections.append(
@@ -384,14 +452,16 @@ def main() -> None:
         points = []
         for method, setting, n in channel_plan:
             key = point_key(
-                "channels", method, setting, n, model,
+                "channels", method, setting, n, model, run,
                 targets=[[t.layer, t.index] for t in targets],
                 references=args.channel_references,
             )  # fmt: skip
             point = cached_point(
                 cache,
                 key,
-                lambda m=method, s=setting, n=n: run_channels(model, targets, by_target, m, s, n),
+                lambda m=method, s=setting, n=n: run_channels(
+                    model, targets, by_target, m, s, n, run
+                ),
             )
             point.relative = relative_activations(
                 model, args.layer, [t.index for t in targets], point.pixels, references
@@ -399,6 +469,7 @@ def main() -> None:
             points.append(point)
             print(f"channels {point.label}: {point.seconds:.1f} s/picture", flush=True)
         rows = [score(p, model, judge, labels, real, real_labels) for p in points]
+        all_rows += [{"kind": "channels", **r} for r in rows]
         headers = [f"{args.layer} ch {chosen[p]} ({p})" for p in photos]
         sections.append(table(rows, "channels", ", ".join(headers)))
         figure(points, photos, headers, args.figures / "convergence-channels.jpg")
@@ -406,6 +477,10 @@ def main() -> None:
     report = "\n".join(sections)
     print(report)
     print(f"total {minutes:.1f} min")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"seed_base": run.seed_base, "variant": run.variant, "judge": args.judge}
+        args.json.write_text(json.dumps({**meta, "rows": all_rows}, indent=1))
     if args.append:
         command = "OMP_NUM_THREADS=2 PYTHONPATH=src python " + " ".join(sys.argv)
         date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -417,7 +492,8 @@ def main() -> None:
             "that made them).",
             f"Command: `{command}`",
             f"Explained model mobilenet_v2; judge {args.judge}; realism against {REAL_VIEWS} "
-            "views (seed 1) of each class photo. Seeds 0..N-1. Grids: "
+            f"views (seed 1) of each class photo. Seeds {run.seed_base}..{run.seed_base}+N-1. "
+            "Grids: "
             "benchmarks/figures/convergence-classes.jpg, convergence-channels.jpg.\n",
         ]
         with open(HERE / "RESULTS.md", "a") as handle:

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -66,20 +67,83 @@ def test_half_resolution_stage_feeds_pooled_images():
     assert seen == [(8, 2)] * 3 + [(16, 1)] * 2
 
 
+def test_a_coarse_start_runs_a_share_of_the_steps_at_half_resolution():
+    """``coarse_start`` splits ``steps`` (the total stays ``steps``): 0.3 of 10 steps is 3
+    half-resolution steps, then 7, the stages ``half_resolution_steps=3, steps=7`` give."""
+    seen = []
+
+    def objective(model_input, factor):
+        seen.append((model_input.shape[-1], factor))
+        return {"zero": model_input.sum(dim=(1, 2, 3)) * 0}
+
+    settings = Settings(steps=10, coarse_start=0.3)
+    assert settings.stages() == Settings(steps=7, half_resolution_steps=3).stages()
+    run = optimize(objective, 1, Preprocessing(input_size=16), resolved(settings), "cpu", False)
+    assert seen == [(8, 2)] * 3 + [(16, 1)] * 7 and run.history.shape == (10, 1)
+    assert Settings(steps=1, coarse_start=0.3).stages() == [(1, 1)]  # never an empty full stage
+
+
 def test_settings_presets_follow_the_paper():
     assert Settings.setting(1).steps == 2000 and Settings.setting(1).betas == (0.5, 0.9)
     zero = Settings.setting(0)
     assert (zero.half_resolution_steps, zero.steps) == (2000, 1000)
     two = Settings.setting(2)
     assert (two.steps, two.betas, two.clamp) == (20000, (0.9, 0.999), False)
+    assert all(Settings.setting(n).coarse_start == 0 for n in (0, 1, 2))  # the authors' stages
     with pytest.raises(VitalError, match="choose 0, 1 or 2"):
         Settings.setting(3)
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(jitter=-1), dict(resolution=4)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(steps=0),
+        dict(lr=0.0),
+        dict(jitter=-1),
+        dict(resolution=4),
+        dict(views=0),
+        dict(coarse_start=1.0),
+        dict(coarse_start=-0.1),
+    ],
+)
 def test_bad_settings_are_refused(bad):
     with pytest.raises(VitalError):
         Settings(**bad).validate()
+
+
+@pytest.mark.parametrize("parametrization", ["pixels", "fourier"])
+def test_several_views_average_the_views_gradients(parametrization):
+    """With V views a step's gradient is the mean of V jittered views' gradients: a linear
+    objective's gradient does not depend on the image, so one step of 2 views gives half of
+    what 2 steps of 1 view accumulate (the same two jitter draws), and the objective is
+    called once per view."""
+    weight = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def linear(model_input, factor):
+        calls.append(model_input.shape)
+        return {"linear": (model_input * weight).flatten(1).sum(1)}
+
+    def run(views, steps):
+        settings = Settings(steps=steps, jitter=5, warmup=1, views=views, lr=1e-3)
+        settings = resolved(replace(settings, parametrization=parametrization))
+        return optimize(linear, 2, Preprocessing(input_size=16), settings, "cpu", False)
+
+    one = run(1, 2)
+    assert len(calls) == 2
+    two = run(2, 1)
+    assert len(calls) == 4
+    assert two.history.shape == (1, 2)
+    torch.testing.assert_close(two.gradient_magnitude, one.gradient_magnitude / 2)
+
+
+def test_several_views_reach_the_parametrisation():
+    """The views' summed gradient flows through the parametrisation (the Fourier coefficients
+    are not the images): the loss falls as with one view."""
+    settings = resolved(Settings(steps=20, jitter=2, views=3, parametrization="fourier", lr=0.1))
+    preprocessing = Preprocessing(input_size=16)
+    run = optimize(quadratic_objective(0.5), 2, preprocessing, settings, "cpu", False)
+    assert run.history[-1].mean() < 0.5 * run.history[0].mean()
 
 
 def test_transparency_clips_and_normalises():

@@ -36,12 +36,22 @@ class Settings:
         Steps at full resolution.
     half_resolution_steps
         Steps before those at half resolution (2×2 average pooling, jitter halved); setting 0.
+    coarse_start
+        Share of ``steps`` run first at half resolution (coarse to fine: the layout forms on
+        a quarter of the pixels at a quarter of a step's cost, then the details): 0.3 of 100
+        steps is 30 half-resolution steps, then 70. Off (0) in every preset; 0.3 scores higher
+        on CNNs (benchmarks/RESULTS.md, "`fast` in 100 steps: coarse to fine"), but a model
+        with a fixed input size (a ViT) cannot take the half-resolution images.
     lr, betas, eps
         Adam's parameters; ``lr`` is the peak of the schedule.
     warmup
         Steps of linear warm-up before the half-cosine decay (at most a quarter of a stage).
     jitter
         Largest random circular shift in pixels, both axes.
+    views
+        Jittered (and flipped, warped) views of each image per step; the loss is their mean,
+        the same loss with a less noisy estimate of its expectation over the jitter. Each
+        view costs a forward and backward pass (1 in the authors' settings).
     flip
         Random horizontal flips (p = 0.5).
     clamp
@@ -56,7 +66,8 @@ class Settings:
         Seed of the first image; image ``i`` of a batch uses ``seed + i``.
     parametrization
         What Adam optimises, by name (:data:`vital.parametrizations.PARAMETRIZATIONS`):
-        ``"pixels"`` (the authors'), ``"fourier"`` (1/f-scaled decorrelated spectrum, clamped).
+        ``"pixels"`` (the authors'), ``"fourier"`` (1/f-scaled decorrelated spectrum, clamped),
+        ``"pyramid"`` (a Laplacian pyramid of decorrelated colours, clamped).
     zoom
         (low, high) range of a random zoom of each step's jittered image (1 = none); with
         ``rotate``, one bilinear warp with mirrored borders.
@@ -84,11 +95,13 @@ class Settings:
 
     steps: int = 2000
     half_resolution_steps: int = 0
+    coarse_start: float = 0.0
     lr: float = 1.0
     betas: tuple[float, float] = (0.5, 0.9)
     eps: float = 1e-8
     warmup: int = 100
     jitter: int = 30
+    views: int = 1
     flip: bool = False
     clamp: bool = True
     tv_l2: float = 0.0
@@ -129,7 +142,8 @@ class Settings:
 
     def stages(self) -> list[tuple[int, int]]:
         """(steps, downsample factor) per stage, in order, skipping empty ones."""
-        stages = [(self.half_resolution_steps, 2), (self.steps, 1)]
+        coarse = round(self.steps * self.coarse_start)
+        stages = [(self.half_resolution_steps + coarse, 2), (self.steps - coarse, 1)]
         return [(steps, factor) for steps, factor in stages if steps > 0]
 
     def validate(self) -> None:
@@ -139,6 +153,7 @@ class Settings:
         _whole(self.steps, "the number of steps", "steps=N", 0 if self.half_resolution_steps else 1)
         _whole(self.warmup, "the warm-up", "warmup", 0)
         _whole(self.jitter, "jitter", "pixels, jitter=J", 0)
+        _whole(self.views, "the number of views per step", "views=V", 1, 64)
         _whole(self.seed, "the seed", "seed=S", 0, 2**63 - 1)
         if self.resolution is not None:
             _whole(self.resolution, "the resolution", "resolution=R", 16, 8192)
@@ -171,6 +186,11 @@ class Settings:
                 f"{self.zoom!r}."
             )
         _number(self.rotate, "the rotation", "degrees")
+        if not (_is_number(self.coarse_start) and 0 <= self.coarse_start < 1):
+            raise VitalError(
+                f"coarse_start is the share of the steps run at half resolution first, in "
+                f"[0, 1), not {self.coarse_start!r}."
+            )
         check_parametrization(self.parametrization)
 
 
@@ -194,6 +214,8 @@ def _number(value: object, what: str, option: str, positive: bool = False) -> No
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # The "fast" setting (issue 11), chosen on the dev classes: benchmarks/RESULTS.md, "Convergence".
+# Not yet with coarse_start=0.3, which scores higher on CNNs but cannot run on models with a
+# fixed input size (ViTs): "`fast` in 100 steps: coarse to fine".
 FAST = Settings(
     steps=300, parametrization="fourier", lr=0.1, warmup=30, near_tap=True, color_start=True
 )
@@ -314,6 +336,27 @@ def priors(x: torch.Tensor, settings: Settings) -> dict[str, torch.Tensor]:
     return terms
 
 
+def _view_terms(
+    x: torch.Tensor,
+    objective: Objective,
+    generators: list[torch.Generator],
+    factor: int,
+    settings: Settings,
+    autocast: torch.autocast,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one jittered (and warped, pooled) view of the images, each (B,)."""
+    jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
+    warped = _warp(jittered, generators, settings.zoom, settings.rotate)
+    model_input = F.avg_pool2d(warped, factor) if factor > 1 else warped
+    if settings.channels_last:
+        model_input = model_input.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        raw = objective(model_input, factor)
+    terms = {name: settings.feature_weight * value.float() for name, value in raw.items()}
+    terms.update(priors(jittered, settings))
+    return terms
+
+
 def optimize(
     objective: Objective,
     count: int,
@@ -329,8 +372,10 @@ def optimize(
     """Optimise ``count`` images against ``objective``.
 
     Each step: jitter, compute the objective's terms on the (pooled, in setting 0's first
-    stage) jittered images plus the priors, one backward pass, an Adam step, clamping. Adam and
-    the schedule start afresh for each stage.
+    stage) jittered images plus the priors, one backward pass, an Adam step, clamping; with
+    ``settings.views`` > 1 the terms are averaged over that many jittered views, each view's
+    backward pass ending at the images so that only one view's activations are held at a time.
+    Adam and the schedule start afresh for each stage.
 
     Parameters
     ----------
@@ -408,24 +453,25 @@ def optimize(
             for step in range(steps):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, settings.lr, settings.warmup)
-                x = parametrization.images()
-                if not x.is_leaf:
-                    x.retain_grad()  # for the transparency map
-                jittered = _jitter(x, generators, settings.jitter // factor, settings.flip)
-                warped = _warp(jittered, generators, settings.zoom, settings.rotate)
-                model_input = F.avg_pool2d(warped, factor) if factor > 1 else warped
-                if settings.channels_last:
-                    model_input = model_input.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    raw = objective(model_input, factor)
-                terms = {
-                    name: settings.feature_weight * value.float() for name, value in raw.items()
-                }
-                terms.update(priors(jittered, settings))
-                total = torch.stack(list(terms.values())).sum(dim=0)
                 optimizer.zero_grad(set_to_none=True)
-                total.sum().backward()
-                gradient_magnitude += x.grad.abs()
+                x = parametrization.images()
+                # With several views, each view's graph ends at a detached copy of the images
+                # (freed after its backward), and the summed gradient flows once through the
+                # parametrisation; with one view the graph is the plain one.
+                image = x.detach().requires_grad_(True) if settings.views > 1 else x
+                if not image.is_leaf:
+                    image.retain_grad()  # for the transparency map
+                terms = {}
+                for _ in range(settings.views):
+                    view = _view_terms(image, objective, generators, factor, settings, autocast)
+                    total = torch.stack(list(view.values())).sum(dim=0) / settings.views
+                    total.sum().backward()
+                    for name, value in view.items():
+                        terms[name] = terms.get(name, 0) + value.detach() / settings.views
+                total = torch.stack(list(terms.values())).sum(dim=0)
+                gradient_magnitude += image.grad.abs()
+                if image is not x:
+                    x.backward(image.grad)
                 optimizer.step()
                 parametrization.project()
                 history.append(total.detach())

@@ -14,6 +14,10 @@ and writes the clamped image back into the coefficients (the map is a bijection 
 images). ``"fourier-sigmoid"`` is the lucid original (a sigmoid squashes the image); it is kept
 to compare with: its saturating sigmoid over-contrasts VITAL's images.
 
+``"pyramid"`` (:class:`PyramidPixels`) is lucid's Laplacian pyramid over the same decorrelated
+colours, clamped the same way: coarse levels move large regions at the rate the finest level
+moves pixels.
+
 ``"pixels"`` (:class:`Pixels`) is the image itself, from N(0, 1), clamped after every step: the
 authors' setting. The colour decorrelation and the 1/f frequencies are lucid's; the Fourier FV
 and MaCo baselines (:mod:`vital.methods`) use them too.
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.zoo import Preprocessing
@@ -174,6 +179,14 @@ def spectrum_scale(resolution: int, decay_power: float = 1.0) -> torch.Tensor:
     return 1.0 / frequencies(resolution, resolution).clamp_min(1.0 / resolution) ** decay_power
 
 
+def _valid_on_cpu(pixels: torch.Tensor) -> bool:
+    """True when every pixel is in [0, 1], asked on the CPU only.
+
+    There looking first saves a projection's round trip; on a GPU the look would wait for it.
+    """
+    return pixels.device.type == "cpu" and bool(((pixels >= 0) & (pixels <= 1)).all())
+
+
 class FourierPixels:
     """Images as 1/f-scaled Fourier coefficients of decorrelated colours, clamped like pixels.
 
@@ -263,8 +276,7 @@ class FourierPixels:
         if self.squash == "sigmoid" or not self.clamp:
             return
         pixels = self.pixels()
-        # On the CPU looking first saves the FFT round trip; on a GPU the look would wait for it.
-        if pixels.device.type == "cpu" and bool(((pixels >= 0) & (pixels <= 1)).all()):
+        if _valid_on_cpu(pixels):
             return
         self.coefficients.copy_(self._coefficients_of(pixels.clamp(0, 1)))
 
@@ -276,6 +288,101 @@ class FourierPixels:
             signal = decorrelate_colors(pixels - 0.5) / GAIN
         spectrum = torch.fft.rfft2(signal, norm="ortho") / self.scale
         return torch.view_as_real(spectrum)
+
+
+# --- Laplacian pyramid -----------------------------------------------------------------------
+
+# Pixels per unit of a pyramid level: 1/4 is the slope of lucid's sigmoid at 0, which its
+# pyramid is squashed with (lucid's ``laplacian_pyramid`` + ``to_valid_rgb``).
+PYRAMID_GAIN = 0.25
+# Levels of lucid's pyramid: the full side, a half, a quarter and an eighth of it.
+PYRAMID_LEVELS = 4
+
+
+class PyramidPixels:
+    """Images as a Laplacian pyramid of decorrelated colours, clamped like pixels.
+
+    ``pixels = 0.5 + PYRAMID_GAIN · recorrelate(Σ_k upsample(level_k))``, level ``k`` a
+    (B, 3, ⌈R/2^k⌉, ⌈R/2^k⌉) tensor upsampled bilinearly to R (lucid's ``laplacian_pyramid``,
+    linear and clamped instead of squashed by a sigmoid). Adam moves every level's values at
+    about the same rate, so a coarse level's value, shared by a 2^k-pixel block, moves large
+    regions as fast as the finest level moves single pixels: coarse structure forms first, as
+    with the 1/f spectrum of :class:`FourierPixels`, but local in space. :meth:`project`
+    clamps the pixels to [0, 1] and puts the clamp's correction into the finest level (the
+    pyramid is overcomplete: that is one of the coefficient sets that make the clamped image).
+
+    Parameters
+    ----------
+    seeds
+        Image ``i``'s levels are drawn from N(0, INITIAL_STD²) with ``seeds[i]``.
+    resolution, device, preprocessing, clamp, dtype
+        As for :class:`FourierPixels`.
+    levels
+        Number of levels (the full side, then halved each level).
+    colors
+        (B, 3) pixel colours in [0, 1]: each image's coarsest level starts at its colour
+        (added to the drawn values) instead of grey.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        resolution: int,
+        device: torch.device,
+        preprocessing: Preprocessing,
+        clamp: bool = True,
+        levels: int = PYRAMID_LEVELS,
+        dtype: torch.dtype = torch.float32,
+        colors: torch.Tensor | None = None,
+    ):
+        self.resolution = resolution
+        self.preprocessing = preprocessing
+        self.clamp = clamp
+        self.dtype = dtype
+        sides = [max(1, -(-resolution // 2**k)) for k in range(levels)]
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.levels = [
+            torch.stack(
+                [torch.randn(3, side, side, generator=g) * INITIAL_STD for g in generators]
+            ).to(device)
+            for side in sides
+        ]
+        if colors is not None:  # a constant on the coarsest level: nothing of a layout
+            flat = torch.zeros(len(seeds), 3, 1, 1, device=device)
+            self.levels[-1] += self._signal_of(_as_images(colors, flat) - 0.5)
+        for level in self.levels:
+            level.requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The levels, finest first."""
+        return self.levels
+
+    def pixels(self) -> torch.Tensor:
+        """(B, 3, R, R) pixels (in [0, 1] after :meth:`project`)."""
+        side = (self.resolution, self.resolution)
+        signal = self.levels[0]
+        for level in self.levels[1:]:
+            signal = signal + F.interpolate(level, side, mode="bilinear", align_corners=False)
+        return 0.5 + PYRAMID_GAIN * recorrelate_colors(signal)
+
+    def images(self) -> torch.Tensor:
+        """(B, 3, R, R) images in the model's input space."""
+        return self.preprocessing.normalize(self.pixels().to(self.dtype))
+
+    @staticmethod
+    def _signal_of(pixels_offset: torch.Tensor) -> torch.Tensor:
+        """The level values that add ``pixels_offset`` (pixels, not shifted by 0.5)."""
+        return decorrelate_colors(pixels_offset) / PYRAMID_GAIN
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp the pixels to [0, 1]; the finest level takes the correction."""
+        if not self.clamp:
+            return
+        pixels = self.pixels()
+        if _valid_on_cpu(pixels):
+            return
+        self.levels[0] += self._signal_of(pixels.clamp(0, 1) - pixels)
 
 
 def _pixels(seeds, resolution, device, preprocessing, clamp, dtype, colors) -> Parametrization:
@@ -296,10 +403,17 @@ def _fourier_sigmoid(
     )
 
 
+def _pyramid(seeds, resolution, device, preprocessing, clamp, dtype, colors) -> PyramidPixels:
+    return PyramidPixels(
+        seeds, resolution, device, preprocessing, clamp, dtype=dtype, colors=colors
+    )
+
+
 PARAMETRIZATIONS: dict[str, Factory] = {
     "pixels": _pixels,
     "fourier": _fourier,
     "fourier-sigmoid": _fourier_sigmoid,
+    "pyramid": _pyramid,
 }
 
 
