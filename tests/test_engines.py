@@ -118,6 +118,29 @@ def test_engine_names_and_a_missing_ray_are_one_clear_line(monkeypatch, tmp_path
         mine(tiny_cnn_model(), "stem", tmp_path / "nowhere", tmp_path / "out", engine="ray")
 
 
+def test_without_an_address_ray_starts_its_own_instance_even_beside_another(monkeypatch):
+    """``ray.init()`` alone joins a cluster already running on the machine and then refuses
+    ``num_cpus``; vital asks for a local instance of its own instead."""
+    import types
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **k: calls.append(k))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    from vital.engines import RayEngine
+
+    RayEngine(num_cpus=2)
+    RayEngine(address="10.0.0.1:6379")
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
+    assert calls[1]["address"] == "10.0.0.1:6379" and "num_cpus" not in calls[1]
+
+    def refused(**options):
+        raise ValueError("no room")
+
+    fake.init = refused
+    with pytest.raises(VitalError, match="cannot start a local Ray instance: no room"):
+        RayEngine(num_cpus=2)
+
+
 # --- on a local Ray instance ---------------------------------------------------------------
 
 

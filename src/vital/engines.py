@@ -172,14 +172,16 @@ class RayEngine:
         if self.started:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None:
+                # "local" starts an instance of our own even when another Ray runs on this
+                # machine (ray.init() alone would join that one, and refuse num_cpus there).
                 options["num_cpus"] = num_cpus
             try:
-                ray.init(address=address, **options)
+                ray.init(address="local" if address is None else address, **options)
             except (ConnectionError, RuntimeError, ValueError) as error:
+                where = "start a local Ray instance" if address is None else f"reach {address!r}"
                 raise VitalError(
-                    f"cannot reach a Ray cluster at {address!r}: {error}. Start one with "
-                    "`ray start --head` and pass it as address=ADDR, or leave the address out "
-                    "to start a local cluster."
+                    f"cannot {where}: {error}. Start a cluster with `ray start --head` and pass "
+                    "it as address=ADDR, or leave the address out to start a local one."
                 ) from error
 
     def run(
