@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import vital
-from conftest import tiny_cnn_model, write_images
+from conftest import tiny_cnn_model, tiny_vit_model, write_images
 from vital.atlas import build_atlas
 from vital.cli import app
 from vital.compare import compare
@@ -204,3 +204,22 @@ def test_a_records_scores_hold_for_the_png_it_writes(tmp_path, class_tree):
         # The float image's score is kept, labelled; it differs, so the check above can fail.
         rounding_mattered |= abs(evaluation[f"float_{key}"] - scores[key]) > 1e-5
     assert rounding_mattered
+
+
+@pytest.mark.parametrize("overrides", [{"coarse_start": 0.5}, {"half_resolution_steps": 2}])
+def test_half_resolution_stages_on_a_fixed_size_model_are_refused_before_any_work(
+    tmp_path, overrides
+):
+    write_images(tmp_path / "refs", 2, size=40)
+    with pytest.raises(VitalError, match="does not take the 16px half-resolution images"):
+        vital.visualize(
+            tiny_vit_model(), [1], tmp_path / "refs", setting=1, progress=False,
+            settings={"steps": 4, **overrides}, out=tmp_path / "out",
+        )  # fmt: skip
+    assert not list((tmp_path / "out").rglob("*.png"))  # refused before any picture
+    # A model that takes other sizes runs them.
+    (result,) = vital.visualize(
+        tiny_cnn_model(), [1], tmp_path / "refs", setting=1, progress=False,
+        settings={"steps": 4, **overrides},
+    )  # fmt: skip
+    assert result.pixels.shape[-1] == 32

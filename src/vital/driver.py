@@ -19,7 +19,7 @@ import torch
 from vital import metrics
 from vital.errors import VitalError, check_count
 from vital.grids import as_saved
-from vital.methods.base import Method, target_plan
+from vital.methods.base import Method, resolution_of, target_plan
 from vital.optimize import (
     DEFAULT_SETTING,
     Run,
@@ -123,6 +123,27 @@ def _merge(record: Record, fields: Mapping[str, Any]) -> None:
             setattr(record, name, value)
 
 
+def check_stages(model: Model, settings: Settings) -> None:
+    """Refuse, before any work, half-resolution stages that the model cannot take.
+
+    Setting 0 and ``coarse_start`` show the model 2×2-pooled images; a model with a fixed
+    input size (a ViT) refuses them deep inside its forward pass. One small pass tells.
+    """
+    if all(factor == 1 for _, factor in settings.stages()):
+        return
+    side = resolution_of(model, settings) // 2
+    probe = torch.zeros(1, 3, side, side, device=model.device, dtype=model.dtype)
+    try:
+        with torch.no_grad():
+            model.module(probe)
+    except (AssertionError, RuntimeError, ValueError) as error:
+        raise VitalError(
+            f"this model does not take the {side}px half-resolution images of setting 0 or "
+            f"coarse_start ({type(error).__name__}: {error}); use setting fast or 1, with "
+            "coarse_start=0."
+        ) from error
+
+
 def run(
     method: Method,
     model: Model,
@@ -168,6 +189,7 @@ def run(
     classes = [t.index for t in targets if isinstance(t, ClassTarget)]
     if classes:  # before any work: a model without class scores fails at once
         metrics.check_classifier(model, max(classes))
+    check_stages(model, settings)
     sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
     with (
