@@ -86,6 +86,17 @@ def test_bad_numbers_are_one_line(monkeypatch, capsys, refs, tmp_path, extra, ph
     assert_one_line_error(code, err, *phrases)
 
 
+def test_a_patch_side_of_a_few_pixels_is_refused_before_any_work(
+    monkeypatch, capsys, refs, tmp_path
+):
+    # a side of 3 px would cut 225 patches per image, each resized to the input and scored
+    arguments = ["neuron", "--layer", "stage2", "-k", "0", "--refs", refs, "--steps", "2"]
+    arguments += ["--patch", "3", "--out", tmp_path / "o"]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert_one_line_error(code, err, "patch side must be between", "not 3")
+    assert not list(tmp_path.glob("o/**/*.png"))
+
+
 def test_unsupported_devices(monkeypatch, capsys, tmp_path):
     for device in ("meta", "tpu", "cuda:7"):
         code, _, err = run(

@@ -122,7 +122,8 @@ def test_the_receptive_field_grows_with_depth_and_decides_the_references(tiny_cn
     assert fields[0] < fields[1] < fields[2] <= 32
     # theoretical bounds: the stem sees 3 px, stage1 7 px, stage3 31 px
     assert fields[0] <= 8 and fields[1] <= 16
-    assert auto_patch_side(fields[1], 32) == fields[1]
+    assert auto_patch_side(fields[1], 32) == 16  # a field under 16 px: the smallest side
+    assert auto_patch_side(50, 224) == 50 and auto_patch_side(10, 224) == 32
     assert auto_patch_side(32, 32) is None
     vit = tiny_vit_model()
     tokens = {i.name: i for i in list_layers(vit.module, 32)}["blocks.1"]

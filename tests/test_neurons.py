@@ -25,7 +25,13 @@ from vital.objectives import (
     neuron_prototypes,
     normalized_relevance,
 )
-from vital.references import ImageSource, ReferenceSet, cut_patches, patch_boxes, top_references
+from vital.references import (
+    ImageSource,
+    ReferenceSet,
+    patch_boxes,
+    score_patches,
+    top_references,
+)
 from vital.relevance import get_backend
 from vital.taps import Tap, list_layers, tapped
 
@@ -231,14 +237,26 @@ def test_patch_boxes_cover_the_crop_with_half_side_stride():
     assert len(patch_boxes(224, 32)) == 13 * 13
 
 
-def test_cut_patches_resize_the_right_region():
+def test_score_patches_scores_the_right_region_a_batch_at_a_time():
     crop = torch.zeros(3, 64, 64)
     crop[0, 32:48, 16:32] = 1.0  # a red square at left 16, top 32
-    patches, corners = cut_patches(crop, 16, 32)
-    index = corners.index((16, 32))
-    assert patches.shape == (len(corners), 3, 32, 32)
-    assert torch.allclose(patches[index, 0], torch.ones(32, 32))
-    assert patches[corners.index((0, 0)), 0].abs().max() == 0
+    batches = []
+
+    def redness(pixels):
+        batches.append(pixels.shape)
+        return pixels[:, 0].mean(dim=(1, 2))
+
+    values, corners = score_patches(crop, 16, 32, redness, batch_size=10)
+    assert values.shape == (len(corners),) == (7 * 7,)
+    assert float(values[corners.index((16, 32))]) == pytest.approx(1.0)
+    assert float(values[corners.index((0, 0))]) == 0
+    assert max(shape[0] for shape in batches) == 10 and batches[0][1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize("side", [1, 7, 15, 225])
+def test_a_patch_side_too_small_or_too_large_is_refused(side):
+    with pytest.raises(VitalError, match="patch side must be between 16 and 224"):
+        patch_boxes(224, side)
 
 
 def _red_square_image(path: Path, left: int, top: int) -> Path:

@@ -44,8 +44,26 @@ def test_user_weights_are_loaded_and_checked(tmp_path):
     )
     again = load_model("resnet18", weights=path)
     assert again.fingerprint == model.fingerprint
-    with pytest.raises(VitalError, match="do not fit this architecture"):
+    with pytest.raises(VitalError, match="do not fit this architecture") as misfit:
         load_model("resnet34", weights=path)
+    # one line that counts what is wrong (torch's own message lists every key on its own line)
+    assert "\n" not in str(misfit.value) and len(str(misfit.value)) < 400
+    assert "missing (e.g. layer1.2." in str(misfit.value)
+
+
+def test_weights_that_are_not_a_state_dict_are_one_line(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("garbage")
+    with pytest.raises(VitalError, match="cannot read weights from .*notes.pth") as error:
+        load_model("resnet18", weights=path)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_a_misspelt_model_name_suggests_each_name_once():
+    with pytest.raises(VitalError, match="unknown model 'resnet5'") as error:
+        load_model("resnet5", weights="random")
+    hints = str(error.value).split("Did you mean ")[1].split("?")[0].split(", ")
+    assert hints and len(hints) == len(set(hints))
 
 
 class Payload:

@@ -433,6 +433,18 @@ def is_imagenet_tree(folder: str | Path) -> bool:
 
 # Patch sides on the 224 crop used by the authors' second mining stage.
 PATCH_SIDES = (32, 64)
+MIN_PATCH_SIDE = 16
+
+
+def smallest_patch_side(size: int) -> int:
+    """The smallest patch side accepted on a ``size`` px crop.
+
+    A patch is resized to the model's input, so a side of a few pixels shows the model a blur,
+    and the count of patches per crop grows with the inverse square of the side (a side of 7
+    on 224 px: 5,329 forward passes per image): below 16 px (or half a small crop) nothing is
+    gained for that cost.
+    """
+    return min(MIN_PATCH_SIDE, max(1, size // 2))
 
 
 def patch_boxes(size: int, side: int, stride: int | None = None) -> list[tuple[int, int]]:
@@ -440,19 +452,40 @@ def patch_boxes(size: int, side: int, stride: int | None = None) -> list[tuple[i
 
     Patches have ``side`` px and start every ``stride`` px (default half a side).
     """
-    if not 0 < side <= size:
-        raise VitalError(f"a patch side must be between 1 and {size} pixels, not {side}.")
+    if not smallest_patch_side(size) <= side <= size:
+        raise VitalError(
+            f"a patch side must be between {smallest_patch_side(size)} and {size} pixels "
+            f"(the authors use 32 or 64; 0: whole images), not {side}."
+        )
     stride = stride or max(side // 2, 1)
     starts = list(range(0, size - side + 1, stride))
     return [(left, top) for top in starts for left in starts]
 
 
-def cut_patches(crop: torch.Tensor, side: int, resolution: int) -> tuple[torch.Tensor, list]:
-    """All patches of a (3, R, R) crop, each resized to ``resolution``: ((N, 3, r, r), corners)."""
+def score_patches(
+    crop: torch.Tensor,
+    side: int,
+    resolution: int,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Scores of every patch of a (3, R, R) crop, each resized to ``resolution``; their corners.
+
+    Patches are resized a batch at a time: all of a crop's patches at the model's input size
+    at once would take hundreds of megabytes for small sides.
+    """
     corners = patch_boxes(crop.shape[-1], side)
-    patches = torch.stack([crop[:, top : top + side, left : left + side] for left, top in corners])
-    resized = F.interpolate(patches, size=(resolution, resolution), mode="bilinear")
-    return resized.clamp(0, 1), corners
+    values = []
+    for start in range(0, len(corners), batch_size):
+        patches = torch.stack(
+            [
+                crop[:, top : top + side, left : left + side]
+                for left, top in corners[start : start + batch_size]
+            ]
+        )
+        resized = F.interpolate(patches, size=(resolution, resolution), mode="bilinear")
+        values.append(score(resized.clamp(0, 1)))
+    return torch.cat(values), corners
 
 
 def _patch_source(source: ImageSource, corner: tuple[int, int], side: int, resolution: int):
@@ -523,8 +556,9 @@ def top_references(
         scored = [(float(v), s) for v, (s, _) in zip(values, sources, strict=True)]
     else:
         for source, image in sources:
-            patches, corners = cut_patches(center_crop(image, resolution), patch_side, resolution)
-            values = torch.cat([score(chunk) for chunk in patches.split(batch_size)])
+            values, corners = score_patches(
+                center_crop(image, resolution), patch_side, resolution, score, batch_size
+            )
             best = int(values.argmax())
             patch = _patch_source(source, corners[best], patch_side, resolution)
             scored.append((float(values[best]), patch))
@@ -580,8 +614,7 @@ def best_patches(
     """
     scored: list[tuple[float, ImageSource]] = []
     for number, view in enumerate(references.views(resolution, crop_pct, interpolation)):
-        patches, corners = cut_patches(view, patch_side, resolution)
-        values = torch.cat([score(chunk) for chunk in patches.split(batch_size)])
+        values, corners = score_patches(view, patch_side, resolution, score, batch_size)
         best = int(values.argmax())
         identity = (
             f"{references.identity()}#view{number}#patch{patch_side}@{corners[best]}/{resolution}"

@@ -682,7 +682,7 @@ def _find_architecture(name: str) -> _Architecture:
 
 
 def _hint(name: str, known: list[str]) -> str:
-    hints = close_matches(name, known)
+    hints = close_matches(name, list(dict.fromkeys(known)))  # torchvision and timm share names
     return f" Did you mean {', '.join(hints)}?" if hints else ""
 
 
@@ -702,9 +702,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for unreadable or unsafe files
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         raise VitalError(
-            f"cannot read weights from {path}: {error}. vital loads state dicts only "
-            "(weights_only=True); save yours with torch.save(model.state_dict(), path)."
+            f"cannot read weights from {path} ({type(error).__name__}: {reason[:160]}); vital "
+            "loads state dicts only (weights_only=True): save yours with "
+            "torch.save(model.state_dict(), path)."
         ) from error
     return _unwrap(state, str(path))
 
@@ -784,8 +786,33 @@ def _apply_weights(module: nn.Module, state: dict[str, torch.Tensor], source: st
         module.load_state_dict(state)
     except RuntimeError as error:
         raise VitalError(
-            f"weights from {source} do not fit this architecture: {str(error)[:600]}"
+            f"weights from {source} do not fit this architecture: {_misfit(module, state, error)}"
         ) from error
+
+
+def _misfit(module: nn.Module, state: dict[str, torch.Tensor], error: RuntimeError) -> str:
+    """Why a state dict does not load, in one line (torch's message lists every key)."""
+    own = module.state_dict()
+    # torch fills a missing BatchNorm step counter itself: not a misfit
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [key for key in state if key not in own]
+    reshaped = [
+        key
+        for key in own
+        if isinstance(state.get(key), torch.Tensor) and state[key].shape != own[key].shape
+    ]
+    parts = [
+        f"{len(keys)} {kind} (e.g. {', '.join(keys[:3])})"
+        for keys, kind in (
+            (missing, "missing"),
+            (unexpected, "unexpected"),
+            (reshaped, "of another shape"),
+        )
+        if keys
+    ]
+    if not parts:
+        return " ".join(str(error).split())[:300]
+    return f"{'; '.join(parts)}, of {len(own)} keys. Were they saved from another model (--model)?"
 
 
 def _labels_for(module: nn.Module) -> ClassLabels | None:

@@ -38,6 +38,7 @@ from vital.references import (
     from_folder,
     from_samples,
     one_targets_references,
+    smallest_patch_side,
     top_references,
 )
 from vital.relevance import RelevanceBackend, get_backend, target_activation
@@ -224,7 +225,7 @@ def auto_patch_side(field: int, resolution: int) -> int | None:
     if field > WHOLE_IMAGE_FIELD * resolution:
         return None
     # at least 32 px of 224 (the authors' smaller side), at most half the image
-    return min(max(resolution // 7, field), resolution // 2)
+    return min(max(resolution // 7, field, smallest_patch_side(resolution)), resolution // 2)
 
 
 def neuron_references(

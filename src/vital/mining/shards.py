@@ -17,6 +17,7 @@ from vital.errors import VitalError
 from vital.mining.datasets import crop_loader
 from vital.mining.topk import RunningTopK
 from vital.mining.units import Units
+from vital.references import smallest_patch_side
 from vital.taps import tapped
 from vital.zoo import Model
 
@@ -31,9 +32,11 @@ class Patches:
     crop: int
 
     def __post_init__(self) -> None:
-        if not 2 <= self.size <= self.crop:
+        if not smallest_patch_side(self.crop) <= self.size <= self.crop:
             raise VitalError(
-                f"patch side {self.size} must be between 2 and the crop side {self.crop}."
+                f"the patch side (--patch) must be between {smallest_patch_side(self.crop)} and "
+                f"the crop side {self.crop} (the authors use 32 or 64; 0: whole images), "
+                f"not {self.size}."
             )
 
     @property
