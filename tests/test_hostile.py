@@ -97,6 +97,25 @@ def test_a_patch_side_of_a_few_pixels_is_refused_before_any_work(
     assert not list(tmp_path.glob("o/**/*.png"))
 
 
+def test_a_reference_count_far_beyond_any_use_is_refused_before_any_work(
+    monkeypatch, capsys, refs, tmp_path
+):
+    # 100,000 random views of four photos: hours of forward passes before the first step
+    arguments = ["class", "-c", "1", "--refs", refs, "--steps", "2", "--ref-count", "100000"]
+    code, _, err = run(
+        monkeypatch, capsys, *arguments, "--out", tmp_path / "o", model=tiny_cnn_model()
+    )
+    assert_one_line_error(code, err, "100,000 reference views is more than 10,000")
+
+
+def test_a_store_that_does_not_exist_is_named(monkeypatch, capsys, refs, tmp_path):
+    image = next(refs.rglob("*.png"))
+    arguments = ["explain", image, "--layer", "stage2", "--top", "1"]
+    arguments += ["--store", tmp_path / "typo", "--out", tmp_path / "o"]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert_one_line_error(code, err, "--store", "typo is not a folder")
+
+
 def test_unsupported_devices(monkeypatch, capsys, tmp_path):
     for device in ("meta", "tpu", "cuda:7"):
         code, _, err = run(

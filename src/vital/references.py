@@ -40,6 +40,7 @@ from vital.taps import tapped
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 DEFAULT_REFERENCES = 50
+MAX_REFERENCES = 10_000
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,13 @@ class ReferenceSet:
             raise VitalError(f"no usable reference images ({self.description or 'empty set'}).")
         if self.count < 1:
             raise VitalError("the number of references must be at least 1.")
+        if self.count > MAX_REFERENCES:
+            # every view is a forward pass before the first step, with no progress shown
+            raise VitalError(
+                f"{self.count:,} reference views is more than {MAX_REFERENCES:,} (each is a "
+                "forward pass before the first step; the authors use 50): ask for fewer "
+                "(--ref-count N)."
+            )
 
     @property
     def expanded(self) -> bool:

@@ -193,6 +193,12 @@ def explain(
     check_count(batch_size, "batch_size")
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
+    for store in stores:
+        if not Path(store).is_dir():
+            raise VitalError(
+                f"--store {store} is not a folder; give an atlas or result folder to reuse "
+                "pictures from."
+            )
     with frozen(model):
         model = as_model(model, device)
         pixels, image_info = load_image(image, model.preprocessing.input_size)
