@@ -90,7 +90,11 @@ ChannelSelection = Annotated[
 ]
 ReferenceCount = Annotated[int, option("--ref-count", "Reference images (views) per target.")]
 Relevance = Annotated[str, typer.Option("--relevance", help=RELEVANCE_HELP)]
-Steps = Annotated[int | None, option("--steps", "Optimisation steps (default: the setting's).")]
+STEPS_HELP = (
+    "Optimisation steps (default: the setting's); setting 0 runs its 2000 half-resolution "
+    "steps before these."
+)
+Steps = Annotated[int | None, option("--steps", STEPS_HELP)]
 Out = Annotated[Path, option("--out", "Output folder.")]
 Seed = Annotated[int, option("--seed", "Seed of the first image; image i uses seed+i.")]
 Device = Annotated[str, option("--device", "auto (CUDA when present), cpu, cuda or cuda:N.")]
