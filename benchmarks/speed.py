@@ -15,7 +15,10 @@ batch 1, one thread, rounds interleaved, medians: a class step of MobileNetV2 an
 step's tap features cost alone (:func:`vital.losses.rank_order`), the part of a class step a
 bare pass has no counterpart for. ``--before SRC`` runs every round twice, once with ``SRC``
 (another checkout's ``src``) on ``PYTHONPATH`` and once with this one, each in its own process,
-alternating, and prints both.
+alternating, and prints both. ``--clock cpu`` times with the process's CPU time instead of
+the wall clock, for a machine that other work shares: a step is then the difference between a
+run of ``--steps`` and a run of 2 steps (the driver's setup cancels), divided by the steps
+between them.
 """
 
 from __future__ import annotations
@@ -128,6 +131,11 @@ RATIO_CASES = (
 )
 
 
+# --ratio's clock: the wall clock, or the process's CPU time (--clock cpu, for a shared machine).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def bare_seconds(model, passes: int) -> float:
     """Seconds of one forward + backward-to-input of the whole frozen model, batch 1."""
     from vital.zoo import frozen
@@ -135,21 +143,31 @@ def bare_seconds(model, passes: int) -> float:
     size = model.preprocessing.input_size
     x = torch.randn(1, 3, size, size, device=model.device, requires_grad=True)
     with frozen(model.module):
-        started = time.perf_counter()
+        started = clock()
         for _ in range(passes):
             x.grad = None
             model.module(x).sum().backward()
-    return (time.perf_counter() - started) / passes
+    return (clock() - started) / passes
 
 
 def step_seconds(model, target, references, steps: int) -> float:
-    """Seconds of one setting-1 step through the driver, by the loop's own timer."""
+    """Seconds of one setting-1 step through the driver.
+
+    By the loop's own timer with the wall clock; with the CPU clock, a run of ``steps`` less a
+    run of 2 steps, divided by ``steps - 2``, so that what a run does once cancels.
+    """
     import vital
 
-    (result,) = vital.visualize(
-        model, [target], references, setting=1, settings={"steps": steps}, progress=False
-    )
-    return result.record.seconds / steps
+    def run(count: int) -> float:
+        started = clock()
+        (result,) = vital.visualize(
+            model, [target], references, setting=1, settings={"steps": count}, progress=False
+        )
+        return result.record.seconds if clock is CLOCKS["wall"] else clock() - started
+
+    if clock is CLOCKS["wall"]:
+        return run(steps) / steps
+    return (run(steps) - run(2)) / (steps - 2)
 
 
 def sort_seconds(model, layers: list[str], passes: int) -> float:
@@ -160,11 +178,11 @@ def sort_seconds(model, layers: list[str], passes: int) -> float:
     size = model.preprocessing.input_size
     with tapped(model.module, layers, stop_early=True) as tap, torch.no_grad():
         features = tap(torch.randn(1, 3, size, size, device=model.device))
-    started = time.perf_counter()
+    started = clock()
     for _ in range(passes):
         for value in features.values():
             rank_order(value)
-    return (time.perf_counter() - started) / passes
+    return (clock() - started) / passes
 
 
 def ratio_rounds(rounds: int, steps: int) -> list[dict]:
@@ -180,7 +198,7 @@ def ratio_rounds(rounds: int, steps: int) -> list[dict]:
         target = vital.Channel(*target) if kind == "neuron" else target
         layers = [t.layer for t in default_taps(name, list_layers(model.module, 224))[0]]
         # prototypes (computed once, cached) and allocator warm-up
-        step_seconds(model, target, references, 2)
+        step_seconds(model, target, references, 3)
         bare_seconds(model, 2)
         for number in range(rounds):  # the machine may be shared: interleave, keep medians
             bare = bare_seconds(model, steps)
@@ -206,10 +224,11 @@ def ratio_table(rows: list[dict], tree: str = "") -> list[str]:
     return lines
 
 
-def ratio_main(rounds: int, steps: int, before: str | None) -> None:
+def ratio_main(rounds: int, steps: int, before: str | None, clock_name: str = "wall") -> None:
     print(
         f"torch {torch.__version__}, 1 thread, batch 1, 224 px, {steps} steps or passes per "
-        f"round, medians of {rounds} interleaved rounds; {platform.machine()}\n"
+        f"round, medians of {rounds} interleaved rounds, {clock_name} clock; "
+        f"{platform.machine()}\n"
     )
     print("| case | bare fwd+bwd ms | step ms | step / bare | exact sorts ms | rounds |")
     print("|---|---|---|---|---|---|")
@@ -221,6 +240,7 @@ def ratio_main(rounds: int, steps: int, before: str | None) -> None:
     for _ in range(rounds):
         for name, source in trees.items():
             command = [sys.executable, __file__, "--ratio-json", "--steps", str(steps)]
+            command += ["--clock", clock_name]
             environment = {**os.environ, "PYTHONPATH": source, "OMP_NUM_THREADS": "1"}
             output = subprocess.run(
                 command, capture_output=True, text=True, check=True, env=environment
@@ -239,10 +259,19 @@ def main() -> None:
     parser.add_argument("--ratio", action="store_true", help="step / bare pass (see the doc)")
     parser.add_argument("--rounds", type=int, default=5, help="--ratio: interleaved rounds")
     parser.add_argument("--before", help="--ratio: another checkout's src to compare with")
+    parser.add_argument(
+        "--clock", choices=CLOCKS, default="wall", help="--ratio: wall clock or CPU time"
+    )
     parser.add_argument("--ratio-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.clock == "cpu" and args.steps < 3:
+        parser.error(
+            "--clock cpu times a step as a run of --steps less a run of 2: use --steps 3 or more"
+        )
     if args.ratio:
-        ratio_main(args.rounds, args.steps, args.before)
+        ratio_main(args.rounds, args.steps, args.before, args.clock)
         return
     if args.ratio_json:  # one round of every case, for --before
         print(json.dumps(ratio_rounds(1, args.steps)))

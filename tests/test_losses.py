@@ -3,6 +3,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from vital import losses
 from vital.losses import l2, rank_order, sort_matching_loss, sorted_prototype, tv_l1, tv_l2
 
 
@@ -110,6 +111,46 @@ def test_rank_order_of_a_non_contiguous_view():
     assert torch.equal(values.gather(-1, rank_order(values)), values.sort(dim=-1).values)
 
 
+def stable_order(values: torch.Tensor) -> np.ndarray:
+    """The contract of ``rank_order``, independently: by value, ``-0.0`` first, then position."""
+    rows = values.reshape(-1, values.shape[-1]).numpy()
+    positions = np.arange(rows.shape[-1])
+    order = [np.lexsort((positions, ~np.signbit(row), row)) for row in rows]
+    return np.stack(order).reshape(values.shape)
+
+
+def tied_rows(length: int, generator: torch.Generator) -> torch.Tensor:
+    """Rows of the kinds taps give: ReLU zeros (many, most, few), dead, clamped, signed zeros."""
+    noise = torch.randn(9, length, generator=generator)
+    rows = [
+        noise[0].clamp_min(0),  # ReLU: half exact zeros
+        noise[1].clamp_min(1.2),  # most values tie at the minimum
+        noise[2].clamp_min(-2.0),  # a few ties at the minimum (under an eighth)
+        torch.zeros(length),  # a dead channel
+        noise[3].clamp(0, 0.5),  # ReLU6-like: ties at both ends
+        noise[4].round(),  # ties everywhere
+        noise[5].clamp_min(0) * torch.where(noise[6] > 0, 1.0, -1.0),  # 0.0 and -0.0 mixed
+        noise[7],  # no ties
+        torch.full((length,), 3.0),  # constant, not zero
+    ]
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("length", [49, 196, 3136, 12544])
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_rank_order_puts_ties_in_position_order(length, small_chunks, monkeypatch):
+    # The loss's gradient scatters each rank's target to a position: tied values must receive
+    # their targets in one fixed order (position order) whatever path sorted their row.
+    if small_chunks:  # every path on short rows: chunks of a few rows, "long" rows from 32
+        monkeypatch.setattr(losses, "_CHUNK_VALUES", 3 * length)
+        monkeypatch.setattr(losses, "_LONG_ROW", 32)
+    generator = torch.Generator().manual_seed(length)
+    values = torch.stack([tied_rows(length, generator), tied_rows(length, generator).flip(0)])
+    order = rank_order(values)
+    assert order.shape == values.shape and order.dtype == torch.int64
+    assert np.array_equal(order.numpy(), stable_order(values))
+
+
 def test_loss_and_gradient_equal_the_direct_form_with_ties():
     # The direct form: each position's target is the prototype at its rank, through autograd.
     torch.manual_seed(5)
@@ -129,6 +170,21 @@ def test_loss_and_gradient_equal_the_direct_form_with_ties():
     assert torch.allclose(fused.grad.sum(-1), direct.grad.sum(-1), rtol=1e-4, atol=1e-7)
     untied = values > 0
     assert torch.allclose(fused.grad[untied], direct.grad[untied], rtol=1e-4, atol=1e-7)
+
+
+def test_gradient_gives_tied_positions_their_targets_in_position_order():
+    # Long ReLU rows take the path that leaves the zeros out of the sort: each zero must still
+    # get the target of its position-order rank, as in the direct form with a stable order.
+    generator = torch.Generator().manual_seed(11)
+    values = tied_rows(3136, generator)[None]
+    prototypes = torch.randn(1, 9, 3136, generator=generator).sort(-1).values
+    order = torch.from_numpy(stable_order(values))
+    target = torch.empty_like(prototypes).scatter_(-1, order, prototypes)
+    direct = values.clone().requires_grad_(True)
+    ((direct - target) ** 2).mean().backward()
+    fused = values.clone().requires_grad_(True)
+    sort_matching_loss(fused, prototypes).sum().backward()
+    assert torch.allclose(fused.grad, direct.grad, rtol=1e-5, atol=1e-12)
 
 
 def test_importance_per_position_is_refused():
