@@ -55,8 +55,6 @@ import torch
 import torch.nn.functional as F
 
 import vital
-import vital.methods.vital_neuron
-import vital.objectives
 import vital.optimize
 from vital import metrics
 from vital.grids import display_pixels, grid, to_image
@@ -340,18 +338,6 @@ def main() -> None:
         help="pictures of one receptive field, from the best patches of that side, unresized",
     )
     parser.add_argument(
-        "--floor-tap-side",
-        type=float,
-        help="the signed floor only at taps this many times finer than the target "
-        "(vital.objectives.FLOOR_TAP_SIDE; default: the library's)",
-    )
-    parser.add_argument(
-        "--same-side-weight",
-        type=float,
-        help="the weight of taps with the target's own side "
-        "(vital.presets.NEURON_SAME_SIDE_WEIGHT; default: the library's)",
-    )
-    parser.add_argument(
         "--evidence",
         action="store_true",
         help="also the concentration of the unit's input gradient on its references and on the "
@@ -366,10 +352,6 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, default=HERE / "out" / "layer_kinds")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.same_side_weight is not None:
-        vital.methods.vital_neuron.NEURON_SAME_SIDE_WEIGHT = args.same_side_weight
-    if args.floor_tap_side is not None:
-        vital.objectives.FLOOR_TAP_SIDE = args.floor_tap_side
     loaded: dict[str, vital.Model] = {}
     lines = [
         "| model layer | ≥ ½ views' activation | negative | relative to views | relative to "

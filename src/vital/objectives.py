@@ -16,7 +16,7 @@ from vital.losses import sort_matching_loss
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
 from vital.relevance.seeds import negative_share
-from vital.taps import FeatureTap, LayerInfo, Tap, tapped
+from vital.taps import FeatureTap, Tap, tapped
 
 
 class SortMatching:
@@ -125,19 +125,6 @@ def weighted_features(
 FLOOR_CAP = 0.5
 
 
-# Where a signed target's floor applies: at taps whose maps are at least this many times finer
-# (in side) than the target's; ``None``: at every tap.
-FLOOR_TAP_SIDE: float | None = None
-
-
-def held_taps(target: LayerInfo, taps: Sequence[LayerInfo]) -> tuple[str, ...] | None:
-    """The taps where a signed target's floor applies (:data:`FLOOR_TAP_SIDE`); ``None``: all."""
-    if FLOOR_TAP_SIDE is None:
-        return None
-    side = lambda info: info.positions**0.5  # noqa: E731 (tokens: as if square)
-    return tuple(t.name for t in taps if side(t) >= FLOOR_TAP_SIDE * side(target))
-
-
 def negative_shares(
     outputs: Mapping[str, torch.Tensor],
     directions: Mapping[str, torch.Tensor],
@@ -205,20 +192,12 @@ class NeuronTarget:
         A floor every position keeps under the normalised relevance, ``f + (1 − f) · r``
         (:func:`normalized_relevance`), whatever the target's sign; 0 (the default) keeps the
         authors' weights. Concept pictures use one (docs/concepts.md, "Pictures").
-    held_taps
-        The taps where a signed target's floor (:func:`relevance_floor`) applies; ``None``
-        (the default): all of them.
     """
 
     layer: str
     direction: torch.Tensor
     taps: tuple[Tap, ...]
     floor: float = 0.0
-    held_taps: tuple[str, ...] | None = None
-
-    def holds(self, tap: str) -> bool:
-        """Whether the signed floor applies at ``tap``."""
-        return self.held_taps is None or tap in self.held_taps
 
 
 def neuron_prototypes(
@@ -272,7 +251,8 @@ def neuron_prototypes(
                 directions, layouts = read(x)
                 relevance = backend.relevance(tap.outputs, directions, taps, layouts)
                 share = negative_shares(tap.outputs, directions, layouts)
-                signed = relevance_floor(share) * hold.to(share.device, share.dtype)
+                floor = relevance_floor(share) * hold.to(share.device, share.dtype)
+                floor = floor.clamp_min(target.floor)
                 summary = {
                     "activation": target_activation(
                         tap.outputs[target.layer].detach(),
@@ -282,7 +262,6 @@ def neuron_prototypes(
                     "negative_share": share,
                 }
                 for name in taps:
-                    floor = (signed if target.holds(name) else 0 * signed).clamp_min(target.floor)
                     weighted = weighted_features(features[name].detach(), relevance[name], floor)
                     summary[f"prototype:{name}"] = weighted.sort(dim=-1).values
                     summary[f"importance:{name}"] = channel_importance(relevance[name])
@@ -303,7 +282,6 @@ def neuron_prototypes(
         resolution,
         downsample,
         *([target.floor] if target.floor else []),  # without one: the keys kept so far
-        *([list(target.held_taps)] if target.held_taps is not None else []),
     ]
     return cached("neuron-prototypes", key, compute, cache_dir)
 
@@ -360,10 +338,6 @@ class RelevanceSortMatching:
         self.held = torch.tensor(chosen) if any(chosen) else None
         floors = [target.floor for target in targets]
         self.floors = torch.tensor(floors) if any(floors) else None
-        # (B, taps): where each image's signed floor applies
-        self.holds = torch.tensor(
-            [[float(target.holds(name)) for name in self.taps] for target in targets]
-        )
 
     def directions(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Target layer → (B, C) directions, zero rows for images targeting another layer."""
@@ -413,20 +387,18 @@ class RelevanceSortMatching:
                     for layer, direction in directions.items()
                 )
             )
-        signed = None
+        floor = None
         if self.held is not None:
-            signed = relevance_floor(negative_shares(self.tap.outputs, directions, layouts))
-            signed = signed * self.held.to(model_input.device)
-        floors = None if self.floors is None else self.floors.to(model_input.device)
-        holds = self.holds.to(model_input.device)
+            floor = relevance_floor(negative_shares(self.tap.outputs, directions, layouts))
+            floor = floor * self.held.to(model_input.device)
+        if self.floors is not None:
+            floors = self.floors.to(model_input.device)
+            floor = floors if floor is None else torch.maximum(floor, floors)
         stacked = self._stack(factor, features)
         weights = self.weights.to(model_input.device)
         terms = {}
         for column, name in enumerate(self.taps):
             prototype, importance = stacked[name]
-            floor = None if signed is None else signed * holds[:, column]
-            if floors is not None:
-                floor = floors if floor is None else torch.maximum(floor, floors)
             weighted = weighted_features(features[name].float(), relevance[name].float(), floor)
             terms[name] = weights[:, column] * sort_matching_loss(weighted, prototype, importance)
         return terms

@@ -81,9 +81,6 @@ PRESET_PRIORS: dict[str, float] = {"vit_l_16": 0.003, "vit_l_32": 0.0003}
 # Inner neurons: the stem tap weighs 0.1, the image priors tv_l2 = l2 = 3e-7.
 NEURON_STEM_WEIGHT = 0.1
 NEURON_PRIOR = 3e-7
-# The weight of the taps whose maps have the target's own side (its block's input and the
-# branch a residual sum adds, ``near_tap``).
-NEURON_SAME_SIDE_WEIGHT = 1.0
 
 
 # --- relevance: blocks the LRP canonizers know (vital.relevance) --------------------------------

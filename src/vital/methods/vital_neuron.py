@@ -21,16 +21,10 @@ import torch
 from vital.errors import VitalError
 from vital.methods.base import Method, resolution_of
 from vital.methods.vital_class import reference_fields
-from vital.objectives import (
-    NeuronTarget,
-    RelevanceSortMatching,
-    held_taps,
-    neuron_prototypes,
-)
+from vital.objectives import NeuronTarget, RelevanceSortMatching, neuron_prototypes
 from vital.optimize import DEFAULT_SETTING, Settings
 from vital.presets import (
     NEURON_PRIOR,
-    NEURON_SAME_SIDE_WEIGHT,
     NEURON_STEM_WEIGHT,
     RESIDUAL_BRANCHES,
     RESIDUAL_FLAGS,
@@ -155,13 +149,6 @@ def neuron_taps(
         if branch is not None and branch in info and info[branch].calls == 1:
             chosen = (*chosen, Tap(branch))
             source += f", and {branch}, the branch its residual sum adds"
-    own = info[target_layer].spatial
-    if NEURON_SAME_SIDE_WEIGHT != 1 and any(info[t.layer].spatial == own for t in chosen):
-        chosen = tuple(
-            Tap(t.layer, t.weight * NEURON_SAME_SIDE_WEIGHT) if info[t.layer].spatial == own else t
-            for t in chosen
-        )
-        source += f" (taps of the target's own side weigh {NEURON_SAME_SIDE_WEIGHT:g})"
     return chosen, source
 
 
@@ -375,11 +362,7 @@ class VitalNeuron(Method):
                 model, layers, target.layer, self.taps, near=settings.near_tap
             )
             neuron = NeuronTarget(
-                target.layer,
-                direction_of(target, info[target.layer]),
-                chosen,
-                float(floor),
-                held_taps(info[target.layer], [info[t.layer] for t in chosen]),
+                target.layer, direction_of(target, info[target.layer]), chosen, float(floor)
             )
             candidates = neuron_references(
                 target, references, self.reference_count, self.reference_seed
