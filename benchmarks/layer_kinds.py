@@ -84,7 +84,7 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     references = {
         t: from_samples([p], args.references, seed=0) for t, p in zip(targets, photos, strict=True)
     }
-    given, settings = references, {"steps": args.steps, "seed": 0}
+    given, settings = references, {"steps": args.steps, "seed": args.seed}
     if args.field_scale:
         given, settings["resolution"] = field_references(model, layer, targets, references)
     if args.jitter is not None:
@@ -327,6 +327,7 @@ def main() -> None:
     parser.add_argument("--setting", default="fast")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--references", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0, help="the first picture's seed")
     parser.add_argument(
         "--patch-side", help="'auto', or pixels (0: whole views); default: the method's"
     )
