@@ -16,7 +16,15 @@ views or their best patches). Per channel:
   photo's 50 views (seed 1) and the gap to the other three channels' photos; ``--judge
   efficientnet_lite0,efficientnet_lite1`` adds a second judge's (the first is the table's), so
   that choices can be made with one judge and checked with the other;
-- *below start*: pictures whose activation ends below that of their starting image.
+- *below start*: pictures whose activation ends below that of their starting image;
+- *evidence* (``--evidence``): the concentration of the unit's own input gradient
+  ``|∂ Σ max(a, 0) / ∂x|`` (made into a map as the transparency is: colours averaged, clipped at
+  the 98th percentile) on its references (mean over them) and on the finished picture, and of
+  where it fires (``max(a, 0)`` over the layer's positions): whether the unit's evidence is in
+  one place on its own photos at all; and the transparency accumulated over all steps and
+  over the later steps only (from 50 %, 80 % and 90 % of the steps, in tenths of the run),
+  read from the same run's gradients whatever the method's own ``transparency_from`` (the
+  picture is the method's); and each tenth's share of the map's mass.
 
 ``--field-scale`` shows each unit one receptive field at its own scale: the picture is made at
 the side of the unit's effective receptive field (``receptive_field``, e.g. 120 px for a 14×14
@@ -35,6 +43,7 @@ A grid per layer (photo, picture, RGBA, the first references as the method used 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -46,11 +55,13 @@ import torch
 import torch.nn.functional as F
 
 import vital
+import vital.optimize
 from vital import metrics
 from vital.grids import display_pixels, grid, to_image
 from vital.methods.vital_neuron import receptive_field, target_score
+from vital.optimize import transparency
 from vital.references import SAMPLE_PHOTOS, best_patches, from_samples
-from vital.taps import list_layers, tapped
+from vital.taps import list_layers, tapped, to_positions
 from vital.targets import Channel
 
 HERE = Path(__file__).parent
@@ -73,23 +84,25 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     references = {
         t: from_samples([p], args.references, seed=0) for t, p in zip(targets, photos, strict=True)
     }
-    given, settings = references, {"steps": args.steps, "seed": 0}
+    given, settings = references, {"steps": args.steps, "seed": args.seed}
     if args.field_scale:
         given, settings["resolution"] = field_references(model, layer, targets, references)
     if args.jitter is not None:
         settings["jitter"] = args.jitter
     started = time.perf_counter()
-    results = vital.visualize(
-        model,
-        targets,
-        given,
-        setting=args.setting,
-        settings=settings,
-        batch_size=len(targets),
-        progress=False,
-        **({} if args.patch_side is None else {"patch_side": patch_side(args.patch_side)}),
-        **({} if args.relevance is None else {"relevance": args.relevance}),
-    )
+    late = LateGradients(args.steps) if args.evidence else contextlib.nullcontext()
+    with late:
+        results = vital.visualize(
+            model,
+            targets,
+            given,
+            setting=args.setting,
+            settings=settings,
+            batch_size=len(targets),
+            progress=False,
+            **({} if args.patch_side is None else {"patch_side": patch_side(args.patch_side)}),
+            **({} if args.relevance is None else {"relevance": args.relevance}),
+        )
     seconds = (time.perf_counter() - started) / len(targets)
     pixels = torch.stack([r.pixels for r in results])
     if pixels.shape[-1] != 224:  # --field-scale: the judges see the picture at their size
@@ -132,6 +145,11 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
                 "below_start": bool(evaluation.get("below_start")),
                 "seconds": seconds,
                 "references": result.record.references.get("mode", ""),
+                **(
+                    evidence(model, layer, target.index, result.pixels, views, late, number)
+                    if args.evidence
+                    else {}
+                ),
                 "warnings": result.record.evaluation.get("warnings", []),
             }
         )
@@ -153,6 +171,78 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, quality=85)
     return rows, path
+
+
+class LateGradients(contextlib.AbstractContextManager):
+    """``--evidence``: |∂L/∂x| of each step summed per tenth of the run (a hook on the images).
+
+    Reads the same gradients the transparency accumulates (one view per step), so the maps of
+    the later steps only come from the method's own run.
+    """
+
+    def __init__(self, steps: int, parts: int = 10):
+        self.steps, self.parts, self.step, self.sums = steps, parts, 0, {}
+
+    def __enter__(self):
+        self.original = vital.optimize._view_terms
+
+        def wrapped(x, *rest):
+            if x.requires_grad:
+                x.register_hook(self._add)
+            return self.original(x, *rest)
+
+        vital.optimize._view_terms = wrapped
+        return self
+
+    def _add(self, gradient: torch.Tensor) -> None:
+        part = min(self.parts - 1, self.step * self.parts // self.steps)
+        magnitude = gradient.detach().abs()
+        self.sums[part] = self.sums.get(part, 0) + magnitude
+        # each step's map with the same mass: no step outweighs the others by its loss's size
+        mass = magnitude.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)
+        self.normed = getattr(self, "normed", 0) + magnitude / mass
+        self.step += 1
+
+    def __exit__(self, *exc):
+        vital.optimize._view_terms = self.original
+        return False
+
+    def from_share(self, share: float) -> torch.Tensor:
+        return sum(v for k, v in self.sums.items() if k >= round(share * self.parts))
+
+
+def evidence_concentration(
+    model, layer: str, channel: int, pixels: torch.Tensor
+) -> tuple[list[float], list[float]]:
+    """Per image: the concentration of the map of ``|∂ Σ max(a_channel, 0) / ∂x|``, and of
+    ``max(a_channel, 0)`` itself over the layer's positions (where the unit fires)."""
+    x = model.preprocessing.normalize(pixels.to(model.device)).requires_grad_(True)
+    with tapped(model.module, [layer], stop_early=True) as tap, torch.enable_grad():
+        tap(x)
+        output = to_positions(tap.outputs[layer], tap.layout(layer))[:, channel]
+        (gradient,) = torch.autograd.grad(output.clamp_min(0).sum(), x)
+    firing = [metrics.concentration(a) for a in output.detach().clamp_min(0)]
+    return [metrics.concentration(a) for a in transparency(gradient.abs())], firing
+
+
+def evidence(model, layer, channel, picture, views, late, item) -> dict:
+    """``--evidence``'s columns for one channel (see the module doc)."""
+    on_views, firing_views = evidence_concentration(model, layer, channel, views)
+    on_picture, firing_picture = evidence_concentration(model, layer, channel, picture[None])
+    found = {
+        "evidence_refs": float(np.mean(on_views)),
+        "evidence_picture": on_picture[0],
+        "firing_refs": float(np.mean(firing_views)),
+        "firing_picture": firing_picture[0],
+    }
+    for share in (0.0, 0.5, 0.8, 0.9):
+        found[f"late_{share}"] = metrics.concentration(
+            transparency(late.from_share(share)[item : item + 1])[0]
+        )
+    found["per_step"] = metrics.concentration(transparency(late.normed[item : item + 1])[0])
+    masses = [float(late.sums[part][item].sum()) for part in sorted(late.sums)]
+    found["mass_by_tenth"] = [round(m / sum(masses), 3) for m in masses]
+    return found
 
 
 def field_references(model, layer: str, targets, references) -> tuple[dict, int]:
@@ -217,6 +307,17 @@ def summary(rows: list[dict], model_name: str) -> str:
         f"{np.mean([r['own'] for r in rows]):.3f} | {np.mean([r['gap'] for r in rows]):.3f} "
         f"({min(r['gap'] for r in rows):.3f}) | {sum(r['below_start'] for r in rows)} | "
         f"{also} | {rows[0]['references']} | {rows[0]['seconds']:.1f} |"
+        + (
+            f" evidence on references {_values(rows, 'evidence_refs')}, on the picture "
+            f"{_values(rows, 'evidence_picture')}; firing on references "
+            f"{_values(rows, 'firing_refs')}, on the picture {_values(rows, 'firing_picture')}"
+            f"; transparency of all steps {_values(rows, 'late_0.0')}, of the steps from 50 % "
+            f"{_values(rows, 'late_0.5')}, from 80 % {_values(rows, 'late_0.8')}, from 90 % "
+            f"{_values(rows, 'late_0.9')}, each step "
+            f"the same mass {_values(rows, 'per_step')}"
+            if "evidence_refs" in rows[0]
+            else ""
+        )
     )
 
 
@@ -226,6 +327,7 @@ def main() -> None:
     parser.add_argument("--setting", default="fast")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--references", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0, help="the first picture's seed")
     parser.add_argument(
         "--patch-side", help="'auto', or pixels (0: whole views); default: the method's"
     )
@@ -235,6 +337,12 @@ def main() -> None:
         "--field-scale",
         action="store_true",
         help="pictures of one receptive field, from the best patches of that side, unresized",
+    )
+    parser.add_argument(
+        "--evidence",
+        action="store_true",
+        help="also the concentration of the unit's input gradient on its references and on the "
+        "picture, and the transparency of the later steps only",
     )
     parser.add_argument(
         "--judge",

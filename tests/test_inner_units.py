@@ -348,6 +348,31 @@ def test_a_relu_layers_picture_is_the_same_with_and_without_the_floor(
     assert torch.equal(floored, picture())
 
 
+def test_an_inner_units_transparency_is_the_last_fifth_of_the_steps(
+    monkeypatch, tiny_cnn, image_folder
+):
+    """The map is made from |∂L/∂x| of steps 9 and 10 of 10 only (read here by a hook on the
+    images each step), and the record says from which share of the steps."""
+    import vital.optimize
+    from vital.optimize import transparency
+
+    original, steps = vital.optimize._view_terms, []
+
+    def read(x, *rest):
+        x.register_hook(lambda gradient: steps.append(gradient.detach().abs()))
+        return original(x, *rest)
+
+    monkeypatch.setattr(vital.optimize, "_view_terms", read)
+    (result,) = visualize(
+        tiny_cnn, [Channel("stage3", 2)], str(image_folder), settings={"steps": 10},
+        progress=False, cache_dir=False,
+    )  # fmt: skip
+    assert len(steps) == 10
+    torch.testing.assert_close(result.alpha, transparency(steps[8] + steps[9])[0])
+    assert not torch.allclose(result.alpha, transparency(sum(steps))[0])
+    assert result.record.evaluation["transparency_from"] == 0.8
+
+
 def test_the_benchmarks_channels_are_driven_up_by_their_photos_on_a_signed_layer():
     import sys
 

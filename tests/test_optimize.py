@@ -137,6 +137,22 @@ def test_several_views_average_the_views_gradients(parametrization):
     torch.testing.assert_close(two.gradient_magnitude, one.gradient_magnitude / 2)
 
 
+@pytest.mark.parametrize("share, accumulated", [(0.0, 8), (0.75, 2), (0.5, 4)])
+def test_the_transparency_accumulates_from_a_share_of_the_steps(share, accumulated):
+    """A linear objective's gradient is the same at every step (no jitter), so the map holds
+    that gradient once per step it accumulates: all 8, or those from the share on."""
+    weight = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5)) - 0.5
+
+    def linear(model_input, factor):
+        return {"linear": (model_input * weight).flatten(1).sum(1)}
+
+    settings = resolved(Settings(steps=8, jitter=0, warmup=1, lr=1e-3))
+    run = optimize(
+        linear, 1, Preprocessing(input_size=16), settings, "cpu", False, transparency_from=share
+    )
+    torch.testing.assert_close(run.gradient_magnitude, accumulated * weight.abs())
+
+
 def test_several_views_reach_the_parametrisation():
     """The views' summed gradient flows through the parametrisation (the Fourier coefficients
     are not the images): the loss falls as with one view."""

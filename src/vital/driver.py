@@ -217,6 +217,7 @@ def run(
                     dtype=model.dtype,
                     seeds=batch_seeds,
                     parametrization=parametrization,
+                    transparency_from=method.transparency_from,
                 )
             # Scored on the pixels the PNG holds, so what a record claims holds for the file;
             # the float image's scores are kept beside them, labelled.

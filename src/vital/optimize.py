@@ -269,7 +269,8 @@ class Run:
     final_terms
         Each loss term of each image at the last step.
     gradient_magnitude
-        Sum over steps of |∂L/∂x|, (B, 3, R, R), for transparency maps.
+        Sum of |∂L/∂x| over the steps (from ``transparency_from`` of them on), (B, 3, R, R),
+        for transparency maps.
     seconds
         Wall time of the loop.
     seeds
@@ -368,6 +369,7 @@ def optimize(
     dtype: torch.dtype = torch.float32,
     seeds: Sequence[int] | None = None,
     parametrization: Parametrization | None = None,
+    transparency_from: float = 0.0,
 ) -> Run:
     """Optimise ``count`` images against ``objective``.
 
@@ -401,6 +403,9 @@ def optimize(
         the seeds, e.g. :class:`Pixels`, clamped when ``settings.clamp``). Its images must
         be ``count`` images at the settings' resolution; ``gradient_magnitude`` then
         accumulates |∂L/∂image| of those images.
+    transparency_from
+        The share of all steps after which |∂L/∂x| accumulates into ``gradient_magnitude``;
+        0 (the default): every step, as METHOD.md's transparency map.
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
@@ -429,6 +434,8 @@ def optimize(
         )
     terms: dict[str, torch.Tensor] = {}
     total_steps = sum(steps for steps, _ in settings.stages())
+    first_accumulated = math.floor(transparency_from * total_steps)
+    done = 0
     device = torch.device(device)
     autocast = torch.autocast(
         device.type if device.type in ("cpu", "cuda") else "cpu",
@@ -469,7 +476,9 @@ def optimize(
                     for name, value in view.items():
                         terms[name] = terms.get(name, 0) + value.detach() / settings.views
                 total = torch.stack(list(terms.values())).sum(dim=0)
-                gradient_magnitude += image.grad.abs()
+                if done >= first_accumulated:
+                    gradient_magnitude += image.grad.abs()
+                done += 1
                 if image is not x:
                     x.backward(image.grad)
                 optimizer.step()

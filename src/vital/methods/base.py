@@ -51,6 +51,8 @@ class Method:
         Whether it needs reference images (VITAL) or none (activation maximisation).
     has_transparency
         Whether its results carry an alpha map (accumulated |gradient|).
+    transparency_from
+        The share of the steps after which the alpha map's |gradient| accumulates (0: all).
     named_settings
         Whether it has named settings (VITAL's fast, 0, 1, 2) or only its published defaults.
     """
@@ -59,6 +61,7 @@ class Method:
     targets: ClassVar[tuple[type, ...]] = ()
     uses_references: ClassVar[bool] = False
     has_transparency: ClassVar[bool] = False
+    transparency_from: ClassVar[float] = 0.0
     named_settings: ClassVar[bool] = False
 
     def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:

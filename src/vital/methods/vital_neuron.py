@@ -279,6 +279,16 @@ class NeuronPlan:
     summaries: dict[int, dict[str, torch.Tensor]]
 
 
+# The transparency map accumulates |∂L/∂x| over the last fifth of the steps only (where the
+# learning rate has fallen below about an eighth of its peak and the picture has settled), not
+# over all of them as METHOD.md says: while the picture still moves its layout the gradient
+# moves with it and sums to a flat map, flatter than the evidence the finished picture carries
+# (on 14×14 units 0.34 of the mass in the brightest quarter against 0.41 over the last fifth;
+# docs/method.md, "Signed units"; benchmarks/RESULTS.md, "The transparency of the finished
+# picture").
+TRANSPARENCY_FROM = 0.8
+
+
 @dataclass
 class VitalNeuron(Method):
     """VITAL for inner channels and concept directions.
@@ -327,6 +337,7 @@ class VitalNeuron(Method):
     uses_references = True
     named_settings = True
     has_transparency = True
+    transparency_from = TRANSPARENCY_FROM
 
     def default_settings(self, model: Model, setting: int | str | None = None) -> Settings:
         """The named setting (``fast`` unless named) with the inner-neuron priors 3e-7."""
@@ -478,6 +489,8 @@ class VitalNeuron(Method):
                 "reference_negative_share": round(float(full["negative_share"]), 4)
                 if full is not None
                 else None,
+                # the transparency map's |∂L/∂x| is summed from this share of the steps on
+                "transparency_from": self.transparency_from,
             },
             "activation_trace": _thinned(trace),
             "options": self.options(),
