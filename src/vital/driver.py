@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -148,15 +149,24 @@ def fit_stages(model: Model, settings: Settings) -> Settings:
     return settings
 
 
+# Per module, (side, device, dtype) → why it refuses such images: settings are resolved once
+# per picture (an atlas resolves them for every unit), the probe runs once per model and size.
+_REFUSALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _refusal(model: Model, side: int) -> str:
     """Why ``model`` refuses (1, 3, side, side) images ('' when it takes them)."""
-    probe = torch.zeros(1, 3, side, side, device=model.device, dtype=model.dtype)
-    try:
-        with torch.no_grad():
-            model.module(probe)
-    except (AssertionError, RuntimeError, ValueError) as error:
-        return f"{type(error).__name__}: {error}"
-    return ""
+    known = _REFUSALS.setdefault(model.module, {})
+    key = (side, str(model.device), model.dtype)
+    if key not in known:
+        probe = torch.zeros(1, 3, side, side, device=model.device, dtype=model.dtype)
+        try:
+            with torch.no_grad():
+                model.module(probe)
+            known[key] = ""
+        except (AssertionError, RuntimeError, ValueError) as error:
+            known[key] = f"{type(error).__name__}: {error}"
+    return known[key]
 
 
 def run(
