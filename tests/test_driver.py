@@ -223,3 +223,20 @@ def test_half_resolution_stages_on_a_fixed_size_model_are_refused_before_any_wor
         settings={"steps": 4, **overrides},
     )  # fmt: skip
     assert result.pixels.shape[-1] == 32
+
+
+def test_a_coarse_start_on_a_fixed_size_model_is_blurred_at_its_own_size(tmp_path):
+    """``coarse_view="auto"`` (``fast``'s): a ViT, which refuses the pooled images, gets the
+    coarse start blurred back to its input size and writes its picture; a model that takes
+    other sizes gets the cheaper pooled view. The records say which ran."""
+    write_images(tmp_path / "refs", 2, size=40)
+    given = {"steps": 4, "coarse_start": 0.5, "coarse_view": "auto"}
+    for model, view in ((tiny_vit_model(), "blurred"), (tiny_cnn_model(), "pooled")):
+        out = tmp_path / view
+        (result,) = vital.visualize(
+            model, [1], tmp_path / "refs", setting="fast", progress=False, settings=given, out=out
+        )
+        assert result.record.settings["coarse_view"] == view
+        assert result.pixels.shape[-1] == 32 and len(list(out.rglob("*.png"))) == 1
+        method = get_method("vital", [ClassTarget(1)])
+        assert resolve_settings(method, model, "fast", given).coarse_view == view

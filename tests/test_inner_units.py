@@ -198,10 +198,14 @@ def test_vit_channels_rise_to_their_references_and_their_maps_follow_the_tokens(
     write_images(tmp_path / "refs", 4, size=48, seed=1)
     references = from_folder(tmp_path / "refs", count=4)
     channel = _responsive_channel(model, layer, references)
+    # fast as users get it: its coarse start blurred at the ViT's own size (the ViTs refuse
+    # pooled images), then the 60 full-resolution steps this test ran before it had one
     (result,) = visualize(
         model, [Channel(layer, channel)], references, setting="fast",
-        settings={"steps": 60}, progress=False,
+        settings={"steps": 86}, progress=False,
     )  # fmt: skip
+    assert result.record.settings["coarse_view"] == "blurred"
+    assert result.record.settings["coarse_start"] > 0
     evaluation = result.record.evaluation
     assert result.record.relevance == "lrp"
     assert evaluation["reference_activation"] > evaluation["initial_activation"]

@@ -85,7 +85,9 @@ def test_record_schema_and_batch_equals_one_at_a_time(
     together = _run(method, options, model, targets, references, [7, 8], 2, tmp_path)
     for item, target in enumerate(targets):
         (alone,) = _run(method, options, model, [target], references, [7 + item], 1)
-        assert torch.allclose(alone.pixels, together[item].pixels, atol=1e-8, rtol=0)
+        # fast's coarse stage: a batch's and a lone image's float32 Fourier coefficients
+        # round differently by about one float32 step (9e-8 after 3 steps); exact without it
+        assert torch.allclose(alone.pixels, together[item].pixels, atol=1e-6, rtol=0)
         assert alone.record.seed == together[item].record.seed == 7 + item
         assert alone.record.settings == together[item].record.settings
     for result in together:

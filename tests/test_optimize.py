@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import quadratic_objective
 from vital.errors import VitalError
@@ -83,6 +84,23 @@ def test_a_coarse_start_runs_a_share_of_the_steps_at_half_resolution():
     assert Settings(steps=1, coarse_start=0.3).stages() == [(1, 1)]  # never an empty full stage
 
 
+def test_a_blurred_coarse_start_shows_the_model_low_passed_images_at_full_size():
+    seen = []
+
+    def objective(model_input, factor):
+        # what 2x2 pooling keeps of the view the model sees: all of it at the coarse stage
+        kept = F.interpolate(F.avg_pool2d(model_input, 2), scale_factor=2, mode="bilinear")
+        lost = float((model_input - kept).detach().abs().max())
+        seen.append((model_input.shape[-1], factor, lost))
+        return {"sum": model_input.sum(dim=(1, 2, 3))}
+
+    settings = resolved(Settings(steps=4, coarse_start=0.5, coarse_view="blurred", jitter=0))
+    optimize(objective, 1, Preprocessing(input_size=16), settings, "cpu", False)
+    assert [(side, factor) for side, factor, _ in seen] == [(16, 2)] * 2 + [(16, 1)] * 2
+    coarse, full = max(s[2] for s in seen[:2]), min(s[2] for s in seen[2:])
+    assert coarse < 0.35 * full  # the pixel noise of the start is gone only from the coarse views
+
+
 def test_settings_presets_follow_the_paper():
     assert Settings.setting(1).steps == 2000 and Settings.setting(1).betas == (0.5, 0.9)
     zero = Settings.setting(0)
@@ -104,6 +122,7 @@ def test_settings_presets_follow_the_paper():
         dict(views=0),
         dict(coarse_start=1.0),
         dict(coarse_start=-0.1),
+        dict(coarse_view="half"),
     ],
 )
 def test_bad_settings_are_refused(bad):

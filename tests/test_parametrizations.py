@@ -108,7 +108,8 @@ def test_setting_one_is_still_the_pixels_the_authors_optimise():
 def test_fast_preset_is_accepted_and_validated():
     fast = Settings.setting("fast")
     assert fast.parametrization == "fourier" and fast.steps == 300
-    assert fast.coarse_start == 0 and fast.stages() == [(300, 1)]
+    assert fast.coarse_start == 0.3 and fast.stages() == [(90, 2), (210, 1)]
+    assert fast.coarse_view == "auto"  # fitted to each model by the driver
     assert fast.lr < Settings().lr
     fast.validate()
     assert Settings.setting("fast", steps=100).steps == 100
@@ -178,10 +179,11 @@ def test_a_fast_batch_gives_each_class_what_it_gets_alone(tiny_cnn, tmp_path):
             reference_count=4,
         )
 
-    # Full resolution: equal to float64 rounding. With a coarse start the float32 FFTs
-    # of a batch and of one image round differently at half resolution (2e-7 after a step),
-    # which the chaotic loop grows; a leak between images would move pixels by O(0.1).
-    for overrides, tolerance in (({}, 1e-9), ({"coarse_start": 0.3}, 1e-3)):
+    # Without the coarse start: equal to float64 rounding. With fast's coarse start the
+    # float32 FFTs of a batch and of one image round differently at half resolution (2e-7
+    # after a step), which the chaotic loop grows; a leak between images would move pixels
+    # by O(0.1).
+    for overrides, tolerance in (({"coarse_start": 0.0}, 1e-9), ({}, 1e-3)):
         together = run([1, 2], 10, **overrides)
         for offset, target in enumerate([1, 2]):
             alone = run([target], 10 + offset, **overrides)[0]

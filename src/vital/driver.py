@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -59,7 +60,8 @@ def resolve_settings(
     Returns
     -------
     Settings
-        Validated, with the warm-up as the loop will run it.
+        Validated, with the warm-up as the loop will run it and the coarse stage's view
+        fitted to the model (:func:`fit_stages`).
     """
     if isinstance(settings, Settings):
         if setting not in (None, DEFAULT_SETTING):  # the default name is no choice of the user's
@@ -80,7 +82,7 @@ def resolve_settings(
                 f"{', '.join(sorted(fields))}."
             )
         chosen = dataclasses.replace(method.default_settings(model, setting), **overrides)
-    return resolved(chosen)
+    return fit_stages(model, resolved(chosen))
 
 
 def setting_name(
@@ -123,25 +125,48 @@ def _merge(record: Record, fields: Mapping[str, Any]) -> None:
             setattr(record, name, value)
 
 
-def check_stages(model: Model, settings: Settings) -> None:
-    """Refuse, before any work, half-resolution stages that the model cannot take.
+def fit_stages(model: Model, settings: Settings) -> Settings:
+    """The settings with their coarse stage fitted to the model, decided before any work.
 
-    Setting 0 and ``coarse_start`` show the model 2×2-pooled images; a model with a fixed
-    input size (a ViT) refuses them deep inside its forward pass. One small pass tells.
+    A coarse stage (setting 0's first stage, ``coarse_start``) shows the model its images
+    2×2-pooled (``coarse_view="pooled"``: a quarter of a step's cost) or pooled and blurred
+    back to the model's own size (``"blurred"``). ``"auto"`` (``fast``'s) takes the pooled
+    view where the model takes the smaller images and the blurred one where it does not (a
+    model with a fixed input size, such as a ViT): one small probe pass tells. A pooled view
+    that the model cannot take is refused in one line.
     """
-    if all(factor == 1 for _, factor in settings.stages()):
-        return
+    if all(factor == 1 for _, factor in settings.stages()) or settings.coarse_view == "blurred":
+        return settings
     side = resolution_of(model, settings) // 2
-    probe = torch.zeros(1, 3, side, side, device=model.device, dtype=model.dtype)
-    try:
-        with torch.no_grad():
-            model.module(probe)
-    except (AssertionError, RuntimeError, ValueError) as error:
+    refusal = _refusal(model, side)
+    if settings.coarse_view == "auto":
+        return dataclasses.replace(settings, coarse_view="blurred" if refusal else "pooled")
+    if refusal:
         raise VitalError(
             f"this model does not take the {side}px half-resolution images of setting 0 or "
-            f"coarse_start ({type(error).__name__}: {error}); use setting fast or 1, with "
-            "coarse_start=0."
-        ) from error
+            f"coarse_start ({refusal}); use setting fast or 1, or coarse_view='blurred'."
+        )
+    return settings
+
+
+# Per module, (side, device, dtype) → why it refuses such images: settings are resolved once
+# per picture (an atlas resolves them for every unit), the probe runs once per model and size.
+_REFUSALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _refusal(model: Model, side: int) -> str:
+    """Why ``model`` refuses (1, 3, side, side) images ('' when it takes them)."""
+    known = _REFUSALS.setdefault(model.module, {})
+    key = (side, str(model.device), model.dtype)
+    if key not in known:
+        probe = torch.zeros(1, 3, side, side, device=model.device, dtype=model.dtype)
+        try:
+            with torch.no_grad():
+                model.module(probe)
+            known[key] = ""
+        except (AssertionError, RuntimeError, ValueError) as error:
+            known[key] = f"{type(error).__name__}: {error}"
+    return known[key]
 
 
 def run(
@@ -189,7 +214,7 @@ def run(
     classes = [t.index for t in targets if isinstance(t, ClassTarget)]
     if classes:  # before any work: a model without class scores fails at once
         metrics.check_classifier(model, max(classes))
-    check_stages(model, settings)
+    settings = fit_stages(model, settings)
     sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
     with (

@@ -16,6 +16,7 @@ from vital.losses import sort_matching_loss
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
 from vital.relevance.seeds import negative_share
+from vital.scales import coarse_key
 from vital.taps import FeatureTap, Tap, tapped
 
 
@@ -209,6 +210,7 @@ def neuron_prototypes(
     downsample: int = 1,
     batch_size: int = 8,
     cache_dir: Path | None = None,
+    coarse_view: str = "pooled",
 ) -> dict[str, torch.Tensor]:
     """Relevance-weighted prototypes, channel importance and activation of a target's references.
 
@@ -241,7 +243,7 @@ def neuron_prototypes(
             # Whether the floor applies is the target's, from all its references: one pass first
             # (kept a tensor: no read of its value here).
             overall = average_over_views(
-                model, references, resolution, shares, downsample, batch_size
+                model, references, resolution, shares, downsample, batch_size, coarse_view
             )
             hold = held(overall["negative_share"])
 
@@ -268,7 +270,7 @@ def neuron_prototypes(
                 return summary
 
             return average_over_views(
-                model, references, resolution, summarize, downsample, batch_size
+                model, references, resolution, summarize, downsample, batch_size, coarse_view
             )
 
     key = [
@@ -282,6 +284,7 @@ def neuron_prototypes(
         resolution,
         downsample,
         *([target.floor] if target.floor else []),  # without one: the keys kept so far
+        *coarse_key(downsample, coarse_view),
     ]
     return cached("neuron-prototypes", key, compute, cache_dir)
 

@@ -36,6 +36,7 @@ from vital.files import (
     to_rgb,
 )
 from vital.losses import sorted_prototype
+from vital.scales import coarse_key, coarsen
 from vital.taps import tapped
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -698,6 +699,7 @@ def average_over_views(
     summarize: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     downsample: int = 1,
     batch_size: int = 16,
+    coarse_view: str = "pooled",
 ) -> dict[str, torch.Tensor]:
     """Stream the references' views through ``summarize`` and average each output over views.
 
@@ -716,6 +718,9 @@ def average_over_views(
         Average-pool factor applied to the views before the model.
     batch_size
         Views per forward pass.
+    coarse_view
+        How pooled views reach the model (:func:`vital.scales.coarsen`): as they are, or
+        ``"blurred"`` back to ``resolution``.
 
     Returns
     -------
@@ -728,8 +733,7 @@ def average_over_views(
     views = references.views(resolution, preprocessing.crop_pct, preprocessing.interpolation)
     for batch in _batches(views, batch_size):
         x = model.preprocessing.normalize(batch.to(model.device, model.dtype))
-        if downsample > 1:
-            x = F.avg_pool2d(x, downsample)
+        x = coarsen(x, downsample, coarse_view)
         for name, values in summarize(x).items():
             total = values.detach().sum(
                 dim=0, dtype=torch.promote_types(values.dtype, torch.float32)
@@ -747,6 +751,7 @@ def compute_prototypes(
     downsample: int = 1,
     batch_size: int = 16,
     cache_dir: Path | None = None,
+    coarse_view: str = "pooled",
 ) -> Prototypes:
     """Sorted-quantile prototypes of the references at each tap, cached on disk.
 
@@ -767,6 +772,9 @@ def compute_prototypes(
         References per forward pass; only this many references' features are held at once.
     cache_dir
         Where to keep prototypes (default :func:`default_cache_dir`); ``False``-y to disable.
+    coarse_view
+        How the pooled crops reach the model (``Settings.coarse_view``), as the synthetic
+        image's do.
 
     Returns
     -------
@@ -783,11 +791,13 @@ def compute_prototypes(
                 lambda x: {name: f.sort(dim=-1).values for name, f in tap(x).items()},
                 downsample,
                 batch_size,
+                coarse_view,
             )
 
     pixels = dataclasses.asdict(model.preprocessing)
     pixels = {name: pixels[name] for name in ("mean", "std", "crop_pct", "interpolation")}
     key = [model.fingerprint, list(layers), references.identity(), resolution, downsample, pixels]
+    key += coarse_key(downsample, coarse_view)
     return cached("prototypes", key, compute, cache_dir)
 
 

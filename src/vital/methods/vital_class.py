@@ -208,7 +208,13 @@ class VitalClass(Method):
         prototypes = {
             factor: [
                 compute_prototypes(
-                    model, layers, plan.references, resolution, factor, cache_dir=self.cache_dir
+                    model,
+                    layers,
+                    plan.references,
+                    resolution,
+                    factor,
+                    cache_dir=self.cache_dir,
+                    coarse_view=settings.coarse_view,
                 )
                 for plan in plans
             ]

@@ -407,6 +407,7 @@ class VitalNeuron(Method):
                             resolution,
                             factor,
                             cache_dir=self.cache_dir,
+                            coarse_view=settings.coarse_view,
                         )
                         for _, factor in settings.stages()
                     },
