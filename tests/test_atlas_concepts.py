@@ -320,6 +320,20 @@ def test_a_vital_concepts_folder_imported_into_an_atlas_gets_its_pages(tmp_path)
     assert len(shown["concepts"]) == 2 and current.folder != folder.name
 
 
+def test_an_atlas_inside_the_imported_folder_is_not_copied_into_itself(tmp_path):
+    data, run = tmp_path / "images", tmp_path / "run"
+    write_images(data, 3, size=64)
+    concepts(tiny_cnn_model(), 3, data, out=run, progress=False, **CONCEPTS)
+    written = {p.relative_to(run) for p in run.rglob("*") if p.is_file()}
+    for _ in range(2):  # the second import must not pick up the first one's copy either
+        arguments = ["atlas", "import", str(run), "--out", str(run / "atlas")]
+        result = CliRunner().invoke(app, arguments)
+        assert result.exit_code == 0, result.output
+    (folder,) = (run / "atlas" / "concepts").iterdir()
+    assert {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()} >= written
+    assert not (folder / "atlas").exists()
+
+
 @pytest.mark.parametrize(
     "spoil, message",
     [

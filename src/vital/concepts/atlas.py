@@ -243,8 +243,15 @@ def add_concepts(
 
 
 def _copy_in(atlas: Atlas, source: Path, folder: Path) -> None:
-    """Copy every file under ``source`` to ``folder``, each claimed in the ledger first."""
-    made = sorted(p for p in source.rglob("*") if p.is_file())
+    """Copy every file under ``source`` to ``folder``, each claimed in the ledger first.
+
+    An atlas inside ``source`` (``--out`` a subfolder of the imported run) is left out: its
+    files are not the run's, and copying them would nest the atlas into itself.
+    """
+    own = atlas.folder.resolve()
+    made = sorted(
+        p for p in source.rglob("*") if p.is_file() and not p.resolve().is_relative_to(own)
+    )
     copies = {path: folder / path.relative_to(source) for path in made}
     atlas.ledger.claim(copies.values())
     for path, copy in copies.items():
