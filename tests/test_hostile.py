@@ -357,3 +357,13 @@ def test_library_functions_name_a_wrong_argument(tmp_path):
         vital.load_model("mobilenet_v2", weights=123)
     with pytest.raises(VitalError, match="takes the network"):
         vital.list_layers("mobilenet_v2")
+    with pytest.raises(VitalError, match=r"\(B, 3, H, W\) tensor, not \(3, 10\)"):
+        vital.classify(tiny_cnn_model(), torch.zeros(3, 10))
+    with pytest.raises(VitalError, match=r"\(B, C, H, W\) tensor"):
+        vital.transparency(torch.zeros(2))
+    with pytest.raises(VitalError, match="at least one embedded photo"):
+        vital.from_samples([])
+
+
+def test_one_embedded_photo_may_be_named_as_a_string():
+    assert vital.from_samples("coffee", 2) == vital.from_samples(["coffee"], 2)

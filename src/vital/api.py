@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vital.driver import SettingsOverrides, resolve_settings, run, setting_name
-from vital.errors import check_count
+from vital.errors import VitalError, check_count
 from vital.methods import DEFAULT_METHOD, get_method
 from vital.methods.vital_class import class_references
 from vital.optimize import DEFAULT_SETTING
@@ -22,6 +22,9 @@ from vital.zoo import Model, as_model, frozen
 @torch.no_grad()
 def classify(model: Model, images: torch.Tensor) -> torch.Tensor:
     """Softmax probabilities of normalised images (B, 3, H, W)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise VitalError(f"classify takes normalised images as a (B, 3, H, W) tensor, not {shape}.")
     return model.module(images).softmax(dim=-1)
 
 
@@ -86,8 +89,9 @@ def visualize(
     **options
         The method's own options. VITAL: ``taps`` (``["layer1=1", ...]``),
         ``reference_count`` (N, 50), ``reference_seed``, ``cache_dir``; for channels and
-        directions also ``relevance`` (``"lrp"`` …), ``patch_side`` (32 or 64: the best patch
-        of each reference image) and ``rank``. Baselines: their fields (e.g. MaCo's
+        directions also ``relevance`` (``"lrp"`` …), ``patch_side`` (``"auto"``: patches the
+        size of the unit's receptive field; 32 or 64: the best patch of each reference image
+        at that side; 0: whole images) and ``rank``. Baselines: their fields (e.g. MaCo's
         ``spectrum_source``).
 
     Returns

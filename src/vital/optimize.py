@@ -536,6 +536,11 @@ def transparency(gradient_magnitude: torch.Tensor, percentile: float = 98.0) -> 
     Averaged over colour channels, clipped at the ``percentile`` of each image, divided by the
     maximum.
     """
+    if not isinstance(gradient_magnitude, torch.Tensor) or gradient_magnitude.dim() != 4:
+        shape = getattr(gradient_magnitude, "shape", type(gradient_magnitude).__name__)
+        raise VitalError(
+            f"transparency takes accumulated |gradients| as a (B, C, H, W) tensor, not {shape}."
+        )
     mean = gradient_magnitude.mean(dim=1)
     limit = torch.quantile(mean.flatten(1).float(), percentile / 100, dim=1).view(-1, 1, 1)
     clipped = torch.minimum(mean, limit)

@@ -421,7 +421,11 @@ def from_imagenet_class(
 
 
 def from_samples(names: Sequence[str], count: int = DEFAULT_REFERENCES, seed: int = 0):
-    """Embedded photos by name, expanded to ``count`` views."""
+    """Embedded photos by name (one name or several), expanded to ``count`` views."""
+    if isinstance(names, str):  # one photo, not its letters
+        names = [names]
+    if not names:
+        raise VitalError(f"name at least one embedded photo ({', '.join(SAMPLE_PHOTOS)}).")
     sources = tuple(sample_photo(n) for n in names)
     return ReferenceSet(sources, count, seed, "embedded photos " + ", ".join(names))
 
