@@ -120,6 +120,8 @@ def parse_overrides(pairs: list[str]) -> tuple[tuple[str, object], ...]:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = text
+        if value is None:  # the driver reads None as "not given": the run would be the preset's
+            raise SystemExit(f"--set {key}=None would run the preset's own {key}; leave it out")
         parsed.append((key, value))
     return tuple(parsed)
 

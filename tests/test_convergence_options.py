@@ -20,7 +20,8 @@ def test_overrides_are_parsed_as_settings_fields():
         ("half_resolution_steps", 30),
         ("lr", 0.2),
     )
-    for bad in (["nonsense=1"], ["views"], ["steps=100"], ["seed=3"]):  # steps, seed: own options
+    # steps, seed: own options; None: the driver would run the preset and label it a variant
+    for bad in (["nonsense=1"], ["views"], ["steps=100"], ["seed=3"], ["resolution=None"]):
         with pytest.raises(SystemExit):
             parse_overrides(bad)
 
