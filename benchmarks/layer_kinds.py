@@ -13,7 +13,9 @@ views or their best patches). Per channel:
 - *concentration*: the share of the transparency map's mass held by its brightest quarter of
   pixels (a flat map: 0.25);
 - *realism*: the judge's (EfficientNet-Lite0) cosine of the picture's pooled features to its own
-  photo's 50 views (seed 1) and the gap to the other three channels' photos; ``--judge
+  photo's 50 views (seed 1) and the gap to the other three channels' photos; and the same
+  against what each channel was matched to (its best patches where patches were used, else
+  its crops as given), the gap to the other channels' matched references; ``--judge
   efficientnet_lite0,efficientnet_lite1`` adds a second judge's (the first is the table's), so
   that choices can be made with one judge and checked with the other;
 - *below start*: pictures whose activation ends below that of their starting image;
@@ -24,7 +26,14 @@ views or their best patches). Per channel:
   one place on its own photos at all; and the transparency accumulated over all steps and
   over the later steps only (from 50 %, 80 % and 90 % of the steps, in tenths of the run),
   read from the same run's gradients whatever the method's own ``transparency_from`` (the
-  picture is the method's); and each tenth's share of the map's mass.
+  picture is the method's); each tenth's share of the map's mass; and the share of the
+  finished picture's map of the unit that is negative (the floor it is held with at the end);
+- *by tap* (``--evidence --by-tap EVERY``): every EVERY-th step of the last fifth, each loss
+  term's own |∂term/∂x| (one more backward pass per term): its share of the terms' summed
+  mass and its own map's concentration, i.e. which tap's gradient makes the map.
+
+``--floor-mass`` (a trial, not the method) makes the signed floor a share of each channel's
+weight mass, ``f · mean(r) + (1 − f) · r``, instead of a share of its peak, ``f + (1 − f) · r``.
 
 ``--field-scale`` shows each unit one receptive field at its own scale: the picture is made at
 the side of the unit's effective receptive field (``receptive_field``, e.g. 120 px for a 14×14
@@ -55,10 +64,11 @@ import torch
 import torch.nn.functional as F
 
 import vital
+import vital.objectives
 import vital.optimize
 from vital import metrics
 from vital.grids import display_pixels, grid, to_image
-from vital.methods.vital_neuron import receptive_field, target_score
+from vital.methods.vital_neuron import TRANSPARENCY_FROM, receptive_field, target_score
 from vital.optimize import transparency
 from vital.references import SAMPLE_PHOTOS, best_patches, from_samples
 from vital.taps import list_layers, tapped, to_positions
@@ -90,7 +100,9 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     if args.jitter is not None:
         settings["jitter"] = args.jitter
     started = time.perf_counter()
-    late = LateGradients(args.steps) if args.evidence else contextlib.nullcontext()
+    late = (
+        LateGradients(args.steps, by_tap=args.by_tap) if args.evidence else contextlib.nullcontext()
+    )
     with late:
         results = vital.visualize(
             model,
@@ -115,6 +127,19 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     labels = [photo_label(p) for p in photos]
     judged = {
         name: metrics.realism(judge, pixels, labels, torch.stack(real), real_labels)
+        for name, judge in judges.items()
+    }
+    # the same judges against what each channel was matched to: its best patches where
+    # patches were used, else the crops as given (a picture is made to resemble these)
+    matched = [
+        torch.stack(list(matched_references(model, result, given[result.target])))
+        for result in results
+    ]
+    matched_labels = [number for number, views in enumerate(matched) for _ in views]
+    judged_matched = {
+        name: metrics.realism(
+            judge, pixels, list(range(len(results))), torch.cat(matched), matched_labels
+        )
         for name, judge in judges.items()
     }
     first = next(iter(judges))
@@ -142,6 +167,12 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
                 "gap": realism["margin"],
                 **{f"own:{name}": judged[name][number]["own"] for name in judges},
                 **{f"gap:{name}": judged[name][number]["margin"] for name in judges},
+                "own_matched": judged_matched[first][number]["own"],
+                "gap_matched": judged_matched[first][number]["margin"],
+                **{f"own_matched:{name}": judged_matched[name][number]["own"] for name in judges},
+                **{
+                    f"gap_matched:{name}": judged_matched[name][number]["margin"] for name in judges
+                },
                 "below_start": bool(evaluation.get("below_start")),
                 "seconds": seconds,
                 "references": result.record.references.get("mode", ""),
@@ -154,14 +185,14 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
             }
         )
     images, captions, names = [], [], []
-    for photo, result, row in zip(photos, results, rows, strict=True):
+    for photo, result, row, views_matched in zip(photos, results, rows, matched, strict=True):
         images.append(to_image(from_samples([photo], 1).views(224).__next__()))
         captions.append(photo)
         images.append(result.image)
         captions.append(f"act {row['relative']:.2f}x views")
         images.append(to_image(display_pixels(result.pixels), result.alpha))
         captions.append(f"top quarter {row['concentration']:.2f}")
-        for view in list(matched_references(model, result, given[result.target]))[:3]:
+        for view in views_matched[:3]:
             images.append(to_image(view))
             captions.append("reference")
         names.append(f"ch {result.target.index}")
@@ -180,16 +211,22 @@ class LateGradients(contextlib.AbstractContextManager):
     the later steps only come from the method's own run.
     """
 
-    def __init__(self, steps: int, parts: int = 10):
+    def __init__(self, steps: int, parts: int = 10, by_tap: int = 0):
         self.steps, self.parts, self.step, self.sums = steps, parts, 0, {}
+        self.by_tap, self.taps = by_tap, {}
 
     def __enter__(self):
         self.original = vital.optimize._view_terms
 
         def wrapped(x, *rest):
+            terms = self.original(x, *rest)
             if x.requires_grad:
+                late = self.step >= TRANSPARENCY_FROM * self.steps
+                if self.by_tap and late and self.step % self.by_tap == 0:
+                    self._add_terms(x, terms)
+                # after the terms' own gradients: the hook sees only the method's backward pass
                 x.register_hook(self._add)
-            return self.original(x, *rest)
+            return terms
 
         vital.optimize._view_terms = wrapped
         return self
@@ -202,6 +239,25 @@ class LateGradients(contextlib.AbstractContextManager):
         mass = magnitude.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)
         self.normed = getattr(self, "normed", 0) + magnitude / mass
         self.step += 1
+
+    def _add_terms(self, x: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        # ``--by-tap``: each loss term's own |∂term/∂x| (one backward pass per term)
+        for name, value in terms.items():
+            if value.requires_grad:
+                (gradient,) = torch.autograd.grad(value.sum(), x, retain_graph=True)
+                self.taps[name] = self.taps.get(name, 0) + gradient.detach().abs()
+
+    def by_tap_columns(self, item: int) -> dict:
+        """Per term: its share of the summed maps' mass and its own map's concentration."""
+        masses = {name: float(v[item].sum()) for name, v in self.taps.items()}
+        total = sum(masses.values()) or 1.0
+        return {
+            name: (
+                round(masses[name] / total, 3),
+                round(metrics.concentration(transparency(v[item : item + 1])[0]), 3),
+            )
+            for name, v in self.taps.items()
+        }
 
     def __exit__(self, *exc):
         vital.optimize._view_terms = self.original
@@ -240,6 +296,13 @@ def evidence(model, layer, channel, picture, views, late, item) -> dict:
             transparency(late.from_share(share)[item : item + 1])[0]
         )
     found["per_step"] = metrics.concentration(transparency(late.normed[item : item + 1])[0])
+    with torch.no_grad(), tapped(model.module, [layer], stop_early=True) as tap:
+        tap(model.preprocessing.normalize(picture[None].to(model.device)))
+        output = to_positions(tap.outputs[layer], tap.layout(layer))[0, channel]
+    # the floor the picture is held with at the end (its map's negative share, capped at ½)
+    found["negative_share_picture"] = float(output.clamp_max(0).abs().sum() / output.abs().sum())
+    if late.by_tap:
+        found["by_tap"] = late.by_tap_columns(item)
     masses = [float(late.sums[part][item].sum()) for part in sorted(late.sums)]
     found["mass_by_tenth"] = [round(m / sum(masses), 3) for m in masses]
     return found
@@ -280,6 +343,18 @@ def _channels(model, result) -> int:
         return tap.outputs[result.target.layer].shape[1]
 
 
+def floor_as_mass(relevance: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
+    """``--floor-mass``: the floor a share of each channel's weight mass, not of its peak."""
+    normalized = ORIGINAL_NORMALIZED(relevance)
+    if floor is None:
+        return normalized
+    floor = floor.to(normalized.dtype).view(-1, *([1] * (normalized.dim() - 1)))
+    return floor * normalized.mean(dim=-1, keepdim=True) + (1 - floor) * normalized
+
+
+ORIGINAL_NORMALIZED = vital.objectives.normalized_relevance
+
+
 def patch_side(value: str) -> int | str:
     """``--patch-side``: ``auto`` or pixels (0: whole views)."""
     return value if value == "auto" else int(value)
@@ -296,7 +371,10 @@ def summary(rows: list[dict], model_name: str) -> str:
     others = [k for k in rows[0] if k.startswith("gap:")][1:]
     also = "; ".join(
         f"{key[4:]}: own {np.mean([r['own:' + key[4:]] for r in rows]):.3f} gap "
-        f"{np.mean([r[key] for r in rows]):.3f} ({min(r[key] for r in rows):.3f})"
+        f"{np.mean([r[key] for r in rows]):.3f} ({min(r[key] for r in rows):.3f}), against "
+        f"what was matched own {np.mean([r['own_matched:' + key[4:]] for r in rows]):.3f} gap "
+        f"{np.mean([r['gap_matched:' + key[4:]] for r in rows]):.3f} "
+        f"({min(r['gap_matched:' + key[4:]] for r in rows):.3f})"
         for key in others
     )
     return (
@@ -305,7 +383,9 @@ def summary(rows: list[dict], model_name: str) -> str:
         f"{np.mean([r['concentration'] for r in rows]):.2f} "
         f"({min(r['concentration'] for r in rows):.2f}) | "
         f"{np.mean([r['own'] for r in rows]):.3f} | {np.mean([r['gap'] for r in rows]):.3f} "
-        f"({min(r['gap'] for r in rows):.3f}) | {sum(r['below_start'] for r in rows)} | "
+        f"({min(r['gap'] for r in rows):.3f}) | {np.mean([r['own_matched'] for r in rows]):.3f} "
+        f"| {np.mean([r['gap_matched'] for r in rows]):.3f} "
+        f"({min(r['gap_matched'] for r in rows):.3f}) | {sum(r['below_start'] for r in rows)} | "
         f"{also} | {rows[0]['references']} | {rows[0]['seconds']:.1f} |"
         + (
             f" evidence on references {_values(rows, 'evidence_refs')}, on the picture "
@@ -345,6 +425,20 @@ def main() -> None:
         "picture, and the transparency of the later steps only",
     )
     parser.add_argument(
+        "--by-tap",
+        type=int,
+        default=0,
+        metavar="EVERY",
+        help="with --evidence: every EVERY-th step of the last fifth, each loss term's own "
+        "|dterm/dx| (which tap's gradient makes the map)",
+    )
+    parser.add_argument(
+        "--floor-mass",
+        action="store_true",
+        help="the signed floor as a share of each channel's weight mass (f * mean r + (1 - f) "
+        "* r) instead of a share of its peak (f + (1 - f) * r); use a fresh VITAL_CACHE",
+    )
+    parser.add_argument(
         "--judge",
         default="efficientnet_lite0",
         help="judges of realism, comma-separated, the first the table's (a model's own layers: "
@@ -353,12 +447,15 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, default=HERE / "out" / "layer_kinds")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.floor_mass:
+        vital.objectives.normalized_relevance = floor_as_mass
     loaded: dict[str, vital.Model] = {}
     lines = [
         "| model layer | ≥ ½ views' activation | negative | relative to views | relative to "
         "what was matched | top-quarter share mean (min) | realism own | gap to other "
-        "channels mean (min) | below start | other judges | references | s / picture |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "channels mean (min) | realism own, against what was matched | gap, against what "
+        "was matched, mean (min) | below start | other judges | references | s / picture |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for item in args.layers:
         name, layer = item.split(":")

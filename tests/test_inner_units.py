@@ -412,6 +412,26 @@ def test_the_benchmarks_channels_are_driven_up_by_their_photos_on_a_signed_layer
     assert selective_channels(rectified, "1", CHANNEL_PHOTOS) == old
 
 
+def test_the_floor_mass_trial_gives_the_floor_a_share_of_the_weights_mass():
+    """layer_kinds.py --floor-mass: f of each channel's weight mass spread evenly, not f each."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from layer_kinds import floor_as_mass
+    from vital.objectives import normalized_relevance
+
+    relevance = torch.rand(2, 3, 16, generator=torch.Generator().manual_seed(0))
+    relevance[..., 8:] = 0  # half the positions with no relevance
+    floor = torch.tensor([0.2, 0.0])
+    plain, trial = normalized_relevance(relevance), floor_as_mass(relevance, floor)
+    torch.testing.assert_close(trial.sum(dim=-1), plain.sum(dim=-1))  # the same mass …
+    floor_part = 0.2 * plain[0].mean(dim=-1, keepdim=True).expand(3, 8)
+    torch.testing.assert_close(trial[0, :, 8:], floor_part)  # … a fifth of it spread evenly
+    assert torch.equal(trial[1], plain[1])  # no floor: the authors' weights
+    # the library's floor adds f at every position: more mass where the unit is silent
+    assert (normalized_relevance(relevance, floor)[0, :, 8:] > trial[0, :, 8:]).all()
+
+
 def test_the_record_says_whether_a_target_was_matched_as_signed(tiny_cnn, image_folder):
     torch.manual_seed(0)
     signed = Model(_InvertedResidualNet().eval(), "blocks", Preprocessing(input_size=32))

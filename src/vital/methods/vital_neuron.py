@@ -307,10 +307,13 @@ class VitalNeuron(Method):
         a 14×14 or 28×28 map), else whole images; a side in pixels (32 or 64 as the authors
         mine): the best patch of each image (by the target's mean activation), resized to the
         input size. Whole images are the default because, measured with a few photos' crops as
-        references, patches gave less realistic pictures and less concentrated transparency
-        maps (benchmarks/RESULTS.md, "Layer kinds"). With patches, from a folder of at least
-        ``reference_count`` images the top ``reference_count`` images by that score are kept;
-        a set of fewer images, expanded to views (crops), gives the best patch of each view.
+        references, the pictures made from patches were no further from the other channels'
+        references than those made from the crops, judged against the patches they matched as
+        well as against the photos, and their transparency maps no more concentrated
+        (docs/method.md, "Mid-level units and residual sums"). With patches, from a folder of
+        at least ``reference_count`` images the top ``reference_count`` images by that score
+        are kept; a set of fewer images, expanded to views (crops), gives the best patch of
+        each view.
     rank
         With whole images, keep the ``reference_count`` images that activate the target most
         (instead of the set as given).
