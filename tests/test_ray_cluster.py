@@ -8,6 +8,7 @@ one-CPU worker nodes do. The cluster serves the whole module (it takes seconds t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sys
@@ -143,20 +144,32 @@ def strip_times(content: bytes) -> bytes:
     return re.sub(rb"<th>seconds</th><td><span data-value='[^']*'>[^<]*<", b"SECONDS", content)
 
 
-def stall_on_node(node: str, marker: str, _module, _inputs, _output) -> None:
-    """On worker node ``node``: say so (``marker``) and hang until the node is killed."""
-    if ray.is_initialized() and ray.get_runtime_context().get_node_id() == node:
-        Path(marker).touch()
+def stall_on_first_node(workers: frozenset[str], marker: str, _module, _inputs, _output) -> None:
+    """On the worker node that runs a shard first: name it (``marker``), hang until it is killed.
+
+    The victim is whichever of ``workers`` gets work first: under load Ray may hand every shard
+    to one node, and a victim chosen in advance would then never be hit. Elsewhere (the driver
+    on the head) nothing happens.
+    """
+    if not ray.is_initialized():
+        return
+    node = ray.get_runtime_context().get_node_id()
+    if node not in workers:
+        return
+    with contextlib.suppress(FileExistsError):  # one node wins the name, atomically
+        with open(marker, "x") as file:
+            file.write(node)
+    if Path(marker).read_text() == node:
         time.sleep(120)
 
 
 def kill_when(marker: Path, kill) -> threading.Thread:
     def watch():
         deadline = time.monotonic() + 120
-        while not marker.exists() and time.monotonic() < deadline:
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         if marker.exists():
-            kill()
+            kill(marker.read_text())
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -167,18 +180,23 @@ def test_a_worker_node_that_dies_mid_run_costs_nothing_but_time(
     cluster, data, local_index, tmp_path
 ):
     head, workers = cluster
-    victim = workers[0]
     marker = tmp_path / "stalled"
     model = planted_model()
-    hook = functools.partial(stall_on_node, victim.node_id, str(marker))
+    worker_ids = frozenset(node.node_id for node in workers)
+    hook = functools.partial(stall_on_first_node, worker_ids, str(marker))
     dict(model.module.named_modules())[LAYER].register_forward_hook(hook)
-    # Killed, not drained: its raylet, object store and workers go at once.
-    watcher = kill_when(marker, lambda: head.remove_node(victim, allow_graceful=False))
+
+    def kill(node_id: str) -> None:  # killed, not drained: raylet, object store, workers at once
+        victim = next(node for node in workers if node.node_id == node_id)
+        head.remove_node(victim, allow_graceful=False)
+
+    watcher = kill_when(marker, kill)
     engine = RayEngine(address=head.address)
     try:
         report = mine(model, LAYER, data, tmp_path / "out", engine=engine, **mine_kwargs())
     finally:
         engine.shutdown()
     watcher.join(timeout=5)
-    assert marker.exists()  # a shard did run on the node that died
+    assert marker.read_text() in worker_ids  # a shard ran on the node that died
+    assert len([n for n in ray_nodes(head.address) if n["Alive"]]) == 2  # head + the survivor
     assert dump(report.database) == local_index
