@@ -224,7 +224,7 @@ def neuron(
 
 @options.sharing(options.picture_options, batch=3)
 def demo(out: Out = Path("vital-out"), **common) -> None:
-    """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 50 s).
+    """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 40 s).
 
     About 50 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
     authors' loss in 300 steps through a Fourier parametrisation (docs/method.md); --setting 1
