@@ -226,9 +226,9 @@ def neuron(
 def demo(out: Out = Path("vital-out"), **common) -> None:
     """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 40 s).
 
-    About 50 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
+    About 40 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
     authors' loss in 300 steps through a Fourier parametrisation (docs/method.md); --setting 1
-    for the authors' own 2000-step setting (about 8 times longer).
+    for the authors' own 2000-step setting (about 250 s).
     """
     from vital.references import from_samples
 
