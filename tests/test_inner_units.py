@@ -435,11 +435,64 @@ def test_the_floor_mass_trial_gives_the_floor_a_share_of_the_weights_mass():
 def test_the_record_says_whether_a_target_was_matched_as_signed(tiny_cnn, image_folder):
     torch.manual_seed(0)
     signed = Model(_InvertedResidualNet().eval(), "blocks", Preprocessing(input_size=32))
-    kept = []
+    kept, without_floor = [], []
     for model, layer in ((signed, "summed"), (tiny_cnn, "stage3")):
         (result,) = visualize(
             model, [Channel(layer, 1)], str(image_folder), settings={"steps": 2}, progress=False
         )
         kept.append(result.record.evaluation["reference_negative_share"])
+        without_floor.append(result.record.evaluation["transparency_without_floor"])
     assert 0 < kept[0] < 1  # a residual sum is negative somewhere on its references
     assert kept[1] == 0  # a ReLU output never is
+    assert without_floor == [0 < kept[0] < 0.5, False]  # the map of the loss it was matched with
+
+
+def test_a_held_targets_map_is_made_from_the_loss_without_its_floor(monkeypatch, image_folder):
+    """The floor's gradient spreads over the whole image; the map of a held signed target comes
+    from the authors' loss (prototypes and features without the floor) while the picture still
+    follows the held loss: the same pixels, another map."""
+    import vital.methods.vital_neuron
+    import vital.objectives
+    import vital.optimize
+
+    objectives = []
+
+    class Recorded(vital.objectives.RelevanceSortMatching):
+        def __init__(self, *args):
+            super().__init__(*args)
+            objectives.append(self)
+
+    monkeypatch.setattr(vital.methods.vital_neuron, "RelevanceSortMatching", Recorded)
+    torch.manual_seed(0)
+    signed = Model(_InvertedResidualNet().eval(), "blocks", Preprocessing(input_size=32))
+
+    def run():
+        (result,) = visualize(
+            signed, [Channel("summed", 1)], str(image_folder), settings={"steps": 10},
+            progress=False, cache_dir=False,
+        )  # fmt: skip
+        return result, objectives[-1]._prototypes[1][0]
+
+    held, summary = run()
+    assert 0 < held.record.evaluation["reference_negative_share"] < 0.5  # a held target
+    assert held.record.evaluation["transparency_without_floor"]
+    taps = [key.split(":", 1)[1] for key in summary if key.startswith("prototype:")]
+    # the map's prototypes are those of the same target weighted as the authors weight it …
+    with monkeypatch.context() as unheld:
+        unheld.setattr(vital.objectives, "held", lambda share: share < 0)  # never held
+        _, authors = run()
+    for tap in taps:
+        assert not torch.equal(summary[f"prototype:{tap}"], authors[f"prototype:{tap}"])
+        torch.testing.assert_close(summary[f"map-prototype:{tap}"], authors[f"prototype:{tap}"])
+    assert not any(key.startswith("map-prototype:") for key in authors)  # held ones only
+    # … and the map comes from their loss, not the picture's: no stand-ins, the old map
+    original = vital.optimize._map_gradient
+
+    def without_stand_ins(image, view, views):
+        original(image, view, views)  # removes them from the loss all the same
+        return None
+
+    monkeypatch.setattr(vital.optimize, "_map_gradient", without_stand_ins)
+    floored, _ = run()
+    assert torch.equal(held.pixels, floored.pixels)
+    assert not torch.allclose(held.alpha, floored.alpha)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import quadratic_objective
 from vital.errors import VitalError
 from vital.optimize import Settings, learning_rate, optimize, resolved, transparency
+from vital.parametrizations import create
 from vital.zoo import Preprocessing
 
 
@@ -172,6 +173,47 @@ def test_the_transparency_accumulates_from_a_share_of_the_steps(share, accumulat
     torch.testing.assert_close(run.gradient_magnitude, accumulated * weight.abs())
 
 
+class _StandInObjective:
+    """A linear term the picture follows and, while asked, a stand-in for it in the map only:
+    the two depend on different pixels, so what moved and what was mapped can be told apart."""
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(6)
+        self.picture_weight = torch.rand(1, 3, 16, 16, generator=generator) + 0.5
+        self.map_weight = torch.rand(1, 3, 16, 16, generator=generator) + 0.5
+        self.picture_weight[..., 8:] = 0  # the picture's loss sees the left half only
+        self.map_weight[..., :8] = 0  # the map's loss the right half only
+        self.map_terms, self.asked = False, []
+
+    def __call__(self, model_input, factor):
+        self.asked.append(self.map_terms)
+        terms = {"linear": (model_input * self.picture_weight).flatten(1).sum(1)}
+        if self.map_terms:
+            terms["map:linear"] = (model_input * self.map_weight).flatten(1).sum(1)
+        return terms
+
+
+@pytest.mark.parametrize("views", [1, 2])
+def test_an_objectives_map_terms_make_the_map_and_not_the_picture(views):
+    objective = _StandInObjective()
+    settings = resolved(Settings(steps=8, jitter=0, warmup=1, lr=1e-2, views=views))
+    preprocessing = Preprocessing(input_size=16)
+    pixels = create("pixels", [0], 16, "cpu", preprocessing, clamp=False)
+    start = pixels.images().detach().clone()
+    run = optimize(
+        objective, 1, preprocessing, settings, "cpu", False,
+        parametrization=pixels, transparency_from=0.75,
+    )  # fmt: skip
+    # asked for the stand-ins only while the map accumulates: the last 2 steps of 8
+    assert objective.asked == [False] * 6 * views + [True] * 2 * views
+    # the map holds the stand-in's gradient (linear: the same each step) and nothing else …
+    torch.testing.assert_close(run.gradient_magnitude, 2 * objective.map_weight.abs())
+    # … which never moved the picture: only the picture's own half changed
+    moved = (run.images - start).abs()
+    assert (moved[..., :8] > 0).all() and (moved[..., 8:] == 0).all()
+    assert set(run.final_terms) == {"linear"}  # the record keeps the picture's terms
+
+
 def test_several_views_reach_the_parametrisation():
     """The views' summed gradient flows through the parametrisation (the Fourier coefficients
     are not the images): the loss falls as with one view."""
@@ -248,8 +290,10 @@ def test_no_scalar_reads_inside_the_step(tmp_path):
         settings = {"steps": steps, "jitter": 2, "warmup": 1}
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             # setting 1 (pixels): what this was written for; fast's Fourier loop is not checked
+            # (no cache: both runs summarise their references, the reads there included)
             vital.visualize(model, [vital.Channel("stage3", 1)], tmp_path, setting=1,
-                            settings=settings, progress=False, reference_count=2)  # fmt: skip
+                            settings=settings, progress=False, reference_count=2,
+                            cache_dir=False)  # fmt: skip
         reads = 0
         for event in profile.events():
             if event.name != "aten::_local_scalar_dense":

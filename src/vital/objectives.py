@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from vital.losses import sort_matching_loss
+from vital.optimize import MAP_TERM
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
 from vital.relevance.seeds import negative_share
@@ -120,6 +121,9 @@ def weighted_features(
     return features * normalized_relevance(relevance.detach(), floor)
 
 
+# Key prefix of a held target's prototypes with the authors' weights, for the map's loss.
+MAP_PROTOTYPE = "map-prototype:"
+
 # The most a position the unit's relevance does not reach weighs, against 1 for its most
 # relevant one: the relevance keeps shaping the weights where a unit is negative nearly
 # everywhere (a floor of 1 would weigh every position alike).
@@ -224,7 +228,9 @@ def neuron_prototypes(
         importance; ``activation`` → the references' mean target activation (scalar);
         ``negative_share`` → the mean share of the target's map that is negative on them
         (:func:`negative_shares`; 0 for a ReLU output), which decides whether the prototypes
-        are weighted with a floor (:func:`held`).
+        are weighted with a floor (:func:`held`); for a target held so,
+        ``map-prototype:TAP`` → (C, P) the same with the authors' weights (no signed floor),
+        for the transparency map (:class:`RelevanceSortMatching`).
     """
     taps = [t.layer for t in target.taps]
 
@@ -246,6 +252,11 @@ def neuron_prototypes(
                 model, references, resolution, shares, downsample, batch_size, coarse_view
             )
             hold = held(overall["negative_share"])
+            # read once per target: whether the map needs prototypes of its own
+            held_target = bool(hold)
+
+            def own_floor(x: torch.Tensor) -> torch.Tensor | None:
+                return torch.full((x.shape[0],), target.floor) if target.floor else None
 
             def summarize(x: torch.Tensor) -> dict[str, torch.Tensor]:
                 with torch.enable_grad():
@@ -267,6 +278,12 @@ def neuron_prototypes(
                     weighted = weighted_features(features[name].detach(), relevance[name], floor)
                     summary[f"prototype:{name}"] = weighted.sort(dim=-1).values
                     summary[f"importance:{name}"] = channel_importance(relevance[name])
+                    if held_target:
+                        # the authors' weights (the target's own floor only): the map's loss
+                        unheld = weighted_features(
+                            features[name].detach(), relevance[name], own_floor(x)
+                        )
+                        summary[f"{MAP_PROTOTYPE}{name}"] = unheld.sort(dim=-1).values
                 return summary
 
             return average_over_views(
@@ -274,7 +291,7 @@ def neuron_prototypes(
             )
 
     key = [
-        "neuron-v2",  # v2: upward seed, signed floor
+        "neuron-v3",  # v2: upward seed, signed floor; v3: the map's prototypes
         model.fingerprint,
         taps,
         target.layer,
@@ -303,7 +320,12 @@ class RelevanceSortMatching:
 
     Signed targets that their references drive up (:func:`held`) weight their features with a
     floor under the relevance (:func:`relevance_floor`), which holds the areas the unit does
-    not fire on; other targets keep the authors' weights exactly.
+    not fire on; other targets keep the authors' weights exactly. The floor weighs every
+    position, so its gradient spreads over the whole image; while :attr:`map_terms` is set
+    (by the loop, while the transparency map accumulates) a batch with a held target also
+    returns, under ``map:TAP``, the loss with the authors' weights against prototypes made
+    with them, and the map is made from that loss's gradient (the picture still follows the
+    held loss).
 
     Parameters
     ----------
@@ -341,6 +363,7 @@ class RelevanceSortMatching:
         self.held = torch.tensor(chosen) if any(chosen) else None
         floors = [target.floor for target in targets]
         self.floors = torch.tensor(floors) if any(floors) else None
+        self.map_terms = False
 
     def directions(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Target layer → (B, C) directions, zero rows for images targeting another layer."""
@@ -354,19 +377,22 @@ class RelevanceSortMatching:
         return directions
 
     def _stack(self, factor: int, like: dict[str, torch.Tensor]):
-        # (B, C, P) prototypes and (B, C, 1) importance per tap; zeros where a tap is unused.
+        # (B, C, P) prototypes, (B, C, 1) importance and (B, C, P) prototypes for the map (a
+        # held target's own, the others' the same) per tap; zeros where a tap is unused.
         if factor not in self._stacked:
             stacked = {}
             for name in self.taps:
                 shape = like[name].shape[1:]
-                prototypes, importance = [], []
+                prototypes, importance, for_map = [], [], []
                 for summary in self._prototypes[factor]:
                     prototypes.append(summary.get(f"prototype:{name}", torch.zeros(shape)))
                     importance.append(summary.get(f"importance:{name}", torch.zeros(shape[0])))
+                    for_map.append(summary.get(f"{MAP_PROTOTYPE}{name}", prototypes[-1]))
                 device = like[name].device
                 stacked[name] = (
                     torch.stack(prototypes).to(device),
                     torch.stack(importance).unsqueeze(-1).to(device),
+                    torch.stack(for_map).to(device) if self.held is not None else None,
                 )
             self._stacked[factor] = stacked
         return self._stacked[factor]
@@ -401,9 +427,15 @@ class RelevanceSortMatching:
         weights = self.weights.to(model_input.device)
         terms = {}
         for column, name in enumerate(self.taps):
-            prototype, importance = stacked[name]
+            prototype, importance, for_map = stacked[name]
             weighted = weighted_features(features[name].float(), relevance[name].float(), floor)
             terms[name] = weights[:, column] * sort_matching_loss(weighted, prototype, importance)
+            if self.map_terms and for_map is not None:
+                own = self.floors.to(model_input.device) if self.floors is not None else None
+                weighted = weighted_features(features[name].float(), relevance[name].float(), own)
+                terms[f"{MAP_TERM}{name}"] = weights[:, column] * sort_matching_loss(
+                    weighted, for_map, importance
+                )
         return terms
 
 

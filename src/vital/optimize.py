@@ -26,6 +26,11 @@ from vital.zoo import Preprocessing
 # An objective maps (model input (B, 3, h, w), downsample factor) to named (B,) loss terms.
 Objective = Callable[[torch.Tensor, int], dict[str, torch.Tensor]]
 
+# A term ``map:NAME`` stands in for the objective's term NAME in the transparency map and is
+# not part of the picture's loss. An objective returns such terms only while its ``map_terms``
+# attribute is set, which the loop does (where it exists) while the map accumulates.
+MAP_TERM = "map:"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -379,6 +384,24 @@ def _view_terms(
     return terms
 
 
+def _map_gradient(
+    image: torch.Tensor, view: dict[str, torch.Tensor], views: int
+) -> torch.Tensor | None:
+    """∂/∂image of the view's loss with its ``map:`` terms in place of the terms they name.
+
+    Removes the ``map:`` terms from ``view``; None where there are none. The graph is kept for
+    the picture's own backward pass.
+    """
+    stand_ins = {
+        name[len(MAP_TERM) :]: view.pop(name) for name in list(view) if name.startswith(MAP_TERM)
+    }
+    if not stand_ins:
+        return None
+    loss = torch.stack(list({**view, **stand_ins}.values())).sum() / views
+    (gradient,) = torch.autograd.grad(loss, image, retain_graph=True)
+    return gradient
+
+
 def optimize(
     objective: Objective,
     count: int,
@@ -426,7 +449,9 @@ def optimize(
         accumulates |∂L/∂image| of those images.
     transparency_from
         The share of all steps after which |∂L/∂x| accumulates into ``gradient_magnitude``;
-        0 (the default): every step, as METHOD.md's transparency map.
+        0 (the default): every step, as METHOD.md's transparency map. While it accumulates,
+        an objective's ``map:`` terms (:data:`MAP_TERM`) stand in for the terms they name in
+        that gradient (one more backward pass through the model per view).
     """
     settings.validate()
     resolution = settings.resolution or preprocessing.input_size
@@ -463,6 +488,7 @@ def optimize(
         dtype=PRECISIONS[settings.precision],
         enabled=settings.precision != "float32",
     )
+    source = objective  # the compiled one forwards calls, not attributes
     if settings.compile:
         objective = torch.compile(objective)
     bar = tqdm(
@@ -490,15 +516,24 @@ def optimize(
                 if not image.is_leaf:
                     image.retain_grad()  # for the transparency map
                 terms = {}
+                accumulating = done >= first_accumulated
+                if hasattr(source, "map_terms"):
+                    source.map_terms = accumulating
+                map_gradient = None
                 for _ in range(settings.views):
                     view = _view_terms(image, objective, generators, factor, settings, autocast)
+                    stand_in = _map_gradient(image, view, settings.views)
+                    if stand_in is not None:
+                        map_gradient = stand_in if map_gradient is None else map_gradient + stand_in
                     total = torch.stack(list(view.values())).sum(dim=0) / settings.views
                     total.sum().backward()
                     for name, value in view.items():
                         terms[name] = terms.get(name, 0) + value.detach() / settings.views
                 total = torch.stack(list(terms.values())).sum(dim=0)
-                if done >= first_accumulated:
-                    gradient_magnitude += image.grad.abs()
+                if accumulating:
+                    gradient_magnitude += (
+                        image.grad if map_gradient is None else map_gradient
+                    ).abs()
                 done += 1
                 if image is not x:
                     x.backward(image.grad)

@@ -495,6 +495,9 @@ class VitalNeuron(Method):
                 else None,
                 # the transparency map's |∂L/∂x| is summed from this share of the steps on
                 "transparency_from": self.transparency_from,
+                # a target matched with the floor has its map from the loss without it
+                "transparency_without_floor": objective.held is not None
+                and bool(objective.held[item]),
             },
             "activation_trace": _thinned(trace),
             "options": self.options(),
