@@ -2,7 +2,8 @@
 
 For each ``MODEL:LAYER`` the four channels are chosen by the convergence benchmark's rule
 (:func:`convergence.selective_channels`: for each of the photos coffee, chelsea, motorcycle,
-daisy the channel most selective for it, among those the photo drives up); each channel's
+daisy, or those ``--photos`` names, the channel most selective for it, among those the photo
+drives up); each channel's
 references are ``--references`` views of its photo (``from_samples``), handed to
 ``vital.visualize`` as they are, so the method's own defaults decide how it uses them (whole
 views or their best patches). Per channel:
@@ -82,13 +83,20 @@ from convergence import CHANNEL_PHOTOS, selective_channels  # noqa: E402
 REAL_VIEWS = 50
 
 
-def photo_label(photo: str) -> int:
-    return SAMPLE_PHOTOS[photo][1]
+def photo_list(value: str) -> tuple[str, ...]:
+    """``--photos``: at least two embedded photos (the gap needs others), each once."""
+    photos = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in photos if name not in SAMPLE_PHOTOS]
+    if unknown or len(photos) < 2 or len(set(photos)) != len(photos):
+        raise argparse.ArgumentTypeError(
+            f"give two or more different embedded photos from {', '.join(SAMPLE_PHOTOS)}"
+        )
+    return photos
 
 
 def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     """Visualise the layer's four chosen channels; their numbers and the grid's path."""
-    photos = list(CHANNEL_PHOTOS)
+    photos = list(args.photos)
     chosen = selective_channels(model, layer, photos)
     targets = [Channel(layer, chosen[p]) for p in photos]
     references = {
@@ -123,8 +131,8 @@ def run_layer(model, judges: dict, layer: str, args) -> tuple[list[dict], Path]:
     for photo in photos:
         views = list(from_samples([photo], REAL_VIEWS, seed=1).views(224))
         real += views
-        real_labels += [photo_label(photo)] * len(views)
-    labels = [photo_label(p) for p in photos]
+        real_labels += [photos.index(photo)] * len(views)  # grouped by photo: some have no class
+    labels = list(range(len(photos)))
     judged = {
         name: metrics.realism(judge, pixels, labels, torch.stack(real), real_labels)
         for name, judge in judges.items()
@@ -443,6 +451,14 @@ def main() -> None:
         default="efficientnet_lite0",
         help="judges of realism, comma-separated, the first the table's (a model's own layers: "
         "mobilenet_v2 judges them)",
+    )
+    parser.add_argument(
+        "--photos",
+        type=photo_list,
+        default=CHANNEL_PHOTOS,
+        help="comma-separated embedded photos, one channel each (default: the dev photos "
+        + ",".join(CHANNEL_PHOTOS)
+        + "; others are held out)",
     )
     parser.add_argument("--figures", type=Path, default=HERE / "out" / "layer_kinds")
     args = parser.parse_args()

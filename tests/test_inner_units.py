@@ -412,6 +412,20 @@ def test_the_benchmarks_channels_are_driven_up_by_their_photos_on_a_signed_layer
     assert selective_channels(rectified, "1", CHANNEL_PHOTOS) == old
 
 
+def test_the_layer_kind_benchmark_takes_held_out_photos_by_name():
+    """layer_kinds.py --photos: embedded photos, two or more (the gap needs others), each once."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from layer_kinds import photo_list
+
+    assert photo_list("rocket, palace,astronaut") == ("rocket", "palace", "astronaut")
+    for wrong in ("rocket", "rocket,rocket", "rocket,bogus", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="two or more different"):
+            photo_list(wrong)
+
+
 def test_the_floor_mass_trial_gives_the_floor_a_share_of_the_weights_mass():
     """layer_kinds.py --floor-mass: f of each channel's weight mass spread evenly, not f each."""
     import sys
