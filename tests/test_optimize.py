@@ -212,6 +212,7 @@ def test_an_objectives_map_terms_make_the_map_and_not_the_picture(views):
     moved = (run.images - start).abs()
     assert (moved[..., :8] > 0).all() and (moved[..., 8:] == 0).all()
     assert set(run.final_terms) == {"linear"}  # the record keeps the picture's terms
+    assert objective.map_terms is False  # and the objective is left as it was found
 
 
 def test_several_views_reach_the_parametrisation():

@@ -552,6 +552,8 @@ def optimize(
                 bar.update()
     finally:
         bar.close()
+        if hasattr(source, "map_terms"):
+            source.map_terms = False  # an objective used again starts as a fresh one does
     with torch.no_grad():
         images = parametrization.images().detach()
     return Run(
