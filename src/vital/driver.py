@@ -27,6 +27,7 @@ from vital.optimize import (
     Settings,
     optimize,
     resolved,
+    setting_key,
     transparency,
 )
 from vital.record import Record, model_info
@@ -64,7 +65,8 @@ def resolve_settings(
         fitted to the model (:func:`fit_stages`).
     """
     if isinstance(settings, Settings):
-        if setting not in (None, DEFAULT_SETTING):  # the default name is no choice of the user's
+        # the default name is no choice of the user's
+        if setting_key(setting) not in (None, DEFAULT_SETTING):
             raise VitalError("give either a named setting or complete Settings, not both.")
         chosen = settings
     else:
@@ -97,7 +99,7 @@ def setting_name(
         return None
     if setting is None:
         return DEFAULT_SETTING
-    return int(setting) if isinstance(setting, str) and setting.isdigit() else setting
+    return setting_key(setting)
 
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:

@@ -405,6 +405,10 @@ def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:
                 f"tap {spec!r} is not NAME or NAME=WEIGHT (e.g. layer3=0.5)"
             ) from error
         taps.append(Tap(name.strip(), value))
+    names = [tap.layer for tap in taps]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # which weight would count is anyone's guess: say so rather than pick one
+        raise VitalError(f"tap {twice[0]!r} is given twice; give each layer once (NAME=WEIGHT).")
     return tuple(taps)
 
 

@@ -254,6 +254,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """Check a device name and say what to do when it is not available."""
     if device is None:
         return torch.device("cpu")
+    if isinstance(device, str):
+        device = device.strip().lower()  # "CPU", "Cuda:0": names people type, as torch's own
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -263,7 +265,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise VitalError(f"device {device!r} is not supported: use auto, cpu or cuda.")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise VitalError("device 'cuda' was asked for but no CUDA GPU is visible; use device=cpu.")
+        raise VitalError(
+            f"device {str(resolved)!r} was asked for but no CUDA GPU is visible; use device=cpu."
+        )
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
         raise VitalError(
             f"there is no GPU {resolved.index}: {torch.cuda.device_count()} are visible (cuda:0 …)."

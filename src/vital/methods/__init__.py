@@ -34,6 +34,8 @@ METHODS: dict[str, tuple[type[Method], ...]] = {
 
 def method_class(name: str, targets: Sequence[Target]) -> type[Method]:
     """The class of method ``name`` that visualises ``targets`` (all of one kind)."""
+    if isinstance(name, str):
+        name = name.strip().lower()  # "MaCo", as the paper writes it, is the same method
     if not isinstance(name, str) or name not in METHODS:
         raise VitalError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}.")
     kinds = {type(target) for target in targets}

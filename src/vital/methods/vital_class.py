@@ -110,7 +110,7 @@ def class_folder_names(model: Model, target: ClassTarget) -> list[str]:
         names.insert(0, model.labels.wnids[target.index])
     if target.name:
         names += [target.name, target.name.replace(" ", "_")]
-    return names
+    return list(dict.fromkeys(names))  # one-word names would otherwise be listed twice
 
 
 def resolve_taps(model: Model, taps: Sequence[str | Tap] | None) -> tuple[tuple[Tap, ...], str]:

@@ -1,0 +1,87 @@
+"""Findings of the hostile battery (benchmarks/RESULTS.md, "Hostile battery …"), one test each.
+
+Each was a traceback, an unclear line, or a valid input refused; every test failed before its fix.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vital
+from conftest import tiny_cnn_model
+from vital.errors import VitalError
+from vital.labels import imagenet_labels
+from vital.methods import method_class
+from vital.methods.vital_class import class_folder_names
+from vital.optimize import Settings
+from vital.references import ReferenceSet, from_folder
+from vital.taps import parse_taps
+from vital.targets import ClassTarget
+from vital.zoo import Model, resolve_device
+
+
+def test_a_wordnet_id_not_found_is_a_sentence():
+    with pytest.raises(VitalError) as error:
+        imagenet_labels().resolve("n07920053")
+    assert "not found. Give" in str(error.value)
+
+
+def test_the_folder_names_a_class_may_have_are_each_listed_once():
+    model = Model(torch.nn.Identity(), labels=imagenet_labels())
+    names = class_folder_names(model, ClassTarget(967, "espresso"))
+    assert names == ["n07920052", "967", "espresso"]
+
+
+def test_a_reference_count_that_is_no_count_says_which_option(image_folder):
+    source = from_folder(image_folder).sources
+    for count in (-5, 0, "5", 2.5):
+        with pytest.raises(VitalError, match=r"reference_count=N is a whole number"):
+            ReferenceSet(source, count)
+
+
+@pytest.mark.parametrize("typed", ["FAST", " fast ", " 1", "1"])
+def test_a_setting_name_as_people_type_it(typed):
+    assert Settings.setting(typed) == Settings.setting("fast" if "ast" in typed.lower() else 1)
+
+
+def test_a_setting_typed_in_capitals_reaches_the_record(image_folder):
+    model = tiny_cnn_model()
+    result = vital.visualize(
+        model, [1], {1: from_folder(image_folder)}, setting="FAST", settings={"steps": 1},
+        progress=False,
+    )[0]  # fmt: skip
+    assert result.record.setting == "fast"
+
+
+@pytest.mark.parametrize("typed", ["CPU", " cpu", "Cpu"])
+def test_a_device_name_in_capitals_is_the_device(typed):
+    assert resolve_device(typed) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_gpu_is_named_as_asked():
+    with pytest.raises(VitalError, match="'cuda:7' was asked for"):
+        resolve_device("cuda:7")
+
+
+def test_a_method_name_in_capitals_is_the_method():
+    assert method_class("MaCo", [ClassTarget(1)]) is method_class("maco", [ClassTarget(1)])
+
+
+def test_a_tap_given_twice_is_refused():
+    with pytest.raises(VitalError, match="'layer3' is given twice"):
+        parse_taps(["layer3=1", "layer3=2"])
+
+
+def test_references_refused_by_a_baseline_name_the_option_on_the_command_line(
+    monkeypatch, capsys, image_folder
+):
+    from test_hostile import assert_one_line_error, run
+
+    code, _, err = run(
+        monkeypatch, capsys, "class", "-c", "1", "--method", "deepinversion", "--refs",
+        image_folder, "--steps", "1", "--out", image_folder.parent / "out",
+        model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "leave out --refs DIR")
