@@ -5,6 +5,8 @@ Each was a traceback, an unclear line, or a valid input refused; every test fail
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from vital.optimize import Settings
 from vital.references import ReferenceSet, from_folder
 from vital.taps import parse_taps
 from vital.targets import ClassTarget
-from vital.zoo import Model, resolve_device
+from vital.zoo import Model, load_state_dict, resolve_device
 
 
 def test_a_wordnet_id_not_found_is_a_sentence():
@@ -85,3 +87,44 @@ def test_references_refused_by_a_baseline_name_the_option_on_the_command_line(
         model=tiny_cnn_model(),
     )  # fmt: skip
     assert_one_line_error(code, err, "leave out --refs DIR")
+
+
+def test_an_empty_weights_file_is_called_empty(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(VitalError, match=r"w.pth is empty \(0 bytes\)"):
+        load_state_dict(tmp_path / "w.pth")
+
+
+def test_a_text_file_given_as_weights_is_not_a_key_error(tmp_path):
+    (tmp_path / "w.pth").write_text("hello")
+    with pytest.raises(VitalError, match="neither by torch.save nor as .safetensors") as error:
+        load_state_dict(tmp_path / "w.pth")
+    assert "KeyError" not in str(error.value)
+
+
+def test_a_pickled_list_as_weights_says_how_to_save_a_state_dict(tmp_path):
+    torch.save([1, 2], tmp_path / "w.pth")
+    with pytest.raises(VitalError, match=r"found list\); save one with torch.save"):
+        load_state_dict(tmp_path / "w.pth")
+
+
+def test_a_weights_file_cut_short_says_so(tmp_path):
+    torch.save({"a": torch.zeros(100)}, tmp_path / "full.pth")
+    (tmp_path / "w.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:200])
+    with pytest.raises(VitalError, match="cut short") as error:
+        load_state_dict(tmp_path / "w.pth")
+    assert "miniz" not in str(error.value)
+
+
+def test_a_pickled_module_as_weights_names_the_state_dict_in_one_line(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "w.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own warning about pickle protocols stays out
+        with pytest.raises(VitalError, match="Python objects besides tensors") as error:
+            load_state_dict(tmp_path / "w.pth")
+    assert "\n" not in str(error.value) and "Re-running" not in str(error.value)
+
+
+def test_a_folder_given_as_weights_is_called_a_folder(tmp_path):
+    with pytest.raises(VitalError, match="is a folder"):
+        load_state_dict(tmp_path)
