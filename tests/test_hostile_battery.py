@@ -128,3 +128,14 @@ def test_a_pickled_module_as_weights_names_the_state_dict_in_one_line(tmp_path):
 def test_a_folder_given_as_weights_is_called_a_folder(tmp_path):
     with pytest.raises(VitalError, match="is a folder"):
         load_state_dict(tmp_path)
+
+
+def test_a_model_name_in_other_cases_is_that_model():
+    assert vital.load_model(" MobileNet_V2 ").name == "mobilenet_v2"
+
+
+@pytest.mark.parametrize("name", [None, "", "  ", 5])
+def test_no_model_name_is_one_line_not_a_list_of_guesses(name):
+    with pytest.raises(VitalError, match="a model is named by its architecture") as error:
+        vital.load_model(name)
+    assert "Did you mean" not in str(error.value)

@@ -661,6 +661,27 @@ class _Architecture:
     embedded: EmbeddedModel | None = None
 
 
+def _typed_name(name: object) -> str:
+    """The architecture name as the libraries spell it: ``" MobileNet_V2"`` → ``mobilenet_v2``.
+
+    Every torchvision, timm and embedded name is lower case, so a name in other cases that
+    is known in lower case is that model; any other name is left to be refused with hints.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise VitalError(
+            f"a model is named by its architecture (mobilenet_v2, resnet50, a timm name), not "
+            f"{name!r}; run `vital models` for the embedded ones."
+        )
+    name = name.strip()
+    if name != name.lower():
+        try:
+            _find_architecture(name.lower())
+        except VitalError:
+            return name
+        return name.lower()
+    return name
+
+
 def _find_architecture(name: str) -> _Architecture:
     import timm
 
@@ -924,6 +945,7 @@ def load_model(
             f"'random', not {type(weights).__name__}."
         )
     device = resolve_device(device)
+    name = _typed_name(name)
     found = _find_architecture(name)
     library, arch = found.library, found.arch
     if found.embedded is not None and weights is None:
