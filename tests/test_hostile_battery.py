@@ -139,3 +139,9 @@ def test_no_model_name_is_one_line_not_a_list_of_guesses(name):
     with pytest.raises(VitalError, match="a model is named by its architecture") as error:
         vital.load_model(name)
     assert "Did you mean" not in str(error.value)
+
+
+@pytest.mark.parametrize("schema", ['"2"', "null", "[1]", "1.5"])
+def test_a_record_whose_schema_is_no_number_is_refused_in_words(schema):
+    with pytest.raises(VitalError, match="not a version number"):
+        vital.Record.from_json(f'{{"schema": {schema}}}')

@@ -73,6 +73,8 @@ class Document:
         if not isinstance(data, dict):
             raise VitalError(f"a {cls.kind} is a JSON object, not {type(data).__name__}.")
         schema = data.get("schema", 1)
+        if isinstance(schema, bool) or not isinstance(schema, int):
+            raise VitalError(f"this {cls.kind}'s schema is {schema!r}, not a version number.")
         if schema > cls.version:
             raise VitalError(
                 f"this {cls.kind} has schema {schema}, newer than this vital's {cls.version}; "
