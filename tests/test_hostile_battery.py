@@ -145,3 +145,10 @@ def test_no_model_name_is_one_line_not_a_list_of_guesses(name):
 def test_a_record_whose_schema_is_no_number_is_refused_in_words(schema):
     with pytest.raises(VitalError, match="not a version number"):
         vital.Record.from_json(f'{{"schema": {schema}}}')
+
+
+def test_one_image_is_a_data_set_of_one_not_a_list_file(image_folder):
+    from vital.mining.datasets import list_images
+
+    image = sorted(image_folder.iterdir())[0]
+    assert [p.rsplit("/", 1)[-1] for p in list_images(image).paths] == [image.name]

@@ -60,7 +60,7 @@ class ImageList:
 
 
 def list_images(data: str | Path) -> ImageList:
-    """List the images of a folder tree (any depth) or of a list file (one path a line).
+    """List the images of a folder tree (any depth), of a list file (one path a line), or one.
 
     In a list file, blank lines and lines starting with ``#`` are skipped, and relative paths
     are relative to the list file's folder.
@@ -76,6 +76,9 @@ def list_images(data: str | Path) -> ImageList:
         others = sum(1 for p in data.rglob("*") if p.is_file()) - len(paths)
         labelled = is_imagenet_tree(data)
         labels = [p.relative_to(data).parts[0] if labelled else "" for p in paths]
+    elif data.is_file() and data.suffix.lower() in IMAGE_SUFFIXES:
+        # One image (as `vital concepts --data` takes it), not a list file of binary "lines"
+        paths, others, labels = [data], 0, [""]
     elif data.is_file():
         # Names as the file system takes them: a list written in Latin-1 is read, not refused.
         lines = [os.fsdecode(line) for line in data.read_bytes().splitlines()]
