@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +153,32 @@ def test_one_image_is_a_data_set_of_one_not_a_list_file(image_folder):
 
     image = sorted(image_folder.iterdir())[0]
     assert [p.rsplit("/", 1)[-1] for p in list_images(image).paths] == [image.name]
+
+
+def test_direction_files_that_hold_no_real_vector_are_refused_in_words(tmp_path):
+    from vital.methods.vital_neuron import direction_target
+
+    np.savez(tmp_path / "z.npz", a=np.ones(8))
+    np.save(tmp_path / "complex.npy", np.ones(8, complex))
+    np.save(tmp_path / "object.npy", np.array([None] * 8, dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("1,2,3")
+    expected = {
+        "z.npz": r"is an .npz archive \(arrays a\)",
+        "complex.npy": "holds complex128 values, not real numbers",
+        "object.npy": "cannot read the direction file .* np.save",
+        "text.npy": "is not a .npy file",
+    }
+    for name, message in expected.items():
+        with pytest.raises(VitalError, match=message):
+            direction_target("layer", tmp_path / name)
+
+
+def test_mine_reads_its_direction_file_the_same_way(monkeypatch, capsys, tmp_path, image_folder):
+    from test_hostile import assert_one_line_error, run
+
+    np.savez(tmp_path / "z.npz", a=np.ones(8))
+    code, _, err = run(
+        monkeypatch, capsys, "mine", "-l", "features.3", "--data", image_folder, "--direction",
+        tmp_path / "z.npz", "--out", tmp_path / "out", model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "is an .npz archive")

@@ -66,8 +66,7 @@ def mine_command(
     **common,
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
-    import numpy as np
-
+    from vital.files import load_vectors
     from vital.mining import contact_sheet, mine
 
     if direction is not None and channels:
@@ -78,10 +77,7 @@ def mine_command(
     loaded = session.load(common["model"], common["weights"], device)
     directions = None
     if direction is not None:
-        try:
-            directions = np.load(direction, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise VitalError(f"cannot read direction file {direction}: {error}") from error
+        directions = load_vectors(direction)
     session.Session.out, session.Session.resumable = out, True
     report = mine(
         loaded,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vital.errors import VitalError
+from vital.files import load_vectors
 from vital.methods.base import Method, resolution_of
 from vital.methods.vital_class import reference_fields
 from vital.objectives import NeuronTarget, RelevanceSortMatching, neuron_prototypes
@@ -81,17 +82,12 @@ def direction_of(target: Channel | Direction, info: LayerInfo) -> torch.Tensor:
 def direction_target(layer: str, path: str | Path) -> Direction:
     """A concept direction read from a ``.npy`` file holding one vector over the channels."""
     path = Path(path)
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise VitalError(f"cannot read the direction file {path}: {error}") from error
+    values = load_vectors(path)
     if values.ndim != 1:
         raise VitalError(
             f"{path} holds an array of shape {values.shape}; a direction is one vector over "
             "the layer's channels."
         )
-    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
-        raise VitalError(f"{path} holds {values.dtype} values; a direction is numbers.")
     return Direction(layer, tuple(float(v) for v in values), name=path.stem)
 
 
