@@ -168,9 +168,19 @@ def test_direction_files_that_hold_no_real_vector_are_refused_in_words(tmp_path)
         "object.npy": "cannot read the direction file .* np.save",
         "text.npy": "is not a .npy file",
     }
+    expected |= {"missing.npy": "does not exist", ".": "is a folder"}
     for name, message in expected.items():
         with pytest.raises(VitalError, match=message):
             direction_target("layer", tmp_path / name)
+
+
+def test_a_direction_saved_as_a_row_or_a_column_is_one_vector(tmp_path):
+    from vital.methods.vital_neuron import direction_target
+
+    np.save(tmp_path / "row.npy", np.arange(4.0)[None])
+    np.save(tmp_path / "column.npy", np.arange(4.0)[:, None])
+    for name in ("row.npy", "column.npy"):
+        assert direction_target("layer", tmp_path / name).values == (0.0, 1.0, 2.0, 3.0)
 
 
 def test_mine_reads_its_direction_file_the_same_way(monkeypatch, capsys, tmp_path, image_folder):

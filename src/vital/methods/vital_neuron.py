@@ -83,6 +83,8 @@ def direction_target(layer: str, path: str | Path) -> Direction:
     """A concept direction read from a ``.npy`` file holding one vector over the channels."""
     path = Path(path)
     values = load_vectors(path)
+    if values.ndim > 1 and sum(side > 1 for side in values.shape) <= 1:
+        values = values.reshape(-1)  # a (1, C) row or (C, 1) column is still one vector
     if values.ndim != 1:
         raise VitalError(
             f"{path} holds an array of shape {values.shape}; a direction is one vector over "
