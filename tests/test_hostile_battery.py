@@ -192,3 +192,11 @@ def test_mine_reads_its_direction_file_the_same_way(monkeypatch, capsys, tmp_pat
         tmp_path / "z.npz", "--out", tmp_path / "out", model=tiny_cnn_model(),
     )  # fmt: skip
     assert_one_line_error(code, err, "is an .npz archive")
+
+
+def test_an_empty_list_file_is_called_empty(tmp_path):
+    from vital.mining.datasets import list_images
+
+    (tmp_path / "list.txt").write_text("\n# nothing yet\n")
+    with pytest.raises(VitalError, match="names no images; write one image path a line"):
+        list_images(tmp_path / "list.txt")

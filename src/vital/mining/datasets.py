@@ -83,6 +83,10 @@ def list_images(data: str | Path) -> ImageList:
         # Names as the file system takes them: a list written in Latin-1 is read, not refused.
         lines = [os.fsdecode(line) for line in data.read_bytes().splitlines()]
         entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        if not entries:  # "no images found in LIST (0 other files …)" would send one looking
+            raise VitalError(
+                f"the list file {printable(data)} names no images; write one image path a line."
+            )
         paths = [p if p.is_absolute() else data.parent / p for p in map(Path, entries)]
         missing = [printable(p) for p in paths if not p.is_file()]
         if missing:
