@@ -200,3 +200,14 @@ def test_an_empty_list_file_is_called_empty(tmp_path):
     (tmp_path / "list.txt").write_text("\n# nothing yet\n")
     with pytest.raises(VitalError, match="names no images; write one image path a line"):
         list_images(tmp_path / "list.txt")
+
+
+def test_crops_of_images_smaller_than_a_crop_stay_inside_them(tmp_path):
+    from PIL import Image
+
+    from vital.concepts.crops import sample_crops
+
+    Image.new("RGB", (1, 1), "red").save(tmp_path / "dot.png")
+    Image.new("RGB", (3, 40), "blue").save(tmp_path / "sliver.png")
+    crops = sample_crops(from_folder(tmp_path).sources, count=8, seed=0).crops
+    assert {crop.box[2] for crop in crops} <= {1, 3}

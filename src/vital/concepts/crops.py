@@ -195,7 +195,8 @@ def sample_crops(
     for index, (source, (width, height)) in enumerate(readable):
         short = min(width, height)
         for _ in range(per_image):
-            side = max(8, round(math.sqrt(generator.uniform(low, high)) * short))
+            # at least 8 pixels, but never more than the image has (a 1×1 or 3×500 image)
+            side = min(short, max(8, round(math.sqrt(generator.uniform(low, high)) * short)))
             left = int(generator.integers(0, width - side + 1))
             top = int(generator.integers(0, height - side + 1))
             box = (left, top, side)
