@@ -211,3 +211,14 @@ def test_crops_of_images_smaller_than_a_crop_stay_inside_them(tmp_path):
     Image.new("RGB", (3, 40), "blue").save(tmp_path / "sliver.png")
     crops = sample_crops(from_folder(tmp_path).sources, count=8, seed=0).crops
     assert {crop.box[2] for crop in crops} <= {1, 3}
+
+
+def test_a_sheets_typo_is_refused_before_mining(monkeypatch, capsys, tmp_path, image_folder):
+    from test_hostile import assert_one_line_error, run
+
+    code, out, err = run(
+        monkeypatch, capsys, "mine", "-l", "features.3", "--data", image_folder, "--sheets",
+        "1,abc", "--out", tmp_path / "out", model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--sheets takes whole numbers")
+    assert not (tmp_path / "out" / "mining.sqlite").exists() and "index:" not in out

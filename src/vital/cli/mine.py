@@ -74,6 +74,8 @@ def mine_command(
             "--channel and --direction choose what to mine; give one of them (a direction "
             "file is mined instead of channels)."
         )
+    if sheets not in ("auto", "all", "none"):
+        options.integers([sheets], "--sheets")  # a typo is refused before the pass, not after
     loaded = session.load(common["model"], common["weights"], device)
     directions = None
     if direction is not None:
