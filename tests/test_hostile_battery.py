@@ -222,3 +222,19 @@ def test_a_sheets_typo_is_refused_before_mining(monkeypatch, capsys, tmp_path, i
     )  # fmt: skip
     assert_one_line_error(code, err, "--sheets takes whole numbers")
     assert not (tmp_path / "out" / "mining.sqlite").exists() and "index:" not in out
+
+
+@pytest.mark.parametrize("scale", [(0.0, 0.0), (0.1, 5), "0.1,0.4", (0.1, 0.2, 0.3), (0.3, 0.1)])
+def test_a_crop_scale_that_is_no_range_names_the_option(scale):
+    from vital.concepts.crops import check_sampling
+
+    with pytest.raises(VitalError, match=r"crop scale \(--crop-scale LOW,HIGH\)"):
+        check_sampling(8, scale)
+
+
+@pytest.mark.parametrize("count", [0, "8", 2.5])
+def test_a_crop_count_that_is_no_count_names_the_option(count):
+    from vital.concepts.crops import check_sampling
+
+    with pytest.raises(VitalError, match=r"crops \(--crops\) is at least 1"):
+        check_sampling(count, (0.1, 0.4))
