@@ -238,3 +238,12 @@ def test_a_crop_count_that_is_no_count_names_the_option(count):
 
     with pytest.raises(VitalError, match=r"crops \(--crops\) is at least 1"):
         check_sampling(count, (0.1, 0.4))
+
+
+@pytest.mark.parametrize("pictures", [-1, "2", 1.5])
+def test_a_number_of_concepts_to_picture_below_zero_is_refused(tmp_path, image_folder, pictures):
+    with pytest.raises(VitalError, match=r"--pictured N, at least 1\), not"):
+        vital.concepts(
+            tiny_cnn_model(), 1, image_folder, layer="features.3", pictures=pictures,
+            out=tmp_path, progress=False,
+        )  # fmt: skip
