@@ -247,3 +247,12 @@ def test_a_number_of_concepts_to_picture_below_zero_is_refused(tmp_path, image_f
             tiny_cnn_model(), 1, image_folder, layer="features.3", pictures=pictures,
             out=tmp_path, progress=False,
         )  # fmt: skip
+
+
+def test_layers_matching_nothing_say_so(monkeypatch, capsys):
+    from test_hostile import assert_one_line_error, run
+
+    code, _, err = run(
+        monkeypatch, capsys, "layers", "tiny", "--match", "zzz", model=tiny_cnn_model()
+    )
+    assert_one_line_error(code, err, "no layer of tiny has a name containing 'zzz'")
