@@ -69,7 +69,10 @@ def test_a_missing_gpu_is_named_as_asked():
 
 
 def test_a_method_name_in_capitals_is_the_method():
+    from vital.compare import parse_methods
+
     assert method_class("MaCo", [ClassTarget(1)]) is method_class("maco", [ClassTarget(1)])
+    assert parse_methods("VITAL, MaCo") == ["vital", "maco"]
 
 
 def test_a_tap_given_twice_is_refused():

@@ -78,7 +78,9 @@ def methods_for(targets: Sequence[Target]) -> list[str]:
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
     """``"vital,maco"`` or a list → checked method names, in order."""
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = methods.split(",") if isinstance(methods, str) else list(methods)
+    # "MaCo" as the paper writes it is maco, as with method= everywhere else
+    names = [m.strip().lower() if isinstance(m, str) else m for m in names]
     names = [m for m in names if m]
     known = tuple(REGISTRY)
     unknown = [m for m in names if m not in known]
