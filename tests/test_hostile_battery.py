@@ -5,6 +5,7 @@ Each was a traceback, an unclear line, or a valid input refused; every test fail
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -191,7 +192,7 @@ def test_mine_reads_its_direction_file_the_same_way(monkeypatch, capsys, tmp_pat
 
     np.savez(tmp_path / "z.npz", a=np.ones(8))
     code, _, err = run(
-        monkeypatch, capsys, "mine", "-l", "features.3", "--data", image_folder, "--direction",
+        monkeypatch, capsys, "mine", "-l", "stage2", "--data", image_folder, "--direction",
         tmp_path / "z.npz", "--out", tmp_path / "out", model=tiny_cnn_model(),
     )  # fmt: skip
     assert_one_line_error(code, err, "is an .npz archive")
@@ -220,7 +221,7 @@ def test_a_sheets_typo_is_refused_before_mining(monkeypatch, capsys, tmp_path, i
     from test_hostile import assert_one_line_error, run
 
     code, out, err = run(
-        monkeypatch, capsys, "mine", "-l", "features.3", "--data", image_folder, "--sheets",
+        monkeypatch, capsys, "mine", "-l", "stage2", "--data", image_folder, "--sheets",
         "1,abc", "--out", tmp_path / "out", model=tiny_cnn_model(),
     )  # fmt: skip
     assert_one_line_error(code, err, "--sheets takes whole numbers")
@@ -247,7 +248,7 @@ def test_a_crop_count_that_is_no_count_names_the_option(count):
 def test_a_number_of_concepts_to_picture_below_zero_is_refused(tmp_path, image_folder, pictures):
     with pytest.raises(VitalError, match=r"--pictured N, at least 1\), not"):
         vital.concepts(
-            tiny_cnn_model(), 1, image_folder, layer="features.3", pictures=pictures,
+            tiny_cnn_model(), 1, image_folder, layer="stage2", pictures=pictures,
             out=tmp_path, progress=False,
         )  # fmt: skip
 
@@ -259,3 +260,96 @@ def test_layers_matching_nothing_say_so(monkeypatch, capsys):
         monkeypatch, capsys, "layers", "tiny", "--match", "zzz", model=tiny_cnn_model()
     )
     assert_one_line_error(code, err, "no layer of tiny has a name containing 'zzz'")
+
+
+def test_numpy_numbers_are_the_numbers_they_hold(tmp_path, image_folder):
+    model = tiny_cnn_model()
+    result = vital.visualize(
+        model, [np.int64(1)], {1: from_folder(image_folder)}, seeds=np.array([3]),
+        settings={"steps": np.int64(1)}, batch_size=np.int64(2), out=tmp_path, progress=False,
+    )[0]  # fmt: skip
+    assert (result.target.index, result.record.seed, result.record.settings["steps"]) == (1, 3, 1)
+    assert json.loads(result.paths["json"].read_text())["seed"] == 3  # the record is JSON
+
+
+def test_a_class_target_that_is_no_class_is_refused_before_the_run():
+    with pytest.raises(VitalError, match="index is a whole number, not 'x'"):
+        vital.visualize(tiny_cnn_model(), [ClassTarget("x")], progress=False)
+    with pytest.raises(VitalError, match="out of range"):
+        vital.visualize(tiny_cnn_model(), [ClassTarget(99)], progress=False)
+
+
+def test_a_direction_array_of_the_wrong_kind_is_one_line():
+    with pytest.raises(VitalError, match=r"not an array of shape \(2, 2\)") as error:
+        vital.Direction("layer", np.array([[None, 1], [2, None]], dtype=object))
+    assert "\n" not in str(error.value)
+
+
+def test_api_arguments_of_the_wrong_kind_are_one_line(tmp_path, image_folder):
+    model = tiny_cnn_model()
+    calls = {
+        "layer": lambda: vital.explain(model, image_folder / "img000.png", layer=None),
+        "a path": lambda: vital.visualize(model, [1], out=5, progress=False),
+        "uint8": lambda: vital.classify(model, torch.zeros(1, 3, 32, 32, dtype=torch.uint8)),
+        "percentile": lambda: vital.transparency(torch.rand(1, 3, 4, 4), percentile=200),
+        "channels=": lambda: vital.mine(
+            model, "stage2", image_folder, tmp_path / "m.sqlite", channels=3, progress=False
+        ),  # fmt: skip
+        "data is a folder": lambda: vital.mine(
+            model, "stage2", [image_folder], tmp_path / "x", progress=False
+        ),  # fmt: skip
+        "one value per channel": lambda: vital.mine(
+            model,
+            "stage2",
+            image_folder,
+            tmp_path / "d.sqlite",
+            directions=np.zeros((0, 16)),
+            progress=False,
+        ),  # fmt: skip
+    }
+    for phrase, call in calls.items():
+        with pytest.raises(VitalError, match=phrase):
+            call()
+
+
+def test_a_bytes_out_folder_is_the_folder_it_names(tmp_path):
+    from vital.store import output_folder
+
+    assert output_folder(bytes(tmp_path / "out")) == tmp_path / "out"
+
+
+def test_class_references_take_a_class_as_every_call_does(image_folder):
+    from vital.methods.vital_class import class_references
+
+    assert class_references(tiny_cnn_model(), 1, image_folder, 2, shared_ok=True).count == 2
+
+
+def test_explain_refuses_a_reference_count_by_its_own_name(tmp_path, image_folder):
+    with pytest.raises(VitalError, match="reference_count=N"):
+        vital.explain(
+            tiny_cnn_model(), image_folder / "img000.png", layer="stage2", data=image_folder,
+            reference_count=0, out=tmp_path, progress=False,
+        )  # fmt: skip
+
+
+def test_one_store_folder_is_one_store_not_a_string_of_letters(tmp_path, image_folder):
+    with pytest.raises(VitalError, match=r"--store .*nothing is not a folder"):
+        vital.explain(
+            tiny_cnn_model(), image_folder / "img000.png", layer="stage2",
+            stores=str(tmp_path / "nothing"), out=tmp_path, progress=False,
+        )  # fmt: skip
+
+
+def test_contact_sheets_and_mined_references_refuse_counts_below_one(tmp_path, image_folder):
+    model = tiny_cnn_model()
+    vital.mine(model, "stage2", image_folder, tmp_path / "m.sqlite", channels=[0], top=2,
+               patch_side=0, progress=False)  # fmt: skip
+    with pytest.raises(VitalError, match="cell=N"):
+        vital.contact_sheet(tmp_path / "m.sqlite", model, "stage2", 0, cell=0)
+    with pytest.raises(VitalError, match="count=N"):
+        vital.mined_references(tmp_path / "m.sqlite", model, "stage2", 0, count=0)
+
+
+def test_an_explanation_is_an_explanation():
+    with pytest.raises(VitalError, match="^an explanation is a JSON object"):
+        vital.Explanation.from_dict("x")

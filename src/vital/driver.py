@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vital import metrics
-from vital.errors import VitalError, check_count
+from vital.errors import VitalError, check_count, plain
 from vital.grids import as_saved
 from vital.methods.base import Method, resolution_of, target_plan
 from vital.optimize import (
@@ -75,7 +75,7 @@ def resolve_settings(
                 f"settings are a mapping of Settings fields or a Settings, not "
                 f"{type(settings).__name__}."
             )
-        overrides = {k: v for k, v in dict(settings or {}).items() if v is not None}
+        overrides = {k: plain(v) for k, v in dict(settings or {}).items() if v is not None}
         fields = {f.name for f in dataclasses.fields(Settings)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
@@ -110,7 +110,7 @@ def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
 def _seeds(settings: Settings, count: int, seeds: Sequence[int] | None) -> list[int]:
     if seeds is None:
         return [settings.seed + i for i in range(count)]
-    seeds = list(seeds)
+    seeds = [plain(seed) for seed in seeds]
     if len(seeds) != count:
         raise VitalError(f"{len(seeds)} seeds were given for {count} targets.")
     for seed in seeds:

@@ -552,6 +552,8 @@ def transparency(gradient_magnitude: torch.Tensor, percentile: float = 98.0) -> 
         raise VitalError(
             f"transparency takes accumulated |gradients| as a (B, C, H, W) tensor, not {shape}."
         )
+    if not _is_number(percentile) or not 0 <= percentile <= 100:
+        raise VitalError(f"the percentile is a number from 0 to 100, not {percentile!r}.")
     mean = gradient_magnitude.mean(dim=1)
     limit = torch.quantile(mean.flatten(1).float(), percentile / 100, dim=1).view(-1, 1, 1)
     clipped = torch.minimum(mean, limit)

@@ -386,6 +386,8 @@ def _longest_block_sequence(tokens: list[LayerInfo]) -> list[LayerInfo]:
 
 def check_layer(name: str, module: nn.Module) -> None:
     """Raise a helpful error when ``name`` is not a module of ``module``."""
+    if not isinstance(name, str):  # layer=None would reach difflib as a TypeError
+        raise VitalError(f"a layer is named by its module name (text), not {name!r}.")
     names = [n for n, _ in module.named_modules() if n]
     if name not in names:
         hints = close_matches(name, names)

@@ -191,8 +191,11 @@ def explain(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
     check_count(batch_size, "batch_size")
+    check_count(reference_count, "reference_count")  # mining would refuse it as top=N
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
+    if isinstance(stores, (str, Path)):  # one folder, not a sequence of one-letter names
+        stores = (stores,)
     for store in stores:
         if not Path(store).is_dir():
             raise VitalError(

@@ -31,7 +31,7 @@ from vital.references import (
     sample_photos_for_class,
 )
 from vital.taps import Tap, check_layer, default_taps, list_layers, parse_taps, tapped
-from vital.targets import ClassTarget
+from vital.targets import ClassTarget, class_target
 from vital.zoo import Model
 
 References = ReferenceSet | str | Path | Mapping[Any, ReferenceSet] | None
@@ -57,6 +57,7 @@ def class_references(
     shared_ok
         Allow one plain folder to serve as references of several targets.
     """
+    target = class_target(model, target)  # 967 or "espresso" as everywhere else
     if isinstance(references, ReferenceSet):
         return references
     if isinstance(references, Mapping):

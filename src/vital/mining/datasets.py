@@ -70,6 +70,11 @@ def list_images(data: str | Path) -> ImageList:
     VitalError
         When ``data`` does not exist or holds no images.
     """
+    if not isinstance(data, (str, os.PathLike)):
+        raise VitalError(
+            f"data is a folder, a list file (one image path a line) or one image, not "
+            f"{type(data).__name__}; write the paths into a list file."
+        )
     data = Path(data)
     if data.is_dir():
         paths = find_images(data)
