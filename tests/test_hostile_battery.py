@@ -353,3 +353,11 @@ def test_contact_sheets_and_mined_references_refuse_counts_below_one(tmp_path, i
 def test_an_explanation_is_an_explanation():
     with pytest.raises(VitalError, match="^an explanation is a JSON object"):
         vital.Explanation.from_dict("x")
+
+
+def test_explain_refuses_a_misspelt_setting_before_any_work(tmp_path, image_folder):
+    with pytest.raises(VitalError, match="unknown setting"):
+        vital.explain(
+            tiny_cnn_model(), image_folder / "img000.png", layer="stage2", settings={"stepz": 1},
+            pictures=False, out=tmp_path, progress=False,
+        )  # fmt: skip

@@ -70,21 +70,29 @@ def resolve_settings(
             raise VitalError("give either a named setting or complete Settings, not both.")
         chosen = settings
     else:
-        if settings is not None and not isinstance(settings, Mapping):
-            raise VitalError(
-                f"settings are a mapping of Settings fields or a Settings, not "
-                f"{type(settings).__name__}."
-            )
-        overrides = {k: plain(v) for k, v in dict(settings or {}).items() if v is not None}
-        fields = {f.name for f in dataclasses.fields(Settings)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise VitalError(
-                f"unknown setting(s) {', '.join(unknown)}; settings have "
-                f"{', '.join(sorted(fields))}."
-            )
+        overrides = checked_overrides(settings)
         chosen = dataclasses.replace(method.default_settings(model, setting), **overrides)
     return fit_stages(model, resolved(chosen))
+
+
+def checked_overrides(settings: SettingsOverrides) -> dict[str, Any]:
+    """Changes to a method's settings, checked by name (before any work: see :func:`explain`).
+
+    Values of ``None`` mean "not given"; numpy scalars become the numbers they hold.
+    """
+    if settings is not None and not isinstance(settings, Mapping):
+        raise VitalError(
+            f"settings are a mapping of Settings fields or a Settings, not "
+            f"{type(settings).__name__}."
+        )
+    overrides = {k: plain(v) for k, v in dict(settings or {}).items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise VitalError(
+            f"unknown setting(s) {', '.join(unknown)}; settings have {', '.join(sorted(fields))}."
+        )
+    return overrides
 
 
 def setting_name(
