@@ -361,3 +361,25 @@ def test_explain_refuses_a_misspelt_setting_before_any_work(tmp_path, image_fold
             tiny_cnn_model(), image_folder / "img000.png", layer="stage2", settings={"stepz": 1},
             pictures=False, out=tmp_path, progress=False,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [["class", "-c", "1"], ["neuron", "-l", "stage3", "-k", "0"]])
+def test_a_tap_repeated_on_the_command_line_is_refused(monkeypatch, capsys, tmp_path, command):
+    from test_hostile import assert_one_line_error, run
+
+    code, _, err = run(
+        monkeypatch, capsys, *command, "--tap", "stage1=1", "--tap", "stage1=2", "--steps", "1",
+        "--out", tmp_path, model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "'stage1' is given twice")
+
+
+def test_a_baseline_named_in_capitals_writes_its_own_grid(monkeypatch, capsys, tmp_path):
+    from test_hostile import run
+
+    code, _, err = run(
+        monkeypatch, capsys, "class", "-c", "1", "--method", "MACO", "--steps", "1", "--out",
+        tmp_path, model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "maco-grid.png" in [path.name for path in tmp_path.iterdir()]  # as the name is listed

@@ -30,7 +30,7 @@ from vital.references import (
     reference_folder,
     sample_photos_for_class,
 )
-from vital.taps import Tap, check_layer, default_taps, list_layers, parse_taps, tapped
+from vital.taps import Tap, check_layer, default_taps, list_layers, tapped, user_taps
 from vital.targets import ClassTarget, class_target
 from vital.zoo import Model
 
@@ -117,7 +117,7 @@ def class_folder_names(model: Model, target: ClassTarget) -> list[str]:
 def resolve_taps(model: Model, taps: Sequence[str | Tap] | None) -> tuple[tuple[Tap, ...], str]:
     """Taps for class targets: the user's, else the preset, else discovered ones."""
     if taps:
-        chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+        chosen = user_taps(taps)
         for tap in chosen:
             check_layer(tap.layer, model.module)
         return chosen, "given by the user"

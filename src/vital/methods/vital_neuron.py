@@ -49,9 +49,9 @@ from vital.taps import (
     check_layer,
     default_taps,
     list_layers,
-    parse_taps,
     tapped,
     to_positions,
+    user_taps,
 )
 from vital.targets import Channel, Direction
 from vital.zoo import Model
@@ -111,7 +111,7 @@ def neuron_taps(
     info = {i.name: i for i in layers}
     below = lambda name: info[name].end < info[target_layer].start  # noqa: E731
     if taps:
-        chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+        chosen = user_taps(taps)
         for tap in chosen:
             check_layer(tap.layer, model.module)
             if tap.layer not in info or not below(tap.layer):
