@@ -200,7 +200,7 @@ def test_api_misuse_is_refused_before_any_work(refs):
         vital.visualize(model, [1], 5, progress=False)
     with pytest.raises(VitalError, match="whole number"):
         Channel("stage3", "3")
-    with pytest.raises(VitalError, match="sequence of numbers"):
+    with pytest.raises(VitalError, match="one vector of numbers"):
         Direction("stage3", ("a", "b"))
     with pytest.raises(VitalError, match="settings are a mapping"):
         vital.visualize(model, [1], refs, settings=300, progress=False)
@@ -346,12 +346,12 @@ def test_a_direction_file_of_strings_is_refused(monkeypatch, capsys, tmp_path, r
     arguments = ["neuron", "--layer", "stage2", "--direction", tmp_path / "words.npy"]
     arguments += ["--refs", refs, "--steps", "1", "--out", tmp_path / "o"]
     code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
-    assert_one_line_error(code, err, "a direction is numbers")
+    assert_one_line_error(code, err, "not real numbers")
 
 
 def test_library_functions_name_a_wrong_argument(tmp_path):
     write_images(tmp_path / "data", 2)
-    with pytest.raises(VitalError, match="channels are whole numbers"):
+    with pytest.raises(VitalError, match="channels are a list of whole numbers"):
         vital.mine(tiny_cnn_model(), "stage2", tmp_path / "data", tmp_path / "m", channels=["x"])
     with pytest.raises(VitalError, match="weights are a state-dict path"):
         vital.load_model("mobilenet_v2", weights=123)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vital.driver import SettingsOverrides, resolve_settings, run, setting_name
-from vital.errors import VitalError, check_count
+from vital.errors import VitalError, check_count, plain
 from vital.methods import DEFAULT_METHOD, get_method
 from vital.methods.vital_class import class_references
 from vital.optimize import DEFAULT_SETTING
@@ -25,6 +25,11 @@ def classify(model: Model, images: torch.Tensor) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise VitalError(f"classify takes normalised images as a (B, 3, H, W) tensor, not {shape}.")
+    if not images.is_floating_point():  # uint8 pixels would fail inside the first convolution
+        raise VitalError(
+            f"classify takes normalised float images, not {images.dtype}; convert with "
+            "model.preprocessing.normalize(images.float() / 255)."
+        )
     return model.module(images).softmax(dim=-1)
 
 
@@ -100,6 +105,7 @@ def visualize(
         One per target, in order; ``result.record`` (:class:`vital.record.Record`) says what
         ran and how the picture scores (``evaluation``).
     """
+    batch_size = plain(batch_size)
     check_count(batch_size, "batch_size")  # before ``out`` is made
     with frozen(model):
         model = as_model(model, device)

@@ -27,7 +27,7 @@ from vital.errors import VitalError, check_count
 from vital.files import save_image, write_file
 from vital.grids import grid
 from vital.methods import METHODS as REGISTRY
-from vital.methods import get_method, method_class
+from vital.methods import get_method, method_class, method_name
 from vital.methods.vital_class import References, class_references
 from vital.methods.vital_neuron import neuron_references
 from vital.optimize import DEFAULT_SETTING
@@ -78,7 +78,8 @@ def methods_for(targets: Sequence[Target]) -> list[str]:
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
     """``"vital,maco"`` or a list → checked method names, in order."""
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = methods.split(",") if isinstance(methods, str) else list(methods)
+    names = [method_name(m) for m in names]
     names = [m for m in names if m]
     known = tuple(REGISTRY)
     unknown = [m for m in names if m not in known]

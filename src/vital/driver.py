@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vital import metrics
-from vital.errors import VitalError, check_count
+from vital.errors import VitalError, check_count, plain
 from vital.grids import as_saved
 from vital.methods.base import Method, resolution_of, target_plan
 from vital.optimize import (
@@ -27,6 +27,7 @@ from vital.optimize import (
     Settings,
     optimize,
     resolved,
+    setting_key,
     transparency,
 )
 from vital.record import Record, model_info
@@ -64,25 +65,34 @@ def resolve_settings(
         fitted to the model (:func:`fit_stages`).
     """
     if isinstance(settings, Settings):
-        if setting not in (None, DEFAULT_SETTING):  # the default name is no choice of the user's
+        # the default name is no choice of the user's
+        if setting_key(setting) not in (None, DEFAULT_SETTING):
             raise VitalError("give either a named setting or complete Settings, not both.")
         chosen = settings
     else:
-        if settings is not None and not isinstance(settings, Mapping):
-            raise VitalError(
-                f"settings are a mapping of Settings fields or a Settings, not "
-                f"{type(settings).__name__}."
-            )
-        overrides = {k: v for k, v in dict(settings or {}).items() if v is not None}
-        fields = {f.name for f in dataclasses.fields(Settings)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise VitalError(
-                f"unknown setting(s) {', '.join(unknown)}; settings have "
-                f"{', '.join(sorted(fields))}."
-            )
+        overrides = checked_overrides(settings)
         chosen = dataclasses.replace(method.default_settings(model, setting), **overrides)
     return fit_stages(model, resolved(chosen))
+
+
+def checked_overrides(settings: SettingsOverrides) -> dict[str, Any]:
+    """Changes to a method's settings, checked by name (before any work: see :func:`explain`).
+
+    Values of ``None`` mean "not given"; numpy scalars become the numbers they hold.
+    """
+    if settings is not None and not isinstance(settings, Mapping):
+        raise VitalError(
+            f"settings are a mapping of Settings fields or a Settings, not "
+            f"{type(settings).__name__}."
+        )
+    overrides = {k: plain(v) for k, v in dict(settings or {}).items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise VitalError(
+            f"unknown setting(s) {', '.join(unknown)}; settings have {', '.join(sorted(fields))}."
+        )
+    return overrides
 
 
 def setting_name(
@@ -97,7 +107,7 @@ def setting_name(
         return None
     if setting is None:
         return DEFAULT_SETTING
-    return int(setting) if isinstance(setting, str) and setting.isdigit() else setting
+    return setting_key(setting)
 
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
@@ -108,7 +118,7 @@ def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
 def _seeds(settings: Settings, count: int, seeds: Sequence[int] | None) -> list[int]:
     if seeds is None:
         return [settings.seed + i for i in range(count)]
-    seeds = list(seeds)
+    seeds = [plain(seed) for seed in seeds]
     if len(seeds) != count:
         raise VitalError(f"{len(seeds)} seeds were given for {count} targets.")
     for seed in seeds:

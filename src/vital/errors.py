@@ -15,6 +15,18 @@ class VitalError(ValueError):
     """A problem with what the user asked for, with a message that says what to do."""
 
 
+def plain(value: object) -> object:
+    """A numpy scalar as the Python number it holds (``np.int64(3)`` → 3); else ``value``.
+
+    Numbers often come out of numpy (an argmax, a loop over an array); records are JSON and
+    the checks want Python's ``int``, so they are unwrapped where they enter.
+    """
+    item = getattr(value, "item", None)
+    if item is not None and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
+        return item()
+    return value
+
+
 def check_count(value: object, name: str) -> None:
     """Refuse anything but a whole number of at least 1; ``name`` is the parameter's name.
 

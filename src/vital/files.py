@@ -236,6 +236,39 @@ def save_array(path: str | os.PathLike, array) -> Path:
     return write_file(path, buffer.getvalue())
 
 
+def load_vectors(path: str | os.PathLike, what: str = "direction file") -> np.ndarray:
+    """The real numbers of a ``.npy`` file (``np.save``), refused in words when it holds none.
+
+    Shape is the caller's to check. Pickles are never loaded; an ``.npz`` archive, a text
+    file, object, text or complex values each get a line saying how to save numbers.
+    """
+    path = Path(path)
+    advice = "save the vector with np.save(path, vector)"
+    if not path.is_file():
+        kind = "is a folder" if path.is_dir() else "does not exist"
+        raise VitalError(f"the {what} {path} {kind}; give a .npy file ({advice}).")
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.read_bytes()[:6] != b"\x93NUMPY":  # text, an image, …
+                raise VitalError(f"the {what} {path} is not a .npy file; {advice}.") from error
+        raise VitalError(f"cannot read the {what} {path}: {error}; {advice}.") from error
+    if isinstance(values, np.lib.npyio.NpzFile):
+        names = ", ".join(values.files)
+        values.close()
+        raise VitalError(
+            f"the {what} {path} is an .npz archive (arrays {names}); {advice} as a .npy file."
+        )
+    if values.dtype != np.bool_ and not (
+        np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)
+    ):
+        raise VitalError(
+            f"the {what} {path} holds {values.dtype} values, not real numbers; {advice}."
+        )
+    return values
+
+
 def save_tensors(path: str | os.PathLike, value: object) -> Path:
     """``torch.save`` ``value`` in memory, then write it atomically (a ``.pt`` file)."""
     import torch

@@ -68,7 +68,7 @@ class ClassLabels:
         hint = (
             "; did you mean " + ", ".join(f"{h!r} ({every_name[h]})" for h in hints) + "?"
             if hints
-            else ""
+            else "."
         )
         raise VitalError(
             f"class {text!r} not found{hint} Give a class index, a name or a WordNet id "

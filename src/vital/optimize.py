@@ -147,7 +147,7 @@ class Settings:
             2: cls(steps=20000, betas=(0.9, 0.999), clamp=False),
             "fast": FAST,
         }
-        key = int(number) if isinstance(number, str) and number.isdigit() else number
+        key = setting_key(number)
         if key not in presets:
             raise VitalError(
                 f"setting {number} does not exist; choose 0, 1 or 2 (the authors') or fast."
@@ -214,6 +214,17 @@ class Settings:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def setting_key(setting: int | str | None) -> int | str | None:
+    """A setting's name as :meth:`Settings.setting` knows it (``" 1"`` → 1, ``"FAST"`` → fast).
+
+    Anything else comes back unchanged, to be refused there by name.
+    """
+    if not isinstance(setting, str):
+        return setting
+    key = setting.strip().lower()  # typed by people, like the class names that are also found
+    return int(key) if key.isdigit() else key
 
 
 def _whole(value: object, what: str, option: str, low: int, high: int = 10**9) -> None:
@@ -578,6 +589,8 @@ def transparency(gradient_magnitude: torch.Tensor, percentile: float = 98.0) -> 
         raise VitalError(
             f"transparency takes accumulated |gradients| as a (B, C, H, W) tensor, not {shape}."
         )
+    if not _is_number(percentile) or not 0 <= percentile <= 100:
+        raise VitalError(f"the percentile is a number from 0 to 100, not {percentile!r}.")
     mean = gradient_magnitude.mean(dim=1)
     limit = torch.quantile(mean.flatten(1).float(), percentile / 100, dim=1).view(-1, 1, 1)
     clipped = torch.minimum(mean, limit)

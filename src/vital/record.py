@@ -71,8 +71,11 @@ class Document:
     def known_fields(cls, data: Any) -> dict:
         """The entries of ``data`` that are fields, after checking it is a readable version."""
         if not isinstance(data, dict):
-            raise VitalError(f"a {cls.kind} is a JSON object, not {type(data).__name__}.")
+            article = "an" if cls.kind[0] in "aeiou" else "a"
+            raise VitalError(f"{article} {cls.kind} is a JSON object, not {type(data).__name__}.")
         schema = data.get("schema", 1)
+        if isinstance(schema, bool) or not isinstance(schema, int):
+            raise VitalError(f"this {cls.kind}'s schema is {schema!r}, not a version number.")
         if schema > cls.version:
             raise VitalError(
                 f"this {cls.kind} has schema {schema}, newer than this vital's {cls.version}; "

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
 from vital.files import (
     UnreadableImageError,
     WriteError,
@@ -231,8 +231,7 @@ class ReferenceSet:
     def __post_init__(self) -> None:
         if not self.sources:
             raise VitalError(f"no usable reference images ({self.description or 'empty set'}).")
-        if self.count < 1:
-            raise VitalError("the number of references must be at least 1.")
+        check_count(self.count, "reference_count")
         if self.count > MAX_REFERENCES:
             # every view is a forward pass before the first step, with no progress shown
             raise VitalError(

@@ -95,6 +95,10 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
     VitalError
         When the path is a file, cannot be created, or is not writable.
     """
+    if isinstance(path, bytes):  # a path as the operating system returns it
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise VitalError(f"the {what} is a path (out=DIR), not {type(path).__name__}.")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise VitalError(f"the {what} {folder} is a file; give a folder (out=DIR).")

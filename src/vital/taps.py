@@ -386,6 +386,8 @@ def _longest_block_sequence(tokens: list[LayerInfo]) -> list[LayerInfo]:
 
 def check_layer(name: str, module: nn.Module) -> None:
     """Raise a helpful error when ``name`` is not a module of ``module``."""
+    if not isinstance(name, str):  # layer=None would reach difflib as a TypeError
+        raise VitalError(f"a layer is named by its module name (text), not {name!r}.")
     names = [n for n, _ in module.named_modules() if n]
     if name not in names:
         hints = close_matches(name, names)
@@ -405,7 +407,17 @@ def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:
                 f"tap {spec!r} is not NAME or NAME=WEIGHT (e.g. layer3=0.5)"
             ) from error
         taps.append(Tap(name.strip(), value))
-    return tuple(taps)
+    return user_taps(taps)
+
+
+def user_taps(taps: Sequence[str | Tap]) -> tuple[Tap, ...]:
+    """Taps as the user gave them (``Tap`` or ``"NAME=WEIGHT"``), each layer at most once."""
+    chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+    names = [tap.layer for tap in chosen]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # which weight would count is anyone's guess: say so rather than pick one
+        raise VitalError(f"tap {twice[0]!r} is given twice; give each layer once (NAME=WEIGHT).")
+    return chosen
 
 
 def resolved_layout(features: torch.Tensor, layout: str | None = None) -> str:

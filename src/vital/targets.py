@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,8 +102,10 @@ class Direction(_Inner):
         try:
             values = tuple(float(v) for v in self.values)
         except (TypeError, ValueError) as error:
+            shape = getattr(self.values, "shape", None)  # an array's repr runs over lines
+            what = f"an array of shape {tuple(shape)}" if shape is not None else repr(self.values)
             raise VitalError(
-                f"a direction is a sequence of numbers, not {self.values!r}."
+                f"a direction is one vector of numbers over the layer's channels, not {what}."
             ) from error
         object.__setattr__(self, "values", values)
         if not isinstance(self.name, str) or not self.name:
@@ -153,7 +156,13 @@ def _check_layer_name(layer: object) -> None:
 def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
     """Resolve ``967``, ``"espresso"``, ``"n07920052"`` or a ``ClassTarget`` for ``model``."""
     if isinstance(query, ClassTarget):
+        if isinstance(query.index, bool) or not isinstance(query.index, int):
+            raise VitalError(f"a ClassTarget's index is a whole number, not {query.index!r}.")
+        if model.labels is not None:
+            model.labels.resolve(query.index)  # in range, or one line saying the range
         return query
+    if isinstance(query, numbers.Integral) and not isinstance(query, bool):
+        query = int(query)  # numpy's integers, as an argmax gives them
     if isinstance(query, bool) or not isinstance(query, (int, str)):
         raise VitalError(
             f"a class is an index, a name or a WordNet id, not {type(query).__name__} ({query!r})."
@@ -166,7 +175,7 @@ def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
 
 def resolve_targets(model, targets) -> list[Target]:
     """One target or a sequence of them → checked targets (classes resolved by ``model``)."""
-    if isinstance(targets, (str, int, ClassTarget, Channel, Direction)):
+    if isinstance(targets, (str, numbers.Integral, ClassTarget, Channel, Direction)):
         targets = [targets]
     if targets is None or not hasattr(targets, "__iter__"):
         raise VitalError(

@@ -28,7 +28,10 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import pickle
 import socket
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -254,6 +257,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """Check a device name and say what to do when it is not available."""
     if device is None:
         return torch.device("cpu")
+    if isinstance(device, str):
+        device = device.strip().lower()  # "CPU", "Cuda:0": names people type, as torch's own
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -263,7 +268,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise VitalError(f"device {device!r} is not supported: use auto, cpu or cuda.")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise VitalError("device 'cuda' was asked for but no CUDA GPU is visible; use device=cpu.")
+        raise VitalError(
+            f"device {str(resolved)!r} was asked for but no CUDA GPU is visible; use device=cpu."
+        )
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
         raise VitalError(
             f"there is no GPU {resolved.index}: {torch.cuda.device_count()} are visible (cuda:0 …)."
@@ -654,6 +661,27 @@ class _Architecture:
     embedded: EmbeddedModel | None = None
 
 
+def _typed_name(name: object) -> str:
+    """The architecture name as the libraries spell it: ``" MobileNet_V2"`` → ``mobilenet_v2``.
+
+    Every torchvision, timm and embedded name is lower case, so a name in other cases that
+    is known in lower case is that model; any other name is left to be refused with hints.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise VitalError(
+            f"a model is named by its architecture (mobilenet_v2, resnet50, a timm name), not "
+            f"{name!r}; run `vital models` for the embedded ones."
+        )
+    name = name.strip()
+    if name != name.lower():
+        try:
+            _find_architecture(name.lower())
+        except VitalError:
+            return name
+        return name.lower()
+    return name
+
+
 def _find_architecture(name: str) -> _Architecture:
     import timm
 
@@ -692,23 +720,48 @@ def _hint(name: str, known: list[str]) -> str:
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely and unwrap the common containers around a state dict."""
     path = Path(path)
+    if path.is_dir():
+        raise VitalError(f"weights file {path} is a folder; give the state-dict file in it.")
     if not path.is_file():
         raise VitalError(f"weights file {path} does not exist.")
+    if path.stat().st_size == 0:  # torch would say "EOFError: " and nothing else
+        raise VitalError(
+            f"weights file {path} is empty (0 bytes): its saving or download did not finish; "
+            "save it again with torch.save(model.state_dict(), path)."
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(path, device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols: ours says more
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for unreadable or unsafe files
-        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        raise VitalError(
-            f"cannot read weights from {path} ({type(error).__name__}: {reason[:160]}); vital "
-            "loads state dicts only (weights_only=True): save yours with "
-            "torch.save(model.state_dict(), path)."
-        ) from error
+        raise VitalError(f"cannot read weights from {path}: {_unreadable(path, error)}") from error
     return _unwrap(state, str(path))
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch could not read ``path``, and what to do, in words (torch's run to 20 lines)."""
+    save = "torch.save(model.state_dict(), path)"
+    with path.open("rb") as file:
+        start = file.read(2)
+    if start == b"PK" and not zipfile.is_zipfile(path):
+        return f"it is cut short (an incomplete zip archive); download or save it again ({save})."
+    if start != b"PK" and start[:1] != b"\x80":  # neither zip nor pickle: text, an image, …
+        return f"it was written neither by torch.save nor as .safetensors; save it with {save}."
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            "it holds Python objects besides tensors (a whole model, or another pickle), which "
+            f"vital does not unpickle (weights_only=True); save the state dict with {save}."
+        )
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return (
+        f"{type(error).__name__}: {reason[:160]}; vital loads state dicts only "
+        f"(weights_only=True): save yours with {save}."
+    )
 
 
 def _unwrap(state: object, source: str) -> dict[str, torch.Tensor]:
@@ -717,7 +770,10 @@ def _unwrap(state: object, source: str) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise VitalError(f"{source} does not hold a state dict (found {type(state).__name__}).")
+        raise VitalError(
+            f"{source} does not hold a state dict (found {type(state).__name__}); save one with "
+            "torch.save(model.state_dict(), path)."
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -889,6 +945,7 @@ def load_model(
             f"'random', not {type(weights).__name__}."
         )
     device = resolve_device(device)
+    name = _typed_name(name)
     found = _find_architecture(name)
     library, arch = found.library, found.arch
     if found.embedded is not None and weights is None:

@@ -21,7 +21,7 @@ from vital.cli.options import (
     Weights,
 )
 from vital.errors import VitalError
-from vital.methods import DEFAULT_METHOD, METHODS, method_class
+from vital.methods import DEFAULT_METHOD, METHODS, method_class, method_name
 from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
 from vital.targets import resolve_targets
@@ -47,7 +47,7 @@ def _generate(targets, references, kind: str, common: dict, **method_options) ->
     The grid is ``KIND-grid.png`` for VITAL; a baseline's is ``METHOD-grid.png`` for classes,
     ``neuron-METHOD-grid.png`` for channels.
     """
-    out, method = common["out"], common["method"]
+    out, method = common["out"], method_name(common["method"])  # MACO-grid.png is maco's
     session.check_out(out)
     loaded = session.load(common["model"], common["weights"], common["device"])
     if callable(references):  # references that need the loaded model (mined lists)

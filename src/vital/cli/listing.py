@@ -36,7 +36,13 @@ def layers(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    for info in list_layers(loaded.module, loaded.preprocessing.input_size):
+    layers = list_layers(loaded.module, loaded.preprocessing.input_size)
+    if match and not any(match in info.name for info in layers):
+        raise VitalError(
+            f"no layer of {model} has a name containing {match!r}; leave out --match to list "
+            "them all."
+        )
+    for info in layers:
         if match and match not in info.name:
             continue
         notes = []

@@ -66,8 +66,7 @@ def mine_command(
     **common,
 ) -> None:
     """Mine the top images and patches of every channel of a layer in one pass over a dataset."""
-    import numpy as np
-
+    from vital.files import load_vectors
     from vital.mining import contact_sheet, mine
 
     if direction is not None and channels:
@@ -75,13 +74,12 @@ def mine_command(
             "--channel and --direction choose what to mine; give one of them (a direction "
             "file is mined instead of channels)."
         )
+    if sheets not in ("auto", "all", "none"):
+        options.integers([sheets], "--sheets")  # a typo is refused before the pass, not after
     loaded = session.load(common["model"], common["weights"], device)
     directions = None
     if direction is not None:
-        try:
-            directions = np.load(direction, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise VitalError(f"cannot read direction file {direction}: {error}") from error
+        directions = load_vectors(direction)
     session.Session.out, session.Session.resumable = out, True
     report = mine(
         loaded,

@@ -146,11 +146,18 @@ def around_peak(
 
 def check_sampling(count: int, scale: tuple[float, float]) -> None:
     """Refuse a crop count or scale range :func:`sample_crops` cannot use (before any work)."""
-    low, high = scale
-    if not 0 < low <= high <= 1:
-        raise VitalError(f"a crop scale range is 0 < low ≤ high ≤ 1, not {scale}.")
-    if count < 1:
-        raise VitalError(f"the number of crops is at least 1, not {count}.")
+    pair = isinstance(scale, (tuple, list)) and len(scale) == 2
+    if (
+        not pair
+        or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in scale)
+        or (scale[0] > scale[1])
+    ):
+        raise VitalError(
+            f"the crop scale (--crop-scale LOW,HIGH) is a range 0 < low ≤ high ≤ 1 of fractions "
+            f"of the image's square, not {scale!r}."
+        )
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise VitalError(f"the number of crops (--crops) is at least 1, not {count!r}.")
 
 
 def check_data(data: str | Path | None) -> None:
@@ -195,7 +202,8 @@ def sample_crops(
     for index, (source, (width, height)) in enumerate(readable):
         short = min(width, height)
         for _ in range(per_image):
-            side = max(8, round(math.sqrt(generator.uniform(low, high)) * short))
+            # at least 8 pixels, but never more than the image has (a 1×1 or 3×500 image)
+            side = min(short, max(8, round(math.sqrt(generator.uniform(low, high)) * short)))
             left = int(generator.integers(0, width - side + 1))
             top = int(generator.integers(0, height - side + 1))
             box = (left, top, side)

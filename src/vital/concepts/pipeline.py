@@ -189,7 +189,12 @@ def concepts(
         Also written as ``out/concepts.json``.
     """
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-        raise VitalError(f"the examples per concept are at least 1, not {examples!r}.")
+        raise VitalError(f"the examples per concept (--examples) are at least 1, not {examples!r}.")
+    if not isinstance(pictures, int) or pictures < 0:  # -1 would picture all but the last
+        raise VitalError(
+            f"pictures is True, False or how many concepts to picture (--pictured N, at least "
+            f"1), not {pictures!r}."
+        )
     with frozen(model):
         model = as_model(model, device)
         explained = class_target(model, target)

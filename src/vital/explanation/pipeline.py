@@ -20,6 +20,7 @@ from torch import nn
 
 from vital.atlas.folder import Atlas
 from vital.atlas.thumbnails import example_entry, write_example
+from vital.driver import checked_overrides
 from vital.errors import VitalError, check_count
 from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.images import heatmap_image
@@ -191,8 +192,12 @@ def explain(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
     check_count(batch_size, "batch_size")
+    check_count(reference_count, "reference_count")  # mining would refuse it as top=N
+    checked_overrides(settings)  # a misspelt setting is refused before the mining pass
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
+    if isinstance(stores, (str, Path)):  # one folder, not a sequence of one-letter names
+        stores = (stores,)
     for store in stores:
         if not Path(store).is_dir():
             raise VitalError(

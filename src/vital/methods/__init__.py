@@ -32,8 +32,14 @@ METHODS: dict[str, tuple[type[Method], ...]] = {
 }
 
 
+def method_name(name: object) -> object:
+    """A method's name as :data:`METHODS` spells it: ``" MaCo"`` (the paper's) → ``maco``."""
+    return name.strip().lower() if isinstance(name, str) else name
+
+
 def method_class(name: str, targets: Sequence[Target]) -> type[Method]:
     """The class of method ``name`` that visualises ``targets`` (all of one kind)."""
+    name = method_name(name)
     if not isinstance(name, str) or name not in METHODS:
         raise VitalError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}.")
     kinds = {type(target) for target in targets}
@@ -73,5 +79,6 @@ __all__ = [
     "VitalClass",
     "VitalNeuron",
     "get_method",
+    "method_name",
     "method_class",
 ]

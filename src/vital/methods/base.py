@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from vital.errors import VitalError
-from vital.optimize import DEFAULT_SETTING, Objective, Settings
+from vital.optimize import DEFAULT_SETTING, Objective, Settings, setting_key
 from vital.parametrizations import Parametrization, create
 from vital.references import mean_color
 from vital.targets import Target
@@ -79,7 +79,7 @@ class Method:
         if references is not None:
             raise VitalError(
                 f"{self.name} uses no reference images (it maximises the target's activation); "
-                "leave references= out, or use method=vital."
+                "leave out references=DIR, or use method=vital."
             )
         yield list(targets)
 
@@ -154,7 +154,7 @@ def check_settings_for(method: Method, setting: int | str | None) -> None:
 
     The default setting's name stands for "the method's defaults", whichever method runs.
     """
-    if setting not in (None, DEFAULT_SETTING):
+    if setting_key(setting) not in (None, DEFAULT_SETTING):
         raise VitalError(
             f"setting={setting} selects one of VITAL's settings; {method.name} runs with its "
             "published defaults. Leave the setting out, or use method=vital."

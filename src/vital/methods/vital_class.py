@@ -30,8 +30,8 @@ from vital.references import (
     reference_folder,
     sample_photos_for_class,
 )
-from vital.taps import Tap, check_layer, default_taps, list_layers, parse_taps, tapped
-from vital.targets import ClassTarget
+from vital.taps import Tap, check_layer, default_taps, list_layers, tapped, user_taps
+from vital.targets import ClassTarget, class_target
 from vital.zoo import Model
 
 References = ReferenceSet | str | Path | Mapping[Any, ReferenceSet] | None
@@ -57,6 +57,7 @@ def class_references(
     shared_ok
         Allow one plain folder to serve as references of several targets.
     """
+    target = class_target(model, target)  # 967 or "espresso" as everywhere else
     if isinstance(references, ReferenceSet):
         return references
     if isinstance(references, Mapping):
@@ -110,13 +111,13 @@ def class_folder_names(model: Model, target: ClassTarget) -> list[str]:
         names.insert(0, model.labels.wnids[target.index])
     if target.name:
         names += [target.name, target.name.replace(" ", "_")]
-    return names
+    return list(dict.fromkeys(names))  # one-word names would otherwise be listed twice
 
 
 def resolve_taps(model: Model, taps: Sequence[str | Tap] | None) -> tuple[tuple[Tap, ...], str]:
     """Taps for class targets: the user's, else the preset, else discovered ones."""
     if taps:
-        chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+        chosen = user_taps(taps)
         for tap in chosen:
             check_layer(tap.layer, model.module)
         return chosen, "given by the user"

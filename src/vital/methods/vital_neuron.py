@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vital.errors import VitalError
+from vital.files import load_vectors
 from vital.methods.base import Method, resolution_of
 from vital.methods.vital_class import reference_fields
 from vital.objectives import NeuronTarget, RelevanceSortMatching, neuron_prototypes
@@ -48,9 +49,9 @@ from vital.taps import (
     check_layer,
     default_taps,
     list_layers,
-    parse_taps,
     tapped,
     to_positions,
+    user_taps,
 )
 from vital.targets import Channel, Direction
 from vital.zoo import Model
@@ -81,17 +82,14 @@ def direction_of(target: Channel | Direction, info: LayerInfo) -> torch.Tensor:
 def direction_target(layer: str, path: str | Path) -> Direction:
     """A concept direction read from a ``.npy`` file holding one vector over the channels."""
     path = Path(path)
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise VitalError(f"cannot read the direction file {path}: {error}") from error
+    values = load_vectors(path)
+    if values.ndim > 1 and sum(side > 1 for side in values.shape) <= 1:
+        values = values.reshape(-1)  # a (1, C) row or (C, 1) column is still one vector
     if values.ndim != 1:
         raise VitalError(
             f"{path} holds an array of shape {values.shape}; a direction is one vector over "
             "the layer's channels."
         )
-    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
-        raise VitalError(f"{path} holds {values.dtype} values; a direction is numbers.")
     return Direction(layer, tuple(float(v) for v in values), name=path.stem)
 
 
@@ -113,7 +111,7 @@ def neuron_taps(
     info = {i.name: i for i in layers}
     below = lambda name: info[name].end < info[target_layer].start  # noqa: E731
     if taps:
-        chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+        chosen = user_taps(taps)
         for tap in chosen:
             check_layer(tap.layer, model.module)
             if tap.layer not in info or not below(tap.layer):

@@ -60,7 +60,7 @@ class ImageList:
 
 
 def list_images(data: str | Path) -> ImageList:
-    """List the images of a folder tree (any depth) or of a list file (one path a line).
+    """List the images of a folder tree (any depth), of a list file (one path a line), or one.
 
     In a list file, blank lines and lines starting with ``#`` are skipped, and relative paths
     are relative to the list file's folder.
@@ -70,16 +70,28 @@ def list_images(data: str | Path) -> ImageList:
     VitalError
         When ``data`` does not exist or holds no images.
     """
+    if not isinstance(data, (str, os.PathLike)):
+        raise VitalError(
+            f"data is a folder, a list file (one image path a line) or one image, not "
+            f"{type(data).__name__}; write the paths into a list file."
+        )
     data = Path(data)
     if data.is_dir():
         paths = find_images(data)
         others = sum(1 for p in data.rglob("*") if p.is_file()) - len(paths)
         labelled = is_imagenet_tree(data)
         labels = [p.relative_to(data).parts[0] if labelled else "" for p in paths]
+    elif data.is_file() and data.suffix.lower() in IMAGE_SUFFIXES:
+        # One image (as `vital concepts --data` takes it), not a list file of binary "lines"
+        paths, others, labels = [data], 0, [""]
     elif data.is_file():
         # Names as the file system takes them: a list written in Latin-1 is read, not refused.
         lines = [os.fsdecode(line) for line in data.read_bytes().splitlines()]
         entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        if not entries:  # "no images found in LIST (0 other files …)" would send one looking
+            raise VitalError(
+                f"the list file {printable(data)} names no images; write one image path a line."
+            )
         paths = [p if p.is_absolute() else data.parent / p for p in map(Path, entries)]
         missing = [printable(p) for p in paths if not p.is_file()]
         if missing:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
 from vital.files import open_image
 from vital.grids import grid
 from vital.mining.index import MiningIndex, Ranked, database_path
@@ -97,6 +97,7 @@ def mined_references(
     (METHOD.md section 3). The set holds the ``count`` best-ranked images; when fewer were
     mined, :class:`~vital.references.ReferenceSet` fills up with augmented views.
     """
+    check_count(count, "count")  # 0 would be "no usable reference images (top 0 …)"
     if mode not in ("image", "patch"):
         raise VitalError(f"mode must be 'image' or 'patch', not {mode!r}.")
     info, ranked = mined(database, model, layer, channel_or_direction)
@@ -142,6 +143,8 @@ def contact_sheet(
     cell: int = 96,
 ) -> Image.Image:
     """The top ``count`` patches of a unit in a grid, each with its score underneath."""
+    for value, name in ((count, "count"), (columns, "columns"), (cell, "cell")):
+        check_count(value, name)  # cell=0 would be PIL's "height and width must be > 0"
     info, ranked = mined(database, model, layer, unit)
     chosen = ranked[:count]
     if not chosen:

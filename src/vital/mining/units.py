@@ -94,8 +94,10 @@ def channel_units(channels: Sequence[int] | None, layer_channels: int) -> Units:
     """Channels by index (``None``: all of the layer's)."""
     try:
         chosen = list(range(layer_channels)) if channels is None else [int(c) for c in channels]
-    except (TypeError, ValueError) as error:
-        raise VitalError(f"channels are whole numbers, not {list(channels)!r}.") from error
+    except (TypeError, ValueError) as error:  # channels=3 is not iterable: say what it is
+        raise VitalError(
+            f"channels are a list of whole numbers (channels=[3]), not {channels!r}."
+        ) from error
     wrong = [c for c in chosen if not 0 <= c < layer_channels]
     if wrong:
         raise VitalError(
@@ -121,8 +123,8 @@ def direction_units(
     else:
         matrix = np.array([d.values for d in vectors], dtype=np.float64)
         names = [d.name for d in vectors]
-    if matrix.ndim != 2 or matrix.shape[1] != layer_channels:
-        raise VitalError(
+    if matrix.ndim != 2 or matrix.shape[1] != layer_channels or not len(matrix):
+        raise VitalError(  # no rows would leave nothing to mine, and fail past the pass
             f"a direction must have one value per channel ({layer_channels}); got an array of "
             f"shape {matrix.shape}. Save a (C,) or (D, C) array with numpy.save."
         )
