@@ -480,10 +480,10 @@ def test_a_held_targets_map_is_made_from_the_loss_without_its_floor(monkeypatch,
     torch.manual_seed(0)
     signed = Model(_InvertedResidualNet().eval(), "blocks", Preprocessing(input_size=32))
 
-    def run():
+    def run(own_floor=0.0):
         (result,) = visualize(
             signed, [Channel("summed", 1)], str(image_folder), settings={"steps": 10},
-            progress=False, cache_dir=False,
+            progress=False, cache_dir=False, relevance_floor=own_floor,
         )  # fmt: skip
         return result, objectives[-1]._prototypes[1][0]
 
@@ -499,6 +499,13 @@ def test_a_held_targets_map_is_made_from_the_loss_without_its_floor(monkeypatch,
         assert not torch.equal(summary[f"prototype:{tap}"], authors[f"prototype:{tap}"])
         torch.testing.assert_close(summary[f"map-prototype:{tap}"], authors[f"prototype:{tap}"])
     assert not any(key.startswith("map-prototype:") for key in authors)  # held ones only
+    # a target's own floor (as concept pictures set one) stays; only the signed floor goes
+    _, own = run(own_floor=0.005)
+    with monkeypatch.context() as unheld:
+        unheld.setattr(vital.objectives, "held", lambda share: share < 0)
+        _, authors_own = run(own_floor=0.005)
+    for tap in taps:
+        torch.testing.assert_close(own[f"map-prototype:{tap}"], authors_own[f"prototype:{tap}"])
     # … and the map comes from their loss, not the picture's: no stand-ins, the old map
     original = vital.optimize._map_gradient
 

@@ -255,9 +255,6 @@ def neuron_prototypes(
             # read once per target: whether the map needs prototypes of its own
             held_target = bool(hold)
 
-            def own_floor(x: torch.Tensor) -> torch.Tensor | None:
-                return torch.full((x.shape[0],), target.floor) if target.floor else None
-
             def summarize(x: torch.Tensor) -> dict[str, torch.Tensor]:
                 with torch.enable_grad():
                     features = tap(x.requires_grad_(True))
@@ -266,6 +263,8 @@ def neuron_prototypes(
                 share = negative_shares(tap.outputs, directions, layouts)
                 floor = relevance_floor(share) * hold.to(share.device, share.dtype)
                 floor = floor.clamp_min(target.floor)
+                # the map's weights: the target's own floor only (on the share's device)
+                own_floor = torch.full_like(share, target.floor) if target.floor else None
                 summary = {
                     "activation": target_activation(
                         tap.outputs[target.layer].detach(),
@@ -281,7 +280,7 @@ def neuron_prototypes(
                     if held_target:
                         # the authors' weights (the target's own floor only): the map's loss
                         unheld = weighted_features(
-                            features[name].detach(), relevance[name], own_floor(x)
+                            features[name].detach(), relevance[name], own_floor
                         )
                         summary[f"{MAP_PROTOTYPE}{name}"] = unheld.sort(dim=-1).values
                 return summary
@@ -426,12 +425,13 @@ class RelevanceSortMatching:
         stacked = self._stack(factor, features)
         weights = self.weights.to(model_input.device)
         terms = {}
+        # the map's weights: the targets' own floors only (the authors' weights without one)
+        own = self.floors.to(model_input.device) if self.floors is not None else None
         for column, name in enumerate(self.taps):
             prototype, importance, for_map = stacked[name]
             weighted = weighted_features(features[name].float(), relevance[name].float(), floor)
             terms[name] = weights[:, column] * sort_matching_loss(weighted, prototype, importance)
             if self.map_terms and for_map is not None:
-                own = self.floors.to(model_input.device) if self.floors is not None else None
                 weighted = weighted_features(features[name].float(), relevance[name].float(), own)
                 terms[f"{MAP_TERM}{name}"] = weights[:, column] * sort_matching_loss(
                     weighted, for_map, importance
