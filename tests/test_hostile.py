@@ -284,8 +284,30 @@ def test_ctrl_c_says_what_was_saved(monkeypatch, capsys, tmp_path, refs):
         monkeypatch, capsys, *arguments, "--steps", "1", "--out", out, model=tiny_cnn_model()
     )
     assert code == 130
-    assert f"interrupted: 1 finished result(s) saved in {out}" in err
+    assert f"everything finished is saved in {out}; run the same command again to resume" in err
     assert len(list(out.glob("*.png"))) == 1 and len(list(out.glob("*.json"))) == 1
+    # The promise holds: the same command takes the finished picture and makes the other.
+    monkeypatch.setattr(vital.api, "visualize", real)
+    code, printed, err = run(
+        monkeypatch, capsys, *arguments, "--steps", "1", "--out", out, model=tiny_cnn_model()
+    )
+    assert code == 0, err
+    lines = [line for line in printed.splitlines() if "->" in line]
+    assert len(lines) == 2 and lines[0].endswith("(stored)") and "(stored)" not in lines[1]
+    assert len(list(out.glob("*.json"))) == 2
+
+
+def test_ctrl_c_with_force_promises_no_resume(monkeypatch, capsys, tmp_path, refs):
+    import vital.api
+
+    def interrupted(*args, on_result=None, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vital.api, "visualize", interrupted)
+    out = tmp_path / "out"
+    arguments = ["class", "-c", "1", "--refs", refs, "--steps", "1", "--out", out, "--force"]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert code == 130 and "interrupted: 0 finished result(s) saved" in err, err
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ def visualize(
     device: str | torch.device | None = None,
     progress: bool = True,
     on_result: Callable[[Result], None] | None = None,
+    force: bool = False,
     **options: Any,
 ) -> list[Result]:
     """Visualise classes, inner channels or concept directions of ``model``.
@@ -91,6 +92,11 @@ def visualize(
         Show progress bars.
     on_result
         Called with each result as soon as it is finished.
+    force
+        Compute every picture again. By default a batch whose pictures are all in ``out``
+        already, made with exactly the same inputs (model weights, target, settings with the
+        seed, references, method options), is read back instead (``result.stored``): an
+        interrupted call, made again, goes on where it stopped.
     **options
         The method's own options. VITAL: ``taps`` (``["layer1=1", ...]``),
         ``reference_count`` (N, 50), ``reference_seed``, ``cache_dir``; for channels and
@@ -105,8 +111,10 @@ def visualize(
         One per target, in order; ``result.record`` (:class:`vital.record.Record`) says what
         ran and how the picture scores (``evaluation``).
     """
-    batch_size = plain(batch_size)
+    batch_size, force = plain(batch_size), plain(force)
     check_count(batch_size, "batch_size")  # before ``out`` is made
+    if not isinstance(force, bool):
+        raise VitalError(f"force is True or False, not {force!r}.")
     with frozen(model):
         model = as_model(model, device)
         resolved = resolve_targets(model, targets)
@@ -120,7 +128,7 @@ def visualize(
             setting=setting_name(chosen, setting, settings),
             seeds=seeds,
             batch_size=batch_size,
-            sink=ResultSink(out, on_result),
+            sink=ResultSink(out, on_result, reuse=not force),
             progress=progress,
         )
 

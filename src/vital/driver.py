@@ -31,6 +31,7 @@ from vital.optimize import (
     transparency,
 )
 from vital.record import Record, model_info
+from vital.specs import PictureSpec
 from vital.store import Result, ResultSink
 from vital.targets import ClassTarget, Target, target_record
 from vital.zoo import Model, channels_last, frozen
@@ -235,6 +236,11 @@ def run(
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]
             batch_targets = target_plan(batch)
+            stored = _stored(method, model, settings, batch, batch_targets, batch_seeds, sink)
+            if stored:
+                for result in stored:
+                    sink(result)
+                continue
             parametrization = method.parametrization(model, batch_seeds, settings, batch)
             with torch.no_grad():
                 # The start as the optimiser sees it (unclamped: setting 1 starts from N(0, 1)).
@@ -274,6 +280,35 @@ def run(
                 record.evaluation.update(_checks(batch_targets[item], record.evaluation, alpha))
                 sink(Result(batch_targets[item], run_.pixels[item].cpu(), record, alpha))
     return sink.results
+
+
+def _stored(
+    method: Method,
+    model: Model,
+    settings: Settings,
+    plans: Sequence[Any],
+    targets: Sequence[Target],
+    seeds: Sequence[int],
+    sink: ResultSink,
+) -> list[Result]:
+    """The batch's pictures from the sink's folder when all are stored there; else none.
+
+    Stored means: with exactly these inputs (:class:`~vital.specs.PictureSpec`).
+
+    A batch is reused whole or run whole, so an interrupted run, run again, gives the pictures
+    the uninterrupted run would have given (a batch's images share float rounding).
+    """
+    if not sink.reuse:
+        return []
+    found = []
+    for plan, target, seed in zip(plans, targets, seeds, strict=True):
+        references = method.identifying_references(plan)
+        spec = PictureSpec.of(method, model.fingerprint, target, settings, seed, references)
+        result = sink.stored(spec, target)
+        if result is None:
+            return []
+        found.append(result)
+    return found
 
 
 def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor | None) -> dict:

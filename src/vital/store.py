@@ -14,13 +14,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from vital.errors import VitalError
-from vital.files import create_database, database, save_array, save_image, write_file
+from vital.files import (
+    UnreadableImageError,
+    create_database,
+    database,
+    open_image,
+    save_array,
+    save_image,
+    write_file,
+)
 from vital.grids import as_saved, display_pixels, to_image
 from vital.record import Record
+from vital.specs import PictureSpec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -63,6 +73,9 @@ class Result:
         (H, W) transparency map in [0, 1], when the method produces one.
     paths
         Files written for it, by kind (``png``, ``json``, ``rgba``, ``alpha``).
+    stored
+        Whether it was read back from a store (made earlier with the same inputs), not
+        computed in this call.
     """
 
     target: object
@@ -70,6 +83,7 @@ class Result:
     record: Record
     alpha: torch.Tensor | None = None
     paths: dict[str, Path] = field(default_factory=dict)
+    stored: bool = False
 
     @property
     def image(self) -> Image.Image:
@@ -112,6 +126,23 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise VitalError(f"the {what} {folder} is not writable; choose another folder (out=DIR).")
     return folder
+
+
+def load_result(record: Record, folder: Path, target: object) -> Result:
+    """A stored result back as a :class:`Result` (its PNG is 8-bit, so re-saving is exact).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, UnreadableImageError
+        When one of its files is missing or damaged.
+    """
+    array = np.asarray(open_image(folder / record.files["png"]), dtype=np.float32) / 255
+    alpha = None
+    if "alpha" in record.files:
+        alpha = torch.from_numpy(np.load(folder / record.files["alpha"], allow_pickle=False))
+    record = Record.from_dict(record.to_dict())
+    paths = {kind: folder / name for kind, name in record.files.items()}
+    return Result(target, torch.from_numpy(array).permute(2, 0, 1), record, alpha, paths)
 
 
 class ResultStore:
@@ -177,6 +208,31 @@ class ResultStore:
                 (target.unit(), method, model, target.describe(), error, time.time()),
             )
 
+    def stored(self, spec: PictureSpec, target: object) -> Result | None:
+        """The stored picture of ``spec`` (same seed), or ``None`` when there is none.
+
+        A record whose files are gone or damaged counts as not stored: the picture is made
+        again.
+        """
+        seed = spec.settings.get("seed")
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT record FROM results "
+                "WHERE unit = ? AND method = ? AND model = ? AND seed = ?",
+                (spec.unit, spec.method, spec.model, seed),
+            ).fetchone()
+        if row is None:
+            return None
+        record = Record.from_json(row[0])
+        if not spec.matches(record) or "png" not in (record.files or {}):
+            return None
+        try:
+            result = load_result(record, self.folder, target)
+        except (OSError, ValueError, UnreadableImageError):
+            return None
+        result.stored = True
+        return result
+
     def finished_units(self, method: str, model: str) -> set[str]:
         """Units with a stored result for ``method`` and model fingerprint ``model``."""
         with self._connect() as connection:
@@ -210,16 +266,26 @@ class ResultSink:
         Output folder, or ``None`` to keep results in memory only.
     on_result
         Called with each result after it is written.
+    reuse
+        Whether a picture stored in ``out`` with exactly the same inputs is taken instead of
+        being computed again (:meth:`stored`).
     """
 
-    def __init__(self, out: str | Path | None, on_result=None):
+    def __init__(self, out: str | Path | None, on_result=None, reuse: bool = False):
         self.store = ResultStore(out) if out is not None else None
         self.on_result = on_result
+        self.reuse = reuse
         self.results: list[Result] = []
 
+    def stored(self, spec: PictureSpec, target: object) -> Result | None:
+        """The picture of ``spec`` already in the folder, when reusing; else ``None``."""
+        if not self.reuse or self.store is None:
+            return None
+        return self.store.stored(spec, target)
+
     def __call__(self, result: Result) -> None:
-        """Write ``result`` (if a folder was given), report it and keep it."""
-        if self.store is not None:
+        """Write ``result`` (if a folder was given and it is not from there), report, keep it."""
+        if self.store is not None and not result.stored:
             self.store.write(result)
         if self.on_result is not None:
             self.on_result(result)

@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vital.atlas.keys import PictureSpec
 from vital.atlas.ledger import Ledger, prepare_folder
 from vital.files import create_database, database, save_image
 from vital.grids import to_image
 from vital.references import ReferenceSet, center_crop, open_rgb
+from vital.specs import PictureSpec
 from vital.store import ResultStore
 from vital.targets import Target
 

@@ -52,11 +52,13 @@ def _generate(targets, references, kind: str, common: dict, **method_options) ->
     loaded = session.load(common["model"], common["weights"], common["device"])
     if callable(references):  # references that need the loaded model (mined lists)
         references = references(loaded)
+    session.Session.resumable = not common["force"]
     results = session.visualize(
         loaded,
         targets,
         references,
         out,
+        force=common["force"],
         method=method,
         setting=options.setting_value(common["setting"]),
         settings=options.settings_of(common, "lr", "jitter"),

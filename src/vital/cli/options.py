@@ -243,6 +243,7 @@ def generation_options(
     lr: LearningRate = None,
     jitter: Jitter = None,
     method: Method = DEFAULT_METHOD,
+    force: Force = False,
 ) -> None:
     """The options ``vital class`` and ``vital neuron`` also share (:func:`sharing`)."""
 

@@ -57,7 +57,13 @@ def report(results, out: Path, title: str) -> None:
                 if evaluation.get(key) is not None
             ]  # fmt: skip
             line += f" ({', '.join(extras)})" if extras else ""
-        typer.echo(line)
+        typer.echo(line + ("  (stored)" if result.stored else ""))
+    stored = sum(result.stored for result in results)
+    if stored:
+        typer.echo(
+            f"{stored} stored picture(s) made earlier with the same inputs were reused from "
+            f"{out} (--force computes them again)."
+        )
     if any(r.alpha is not None for r in results):
         # Each image next to its RGBA view, where the transparency shows the evidence.
         from vital.grids import display_pixels, to_image

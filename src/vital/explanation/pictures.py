@@ -17,17 +17,15 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from vital.atlas.build import GivenModel, build_atlas
 from vital.atlas.folder import Atlas
-from vital.atlas.keys import PictureSpec, picture_spec
+from vital.atlas.keys import picture_spec
 from vital.errors import VitalError
-from vital.files import open_image, read_only
+from vital.files import read_only
 from vital.record import Record
 from vital.references import ReferenceSet
-from vital.store import Result
+from vital.specs import PictureSpec
+from vital.store import Result, load_result
 from vital.targets import Channel
 from vital.zoo import Model
 
@@ -61,16 +59,6 @@ def _in_atlas(atlas: Atlas, spec: PictureSpec) -> Record | None:
         return None
     record = Record.from_json(path.read_text())
     return record if spec.matches(record, ignore_seed=True) else None
-
-
-def _load_result(record: Record, folder: Path, target: Channel) -> Result:
-    """A stored result back as a :class:`Result` (its PNG is 8-bit, so re-saving is exact)."""
-    array = np.asarray(open_image(folder / record.files["png"]), dtype=np.float32) / 255
-    alpha = None
-    if "alpha" in record.files:
-        alpha = torch.from_numpy(np.load(folder / record.files["alpha"], allow_pickle=False))
-    record = Record.from_dict(record.to_dict())
-    return Result(target, torch.from_numpy(array).permute(2, 0, 1), record, alpha)
 
 
 def _import(atlas: Atlas, result: Result, spec: PictureSpec, references: ReferenceSet) -> None:
@@ -165,7 +153,7 @@ def channel_pictures(
                     ((r, f) for r, f in records if spec.matches(r, ignore_seed=True)), None
                 )
                 if found is not None:
-                    result = _load_result(found[0], found[1], Channel(layer, channel))
+                    result = load_result(found[0], found[1], Channel(layer, channel))
                     _import(atlas, result, spec, references[channel])
                     sources[channel] = f"store {folder}"
     todo = [channel for channel in specs if channel not in sources]

@@ -28,7 +28,7 @@ import torch
 from vital.errors import VitalError
 from vital.optimize import DEFAULT_SETTING, Objective, Settings, setting_key
 from vital.parametrizations import Parametrization, create
-from vital.references import mean_color
+from vital.references import ReferenceSet, mean_color
 from vital.targets import Target
 from vital.zoo import Model
 
@@ -82,6 +82,14 @@ class Method:
                 "leave out references=DIR, or use method=vital."
             )
         yield list(targets)
+
+    def identifying_references(self, plan: Any) -> ReferenceSet | None:
+        """The reference set that identifies ``plan``'s picture (``None``: the method uses none).
+
+        With the model, target, settings and options it tells whether a stored picture is
+        this one (:class:`vital.specs.PictureSpec`).
+        """
+        return None
 
     def parametrization(
         self, model: Model, seeds: Sequence[int], settings: Settings, plans: Sequence[Any] = ()

@@ -198,6 +198,10 @@ class VitalClass(Method):
             for target in targets
         ]
 
+    def identifying_references(self, plan: ClassPlan) -> ReferenceSet:
+        """The class's references."""
+        return plan.references
+
     @contextlib.contextmanager
     def objective(
         self, model: Model, plans: Sequence[ClassPlan], settings: Settings, seeds: Sequence[int]

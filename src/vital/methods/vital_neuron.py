@@ -467,6 +467,10 @@ class VitalNeuron(Method):
         with tapped(model.module, taps + layers, stop_early=True) as tap:
             yield RelevanceSortMatching(tap, plans[0].backend, batch, summaries)
 
+    def identifying_references(self, plan: NeuronPlan) -> ReferenceSet:
+        """The references as given (the patches matched follow from them and the options)."""
+        return plan.given
+
     def record_fields(self, plan: NeuronPlan, objective: RelevanceSortMatching, item: int) -> dict:
         """Taps, relevance, references (with their scores) and the activation over the run."""
         # The given references identify the picture (the patches follow from them, the model
