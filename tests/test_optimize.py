@@ -308,3 +308,19 @@ def test_no_scalar_reads_inside_the_step(tmp_path):
 
     # 20 more steps: two more progress reads (steps 11 and 21 of 30), nothing per step
     assert scalar_reads(30) - scalar_reads(10) <= 2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Settings(stepz=1), lambda: Settings.setting("fast", stepz=1, lr=0.2)],
+    ids=["constructor", "named setting"],
+)
+def test_an_unknown_setting_names_the_nearest_real_one(make):
+    with pytest.raises(VitalError, match=r"stepz \(did you mean steps\?\); settings have") as error:
+        make()
+    assert isinstance(error.value, TypeError)  # code that caught Python's own error still does
+
+
+def test_known_settings_still_construct_by_name_and_position():
+    assert Settings(steps=3).steps == 3 and Settings(7).steps == 7
+    assert Settings.setting("fast", steps=5).steps == 5

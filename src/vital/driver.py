@@ -29,6 +29,7 @@ from vital.optimize import (
     resolved,
     setting_key,
     transparency,
+    unknown_settings,
 )
 from vital.record import Record, model_info
 from vital.specs import PictureSpec
@@ -90,9 +91,7 @@ def checked_overrides(settings: SettingsOverrides) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise VitalError(
-            f"unknown setting(s) {', '.join(unknown)}; settings have {', '.join(sorted(fields))}."
-        )
+        raise VitalError(unknown_settings(unknown))
     return overrides
 
 

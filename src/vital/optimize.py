@@ -8,6 +8,9 @@ the result it would get alone (up to floating-point summation order).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -210,6 +213,36 @@ class Settings:
                 f"coarse_view is one of {', '.join(COARSE_VIEWS)}, not {self.coarse_view!r}."
             )
         check_parametrization(self.parametrization)
+
+
+class UnknownSettingError(VitalError, TypeError):
+    """A setting that :class:`Settings` does not have (a ``TypeError`` too, as Python's own)."""
+
+
+def unknown_settings(names: Sequence[str]) -> str:
+    """The message for settings that do not exist, with the nearest real name of each."""
+    known = sorted(f.name for f in dataclasses.fields(Settings))
+    hints = []
+    for name in names:
+        near = difflib.get_close_matches(str(name), known, n=1)
+        hints.append(f"{name} (did you mean {near[0]}?)" if near else str(name))
+    return f"unknown setting(s) {', '.join(hints)}; settings have {', '.join(known)}."
+
+
+_dataclass_init = Settings.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _settings_init(self: Settings, *args: object, **fields: object) -> None:
+    # Names are checked before the dataclass sees them: Python's own TypeError would not say
+    # which names exist (``Settings(stepz=1)``, ``Settings.setting("fast", stepz=1)``).
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Settings)})
+    if unknown:
+        raise UnknownSettingError(unknown_settings(unknown))
+    _dataclass_init(self, *args, **fields)
+
+
+Settings.__init__ = _settings_init  # type: ignore[method-assign]
 
 
 def _is_number(value: object) -> bool:
