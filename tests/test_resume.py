@@ -142,3 +142,17 @@ def test_a_channel_is_reused_with_its_map_and_only_with_its_references(
 def test_force_is_a_bool(tiny_cnn, class_tree, tmp_path, force):
     with pytest.raises(VitalError, match="force is True or False"):
         run_tiny(tiny_cnn, [1], class_tree, tmp_path / "out", force=force)
+
+
+def test_the_demo_run_again_reuses_its_pictures_and_force_makes_them_again(capsys, tmp_path):
+    from vital import cli
+
+    def demo(*extra):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["demo", "--steps", "1", "--out", str(tmp_path), *extra])
+        assert exit_info.value.code == 0
+        return [line for line in capsys.readouterr().out.splitlines() if "->" in line]
+
+    assert not any(line.endswith("(stored)") for line in demo())
+    assert sum(line.endswith("(stored)") for line in demo()) == 3
+    assert not any(line.endswith("(stored)") for line in demo("--force"))

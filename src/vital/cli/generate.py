@@ -225,7 +225,7 @@ def neuron(
 
 
 @options.sharing(options.picture_options, batch=3)
-def demo(out: Out = Path("vital-out"), **common) -> None:
+def demo(out: Out = Path("vital-out"), force: options.Force = False, **common) -> None:
     """Visualise espresso, Egyptian cat and moped on the embedded MobileNetV2 (about 40 s).
 
     About 40 s on an idle 2-core CPU, minutes on a busy one. The fast setting by default: the
@@ -245,11 +245,13 @@ def demo(out: Out = Path("vital-out"), **common) -> None:
     references = {
         index: from_samples([name], seed=common["seed"]) for index, name in photos.items()
     }
+    session.Session.resumable = not force
     results = session.visualize(
         loaded,
         list(photos),
         references,
         out,
+        force=force,
         setting=options.setting_value(common["setting"]),
         settings=options.settings_of(common),
         batch_size=common["batch"],
