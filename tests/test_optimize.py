@@ -324,3 +324,31 @@ def test_an_unknown_setting_names_the_nearest_real_one(make):
 def test_known_settings_still_construct_by_name_and_position():
     assert Settings(steps=3).steps == 3 and Settings(7).steps == 7
     assert Settings.setting("fast", steps=5).steps == 5
+
+
+@pytest.mark.parametrize("falls", [False, True])
+def test_the_rotation_falls_to_zero_over_the_full_resolution_steps(monkeypatch, falls):
+    import vital.optimize
+
+    drawn = []
+    warp = vital.optimize._warp
+
+    def recording(x, generators, zoom, degrees):
+        drawn.append((x.shape[-1], degrees))
+        return warp(x, generators, zoom, degrees)
+
+    monkeypatch.setattr(vital.optimize, "_warp", recording)
+    settings = resolved(
+        Settings(steps=10, coarse_start=0.3, rotate=10.0, rotate_falls=falls, jitter=2, warmup=1)
+    )
+    preprocessing = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, input_size=16)
+    optimize(quadratic_objective(0.5), 1, preprocessing, settings, "cpu", False)
+    coarse, full = drawn[:3], drawn[3:]
+    assert len(full) == 7 and all(degrees == 10.0 for _, degrees in coarse)
+    expected = [10.0 * (1 - k / 7) for k in range(7)] if falls else [10.0] * 7
+    assert [degrees for _, degrees in full] == pytest.approx(expected)
+
+
+def test_rotate_falls_is_a_bool():
+    with pytest.raises(VitalError, match="rotate_falls is True or False"):
+        Settings(rotate_falls="yes").validate()
