@@ -147,7 +147,8 @@ class Settings:
         ``"fast"`` reaches in 300 steps more than setting 1 reaches in 2000 (benchmarks/
         RESULTS.md, "Convergence"): the same loss, optimised through :class:`~vital.
         parametrizations.FourierPixels` with a smaller learning rate, its first 30 % as a
-        coarse stage (``coarse_start``).
+        coarse stage (``coarse_start``), each view rotated by up to 10° while the layout forms
+        (``rotate_falls``).
         """
         presets = {
             0: cls(steps=1000, half_resolution_steps=2000),
