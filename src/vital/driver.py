@@ -25,11 +25,11 @@ from vital.optimize import (
     DEFAULT_SETTING,
     Run,
     Settings,
+    check_setting_names,
     optimize,
     resolved,
     setting_key,
     transparency,
-    unknown_settings,
 )
 from vital.record import Record, model_info
 from vital.specs import PictureSpec
@@ -88,10 +88,7 @@ def checked_overrides(settings: SettingsOverrides) -> dict[str, Any]:
             f"{type(settings).__name__}."
         )
     overrides = {k: plain(v) for k, v in dict(settings or {}).items() if v is not None}
-    fields = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise VitalError(unknown_settings(unknown))
+    check_setting_names(overrides)
     return overrides
 
 

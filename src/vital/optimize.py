@@ -13,7 +13,7 @@ import difflib
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -233,14 +233,25 @@ class UnknownSettingError(VitalError, TypeError):
     """A setting that :class:`Settings` does not have (a ``TypeError`` too, as Python's own)."""
 
 
-def unknown_settings(names: Sequence[str]) -> str:
-    """The message for settings that do not exist, with the nearest real name of each."""
+def check_setting_names(names: Iterable[str]) -> None:
+    """Refuse names that are no :class:`Settings` field, naming the nearest real one of each.
+
+    Raises
+    ------
+    UnknownSettingError
+        For the first call with a name that does not exist.
+    """
     known = sorted(f.name for f in dataclasses.fields(Settings))
+    unknown = sorted(set(names) - set(known), key=str)
+    if not unknown:
+        return
     hints = []
-    for name in names:
+    for name in unknown:
         near = difflib.get_close_matches(str(name), known, n=1)
         hints.append(f"{name} (did you mean {near[0]}?)" if near else str(name))
-    return f"unknown setting(s) {', '.join(hints)}; settings have {', '.join(known)}."
+    raise UnknownSettingError(
+        f"unknown setting(s) {', '.join(hints)}; settings have {', '.join(known)}."
+    )
 
 
 _dataclass_init = Settings.__init__
@@ -250,9 +261,7 @@ _dataclass_init = Settings.__init__
 def _settings_init(self: Settings, *args: object, **fields: object) -> None:
     # Names are checked before the dataclass sees them: Python's own TypeError would not say
     # which names exist (``Settings(stepz=1)``, ``Settings.setting("fast", stepz=1)``).
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Settings)})
-    if unknown:
-        raise UnknownSettingError(unknown_settings(unknown))
+    check_setting_names(fields)
     _dataclass_init(self, *args, **fields)
 
 
