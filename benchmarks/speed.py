@@ -18,7 +18,10 @@ bare pass has no counterpart for. ``--before SRC`` runs every round twice, once 
 alternating, and prints both. ``--clock cpu`` times with the process's CPU time instead of
 the wall clock, for a machine that other work shares: a step is then the difference between a
 run of ``--steps`` and a run of 2 steps (the driver's setup cancels), divided by the steps
-between them.
+between them. ``--threads N`` gives torch N threads (both trees, the bare pass too). On the CPU
+a class step also sorts its early taps on one worker thread while the forward pass goes on
+(:func:`vital.losses.rank_order_ahead`), so its wall clock can use a second core that the bare
+pass leaves idle; ``--clock cpu`` counts that worker's time too.
 """
 
 from __future__ import annotations
@@ -185,12 +188,12 @@ def sort_seconds(model, layers: list[str], passes: int) -> float:
     return (clock() - started) / passes
 
 
-def ratio_rounds(rounds: int, steps: int) -> list[dict]:
+def ratio_rounds(rounds: int, steps: int, threads: int = 1) -> list[dict]:
     """Per case and round: bare pass, step and sort seconds (see the module's doc)."""
     import vital
     from vital.taps import default_taps, list_layers
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     references = vital.from_samples(["coffee"], count=50)
     rows = []
     for kind, name, weights, target in RATIO_CASES:
@@ -224,24 +227,26 @@ def ratio_table(rows: list[dict], tree: str = "") -> list[str]:
     return lines
 
 
-def ratio_main(rounds: int, steps: int, before: str | None, clock_name: str = "wall") -> None:
+def ratio_main(
+    rounds: int, steps: int, before: str | None, clock_name: str = "wall", threads: int = 1
+) -> None:
     print(
-        f"torch {torch.__version__}, 1 thread, batch 1, 224 px, {steps} steps or passes per "
-        f"round, medians of {rounds} interleaved rounds, {clock_name} clock; "
+        f"torch {torch.__version__}, {threads} thread(s), batch 1, 224 px, {steps} steps or "
+        f"passes per round, medians of {rounds} interleaved rounds, {clock_name} clock; "
         f"{platform.machine()}\n"
     )
     print("| case | bare fwd+bwd ms | step ms | step / bare | exact sorts ms | rounds |")
     print("|---|---|---|---|---|---|")
     if before is None:
-        print("\n".join(ratio_table(ratio_rounds(rounds, steps))))
+        print("\n".join(ratio_table(ratio_rounds(rounds, steps, threads))))
         return
     trees = {"before": str(Path(before).resolve()), "after": str(Path(__file__).parents[1] / "src")}
     rows: dict[str, list[dict]] = {name: [] for name in trees}
     for _ in range(rounds):
         for name, source in trees.items():
             command = [sys.executable, __file__, "--ratio-json", "--steps", str(steps)]
-            command += ["--clock", clock_name]
-            environment = {**os.environ, "PYTHONPATH": source, "OMP_NUM_THREADS": "1"}
+            command += ["--clock", clock_name, "--threads", str(threads)]
+            environment = {**os.environ, "PYTHONPATH": source, "OMP_NUM_THREADS": str(threads)}
             output = subprocess.run(
                 command, capture_output=True, text=True, check=True, env=environment
             ).stdout
@@ -262,6 +267,7 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=CLOCKS, default="wall", help="--ratio: wall clock or CPU time"
     )
+    parser.add_argument("--threads", type=int, default=1, help="--ratio: torch's threads")
     parser.add_argument("--ratio-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global clock
@@ -271,10 +277,10 @@ def main() -> None:
             "--clock cpu times a step as a run of --steps less a run of 2: use --steps 3 or more"
         )
     if args.ratio:
-        ratio_main(args.rounds, args.steps, args.before, args.clock)
+        ratio_main(args.rounds, args.steps, args.before, args.clock, args.threads)
         return
     if args.ratio_json:  # one round of every case, for --before
-        print(json.dumps(ratio_rounds(1, args.steps)))
+        print(json.dumps(ratio_rounds(1, args.steps, args.threads)))
         return
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.steps, args.device)))

@@ -7,6 +7,9 @@ get alone.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -38,12 +41,7 @@ def rank_order(values: torch.Tensor) -> torch.Tensor:
     is, and a dead channel is all ties. The order is the same; the sort is shorter.
     """
     length = values.shape[-1]
-    if (
-        values.device.type != "cpu"
-        or values.dtype != torch.float32
-        or length >= _PACKABLE_LENGTH
-        or values.numel() == 0
-    ):
+    if not _sorted_by_numpy(values):
         return values.argsort(dim=-1)
     bits = np.ascontiguousarray(values.detach().numpy()).reshape(-1, length).view(np.int32)
     keys = np.empty(bits.shape, dtype=np.int64)
@@ -53,6 +51,35 @@ def rank_order(values: torch.Tensor) -> torch.Tensor:
         _sort_keys(bits[start : start + rows], keys[start : start + rows], positions)
     keys &= 0xFFFFFFFF
     return torch.from_numpy(keys).view(values.shape)
+
+
+def _sorted_by_numpy(values: torch.Tensor) -> bool:
+    return (
+        values.device.type == "cpu"
+        and values.dtype == torch.float32
+        and values.shape[-1] < _PACKABLE_LENGTH
+        and values.numel() > 0
+    )
+
+
+@functools.cache
+def _sorter() -> ThreadPoolExecutor:
+    # One worker: the orders of a step's taps come one after another, the earliest tap first.
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-sort")
+
+
+def rank_order_ahead(values: torch.Tensor) -> Future[torch.Tensor] | None:
+    """Start :func:`rank_order` of ``values`` on a worker thread; ``None`` where that gains nothing.
+
+    numpy's sort lets go of the interpreter, so the order of an early tap's features is found
+    on another core while the forward pass goes on to the later taps; the loss then waits for
+    it instead of sorting. Only the numpy path is started ahead (a GPU's sort is queued on the
+    device anyway). ``values`` must not be written to until the order is taken: callers check
+    the tensor's version (:attr:`torch.Tensor._version`) and sort again if it changed.
+    """
+    if not _sorted_by_numpy(values):
+        return None
+    return _sorter().submit(rank_order, values.detach())
 
 
 def _sort_keys(bits: np.ndarray, keys: np.ndarray, positions: np.ndarray) -> None:
@@ -112,6 +139,7 @@ def sort_matching_loss(
     features: torch.Tensor,
     prototype: torch.Tensor,
     importance: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Squared 1-D Wasserstein-2 distance per channel between features and prototype.
 
@@ -127,6 +155,8 @@ def sort_matching_loss(
     importance
         Optional weights broadcastable to (B, C, 1) multiplying the squared errors
         (channel importance for inner neurons).
+    order
+        ``rank_order(features)`` where it was found already (:func:`rank_order_ahead`).
 
     Returns
     -------
@@ -143,7 +173,9 @@ def sort_matching_loss(
             f"importance weighs whole channels: its last axis must be 1, not "
             f"{tuple(importance.shape)}"
         )
-    return _SortMatching.apply(features, prototype.detach(), importance)
+    if order is not None and order.shape != features.shape:
+        raise ValueError(f"order {tuple(order.shape)} is not of features {tuple(features.shape)}")
+    return _SortMatching.apply(features, prototype.detach(), importance, order)
 
 
 class _SortMatching(torch.autograd.Function):
@@ -158,8 +190,9 @@ class _SortMatching(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features, prototype, importance):  # noqa: D102 - see the class
-        order = rank_order(features)
+    def forward(ctx, features, prototype, importance, order):  # noqa: D102 - see the class
+        if order is None:
+            order = rank_order(features)
         residual = features.gather(-1, order).sub_(prototype)
         weighted = residual * importance if importance is not None else residual
         count = features[0].numel()
@@ -171,7 +204,7 @@ class _SortMatching(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102 - see the class
         order, weighted = ctx.saved_tensors
         scaled = weighted * (grad * (2.0 / ctx.count)).view(-1, *[1] * (weighted.dim() - 1))
-        return torch.empty_like(scaled).scatter_(-1, order, scaled), None, None
+        return torch.empty_like(scaled).scatter_(-1, order, scaled), None, None, None
 
 
 def _difference_images(x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -7,18 +7,19 @@ returns named (B,) loss terms; :func:`vital.optimize.optimize` adds the image pr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vital.losses import sort_matching_loss
+from vital.losses import rank_order_ahead, sort_matching_loss
 from vital.optimize import MAP_TERM
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
 from vital.relevance.seeds import negative_share
 from vital.scales import coarse_key
-from vital.taps import FeatureTap, Tap, tapped
+from vital.taps import FeatureTap, Tap, tapped, to_positions
 
 
 class SortMatching:
@@ -44,6 +45,33 @@ class SortMatching:
         self.taps = tuple(taps)
         self._stacked: dict[int, dict[str, torch.Tensor]] = {}
         self._prototypes = prototypes
+        # Orders started during the forward pass: tap → (order, the output's version then).
+        self._ahead: dict[str, tuple[Future[torch.Tensor], int]] = {}
+        self._matched = {t.layer for t in self.taps if t.weight}
+        tap.notify(self._sort_ahead)
+
+    def _sort_ahead(self, name: str, output: torch.Tensor) -> None:
+        # Runs inside the forward pass, as each tap is read: the early taps' sorts (the stem's
+        # is the largest) overlap the rest of the pass instead of following it.
+        if name not in self._matched or output.dim() not in (3, 4):
+            return
+        if torch.compiler.is_compiling():
+            return
+        layout = self.tap.known_layout(name)
+        if layout is None:
+            return
+        order = rank_order_ahead(to_positions(output.detach(), layout).float())
+        if order is not None:
+            self._ahead[name] = (order, output._version)
+
+    def _order(self, name: str) -> torch.Tensor | None:
+        # The order started ahead, unless the output was written to since (an in-place op after
+        # the tap): then the loss sorts what the output holds now, as it would have anyway.
+        if name not in self._ahead:
+            return None
+        order, version = self._ahead.pop(name)
+        found = order.result()
+        return found if self.tap.outputs[name]._version == version else None
 
     def _stack(self, factor: int, device: torch.device) -> dict[str, torch.Tensor]:
         # Stacked once per stage: (B, C, P) per tap, one prototype per image.
@@ -57,10 +85,14 @@ class SortMatching:
     def __call__(self, model_input: torch.Tensor, factor: int) -> dict[str, torch.Tensor]:
         """Per-tap weighted sort-matching losses, each (B,)."""
         prototypes = self._stack(factor, model_input.device)
+        self._ahead.clear()
         features = self.tap(model_input)
         return {
             # float32 sorts and losses, whatever precision the model ran in
-            t.layer: t.weight * sort_matching_loss(features[t.layer].float(), prototypes[t.layer])
+            t.layer: t.weight
+            * sort_matching_loss(
+                features[t.layer].float(), prototypes[t.layer], order=self._order(t.layer)
+            )
             for t in self.taps
             if t.weight
         }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -488,6 +488,7 @@ class FeatureTap:
         self._input_size = 0
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._listeners: list[Callable[[str, torch.Tensor], None]] = []
 
     def attach(self) -> None:
         """Register the hooks."""
@@ -507,6 +508,8 @@ class FeatureTap:
             if tensor is None:
                 raise VitalError(f"layer {name!r} returns no tensor; tap another layer.")
             self.outputs[name] = tensor
+            for listener in self._listeners:
+                listener(name, tensor)
             if self.stop_early and len(self.outputs) == len(self.layers):
                 raise _StopForward
 
@@ -531,6 +534,21 @@ class FeatureTap:
             bad = next(n for n in self.layers if self.outputs[n].dim() not in (3, 4))
             raise VitalError(f"layer {bad!r}: {error}") from error
 
+    def notify(self, listener: Callable[[str, torch.Tensor], None]) -> None:
+        """Call ``listener(name, output)`` as each tap's output is read, during the forward pass.
+
+        For work that can start before the pass ends (the sort of an early tap's features).
+        """
+        self._listeners.append(listener)
+
+    def known_layout(self, name: str) -> str | None:
+        """:meth:`layout` where the metadata or the shape tell it; ``None`` for an unknown cube.
+
+        Safe inside a forward pass: it never runs the model again (:meth:`layout` may).
+        """
+        shape = tuple(self.outputs[name].shape[1:])
+        return _layout_or_none(shape, self._channels.get(name), self._declared.get(name))
+
     def layout(self, name: str) -> str:
         """Layout of the last output read at ``name``.
 
@@ -538,10 +556,10 @@ class FeatureTap:
         layout :func:`list_layers` saw (listing the layers once at another size if nothing
         did yet), and is channels-first in a model without channels-last outputs.
         """
-        shape = tuple(self.outputs[name].shape[1:])
-        layout = _layout_or_none(shape, self._channels.get(name), self._declared.get(name))
+        layout = self.known_layout(name)
         if layout is not None:
             return layout
+        shape = tuple(self.outputs[name].shape[1:])
         seen = _SEEN_LAYOUTS.get(self.module) or self._look_at_another_size()
         if name in seen.layouts:
             return seen.layouts[name]

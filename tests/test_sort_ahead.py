@@ -1,0 +1,120 @@
+"""The class loss's sorts started during the forward pass give what sorting after it gives."""
+
+import threading
+
+import pytest
+import torch
+from tests.conftest import tiny_cnn_model, write_images
+from torch import nn
+
+import vital
+from vital import losses, objectives
+from vital.losses import rank_order, rank_order_ahead
+from vital.objectives import SortMatching
+from vital.presets import Tap
+from vital.taps import tapped
+
+LAYERS = ("stem", "stage1", "stage3")
+
+
+def _who_sorts(monkeypatch) -> list[str]:
+    """Record the thread of every :func:`rank_order` call (the worker's or the caller's)."""
+    threads: list[str] = []
+    original = losses.rank_order
+
+    def recorded(values):
+        worker = threading.current_thread().name.startswith("vital-sort")
+        threads.append("worker" if worker else "caller")
+        return original(values)
+
+    monkeypatch.setattr(losses, "rank_order", recorded)
+    return threads
+
+
+def _terms_and_gradient(module: nn.Module, image: torch.Tensor, ahead: bool, monkeypatch):
+    if not ahead:
+        monkeypatch.setattr(objectives, "rank_order_ahead", lambda values: None)
+    with torch.no_grad(), tapped(module, LAYERS, stop_early=True) as probe:
+        shapes = {name: features.shape[1:] for name, features in probe(image).items()}
+    generator = torch.Generator().manual_seed(0)
+    prototypes = {
+        1: [
+            {name: torch.rand(shapes[name], generator=generator).sort(-1).values for name in LAYERS}
+            for _ in range(len(image))
+        ]
+    }
+    taps = [Tap(name, weight) for name, weight in zip(LAYERS, (1.0, 0.5, 2.0), strict=True)]
+    with tapped(module, LAYERS, stop_early=True) as tap:
+        objective = SortMatching(tap, taps, prototypes)
+        x = image.clone().requires_grad_(True)
+        terms = objective(x, 1)
+        torch.stack(list(terms.values())).sum().backward()
+    monkeypatch.undo()
+    return {name: value.detach() for name, value in terms.items()}, x.grad
+
+
+def test_rank_order_ahead_gives_rank_order_and_declines_what_numpy_does_not_sort():
+    values = torch.randn(3, 5, 700)
+    values[:, :, ::3] = 0.0  # ties
+    assert torch.equal(rank_order_ahead(values).result(), rank_order(values))
+    assert rank_order_ahead(values.double()) is None
+    assert rank_order_ahead(torch.empty(2, 3, 0)) is None
+
+
+def test_sorts_started_ahead_give_the_same_loss_and_gradient_as_sorting_after(monkeypatch):
+    module = tiny_cnn_model().module.eval()
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    threads = _who_sorts(monkeypatch)
+    after, after_gradient = _terms_and_gradient(module, image, ahead=False, monkeypatch=monkeypatch)
+    assert threads == ["caller"] * len(LAYERS)
+
+    threads = _who_sorts(monkeypatch)
+    ahead, ahead_gradient = _terms_and_gradient(module, image, ahead=True, monkeypatch=monkeypatch)
+    assert threads == ["worker"] * len(LAYERS)
+    assert after.keys() == ahead.keys()
+    for name in after:
+        assert torch.equal(after[name], ahead[name]), name
+    assert torch.equal(after_gradient, ahead_gradient)
+
+
+class _WrittenAfterTheTap(nn.Module):
+    """A tapped convolution whose output a later in-place ReLU rewrites."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.stage1 = nn.Conv2d(8, 8, 3, 1, 1)
+        self.stage3 = nn.Conv2d(8, 16, 3, 2, 1)
+
+    def forward(self, x):
+        stem = self.stem(x)
+        torch.relu_(stem)  # after the tap read it: the early sort saw other values
+        return self.stage3(self.stage1(stem)).mean((2, 3))
+
+
+def test_an_output_rewritten_after_its_tap_is_sorted_again(monkeypatch):
+    torch.manual_seed(0)
+    module = _WrittenAfterTheTap().eval()
+    image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    after, after_gradient = _terms_and_gradient(module, image, ahead=False, monkeypatch=monkeypatch)
+
+    threads = _who_sorts(monkeypatch)
+    ahead, ahead_gradient = _terms_and_gradient(module, image, ahead=True, monkeypatch=monkeypatch)
+    # every tap was started ahead; the rewritten stem was sorted once more by the loss
+    assert sorted(threads) == ["caller"] + ["worker"] * len(LAYERS), threads
+    for name in after:
+        assert torch.equal(after[name], ahead[name]), name
+    assert torch.equal(after_gradient, ahead_gradient)
+
+
+@pytest.mark.parametrize("setting", ["1", "fast"])
+def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(setting, monkeypatch, tmp_path):
+    for index in (1, 3):
+        write_images(tmp_path / "tree" / str(index), 2, seed=index)
+    model = tiny_cnn_model()
+    run = {"setting": setting, "settings": {"steps": 6}, "seeds": [4, 5], "progress": False}
+    ahead = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    monkeypatch.setattr(objectives, "rank_order_ahead", lambda values: None)
+    after = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    for first, second in zip(ahead, after, strict=True):
+        assert torch.equal(first.pixels, second.pixels)
