@@ -1,5 +1,7 @@
 """The class loss's sorts started during the forward pass give what sorting after it gives."""
 
+import multiprocessing
+import os
 import threading
 
 import pytest
@@ -59,6 +61,23 @@ def test_rank_order_ahead_gives_rank_order_and_declines_what_numpy_does_not_sort
     assert torch.equal(rank_order_ahead(values).result(), rank_order(values))
     assert rank_order_ahead(values.double()) is None
     assert rank_order_ahead(torch.empty(2, 3, 0)) is None
+
+
+def _order_in_a_forked_child(values, queue):
+    queue.put(rank_order_ahead(values).result(timeout=60).tolist())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_a_forked_child_sorts_ahead_too():
+    values = torch.randn(4, 300)
+    rank_order_ahead(values).result()  # the parent's worker exists before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_order_in_a_forked_child, args=(values, queue))
+    child.start()
+    order = queue.get(timeout=60)  # the parent's worker, copied without its thread, never answers
+    child.join(timeout=60)
+    assert child.exitcode == 0 and order == rank_order(values).tolist()
 
 
 def test_sorts_started_ahead_give_the_same_loss_and_gradient_as_sorting_after(monkeypatch):

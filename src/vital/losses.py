@@ -8,6 +8,7 @@ get alone.
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -66,6 +67,12 @@ def _sorted_by_numpy(values: torch.Tensor) -> bool:
 def _sorter() -> ThreadPoolExecutor:
     # One worker: the orders of a step's taps come one after another, the earliest tap first.
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-sort")
+
+
+# A forked child has the parent's executor without its thread: work sent to it would wait
+# forever. The child makes its own.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_sorter.cache_clear)
 
 
 def rank_order_ahead(values: torch.Tensor) -> Future[torch.Tensor] | None:
