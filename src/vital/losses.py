@@ -2,7 +2,8 @@
 
 Every function returns one value per image, shape (B,), so that a batch of targets is a batch of
 independent problems: summing the per-image losses gives each image exactly the gradient it would
-get alone.
+get alone. :func:`rank_order_ahead` finds a sort's order on a worker thread, for a caller that
+can start it before it needs it.
 """
 
 from __future__ import annotations
