@@ -126,13 +126,27 @@ def test_an_output_rewritten_after_its_tap_is_sorted_again(monkeypatch):
     assert torch.equal(after_gradient, ahead_gradient)
 
 
-@pytest.mark.parametrize("setting", ["1", "fast"])
-def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(setting, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "overrides"),
+    [
+        ("1", {}),
+        ("fast", {}),
+        ("1", {"channels_last": True}),  # taps read channels-last outputs
+        ("1", {"precision": "bfloat16"}),  # the sorted features are a float32 copy
+        ("1", {"views": 2}),  # two forward passes a step, each with its own orders
+    ],
+)
+def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(
+    setting, overrides, monkeypatch, tmp_path
+):
     for index in (1, 3):
         write_images(tmp_path / "tree" / str(index), 2, seed=index)
     model = tiny_cnn_model()
-    run = {"setting": setting, "settings": {"steps": 6}, "seeds": [4, 5], "progress": False}
+    settings = {"steps": 6, **overrides}
+    run = {"setting": setting, "settings": settings, "seeds": [4, 5], "progress": False}
+    threads = _who_sorts(monkeypatch)
     ahead = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    assert "worker" in threads and "caller" not in threads
     monkeypatch.setattr(objectives, "rank_order_ahead", lambda values: None)
     after = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
     for first, second in zip(ahead, after, strict=True):

@@ -542,12 +542,23 @@ class FeatureTap:
         self._listeners.append(listener)
 
     def known_layout(self, name: str) -> str | None:
-        """:meth:`layout` where the metadata or the shape tell it; ``None`` for an unknown cube.
+        """:meth:`layout` where it is known without running the model; else ``None``.
 
-        Safe inside a forward pass: it never runs the model again (:meth:`layout` may).
+        Safe inside a forward pass: :meth:`layout` may list the layers at another size to tell
+        a cube's layout (C = H = W); this answers ``None`` for a cube until that was done.
         """
         shape = tuple(self.outputs[name].shape[1:])
-        return _layout_or_none(shape, self._channels.get(name), self._declared.get(name))
+        layout = _layout_or_none(shape, self._channels.get(name), self._declared.get(name))
+        if layout is not None:
+            return layout
+        seen = _SEEN_LAYOUTS.get(self.module)
+        if seen is None:
+            return None
+        if name in seen.layouts:
+            return seen.layouts[name]
+        if not (seen.channels_last or self._declares_channels_last):
+            return "NCHW"
+        return None
 
     def layout(self, name: str) -> str:
         """Layout of the last output read at ``name``.
@@ -559,13 +570,13 @@ class FeatureTap:
         layout = self.known_layout(name)
         if layout is not None:
             return layout
-        shape = tuple(self.outputs[name].shape[1:])
         seen = _SEEN_LAYOUTS.get(self.module) or self._look_at_another_size()
         if name in seen.layouts:
             return seen.layouts[name]
         if not (seen.channels_last or self._declares_channels_last):
             return "NCHW"
-        return infer_layout(shape)  # ambiguous in a channels-last model: warns
+        # ambiguous in a channels-last model: warns
+        return infer_layout(tuple(self.outputs[name].shape[1:]))
 
     def _look_at_another_size(self) -> _Seen:
         """Run :func:`list_layers` 32 px larger (without this tap's hooks) and keep what it saw."""
