@@ -55,7 +55,7 @@ class SortMatching:
         # is the largest) overlap the rest of the pass instead of following it.
         if name not in self._matched or output.dim() not in (3, 4):
             return
-        if torch.compiler.is_compiling():
+        if _compiling():
             return
         layout = self.tap.known_layout(name)
         if layout is None:
@@ -96,6 +96,13 @@ class SortMatching:
             for t in self.taps
             if t.weight
         }
+
+
+def _compiling() -> bool:
+    # A traced forward pass (compile=True) starts no threads; torch.compiler has the
+    # question from torch 2.3 on, torch._dynamo before.
+    check = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return bool(check())
 
 
 # --- inner neurons: relevance-weighted sort matching (METHOD.md section 3) --------------------
