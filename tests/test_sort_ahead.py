@@ -151,3 +151,29 @@ def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(
     after = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
     for first, second in zip(ahead, after, strict=True):
         assert torch.equal(first.pixels, second.pixels)
+
+
+@pytest.mark.parametrize(
+    ("setting", "options"), [("1", {}), ("fast", {}), ("1", {"relevance_floor": 0.5})]
+)
+def test_a_channel_run_is_bit_identical_with_its_largest_sort_on_the_worker(
+    setting, options, monkeypatch, image_folder
+):
+    model = tiny_cnn_model()
+    targets = [vital.Channel("stage3", 2), vital.Channel("stage2", 1)]
+    run = {
+        "setting": setting,
+        "settings": {"steps": 6},
+        "seeds": [4, 5],
+        "reference_count": 2,
+        "progress": False,
+        **options,
+    }
+    threads = _who_sorts(monkeypatch)
+    ahead = vital.visualize(model, targets, image_folder, **run)
+    assert "worker" in threads and "caller" in threads  # the stem on the worker, the rest here
+    monkeypatch.setattr(objectives, "rank_order_ahead", lambda values: None)
+    after = vital.visualize(model, targets, image_folder, **run)
+    for first, second in zip(ahead, after, strict=True):
+        assert torch.equal(first.pixels, second.pixels)
+        assert torch.equal(first.alpha, second.alpha)

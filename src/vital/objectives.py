@@ -466,16 +466,27 @@ class RelevanceSortMatching:
         terms = {}
         # the map's weights: the targets' own floors only (the authors' weights without one)
         own = self.floors.to(model_input.device) if self.floors is not None else None
+        matches = {}  # term → (weighted features, prototype, importance, column)
         for column, name in enumerate(self.taps):
             prototype, importance, for_map = stacked[name]
             weighted = weighted_features(features[name].float(), relevance[name].float(), floor)
-            terms[name] = weights[:, column] * sort_matching_loss(weighted, prototype, importance)
+            matches[name] = (weighted, prototype, importance, column)
             if self.map_terms and for_map is not None:
                 weighted = weighted_features(features[name].float(), relevance[name].float(), own)
-                terms[f"{MAP_TERM}{name}"] = weights[:, column] * sort_matching_loss(
-                    weighted, for_map, importance
-                )
-        return terms
+                matches[f"{MAP_TERM}{name}"] = (weighted, for_map, importance, column)
+        # The weighted features exist only after the relevance pass, so their sorts cannot
+        # overlap the forward pass as the class loss's do; the largest (the stem's) is sorted on
+        # the worker while this thread sorts the others.
+        largest = max(matches, key=lambda term: matches[term][0].numel())
+        ahead = rank_order_ahead(matches[largest][0]) if len(matches) > 1 else None
+        terms = {}
+        for term in sorted(matches, key=lambda term: term == largest and ahead is not None):
+            weighted, prototype, importance, column = matches[term]
+            order = ahead.result() if term == largest and ahead is not None else None
+            terms[term] = weights[:, column] * sort_matching_loss(
+                weighted, prototype, importance, order=order
+            )
+        return {term: terms[term] for term in matches}  # in tap order: the sum's order
 
 
 def _weight(target: NeuronTarget, layer: str) -> float:
