@@ -463,7 +463,6 @@ class RelevanceSortMatching:
             floor = floors if floor is None else torch.maximum(floor, floors)
         stacked = self._stack(factor, features)
         weights = self.weights.to(model_input.device)
-        terms = {}
         # the map's weights: the targets' own floors only (the authors' weights without one)
         own = self.floors.to(model_input.device) if self.floors is not None else None
         matches = {}  # term → (weighted features, prototype, importance, column)
@@ -479,10 +478,11 @@ class RelevanceSortMatching:
         # the worker while this thread sorts the others.
         largest = max(matches, key=lambda term: matches[term][0].numel())
         ahead = rank_order_ahead(matches[largest][0]) if len(matches) > 1 else None
+        deferred = largest if ahead is not None else None
         terms = {}
-        for term in sorted(matches, key=lambda term: term == largest and ahead is not None):
+        for term in sorted(matches, key=lambda term: term == deferred):  # the worker's last
             weighted, prototype, importance, column = matches[term]
-            order = ahead.result() if term == largest and ahead is not None else None
+            order = ahead.result() if term == deferred else None
             terms[term] = weights[:, column] * sort_matching_loss(
                 weighted, prototype, importance, order=order
             )
