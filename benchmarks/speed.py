@@ -272,6 +272,8 @@ def main() -> None:
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
+    if args.threads < 1:
+        parser.error(f"--threads is how many threads torch uses: 1 or more, not {args.threads}")
     if args.clock == "cpu" and args.steps < 3:
         parser.error(
             "--clock cpu times a step as a run of --steps less a run of 2: use --steps 3 or more"
