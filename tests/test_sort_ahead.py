@@ -19,6 +19,16 @@ from vital.taps import tapped
 LAYERS = ("stem", "stage1", "stage3")
 
 
+@pytest.fixture(autouse=True)
+def _a_free_core(monkeypatch):
+    """torch on one thread of two cores, whatever this machine has: the worker's case."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(losses, "_cores", lambda: 2)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _who_sorts(monkeypatch) -> list[str]:
     """Record the thread of every :func:`rank_order` call (the worker's or the caller's)."""
     threads: list[str] = []
@@ -61,6 +71,14 @@ def test_rank_order_ahead_gives_rank_order_and_declines_what_numpy_does_not_sort
     assert torch.equal(rank_order_ahead(values).result(), rank_order(values))
     assert rank_order_ahead(values.double()) is None
     assert rank_order_ahead(torch.empty(2, 3, 0)) is None
+
+
+def test_no_worker_where_torch_uses_every_core(monkeypatch):
+    values = torch.randn(3, 500)
+    monkeypatch.setattr(losses, "_cores", lambda: torch.get_num_threads())
+    assert rank_order_ahead(values) is None
+    monkeypatch.setattr(losses, "_cores", lambda: torch.get_num_threads() + 1)
+    assert torch.equal(rank_order_ahead(values).result(), rank_order(values))
 
 
 def _order_in_a_forked_child(values, queue):
