@@ -18,10 +18,10 @@ bare pass has no counterpart for. ``--before SRC`` runs every round twice, once 
 alternating, and prints both. ``--clock cpu`` times with the process's CPU time instead of
 the wall clock, for a machine that other work shares: a step is then the difference between a
 run of ``--steps`` and a run of 2 steps (the driver's setup cancels), divided by the steps
-between them. ``--threads N`` gives torch N threads (both trees, the bare pass too). On the CPU
-a class step also sorts its early taps on one worker thread while the forward pass goes on
-(:func:`vital.losses.rank_order_ahead`), so its wall clock can use a second core that the bare
-pass leaves idle; ``--clock cpu`` counts that worker's time too.
+between them. ``--threads N`` gives torch N threads (both trees, the bare pass too). On the CPU,
+while torch's threads leave a core free, a class step also sorts its early taps on one worker
+thread as the forward pass goes on (:func:`vital.losses.rank_order_ahead`), so its wall clock
+can use a core that the bare pass leaves idle; ``--clock cpu`` counts that worker's time too.
 """
 
 from __future__ import annotations
