@@ -568,15 +568,11 @@ class FeatureTap:
         did yet), and is channels-first in a model without channels-last outputs.
         """
         layout = self.known_layout(name)
-        if layout is not None:
-            return layout
-        seen = _SEEN_LAYOUTS.get(self.module) or self._look_at_another_size()
-        if name in seen.layouts:
-            return seen.layouts[name]
-        if not (seen.channels_last or self._declares_channels_last):
-            return "NCHW"
-        # ambiguous in a channels-last model: warns
-        return infer_layout(tuple(self.outputs[name].shape[1:]))
+        if layout is None and self.module not in _SEEN_LAYOUTS:
+            self._look_at_another_size()
+            layout = self.known_layout(name)
+        # else ambiguous in a channels-last model: infer_layout warns
+        return layout or infer_layout(tuple(self.outputs[name].shape[1:]))
 
     def _look_at_another_size(self) -> _Seen:
         """Run :func:`list_layers` 32 px larger (without this tap's hooks) and keep what it saw."""
