@@ -44,8 +44,13 @@ def _who_sorts(monkeypatch) -> list[str]:
 
 
 def _terms_and_gradient(module: nn.Module, image: torch.Tensor, ahead: bool, monkeypatch):
-    if not ahead:
-        monkeypatch.setattr(objectives, "rank_order_ahead", lambda values: None)
+    with monkeypatch.context() as patch:
+        if not ahead:
+            patch.setattr(objectives, "rank_order_ahead", lambda values: None)
+        return _objective_run(module, image)
+
+
+def _objective_run(module: nn.Module, image: torch.Tensor):
     with torch.no_grad(), tapped(module, LAYERS, stop_early=True) as probe:
         shapes = {name: features.shape[1:] for name, features in probe(image).items()}
     generator = torch.Generator().manual_seed(0)
@@ -61,7 +66,6 @@ def _terms_and_gradient(module: nn.Module, image: torch.Tensor, ahead: bool, mon
         x = image.clone().requires_grad_(True)
         terms = objective(x, 1)
         torch.stack(list(terms.values())).sum().backward()
-    monkeypatch.undo()
     return {name: value.detach() for name, value in terms.items()}, x.grad
 
 
@@ -79,6 +83,15 @@ def test_no_worker_where_torch_uses_every_core(monkeypatch):
     assert rank_order_ahead(values) is None
     monkeypatch.setattr(losses, "_cores", lambda: torch.get_num_threads() + 1)
     assert torch.equal(rank_order_ahead(values).result(), rank_order(values))
+
+
+def test_a_busy_cpu_sorts_every_tap_after_the_forward_pass(monkeypatch):
+    monkeypatch.setattr(losses, "_cores", lambda: torch.get_num_threads())
+    module = tiny_cnn_model().module.eval()
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    threads = _who_sorts(monkeypatch)
+    _objective_run(module, image)
+    assert threads == ["caller"] * len(LAYERS)
 
 
 def _order_in_a_forked_child(values, queue):

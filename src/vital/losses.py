@@ -83,6 +83,11 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
+def core_free() -> bool:
+    """Whether torch's threads leave this process a core for :func:`rank_order_ahead`'s worker."""
+    return torch.get_num_threads() < _cores()
+
+
 def rank_order_ahead(values: torch.Tensor) -> Future[torch.Tensor] | None:
     """Start :func:`rank_order` of ``values`` on a worker thread; ``None`` where that gains nothing.
 
@@ -94,7 +99,7 @@ def rank_order_ahead(values: torch.Tensor) -> Future[torch.Tensor] | None:
     slower). ``values`` must not be written to until the order is taken: callers check the
     tensor's version (:attr:`torch.Tensor._version`) and sort again if it changed.
     """
-    if not _sorted_by_numpy(values) or torch.get_num_threads() >= _cores():
+    if not _sorted_by_numpy(values) or not core_free():
         return None
     return _sorter().submit(rank_order, values.detach())
 

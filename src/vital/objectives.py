@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vital.losses import rank_order_ahead, sort_matching_loss
+from vital.losses import core_free, rank_order_ahead, sort_matching_loss
 from vital.optimize import MAP_TERM
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
@@ -55,7 +55,9 @@ class SortMatching:
         # is the largest) overlap the rest of the pass instead of following it.
         if name not in self._matched or output.dim() not in (3, 4):
             return
-        if _compiling():
+        # Checked before the features are brought to (B, C, P) as float32: a GPU run (whose
+        # bfloat16 output that would copy) or a busy CPU sorts after the pass anyway.
+        if output.device.type != "cpu" or not core_free() or _compiling():
             return
         layout = self.tap.known_layout(name)
         if layout is None:
