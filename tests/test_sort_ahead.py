@@ -1,4 +1,4 @@
-"""The class loss's sorts started during the forward pass give what sorting after it gives."""
+"""The sort-matching targets started on a worker give what sorting after the pass gives."""
 
 import multiprocessing
 import os
@@ -11,7 +11,7 @@ from torch import nn
 
 import vital
 from vital import losses, objectives
-from vital.losses import rank_order, rank_order_ahead
+from vital.losses import sort_matching_loss, sort_targets, sort_targets_ahead
 from vital.objectives import SortMatching
 from vital.presets import Tap
 from vital.taps import tapped
@@ -46,7 +46,7 @@ def _who_sorts(monkeypatch) -> list[str]:
 def _terms_and_gradient(module: nn.Module, image: torch.Tensor, ahead: bool, monkeypatch):
     with monkeypatch.context() as patch:
         if not ahead:
-            patch.setattr(objectives, "rank_order_ahead", lambda values: None)
+            patch.setattr(objectives, "sort_targets_ahead", lambda values, prototype: None)
         return _objective_run(module, image)
 
 
@@ -69,20 +69,53 @@ def _objective_run(module: nn.Module, image: torch.Tensor):
     return {name: value.detach() for name, value in terms.items()}, x.grad
 
 
-def test_rank_order_ahead_gives_rank_order_and_declines_what_numpy_does_not_sort():
+def test_sort_targets_put_the_prototype_value_of_each_rank_at_its_position():
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(2, 4, 300, generator=generator)  # no ties: one rank per position
+    prototype = torch.randn(2, 4, 300, generator=generator).sort(-1).values
+    rank = values.argsort(-1).argsort(-1)
+    assert torch.equal(sort_targets(values, prototype), prototype.gather(-1, rank))
+    shared = prototype[0]  # one (C, P) prototype for every image
+    assert torch.equal(sort_targets(values, shared), shared.expand(2, 4, 300).gather(-1, rank))
+
+
+def test_the_loss_against_targets_has_the_sorted_form_s_gradient_to_the_bit():
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(3, 5, 700, generator=generator)
+    values[:, :, ::3] = 0.0  # ties, as ReLU features have
+    prototype = torch.randn(3, 5, 700, generator=generator).sort(-1).values
+    importance = torch.rand(3, 5, 1, generator=generator)
+    results = []
+    for targets in (None, sort_targets(values, prototype)):
+        features = values.clone().requires_grad_(True)
+        loss = sort_matching_loss(features, prototype, importance, targets=targets)
+        (loss * torch.tensor([1.0, 0.5, 2.0])).sum().backward()
+        results.append((loss.detach(), features.grad))
+    (sorted_loss, sorted_gradient), (loss, gradient) = results
+    assert torch.equal(gradient, sorted_gradient)
+    torch.testing.assert_close(loss, sorted_loss)  # summed in another order
+    with pytest.raises(ValueError, match="targets"):
+        sort_matching_loss(values, prototype, targets=values[:, :, :10])
+
+
+def test_sort_targets_ahead_gives_sort_targets_and_declines_what_numpy_does_not_sort():
     values = torch.randn(3, 5, 700)
     values[:, :, ::3] = 0.0  # ties
-    assert torch.equal(rank_order_ahead(values).result(), rank_order(values))
-    assert rank_order_ahead(values.double()) is None
-    assert rank_order_ahead(torch.empty(2, 3, 0)) is None
+    prototype = torch.randn(5, 700).sort(-1).values
+    expected = sort_targets(values, prototype)
+    assert torch.equal(sort_targets_ahead(values, prototype).result(), expected)
+    assert sort_targets_ahead(values.double(), prototype.double()) is None
+    assert sort_targets_ahead(torch.empty(2, 3, 0), torch.empty(3, 0)) is None
 
 
 def test_no_worker_where_torch_uses_every_core(monkeypatch):
-    values = torch.randn(3, 500)
+    values, prototype = torch.randn(3, 500), torch.randn(500).sort().values
     monkeypatch.setattr(losses, "_cores", lambda: torch.get_num_threads())
-    assert rank_order_ahead(values) is None
+    assert sort_targets_ahead(values, prototype) is None
     monkeypatch.setattr(losses, "_cores", lambda: torch.get_num_threads() + 1)
-    assert torch.equal(rank_order_ahead(values).result(), rank_order(values))
+    assert torch.equal(
+        sort_targets_ahead(values, prototype).result(), sort_targets(values, prototype)
+    )
 
 
 def test_a_busy_cpu_sorts_every_tap_after_the_forward_pass(monkeypatch):
@@ -94,24 +127,24 @@ def test_a_busy_cpu_sorts_every_tap_after_the_forward_pass(monkeypatch):
     assert threads == ["caller"] * len(LAYERS)
 
 
-def _order_in_a_forked_child(values, queue):
-    queue.put(rank_order_ahead(values).result(timeout=60).tolist())
+def _targets_in_a_forked_child(values, queue):
+    queue.put(sort_targets_ahead(values, values.sort().values).result(timeout=60).tolist())
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
 def test_a_forked_child_sorts_ahead_too():
     values = torch.randn(4, 300)
-    rank_order_ahead(values).result()  # the parent's worker exists before the fork
+    sort_targets_ahead(values, values).result()  # the parent's worker exists before the fork
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_order_in_a_forked_child, args=(values, queue))
+    child = context.Process(target=_targets_in_a_forked_child, args=(values, queue))
     child.start()
-    order = queue.get(timeout=60)  # the parent's worker, copied without its thread, never answers
+    targets = queue.get(timeout=60)  # the parent's worker, copied without its thread, never answers
     child.join(timeout=60)
-    assert child.exitcode == 0 and order == rank_order(values).tolist()
+    assert child.exitcode == 0 and targets == sort_targets(values, values.sort().values).tolist()
 
 
-def test_sorts_started_ahead_give_the_same_loss_and_gradient_as_sorting_after(monkeypatch):
+def test_targets_started_ahead_give_the_same_loss_and_gradient_as_sorting_after(monkeypatch):
     module = tiny_cnn_model().module.eval()
     image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     threads = _who_sorts(monkeypatch)
@@ -123,7 +156,7 @@ def test_sorts_started_ahead_give_the_same_loss_and_gradient_as_sorting_after(mo
     assert threads == ["worker"] * len(LAYERS)
     assert after.keys() == ahead.keys()
     for name in after:
-        assert torch.equal(after[name], ahead[name]), name
+        torch.testing.assert_close(after[name], ahead[name])  # summed in another order
     assert torch.equal(after_gradient, ahead_gradient)
 
 
@@ -153,7 +186,7 @@ def test_an_output_rewritten_after_its_tap_is_sorted_again(monkeypatch):
     # every tap was started ahead; the rewritten stem was sorted once more by the loss
     assert sorted(threads) == ["caller"] + ["worker"] * len(LAYERS), threads
     for name in after:
-        assert torch.equal(after[name], ahead[name]), name
+        torch.testing.assert_close(after[name], ahead[name])  # summed in another order
     assert torch.equal(after_gradient, ahead_gradient)
 
 
@@ -178,7 +211,7 @@ def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(
     threads = _who_sorts(monkeypatch)
     ahead = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
     assert "worker" in threads and "caller" not in threads
-    monkeypatch.setattr(objectives, "rank_order_ahead", lambda values: None)
+    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda values, prototype: None)
     after = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
     for first, second in zip(ahead, after, strict=True):
         assert torch.equal(first.pixels, second.pixels)
@@ -203,7 +236,7 @@ def test_a_channel_run_is_bit_identical_with_its_largest_sort_on_the_worker(
     threads = _who_sorts(monkeypatch)
     ahead = vital.visualize(model, targets, image_folder, **run)
     assert "worker" in threads and "caller" in threads  # the stem on the worker, the rest here
-    monkeypatch.setattr(objectives, "rank_order_ahead", lambda values: None)
+    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda values, prototype: None)
     after = vital.visualize(model, targets, image_folder, **run)
     for first, second in zip(ahead, after, strict=True):
         assert torch.equal(first.pixels, second.pixels)

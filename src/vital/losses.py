@@ -2,8 +2,8 @@
 
 Every function returns one value per image, shape (B,), so that a batch of targets is a batch of
 independent problems: summing the per-image losses gives each image exactly the gradient it would
-get alone. :func:`rank_order_ahead` finds a sort's order on a worker thread, for a caller that
-can start it before it needs it.
+get alone. :func:`sort_targets_ahead` finds each position's target on a worker thread, for a
+caller that can start it before it needs it.
 """
 
 from __future__ import annotations
@@ -84,24 +84,50 @@ def _cores() -> int:
 
 
 def core_free() -> bool:
-    """Whether torch's threads leave this process a core for :func:`rank_order_ahead`'s worker."""
+    """Whether torch's threads leave this process a core for :func:`sort_targets_ahead`'s worker."""
     return torch.get_num_threads() < _cores()
 
 
-def rank_order_ahead(values: torch.Tensor) -> Future[torch.Tensor] | None:
-    """Start :func:`rank_order` of ``values`` on a worker thread; ``None`` where that gains nothing.
+def sort_targets(values: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
+    """Each position's target in sort matching: the prototype's value at the position's rank.
 
-    numpy's sort lets go of the interpreter, so the order of an early tap's features is found
-    on a core that torch leaves idle while the forward pass goes on to the later taps; the loss
-    then waits for it instead of sorting. Only the numpy path is started ahead (a GPU's sort is
-    queued on the device anyway), and only while torch's threads leave a core free: where they
-    use every core the worker competes with them (`vital demo` on 2 cores with 2 threads: 8 %
-    slower). ``values`` must not be written to until the order is taken: callers check the
-    tensor's version (:attr:`torch.Tensor._version`) and sort again if it changed.
+    Parameters
+    ----------
+    values
+        (B, C, P) features.
+    prototype
+        (C, P) or (B, C, P) sorted prototypes.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, P), in the positions' order: ``mean((values − targets)²)`` is the sort-matching
+        loss, and its gradient is the sorted form's exactly (:func:`sort_matching_loss`).
+    """
+    order = rank_order(values)
+    source = prototype.to(values.device).expand(values.shape)
+    return torch.empty(values.shape, dtype=prototype.dtype, device=values.device).scatter_(
+        -1, order, source
+    )
+
+
+def sort_targets_ahead(
+    values: torch.Tensor, prototype: torch.Tensor
+) -> Future[torch.Tensor] | None:
+    """Start :func:`sort_targets` on a worker thread; ``None`` where that gains nothing.
+
+    numpy's sort and torch's scatter let go of the interpreter, so an early tap's targets are
+    found on a core that torch leaves idle while the forward pass goes on to the later taps;
+    the loss then takes them instead of sorting, gathering and (in its backward pass)
+    scattering. Only the numpy sort's inputs are started ahead (a GPU's sort is queued on the
+    device anyway), and only while torch's threads leave a core free: where they use every
+    core the worker competes with them (`vital demo` on 2 cores with 2 threads: 8 % slower).
+    ``values`` must not be written to until the targets are taken: callers check the tensor's
+    version (:attr:`torch.Tensor._version`) and sort again if it changed.
     """
     if not _sorted_by_numpy(values) or not core_free():
         return None
-    return _sorter().submit(rank_order, values.detach())
+    return _sorter().submit(sort_targets, values.detach(), prototype.detach())
 
 
 def _sort_keys(bits: np.ndarray, keys: np.ndarray, positions: np.ndarray) -> None:
@@ -161,7 +187,7 @@ def sort_matching_loss(
     features: torch.Tensor,
     prototype: torch.Tensor,
     importance: torch.Tensor | None = None,
-    order: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Squared 1-D Wasserstein-2 distance per channel between features and prototype.
 
@@ -177,8 +203,10 @@ def sort_matching_loss(
     importance
         Optional weights broadcastable to (B, C, 1) multiplying the squared errors
         (channel importance for inner neurons).
-    order
-        ``rank_order(features)`` where it was found already (:func:`rank_order_ahead`).
+    targets
+        ``sort_targets(features, prototype)`` where they were found already
+        (:func:`sort_targets_ahead`): the loss is then taken in the positions' order, with the
+        same gradient to the last bit and the same value up to the summation's rounding.
 
     Returns
     -------
@@ -195,9 +223,13 @@ def sort_matching_loss(
             f"importance weighs whole channels: its last axis must be 1, not "
             f"{tuple(importance.shape)}"
         )
-    if order is not None and order.shape != features.shape:
-        raise ValueError(f"order {tuple(order.shape)} is not of features {tuple(features.shape)}")
-    return _SortMatching.apply(features, prototype.detach(), importance, order)
+    if targets is not None:
+        if targets.shape != features.shape:
+            raise ValueError(
+                f"targets {tuple(targets.shape)} are not of features {tuple(features.shape)}"
+            )
+        return _PositionMatching.apply(features, targets.detach(), importance)
+    return _SortMatching.apply(features, prototype.detach(), importance)
 
 
 class _SortMatching(torch.autograd.Function):
@@ -212,9 +244,8 @@ class _SortMatching(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features, prototype, importance, order):  # noqa: D102 - see the class
-        if order is None:
-            order = rank_order(features)
+    def forward(ctx, features, prototype, importance):  # noqa: D102 - see the class
+        order = rank_order(features)
         residual = features.gather(-1, order).sub_(prototype)
         weighted = residual * importance if importance is not None else residual
         count = features[0].numel()
@@ -226,7 +257,30 @@ class _SortMatching(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102 - see the class
         order, weighted = ctx.saved_tensors
         scaled = weighted * (grad * (2.0 / ctx.count)).view(-1, *[1] * (weighted.dim() - 1))
-        return torch.empty_like(scaled).scatter_(-1, order, scaled), None, None, None
+        return torch.empty_like(scaled).scatter_(-1, order, scaled), None, None
+
+
+class _PositionMatching(torch.autograd.Function):
+    """:func:`sort_matching_loss` against targets already in the positions' order.
+
+    The same residuals as :class:`_SortMatching`'s, each at its own position instead of its
+    rank: the gradient is the scatter of that class's, element for element, and needs none.
+    """
+
+    @staticmethod
+    def forward(ctx, features, targets, importance):  # noqa: D102 - see the class
+        residual = features - targets
+        weighted = residual * importance if importance is not None else residual
+        count = features[0].numel()
+        ctx.save_for_backward(weighted)
+        ctx.count = count
+        return (residual * weighted).flatten(1).sum(dim=1) / count
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102 - see the class
+        (weighted,) = ctx.saved_tensors
+        scale = (grad * (2.0 / ctx.count)).view(-1, *[1] * (weighted.dim() - 1))
+        return weighted * scale, None, None
 
 
 def _difference_images(x: torch.Tensor) -> tuple[torch.Tensor, ...]:

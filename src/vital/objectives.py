@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vital.losses import core_free, rank_order_ahead, sort_matching_loss
+from vital.losses import core_free, sort_matching_loss, sort_targets_ahead
 from vital.optimize import MAP_TERM
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
@@ -45,15 +45,17 @@ class SortMatching:
         self.taps = tuple(taps)
         self._stacked: dict[int, dict[str, torch.Tensor]] = {}
         self._prototypes = prototypes
-        # Orders started during the forward pass: tap → (order, the output's version then).
+        # Targets started during the forward pass: tap → (targets, the output's version then),
+        # against the prototypes of the pass under way.
         self._ahead: dict[str, tuple[Future[torch.Tensor], int]] = {}
+        self._matching: dict[str, torch.Tensor] = {}
         self._matched = {t.layer for t in self.taps if t.weight}
         tap.notify(self._sort_ahead)
 
     def _sort_ahead(self, name: str, output: torch.Tensor) -> None:
         # Runs inside the forward pass, as each tap is read: the early taps' sorts (the stem's
         # is the largest) overlap the rest of the pass instead of following it.
-        if name not in self._matched or output.dim() not in (3, 4):
+        if name not in self._matching or output.dim() not in (3, 4):
             return
         # Checked before the features are brought to (B, C, P) as float32: a GPU run (whose
         # bfloat16 output that would copy) or a busy CPU sorts after the pass anyway.
@@ -62,17 +64,18 @@ class SortMatching:
         layout = self.tap.known_layout(name)
         if layout is None:
             return
-        order = rank_order_ahead(to_positions(output.detach(), layout).float())
-        if order is not None:
-            self._ahead[name] = (order, output._version)
+        values = to_positions(output.detach(), layout).float()
+        targets = sort_targets_ahead(values, self._matching[name])
+        if targets is not None:
+            self._ahead[name] = (targets, output._version)
 
-    def _order(self, name: str) -> torch.Tensor | None:
-        # The order started ahead, unless the output was written to since (an in-place op after
-        # the tap): then the loss sorts what the output holds now, as it would have anyway.
+    def _targets(self, name: str) -> torch.Tensor | None:
+        # The targets started ahead, unless the output was written to since (an in-place op
+        # after the tap): then the loss sorts what the output holds now, as it would have anyway.
         if name not in self._ahead:
             return None
-        order, version = self._ahead.pop(name)
-        found = order.result()
+        targets, version = self._ahead.pop(name)
+        found = targets.result()
         return found if self.tap.outputs[name]._version == version else None
 
     def _stack(self, factor: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -88,12 +91,16 @@ class SortMatching:
         """Per-tap weighted sort-matching losses, each (B,)."""
         prototypes = self._stack(factor, model_input.device)
         self._ahead.clear()
-        features = self.tap(model_input)
+        self._matching = {name: prototypes[name] for name in self._matched}
+        try:
+            features = self.tap(model_input)
+        finally:
+            self._matching = {}
         return {
             # float32 sorts and losses, whatever precision the model ran in
             t.layer: t.weight
             * sort_matching_loss(
-                features[t.layer].float(), prototypes[t.layer], order=self._order(t.layer)
+                features[t.layer].float(), prototypes[t.layer], targets=self._targets(t.layer)
             )
             for t in self.taps
             if t.weight
@@ -479,14 +486,18 @@ class RelevanceSortMatching:
         # overlap the forward pass as the class loss's do; the largest (the stem's) is sorted on
         # the worker while this thread sorts the others.
         largest = max(matches, key=lambda term: matches[term][0].numel())
-        ahead = rank_order_ahead(matches[largest][0]) if len(matches) > 1 else None
+        ahead = (
+            sort_targets_ahead(matches[largest][0], matches[largest][1])
+            if len(matches) > 1
+            else None
+        )
         deferred = largest if ahead is not None else None
         terms = {}
         for term in sorted(matches, key=lambda term: term == deferred):  # the worker's last
             weighted, prototype, importance, column = matches[term]
-            order = ahead.result() if term == deferred else None
+            targets = ahead.result() if term == deferred else None
             terms[term] = weights[:, column] * sort_matching_loss(
-                weighted, prototype, importance, order=order
+                weighted, prototype, importance, targets=targets
             )
         return {term: terms[term] for term in matches}  # in tap order: the sum's order
 
