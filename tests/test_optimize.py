@@ -352,3 +352,53 @@ def test_the_rotation_falls_to_zero_over_the_full_resolution_steps(monkeypatch, 
 def test_rotate_falls_is_a_bool():
     with pytest.raises(VitalError, match="rotate_falls is True or False"):
         Settings(rotate_falls="yes").validate()
+
+
+class _Cycle:
+    """An object in a reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self):
+        self.me = self
+
+
+def test_the_heap_is_frozen_during_the_loop_and_the_run_s_own_cycles_still_collected():
+    import gc
+    import weakref
+
+    gc.disable()  # no collection but the test's own until the loop starts
+    before_run = _Cycle()
+    watched_before = weakref.ref(before_run)
+    del before_run  # garbage already, but alive until a collection
+    seen = []
+
+    def objective(model_input, factor):
+        made = _Cycle()
+        watched = weakref.ref(made)
+        del made
+        gc.collect()
+        seen.append((gc.get_freeze_count() > 0, watched() is None, watched_before() is None))
+        return {"distance": ((model_input - 0.5) ** 2).flatten(1).mean(1)}
+
+    settings = resolved(Settings(steps=3, jitter=0))
+    try:
+        optimize(objective, 1, Preprocessing(input_size=8), settings, "cpu", False)
+    finally:
+        gc.enable()
+    # frozen while it ran, the run's own cycle freed, the older one left alone until the end
+    assert seen == [(True, True, False)] * 3
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert watched_before() is None
+
+
+def test_a_heap_the_caller_froze_stays_frozen():
+    import gc
+
+    gc.freeze()
+    try:
+        count = gc.get_freeze_count()
+        settings = resolved(Settings(steps=2, jitter=0))
+        optimize(quadratic_objective(0.5), 1, Preprocessing(input_size=8), settings, "cpu", False)
+        assert gc.get_freeze_count() == count
+    finally:
+        gc.unfreeze()
