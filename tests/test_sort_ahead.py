@@ -46,7 +46,7 @@ def _who_sorts(monkeypatch) -> list[str]:
 def _terms_and_gradient(module: nn.Module, image: torch.Tensor, ahead: bool, monkeypatch):
     with monkeypatch.context() as patch:
         if not ahead:
-            patch.setattr(objectives, "sort_targets_ahead", lambda values, prototype: None)
+            patch.setattr(objectives, "sort_targets_ahead", lambda *args, **kwargs: None)
         return _objective_run(module, image)
 
 
@@ -211,7 +211,7 @@ def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(
     threads = _who_sorts(monkeypatch)
     ahead = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
     assert "worker" in threads and "caller" not in threads
-    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda values, prototype: None)
+    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda *args, **kwargs: None)
     after = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
     for first, second in zip(ahead, after, strict=True):
         assert torch.equal(first.pixels, second.pixels)
@@ -236,7 +236,7 @@ def test_a_channel_run_is_bit_identical_with_its_largest_sort_on_the_worker(
     threads = _who_sorts(monkeypatch)
     ahead = vital.visualize(model, targets, image_folder, **run)
     assert "worker" in threads and "caller" in threads  # the stem on the worker, the rest here
-    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda values, prototype: None)
+    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda *args, **kwargs: None)
     after = vital.visualize(model, targets, image_folder, **run)
     for first, second in zip(ahead, after, strict=True):
         assert torch.equal(first.pixels, second.pixels)

@@ -88,7 +88,9 @@ def core_free() -> bool:
     return torch.get_num_threads() < _cores()
 
 
-def sort_targets(values: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
+def sort_targets(
+    values: torch.Tensor, prototype: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Each position's target in sort matching: the prototype's value at the position's rank.
 
     Parameters
@@ -97,6 +99,8 @@ def sort_targets(values: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
         (B, C, P) features.
     prototype
         (C, P) or (B, C, P) sorted prototypes.
+    out
+        Where to write the targets (a (B, C, P) tensor or view); a new tensor if not given.
 
     Returns
     -------
@@ -106,13 +110,13 @@ def sort_targets(values: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
     """
     order = rank_order(values)
     source = prototype.to(values.device).expand(values.shape)
-    return torch.empty(values.shape, dtype=prototype.dtype, device=values.device).scatter_(
-        -1, order, source
-    )
+    if out is None:
+        out = torch.empty(values.shape, dtype=prototype.dtype, device=values.device)
+    return out.scatter_(-1, order, source)
 
 
 def sort_targets_ahead(
-    values: torch.Tensor, prototype: torch.Tensor
+    values: torch.Tensor, prototype: torch.Tensor, out: torch.Tensor | None = None
 ) -> Future[torch.Tensor] | None:
     """Start :func:`sort_targets` on a worker thread; ``None`` where that gains nothing.
 
@@ -123,11 +127,13 @@ def sort_targets_ahead(
     device anyway), and only while torch's threads leave a core free: where they use every
     core the worker competes with them (`vital demo` on 2 cores with 2 threads: 8 % slower).
     ``values`` must not be written to until the targets are taken: callers check the tensor's
-    version (:attr:`torch.Tensor._version`) and sort again if it changed.
+    version (:attr:`torch.Tensor._version`) and sort again if it changed. Rows (the last axis)
+    are sorted one by one, so a caller may split a tensor's rows between the worker and itself,
+    each writing its share of ``out``.
     """
     if not _sorted_by_numpy(values) or not core_free():
         return None
-    return _sorter().submit(sort_targets, values.detach(), prototype.detach())
+    return _sorter().submit(sort_targets, values.detach(), prototype.detach(), out)
 
 
 def _sort_keys(bits: np.ndarray, keys: np.ndarray, positions: np.ndarray) -> None:

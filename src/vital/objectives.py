@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vital.losses import core_free, sort_matching_loss, sort_targets_ahead
+from vital.losses import core_free, sort_matching_loss, sort_targets, sort_targets_ahead
 from vital.optimize import MAP_TERM
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
@@ -483,23 +483,48 @@ class RelevanceSortMatching:
                 weighted = weighted_features(features[name].float(), relevance[name].float(), own)
                 matches[f"{MAP_TERM}{name}"] = (weighted, for_map, importance, column)
         # The weighted features exist only after the relevance pass, so their sorts cannot
-        # overlap the forward pass as the class loss's do; the largest (the stem's) is sorted on
-        # the worker while this thread sorts the others.
+        # overlap the forward pass as the class loss's do: the worker takes the largest tap's
+        # first channels (the stem's), half of all the values to sort, while this thread sorts
+        # the rest.
         largest = max(matches, key=lambda term: matches[term][0].numel())
-        ahead = (
-            sort_targets_ahead(matches[largest][0], matches[largest][1])
-            if len(matches) > 1
-            else None
-        )
-        deferred = largest if ahead is not None else None
+        split, ahead, shared = self._share_largest(largest, matches)
         terms = {}
-        for term in sorted(matches, key=lambda term: term == deferred):  # the worker's last
+        for term in sorted(matches, key=lambda term: term == largest):  # the shared one last
             weighted, prototype, importance, column = matches[term]
-            targets = ahead.result() if term == deferred else None
+            targets = None
+            if term == largest and ahead is not None:
+                if split < weighted.shape[-2]:
+                    sort_targets(
+                        weighted[..., split:, :],
+                        prototype[..., split:, :],
+                        out=shared[..., split:, :],
+                    )
+                ahead.result()  # the worker's share written (or its error raised)
+                targets = shared
             terms[term] = weights[:, column] * sort_matching_loss(
                 weighted, prototype, importance, targets=targets
             )
         return {term: terms[term] for term in matches}  # in tap order: the sum's order
+
+    @staticmethod
+    def _share_largest(
+        largest: str, matches: dict[str, tuple]
+    ) -> tuple[int, Future[torch.Tensor] | None, torch.Tensor]:
+        """Start the worker on the first channels of the largest tap: about half the values.
+
+        ``matches``: term → (weighted features, prototype, importance, column). Returns the
+        channel the caller's share starts at, the worker's future (None where no worker runs)
+        and the (B, C, P) targets both shares are written to.
+        """
+        weighted, prototype = matches[largest][:2]
+        channels = weighted.shape[-2]
+        total = sum(match[0].numel() for match in matches.values())
+        split = min(channels, max(1, round(channels * total / (2 * weighted.numel()))))
+        shared = torch.empty_like(weighted)
+        ahead = sort_targets_ahead(
+            weighted[..., :split, :], prototype[..., :split, :], out=shared[..., :split, :]
+        )
+        return split, ahead, shared
 
 
 def _weight(target: NeuronTarget, layer: str) -> float:
