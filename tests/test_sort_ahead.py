@@ -79,6 +79,16 @@ def test_sort_targets_put_the_prototype_value_of_each_rank_at_its_position():
     assert torch.equal(sort_targets(values, shared), shared.expand(2, 4, 300).gather(-1, rank))
 
 
+def test_targets_written_a_share_of_channels_at_a_time_are_the_whole_tensor_s():
+    generator = torch.Generator().manual_seed(5)
+    values = torch.randn(2, 6, 400, generator=generator)
+    prototype = torch.randn(2, 6, 400, generator=generator).sort(-1).values
+    shared = torch.full_like(values, float("nan"))
+    sort_targets_ahead(values[:, :4], prototype[:, :4], out=shared[:, :4]).result()
+    sort_targets(values[:, 4:], prototype[:, 4:], out=shared[:, 4:])
+    assert torch.equal(shared, sort_targets(values, prototype))
+
+
 def test_the_loss_against_targets_has_the_sorted_form_s_gradient_to_the_bit():
     generator = torch.Generator().manual_seed(4)
     values = torch.randn(3, 5, 700, generator=generator)
