@@ -234,6 +234,14 @@ def test_cube_shaped_maps_of_a_channels_first_model_need_no_warning(tiny_cnn):
         assert torch.equal(features, tiny_cnn.module.stem(x).flatten(2))
 
 
+def test_a_layout_asked_before_any_output_was_read_says_what_to_do(tiny_cnn):
+    with tapped(tiny_cnn.module, ["stem"]) as tap:
+        with pytest.raises(VitalError, match="call the tap on an input first"):
+            tap.layout("stem")
+        tap(torch.randn(1, 3, 16, 16))
+        assert tap.layout("stem") == "NCHW"
+
+
 def test_layouts_from_shapes_and_metadata():
     assert infer_layout((64, 7, 7)) == "NCHW" and infer_layout((7, 7, 64)) == "NHWC"
     assert infer_layout((197, 768)) == "NLC" and infer_layout((10,)) == "NC"

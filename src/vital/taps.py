@@ -547,6 +547,11 @@ class FeatureTap:
         Safe inside a forward pass: :meth:`layout` may list the layers at another size to tell
         a cube's layout (C = H = W); this answers ``None`` for a cube until that was done.
         """
+        if name not in self.outputs:
+            raise VitalError(
+                f"no output of {name!r} was read yet: a layout is that of the last output read, "
+                "so call the tap on an input first."
+            )
         shape = tuple(self.outputs[name].shape[1:])
         layout = _layout_or_none(shape, self._channels.get(name), self._declared.get(name))
         if layout is not None:
