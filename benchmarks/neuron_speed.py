@@ -11,12 +11,20 @@ The authors' code spends about four passes per step (a fresh LRP model copy, two
 passes, an extra gradient for the transparency map). Usage::
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/neuron_speed.py [--steps 6]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/neuron_speed.py --floor [--rounds 40]
+
+``--floor``: what a neuron step cannot do without, against the bare pass: the forward pass to
+the target with the taps and the relevance rules attached, the relevance pass, and the
+backward pass from the taps (no loss, sorts, optimiser or loop), beside the step itself
+(single steps of a run, timed by an optimiser hook). Each is timed ``--rounds`` times,
+interleaved, and the 10th percentile kept: on a shared machine interference only adds time.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import platform
 import statistics
 import time
@@ -61,12 +69,111 @@ def neuron_seconds(model, target, steps: int, relevance: str) -> float:
     return result.record.seconds / steps
 
 
+def _low(values: list[float]) -> float:
+    """The 10th percentile: what a pass costs when nothing else interferes."""
+    ordered = sorted(values)
+    return ordered[int(0.1 * (len(ordered) - 1))]
+
+
+def floor_row(name: str, weights: str | None, target: Channel, rounds: int) -> str:
+    """One table row of ``--floor`` (see the module's doc)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from vital.methods.vital_neuron import neuron_taps
+    from vital.relevance import get_backend
+    from vital.taps import list_layers, tapped
+    from vital.zoo import frozen
+
+    model = load_model(name, weights=weights)
+    layers = list_layers(model.module, 224)
+    taps = [t.layer for t in neuron_taps(model, layers, target.layer, None, near=False)[0]]
+    channels = next(i.channels for i in layers if i.name == target.layer)
+    direction = torch.zeros(1, channels)
+    direction[0, target.channel] = 1.0
+    image = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {"bare": [], "forward": [], "relevance": [], "backward": []}
+
+    def timed(key: str, work) -> None:
+        started = time.perf_counter()
+        work()
+        times[key].append(time.perf_counter() - started)
+
+    x = image.clone().requires_grad_(True)
+
+    def bare() -> None:
+        x.grad = None
+        model.module(x).sum().backward()
+
+    with frozen(model.module):
+        for _ in range(rounds):
+            timed("bare", bare)
+        backend = get_backend("lrp")
+        with (
+            backend.attached(model.module, layers, taps, [target.layer]),
+            tapped(model.module, [*taps, target.layer], stop_early=True) as tap,
+        ):
+            tap(x)
+            layouts = {layer: tap.layout(layer) for layer in tap.layers}
+
+            def relevance() -> dict[str, torch.Tensor]:
+                return backend.relevance(tap.outputs, {target.layer: direction}, taps, layouts)
+
+            def backward() -> None:
+                features, weights_ = tap(x), relevance()
+                sum((features[t] * weights_[t]).sum() for t in taps).backward()
+
+            for _ in range(rounds):
+                timed("forward", lambda: tap(x))
+                timed("relevance", lambda: (tap(x), relevance()))
+                timed("backward", backward)
+    stamps: list[float] = []
+    handle = register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
+    try:
+        neuron_seconds(model, target, 3, "lrp")  # prototypes and warm-up
+        steps = []
+        for _ in range(max(1, rounds // 10)):
+            stamps.clear()
+            neuron_seconds(model, target, 12, "lrp")
+            steps += [later - earlier for earlier, later in itertools.pairwise(stamps[1:])]
+    finally:
+        handle.remove()
+    bare_s = _low(times["bare"])
+    parts = [_low(times[key]) for key in ("forward", "relevance", "backward")]
+    parts[2] -= parts[1]  # each column is what its pass adds to the ones before
+    parts[1] -= parts[0]
+    step = _low(steps)
+    cells = " | ".join(f"{part * 1e3:.1f} ({part / bare_s:.2f})" for part in parts)
+    return (
+        f"| {name}{' (random)' if weights else ''} | {target.describe()} | {bare_s * 1e3:.1f} | "
+        f"{cells} | {sum(parts) / bare_s:.2f}x | {step * 1e3:.1f} ({step / bare_s:.2f}x) |"
+    )
+
+
+def floor_main(rounds: int) -> None:
+    print(
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; torch "
+        f"{torch.__version__}; {torch.get_num_threads()} thread(s); {platform.machine()}; "
+        f"10th percentiles of {rounds} interleaved passes; ms (share of the bare pass)\n"
+    )
+    print(
+        "| model | target | bare fwd+bwd | forward to the target, taps and rules attached "
+        "| + relevance pass | + backward from the taps | floor | neuron step |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, weights, target in CASES:
+        print(floor_row(name, weights, target, rounds), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--relevance", default="lrp")
+    parser.add_argument("--floor", action="store_true", help="the step's floor (module doc)")
     arguments = parser.parse_args()
+    if arguments.floor:
+        floor_main(max(arguments.rounds, 10))
+        return
     threads = torch.get_num_threads()
     lines = [
         f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; torch "

@@ -9,24 +9,27 @@ Each configuration runs in its own subprocess so that peak RSS belongs to it alo
 
 ``--ratio``: a VITAL step through the driver (setting 1, 50 references; the loop's own timer,
 ``record.seconds / steps``) against a bare forward + backward-to-input of the same frozen model,
-batch 1, one thread, rounds interleaved, medians: a class step of MobileNetV2 and of ResNet-50
-(random weights: the cost does not depend on them) and a neuron step (MobileNetV2
-``features.16`` channel 5, ``lrp``). The "sorts" column is what the loss's exact sorts of the
-step's tap features cost alone (:func:`vital.losses.rank_order`), the part of a class step a
-bare pass has no counterpart for. ``--before SRC`` runs every round twice, once with ``SRC``
-(another checkout's ``src``) on ``PYTHONPATH`` and once with this one, each in its own process,
-alternating, and prints both. ``--clock cpu`` times with the process's CPU time instead of
-the wall clock, for a machine that other work shares: a step is then the difference between a
-run of ``--steps`` and a run of 2 steps (the driver's setup cancels), divided by the steps
-between them. ``--threads N`` gives torch N threads (both trees, the bare pass too). On the CPU,
-while torch's threads leave a core free, a class step also sorts its early taps on one worker
-thread as the forward pass goes on (:func:`vital.losses.rank_order_ahead`), so its wall clock
-can use a core that the bare pass leaves idle; ``--clock cpu`` counts that worker's time too.
+batch 1, one thread, rounds interleaved, medians; beside them, the ratio of the 10th percentiles of
+single passes and single steps (each step but a run's first, from one optimiser step to the next),
+which interference on a shared machine moves far less: a class step of MobileNetV2 and of ResNet-50
+(random weights: the cost does not depend on them) and a neuron step (MobileNetV2 ``features.16``
+channel 5, ``lrp``). The "sorts" column is what the loss's exact sorts of the step's tap features
+cost alone (:func:`vital.losses.rank_order`), the part of a class step a bare pass has no
+counterpart for. ``--before SRC`` runs every round twice, once with ``SRC`` (another checkout's
+``src``) on ``PYTHONPATH`` and once with this one, each in its own process, alternating, and prints
+both. ``--clock cpu`` times with the process's CPU time instead of the wall clock, for a machine
+that other work shares: a step is then the difference between a run of ``--steps`` and a run of 2
+steps (the driver's setup cancels), divided by the steps between them. ``--threads N`` gives torch N
+threads (both trees, the bare pass too). On the CPU, while torch's threads leave a core free, a
+class step also sorts its early taps on one worker thread as the forward pass goes on
+(:func:`vital.losses.sort_targets_ahead`), so its wall clock can use a core that the bare pass
+leaves idle; ``--clock cpu`` counts that worker's time too.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -139,8 +142,11 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
 
-def bare_seconds(model, passes: int) -> float:
-    """Seconds of one forward + backward-to-input of the whole frozen model, batch 1."""
+def bare_seconds(model, passes: int, each: list[float] | None = None) -> float:
+    """Seconds of one forward + backward-to-input of the whole frozen model, batch 1.
+
+    ``each``, if given, receives every pass's own wall-clock seconds.
+    """
     from vital.zoo import frozen
 
     size = model.preprocessing.input_size
@@ -148,24 +154,38 @@ def bare_seconds(model, passes: int) -> float:
     with frozen(model.module):
         started = clock()
         for _ in range(passes):
+            begun = time.perf_counter()
             x.grad = None
             model.module(x).sum().backward()
+            if each is not None:
+                each.append(time.perf_counter() - begun)
     return (clock() - started) / passes
 
 
-def step_seconds(model, target, references, steps: int) -> float:
+def step_seconds(model, target, references, steps: int, each: list[float] | None = None) -> float:
     """Seconds of one setting-1 step through the driver.
 
     By the loop's own timer with the wall clock; with the CPU clock, a run of ``steps`` less a
-    run of 2 steps, divided by ``steps - 2``, so that what a run does once cancels.
+    run of 2 steps, divided by ``steps - 2``, so that what a run does once cancels. ``each``, if
+    given, receives the wall-clock seconds of every step but the first of each run, from one
+    optimiser step to the next.
     """
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
     import vital
 
     def run(count: int) -> float:
+        stamps: list[float] = []
+        handle = register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
         started = clock()
-        (result,) = vital.visualize(
-            model, [target], references, setting=1, settings={"steps": count}, progress=False
-        )
+        try:
+            (result,) = vital.visualize(
+                model, [target], references, setting=1, settings={"steps": count}, progress=False
+            )
+        finally:
+            handle.remove()
+        if each is not None:
+            each.extend(later - earlier for earlier, later in itertools.pairwise(stamps))
         return result.record.seconds if clock is CLOCKS["wall"] else clock() - started
 
     if clock is CLOCKS["wall"]:
@@ -204,11 +224,23 @@ def ratio_rounds(rounds: int, steps: int, threads: int = 1) -> list[dict]:
         step_seconds(model, target, references, 3)
         bare_seconds(model, 2)
         for number in range(rounds):  # the machine may be shared: interleave, keep medians
-            bare = bare_seconds(model, steps)
-            step = step_seconds(model, target, references, steps)
+            bare_passes: list[float] = []
+            step_passes: list[float] = []
+            bare = bare_seconds(model, steps, bare_passes)
+            step = step_seconds(model, target, references, steps, step_passes)
             sorts = sort_seconds(model, layers, steps)
             case = f"{kind} {name}"
-            rows.append({"case": case, "round": number, "bare": bare, "step": step, "sorts": sorts})
+            rows.append(
+                {
+                    "case": case,
+                    "round": number,
+                    "bare": bare,
+                    "step": step,
+                    "sorts": sorts,
+                    "bare_passes": bare_passes,
+                    "step_passes": step_passes,
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -220,11 +252,23 @@ def ratio_table(rows: list[dict], tree: str = "") -> list[str]:
         bare = statistics.median(row["bare"] for row in mine)
         step = statistics.median(row["step"] for row in mine)
         sorts = statistics.median(row["sorts"] for row in mine)
+        low_bare = _low([t for row in mine for t in row.get("bare_passes", [])])
+        low_step = _low([t for row in mine for t in row.get("step_passes", [])])
+        low = f"{low_step / low_bare:.2f}x" if low_bare and low_step else "–"
         lines.append(
             f"| {tree}{case} | {bare * 1e3:.1f} | {step * 1e3:.1f} | {step / bare:.2f}x "
-            f"| {sorts * 1e3:.1f} ({sorts / bare:.2f} of bare) | {len(mine)} |"
+            f"| {low} | {sorts * 1e3:.1f} ({sorts / bare:.2f} of bare) | {len(mine)} |"
         )
     return lines
+
+
+def _low(seconds: list[float]) -> float:
+    """The 10th percentile of single passes (0 for none): interference on a shared machine
+    only adds time, so the low end is what a pass costs when nothing else runs."""
+    if not seconds:
+        return 0.0
+    ordered = sorted(seconds)
+    return ordered[int(0.1 * (len(ordered) - 1))]
 
 
 def ratio_main(
@@ -235,8 +279,11 @@ def ratio_main(
         f"passes per round, medians of {rounds} interleaved rounds, {clock_name} clock; "
         f"{platform.machine()}\n"
     )
-    print("| case | bare fwd+bwd ms | step ms | step / bare | exact sorts ms | rounds |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| case | bare fwd+bwd ms | step ms | step / bare | 10th percentiles: step / bare "
+        "| exact sorts ms | rounds |"
+    )
+    print("|---|---|---|---|---|---|---|")
     if before is None:
         print("\n".join(ratio_table(ratio_rounds(rounds, steps, threads))))
         return
