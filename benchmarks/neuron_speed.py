@@ -89,7 +89,7 @@ def floor_row(name: str, weights: str | None, target: Channel, rounds: int) -> s
     taps = [t.layer for t in neuron_taps(model, layers, target.layer, None, near=False)[0]]
     channels = next(i.channels for i in layers if i.name == target.layer)
     direction = torch.zeros(1, channels)
-    direction[0, target.channel] = 1.0
+    direction[0, target.index] = 1.0
     image = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {"bare": [], "forward": [], "relevance": [], "backward": []}
 
@@ -104,27 +104,26 @@ def floor_row(name: str, weights: str | None, target: Channel, rounds: int) -> s
         x.grad = None
         model.module(x).sum().backward()
 
+    backend = get_backend("lrp")
     with frozen(model.module):
-        for _ in range(rounds):
+        for _ in range(rounds):  # the bare pass interleaved too: the rules come off in between
             timed("bare", bare)
-        backend = get_backend("lrp")
-        with (
-            backend.attached(model.module, layers, taps, [target.layer]),
-            tapped(model.module, [*taps, target.layer], stop_early=True) as tap,
-        ):
-            tap(x)
-            layouts = {layer: tap.layout(layer) for layer in tap.layers}
+            with (
+                backend.attached(model.module, layers, taps, [target.layer]),
+                tapped(model.module, [*taps, target.layer], stop_early=True) as tap,
+            ):
+                tap(x)
+                layouts = {layer: tap.layout(layer) for layer in tap.layers}
 
-            def relevance() -> dict[str, torch.Tensor]:
-                return backend.relevance(tap.outputs, {target.layer: direction}, taps, layouts)
+                def relevance(tap=tap, layouts=layouts) -> dict[str, torch.Tensor]:
+                    return backend.relevance(tap.outputs, {target.layer: direction}, taps, layouts)
 
-            def backward() -> None:
-                features, weights_ = tap(x), relevance()
-                sum((features[t] * weights_[t]).sum() for t in taps).backward()
+                def backward(tap=tap, relevance=relevance) -> None:
+                    features, weights_ = tap(x), relevance()
+                    sum((features[t] * weights_[t]).sum() for t in taps).backward()
 
-            for _ in range(rounds):
-                timed("forward", lambda: tap(x))
-                timed("relevance", lambda: (tap(x), relevance()))
+                timed("forward", lambda tap=tap: tap(x))
+                timed("relevance", lambda tap=tap, relevance=relevance: (tap(x), relevance()))
                 timed("backward", backward)
     stamps: list[float] = []
     handle = register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
