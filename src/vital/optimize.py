@@ -478,10 +478,11 @@ def _freeze_heap() -> bool:
     """Leave the objects alive before the loop out of the cyclic collector's scans; True if done.
 
     A step makes and frees thousands of small Python objects (the autograd graph's hooks, the
-    relevance rules' closures). Every few steps of a neuron run that sets off a full collection,
-    which scans every object the process holds (torch's, the model's: about 400,000) for about
-    0.1 s on one core: 10 % of a MobileNetV2 neuron step on average (benchmarks/RESULTS.md,
-    "Step cost: ..."). Frozen (:func:`gc.freeze`) they are not scanned; what the run itself
+    relevance rules' closures). Every 10 to 30 steps of a neuron run that sets off a full
+    collection, which scans every object the process holds (torch's, the model's: about 400,000)
+    for about 0.1 s on one core: 3–10 ms of a MobileNetV2 neuron step of about 100 ms, on average
+    (benchmarks/RESULTS.md, "Step cost: the collector, the targets on the worker, and the neuron
+    step's floor"). Frozen (:func:`gc.freeze`) they are not scanned; what the run itself
     leaves in cycles is still collected. Not done where the caller froze objects already: the
     unfreezing at the end would undo theirs.
     """
