@@ -11,7 +11,12 @@ from torch import nn
 
 import vital
 from vital import losses, objectives
-from vital.losses import sort_matching_loss, sort_targets, sort_targets_ahead
+from vital.losses import (
+    sort_matching_loss,
+    sort_targets,
+    sort_targets_ahead,
+    sort_targets_shared,
+)
 from vital.objectives import SortMatching
 from vital.presets import Tap
 from vital.taps import tapped
@@ -35,8 +40,11 @@ def _who_sorts(monkeypatch) -> list[str]:
     original = losses.rank_order
 
     def recorded(values):
-        worker = threading.current_thread().name.startswith("vital-sort")
-        threads.append("worker" if worker else "caller")
+        name = threading.current_thread().name
+        sharer = name.startswith("vital-share")
+        threads.append(
+            "worker" if name.startswith("vital-sort") else "sharer" if sharer else "caller"
+        )
         return original(values)
 
     monkeypatch.setattr(losses, "rank_order", recorded)
@@ -128,6 +136,30 @@ def test_no_worker_where_torch_uses_every_core(monkeypatch):
     )
 
 
+def test_shared_targets_are_the_whole_tensor_s_and_use_every_core(monkeypatch):
+    generator = torch.Generator().manual_seed(6)
+    values = torch.randn(2, 6, 5000, generator=generator)
+    values[:, :, ::4] = 0.0  # ties
+    prototype = torch.randn(6, 5000, generator=generator).sort(-1).values
+    threads = _who_sorts(monkeypatch)
+    shared = sort_targets_shared(values, prototype)
+    assert torch.equal(shared, sort_targets(values, prototype))
+    assert sorted(set(threads)) == ["caller", "sharer"]
+
+
+@pytest.mark.parametrize(
+    ("cores", "values"),
+    [
+        (1, torch.randn(2, 6, 5000)),  # no other core
+        (2, torch.randn(2, 6, 100)),  # too small to be worth a thread
+        (2, torch.randn(2, 6, 5000, dtype=torch.float64)),  # numpy does not sort it
+    ],
+)
+def test_no_sharing_where_only_the_caller_would_sort(cores, values, monkeypatch):
+    monkeypatch.setattr(losses, "_cores", lambda: cores)
+    assert sort_targets_shared(values, values[0].sort(-1).values) is None
+
+
 def test_a_busy_cpu_sorts_every_tap_after_the_forward_pass(monkeypatch):
     monkeypatch.setattr(losses, "_cores", lambda: torch.get_num_threads())
     module = tiny_cnn_model().module.eval()
@@ -138,20 +170,24 @@ def test_a_busy_cpu_sorts_every_tap_after_the_forward_pass(monkeypatch):
 
 
 def _targets_in_a_forked_child(values, queue):
-    queue.put(sort_targets_ahead(values, values.sort().values).result(timeout=60).tolist())
+    prototype = values[0].sort().values
+    ahead = sort_targets_ahead(values, prototype).result(timeout=60)
+    queue.put([ahead.tolist(), sort_targets_shared(values, prototype).tolist()])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
 def test_a_forked_child_sorts_ahead_too():
-    values = torch.randn(4, 300)
-    sort_targets_ahead(values, values).result()  # the parent's worker exists before the fork
+    values = torch.randn(2, 4, 5000)
+    sort_targets_ahead(values, values).result()  # the parent's workers exist before the fork
+    sort_targets_shared(values, values)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_targets_in_a_forked_child, args=(values, queue))
     child.start()
-    targets = queue.get(timeout=60)  # the parent's worker, copied without its thread, never answers
+    targets = queue.get(timeout=60)  # the parent's workers, copied without threads, never answer
     child.join(timeout=60)
-    assert child.exitcode == 0 and targets == sort_targets(values, values.sort().values).tolist()
+    expected = sort_targets(values, values[0].sort().values).tolist()
+    assert child.exitcode == 0 and targets == [expected, expected]
 
 
 def test_targets_started_ahead_give_the_same_loss_and_gradient_as_sorting_after(monkeypatch):
@@ -227,12 +263,32 @@ def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(
         assert torch.equal(first.pixels, second.pixels)
 
 
+def test_a_class_run_sorting_after_the_pass_is_bit_identical_with_its_sorts_shared(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(losses, "_SHARE_VALUES", 64)  # the tiny CNN's taps shared too
+    for index in (1, 3):
+        write_images(tmp_path / "tree" / str(index), 2, seed=index)
+    model = tiny_cnn_model()
+    run = {"settings": {"steps": 6}, "seeds": [4, 5], "progress": False}
+    monkeypatch.setattr(losses, "_cores", lambda: 2)
+    monkeypatch.setattr(objectives, "core_free", lambda: False)  # torch uses every core
+    threads = _who_sorts(monkeypatch)
+    shared = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    assert "sharer" in threads and "worker" not in threads
+    monkeypatch.setattr(objectives, "sort_targets_shared", lambda *args, **kwargs: None)
+    alone = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    for first, second in zip(shared, alone, strict=True):
+        assert torch.equal(first.pixels, second.pixels)
+
+
 @pytest.mark.parametrize(
     ("setting", "options"), [("1", {}), ("fast", {}), ("1", {"relevance_floor": 0.5})]
 )
-def test_a_channel_run_is_bit_identical_with_its_largest_sort_on_the_worker(
+def test_a_channel_run_is_bit_identical_with_its_sorts_shared_between_cores(
     setting, options, monkeypatch, image_folder
 ):
+    monkeypatch.setattr(losses, "_SHARE_VALUES", 64)  # the tiny CNN's taps shared too
     model = tiny_cnn_model()
     targets = [vital.Channel("stage3", 2), vital.Channel("stage2", 1)]
     run = {
@@ -245,8 +301,8 @@ def test_a_channel_run_is_bit_identical_with_its_largest_sort_on_the_worker(
     }
     threads = _who_sorts(monkeypatch)
     ahead = vital.visualize(model, targets, image_folder, **run)
-    assert "worker" in threads and "caller" in threads  # the stem on the worker, the rest here
-    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda *args, **kwargs: None)
+    assert "sharer" in threads and "caller" in threads
+    monkeypatch.setattr(objectives, "sort_targets_shared", lambda *args, **kwargs: None)
     after = vital.visualize(model, targets, image_folder, **run)
     for first, second in zip(ahead, after, strict=True):
         assert torch.equal(first.pixels, second.pixels)

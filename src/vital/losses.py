@@ -9,6 +9,7 @@ caller that can start it before it needs it.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -70,10 +71,21 @@ def _sorter() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-sort")
 
 
-# A forked child has the parent's executor without its thread: work sent to it would wait
-# forever. The child makes its own.
+@functools.cache
+def _sharers() -> ThreadPoolExecutor:
+    # A worker for every core but the caller's: they sort shares of rows while it sorts one.
+    return ThreadPoolExecutor(max_workers=max(1, _cores() - 1), thread_name_prefix="vital-share")
+
+
+def _new_workers_in_a_child() -> None:
+    _sorter.cache_clear()
+    _sharers.cache_clear()
+
+
+# A forked child has the parent's executors without their threads: work sent to them would
+# wait forever. The child makes its own.
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_sorter.cache_clear)
+    os.register_at_fork(after_in_child=_new_workers_in_a_child)
 
 
 @functools.cache
@@ -113,6 +125,41 @@ def sort_targets(
     if out is None:
         out = torch.empty(values.shape, dtype=prototype.dtype, device=values.device)
     return out.scatter_(-1, order, source)
+
+
+# Below this many values a share is not worth handing to another thread.
+_SHARE_VALUES = 8192
+
+
+def sort_targets_shared(values: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor | None:
+    """:func:`sort_targets` with the rows shared between this thread and the other cores.
+
+    For a caller whose torch work is done for the moment (a loss after the forward or the
+    relevance pass): torch's threads then wait, and numpy's sort runs on one thread, so every
+    core the process may use sorts a share of the rows (rows are sorted one by one: the result
+    is :func:`sort_targets`'s exactly). ``None`` where only this thread would sort (one core, a
+    small tensor, or a sort that numpy does not do): the loss's own sorted form is then as fast.
+    """
+    if not _sorted_by_numpy(values) or values.dim() < 2:
+        return None
+    rows = values.shape[-2]
+    shares = min(_cores(), rows, values.numel() // _SHARE_VALUES)
+    if shares < 2:
+        return None
+    values = values.detach()
+    out = torch.empty(values.shape, dtype=prototype.dtype, device=values.device)
+    source = prototype.detach().expand(values.shape)
+    bounds = [round(rows * share / shares) for share in range(shares + 1)]
+    spans = [slice(low, high) for low, high in itertools.pairwise(bounds)]
+    futures = [
+        _sharers().submit(sort_targets, values[..., at, :], source[..., at, :], out[..., at, :])
+        for at in spans[1:]
+    ]
+    at = spans[0]
+    sort_targets(values[..., at, :], source[..., at, :], out[..., at, :])
+    for future in futures:
+        future.result()
+    return out
 
 
 def sort_targets_ahead(

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 
-from vital.losses import core_free, sort_matching_loss, sort_targets, sort_targets_ahead
+from vital.losses import (
+    core_free,
+    sort_matching_loss,
+    sort_targets_ahead,
+    sort_targets_shared,
+)
 from vital.optimize import MAP_TERM
 from vital.references import Prototypes, ReferenceSet, average_over_views, cached
 from vital.relevance import RelevanceBackend, target_activation
@@ -96,15 +101,19 @@ class SortMatching:
             features = self.tap(model_input)
         finally:
             self._matching = {}
-        return {
+        terms = {}
+        for t in self.taps:
+            if not t.weight:
+                continue
             # float32 sorts and losses, whatever precision the model ran in
-            t.layer: t.weight
-            * sort_matching_loss(
-                features[t.layer].float(), prototypes[t.layer], targets=self._targets(t.layer)
+            values = features[t.layer].float()
+            targets = self._targets(t.layer)
+            if targets is None:  # not started during the pass: every core shares it now
+                targets = sort_targets_shared(values, prototypes[t.layer])
+            terms[t.layer] = t.weight * sort_matching_loss(
+                values, prototypes[t.layer], targets=targets
             )
-            for t in self.taps
-            if t.weight
-        }
+        return terms
 
 
 def _compiling() -> bool:
@@ -483,48 +492,15 @@ class RelevanceSortMatching:
                 weighted = weighted_features(features[name].float(), relevance[name].float(), own)
                 matches[f"{MAP_TERM}{name}"] = (weighted, for_map, importance, column)
         # The weighted features exist only after the relevance pass, so their sorts cannot
-        # overlap the forward pass as the class loss's do: the worker takes the largest tap's
-        # first channels (the stem's), half of all the values to sort, while this thread sorts
-        # the rest.
-        largest = max(matches, key=lambda term: matches[term][0].numel())
-        split, ahead, shared = self._share_largest(largest, matches)
+        # overlap the forward pass as the class loss's do; torch waits meanwhile, so every core
+        # sorts a share of each tap's channels.
         terms = {}
-        for term in sorted(matches, key=lambda term: term == largest):  # the shared one last
-            weighted, prototype, importance, column = matches[term]
-            targets = None
-            if term == largest and ahead is not None:
-                if split < weighted.shape[-2]:
-                    sort_targets(
-                        weighted[..., split:, :],
-                        prototype[..., split:, :],
-                        out=shared[..., split:, :],
-                    )
-                ahead.result()  # the worker's share written (or its error raised)
-                targets = shared
+        for term, (weighted, prototype, importance, column) in matches.items():
+            targets = sort_targets_shared(weighted, prototype)
             terms[term] = weights[:, column] * sort_matching_loss(
                 weighted, prototype, importance, targets=targets
             )
-        return {term: terms[term] for term in matches}  # in tap order: the sum's order
-
-    @staticmethod
-    def _share_largest(
-        largest: str, matches: dict[str, tuple]
-    ) -> tuple[int, Future[torch.Tensor] | None, torch.Tensor]:
-        """Start the worker on the first channels of the largest tap: about half the values.
-
-        ``matches``: term → (weighted features, prototype, importance, column). Returns the
-        channel the caller's share starts at, the worker's future (None where no worker runs)
-        and the (B, C, P) targets both shares are written to.
-        """
-        weighted, prototype = matches[largest][:2]
-        channels = weighted.shape[-2]
-        total = sum(match[0].numel() for match in matches.values())
-        split = min(channels, max(1, round(channels * total / (2 * weighted.numel()))))
-        shared = torch.empty_like(weighted)
-        ahead = sort_targets_ahead(
-            weighted[..., :split, :], prototype[..., :split, :], out=shared[..., :split, :]
-        )
-        return split, ahead, shared
+        return terms
 
 
 def _weight(target: NeuronTarget, layer: str) -> float:
