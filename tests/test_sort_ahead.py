@@ -148,15 +148,17 @@ def test_shared_targets_are_the_whole_tensor_s_and_use_every_core(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cores", "values"),
+    ("cores", "threads", "values"),
     [
-        (1, torch.randn(2, 6, 5000)),  # no other core
-        (2, torch.randn(2, 6, 100)),  # too small to be worth a thread
-        (2, torch.randn(2, 6, 5000, dtype=torch.float64)),  # numpy does not sort it
+        (1, 1, torch.randn(2, 6, 5000)),  # no other core
+        (2, 2, torch.randn(2, 6, 5000)),  # torch's threads on every core
+        (2, 1, torch.randn(2, 6, 100)),  # too small to be worth a thread
+        (2, 1, torch.randn(2, 6, 5000, dtype=torch.float64)),  # numpy does not sort it
     ],
 )
-def test_no_sharing_where_only_the_caller_would_sort(cores, values, monkeypatch):
+def test_no_sharing_where_only_the_caller_would_sort(cores, threads, values, monkeypatch):
     monkeypatch.setattr(losses, "_cores", lambda: cores)
+    torch.set_num_threads(threads)  # the fixture gives torch its own count back
     assert sort_targets_shared(values, values[0].sort(-1).values) is None
 
 
@@ -271,8 +273,8 @@ def test_a_class_run_sorting_after_the_pass_is_bit_identical_with_its_sorts_shar
         write_images(tmp_path / "tree" / str(index), 2, seed=index)
     model = tiny_cnn_model()
     run = {"settings": {"steps": 6}, "seeds": [4, 5], "progress": False}
-    monkeypatch.setattr(losses, "_cores", lambda: 2)
-    monkeypatch.setattr(objectives, "core_free", lambda: False)  # torch uses every core
+    # nothing started during the pass: the loss sorts after it
+    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda *args, **kwargs: None)
     threads = _who_sorts(monkeypatch)
     shared = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
     assert "sharer" in threads and "worker" not in threads
