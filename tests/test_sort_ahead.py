@@ -251,37 +251,39 @@ def test_an_output_rewritten_after_its_tap_is_sorted_again(monkeypatch):
 def test_a_class_run_is_bit_identical_with_the_sorts_started_ahead(
     setting, overrides, monkeypatch, tmp_path
 ):
+    settings = {"steps": 6, **overrides}
+    run = {"setting": setting, "settings": settings, "seeds": [4, 5], "progress": False}
+    threads = _with_and_without(monkeypatch, tmp_path, run, "sort_targets_ahead")
+    assert "worker" in threads and "caller" not in threads
+
+
+def _with_and_without(monkeypatch, tmp_path, run: dict, switched_off: str) -> list[str]:
+    """Two class runs, the second without ``objectives.<switched_off>``: the same pixels.
+
+    Returns who sorted in the first run.
+    """
     for index in (1, 3):
         write_images(tmp_path / "tree" / str(index), 2, seed=index)
     model = tiny_cnn_model()
-    settings = {"steps": 6, **overrides}
-    run = {"setting": setting, "settings": settings, "seeds": [4, 5], "progress": False}
     threads = _who_sorts(monkeypatch)
-    ahead = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
-    assert "worker" in threads and "caller" not in threads
-    monkeypatch.setattr(objectives, "sort_targets_ahead", lambda *args, **kwargs: None)
-    after = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
-    for first, second in zip(ahead, after, strict=True):
+    with_it = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    seen = list(threads)
+    monkeypatch.setattr(objectives, switched_off, lambda *args, **kwargs: None)
+    without = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    for first, second in zip(with_it, without, strict=True):
         assert torch.equal(first.pixels, second.pixels)
+    return seen
 
 
 def test_a_class_run_sorting_after_the_pass_is_bit_identical_with_its_sorts_shared(
     monkeypatch, tmp_path
 ):
     monkeypatch.setattr(losses, "_SHARE_VALUES", 64)  # the tiny CNN's taps shared too
-    for index in (1, 3):
-        write_images(tmp_path / "tree" / str(index), 2, seed=index)
-    model = tiny_cnn_model()
-    run = {"settings": {"steps": 6}, "seeds": [4, 5], "progress": False}
     # nothing started during the pass: the loss sorts after it
     monkeypatch.setattr(objectives, "sort_targets_ahead", lambda *args, **kwargs: None)
-    threads = _who_sorts(monkeypatch)
-    shared = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
+    run = {"settings": {"steps": 6}, "seeds": [4, 5], "progress": False}
+    threads = _with_and_without(monkeypatch, tmp_path, run, "sort_targets_shared")
     assert "sharer" in threads and "worker" not in threads
-    monkeypatch.setattr(objectives, "sort_targets_shared", lambda *args, **kwargs: None)
-    alone = vital.visualize(model, [1, 3], tmp_path / "tree", **run)
-    for first, second in zip(shared, alone, strict=True):
-        assert torch.equal(first.pixels, second.pixels)
 
 
 @pytest.mark.parametrize(
