@@ -122,7 +122,7 @@ def sort_targets(
         loss, and its gradient is the sorted form's exactly (:func:`sort_matching_loss`).
     """
     order = rank_order(values)
-    source = prototype.to(values.device).expand(values.shape)
+    source = prototype.detach().to(values.device).expand(values.shape)
     if out is None:
         out = torch.empty(values.shape, dtype=prototype.dtype, device=values.device)
     if not _sorted_by_numpy(values):
@@ -196,16 +196,16 @@ def sort_targets_ahead(
 ) -> Future[torch.Tensor] | None:
     """Start :func:`sort_targets` on a worker thread; ``None`` where that gains nothing.
 
-    numpy's sort and torch's scatter let go of the interpreter, so an early tap's targets are
-    found on a core that torch leaves idle while the forward pass goes on to the later taps;
-    the loss then takes them instead of sorting, gathering and (in its backward pass)
-    scattering. Only the numpy sort's inputs are started ahead (a GPU's sort is queued on the
+    numpy's sort and its placing of the targets let go of the interpreter, so an early tap's
+    targets are found on a core that torch leaves idle while the forward pass goes on to the
+    later taps; the loss then takes them instead of sorting, gathering and (in its backward
+    pass) scattering. Only the numpy sort's inputs are started ahead (a GPU's sort is queued on the
     device anyway), and only while torch's threads leave a core free: where they use every
     core the worker competes with them (`vital demo` on 2 cores with 2 threads: 8 % slower).
     ``values`` must not be written to until the targets are taken: callers check the tensor's
-    version (:attr:`torch.Tensor._version`) and sort again if it changed. Rows (the last axis)
-    are sorted one by one, so a caller may split a tensor's rows between the worker and itself,
-    each writing its share of ``out``.
+    version (:attr:`torch.Tensor._version`) and sort again if it changed. Each row (along the
+    last axis) is sorted on its own, so callers may split a tensor's rows between threads, each
+    writing its share of ``out`` (:func:`sort_targets_shared`).
     """
     if not _sorted_by_numpy(values) or not core_free():
         return None

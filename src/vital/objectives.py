@@ -108,7 +108,7 @@ class SortMatching:
             # float32 sorts and losses, whatever precision the model ran in
             values = features[t.layer].float()
             targets = self._targets(t.layer)
-            if targets is None:  # not started during the pass: every core shares it now
+            if targets is None:  # not started during the pass: the free cores share it now
                 targets = sort_targets_shared(values, prototypes[t.layer])
             terms[t.layer] = t.weight * sort_matching_loss(
                 values, prototypes[t.layer], targets=targets
