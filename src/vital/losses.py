@@ -71,11 +71,15 @@ def _sorter() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-sort")
 
 
+# Workers that sort a share of a tap's rows beside the caller. One, as for the sorts started
+# during the forward pass: a process given one torch thread is often one of many such processes
+# (OMP_NUM_THREADS=1 each), and a worker for every core in each would oversubscribe them all.
+_SHARE_WORKERS = 1
+
+
 @functools.cache
 def _sharers() -> ThreadPoolExecutor:
-    # A worker for every core but the caller's: they sort shares of rows while it sorts one
-    # (as many as torch's threads leave free at the time: see sort_targets_shared).
-    return ThreadPoolExecutor(max_workers=max(1, _cores() - 1), thread_name_prefix="vital-share")
+    return ThreadPoolExecutor(max_workers=_SHARE_WORKERS, thread_name_prefix="vital-share")
 
 
 def _new_workers_in_a_child() -> None:
@@ -157,22 +161,22 @@ _SHARE_VALUES = 8192
 
 
 def sort_targets_shared(values: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor | None:
-    """:func:`sort_targets` with the rows shared between this thread and the free cores.
+    """:func:`sort_targets` with the rows shared between this thread and a worker.
 
     For a caller whose torch work waits on the sorts (a loss after the forward or the relevance
-    pass): numpy's sort runs on one thread, so each core that torch's threads leave free sorts a
-    share of the rows while this thread sorts one (rows are sorted one by one: the result is
-    :func:`sort_targets`'s exactly). ``None`` where only this thread would sort (no core free, a
-    small tensor, or a sort that numpy does not do): the loss's own sorted form is then as fast.
-    With torch's threads on every core, a share sent to a worker gained nothing (benchmarks/
-    RESULTS.md, "Step cost: the collector, the targets on the worker, and the neuron step's
-    floor"), so none is sent there.
+    pass): numpy's sort runs on one thread, so a worker on a core that torch's threads leave
+    free sorts a share of the rows while this thread sorts the other (each row is sorted on its
+    own: the result is :func:`sort_targets`'s exactly). ``None`` where only this thread would
+    sort (no core free, a small tensor, or a sort that numpy does not do): the loss's own sorted
+    form is then as fast. With torch's threads on every core, a share sent to a worker gained
+    nothing (benchmarks/RESULTS.md, "Step cost: the collector, the targets on the worker, and
+    the neuron step's floor"), so none is sent there.
     """
     if not _sorted_by_numpy(values) or values.dim() < 2:
         return None
     rows = values.shape[-2]
     free = max(0, _cores() - torch.get_num_threads())
-    shares = min(1 + free, rows, values.numel() // _SHARE_VALUES)
+    shares = min(1 + min(free, _SHARE_WORKERS), rows, values.numel() // _SHARE_VALUES)
     if shares < 2:
         return None
     values = values.detach()
