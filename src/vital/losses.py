@@ -196,7 +196,7 @@ def sort_targets_shared(values: torch.Tensor, prototype: torch.Tensor) -> torch.
 
 
 def sort_targets_ahead(
-    values: torch.Tensor, prototype: torch.Tensor, out: torch.Tensor | None = None
+    values: torch.Tensor, prototype: torch.Tensor
 ) -> Future[torch.Tensor] | None:
     """Start :func:`sort_targets` on a worker thread; ``None`` where that gains nothing.
 
@@ -207,13 +207,11 @@ def sort_targets_ahead(
     device anyway), and only while torch's threads leave a core free: where they use every
     core the worker competes with them (`vital demo` on 2 cores with 2 threads: 8 % slower).
     ``values`` must not be written to until the targets are taken: callers check the tensor's
-    version (:attr:`torch.Tensor._version`) and sort again if it changed. Each row (along the
-    last axis) is sorted on its own, so callers may split a tensor's rows between threads, each
-    writing its share of ``out`` (:func:`sort_targets_shared`).
+    version (:attr:`torch.Tensor._version`) and sort again if it changed.
     """
     if not _sorted_by_numpy(values) or not core_free():
         return None
-    return _sorter().submit(sort_targets, values.detach(), prototype.detach(), out)
+    return _sorter().submit(sort_targets, values.detach(), prototype.detach())
 
 
 def _sort_keys(bits: np.ndarray, keys: np.ndarray, positions: np.ndarray) -> None:

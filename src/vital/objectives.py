@@ -492,7 +492,7 @@ class RelevanceSortMatching:
                 weighted = weighted_features(features[name].float(), relevance[name].float(), own)
                 matches[f"{MAP_TERM}{name}"] = (weighted, for_map, importance, column)
         # The weighted features exist only after the relevance pass, so their sorts cannot
-        # overlap the forward pass as the class loss's do; torch waits meanwhile, so every core
+        # overlap the forward pass as the class loss's do; torch waits meanwhile, so a free core
         # sorts a share of each tap's channels.
         terms = {}
         for term, (weighted, prototype, importance, column) in matches.items():
