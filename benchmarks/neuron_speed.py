@@ -31,7 +31,9 @@ import time
 
 import torch
 
+from speed import low_end
 from vital import Channel, from_samples, load_model, visualize
+from vital.relevance import BACKENDS
 
 CASES = (
     ("mobilenet_v2", None, Channel("features.16", 5)),
@@ -69,13 +71,9 @@ def neuron_seconds(model, target, steps: int, relevance: str) -> float:
     return result.record.seconds / steps
 
 
-def _low(values: list[float]) -> float:
-    """The 10th percentile: what a pass costs when nothing else interferes."""
-    ordered = sorted(values)
-    return ordered[int(0.1 * (len(ordered) - 1))]
-
-
-def floor_row(name: str, weights: str | None, target: Channel, rounds: int) -> str:
+def floor_row(
+    name: str, weights: str | None, target: Channel, rounds: int, backend_name: str
+) -> str:
     """One table row of ``--floor`` (see the module's doc)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -104,7 +102,7 @@ def floor_row(name: str, weights: str | None, target: Channel, rounds: int) -> s
         x.grad = None
         model.module(x).sum().backward()
 
-    backend = get_backend("lrp")
+    backend = get_backend(backend_name)
     with frozen(model.module):
         for _ in range(rounds):  # the bare pass interleaved too: the rules come off in between
             timed("bare", bare)
@@ -128,19 +126,19 @@ def floor_row(name: str, weights: str | None, target: Channel, rounds: int) -> s
     stamps: list[float] = []
     handle = register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
     try:
-        neuron_seconds(model, target, 3, "lrp")  # prototypes and warm-up
+        neuron_seconds(model, target, 3, backend_name)  # prototypes and warm-up
         steps = []
         for _ in range(max(1, rounds // 10)):
             stamps.clear()
-            neuron_seconds(model, target, 12, "lrp")
+            neuron_seconds(model, target, 12, backend_name)
             steps += [later - earlier for earlier, later in itertools.pairwise(stamps[1:])]
     finally:
         handle.remove()
-    bare_s = _low(times["bare"])
-    parts = [_low(times[key]) for key in ("forward", "relevance", "backward")]
+    bare_s = low_end(times["bare"])
+    parts = [low_end(times[key]) for key in ("forward", "relevance", "backward")]
     parts[2] -= parts[1]  # each column is what its pass adds to the ones before
     parts[1] -= parts[0]
-    step = _low(steps)
+    step = low_end(steps)
     cells = " | ".join(f"{part * 1e3:.1f} ({part / bare_s:.2f})" for part in parts)
     return (
         f"| {name}{' (random)' if weights else ''} | {target.describe()} | {bare_s * 1e3:.1f} | "
@@ -148,11 +146,12 @@ def floor_row(name: str, weights: str | None, target: Channel, rounds: int) -> s
     )
 
 
-def floor_main(rounds: int) -> None:
+def floor_main(rounds: int, relevance: str) -> None:
     print(
         f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; torch "
         f"{torch.__version__}; {torch.get_num_threads()} thread(s); {platform.machine()}; "
-        f"10th percentiles of {rounds} interleaved passes; ms (share of the bare pass)\n"
+        f"relevance {relevance}; 10th percentiles of {rounds} interleaved passes; ms (share of "
+        "the bare pass)\n"
     )
     print(
         "| model | target | bare fwd+bwd | forward to the target, taps and rules attached "
@@ -160,7 +159,7 @@ def floor_main(rounds: int) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, weights, target in CASES:
-        print(floor_row(name, weights, target, rounds), flush=True)
+        print(floor_row(name, weights, target, rounds, relevance), flush=True)
 
 
 def main() -> None:
@@ -170,8 +169,15 @@ def main() -> None:
     parser.add_argument("--relevance", default="lrp")
     parser.add_argument("--floor", action="store_true", help="the step's floor (module doc)")
     arguments = parser.parse_args()
+    for option in ("steps", "rounds"):
+        if getattr(arguments, option) < 1:
+            parser.error(f"--{option} is a count: 1 or more, not {getattr(arguments, option)}")
+    if arguments.relevance not in BACKENDS:
+        parser.error(f"--relevance {arguments.relevance!r}: choose one of {', '.join(BACKENDS)}")
     if arguments.floor:
-        floor_main(max(arguments.rounds, 10))
+        if arguments.rounds < 10:
+            parser.error("--floor keeps the 10th percentile of --rounds passes: use 10 or more")
+        floor_main(arguments.rounds, arguments.relevance)
         return
     threads = torch.get_num_threads()
     lines = [

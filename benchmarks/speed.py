@@ -252,8 +252,8 @@ def ratio_table(rows: list[dict], tree: str = "") -> list[str]:
         bare = statistics.median(row["bare"] for row in mine)
         step = statistics.median(row["step"] for row in mine)
         sorts = statistics.median(row["sorts"] for row in mine)
-        low_bare = _low([t for row in mine for t in row.get("bare_passes", [])])
-        low_step = _low([t for row in mine for t in row.get("step_passes", [])])
+        low_bare = low_end([t for row in mine for t in row.get("bare_passes", [])])
+        low_step = low_end([t for row in mine for t in row.get("step_passes", [])])
         low = f"{low_step / low_bare:.2f}x" if low_bare and low_step else "–"
         lines.append(
             f"| {tree}{case} | {bare * 1e3:.1f} | {step * 1e3:.1f} | {step / bare:.2f}x "
@@ -262,7 +262,7 @@ def ratio_table(rows: list[dict], tree: str = "") -> list[str]:
     return lines
 
 
-def _low(seconds: list[float]) -> float:
+def low_end(seconds: list[float]) -> float:
     """The 10th percentile of single passes (0 for none): interference on a shared machine
     only adds time, so the low end is what a pass costs when nothing else runs."""
     if not seconds:
@@ -319,6 +319,9 @@ def main() -> None:
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
+    for option in ("steps", "rounds"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} is a count: 1 or more, not {getattr(args, option)}")
     if args.threads < 1:
         parser.error(f"--threads is how many threads torch uses: 1 or more, not {args.threads}")
     if args.clock == "cpu" and args.steps < 3:
