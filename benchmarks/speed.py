@@ -13,8 +13,12 @@ batch 1, one thread, rounds interleaved, medians; beside them, the ratio of the 
 single passes and single steps (each step but a run's first, from one optimiser step to the next),
 which interference on a shared machine moves far less: a class step of MobileNetV2 and of ResNet-50
 (random weights: the cost does not depend on them) and a neuron step (MobileNetV2 ``features.16``
-channel 5, ``lrp``). The "sorts" column is what the loss's exact sorts of the step's tap features
-cost alone (:func:`vital.losses.rank_order`), the part of a class step a bare pass has no
+channel 5, ``lrp``). A step runs the model with its BatchNorms folded into their convolutions (a
+class step: :func:`vital.relevance.canonizers.folded_batch_norms`; a neuron step: the relevance
+composite's fold, positive scales only), which the bare pass of the model as loaded does not; so a
+further column divides by the 10th percentile of a bare pass with the BatchNorms folded too: what a
+step adds to the same network. The "sorts" column is what the loss's exact sorts of the step's tap
+features cost alone (:func:`vital.losses.rank_order`), the part of a class step a bare pass has no
 counterpart for. ``--before SRC`` runs every round twice, once with ``SRC`` (another checkout's
 ``src``) on ``PYTHONPATH`` and once with this one, each in its own process, alternating, and prints
 both. ``--clock cpu`` times with the process's CPU time instead of the wall clock, for a machine
@@ -29,6 +33,7 @@ leaves idle; ``--clock cpu`` counts that worker's time too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -142,16 +147,20 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
 
-def bare_seconds(model, passes: int, each: list[float] | None = None) -> float:
+def bare_seconds(
+    model, passes: int, each: list[float] | None = None, folded: bool = False
+) -> float:
     """Seconds of one forward + backward-to-input of the whole frozen model, batch 1.
 
-    ``each``, if given, receives every pass's own wall-clock seconds.
+    ``each``, if given, receives every pass's own wall-clock seconds. ``folded``: with the
+    BatchNorms folded into their convolutions, as a class step runs the model
+    (:func:`vital.relevance.canonizers.folded_batch_norms`).
     """
     from vital.zoo import frozen
 
     size = model.preprocessing.input_size
     x = torch.randn(1, 3, size, size, device=model.device, requires_grad=True)
-    with frozen(model.module):
+    with frozen(model.module), folding(model.module, folded):
         started = clock()
         for _ in range(passes):
             begun = time.perf_counter()
@@ -160,6 +169,24 @@ def bare_seconds(model, passes: int, each: list[float] | None = None) -> float:
             if each is not None:
                 each.append(time.perf_counter() - begun)
     return (clock() - started) / passes
+
+
+def folding(module, folded: bool):
+    """The BatchNorms folded while the block runs, if ``folded``; a tree without folding: none."""
+    if folded:
+        from vital.relevance.canonizers import folded_batch_norms
+
+        return folded_batch_norms(module)
+    return contextlib.nullcontext()
+
+
+def can_fold() -> bool:
+    """Whether the tree on the path folds BatchNorms (``--before`` may run an older one)."""
+    try:
+        from vital.relevance.canonizers import folded_batch_norms  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def step_seconds(model, target, references, steps: int, each: list[float] | None = None) -> float:
@@ -225,8 +252,11 @@ def ratio_rounds(rounds: int, steps: int, threads: int = 1) -> list[dict]:
         bare_seconds(model, 2)
         for number in range(rounds):  # the machine may be shared: interleave, keep medians
             bare_passes: list[float] = []
+            folded_passes: list[float] = []
             step_passes: list[float] = []
             bare = bare_seconds(model, steps, bare_passes)
+            if can_fold():
+                bare_seconds(model, steps, folded_passes, folded=True)
             step = step_seconds(model, target, references, steps, step_passes)
             sorts = sort_seconds(model, layers, steps)
             case = f"{kind} {name}"
@@ -238,6 +268,7 @@ def ratio_rounds(rounds: int, steps: int, threads: int = 1) -> list[dict]:
                     "step": step,
                     "sorts": sorts,
                     "bare_passes": bare_passes,
+                    "folded_passes": folded_passes,
                     "step_passes": step_passes,
                 }
             )
@@ -255,9 +286,11 @@ def ratio_table(rows: list[dict], tree: str = "") -> list[str]:
         low_bare = low_end([t for row in mine for t in row.get("bare_passes", [])])
         low_step = low_end([t for row in mine for t in row.get("step_passes", [])])
         low = f"{low_step / low_bare:.2f}x" if low_bare and low_step else "–"
+        low_folded = low_end([t for row in mine for t in row.get("folded_passes", [])])
+        folded = f"{low_step / low_folded:.2f}x" if low_folded and low_step else "–"
         lines.append(
             f"| {tree}{case} | {bare * 1e3:.1f} | {step * 1e3:.1f} | {step / bare:.2f}x "
-            f"| {low} | {sorts * 1e3:.1f} ({sorts / bare:.2f} of bare) | {len(mine)} |"
+            f"| {low} | {folded} | {sorts * 1e3:.1f} ({sorts / bare:.2f} of bare) | {len(mine)} |"
         )
     return lines
 
@@ -281,9 +314,9 @@ def ratio_main(
     )
     print(
         "| case | bare fwd+bwd ms | step ms | step / bare | 10th percentiles: step / bare "
-        "| exact sorts ms | rounds |"
+        "| the same, bare pass with BatchNorms folded | exact sorts ms | rounds |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     if before is None:
         print("\n".join(ratio_table(ratio_rounds(rounds, steps, threads))))
         return

@@ -30,6 +30,7 @@ from vital.references import (
     reference_folder,
     sample_photos_for_class,
 )
+from vital.relevance.canonizers import folded_batch_norms
 from vital.taps import Tap, check_layer, default_taps, list_layers, tapped, user_taps
 from vital.targets import ClassTarget, class_target
 from vital.zoo import Model
@@ -225,7 +226,11 @@ class VitalClass(Method):
             ]
             for _, factor in settings.stages()
         }
-        with tapped(model.module, layers, stop_early=True) as tap:
+        # Folded after the taps attach: a tapped layer keeps returning its own output.
+        with (
+            tapped(model.module, layers, stop_early=True) as tap,
+            folded_batch_norms(model.module, layers),
+        ):
             yield SortMatching(tap, taps, prototypes)
 
     def record_fields(self, plan: ClassPlan, objective: SortMatching, item: int) -> dict:

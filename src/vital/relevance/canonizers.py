@@ -2,7 +2,8 @@
 
 ``ResidualSplitCanonizer`` routes residual sums through a :class:`ResidualSum` module (so that
 a rule can split relevance between the branches), ``FoldBatchNorm`` folds positive-scale
-BatchNorms into their convolutions, ``OutOfPlaceCanonizer`` runs in-place activations out of
+BatchNorms into their convolutions (:func:`folded_batch_norms`: any scale, for the speed of a
+step without relevance), ``OutOfPlaceCanonizer`` runs in-place activations out of
 place, ``PooledHeadCanonizer`` routes a functional global average pool through a module (for
 relevance from the logits, :mod:`vital.explanation`). Which blocks they touch is data in
 :mod:`vital.presets` (the forwards they install are code, here, named there). Every
@@ -11,7 +12,8 @@ canonizer restores the model exactly on ``remove()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -205,13 +207,16 @@ class FoldBatchNorm(Canonizer):
     as METHOD.md specifies, once ε is scaled alike (the scale is left on the convolution as
     :data:`FOLDED_SCALE` for :class:`ZPlus`). The folded pair costs one module instead of two,
     and the relevance pass one rule instead of two. BatchNorms with a negative or zero scale
-    stay (and pass relevance), and so do convolutions in ``keep`` (those whose output a tap or
-    a target reads: folding would make them return the BatchNorm's output). :meth:`remove`
+    stay (and pass relevance), unless ``positive_only`` is off (no relevance flows: the fold is
+    then only the same forward pass in one module), and so do the pairs with a module in
+    ``keep`` (ids of the modules whose output a tap or a target reads: a folded convolution
+    would return the BatchNorm's output, a folded BatchNorm would not run). :meth:`remove`
     restores both modules.
     """
 
-    def __init__(self, keep: frozenset[int] = frozenset()):
+    def __init__(self, keep: frozenset[int] = frozenset(), positive_only: bool = True):
         self.keep = keep
+        self.positive_only = positive_only
         self.parent: nn.Module | None = None
         self.name = ""
         self.norm: nn.Module | None = None
@@ -238,14 +243,13 @@ class FoldBatchNorm(Canonizer):
                 pairs = named_pairs.get(type(parent), ())
             for conv_name, norm_name in pairs:
                 conv, norm = parent._modules.get(conv_name), parent._modules.get(norm_name)
-                if id(conv) not in self.keep and self._foldable(conv, norm):
-                    instance = FoldBatchNorm(self.keep)
+                if self.keep.isdisjoint((id(conv), id(norm))) and self._foldable(conv, norm):
+                    instance = self.copy()
                     instance.register(parent, norm_name, conv, norm)
                     instances.append(instance)
         return instances
 
-    @staticmethod
-    def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    def _foldable(self, conv: nn.Module, norm: nn.Module) -> bool:
         return (
             type(conv) is nn.Conv2d
             # the convolutions whose z⁺ scales ε by the folded scale (ZPlus._conv2d)
@@ -255,7 +259,7 @@ class FoldBatchNorm(Canonizer):
             and not norm.training
             and norm.running_var is not None
             and norm.num_features == conv.out_channels
-            and bool((FoldBatchNorm._scale(norm) > 0).all())
+            and (not self.positive_only or bool((FoldBatchNorm._scale(norm) > 0).all()))
         )
 
     @staticmethod
@@ -290,7 +294,31 @@ class FoldBatchNorm(Canonizer):
 
     def copy(self) -> FoldBatchNorm:
         """A fresh canonizer."""
-        return FoldBatchNorm(self.keep)
+        return FoldBatchNorm(self.keep, self.positive_only)
+
+
+@contextmanager
+def folded_batch_norms(module: nn.Module, keep: Iterable[str] = ()) -> Iterator[None]:
+    """Every foldable BatchNorm folded into its convolution while the block runs.
+
+    The forward pass is the same up to float rounding, one module shorter per pair: on the
+    CPU, MobileNetV2's forward and backward take about 18 % less time, ResNet-50's about 4 %
+    (benchmarks/RESULTS.md, "Step cost: BatchNorms folded"). For steps that propagate no
+    relevance (the relevance composites fold for themselves, positive scales only). The
+    modules named in ``keep`` (taps, targets) and any module with hooks of its own keep
+    returning their own outputs. The model is restored exactly at the end, also on errors.
+    """
+    modules = dict(module.named_modules())
+    hooked = (m for m in modules.values() if m._forward_hooks or m._forward_pre_hooks)
+    kept = frozenset(id(modules[name]) for name in keep if name in modules) | {
+        id(m) for m in hooked
+    }
+    folds = FoldBatchNorm(frozenset(kept), positive_only=False).apply(module)
+    try:
+        yield
+    finally:
+        for fold in reversed(folds):
+            fold.remove()
 
 
 class MergeBatchNormKeeping(SequentialMergeBatchNorm):
