@@ -309,10 +309,9 @@ def folded_batch_norms(module: nn.Module, keep: Iterable[str] = ()) -> Iterator[
     returning their own outputs. The model is restored exactly at the end, also on errors.
     """
     modules = dict(module.named_modules())
-    hooked = (m for m in modules.values() if m._forward_hooks or m._forward_pre_hooks)
-    kept = frozenset(id(modules[name]) for name in keep if name in modules) | {
-        id(m) for m in hooked
-    }
+    hook_kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    hooked = {id(m) for m in modules.values() if any(getattr(m, k, None) for k in hook_kinds)}
+    kept = {id(modules[name]) for name in keep if name in modules} | hooked
     folds = FoldBatchNorm(frozenset(kept), positive_only=False).apply(module)
     try:
         yield
