@@ -357,6 +357,13 @@ def main() -> None:
             parser.error(f"--{option} is a count: 1 or more, not {getattr(args, option)}")
     if args.threads < 1:
         parser.error(f"--threads is how many threads torch uses: 1 or more, not {args.threads}")
+    # A path without the package would fall back to the installed (editable) vital, this tree,
+    # and label it "before".
+    if args.before is not None and not (Path(args.before) / "vital" / "__init__.py").is_file():
+        parser.error(
+            f"--before {args.before!r} holds no vital package: give another checkout's src "
+            "folder (e.g. from `git worktree add`)"
+        )
     if args.clock == "cpu" and args.steps < 3:
         parser.error(
             "--clock cpu times a step as a run of --steps less a run of 2: use --steps 3 or more"

@@ -57,3 +57,25 @@ def test_atlas_slice_benchmark_runs_end_to_end(tmp_path):
     assert "1 finished, 0 failed" in result.stdout
     assert "channels per minute" in result.stdout
     assert (tmp_path / "work" / "atlas" / "index.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--ratio", "--before", "no-such-checkout/src"], "holds no vital package"),
+        (["--ratio", "--steps", "0"], "--steps is a count"),
+        (["--ratio", "--threads", "0"], "--threads"),
+    ],
+)
+def test_speed_benchmark_refuses_bad_options_in_one_line(arguments, named):
+    """A --before without the package would time this tree and call it "before"."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
