@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.ops import aten
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 
@@ -643,3 +645,73 @@ def test_transformer_relevance_on_timm_and_refusals(tiny_vit):
         with pytest.raises(VitalError, match=message):
             with get_backend(name).attached(net, layers, ["blocks.0"], ["blocks.2"]):
                 pass
+
+
+class _FillCounter(TorchDispatchMode):
+    """Counts the tensors that torch fills with a constant (``zeros``, ``zero_``, ``fill_``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.filled_elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (aten.zeros, aten.zero_, aten.fill_, aten.new_zeros):
+            self.filled_elements += out.numel()
+        return out
+
+
+def test_a_relevance_pass_fills_no_module_input_with_zeros():
+    # Each module's own backward is skipped while relevance runs; the node its rule hangs on
+    # must not be handed a tensor of zeros the size of the module's input instead (that was
+    # one per module and pass: 2 ms of MobileNetV2's 45 ms relevance pass).
+    net = make_net()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    layers = list_layers(net, 32)
+    backend = get_backend("lrp")
+    with (
+        backend.attached(net, layers, TAPS, ["head"]),
+        tapped(net, [*TAPS, "head"], stop_early=True) as tap,
+    ):
+        tap(x.clone().requires_grad_(True))
+        with _FillCounter() as counter:
+            relevance = backend.relevance(tap.outputs, {"head": one_hot([1])}, TAPS)
+    assert relevance["stem"].abs().sum() > 0
+    smallest_input = 8 * 8 * 8  # block2's pointwise convolutions read 8 channels of 8×8
+    assert counter.filled_elements < smallest_input
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_clamped_and_folded_weights_keep_a_channels_last_layout(depthwise):
+    # A depthwise weight (C, 1, 3, 3) has the same contiguity flags in both layouts; only its
+    # strides tell them apart, and a convolution with a weight in the other layout than its
+    # input takes a path about ten times slower on the CPU.
+    groups = 8 if depthwise else 1
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1, groups=groups),
+        nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1),
+    ).eval().requires_grad_(False)  # fmt: skip
+    net.to(memory_format=torch.channels_last)
+    conv = net[2]
+    channels_last_strides = conv.weight.stride()
+    x = torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    seen = {}
+    original = ZPlus._conv2d
+
+    def spy(self, module, parts, relevance_out):
+        if module is conv:
+            seen["folded"] = module.weight.stride()
+            seen["clamped"] = self._weight(module, "+").stride()
+        return original(self, module, parts, relevance_out)
+
+    layers = list_layers(net, 16)
+    backend = get_backend("lrp")
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        backend.attached(net, layers, ["0"], ["5"]),
+        tapped(net, ["0", "5"], stop_early=True) as tap,
+    ):
+        patch.setattr(ZPlus, "_conv2d", spy)
+        tap(x.clone().requires_grad_(True))
+        backend.relevance(tap.outputs, {"5": torch.eye(4)[:1]}, ["0"])
+    assert seen == {"folded": channels_last_strides, "clamped": channels_last_strides}

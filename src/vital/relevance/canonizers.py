@@ -276,9 +276,11 @@ class FoldBatchNorm(Canonizer):
         bias = self.bias.detach() if self.bias is not None else 0.0
         # New parameters rather than new ``.data``: a graph built while folded keeps the
         # folded weights even if its backward runs after :meth:`remove`.
-        conv.weight = nn.Parameter(
-            self.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False
-        )
+        # In the weight's own strides (see ``ZPlus._weight``): the product alone would make a
+        # channels-last depthwise weight contiguous.
+        folded = torch.empty_like(self.weight, memory_format=torch.preserve_format)
+        torch.mul(self.weight.detach(), scale.view(-1, 1, 1, 1), out=folded)
+        conv.weight = nn.Parameter(folded, requires_grad=False)
         conv.bias = nn.Parameter((bias - norm.running_mean) * scale + shift, requires_grad=False)
         setattr(conv, FOLDED_SCALE, scale)
         parent._modules[name] = nn.Identity()
