@@ -87,7 +87,7 @@ class _Junction(torch.autograd.Function):
 
 
 class _LeanHook(Hook):
-    """zennit's hook without the defensive copy of every module input.
+    """zennit's hook, run by a :class:`_Junction`, without the defensive copy of every input.
 
     zennit clones a module's input after attaching its gradient hook so that in-place modules
     (``ReLU(inplace=True)``) cannot overwrite it; other modules do not need the copy, which
@@ -106,18 +106,23 @@ class _LeanHook(Hook):
             # No relevance arrived (a module inside a gate, whose rule hands its interior
             # none): none leaves either, as zeros, which zennit's own rules below expect.
             if all(r is None for r in relevance):
-                return tuple(torch.zeros(shape, **like) for shape, like in shapes)
+                return tuple(
+                    None if like is None else torch.zeros(like[0], **like[1]) for like in shapes
+                )
             return hook.backward(module, grad_input, relevance)
 
         if not isinstance(input, tuple):
             input = (input,)
         if not input[0].requires_grad:
             return input[0] if len(input) == 1 else input
-        shapes = [(t.shape, {"dtype": t.dtype, "device": t.device}) for t in input]
+        shapes = [
+            (t.shape, {"dtype": t.dtype, "device": t.device}) if torch.is_tensor(t) else None
+            for t in input
+        ]
         post_input = _Junction.apply(rule, *input)
         if getattr(module, "inplace", False):
             # The junction's outputs are its inputs: an in-place module must not write them.
-            post_input = tuple(elem.clone() for elem in post_input)
+            post_input = tuple(e.clone() if torch.is_tensor(e) else e for e in post_input)
         return post_input[0] if len(post_input) == 1 else post_input
 
     def post_forward(self, module, input, output):
