@@ -69,3 +69,15 @@ def test_class_command_writes_images_records_and_grid(monkeypatch, capsys, tmp_p
     assert len(records) == 2
     assert json.loads(records[0].read_text())["settings"]["resolution"] == 64
     assert (tmp_path / "class-grid.png").is_file() and "grid:" in out
+
+
+def test_channels_last_is_a_flag_that_reaches_the_run(monkeypatch, capsys, tmp_path):
+    common = ["class", "--class", "espresso", "--steps", "1", "--resolution", "64"]
+    common += ["--ref-count", "2"]
+    runs = {"on": ["--channels-last"], "off": []}
+    for name, flag in runs.items():
+        code, out, _ = run_cli(monkeypatch, capsys, *common, *flag, "--out", str(tmp_path / name))
+        assert code == 0, out
+    for name, expected in (("on", True), ("off", False)):
+        (record,) = (tmp_path / name).glob("*.json")
+        assert json.loads(record.read_text())["settings"]["channels_last"] is expected

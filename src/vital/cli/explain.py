@@ -90,7 +90,8 @@ def explain_command(
         raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
     loaded = session.load(common["model"], common["weights"], common["device"])
     settings = options.overrides(
-        **{name: common[name] for name in ("steps", "resolution", "precision")}
+        **{name: common[name] for name in ("steps", "resolution", "precision")},
+        channels_last=common["channels_last"] or None,
     )
     if by == "concepts":
         for target in options.names(classes) or [None]:

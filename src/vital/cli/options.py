@@ -108,6 +108,14 @@ Precision = Annotated[
 Resolution = Annotated[
     int | None, option("--resolution", "Image side (default: the model's input size).")
 ]
+ChannelsLast = Annotated[
+    bool,
+    option(
+        "--channels-last",
+        "Run the model in the channels-last memory format: faster on GPUs and, on the CPU, "
+        "for networks of depthwise convolutions (docs/throughput.md).",
+    ),
+]
 
 
 def at_least_one(value: int) -> int:
@@ -227,6 +235,7 @@ def picture_options(
     device: Device = "auto",
     precision: Precision = None,
     resolution: Resolution = None,
+    channels_last: ChannelsLast = False,
     batch: Batch = 8,
 ) -> None:
     """The options of every command that makes pictures, declared once (:func:`sharing`)."""
@@ -280,6 +289,6 @@ def sharing(*bundles: Callable, **defaults: Any) -> Callable:
 
 def settings_of(common: dict, *extra: str) -> dict:
     """The settings the user gave among the shared options (``None``: not given)."""
-    return overrides(
-        **{name: common[name] for name in ("steps", "seed", "resolution", "precision", *extra)}
-    )
+    given = {name: common[name] for name in ("steps", "seed", "resolution", "precision", *extra)}
+    # A flag left off is not given: the setting's own layout stays, and so do stored results.
+    return overrides(**given, channels_last=common["channels_last"] or None)

@@ -80,6 +80,8 @@ TERMS: tuple[Term, ...] = (
     Term("precision", ("--precision",), "settings={'precision': P}", None, note="float32"),
     Term("image side", ("--resolution",), "settings={'resolution': R}", None,
          note="the model's input size"),
+    Term("channels-last memory format", ("--channels-last",),
+         "settings={'channels_last': True}", False, flag=True),
     Term("number of concepts", ("--count",), "count", PER_COMMAND),
     Term("force recompute", ("--force",), "force", False, flag=True),
 )  # fmt: skip
@@ -100,6 +102,7 @@ API_TO_OPTION: dict[str, str] = {
     "batch_size": "--batch",
     "precision": "--precision",
     "resolution": "--resolution",
+    "channels_last": "--channels-last",
     "out": "--out",
     "address": "--address",
     "engine": "--engine",
