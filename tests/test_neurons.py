@@ -185,6 +185,23 @@ def test_a_floor_under_the_relevance_weighs_every_position_at_least_the_floor(
         visualize(tiny_cnn, [Channel("stage3", 0)], image_folder, relevance_floor=1.0)
 
 
+@pytest.mark.parametrize("backend_name", ["lrp", "guided-backprop"])
+def test_compile_with_relevance_rules_is_refused_before_any_step(
+    tiny_cnn, image_folder, backend_name
+):
+    # The rules are hooks that torch.compile traces and breaks: without the refusal the run
+    # failed at its first step with a TypeError from inside torch.
+    with pytest.raises(VitalError, match="compile=True cannot run inner units"):
+        visualize(
+            tiny_cnn,
+            [Channel("stage2", 1)],
+            image_folder,
+            relevance=backend_name,
+            settings={"steps": 2, "compile": True},
+            progress=False,
+        )
+
+
 def test_neuron_taps_are_below_the_target_with_stem_weight(tiny_cnn):
     layers = list_layers(tiny_cnn.module, 32)
     order = {i.name: i for i in layers}

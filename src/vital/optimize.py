@@ -100,6 +100,8 @@ class Settings:
         Run the model in the channels-last memory format (faster convolutions on GPUs).
     compile
         Compile the objective with ``torch.compile`` (the first steps pay the compilation).
+        Inner units only with the ``grad-x-act`` relevance backend: the others' rules are hooks
+        that ``torch.compile`` cannot trace (refused).
     near_tap
         Inner units only: besides the default taps below the target, also match the module just
         below it (the deepest one that finishes before the target starts). Off in the authors'

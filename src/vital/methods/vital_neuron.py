@@ -358,6 +358,14 @@ class VitalNeuron(Method):
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
             raise VitalError(f"relevance_floor is a number in [0, 1), not {floor!r}.")
         backend = get_backend(self.relevance)
+        if settings.compile and backend.composite is not None:
+            # Dynamo traces the rules' hooks into the compiled graph and breaks them (a weak
+            # reference comes back as its object): the run failed inside torch at its first step.
+            raise VitalError(
+                f"compile=True cannot run inner units with the {backend.name!r} relevance "
+                "backend: its rules are hooks that torch.compile does not trace. Leave compile "
+                "off, or use relevance='grad-x-act'."
+            )
         resolution = resolution_of(model, settings)
         layers = list_layers(model.module, model.preprocessing.input_size)
         info = {i.name: i for i in layers}
