@@ -214,16 +214,23 @@ def real_images() -> tuple[torch.Tensor, list[int]]:
 # --- scoring ----------------------------------------------------------------------------------
 
 
-def photo_ranks(model, classes: list[int]) -> str:
+def photo_ranks(model, classes: list[int]) -> list[tuple[float, int]]:
     """How the explained model ranks each class on its own photo (mean over the 12 views that
-    ``from_samples`` gives as references): the class goal applies where this rank is 1."""
-    parts = []
+    ``from_samples`` gives as references), as (probability, rank) per class: the class goal
+    applies where this rank is 1."""
+    ranks = []
     for index in classes:
         views = torch.stack(list(from_samples([CLASS_PHOTOS[index]], 12, seed=0).views(224)))
         mean = metrics.probabilities(model, views).mean(0)
-        rank = int((mean > mean[index]).sum()) + 1
-        parts.append(f"{model.labels.name(index)} p {mean[index]:.2f} rank {rank}")
-    return "; ".join(parts)
+        ranks.append((float(mean[index]), int((mean > mean[index]).sum()) + 1))
+    return ranks
+
+
+def describe_photo_ranks(model, classes: list[int], ranks: list[tuple[float, int]]) -> str:
+    return "; ".join(
+        f"{model.labels.name(index)} p {probability:.2f} rank {rank}"
+        for index, (probability, rank) in zip(classes, ranks, strict=True)
+    )
 
 
 def score(point: Point, model, judge, labels, real, real_labels) -> dict:
@@ -248,6 +255,12 @@ def score(point: Point, model, judge, labels, real, real_labels) -> dict:
         row["detail"] = " ".join(f"{r:.2f}" for r in point.relative)
         row["relative"] = float(np.mean(point.relative))
     return row
+
+
+def top1_where(detail: str, chosen: list[bool]) -> int:
+    """How many of the chosen classes a row's ``p/rank`` detail ranks first."""
+    ranks = [int(item.split("/")[1]) for item in detail.split()]
+    return sum(rank == 1 for rank, keep in zip(ranks, chosen, strict=True) if keep)
 
 
 def relative_activations(model, layer, channels, pixels, references) -> list[float]:
@@ -429,14 +442,19 @@ def main() -> None:
                 )
             )
             print(f"classes {points[-1].label}: {points[-1].seconds:.1f} s/picture", flush=True)
+        ranks = photo_ranks(model, classes)
+        first_on_photo = [rank == 1 for _, rank in ranks]
         rows = [score(p, model, judge, classes, real, real_labels) for p in points]
+        for row in rows:
+            row["top1_of_first"] = top1_where(row["detail"], first_on_photo)
+            row["first_on_photo"] = sum(first_on_photo)
         all_rows += [{"kind": "classes", **r} for r in rows]
         names = [f"{model.labels.name(c)} ({c})" for c in classes]
         sections.append(table(rows, "classes", ", ".join(names)))
         sections.append(
             "The explained model on each class's own photo (mean over 12 views): "
-            f"{photo_ranks(model, classes)}. The class goal (top-1 at 300 steps) is for the "
-            "classes it ranks first on their photo.\n"
+            f"{describe_photo_ranks(model, classes, ranks)}. The class goal (top-1 at 300 "
+            "steps) is for the classes it ranks first on their photo.\n"
         )
         figure(
             points,

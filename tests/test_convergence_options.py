@@ -41,3 +41,30 @@ def test_a_variant_is_named_in_its_label():
     point = Point("classes", "vital", "fast", 100, None, 1.0, variant="views=2")
     assert point.label == "fast views=2 @100"
     assert Point("classes", "vital", "1", 2000, None, 1.0).label == "setting 1 @2000"
+
+
+def test_top1_counts_only_the_classes_first_on_their_photo():
+    from convergence import top1_where
+
+    detail = "0.98/1 0.51/2 0.60/1 0.03/1"
+    assert top1_where(detail, [True, True, True, False]) == 2  # the 4th is first but not chosen
+    assert top1_where(detail, [False, False, False, True]) == 1
+
+
+def test_seed_sets_are_averaged_per_point_with_each_value_shown():
+    from seed_sets import means_table
+
+    def run(base, realism, top1, labels=("fast @100", "setting 1 @2000")):
+        rows = [
+            {"kind": "classes", "label": label, "top1_of_first": top1, "judge_top5": 5,
+             "realism_own": realism + shift, "realism_gap": 0.4, "seconds": 1.0}
+            for label, shift in zip(labels, (0.0, 0.1), strict=False)
+        ]  # fmt: skip
+        return {"seed_base": base, "judge": "j", "rows": rows}
+
+    text = means_table([run(0, 0.5, 4), run(7, 0.7, 3, labels=("fast @100",))], "classes")
+    fast = next(line for line in text.splitlines() if line.startswith("| fast @100"))
+    assert "**0.600** (0.500 / 0.700)" in fast and "**3.5** (4.0 / 3.0)" in fast
+    slow = next(line for line in text.splitlines() if line.startswith("| setting 1 @2000"))
+    assert "(n = 1)" in slow and "**0.600** (0.600)" in slow  # seed set 7 lacks the point
+    assert "seed sets 0 / 7" in text
