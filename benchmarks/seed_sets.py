@@ -5,7 +5,7 @@ rounding move a seed set's realism by up to 0.06 (benchmarks/RESULTS.md, "`fast`
 the untried levers"). A claim between two points therefore rests on several seed sets. This
 runs ``benchmarks/convergence.py`` for each ``--seed-bases`` entry (``--jobs`` processes of one
 torch thread each; every argument after ``--`` goes to it unchanged), keeps each seed set's rows
-in ``--out``/``seeds-B.json`` and its log, and prints one table of means per kind and point,
+in ``--out``/``seeds-B.json`` and its log, and prints one table of means (bold) per kind and point,
 with each seed set's value in parentheses. Classes: explained top-1 counts only the classes the
 explained model ranks first on their own photo (the class goal's classes).
 
