@@ -81,3 +81,12 @@ def test_channels_last_is_a_flag_that_reaches_the_run(monkeypatch, capsys, tmp_p
     for name, expected in (("on", True), ("off", False)):
         (record,) = (tmp_path / name).glob("*.json")
         assert json.loads(record.read_text())["settings"]["channels_last"] is expected
+
+
+def test_shared_settings_leave_out_what_was_not_given_and_the_seed_on_request():
+    from vital.cli.options import settings_of
+
+    common = {"steps": 5, "seed": 3, "resolution": None, "precision": None}
+    assert settings_of({**common, "channels_last": False}) == {"steps": 5, "seed": 3}
+    given = settings_of({**common, "channels_last": True}, seed=False)
+    assert given == {"steps": 5, "channels_last": True}  # explain passes its seed by itself

@@ -89,10 +89,7 @@ def explain_command(
     if by not in ("channels", "concepts"):
         raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
     loaded = session.load(common["model"], common["weights"], common["device"])
-    settings = options.overrides(
-        **{name: common[name] for name in ("steps", "resolution", "precision")},
-        channels_last=common["channels_last"] or None,
-    )
+    settings = options.settings_of(common, seed=False)
     if by == "concepts":
         for target in options.names(classes) or [None]:
             explain_by_concepts(

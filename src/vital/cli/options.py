@@ -287,8 +287,12 @@ def sharing(*bundles: Callable, **defaults: Any) -> Callable:
     return give
 
 
-def settings_of(common: dict, *extra: str) -> dict:
-    """The settings the user gave among the shared options (``None``: not given)."""
-    given = {name: common[name] for name in ("steps", "seed", "resolution", "precision", *extra)}
+def settings_of(common: dict, *extra: str, seed: bool = True) -> dict:
+    """The settings the user gave among the shared options (``None``: not given).
+
+    ``seed=False`` leaves the seed out, for commands that pass it on by itself.
+    """
+    names = ("steps", "seed", "resolution", "precision", *extra)
+    given = {name: common[name] for name in names if seed or name != "seed"}
     # A flag left off is not given: the setting's own layout stays, and so do stored results.
     return overrides(**given, channels_last=common["channels_last"] or None)
