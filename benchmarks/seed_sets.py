@@ -97,21 +97,37 @@ def means_table(runs: list[dict], kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_bases(text: str) -> list[int]:
+    """``--seed-bases 0,7,14`` as distinct whole numbers (argparse reports a wrong one)."""
+    try:
+        bases = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"whole numbers separated by commas, not {text!r}"
+        ) from None
+    if not bases or len(set(bases)) != len(bases):
+        raise argparse.ArgumentTypeError(f"one or more distinct seed sets, not {text!r}")
+    return bases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed-bases", default="0,7,14,21,28", help="comma-separated")
+    parser.add_argument(
+        "--seed-bases", type=seed_bases, default="0,7,14,21,28", help="comma-separated"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="seed sets run at once")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "seeds")
     parser.add_argument("convergence", nargs=argparse.REMAINDER, help="-- convergence.py's args")
     args = parser.parse_args()
     arguments = args.convergence[1:] if args.convergence[:1] == ["--"] else args.convergence
     for reserved in ("--seed-base", "--json", "--figures", "--append"):
-        if reserved in arguments:
-            raise SystemExit(f"{reserved} is set per seed set here; leave it out")
-    bases = [int(b) for b in args.seed_bases.split(",") if b]
+        if any(a == reserved or a.startswith(reserved + "=") for a in arguments):
+            parser.error(f"{reserved} is set per seed set here; leave it out")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder for the seed sets' rows and logs")
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        paths = list(pool.map(lambda b: run_seed_set(b, args.out, arguments), bases))
+        paths = list(pool.map(lambda b: run_seed_set(b, args.out, arguments), args.seed_bases))
     runs = [json.loads(path.read_text()) for path in paths]
     kinds = dict.fromkeys(r["kind"] for run in runs for r in run["rows"])
     print("\n".join(means_table(runs, kind) for kind in kinds))

@@ -68,3 +68,14 @@ def test_seed_sets_are_averaged_per_point_with_each_value_shown():
     slow = next(line for line in text.splitlines() if line.startswith("| setting 1 @2000"))
     assert "(n = 1)" in slow and "**0.600** (0.600)" in slow  # seed set 7 lacks the point
     assert "seed sets 0 / 7" in text
+
+
+def test_seed_sets_are_distinct_whole_numbers():
+    import argparse
+
+    from seed_sets import seed_bases
+
+    assert seed_bases("0,7, 14") == [0, 7, 14]
+    for bad in ("abc", "0,0", ",", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_bases(bad)
