@@ -373,6 +373,23 @@ def test_zplus_convolution_cases_match_explicit_rule(conv, size):
     parts = [(x.clamp(min=0), "+"), (x.clamp(max=0), "-")]
     got = rule._conv2d(conv, parts, relevance_out)
     torch.testing.assert_close(got, conv_zplus(x, conv, relevance_out), atol=1e-8, rtol=1e-6)
+    # z from the forward pass's w x: (w x + |w| |x|) / 2 is the same z with one convolution
+    with torch.no_grad():
+        linear_part = conv(x)
+    got = ZPlus()._conv2d(conv, parts, relevance_out, linear_part)
+    torch.testing.assert_close(got, conv_zplus(x, conv, relevance_out), atol=1e-8, rtol=1e-6)
+
+
+def test_zplus_takes_w_x_from_the_forward_pass_only_while_the_output_is_unchanged():
+    conv = nn.Conv2d(4, 3, 1).requires_grad_(False)
+    rule = ZPlus()
+    output = conv(torch.randn(1, 4, 5, 5))
+    rule.forward(conv, (torch.randn(1, 4, 5, 5),), output)
+    torch.testing.assert_close(rule._linear_part(conv), output)
+    output.mul_(2)  # an in-place module after the convolution wrote its output
+    assert rule._linear_part(conv) is None
+    rule.forward(conv, (torch.randn(1, 4, 5, 5),), output.bfloat16())  # autocast's rounding
+    assert rule._linear_part(conv) is None
 
 
 def test_folded_batchnorm_is_restored_and_keeps_its_graph():
@@ -698,11 +715,11 @@ def test_clamped_and_folded_weights_keep_a_channels_last_layout(depthwise):
     seen = {}
     original = ZPlus._conv2d
 
-    def spy(self, module, parts, relevance_out):
+    def spy(self, module, parts, relevance_out, *rest):
         if module is conv:
             seen["folded"] = module.weight.stride()
             seen["clamped"] = self._weight(module, "+").stride()
-        return original(self, module, parts, relevance_out)
+        return original(self, module, parts, relevance_out, *rest)
 
     layers = list_layers(net, 16)
     backend = get_backend("lrp")

@@ -172,7 +172,9 @@ class ZPlus(_LeanHook, BasicHook):
     be negative (the linear bottlenecks of inverted residuals), negative inputs are paired with
     negative weights as in zennit's ``ZPlus`` (α1β0), which keeps every contribution positive;
     for non-negative inputs that term vanishes and is skipped, so a ReLU network pays one
-    modified forward and one transposed convolution per layer. Plain ``Conv2d`` and ``Linear``
+    modified forward and one transposed convolution per layer. A convolution with signed inputs
+    takes ``x⁺w⁺ + x⁻w⁻ = (w x + |w| |x|) / 2`` from its own output (one convolution, not two)
+    and, where pointwise, both transposed products from one. Plain ``Conv2d`` and ``Linear``
     layers are computed directly with their clamped weights kept for the run; any other
     subclass (e.g. timm's ``Conv2dSame``) through its own forward with modified parameters.
     """
@@ -193,8 +195,10 @@ class ZPlus(_LeanHook, BasicHook):
             clamped = torch.empty_like(weight, memory_format=torch.preserve_format)
             if sign == "+":
                 torch.clamp(weight, min=0, out=clamped)
-            else:
+            elif sign == "-":
                 torch.clamp(weight, max=0, out=clamped)
+            else:  # "|/2": half the weights' magnitudes
+                torch.abs(weight, out=clamped).mul_(0.5)
             self._weights[sign] = clamped
         return self._weights[sign]
 
@@ -219,7 +223,7 @@ class ZPlus(_LeanHook, BasicHook):
             and module.padding_mode == "zeros"
             and not isinstance(module.padding, str)  # "same" may pad unevenly
         ):
-            relevance = self._conv2d(module, parts, grad_output[0])
+            relevance = self._conv2d(module, parts, grad_output[0], self._linear_part(module))
         elif type(module) is nn.Linear:
             relevance = self._linear(module, parts, grad_output[0])
         else:
@@ -230,7 +234,42 @@ class ZPlus(_LeanHook, BasicHook):
             relevance if g is None or g.shape == relevance.shape else None for g in grad_input
         )
 
-    def _conv2d(self, module, parts, relevance_out):
+    def forward(self, module, input, output):
+        """Keep the module's input, and where it can be signed its output (:meth:`_linear_part`)."""
+        super().forward(module, input, output)
+        if self._nonnegative is not True and torch.is_tensor(output):
+            self.stored_tensors["output"] = (output, output._version)
+
+    def _linear_part(self, module) -> torch.Tensor | None:
+        """``w x + b``: the module's output from its own forward pass; None if not usable.
+
+        Usable while the stored output is unchanged (an in-place module after it would have
+        written it) and in the weights' precision (under autocast it is rounded to bfloat16).
+        """
+        output, version = self.stored_tensors.get("output", (None, None))
+        if output is None or output._version != version or output.dtype != module.weight.dtype:
+            return None
+        return output.detach()
+
+    def _stabilizer_tensor(self, module) -> torch.Tensor:
+        """ε as a tensor of the weights' dtype and device (per channel where folded)."""
+        if "eps tensor" not in self._weights:
+            self._weights["eps tensor"] = torch.as_tensor(
+                self._stabilizer(module), dtype=module.weight.dtype, device=module.weight.device
+            )
+        return self._weights["eps tensor"]
+
+    def _stabilizer_less_half_bias(self, module) -> torch.Tensor:
+        """ε − b/2 per output channel, kept for the run (b = 0 without a bias)."""
+        if "eps-b/2" not in self._weights:
+            bias = module.bias.detach() if module.bias is not None else 0.0
+            shape = (-1, *[1] * (module.weight.dim() - 2))
+            self._weights["eps-b/2"] = (
+                self._stabilizer_tensor(module) - 0.5 * torch.as_tensor(bias).view(shape)
+            ).to(module.weight.dtype)
+        return self._weights["eps-b/2"]
+
+    def _conv2d(self, module, parts, relevance_out, linear_part=None):
         options = {
             "stride": module.stride,
             "padding": module.padding,
@@ -239,11 +278,27 @@ class ZPlus(_LeanHook, BasicHook):
         }
         # Every contribution is ≥ 0 (x⁺w⁺ and x⁻w⁻), so z ≥ 0 and z + ε is zennit's stabiliser.
         # Fresh tensors are updated in place: this runs for every layer at every step.
-        z = F.conv2d(parts[0][0], self._weight(module, parts[0][1]), None, **options)
-        for part, sign in parts[1:]:
-            z += F.conv2d(part, self._weight(module, sign), None, **options)
-        scaled = relevance_out / z.add_(self._stabilizer(module))
+        if len(parts) > 1 and linear_part is not None:
+            # x⁺w⁺ + x⁻w⁻ = (w x + |w| |x|) / 2, and the forward pass computed w x (+ b)
+            # already: one convolution instead of two. ε − b/2 takes the bias out with the
+            # stabiliser, and max(z + ε, ε) = max(z, 0) + ε restores z ≥ 0 where rounding left
+            # it just below, so that ε stays a stabiliser.
+            magnitude = parts[0][0] - parts[1][0]
+            z = F.conv2d(magnitude, self._weight(module, "|/2"), None, **options)
+            z.add_(linear_part, alpha=0.5).add_(self._stabilizer_less_half_bias(module))
+            z = torch.maximum(z, self._stabilizer_tensor(module), out=z)
+        else:
+            z = F.conv2d(parts[0][0], self._weight(module, parts[0][1]), None, **options)
+            for part, sign in parts[1:]:
+                z += F.conv2d(part, self._weight(module, sign), None, **options)
+            z.add_(self._stabilizer(module))
+        scaled = relevance_out / z
         size = parts[0][0].shape[-2:]
+        if len(parts) == 2 and self._pointwise(module):
+            # Both transposed products in one: the large relevance map is read once.
+            both = F.conv2d(scaled, self._stacked_transposed(module))
+            positive, negative = both.chunk(2, dim=1)
+            return positive.mul_(parts[0][0]).addcmul_(negative, parts[1][0])
         relevance = self._conv2d_transposed(module, parts[0][1], scaled, size).mul_(parts[0][0])
         for part, sign in parts[1:]:
             relevance += self._conv2d_transposed(module, sign, scaled, size).mul_(part)
@@ -262,6 +317,23 @@ class ZPlus(_LeanHook, BasicHook):
             )
         return self._weights["eps"]
 
+    @staticmethod
+    def _pointwise(module) -> bool:
+        return (
+            module.kernel_size == (1, 1)
+            and module.stride == (1, 1)
+            and module.padding == (0, 0)
+            and module.groups == 1
+        )
+
+    def _stacked_transposed(self, module) -> torch.Tensor:
+        """(w⁺ᵀ; w⁻ᵀ) of a pointwise convolution, kept for the run."""
+        if "±T" not in self._weights:
+            self._weights["±T"] = torch.cat(
+                [self._weight(module, sign).transpose(0, 1) for sign in "+-"]
+            ).contiguous()
+        return self._weights["±T"]
+
     def _conv2d_transposed(self, module, sign, scaled, size):
         """``Wᵀ scaled``: the input gradient of the convolution with the clamped weights.
 
@@ -269,13 +341,7 @@ class ZPlus(_LeanHook, BasicHook):
         with the transposed weight, kept for the run; the others are transposed convolutions.
         Both are about twice as fast on the CPU as ``torch.nn.grad.conv2d_input``.
         """
-        pointwise = (
-            module.kernel_size == (1, 1)
-            and module.stride == (1, 1)
-            and module.padding == (0, 0)
-            and module.groups == 1
-        )
-        if pointwise:
+        if self._pointwise(module):
             key = f"{sign}T"
             if key not in self._weights:
                 self._weights[key] = self._weight(module, sign).transpose(0, 1).contiguous()
