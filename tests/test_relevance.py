@@ -732,3 +732,18 @@ def test_clamped_and_folded_weights_keep_a_channels_last_layout(depthwise):
         tap(x.clone().requires_grad_(True))
         backend.relevance(tap.outputs, {"5": torch.eye(4)[:1]}, ["0"])
     assert seen == {"folded": channels_last_strides, "clamped": channels_last_strides}
+
+
+def test_zplus_linear_with_signed_inputs_matches_explicit_rule():
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 4).double().requires_grad_(False)
+    x = torch.randn(3, 5, 6, dtype=torch.float64)  # tokens: signed, as after a LayerNorm
+    relevance_out = torch.rand(3, 5, 4, dtype=torch.float64)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    w_pos, w_neg = linear.weight.clamp(min=0), linear.weight.clamp(max=0)
+    s = relevance_out / (x_pos @ w_pos.T + x_neg @ w_neg.T + EPS)
+    expected = x_pos * (s @ w_pos) + x_neg * (s @ w_neg)
+    parts = [(x_pos, "+"), (x_neg, "-")]
+    for linear_part in (None, linear(x)):  # two products, or z from the layer's own output
+        got = ZPlus()._linear(linear, parts, relevance_out, linear_part)
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)

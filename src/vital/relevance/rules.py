@@ -225,7 +225,7 @@ class ZPlus(_LeanHook, BasicHook):
         ):
             relevance = self._conv2d(module, parts, grad_output[0], self._linear_part(module))
         elif type(module) is nn.Linear:
-            relevance = self._linear(module, parts, grad_output[0])
+            relevance = self._linear(module, parts, grad_output[0], self._linear_part(module))
         else:
             relevance = self._generic(module, parts, grad_output[0])
         # The module's own backward was skipped (see post_forward), so grad_input may be None.
@@ -365,7 +365,18 @@ class ZPlus(_LeanHook, BasicHook):
             dilation=module.dilation,
         )
 
-    def _linear(self, module, parts, relevance_out):
+    def _linear(self, module, parts, relevance_out, linear_part=None):
+        if len(parts) == 2 and linear_part is not None:
+            # As for convolutions (see _conv2d): z from the layer's own output, and both
+            # transposed products in one matrix product.
+            magnitude = parts[0][0] - parts[1][0]
+            z = F.linear(magnitude, self._weight(module, "|/2"))
+            z.add_(linear_part, alpha=0.5).add_(self._stabilizer_less_half_bias(module))
+            z = torch.maximum(z, self._stabilizer_tensor(module), out=z)
+            if "±" not in self._weights:
+                self._weights["±"] = torch.cat([self._weight(module, s) for s in "+-"], dim=1)
+            positive, negative = (relevance_out / z).matmul(self._weights["±"]).chunk(2, dim=-1)
+            return positive.mul_(parts[0][0]).addcmul_(negative, parts[1][0])
         pairs = [(part, self._weight(module, sign)) for part, sign in parts]
         z = sum(F.linear(part, w) for part, w in pairs)
         scaled = relevance_out / (z + self.stabilizer)
