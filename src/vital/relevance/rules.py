@@ -292,7 +292,7 @@ class ZPlus(_LeanHook, BasicHook):
             for part, sign in parts[1:]:
                 z += F.conv2d(part, self._weight(module, sign), None, **options)
             z.add_(self._stabilizer(module))
-        scaled = relevance_out / z
+        scaled = torch.div(relevance_out, z, out=z)  # z is not needed again
         size = parts[0][0].shape[-2:]
         if len(parts) == 2 and self._pointwise(module):
             # Both transposed products in one: the large relevance map is read once.
@@ -424,9 +424,11 @@ class AbsoluteShare(_SharingRule):
 
     def backward(self, module, grad_input, grad_output):
         """Split the relevance of the sum between the branches."""
+        # Fresh tensors, written in place: this runs for every residual sum at every step.
         shortcut, main = (branch.detach().abs() for branch in self.stored_tensors["input"])
-        scaled = grad_output[0] / (shortcut + main + self.stabilizer)
-        return shortcut * scaled, main * scaled
+        scaled = torch.add(shortcut, main).add_(self.stabilizer)
+        torch.div(grad_output[0], scaled, out=scaled)
+        return shortcut.mul_(scaled), main.mul_(scaled)
 
 
 class MaxPoolAsAverage(_SharingRule):
