@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
 from torch import nn
 from torch.ops import aten
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -13,7 +14,7 @@ from torchvision.models.resnet import BasicBlock
 
 from vital.errors import VitalError
 from vital.relevance import BACKENDS, get_backend
-from vital.relevance.rules import ZPlus
+from vital.relevance.rules import ZPlus, same_pads
 from vital.relevance.seeds import activation_seed, gradient_seed, restricted_seed, upward
 from vital.taps import list_layers, tapped
 
@@ -747,3 +748,41 @@ def test_zplus_linear_with_signed_inputs_matches_explicit_rule():
     for linear_part in (None, linear(x)):  # two products, or z from the layer's own output
         got = ZPlus()._linear(linear, parts, relevance_out, linear_part)
         torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("size", [9, 10])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Conv2dSame(6, 6, 3, stride=2, groups=6),  # EfficientNet's strided depthwise
+        lambda: Conv2dSame(6, 4, 5, stride=2, bias=False),
+        lambda: Conv2dSame(6, 4, 3, stride=1, dilation=2),
+    ],
+)
+@pytest.mark.parametrize("signed", [False, True])
+def test_zplus_same_padding_convolutions_run_directly_and_match_their_own_forward(
+    make, size, signed
+):
+    torch.manual_seed(0)
+    conv = make().double().requires_grad_(False)
+    x = torch.randn(2, 6, size, size, dtype=torch.float64)
+    x = x if signed else x.abs()
+    relevance_out = torch.rand_like(conv(x))
+    parts = [(x.clamp(min=0), "+"), (x.clamp(max=0), "-")] if signed else [(x, "+")]
+    expected = ZPlus()._generic(conv, parts, relevance_out)  # through the module's forward
+    rule = ZPlus()
+    rule.forward(conv, (x,), conv(x))
+    (got,) = rule.backward(conv, (None,), (relevance_out,))
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
+
+
+def test_same_pads_give_tensorflow_output_sizes():
+    for size in range(5, 14):
+        for kernel, stride, dilation in [(3, 2, 1), (5, 2, 1), (3, 1, 2), (1, 2, 1), (4, 3, 1)]:
+            conv = nn.Conv2d(1, 1, kernel, stride=stride, dilation=dilation)
+            left, right, top, bottom = same_pads((size, size + 1), conv)
+            padded = F.pad(torch.zeros(1, 1, size, size + 1), (left, right, top, bottom))
+            out = conv(padded)
+            assert out.shape[-2:] == (-(-size // stride), -(-(size + 1) // stride))
+            assert 0 <= right - left <= 1 and 0 <= bottom - top <= 1

@@ -143,6 +143,11 @@ FOLDABLE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "torchvision.models.resnet.ResNet": (("conv1", "bn1"),),
 }
 
+# Convolutions whose forward pads the input TensorFlow's "SAME" way (pads that depend on the
+# input's size, the odd one after) and then convolves without padding: z⁺ pads the same way
+# and runs its convolutions directly (relevance.rules.ZPlus), not through the module's forward.
+SAME_PADDING_CONVS: tuple[str, ...] = ("timm.layers.conv2d_same.Conv2dSame",)
+
 # Squeeze-excitation gates: ``x · s(x)`` with ``s`` a per-channel gate in [0, 1] computed from
 # ``x`` itself. The LRP rules treat the gate as a constant and pass all relevance through the
 # signal ``x``, none into the branch that computes ``s`` ("signal takes all", as Arras et al.

@@ -7,6 +7,8 @@ is a zennit :class:`~zennit.core.Hook`; which rule goes where is :mod:`.composit
 
 from __future__ import annotations
 
+import functools
+import math
 import weakref
 
 import torch
@@ -14,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.core import BasicHook, Hook, ParamMod
 from zennit.rules import Pass
+
+from vital.presets import SAME_PADDING_CONVS, classes_named
 
 EPSILON = 1e-5
 # Attribute that FoldBatchNorm leaves on a convolution: the positive scale folded into it.
@@ -157,6 +161,29 @@ class _LeanHook(Hook):
         return output
 
 
+@functools.cache
+def _same_padding_convs() -> tuple[type, ...]:
+    return classes_named(SAME_PADDING_CONVS)
+
+
+def same_pads(size: tuple[int, int], conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zeros that TensorFlow's "SAME" padding adds for ``size``.
+
+    The output keeps ``ceil(size / stride)`` positions; an odd total goes to the right and the
+    bottom.
+    """
+    pads = []
+    for length, kernel, stride, dilation in zip(
+        size, conv.kernel_size, conv.stride, conv.dilation, strict=True
+    ):
+        total = max(
+            (math.ceil(length / stride) - 1) * stride + (kernel - 1) * dilation + 1 - length, 0
+        )
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return left, right, top, bottom
+
+
 class PassThrough(_LeanHook, Pass):
     """zennit's ``Pass`` rule (relevance passes unchanged), without the input copy."""
 
@@ -224,6 +251,13 @@ class ZPlus(_LeanHook, BasicHook):
             and not isinstance(module.padding, str)  # "same" may pad unevenly
         ):
             relevance = self._conv2d(module, parts, grad_output[0], self._linear_part(module))
+        elif isinstance(module, _same_padding_convs()) and module.padding == (0, 0):
+            pads = same_pads(original.shape[-2:], module)
+            padded = [(F.pad(part, pads), sign) for part, sign in parts]
+            relevance = self._conv2d(module, padded, grad_output[0], self._linear_part(module))
+            # Padded positions hold zeros, so they received no relevance: cut them off.
+            height, width = original.shape[-2:]
+            relevance = relevance[..., pads[2] : pads[2] + height, pads[0] : pads[0] + width]
         elif type(module) is nn.Linear:
             relevance = self._linear(module, parts, grad_output[0], self._linear_part(module))
         else:
