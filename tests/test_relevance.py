@@ -387,6 +387,8 @@ def test_zplus_takes_w_x_from_the_forward_pass_only_while_the_output_is_unchange
     output = conv(torch.randn(1, 4, 5, 5))
     rule.forward(conv, (torch.randn(1, 4, 5, 5),), output)
     torch.testing.assert_close(rule._linear_part(conv), output)
+    assert rule._linear_part(conv) is None  # taken once: not held beyond its relevance pass
+    rule.forward(conv, (torch.randn(1, 4, 5, 5),), output)
     output.mul_(2)  # an in-place module after the convolution wrote its output
     assert rule._linear_part(conv) is None
     rule.forward(conv, (torch.randn(1, 4, 5, 5),), output.bfloat16())  # autocast's rounding

@@ -279,8 +279,10 @@ class ZPlus(_LeanHook, BasicHook):
 
         Usable while the stored output is unchanged (an in-place module after it would have
         written it) and in the weights' precision (under autocast it is rounded to bfloat16).
+        Taken once: the rule lets go of it, so that a batch's outputs (50 references' at once)
+        are not held beyond the relevance pass.
         """
-        output, version = self.stored_tensors.get("output", (None, None))
+        output, version = self.stored_tensors.pop("output", (None, None))
         if output is None or output._version != version or output.dtype != module.weight.dtype:
             return None
         return output.detach()
