@@ -202,8 +202,9 @@ class ZPlus(_LeanHook, BasicHook):
     modified forward and one transposed convolution per layer. A convolution with signed inputs
     takes ``x⁺w⁺ + x⁻w⁻ = (w x + |w| |x|) / 2`` from its own output (one convolution, not two)
     and, where pointwise, both transposed products from one. Plain ``Conv2d`` and ``Linear``
-    layers are computed directly with their clamped weights kept for the run; any other
-    subclass (e.g. timm's ``Conv2dSame``) through its own forward with modified parameters.
+    layers and the SAME-padding convolutions of :data:`vital.presets.SAME_PADDING_CONVS` (padded
+    here as they pad) are computed directly with their clamped weights kept for the run; any
+    other subclass through its own forward with modified parameters.
     """
 
     def __init__(self, stabilizer: float = EPSILON):
@@ -295,15 +296,22 @@ class ZPlus(_LeanHook, BasicHook):
             )
         return self._weights["eps tensor"]
 
-    def _stabilizer_less_half_bias(self, module) -> torch.Tensor:
-        """ε − b/2 per output channel, kept for the run (b = 0 without a bias)."""
+    def _z_from_output(self, module, half_magnitudes, output) -> torch.Tensor:
+        """z⁺ of a signed input, ``x⁺w⁺ + x⁻w⁻ + ε``, as ``|w| |x| / 2 + (w x + b) / 2 − b/2 + ε``.
+
+        ``half_magnitudes`` is the layer's product of ``|x|`` with ``|w|/2`` (written in place)
+        and ``output`` the layer's own ``w x + b`` (:meth:`_linear_part`); ``max(z + ε, ε) =
+        max(z, 0) + ε`` restores z ≥ 0 where rounding left it just below, so that ε stays a
+        stabiliser.
+        """
         if "eps-b/2" not in self._weights:
-            bias = module.bias.detach() if module.bias is not None else 0.0
-            shape = (-1, *[1] * (module.weight.dim() - 2))
-            self._weights["eps-b/2"] = (
-                self._stabilizer_tensor(module) - 0.5 * torch.as_tensor(bias).view(shape)
-            ).to(module.weight.dtype)
-        return self._weights["eps-b/2"]
+            stabilizer = self._stabilizer_tensor(module)
+            if module.bias is not None:
+                shape = (-1, *[1] * (module.weight.dim() - 2))
+                stabilizer = stabilizer - 0.5 * module.bias.detach().view(shape)
+            self._weights["eps-b/2"] = stabilizer.to(module.weight.dtype)
+        z = half_magnitudes.add_(output, alpha=0.5).add_(self._weights["eps-b/2"])
+        return torch.maximum(z, self._stabilizer_tensor(module), out=z)
 
     def _conv2d(self, module, parts, relevance_out, linear_part=None):
         options = {
@@ -314,15 +322,12 @@ class ZPlus(_LeanHook, BasicHook):
         }
         # Every contribution is ≥ 0 (x⁺w⁺ and x⁻w⁻), so z ≥ 0 and z + ε is zennit's stabiliser.
         # Fresh tensors are updated in place: this runs for every layer at every step.
-        if len(parts) > 1 and linear_part is not None:
+        if len(parts) == 2 and linear_part is not None:
             # x⁺w⁺ + x⁻w⁻ = (w x + |w| |x|) / 2, and the forward pass computed w x (+ b)
-            # already: one convolution instead of two. ε − b/2 takes the bias out with the
-            # stabiliser, and max(z + ε, ε) = max(z, 0) + ε restores z ≥ 0 where rounding left
-            # it just below, so that ε stays a stabiliser.
+            # already: one convolution instead of two.
             magnitude = parts[0][0] - parts[1][0]
-            z = F.conv2d(magnitude, self._weight(module, "|/2"), None, **options)
-            z.add_(linear_part, alpha=0.5).add_(self._stabilizer_less_half_bias(module))
-            z = torch.maximum(z, self._stabilizer_tensor(module), out=z)
+            half = F.conv2d(magnitude, self._weight(module, "|/2"), None, **options)
+            z = self._z_from_output(module, half, linear_part)
         else:
             z = F.conv2d(parts[0][0], self._weight(module, parts[0][1]), None, **options)
             for part, sign in parts[1:]:
@@ -406,9 +411,9 @@ class ZPlus(_LeanHook, BasicHook):
             # As for convolutions (see _conv2d): z from the layer's own output, and both
             # transposed products in one matrix product.
             magnitude = parts[0][0] - parts[1][0]
-            z = F.linear(magnitude, self._weight(module, "|/2"))
-            z.add_(linear_part, alpha=0.5).add_(self._stabilizer_less_half_bias(module))
-            z = torch.maximum(z, self._stabilizer_tensor(module), out=z)
+            z = self._z_from_output(
+                module, F.linear(magnitude, self._weight(module, "|/2")), linear_part
+            )
             if "±" not in self._weights:
                 self._weights["±"] = torch.cat([self._weight(module, s) for s in "+-"], dim=1)
             positive, negative = (relevance_out / z).matmul(self._weights["±"]).chunk(2, dim=-1)
