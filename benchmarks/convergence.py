@@ -248,6 +248,7 @@ def score(point: Point, model, judge, labels, real, real_labels) -> dict:
     if point.kind == "classes":
         explained = metrics.target_scores(model, point.pixels, labels)
         row["top1"] = sum(e["rank"] == 1 for e in explained)
+        row["ranks"] = [e["rank"] for e in explained]
         row["detail"] = " ".join(f"{e['probability']:.2f}/{e['rank']}" for e in explained)
         row["probability"] = float(np.mean([e["probability"] for e in explained]))
     else:
@@ -257,9 +258,8 @@ def score(point: Point, model, judge, labels, real, real_labels) -> dict:
     return row
 
 
-def top1_where(detail: str, chosen: list[bool]) -> int:
-    """How many of the chosen classes a row's ``p/rank`` detail ranks first."""
-    ranks = [int(item.split("/")[1]) for item in detail.split()]
+def top1_where(ranks: list[int], chosen: list[bool]) -> int:
+    """How many of the chosen classes the explained model ranks first (a row's ``ranks``)."""
     return sum(rank == 1 for rank, keep in zip(ranks, chosen, strict=True) if keep)
 
 
@@ -446,7 +446,7 @@ def main() -> None:
         first_on_photo = [rank == 1 for _, rank in ranks]
         rows = [score(p, model, judge, classes, real, real_labels) for p in points]
         for row in rows:
-            row["top1_of_first"] = top1_where(row["detail"], first_on_photo)
+            row["top1_of_first"] = top1_where(row["ranks"], first_on_photo)
             row["first_on_photo"] = sum(first_on_photo)
         all_rows += [{"kind": "classes", **r} for r in rows]
         names = [f"{model.labels.name(c)} ({c})" for c in classes]

@@ -46,9 +46,9 @@ def test_a_variant_is_named_in_its_label():
 def test_top1_counts_only_the_classes_first_on_their_photo():
     from convergence import top1_where
 
-    detail = "0.98/1 0.51/2 0.60/1 0.03/1"
-    assert top1_where(detail, [True, True, True, False]) == 2  # the 4th is first but not chosen
-    assert top1_where(detail, [False, False, False, True]) == 1
+    ranks = [1, 2, 1, 1]
+    assert top1_where(ranks, [True, True, True, False]) == 2  # the 4th is first but not chosen
+    assert top1_where(ranks, [False, False, False, True]) == 1
 
 
 def test_seed_sets_are_averaged_per_point_with_each_value_shown():
