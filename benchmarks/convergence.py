@@ -126,6 +126,69 @@ def parse_overrides(pairs: list[str]) -> tuple[tuple[str, object], ...]:
     return tuple(parsed)
 
 
+KINDS = ("classes", "channels")
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, said before any model runs; None if nothing is.
+
+    The photos and classes must be ones the benchmark can score: each class needs an embedded
+    photo of it (its real images), and so does each channel's photo (the judge asks whether a
+    channel's picture shows the photo's class).
+    """
+
+    def counts(text: str, option: str, allow_empty: bool = False) -> str | None:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items and not allow_empty:
+            return f"{option} needs at least one step count"
+        if any(not item.isdigit() or int(item) < 1 for item in items):
+            return f"{option} takes whole step counts of 1 or more, comma-separated, not {text!r}"
+        return None
+
+    def points(text: str, option: str) -> str | None:
+        for point in text.split(","):
+            setting, at, steps = point.partition("@")
+            if not at or not steps.isdigit() or int(steps) < 1:
+                return f"{option}: {point!r} is not SETTING@STEPS (e.g. fast@100, 1@2000)"
+            try:
+                Settings.setting(setting)
+            except vital.VitalError as error:
+                return f"{option}: {error}"
+        return None
+
+    kinds = args.kinds.split(",")
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        return f"--kinds takes {' and/or '.join(KINDS)}, comma-separated, not {args.kinds!r}"
+    scored_photos = {name for name, (_, label) in SAMPLE_PHOTOS.items() if label is not None}
+    checks = [
+        None if args.points else counts(args.steps, "--steps"),
+        counts(args.baseline_steps, "--baseline-steps", allow_empty=True),
+        points(args.points, "--points") if args.points else None,
+        points(args.channel_points, "--channel-points") if args.channel_points else None,
+    ]
+    if "classes" in kinds:
+        classes = args.classes.split(",")
+        if any(not c.strip().isdigit() or int(c) not in CLASS_PHOTOS for c in classes):
+            listed = ", ".join(f"{c} ({n})" for c, n in CLASS_PHOTOS.items())
+            checks.append(f"--classes takes classes with an embedded photo: {listed}")
+        elif len(set(classes)) != len(classes):
+            checks.append(f"--classes names a class twice: {args.classes!r}")
+    if "channels" in kinds:
+        photos = args.channel_photos.split(",")
+        if any(photo not in scored_photos for photo in photos):
+            checks.append(
+                "--channel-photos takes embedded photos of a class (the judge scores the "
+                f"pictures against it): {', '.join(sorted(scored_photos))}"
+            )
+        elif len(set(photos)) != len(photos):
+            checks.append(f"--channel-photos names a photo twice: {args.channel_photos!r}")
+        if args.channel_references < 1:
+            count = args.channel_references
+            checks.append(f"--channel-references is a count of 1 or more, not {count}")
+    return next((problem for problem in checks if problem), None)
+
+
 # --- the two target runners -------------------------------------------------------------------
 
 
@@ -400,6 +463,9 @@ def main() -> None:
         args.steps, args.baseline_steps, args.classes = "20", "20", "967,285"
         args.channel_photos, args.channel_references = "coffee", 4
         args.figures = args.cache / "quick"
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
@@ -521,4 +587,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except vital.VitalError as error:  # a wrong --layer, a judge that is not installed, ...
+        sys.exit(f"convergence.py: error: {error}")

@@ -79,3 +79,57 @@ def test_seed_sets_are_distinct_whole_numbers():
     for bad in ("abc", "0,0", ",", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError):
             seed_bases(bad)
+
+
+def _arguments(**given):
+    from convergence import CHANNEL_PHOTOS, CLASSES
+
+    defaults = {
+        "steps": "50,100", "baseline_steps": "300", "points": "", "channel_points": "",
+        "kinds": "classes,channels", "classes": ",".join(map(str, CLASSES)),
+        "channel_photos": ",".join(CHANNEL_PHOTOS), "channel_references": 20,
+    }  # fmt: skip
+    return SimpleNamespace(**{**defaults, **given})
+
+
+def test_the_defaults_and_good_options_pass():
+    from convergence import argument_problem
+
+    assert argument_problem(_arguments()) is None
+    good = _arguments(points="fast@100,1@2000", steps="", baseline_steps="", kinds="channels",
+                      channel_photos="rocket,grace_hopper", channel_references=1)  # fmt: skip
+    assert argument_problem(good) is None
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("channel_photos", "astronaut", "--channel-photos"),  # no class to score it against
+        ("channel_photos", "coffee,nowhere", "--channel-photos"),
+        ("channel_photos", "coffee,coffee", "twice"),
+        ("classes", "abc", "--classes"),
+        ("classes", "1", "--classes"),  # no embedded photo of class 1
+        ("classes", "967,967", "twice"),
+        ("points", "fast100", "SETTING@STEPS"),
+        ("points", "fast@0", "SETTING@STEPS"),
+        ("points", "seven@100", "does not exist"),
+        ("channel_points", "fast@-3", "--channel-points"),
+        ("kinds", "nothing", "--kinds"),
+        ("steps", "", "--steps"),
+        ("steps", "10,x", "--steps"),
+        ("baseline_steps", "0", "--baseline-steps"),
+        ("channel_references", 0, "--channel-references"),
+    ],
+)
+def test_a_wrong_option_is_named_before_anything_runs(option, value, said):
+    from convergence import argument_problem
+
+    problem = argument_problem(_arguments(**{option: value}))
+    assert problem is not None and said in problem
+
+
+def test_options_of_a_kind_not_run_are_not_checked():
+    from convergence import argument_problem
+
+    assert argument_problem(_arguments(kinds="channels", classes="abc")) is None
+    assert argument_problem(_arguments(kinds="classes", channel_photos="astronaut")) is None
