@@ -383,3 +383,84 @@ def test_a_baseline_named_in_capitals_writes_its_own_grid(monkeypatch, capsys, t
     )  # fmt: skip
     assert code == 0, err
     assert "maco-grid.png" in [path.name for path in tmp_path.iterdir()]  # as the name is listed
+
+
+# --- the third hostile round (benchmarks/RESULTS.md, "A third hostile round") -----------------
+
+
+def test_the_largest_seed_is_refused_when_more_targets_would_pass_it(tmp_path, image_folder):
+    model = tiny_cnn_model()
+    references = {1: from_folder(image_folder), 2: from_folder(image_folder)}
+    with pytest.raises(VitalError, match=r"at most 9223372036854775806"):
+        vital.visualize(
+            model, [1, 2], references, settings={"steps": 1, "seed": 2**63 - 1},
+            out=tmp_path / "out", progress=False,
+        )  # fmt: skip
+    assert not list((tmp_path / "out").glob("*.png"))  # refused before any picture
+
+
+def test_a_resolution_past_what_memory_holds_is_refused():
+    Settings(resolution=2048).validate()
+    with pytest.raises(VitalError, match=r"from 16 to 2048"):
+        Settings(resolution=8192).validate()
+
+
+def test_taps_that_all_weigh_nothing_are_refused():
+    with pytest.raises(VitalError, match="every tap given has weight 0"):
+        parse_taps(["layer3=0"])
+    with pytest.raises(VitalError, match="every tap given has weight 0"):
+        parse_taps(["layer2=0", "layer3=0.0"])
+    assert [t.weight for t in parse_taps(["layer2=0", "layer3=1"])] == [0.0, 1.0]  # one is on
+
+
+def test_one_tap_as_text_is_one_tap_and_other_objects_are_named():
+    from vital.taps import user_taps
+
+    assert [(t.layer, t.weight) for t in user_taps("layer3=0.5")] == [("layer3", 0.5)]
+    with pytest.raises(VitalError, match="NAME=WEIGHT text"):
+        user_taps([5])
+
+
+@pytest.mark.parametrize(
+    ("option", "said"), [({"seeds": 3}, "seeds are one whole number per target"),
+                         ({"on_result": 5}, "on_result is a function")],
+)  # fmt: skip
+def test_api_arguments_of_the_wrong_kind_are_named_before_the_run(
+    tmp_path, image_folder, option, said
+):
+    with pytest.raises(VitalError, match=said):
+        vital.visualize(
+            tiny_cnn_model(), [1], {1: from_folder(image_folder)}, settings={"steps": 1},
+            out=tmp_path / "out", progress=False, **option,
+        )  # fmt: skip
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_concept_data_that_is_no_path_is_named(image_folder):
+    from PIL import Image
+
+    from vital.concepts.crops import check_data
+
+    for data in (Image.new("RGB", (8, 8)), [str(next(image_folder.rglob("*.png")))]):
+        with pytest.raises(VitalError, match="data is a path"):
+            check_data(data)
+    check_data(image_folder)  # a folder is fine
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["neuron", "--layer", "stage2", "-k", "0", "--mined-as", "patch"], "--refs mined"),
+        (["class", "-c", "1", "--method", "fourier", "--ref-count", "3"], "leave out --ref-count"),
+        (["compare", "-c", "1", "--layer", "stage2"], "--layer is the layer of --channel"),
+        (["compare", "-c", "1", "--judge-weights", "w.pth"], "name the judge too"),
+    ],
+)
+def test_an_option_the_run_would_drop_is_refused(monkeypatch, capsys, tmp_path, arguments, said):
+    from test_hostile import assert_one_line_error, run
+
+    code, _, err = run(
+        monkeypatch, capsys, *arguments, "--steps", "1", "--out", tmp_path / "out",
+        model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert_one_line_error(code, err, said)

@@ -115,6 +115,8 @@ def visualize(
     check_count(batch_size, "batch_size")  # before ``out`` is made
     if not isinstance(force, bool):
         raise VitalError(f"force is True or False, not {force!r}.")
+    if on_result is not None and not callable(on_result):  # said now, not after the run
+        raise VitalError(f"on_result is a function of one Result (or None), not {on_result!r}.")
     with frozen(model):
         model = as_model(model, device)
         resolved = resolve_targets(model, targets)

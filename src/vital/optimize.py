@@ -182,7 +182,9 @@ class Settings:
         _whole(self.views, "the number of views per step", "views=V", 1, 64)
         _whole(self.seed, "the seed", "seed=S", 0, 2**63 - 1)
         if self.resolution is not None:
-            _whole(self.resolution, "the resolution", "resolution=R", 16, 8192)
+            # Memory grows with the square of the side: at 2048 px one MobileNetV2 picture's
+            # graph takes several GB, at 8192 px more than 20 GB (the process was killed).
+            _whole(self.resolution, "the resolution", "resolution=R", 16, MAX_RESOLUTION)
         _number(self.lr, "the learning rate", "lr=LR", positive=True)
         _number(self.eps, "Adam's eps", "eps", positive=True)
         for name in ("tv_l2", "tv_l1", "l2", "feature_weight"):
@@ -297,6 +299,9 @@ def _number(value: object, what: str, option: str, positive: bool = False) -> No
         kind = "a positive" if positive else "a non-negative"
         raise VitalError(f"{what} must be {kind} finite number ({option}), not {value!r}.")
 
+
+# The largest side of a synthetic picture (Settings.resolution).
+MAX_RESOLUTION = 2048
 
 # Floating-point types of the model's forward and backward (autocast).
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -397,26 +397,38 @@ def check_layer(name: str, module: nn.Module) -> None:
 
 def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:
     """Parse ``["layer1=1", "layer4=0.5", "layer2"]`` into taps (weight 1 when omitted)."""
-    taps = []
-    for spec in specs:
-        name, _, weight = spec.partition("=")
-        try:
-            value = float(weight) if weight else 1.0
-        except ValueError as error:
-            raise VitalError(
-                f"tap {spec!r} is not NAME or NAME=WEIGHT (e.g. layer3=0.5)"
-            ) from error
-        taps.append(Tap(name.strip(), value))
-    return user_taps(taps)
+    return user_taps(specs)
+
+
+def _parsed_tap(spec: str) -> Tap:
+    if not isinstance(spec, str):
+        raise VitalError(f"a tap is a Tap or NAME=WEIGHT text (e.g. layer3=0.5), not {spec!r}.")
+    name, _, weight = spec.partition("=")
+    try:
+        value = float(weight) if weight else 1.0
+    except ValueError as error:
+        raise VitalError(f"tap {spec!r} is not NAME or NAME=WEIGHT (e.g. layer3=0.5)") from error
+    return Tap(name.strip(), value)
 
 
 def user_taps(taps: Sequence[str | Tap]) -> tuple[Tap, ...]:
-    """Taps as the user gave them (``Tap`` or ``"NAME=WEIGHT"``), each layer at most once."""
-    chosen = tuple(t if isinstance(t, Tap) else parse_taps([t])[0] for t in taps)
+    """Taps as the user gave them (``Tap`` or ``"NAME=WEIGHT"``), each layer at most once.
+
+    A single ``Tap`` or string is one tap (not a sequence of its characters). At least one
+    weight must be positive: with every weight 0 the loss would have no term at all.
+    """
+    if isinstance(taps, (str, Tap)):
+        taps = [taps]
+    chosen = tuple(t if isinstance(t, Tap) else _parsed_tap(t) for t in taps)
     names = [tap.layer for tap in chosen]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:  # which weight would count is anyone's guess: say so rather than pick one
         raise VitalError(f"tap {twice[0]!r} is given twice; give each layer once (NAME=WEIGHT).")
+    if chosen and not any(tap.weight > 0 for tap in chosen):
+        raise VitalError(
+            "every tap given has weight 0, so the loss would match nothing: give at least one "
+            "tap a positive weight (NAME=WEIGHT), or leave the taps out for the model's own."
+        )
     return chosen
 
 

@@ -135,6 +135,10 @@ def compare_command(
         raise VitalError("compare either classes (--class C) or channels (--layer L --channel K).")
     if channels and not layer:
         raise VitalError("--channel selects channels of --layer; name the layer too.")
+    if layer and not channels:  # it would be dropped: classes have no layer
+        raise VitalError("--layer is the layer of --channel K; add the channels or leave it out.")
+    if judge_weights and not judge:
+        raise VitalError("--judge-weights are the weights of --judge MODEL; name the judge too.")
     session.check_out(out)
     loaded = session.load(model, weights, device)
     if channels:
@@ -160,8 +164,15 @@ def compare_command(
 
 
 def _reference_count(method: str, targets, count: int) -> dict:
-    """``reference_count`` for a method that uses references; nothing for one that has none."""
-    return {"reference_count": count} if method_class(method, targets).uses_references else {}
+    """``reference_count`` for a method that uses references; nothing for one that has none.
+
+    A count given to a method without references would be dropped unseen: it is refused.
+    """
+    if method_class(method, targets).uses_references:
+        return {"reference_count": count}
+    if count != DEFAULT_REFERENCES:
+        raise VitalError(f"--method {method} uses no reference images: leave out --ref-count.")
+    return {}
 
 
 def _print_report(paths: dict[str, Path]) -> None:
@@ -203,10 +214,16 @@ def neuron(
     targets += [direction_target(layer, path) for path in direction or []]
     if not targets:
         raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
+    mined = refs == "mined" or (refs is not None and is_mining_database(refs))
+    if mined_mode != "image" and not mined:  # "image" is the default: only another is a choice
+        raise VitalError(
+            f"--mined-as {mined_mode} chooses how mined references are read: give --refs mined "
+            "(or a mining database), or leave --mined-as out."
+        )
     references = refs
     if refs is None and method_class(common["method"], targets).uses_references:
         typer.echo("references: the embedded photos (no --refs given)")
-    if refs == "mined" or (refs is not None and is_mining_database(refs)):
+    if mined:
         database = common["out"] if refs == "mined" else Path(refs)
         references = lambda loaded: mined_reference_sets(  # noqa: E731
             database, loaded, targets, mined_mode, common["ref_count"]

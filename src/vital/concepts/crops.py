@@ -161,7 +161,13 @@ def check_sampling(count: int, scale: tuple[float, float]) -> None:
 
 
 def check_data(data: str | Path | None) -> None:
-    """Refuse a ``data`` path that does not exist (before any work)."""
+    """Refuse a ``data`` that is not a path, or a path that does not exist (before any work)."""
+    if data is not None and not isinstance(data, (str, Path)):
+        # An image object or a list of paths would otherwise fail deep inside pathlib.
+        raise VitalError(
+            "data is a path (an image file, a folder of images or OUT/mining.sqlite), not an "
+            f"object of type {type(data).__name__}: save the images to a folder and give its path."
+        )
     if data is not None and not Path(data).exists():
         raise VitalError(
             f"data={data} does not exist; the class's images are an image, a folder of images "
