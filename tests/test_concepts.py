@@ -371,3 +371,16 @@ def test_a_second_run_replaces_its_own_report(tmp_path, data):
     for _ in range(2):
         vital.concepts(tiny_cnn_model(), 3, data, out=out, progress=False, **arguments)
     assert json.loads((out / "concepts.json").read_text())["layer"] == "stage3"
+
+
+def test_a_rerun_with_fewer_concepts_leaves_no_pictures_of_the_old_ones(tmp_path, data):
+    out = tmp_path / "out"
+    arguments = dict(layer="stage3", crops=12, examples=2, pictures=False, progress=False)
+    vital.concepts(tiny_cnn_model(), 3, data, out=out, count=3, **arguments)
+    assert list(out.glob("maps/*/concept-2.png"))  # the first run drew concept 2
+    vital.concepts(tiny_cnn_model(), 3, data, out=out, count=2, **arguments)
+    record = json.loads((out / "concepts.json").read_text())
+    listed = {Path(e).name for c in record["concepts"] for e in c["examples"]}
+    assert {p.name for p in (out / "examples").iterdir()} == listed
+    assert not list(out.glob("maps/*/concept-2.png"))
+    assert len(list((out / "maps").glob("*.png"))) == record["images"]

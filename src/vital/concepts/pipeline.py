@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -463,9 +463,21 @@ def _examples(
     return examples, pixels[picked], values[picked], chosen
 
 
+def _remove_earlier(folder: Path, pattern: str) -> None:
+    """Delete the files a run into ``folder`` before this one wrote under ``pattern``.
+
+    A rerun with fewer concepts or other images would otherwise leave pictures of concepts
+    that its ``concepts.json`` no longer has beside the new ones.
+    """
+    for path in folder.glob(pattern):
+        if path.is_file():
+            path.unlink()
+
+
 def _write_examples(folder: Path, pixels: torch.Tensor, chosen: dict[int, list[int]]) -> dict:
     target = folder / "examples"
     target.mkdir(exist_ok=True)
+    _remove_earlier(target, "concept-*-*.png")
     files = {}
     for k, found in chosen.items():
         for number, i in enumerate(found):
@@ -476,6 +488,13 @@ def _write_examples(folder: Path, pixels: torch.Tensor, chosen: dict[int, list[i
 
 def _write_maps(folder: Path, found: list[dict], basis: ConceptBasis, order: list[int]) -> list:
     """Per image: {concept: map file}, and a strip of the image with every concept's map."""
+    _remove_earlier(folder / "maps", "*/concept-*.png")
+    stems = {image["stem"] for image in found}
+    for sheet in (folder / "maps").glob("*.png"):
+        if sheet.stem not in stems and (folder / "maps" / sheet.stem).is_dir():
+            sheet.unlink()  # an earlier run's image, with its folder of maps (now emptied)
+            with suppress(OSError):  # not empty: files that are not vital's stay
+                (folder / "maps" / sheet.stem).rmdir()
     written = []
     for image in found:
         target = folder / "maps" / image["stem"]
