@@ -489,6 +489,7 @@ def test_neuron_command_uses_mined_references_end_to_end(tmp_path):
     for mode in ("image", "patch"):
         neuron = ["neuron", "--layer", "features.16", "--channel", "5", "--refs", "mined"]
         neuron += ["--mined-as", mode, "--ref-count", "2", "--steps", "2", "--out", out]
+        neuron += ["--force"]  # the patches' picture replaces the whole images' one
         result = CliRunner().invoke(app, [*neuron, "--resolution", "64"])
         assert result.exit_code == 0, result.output
         record = json.loads(next(Path(out).glob("vital-features-16-ch5-seed0.json")).read_text())

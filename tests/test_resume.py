@@ -51,21 +51,33 @@ def test_a_second_call_reads_the_pictures_back(tiny_cnn, class_tree, tmp_path, m
         assert a.target == b.target and b.paths["png"].is_file()
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"steps": 5},  # settings
-        {"seeds": [7, 8]},  # the seed
-        {"reference_count": 3},  # the references
-        {"taps": ["stage2"]},  # the method's options
-        {"force": True},
-    ],
-)
-def test_any_changed_input_computes_again(tiny_cnn, class_tree, tmp_path, change):
+@pytest.mark.parametrize("change", [{"seeds": [7, 8]}, {"force": True}])
+def test_other_seeds_or_force_compute_again(tiny_cnn, class_tree, tmp_path, change):
     out = tmp_path / "out"
     run_tiny(tiny_cnn, [1, 2], class_tree, out)
     again = run_tiny(tiny_cnn, [1, 2], class_tree, out, **change)
     assert not any(r.stored for r in again)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"steps": 5}, "steps"),  # settings
+        ({"reference_count": 3}, "references"),
+        ({"taps": ["stage2"]}, "taps"),  # the method's options
+    ],
+)
+def test_a_changed_input_does_not_replace_the_stored_pictures_unasked(
+    tiny_cnn, class_tree, tmp_path, change, said
+):
+    out = tmp_path / "out"
+    first = run_tiny(tiny_cnn, [1, 2], class_tree, out)
+    before = {path: path.read_bytes() for path in out.iterdir() if path.suffix != ".sqlite"}
+    with pytest.raises(VitalError, match=rf"already holds the picture .*{said}.*--force"):
+        run_tiny(tiny_cnn, [1, 2], class_tree, out, **change)
+    assert {path: path.read_bytes() for path in before} == before  # nothing rewritten
+    again = run_tiny(tiny_cnn, [1, 2], class_tree, out, force=True, **change)
+    assert not any(r.stored for r in again) and len(again) == len(first)
 
 
 def test_other_weights_compute_again(class_tree, tmp_path):
@@ -130,8 +142,10 @@ def test_a_channel_is_reused_with_its_map_and_only_with_its_references(
     out = tmp_path / "out"
     target = [Channel("stage2", 1)]
     first = run_tiny(tiny_cnn, target, images, out)[0]
-    assert not run_tiny(tiny_cnn, target, other, out)[0].stored
-    first = run_tiny(tiny_cnn, target, images, out)[0]  # the folder holds these again
+    with pytest.raises(VitalError, match="references"):  # other references: asked, not done
+        run_tiny(tiny_cnn, target, other, out)
+    assert not run_tiny(tiny_cnn, target, other, out, force=True)[0].stored
+    first = run_tiny(tiny_cnn, target, images, out, force=True)[0]  # these again
     refuse_to_optimise(monkeypatch)
     again = run_tiny(tiny_cnn, target, images, out)[0]
     assert again.stored and again.alpha is not None

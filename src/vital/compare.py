@@ -128,6 +128,7 @@ def compare(
     method_options: Mapping[str, Mapping[str, object]] | None = None,
     progress: bool = True,
     setting: int | str = DEFAULT_SETTING,
+    force: bool = False,
 ) -> Comparison:
     """Run ``methods`` on the same targets and score them.
 
@@ -171,6 +172,10 @@ def compare(
     setting
         The named setting of the methods that have them (VITAL: ``"fast"``, the default, or the
         authors' 0, 1, 2); the baselines run their published defaults.
+    force
+        Compute every picture again, replacing the pictures ``out`` holds (by default a
+        picture stored there with the same inputs is reused, and one made with other inputs
+        is not replaced: the run is refused).
     """
     check_count(batch_size, "batch_size")
     # A caller's own modules are handed back in the state they came in.
@@ -201,7 +206,7 @@ def compare(
         for method in names:
             results = _run(
                 model, targets, method, references, steps, seed, setting, out, batch_size,
-                progress, _options_of(method, targets, options, reference_count),
+                progress, _options_of(method, targets, options, reference_count), force,
             )  # fmt: skip
             comparison.results[method] = results
             if inner:
@@ -243,6 +248,7 @@ def _options_of(method: str, targets, options: dict, reference_count: int) -> di
 
 def _run(
     model, targets, method, references, steps, seed, setting, out, batch_size, progress, chosen,
+    force,
 ) -> list[Result]:  # fmt: skip
     """One method on every target, with the same steps and seed as the others."""
     kind = method_class(method, targets)
@@ -256,6 +262,7 @@ def _run(
         out=Path(out) / method if out is not None else None,
         batch_size=batch_size,
         progress=progress,
+        force=force,
         **chosen,
     )
 

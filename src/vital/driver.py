@@ -33,7 +33,7 @@ from vital.optimize import (
 )
 from vital.record import Record, model_info
 from vital.specs import PictureSpec
-from vital.store import Result, ResultSink
+from vital.store import Result, ResultSink, ResultStore
 from vital.targets import ClassTarget, Target, target_record
 from vital.zoo import Model, channels_last, frozen
 
@@ -236,6 +236,8 @@ def run(
         channels_last(model.module, settings.channels_last),
         method.prepare(model, targets, references, settings) as plans,
     ):
+        if sink.reuse and sink.store is not None:
+            _refuse_other_pictures(method, model, settings, plans, seeds, sink.store)
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]
             batch_targets = target_plan(batch)
@@ -312,6 +314,33 @@ def _stored(
             return []
         found.append(result)
     return found
+
+
+def _refuse_other_pictures(
+    method: Method,
+    model: Model,
+    settings: Settings,
+    plans: Sequence[Any],
+    seeds: Sequence[int],
+    store: ResultStore,
+) -> None:
+    """Refuse, before any work, a run whose pictures would replace ones made otherwise.
+
+    A picture's files are named by its target and seed, so a second run into the same folder
+    with other settings, options or references would overwrite the first run's pictures;
+    without ``force`` that is asked, not done.
+    """
+    for plan, target, seed in zip(plans, target_plan(plans), seeds, strict=True):
+        references = method.identifying_references(plan)
+        spec = PictureSpec.of(method, model.fingerprint, target, settings, seed, references)
+        record = store.other_picture(spec)
+        if record is not None:
+            changed = "; ".join(spec.differences(record)[:3])
+            raise VitalError(
+                f"{store.folder} already holds the picture of {target.describe()} (seed "
+                f"{seed}) made with other inputs ({changed}): give force=True (--force) to "
+                "replace it, or another out folder (--out)."
+            )
 
 
 def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor | None) -> dict:

@@ -115,6 +115,33 @@ class PictureSpec:
         text = json.dumps(self.inputs(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def differences(self, record: Record) -> list[str]:
+        """What differs between ``record``'s inputs and this spec, as short phrases.
+
+        Settings and options name their fields (``steps 300 → 2``); a record that lacks what
+        it depended on (written by an older vital) says so.
+        """
+        references = record.references or {}
+        if record.options is None or (self.references and "identity" not in references):
+            return ["inputs an older vital did not record"]
+        said = []
+        for name, recorded, wanted in (
+            ("method", record.method, self.method),
+            ("model", record.model.get("fingerprint"), self.model),
+            ("references", references.get("identity"), self.references),
+        ):
+            if plain_data(recorded) != plain_data(wanted):
+                said.append(name if name != "method" else f"method {recorded} → {wanted}")
+        options = {k: v for k, v in record.options.items() if k not in NOT_OUTPUT}
+        for group, recorded, wanted in (
+            ("", plain_data(record.settings), self.settings),
+            ("", plain_data(options), self.options),
+        ):
+            for key in sorted(set(recorded) | set(wanted)):
+                if recorded.get(key) != wanted.get(key):
+                    said.append(f"{group}{key} {recorded.get(key)} → {wanted.get(key)}")
+        return said
+
     def matches(self, record: Record, ignore_seed: bool = False) -> bool:
         """Whether ``record`` is a picture of this spec.
 

@@ -233,6 +233,28 @@ class ResultStore:
         result.stored = True
         return result
 
+    def other_picture(self, spec: PictureSpec) -> Record | None:
+        """The record of a picture this folder holds in ``spec``'s files with other inputs.
+
+        Its files are those ``spec``'s picture would be written to (same unit, method, model
+        and seed); ``None`` when there is none, when its picture file is gone, or when it is
+        ``spec``'s own picture.
+        """
+        seed = spec.settings.get("seed")
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT record FROM results "
+                "WHERE unit = ? AND method = ? AND model = ? AND seed = ?",
+                (spec.unit, spec.method, spec.model, seed),
+            ).fetchone()
+        if row is None:
+            return None
+        record = Record.from_json(row[0])
+        png = (record.files or {}).get("png")
+        if spec.matches(record) or png is None or not (self.folder / png).is_file():
+            return None
+        return record
+
     def finished_units(self, method: str, model: str) -> set[str]:
         """Units with a stored result for ``method`` and model fingerprint ``model``."""
         with self._connect() as connection:

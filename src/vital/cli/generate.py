@@ -126,6 +126,7 @@ def compare_command(
     clip_weights: Annotated[
         str | None, typer.Option("--clip-weights", help="Local open_clip weights (optional).")
     ] = None,
+    force: options.Force = False,
 ) -> None:
     """Compare VITAL with the baselines on the same classes (or inner channels): table, grid."""
     from vital.compare import compare, methods_for, write_report
@@ -159,6 +160,7 @@ def compare_command(
         batch_size=batch,
         reference_count=ref_count,
         clip_weights=clip_weights,
+        force=force,
     )
     _print_report(write_report(comparison, out))
 
