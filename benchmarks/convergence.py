@@ -58,7 +58,7 @@ import torch
 import vital
 from vital import metrics
 from vital.grids import display_pixels, grid, to_image
-from vital.optimize import Settings
+from vital.optimize import Settings, setting_key
 from vital.references import SAMPLE_PHOTOS, center_crop, from_samples, open_rgb, sample_photo
 from vital.taps import tapped
 from vital.targets import Channel
@@ -127,6 +127,41 @@ def parse_overrides(pairs: list[str]) -> tuple[tuple[str, object], ...]:
 
 
 KINDS = ("classes", "channels")
+# What load_judge loads: EfficientNet-Lite0 (embedded), Lite1 (benchmarks/out/pylib).
+JUDGES = ("efficientnet_lite0", "efficientnet_lite1")
+
+
+def quick(cache: Path, seed_base: int = 0) -> dict[str, object]:
+    """The options ``--quick`` sets (CI-sized: 2 classes, 1 channel), by their argparse names.
+
+    Figures go into the cache's ``quick`` folder, one folder per seed set beyond the first
+    (``seed_sets.py`` runs several at once).
+    """
+    figures = cache / "quick" / (f"seeds-{seed_base}" if seed_base else "")
+    return {
+        "steps": "20", "baseline_steps": "20", "classes": "967,285", "channel_photos": "coffee",
+        "channel_references": 4, "figures": figures,
+    }  # fmt: skip
+
+
+def quick_conflict(args: argparse.Namespace) -> str | None:
+    """The options given beside ``--quick`` that it would replace, as an error; None if none.
+
+    An option counts as given where it differs from the parser's default: ``--quick`` would
+    otherwise run something else than the command line says, without a word.
+    """
+    if not args.quick:
+        return None
+    parser = build_parser()
+    given = [
+        "--" + name.replace("_", "-")
+        for name in quick(args.cache)
+        if getattr(args, name) != parser.get_default(name)
+    ]
+    if not given:
+        return None
+    names = ", ".join(given)
+    return f"--quick sets {names} itself: leave out {names} or --quick"
 
 
 def argument_problem(args: argparse.Namespace) -> str | None:
@@ -134,8 +169,23 @@ def argument_problem(args: argparse.Namespace) -> str | None:
 
     The photos and classes must be ones the benchmark can score: each class needs an embedded
     photo of it (its real images), and so does each channel's photo (the judge asks whether a
-    channel's picture shows the photo's class).
+    channel's picture shows the photo's class). With ``--quick`` the options it sets are checked
+    as it sets them, and giving one of them too is an error.
     """
+    conflict = quick_conflict(args)
+    if conflict:
+        return conflict
+    # a point names its own setting and steps: --settings and --steps would be dropped
+    defaults = build_parser()
+    dropped = [
+        "--" + name
+        for name in ("settings", "steps")
+        if getattr(args, name) != defaults.get_default(name)
+    ]
+    if args.points and dropped:
+        return f"--points names each point's setting and steps: leave out {' and '.join(dropped)}"
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), **quick(args.cache, args.seed_base)})
 
     def counts(text: str, option: str, allow_empty: bool = False) -> str | None:
         items = [item.strip() for item in text.split(",") if item.strip()]
@@ -156,6 +206,30 @@ def argument_problem(args: argparse.Namespace) -> str | None:
                 return f"{option}: {error}"
         return None
 
+    def settings(text: str) -> str | None:
+        names = text.split(",")
+        for name in names:
+            try:
+                Settings.setting(name)
+            except vital.VitalError as error:
+                return f"--settings: {error}"
+        if len({setting_key(name) for name in names}) != len(names):
+            return f"--settings names a setting twice: {text!r}"
+        return None
+
+    def overrides(names: list[str]) -> str | None:
+        # checked as each VITAL point's settings would be, not when the first point starts
+        try:
+            pairs = dict(parse_overrides(args.set))
+        except SystemExit as error:  # parse_overrides says what is wrong
+            return str(error.code)
+        for name in names:
+            try:
+                Settings.setting(name, **pairs).validate()
+            except vital.VitalError as error:
+                return f"--set {' '.join(args.set)}: {error}"
+        return None
+
     kinds = args.kinds.split(",")
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown or not kinds:
@@ -163,12 +237,21 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     scored_photos = {name for name, (_, label) in SAMPLE_PHOTOS.items() if label is not None}
     checks = [
         None if args.points else counts(args.steps, "--steps"),
+        None if args.points else settings(args.settings),
         counts(args.baseline_steps, "--baseline-steps", allow_empty=True),
         points(args.points, "--points") if args.points else None,
         points(args.channel_points, "--channel-points") if args.channel_points else None,
     ]
+    if not any(checks):  # every setting named is one: now its overrides
+        named = args.points.split(",") if args.points else args.settings.split(",")
+        named += args.channel_points.split(",") if args.channel_points else []
+        checks.append(overrides([point.partition("@")[0] for point in named]))
+    if args.judge not in JUDGES:
+        checks.append(f"--judge takes {' or '.join(JUDGES)}, not {args.judge!r}")
+    targets = 1  # image i of a kind takes seed --seed-base + i, and seeds end at 2**63 - 1
     if "classes" in kinds:
         classes = args.classes.split(",")
+        targets = max(targets, len(classes))
         if any(not c.strip().isdigit() or int(c) not in CLASS_PHOTOS for c in classes):
             listed = ", ".join(f"{c} ({n})" for c, n in CLASS_PHOTOS.items())
             checks.append(f"--classes takes classes with an embedded photo: {listed}")
@@ -176,6 +259,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
             checks.append(f"--classes names a class twice: {args.classes!r}")
     if "channels" in kinds:
         photos = args.channel_photos.split(",")
+        targets = max(targets, len(photos))
         if any(photo not in scored_photos for photo in photos):
             checks.append(
                 "--channel-photos takes embedded photos of a class (the judge scores the "
@@ -186,6 +270,11 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         if args.channel_references < 1:
             count = args.channel_references
             checks.append(f"--channel-references is a count of 1 or more, not {count}")
+    if not 0 <= args.seed_base <= 2**63 - targets:
+        checks.append(
+            f"--seed-base is a whole number from 0 to {2**63 - targets} (image i takes seed "
+            f"BASE + i), not {args.seed_base}"
+        )
     return next((problem for problem in checks if problem), None)
 
 
@@ -432,10 +521,15 @@ def cached_point(cache: Path | None, key: dict, compute) -> Point:
     return point
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options and their defaults (``--quick`` compares against them)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", default="50,100,150,300,1000,2000", help="comma-separated")
-    parser.add_argument("--settings", default="1,fast", help="VITAL settings to run")
+    parser.add_argument(
+        "--settings",
+        default="1,fast",
+        help="VITAL settings to run (0, 1, 2, fast), comma-separated",
+    )
     parser.add_argument(
         "--points", default="", help="instead of --settings x --steps: e.g. 1@300,1@2000,fast@300"
     )
@@ -446,26 +540,34 @@ def main() -> None:
     parser.add_argument("--layer", default="features.18")
     parser.add_argument("--channel-references", type=int, default=20)
     parser.add_argument("--kinds", default="classes,channels")
-    parser.add_argument("--judge", default="efficientnet_lite0", help="or efficientnet_lite1")
+    parser.add_argument("--judge", default=JUDGES[0], help=" or ".join(JUDGES))
     parser.add_argument("--seed-base", type=int, default=0, help="image i uses seed BASE + i")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a Settings field of every VITAL point (repeatable), e.g. views=2",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the rows here (for averaging)")
-    parser.add_argument("--quick", action="store_true", help="CI-sized: 2 classes, 1 channel")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="CI-sized: sets --steps 20, --baseline-steps 20, --classes 967,285, "
+        "--channel-photos coffee, --channel-references 4 and --figures CACHE/quick; "
+        "give none of these with it",
+    )  # fmt: skip
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "convergence")
     parser.add_argument("--fresh", action="store_true", help="recompute every point")
     parser.add_argument("--figures", type=Path, default=HERE / "figures")
     parser.add_argument("--append", action="store_true", help="append to benchmarks/RESULTS.md")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
-    if args.quick:
-        args.steps, args.baseline_steps, args.classes = "20", "20", "967,285"
-        args.channel_photos, args.channel_references = "coffee", 4
-        args.figures = args.cache / "quick"
     problem = argument_problem(args)
     if problem:
         parser.error(problem)
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), **quick(args.cache, args.seed_base)})
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
@@ -590,4 +692,6 @@ if __name__ == "__main__":
     try:
         main()
     except vital.VitalError as error:  # a wrong --layer, a judge that is not installed, ...
-        sys.exit(f"convergence.py: error: {error}")
+        # exit status 2, as argparse's own errors: what was asked cannot run
+        print(f"convergence.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -335,49 +335,106 @@ def ratio_main(
         print("\n".join(ratio_table(rows[name], f"{name}: ")))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options and their defaults (an option counts as given where it
+    differs from its default)."""
+    # named as run() names its own errors, also where speed.py is not sys.argv[0] (tests)
+    parser = argparse.ArgumentParser(prog="speed.py", description=__doc__)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--one", nargs=2, metavar=("MODEL", "BATCH"))
-    parser.add_argument("--references", type=int, default=0, help="measure N references")
-    parser.add_argument("--ratio", action="store_true", help="step / bare pass (see the doc)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    # one mode at a time: each of these ignores what the others measure
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--one", nargs=2, metavar=("MODEL", "BATCH"), help="one model at one batch size, as JSON"
+    )
+    mode.add_argument("--references", type=int, help="measure N references")
+    mode.add_argument("--ratio", action="store_true", help="step / bare pass (see the doc)")
+    mode.add_argument("--ratio-json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=5, help="--ratio: interleaved rounds")
     parser.add_argument("--before", help="--ratio: another checkout's src to compare with")
     parser.add_argument(
         "--clock", choices=CLOCKS, default="wall", help="--ratio: wall clock or CPU time"
     )
     parser.add_argument("--threads", type=int, default=1, help="--ratio: torch's threads")
-    parser.add_argument("--ratio-json", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    global clock
-    clock = CLOCKS[args.clock]
+    return parser
+
+
+# The options each mode reads; another one given there would do nothing, without a word.
+USED = {
+    "--ratio": {"steps", "rounds", "before", "clock", "threads"},  # on the CPU, its own cases
+    "--one": {"steps", "device"},
+    "--references": {"device"},
+    "the table": {"steps", "device"},
+}
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, said before any model loads; None if nothing is.
+
+    An unknown ``--one`` model is said by :func:`vital.load_model` as it starts (before it
+    builds anything); :func:`run` prints it as an error line.
+    """
     for option in ("steps", "rounds"):
         if getattr(args, option) < 1:
-            parser.error(f"--{option} is a count: 1 or more, not {getattr(args, option)}")
+            return f"--{option} is a count: 1 or more, not {getattr(args, option)}"
     if args.threads < 1:
-        parser.error(f"--threads is how many threads torch uses: 1 or more, not {args.threads}")
+        return f"--threads is how many threads torch uses: 1 or more, not {args.threads}"
+    if args.one is not None:
+        batch = args.one[1]
+        if not batch.strip().isdigit() or int(batch) < 1:
+            return f"--one MODEL BATCH: BATCH is a whole number of 1 or more, not {batch!r}"
+    if args.references is not None and args.references < 1:
+        return f"--references is a count: 1 or more, not {args.references}"
+    mode = (
+        "--ratio" if args.ratio or args.ratio_json
+        else "--one" if args.one is not None
+        else "--references" if args.references is not None
+        else "the table"
+    )  # fmt: skip
+    defaults = build_parser()
+    for option in ("steps", "device", "rounds", "before", "clock", "threads"):
+        if option not in USED[mode] and getattr(args, option) != defaults.get_default(option):
+            where = f"with {mode}" if mode.startswith("--") else "without --ratio"
+            why = " (it times on the CPU)" if mode == "--ratio" and option == "device" else ""
+            return f"--{option} does nothing {where}{why}; leave it out"
     # A path without the package would fall back to the installed (editable) vital, this tree,
     # and label it "before".
     if args.before is not None and not (Path(args.before) / "vital" / "__init__.py").is_file():
-        parser.error(
+        return (
             f"--before {args.before!r} holds no vital package: give another checkout's src "
             "folder (e.g. from `git worktree add`)"
         )
     if args.clock == "cpu" and args.steps < 3:
-        parser.error(
-            "--clock cpu times a step as a run of --steps less a run of 2: use --steps 3 or more"
-        )
+        return "--clock cpu times a step as a run of --steps less a run of 2: use --steps 3 or more"
+    if "device" in USED[mode]:
+        from vital import VitalError
+        from vital.zoo import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except VitalError as error:
+            return f"--device: {error}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
     if args.ratio:
         ratio_main(args.rounds, args.steps, args.before, args.clock, args.threads)
         return
     if args.ratio_json:  # one round of every case, for --before
         print(json.dumps(ratio_rounds(1, args.steps, args.threads)))
         return
-    if args.one:
+    if args.one is not None:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.steps, args.device)))
         return
-    if args.references:
+    if args.references is not None:
         print(json.dumps(reference_memory(args.device, args.references)))
         return
     rows = []
@@ -423,5 +480,18 @@ def main() -> None:
         )
 
 
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main`, with a :class:`vital.VitalError` (an unknown ``--one`` model, ...) said as
+    one error line; the exit status (2 for that, as argparse's own errors)."""
+    from vital import VitalError
+
+    try:
+        main(argv)
+    except VitalError as error:
+        print(f"speed.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -82,13 +82,10 @@ def test_seed_sets_are_distinct_whole_numbers():
 
 
 def _arguments(**given):
-    from convergence import CHANNEL_PHOTOS, CLASSES
+    """The parser's defaults (what ``--quick`` and ``--points`` compare against), then ``given``."""
+    from convergence import build_parser
 
-    defaults = {
-        "steps": "50,100", "baseline_steps": "300", "points": "", "channel_points": "",
-        "kinds": "classes,channels", "classes": ",".join(map(str, CLASSES)),
-        "channel_photos": ",".join(CHANNEL_PHOTOS), "channel_references": 20,
-    }  # fmt: skip
+    defaults = vars(build_parser().parse_args([]))
     return SimpleNamespace(**{**defaults, **given})
 
 
@@ -96,9 +93,15 @@ def test_the_defaults_and_good_options_pass():
     from convergence import argument_problem
 
     assert argument_problem(_arguments()) is None
-    good = _arguments(points="fast@100,1@2000", steps="", baseline_steps="", kinds="channels",
+    good = _arguments(points="fast@100,1@2000", baseline_steps="", kinds="channels",
                       channel_photos="rocket,grace_hopper", channel_references=1)  # fmt: skip
     assert argument_problem(good) is None
+    for fine in (
+        {"settings": "0,1,2,fast"}, {"settings": " FAST"}, {"seed_base": 63},
+        {"judge": "efficientnet_lite1"}, {"quick": True}, {"quick": True, "seed_base": 7},
+        {"quick": True, "points": "fast@20"}, {"set": ["views=2", "lr=0.1"]},
+    ):  # fmt: skip
+        assert argument_problem(_arguments(**fine)) is None, fine
 
 
 @pytest.mark.parametrize(
@@ -119,6 +122,18 @@ def test_the_defaults_and_good_options_pass():
         ("steps", "10,x", "--steps"),
         ("baseline_steps", "0", "--baseline-steps"),
         ("channel_references", 0, "--channel-references"),
+        ("settings", "7", "--settings: setting 7 does not exist"),
+        ("settings", "1,seven", "--settings"),
+        ("settings", "", "--settings"),
+        ("settings", "1,fast,1", "twice"),
+        ("settings", "fast, FAST", "twice"),  # the same setting however it is typed
+        ("seed_base", -1, "--seed-base is a whole number from 0"),
+        ("seed_base", 2**63 - 1, "--seed-base"),  # image 6 would take a seed past 2**63 - 1
+        ("judge", "bogus", "--judge takes efficientnet_lite0 or efficientnet_lite1"),
+        ("judge", "mobilenet_v2", "--judge"),  # a model, but not a judge the tables name
+        ("set", ["views=0"], "--set views=0: the number of views"),  # before the first point
+        ("set", ["lr=fast"], "--set lr=fast"),
+        ("set", ["nonsense=1"], "--set takes KEY=VALUE"),
     ],
 )
 def test_a_wrong_option_is_named_before_anything_runs(option, value, said):
@@ -126,6 +141,60 @@ def test_a_wrong_option_is_named_before_anything_runs(option, value, said):
 
     problem = argument_problem(_arguments(**{option: value}))
     assert problem is not None and said in problem
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        (["--steps", "5"], "--steps"),
+        (["--baseline-steps", ""], "--baseline-steps"),
+        (["--classes", "967"], "--classes"),
+        (["--channel-photos", "daisy"], "--channel-photos"),
+        (["--channel-references", "8"], "--channel-references"),
+        (["--figures", "elsewhere"], "--figures"),
+        (["--step", "5", "--fig", "x"], "--steps, --figures"),  # abbreviated, as argparse takes
+    ],
+)
+def test_quick_refuses_an_option_it_would_replace(given, named):
+    from convergence import argument_problem, build_parser
+
+    problem = argument_problem(build_parser().parse_args(["--quick", *given]))
+    assert problem == f"--quick sets {named} itself: leave out {named} or --quick"
+    assert argument_problem(build_parser().parse_args(given)) is None  # fine without --quick
+
+
+def test_quick_names_every_option_it_replaces_in_its_help():
+    from convergence import build_parser, quick
+
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if a.dest == "quick"]
+    for name in quick(Path("cache")):
+        assert "--" + name.replace("_", "-") in action.help
+
+
+def test_quick_checks_the_options_it_leaves_alone():
+    from convergence import argument_problem, build_parser
+
+    parse = build_parser().parse_args
+    assert "--settings" in argument_problem(parse(["--quick", "--settings", "7"]))
+    assert "--judge" in argument_problem(parse(["--quick", "--judge", "bogus"]))
+
+
+def test_quick_gives_each_seed_set_its_own_figures():
+    from convergence import quick
+
+    cache = Path("cache")
+    assert quick(cache)["figures"] == cache / "quick"  # where --quick always wrote them
+    assert quick(cache, 7)["figures"] == cache / "quick" / "seeds-7"
+
+
+@pytest.mark.parametrize(("given", "named"), [({"steps": "5"}, "--steps"),
+                                              ({"settings": "fast"}, "--settings")])  # fmt: skip
+def test_points_refuse_the_settings_and_steps_they_replace(given, named):
+    from convergence import argument_problem
+
+    problem = argument_problem(_arguments(points="fast@100", **given))
+    assert problem == f"--points names each point's setting and steps: leave out {named}"
 
 
 def test_options_of_a_kind_not_run_are_not_checked():
