@@ -224,7 +224,7 @@ def test_a_sheets_typo_is_refused_before_mining(monkeypatch, capsys, tmp_path, i
         monkeypatch, capsys, "mine", "-l", "stage2", "--data", image_folder, "--sheets",
         "1,abc", "--out", tmp_path / "out", model=tiny_cnn_model(),
     )  # fmt: skip
-    assert_one_line_error(code, err, "--sheets takes whole numbers")
+    assert_one_line_error(code, err, "--sheets takes auto, all, none or unit numbers")
     assert not (tmp_path / "out" / "mining.sqlite").exists() and "index:" not in out
 
 
@@ -464,3 +464,28 @@ def test_an_option_the_run_would_drop_is_refused(monkeypatch, capsys, tmp_path, 
         model=tiny_cnn_model(),
     )  # fmt: skip
     assert_one_line_error(code, err, said)
+
+
+def test_a_file_of_several_directions_says_how_to_take_one(tmp_path):
+    from vital.methods.vital_neuron import direction_target
+
+    np.save(tmp_path / "directions.npy", np.ones((3, 8)))
+    with pytest.raises(VitalError, match=r"a file of 3 directions.*\[K\]"):
+        direction_target("stage2", tmp_path / "directions.npy")
+
+
+def test_the_matplotlib_photo_file_is_closed_once_read(monkeypatch):
+    import matplotlib.cbook
+
+    from vital.references import open_rgb, sample_photo
+
+    opened = []
+    original = matplotlib.cbook.get_sample_data
+
+    def tracked(name, *args, **kwargs):
+        opened.append(original(name, *args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(matplotlib.cbook, "get_sample_data", tracked)
+    assert open_rgb(sample_photo("grace_hopper")).size[0] > 100
+    assert opened and all(file.closed for file in opened)

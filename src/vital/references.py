@@ -155,7 +155,12 @@ def _sklearn(filename: str) -> Callable[[], Image.Image]:
 
 
 def _matplotlib(filename: str) -> Callable[[], Image.Image]:
-    read = lambda cbook, name: Image.open(cbook.get_sample_data(name))  # noqa: E731
+    def read(cbook, name: str) -> Image.Image:
+        with cbook.get_sample_data(name) as file:  # an open file: closed once read
+            image = Image.open(file)
+            image.load()
+        return image
+
     return _photo("matplotlib.cbook", "matplotlib", filename, read)
 
 

@@ -75,7 +75,12 @@ def mine_command(
             "file is mined instead of channels)."
         )
     if sheets not in ("auto", "all", "none"):
-        options.integers([sheets], "--sheets")  # a typo is refused before the pass, not after
+        try:  # a typo is refused before the pass, not after
+            options.integers([sheets], "--sheets")
+        except VitalError:
+            raise VitalError(
+                f"--sheets takes auto, all, none or unit numbers (3,17), not {sheets!r}."
+            ) from None
     loaded = session.load(common["model"], common["weights"], device)
     directions = None
     if direction is not None:

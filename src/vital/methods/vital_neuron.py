@@ -86,9 +86,15 @@ def direction_target(layer: str, path: str | Path) -> Direction:
     if values.ndim > 1 and sum(side > 1 for side in values.shape) <= 1:
         values = values.reshape(-1)  # a (1, C) row or (C, 1) column is still one vector
     if values.ndim != 1:
+        rows = (
+            f" (a file of {values.shape[0]} directions, as `vital concepts` writes: save the one "
+            "you want, e.g. numpy.save('d.npy', numpy.load(FILE)[K]))"
+            if values.ndim == 2
+            else ""
+        )
         raise VitalError(
             f"{path} holds an array of shape {values.shape}; a direction is one vector over "
-            "the layer's channels."
+            f"the layer's channels{rows}."
         )
     return Direction(layer, tuple(float(v) for v in values), name=path.stem)
 
