@@ -214,17 +214,8 @@ class ResultStore:
         A record whose files are gone or damaged counts as not stored: the picture is made
         again.
         """
-        seed = spec.settings.get("seed")
-        with self._connect() as connection:
-            row = connection.execute(
-                "SELECT record FROM results "
-                "WHERE unit = ? AND method = ? AND model = ? AND seed = ?",
-                (spec.unit, spec.method, spec.model, seed),
-            ).fetchone()
-        if row is None:
-            return None
-        record = Record.from_json(row[0])
-        if not spec.matches(record) or "png" not in (record.files or {}):
+        record = self._record_in_files_of(spec)
+        if record is None or not spec.matches(record) or "png" not in (record.files or {}):
             return None
         try:
             result = load_result(record, self.folder, target)
@@ -240,20 +231,21 @@ class ResultStore:
         and seed); ``None`` when there is none, when its picture file is gone, or when it is
         ``spec``'s own picture.
         """
-        seed = spec.settings.get("seed")
+        record = self._record_in_files_of(spec)
+        png = (record.files or {}).get("png") if record is not None else None
+        if png is None or spec.matches(record) or not (self.folder / png).is_file():
+            return None
+        return record
+
+    def _record_in_files_of(self, spec: PictureSpec) -> Record | None:
+        """The indexed record under ``spec``'s unit, method, model and seed (its file names)."""
         with self._connect() as connection:
             row = connection.execute(
                 "SELECT record FROM results "
                 "WHERE unit = ? AND method = ? AND model = ? AND seed = ?",
-                (spec.unit, spec.method, spec.model, seed),
+                (spec.unit, spec.method, spec.model, spec.settings.get("seed")),
             ).fetchone()
-        if row is None:
-            return None
-        record = Record.from_json(row[0])
-        png = (record.files or {}).get("png")
-        if spec.matches(record) or png is None or not (self.folder / png).is_file():
-            return None
-        return record
+        return Record.from_json(row[0]) if row is not None else None
 
     def finished_units(self, method: str, model: str) -> set[str]:
         """Units with a stored result for ``method`` and model fingerprint ``model``."""
