@@ -489,3 +489,22 @@ def test_the_matplotlib_photo_file_is_closed_once_read(monkeypatch):
     monkeypatch.setattr(matplotlib.cbook, "get_sample_data", tracked)
     assert open_rgb(sample_photo("grace_hopper")).size[0] > 100
     assert opened and all(file.closed for file in opened)
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [(["--no-pictures", "--pictured", "5"], "leave out --pictured"),
+     (["--pictured", "0"], "--pictured N pictures at least 1"),
+     (["--pictured", "-1"], "--pictured N pictures at least 1")],
+)  # fmt: skip
+def test_concept_pictures_asked_for_in_two_ways_are_refused(
+    monkeypatch, capsys, tmp_path, extra, said
+):
+    from test_hostile import assert_one_line_error, run
+
+    code, _, err = run(
+        monkeypatch, capsys, "concepts", "-c", "1", "--layer", "stage3", *extra,
+        "--out", tmp_path / "out", model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert_one_line_error(code, err, said)
+    assert not (tmp_path / "out").exists()

@@ -94,6 +94,11 @@ def concepts_command(
     names = options.names(classes)
     if len(names) != 1:
         raise VitalError("concepts are found for one class at a time: give one --class.")
+    if no_pictures and pictured is not None:  # it would be dropped unseen
+        raise VitalError("--no-pictures draws no concept: leave out --pictured N, or it.")
+    if pictured is not None and pictured < 1:
+        raise VitalError(f"--pictured N pictures at least 1 concept (or give --no-pictures), "
+                         f"not {pictured}.")  # fmt: skip
     session.check_out(out)
     loaded = session.load(model, weights, device)
     session.Session.out = out
