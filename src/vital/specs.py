@@ -119,27 +119,23 @@ class PictureSpec:
         """What differs between ``record``'s inputs and this spec, as short phrases.
 
         Settings and options name their fields (``steps 300 → 2``); a record that lacks what
-        it depended on (written by an older vital) says so.
+        it depended on (written by an older vital) says so. Empty exactly when they match.
         """
-        references = record.references or {}
-        if record.options is None or (self.references and "identity" not in references):
+        recorded = _recorded_inputs(record, self.references is not None)
+        if recorded is None:
             return ["inputs an older vital did not record"]
+        wanted = self.inputs()
         said = []
-        for name, recorded, wanted in (
-            ("method", record.method, self.method),
-            ("model", record.model.get("fingerprint"), self.model),
-            ("references", references.get("identity"), self.references),
-        ):
-            if plain_data(recorded) != plain_data(wanted):
-                said.append(name if name != "method" else f"method {recorded} → {wanted}")
-        options = {k: v for k, v in record.options.items() if k not in NOT_OUTPUT}
-        for group, recorded, wanted in (
-            ("", plain_data(record.settings), self.settings),
-            ("", plain_data(options), self.options),
-        ):
-            for key in sorted(set(recorded) | set(wanted)):
-                if recorded.get(key) != wanted.get(key):
-                    said.append(f"{group}{key} {recorded.get(key)} → {wanted.get(key)}")
+        for name in ("method", "model", "unit", "references"):
+            if recorded[name] != wanted[name]:
+                said.append(
+                    name if name != "method" else f"method {recorded[name]} → {wanted[name]}"
+                )
+        for group in ("settings", "options"):
+            for key in sorted(set(recorded[group]) | set(wanted[group])):
+                before, after = (inputs[group].get(key, _MISSING) for inputs in (recorded, wanted))
+                if before is _MISSING or after is _MISSING or before != after:
+                    said.append(f"{key} {_shown(before)} → {_shown(after)}")
         return said
 
     def matches(self, record: Record, ignore_seed: bool = False) -> bool:
@@ -148,10 +144,35 @@ class PictureSpec:
         A record without the references' identity or the method's options (one written
         outside an atlas by an older vital) never matches: what it depended on is unknown.
         """
-        references = record.references or {}
-        if record.options is None or (self.references and "identity" not in references):
+        recorded = _recorded_inputs(record, self.references is not None)
+        if recorded is None:
             return False
-        recorded = {
+        wanted = self.inputs()
+        if ignore_seed:
+            for spec in (recorded, wanted):
+                spec["settings"] = {k: v for k, v in spec["settings"].items() if k != "seed"}
+        return recorded == wanted
+
+
+# A setting or option that one side lacks (shown as "(none)").
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    return "(none)" if value is _MISSING else str(value)
+
+
+def _recorded_inputs(record: Record, with_references: bool) -> dict | None:
+    """A record's inputs in :meth:`PictureSpec.inputs`' form; None where it did not record them.
+
+    A record without the method's options, or without the references' identity where the
+    picture has references, was written by an older vital: what it depended on is unknown.
+    """
+    references = record.references or {}
+    if record.options is None or (with_references and "identity" not in references):
+        return None
+    return plain_data(
+        {
             "method": record.method,
             "model": record.model.get("fingerprint"),
             "unit": unit_of_record(record),
@@ -159,8 +180,4 @@ class PictureSpec:
             "references": references.get("identity"),
             "options": {k: v for k, v in record.options.items() if k not in NOT_OUTPUT},
         }
-        wanted = self.inputs()
-        if ignore_seed:
-            for spec in (recorded, wanted):
-                spec["settings"] = {k: v for k, v in spec["settings"].items() if k != "seed"}
-        return plain_data(recorded) == wanted
+    )
