@@ -236,12 +236,19 @@ def run(
         channels_last(model.module, settings.channels_last),
         method.prepare(model, targets, references, settings) as plans,
     ):
-        if sink.reuse and sink.store is not None:
-            _refuse_other_pictures(method, model, settings, plans, seeds, sink.store)
+        # Without a folder or with force, nothing stored is read and every picture is new.
+        reading = sink.reuse and sink.store is not None
+        specs = _specs(method, model, settings, plans, seeds) if reading else None
+        if specs is not None:
+            _refuse_other_pictures(specs, target_plan(plans), sink.store)
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]
             batch_targets = target_plan(batch)
-            stored = _stored(method, model, settings, batch, batch_targets, batch_seeds, sink)
+            stored = (
+                _stored(specs[start : start + len(batch)], batch_targets, sink)
+                if specs is not None
+                else []
+            )
             if stored:
                 for result in stored:
                     sink(result)
@@ -287,28 +294,30 @@ def run(
     return sink.results
 
 
+def _specs(
+    method: Method, model: Model, settings: Settings, plans: Sequence[Any], seeds: Sequence[int]
+) -> list[PictureSpec]:
+    """Each plan's picture spec: everything its picture depends on."""
+    return [
+        PictureSpec.of(
+            method, model.fingerprint, target, settings, seed, method.identifying_references(plan)
+        )
+        for plan, target, seed in zip(plans, target_plan(plans), seeds, strict=True)
+    ]
+
+
 def _stored(
-    method: Method,
-    model: Model,
-    settings: Settings,
-    plans: Sequence[Any],
-    targets: Sequence[Target],
-    seeds: Sequence[int],
-    sink: ResultSink,
+    specs: Sequence[PictureSpec], targets: Sequence[Target], sink: ResultSink
 ) -> list[Result]:
     """The batch's pictures from the sink's folder when all are stored there; else none.
 
-    Stored means: with exactly these inputs (:class:`~vital.specs.PictureSpec`).
+    Stored means: with exactly these inputs (``specs``).
 
     A batch is reused whole or run whole, so an interrupted run, run again, gives the pictures
     the uninterrupted run would have given (a batch's images share float rounding).
     """
-    if not sink.reuse:
-        return []
     found = []
-    for plan, target, seed in zip(plans, targets, seeds, strict=True):
-        references = method.identifying_references(plan)
-        spec = PictureSpec.of(method, model.fingerprint, target, settings, seed, references)
+    for spec, target in zip(specs, targets, strict=True):
         result = sink.stored(spec, target)
         if result is None:
             return []
@@ -317,12 +326,7 @@ def _stored(
 
 
 def _refuse_other_pictures(
-    method: Method,
-    model: Model,
-    settings: Settings,
-    plans: Sequence[Any],
-    seeds: Sequence[int],
-    store: ResultStore,
+    specs: Sequence[PictureSpec], targets: Sequence[Target], store: ResultStore
 ) -> None:
     """Refuse, before any work, a run whose pictures would replace ones made otherwise.
 
@@ -330,12 +334,11 @@ def _refuse_other_pictures(
     with other settings, options or references would overwrite the first run's pictures;
     without ``force`` that is asked, not done.
     """
-    for plan, target, seed in zip(plans, target_plan(plans), seeds, strict=True):
-        references = method.identifying_references(plan)
-        spec = PictureSpec.of(method, model.fingerprint, target, settings, seed, references)
+    for spec, target in zip(specs, targets, strict=True):
         record = store.other_picture(spec)
         if record is not None:
             changed = "; ".join(spec.differences(record)[:3])
+            seed = spec.settings["seed"]
             raise VitalError(
                 f"{store.folder} already holds the picture of {target.describe()} (seed "
                 f"{seed}) made with other inputs ({changed}): give force=True (--force) to "
