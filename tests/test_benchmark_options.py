@@ -232,3 +232,12 @@ def test_speed_refuses_a_bad_batch_through_its_parser(capsys):
     assert error == (
         "speed.py: error: --one MODEL BATCH: BATCH is a whole number of 1 or more, not '0'"
     )
+
+
+def test_relevance_cost_takes_image_sides_it_can_run():
+    from relevance_cost import sides
+
+    assert sides("16,224") == [16, 224]
+    for wrong in ("8", "x", "", "16,4096"):
+        with pytest.raises(argparse.ArgumentTypeError, match="image sides from 16"):
+            sides(wrong)
