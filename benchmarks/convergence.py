@@ -45,6 +45,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -275,7 +276,34 @@ def argument_problem(args: argparse.Namespace) -> str | None:
             f"--seed-base is a whole number from 0 to {2**63 - targets} (image i takes seed "
             f"BASE + i), not {args.seed_base}"
         )
+    checks += [
+        unwritable(args.json, "--json", folder=False) if args.json else None,
+        unwritable(args.figures, "--figures", folder=True),
+        unwritable(args.cache, "--cache", folder=True),
+    ]
     return next((problem for problem in checks if problem), None)
+
+
+def unwritable(path: Path, option: str, folder: bool) -> str | None:
+    """Why the benchmark could not write ``path`` (a folder, or a file when ``folder`` is
+    False) once its run ends; None if it could. Nothing is created: the nearest existing
+    ancestor must be a writable folder."""
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{option} {path} is a file; give a folder"
+        if not folder and path.is_dir():
+            return f"{option} {path} is a folder; give a file name"
+        if not os.access(path, os.W_OK):
+            return f"{option} {path} is not writable; give another path"
+        return None
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{option} {path} lies under the file {ancestor}; give another path"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{option} {path} cannot be created: {ancestor} is not writable"
+    return None
 
 
 # --- the two target runners -------------------------------------------------------------------

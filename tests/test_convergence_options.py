@@ -202,3 +202,26 @@ def test_options_of_a_kind_not_run_are_not_checked():
 
     assert argument_problem(_arguments(kinds="channels", classes="abc")) is None
     assert argument_problem(_arguments(kinds="classes", channel_photos="astronaut")) is None
+
+
+def test_an_output_path_it_could_not_write_is_named_before_anything_runs(tmp_path):
+    """--json, --figures and --cache are written after the run (minutes later): a path that
+    cannot take them is refused first, and nothing is created by the check."""
+    from convergence import argument_problem
+
+    a_file = tmp_path / "rows.json"
+    a_file.write_text("{}")
+    a_folder = tmp_path / "folder"
+    a_folder.mkdir()
+    for given, said in (
+        ({"json": a_folder}, f"--json {a_folder} is a folder"),
+        ({"json": a_file / "rows.json"}, "lies under the file"),
+        ({"figures": a_file}, f"--figures {a_file} is a file"),
+        ({"cache": a_file / "deeper" / "cache"}, "lies under the file"),
+    ):
+        problem = argument_problem(_arguments(**given))
+        assert problem is not None and said in problem, (given, problem)
+    fine = {"json": tmp_path / "new" / "rows.json", "figures": tmp_path / "figs",
+            "cache": tmp_path / "c"}  # fmt: skip
+    assert argument_problem(_arguments(**fine)) is None
+    assert not (tmp_path / "new").exists() and not (tmp_path / "figs").exists()
