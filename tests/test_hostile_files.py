@@ -522,3 +522,16 @@ def test_weights_by_url_are_downloaded_into_torchs_cache(tmp_path, monkeypatch):
     assert fetched == [url]  # the second time from the cache
     with pytest.raises(VitalError, match="http, https or file"):
         vital.load_model("mobilenet_v3_small", weights="s3://bucket/weights.pth")
+
+
+def test_mine_names_the_files_it_could_not_read(monkeypatch, capsys, tmp_path):
+    folder = tmp_path / "data"
+    write_images(folder, 3)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    arguments = ["mine", "--layer", "stage2", "--data", folder, "--top", "2", "--patch", "0"]
+    code, out, err = run(
+        monkeypatch, capsys, *arguments, "--out", tmp_path / "m", model=tiny_cnn_model()
+    )
+    assert code == 0, err
+    assert "1 unreadable skipped" in out
+    assert f"unreadable: {folder / 'broken.jpg'}" in out

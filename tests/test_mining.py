@@ -366,6 +366,8 @@ def test_corrupt_and_non_image_files_are_skipped_and_counted(dataset, tmp_path):
     report = mine(model, LAYER, folder, tmp_path / "out", **{**mine_kwargs(), "workers": 2})
     assert report.images == COUNT + 2
     assert report.unreadable == 2 and report.not_images == 2
+    named = sorted(Path(path).name for path in report.unreadable_examples)
+    assert named == ["broken.jpg", "truncated.png"]  # so the user can find and mend them
     info, ranked = mined(report.database, model, LAYER, 0)
     assert info["unreadable"] == 2
     assert sorted(int(Path(r.path).stem[3:]) for r in ranked) == sorted(PLANTED)

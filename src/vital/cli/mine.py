@@ -107,6 +107,10 @@ def mine_command(
         f"{len(report.units)} unit(s) of {layer} over {report.images} images "
         f"({report.unreadable} unreadable skipped, {report.not_images} other files ignored)"
     )
+    if report.unreadable_examples:
+        more = report.unreadable - len(report.unreadable_examples)
+        named = ", ".join(report.unreadable_examples) + (f" and {more} more" if more > 0 else "")
+        typer.echo(f"  unreadable: {named}")
     if report.reused:
         typer.echo(f"  reused {len(report.reused)} finished list(s) from the index")
     if report.scanned:

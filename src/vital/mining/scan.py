@@ -34,7 +34,14 @@ from vital.errors import VitalError, check_count
 from vital.files import exclusive
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import MiningIndex, PassState, database_path
-from vital.mining.shards import Decoder, Patches, Shard, ShardFailure, StageScorer
+from vital.mining.shards import (
+    UNREADABLE_NAMED,
+    Decoder,
+    Patches,
+    Shard,
+    ShardFailure,
+    StageScorer,
+)
 from vital.mining.topk import RunningTopK
 from vital.mining.units import Units, channel_units, direction_units
 from vital.store import output_folder
@@ -73,6 +80,9 @@ class MiningReport:
         Images in the dataset.
     unreadable
         Images that could not be decoded (skipped).
+    unreadable_examples
+        Paths of the first few of them that this call read (a resumed or reused pass read
+        the others before, and counted them without names).
     not_images
         Other files in the folder (ignored).
     seconds
@@ -93,6 +103,7 @@ class MiningReport:
     seconds: dict[str, float] = field(default_factory=dict)
     scanned: int = 0
     engine: str = "local"
+    unreadable_examples: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -288,6 +299,7 @@ def _mine(
         if runner is not engine:  # made here: stop the Ray instance it started
             runner.shutdown()
     report.seconds, report.scanned, report.unreadable = scan.seconds, scan.scanned, scan.unreadable
+    report.unreadable_examples = [images.paths[p] for p in scan.unreadable_positions]
 
     headers = [
         {
@@ -326,6 +338,7 @@ class _Pass:
     seconds: dict[str, float] = field(default_factory=dict)
     scanned: int = 0  # stage-1 images read in this call
     unreadable: int = 0  # stage-1 unreadable images, this call and before
+    unreadable_positions: list[int] = field(default_factory=list)  # the first few, this call
 
     def run(self, top_images: int, top: int, patches: Patches | None) -> list[list[tuple]]:
         """Both stages (or what is left of them): each unit's ranked rows for the index."""
@@ -433,6 +446,8 @@ class _Pass:
                 if stage == 1:
                     self.scanned += outcome.images
                     self.unreadable += outcome.unreadable
+                    room = UNREADABLE_NAMED - len(self.unreadable_positions)
+                    self.unreadable_positions += list(outcome.unreadable_positions[:room])
                 bar.update(outcome.images)
                 if time.monotonic() - last_snapshot >= self.checkpoint_seconds:
                     self.index.save_pass(self.key, keys, stage, ranking.state())

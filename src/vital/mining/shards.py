@@ -21,6 +21,8 @@ from vital.references import smallest_patch_side
 from vital.taps import tapped
 from vital.zoo import Model
 
+UNREADABLE_NAMED = 5  # unreadable images a shard names (the count covers them all)
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # positions, uint8 crops, readable
 
 
@@ -92,7 +94,11 @@ class Shard:
 
 @dataclass(frozen=True)
 class ShardResult:
-    """A shard's own top-k per unit (ranked, ``-inf``-padded) and its counts."""
+    """A shard's own top-k per unit (ranked, ``-inf``-padded) and its counts.
+
+    ``unreadable_positions`` holds the positions of its first unreadable images, so that a
+    report can name them.
+    """
 
     stage: int
     number: int
@@ -101,6 +107,7 @@ class ShardResult:
     scores: torch.Tensor
     ids: torch.Tensor
     payload: torch.Tensor
+    unreadable_positions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,10 +186,14 @@ class StageScorer:
         model = self._model()
         found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         images = unreadable = 0
+        unreadable_positions: list[int] = []
         with tapped(model.module, [self.layer], stop_early=True) as tap, torch.no_grad():
             for positions, crops, readable in batches:
                 images += len(positions)
                 unreadable += int((~readable).sum())
+                if len(unreadable_positions) < UNREADABLE_NAMED:
+                    missing = positions[~readable][: UNREADABLE_NAMED - len(unreadable_positions)]
+                    unreadable_positions += [int(p) for p in missing]
                 if readable.any():
                     pixels = crops[readable].to(model.device, non_blocking=True).float() / 255
                     if self.patches is None:
@@ -209,6 +220,7 @@ class StageScorer:
             torch.where(keep, scores[:, :width], -torch.inf),
             torch.where(keep, ids[:, :width], -1),
             torch.where(keep, payload[:, :width], 0),
+            tuple(unreadable_positions),
         )
 
     def _maxima(self, tap, pixels: torch.Tensor) -> torch.Tensor:
