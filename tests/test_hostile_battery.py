@@ -452,6 +452,19 @@ def test_concept_data_that_is_no_path_is_named(image_folder):
     [
         (["neuron", "--layer", "stage2", "-k", "0", "--mined-as", "patch"], "--refs mined"),
         (["class", "-c", "1", "--method", "fourier", "--ref-count", "3"], "leave out --ref-count"),
+        (
+            ["neuron", "-l", "stage2", "-k", "0", "--method", "maco", "--patch", "8", "--rank"],
+            "--method maco uses no reference images: leave out --patch and --rank",
+        ),
+        (
+            ["neuron", "-l", "stage2", "-k", "0", "--method", "fourier", "--rank"],
+            "leave out --rank",
+        ),
+        (
+            ["neuron", "-l", "stage2", "-k", "0", "--refs", "mined", "--mined-as", "bogus"],
+            "--mined-as takes 'image'",
+        ),
+        (["explain", "--data", "x.png", "-l", "stage2", "--mined-as", "crops"], "--mined-as"),
         (["compare", "-c", "1", "--layer", "stage2"], "--layer is the layer of --channel"),
         (["compare", "-c", "1", "--judge-weights", "w.pth"], "name the judge too"),
     ],
@@ -508,3 +521,11 @@ def test_concept_pictures_asked_for_in_two_ways_are_refused(
     )  # fmt: skip
     assert_one_line_error(code, err, said)
     assert not (tmp_path / "out").exists()
+
+
+def test_mined_as_is_taken_in_any_case_and_refused_otherwise():
+    from vital.cli.options import _mined_as
+
+    assert _mined_as(" Patch") == "patch" and _mined_as("IMAGE") == "image"
+    with pytest.raises(VitalError, match="--mined-as takes"):
+        _mined_as("patches")

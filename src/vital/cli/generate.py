@@ -64,7 +64,9 @@ def _generate(targets, references, kind: str, common: dict, **method_options) ->
         settings=options.settings_of(common, "lr", "jitter"),
         batch_size=common["batch"],
         **options.overrides(taps=common["taps"] or None, **method_options),
-        **_reference_count(method, resolve_targets(loaded, targets), common["ref_count"]),
+        **_reference_count(
+            method, resolve_targets(loaded, targets), common["ref_count"], method_options
+        ),
     )
     baseline = method if kind == "class" else f"{kind}-{method}"
     session.report(results, out, kind if method == DEFAULT_METHOD else baseline)
@@ -165,15 +167,28 @@ def compare_command(
     _print_report(write_report(comparison, out))
 
 
-def _reference_count(method: str, targets, count: int) -> dict:
+# The method options that only choose or cut references, and the options that set them.
+_REFERENCE_OPTIONS = {"patch_side": "--patch", "rank": "--rank"}
+
+
+def _reference_count(method: str, targets, count: int, method_options: dict) -> dict:
     """``reference_count`` for a method that uses references; nothing for one that has none.
 
-    A count given to a method without references would be dropped unseen: it is refused.
+    A count, a patch side or a ranking given to a method without references would be dropped
+    unseen (or refused in the API's words): each is refused, named as the option it came from.
     """
     if method_class(method, targets).uses_references:
         return {"reference_count": count}
-    if count != DEFAULT_REFERENCES:
-        raise VitalError(f"--method {method} uses no reference images: leave out --ref-count.")
+    given = ["--ref-count"] if count != DEFAULT_REFERENCES else []
+    given += [
+        option
+        for name, option in _REFERENCE_OPTIONS.items()
+        if method_options.get(name) not in (None, False)
+    ]
+    if given:
+        raise VitalError(
+            f"--method {method} uses no reference images: leave out {' and '.join(given)}."
+        )
     return {}
 
 
@@ -192,12 +207,7 @@ def neuron(
         options.option("--direction", "A concept: .npy vector over the layer's channels."),
     ] = None,
     refs: Annotated[str | None, options.option("--refs", NEURON_REFS_HELP)] = None,
-    mined_mode: Annotated[
-        str,
-        typer.Option(
-            "--mined-as", help="With mined references: 'image' (whole images) or 'patch'."
-        ),
-    ] = "image",
+    mined_mode: options.MinedAs = "image",
     relevance: Annotated[str | None, typer.Option("--relevance", help=options.RELEVANCE_HELP)] = (
         None
     ),

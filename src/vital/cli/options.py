@@ -152,8 +152,29 @@ TopImages = Annotated[
 MiningPatch = Annotated[
     int, option("--patch", "Mining stage 2's patch side on the centre crop (0: whole images).")
 ]
+
+
+def _mined_as(value: str) -> str:
+    """The way mined references are read, checked where it is typed.
+
+    Taken in any case, as method and setting names are.
+    """
+    value = value.strip().lower()
+    if value not in ("image", "patch"):
+        raise VitalError(
+            f"--mined-as takes 'image' (the whole mined images) or 'patch' (their best "
+            f"patches), not {value!r}."
+        )
+    return value
+
+
 MinedAs = Annotated[
-    str, typer.Option("--mined-as", help="Mined references: 'image' (whole images) or 'patch'.")
+    str,
+    typer.Option(
+        "--mined-as",
+        help="With mined references: 'image' (whole images) or 'patch'.",
+        callback=_mined_as,
+    ),
 ]
 LearningRate = Annotated[
     float | None, typer.Option("--lr", help="Peak learning rate (default: the method's).")
