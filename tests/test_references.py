@@ -133,3 +133,25 @@ def test_random_views_of_extreme_shapes_are_whole_squares(size):
     generator = np.random.default_rng(1)
     views = [random_view(image, 32, generator) for _ in range(4)]
     assert all(view.shape == (3, 32, 32) and torch.isfinite(view).all() for view in views)
+
+
+def test_reference_passes_above_224px_hold_fewer_views_with_the_same_mean(tiny_cnn, image_folder):
+    """A pass's memory grows with its pixels: above 224 px the views go fewer at a time (one
+    at least), and the mean over all views is the same."""
+    from vital.references import average_over_views, from_folder, views_per_pass
+
+    assert views_per_pass(16, 224) == 16 and views_per_pass(16, 32) == 16
+    assert views_per_pass(16, 448) == 4 and views_per_pass(8, 512) == 1
+    assert views_per_pass(8, 2048) == 1 and views_per_pass(1, 300) == 1
+    references = from_folder(image_folder, count=6, seed=0)
+    sizes: list[int] = []
+
+    def summarize(x):
+        sizes.append(x.shape[0])
+        return {"mean": x.mean(dim=(2, 3))}
+
+    seen = average_over_views(tiny_cnn, references, 448, summarize, batch_size=16)
+    assert sizes == [4, 2]  # 6 views, 4 at a time
+    views = torch.stack(list(references.views(448)))
+    expected = tiny_cnn.preprocessing.normalize(views).mean(dim=(2, 3)).mean(dim=0)
+    assert torch.allclose(seen["mean"], expected, atol=1e-6)

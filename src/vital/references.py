@@ -700,6 +700,22 @@ def cached(kind: str, key: object, compute: Callable[[], dict], cache_dir: Path 
     return value
 
 
+# The side up to which a reference pass takes its full batch of views: the usual input side.
+# A pass's memory grows with its pixels (a neuron's relevance pass at 512 px held 8 views'
+# graphs, 5.8 GB, and at 1024 px more than the machine had), so above it fewer views go at once.
+FULL_BATCH_SIDE = 224
+
+
+def views_per_pass(batch_size: int, resolution: int) -> int:
+    """Views per reference pass: ``batch_size`` up to 224 px, then as many as hold its pixels.
+
+    At least one: a large resolution costs time, not memory beyond one view's.
+    """
+    if resolution <= FULL_BATCH_SIDE:
+        return batch_size
+    return max(1, batch_size * FULL_BATCH_SIDE**2 // resolution**2)
+
+
 def average_over_views(
     model,
     references: ReferenceSet,
@@ -725,7 +741,7 @@ def average_over_views(
     downsample
         Average-pool factor applied to the views before the model.
     batch_size
-        Views per forward pass.
+        Views per forward pass at 224 px or less; above, fewer (:func:`views_per_pass`).
     coarse_view
         How pooled views reach the model (:func:`vital.scales.coarsen`): as they are, or
         ``"blurred"`` back to ``resolution``.
@@ -739,7 +755,7 @@ def average_over_views(
     seen = 0
     preprocessing = model.preprocessing
     views = references.views(resolution, preprocessing.crop_pct, preprocessing.interpolation)
-    for batch in _batches(views, batch_size):
+    for batch in _batches(views, views_per_pass(batch_size, resolution)):
         x = model.preprocessing.normalize(batch.to(model.device, model.dtype))
         x = coarsen(x, downsample, coarse_view)
         for name, values in summarize(x).items():
