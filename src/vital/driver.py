@@ -20,6 +20,7 @@ import torch
 from vital import metrics
 from vital.errors import VitalError, check_count, plain
 from vital.grids import as_saved
+from vital.memory import pictures_at_once
 from vital.methods.base import Method, resolution_of, target_plan
 from vital.optimize import (
     DEFAULT_SETTING,
@@ -229,6 +230,10 @@ def run(
     if classes:  # before any work: a model without class scores fails at once
         metrics.check_classifier(model, max(classes))
     settings = fit_stages(model, settings)
+    # Above the usual side a batch must fit in memory: fewer at once, or a refusal, before work.
+    batch_size = pictures_at_once(
+        model, resolution_of(model, settings), min(batch_size, len(targets))
+    )
     sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
     with (

@@ -1,0 +1,111 @@
+"""How much memory a picture's step needs at a large resolution, and how much is free.
+
+A step's memory grows with the square of the picture's side: MobileNetV2's graph for one
+2048 px picture is about 6 GB, so the default batch of 8 would need about 50 GB. Above the usual
+input side the driver asks :func:`pictures_at_once` how many pictures fit, instead of letting the
+operating system kill the process halfway through a run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from vital.errors import VitalError
+from vital.zoo import Model
+
+# Up to this side every batch is taken as asked: the usual input side, where a batch of 8
+# MobileNetV2 pictures needs well under 1 GB.
+CHECKED_ABOVE = 224
+
+# A step holds more than the model's forward graph: the objective's taps, sorts and gradients,
+# and for inner units the relevance pass's own graph (MobileNetV2 at 1024 px: peak 2.0× the
+# graph for a channel, 1.25× for a class). Batches are sized by the larger share.
+STEP_SHARE = 2.0
+
+# The side a probe pass runs at; the graph is scaled from it by the square of the side.
+PROBE_SIDE = 128
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for a new allocation on ``device`` (None where it cannot be read)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def graph_bytes(model: Model, side: int) -> int:
+    """Bytes autograd keeps for one (1, 3, side, side) image's forward, weights excluded."""
+    weights = {
+        tensor.untyped_storage().data_ptr()
+        for tensor in [*model.module.parameters(), *model.module.buffers()]
+    }
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    image = torch.zeros(1, 3, side, side, device=model.device, dtype=model.dtype)
+    image.requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.module(image)
+    return sum(kept.values())
+
+
+def picture_bytes(model: Model, resolution: int) -> int:
+    """The forward graph of one ``resolution`` px picture, from a probe at a smaller side.
+
+    A model that takes only its own input size (a ViT) is probed at ``resolution`` itself.
+    """
+    side = min(resolution, PROBE_SIDE)
+    try:
+        return graph_bytes(model, side) * resolution**2 // side**2
+    except (AssertionError, RuntimeError, ValueError):
+        if side == resolution:
+            raise
+        return graph_bytes(model, resolution)
+
+
+def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
+    """How many ``resolution`` px pictures to optimise at once: ``batch_size`` where they fit.
+
+    Fewer (with a warning that says so) where the free memory holds fewer. Refused where even
+    one picture's forward graph is larger than the free memory.
+    """
+    if resolution <= CHECKED_ABOVE or batch_size < 1:
+        return batch_size
+    free = free_bytes(model.device)
+    if free is None:
+        return batch_size
+    graph = picture_bytes(model, resolution)
+    if graph > free:
+        fitting = int(resolution * (free / graph) ** 0.5) // 16 * 16
+        raise VitalError(
+            f"one {resolution}px picture needs about {graph / 2**30:.1f} GB for the model's "
+            f"graph alone, and {free / 2**30:.1f} GB are free on {model.device}; give a smaller "
+            f"resolution=R (about {max(fitting, 16)} fits) or free some memory."
+        )
+    fits = max(1, int(free // (STEP_SHARE * graph)))
+    if fits < batch_size:
+        warnings.warn(
+            f"{batch_size} pictures of {resolution}px at once would need about "
+            f"{batch_size * STEP_SHARE * graph / 2**30:.1f} GB and {free / 2**30:.1f} GB are "
+            f"free on {model.device}: optimising {fits} at a time (batch_size={fits}).",
+            stacklevel=2,
+        )
+        return fits
+    return batch_size

@@ -1,0 +1,82 @@
+"""Large pictures: the batch is sized to the free memory, or refused, before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vital
+import vital.memory
+from vital.errors import VitalError
+from vital.memory import graph_bytes, picture_bytes, pictures_at_once
+
+
+def test_the_graph_grows_with_the_pixels_and_leaves_the_weights_out(tiny_cnn):
+    small, large = graph_bytes(tiny_cnn, 32), graph_bytes(tiny_cnn, 64)
+    assert 3.6 < large / small < 4.4  # four times the pixels
+    weights = sum(p.numel() * p.element_size() for p in tiny_cnn.module.parameters())
+    # the stem's output alone (8 channels at 32 px, float32) is kept for the backward
+    assert small >= 8 * 32 * 32 * 4 and small < 50 * weights + 8 * 32 * 32 * 4 * 20
+    assert picture_bytes(tiny_cnn, 512) == graph_bytes(tiny_cnn, 128) * 16  # probed at 128
+
+
+def test_a_model_that_takes_only_its_own_size_is_probed_at_it(tiny_cnn, monkeypatch):
+    sides = []
+    real = vital.memory.graph_bytes
+
+    def only_300(model, side):
+        sides.append(side)
+        if side != 300:
+            raise RuntimeError("Input height (128) doesn't match model (300)")
+        return real(model, side)
+
+    monkeypatch.setattr(vital.memory, "graph_bytes", only_300)
+    assert picture_bytes(tiny_cnn, 300) == real(tiny_cnn, 300) and sides == [128, 300]
+
+
+def _free(monkeypatch, pictures: float, model, resolution: int) -> None:
+    """Make the free memory hold ``pictures`` forward graphs of ``resolution`` px."""
+    graph = picture_bytes(model, resolution)
+    monkeypatch.setattr(vital.memory, "free_bytes", lambda device: int(pictures * graph))
+
+
+def test_a_batch_is_cut_to_what_fits_and_says_so(tiny_cnn, monkeypatch):
+    _free(monkeypatch, 2 * vital.memory.STEP_SHARE + 0.5, tiny_cnn, 256)  # two steps fit
+    with pytest.warns(UserWarning, match=r"8 pictures of 256px .* optimising 2 at a time"):
+        assert pictures_at_once(tiny_cnn, 256, 8) == 2
+    assert pictures_at_once(tiny_cnn, 256, 2) == 2  # fits: nothing said
+    assert pictures_at_once(tiny_cnn, 224, 8) == 8  # the usual side is not probed
+    monkeypatch.setattr(vital.memory, "free_bytes", lambda device: None)
+    assert pictures_at_once(tiny_cnn, 256, 8) == 8  # nothing known: as asked
+
+
+def test_a_picture_larger_than_the_free_memory_is_refused_before_any_work(
+    tiny_cnn, monkeypatch, tmp_path, image_folder
+):
+    _free(monkeypatch, 0.5, tiny_cnn, 512)
+    with pytest.raises(VitalError, match=r"one 512px picture needs about .* resolution=R"):
+        vital.visualize(
+            tiny_cnn, [1], image_folder, settings={"steps": 1, "resolution": 512},
+            out=tmp_path / "out", progress=False,
+        )  # fmt: skip
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_a_run_whose_batch_does_not_fit_runs_fewer_at_a_time(tiny_cnn, monkeypatch, tmp_path):
+    from conftest import write_images
+
+    for index in (1, 2):
+        write_images(tmp_path / "refs" / str(index), 2, seed=index)
+    _free(monkeypatch, vital.memory.STEP_SHARE + 0.5, tiny_cnn, 240)  # one step fits
+    with pytest.warns(UserWarning, match="optimising 1 at a time"):
+        results = vital.visualize(
+            tiny_cnn, [1, 2], tmp_path / "refs", settings={"steps": 1, "resolution": 240},
+            progress=False,
+        )  # fmt: skip
+    assert [r.record.batch_size for r in results] == [1, 1]
+    assert all(r.image.size == (240, 240) for r in results)
+
+
+def test_free_memory_is_read_on_this_machine():
+    free = vital.memory.free_bytes(torch.device("cpu"))
+    assert free is None or free > 0
