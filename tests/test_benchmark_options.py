@@ -241,3 +241,16 @@ def test_relevance_cost_takes_image_sides_it_can_run():
     for wrong in ("8", "x", "", "16,4096"):
         with pytest.raises(argparse.ArgumentTypeError, match="image sides from 16"):
             sides(wrong)
+
+
+# --- peak_memory.py ---------------------------------------------------------------------------
+
+
+def test_memory_cases_are_kind_side_and_batch():
+    from peak_memory import case
+
+    assert case("neuron@512") == ("neuron", 512, 1)
+    assert case("class@1024x2") == ("class", 1024, 2)
+    for bad in ("neuron", "pixel@512", "class@abc", "class@8", "class@4096", "class@512x9"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            case(bad)
