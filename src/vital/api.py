@@ -30,7 +30,8 @@ def classify(model: Model, images: torch.Tensor) -> torch.Tensor:
             f"classify takes normalised float images, not {images.dtype}; convert with "
             "model.preprocessing.normalize(images.float() / 255)."
         )
-    return model.module(images).softmax(dim=-1)
+    model = as_model(model)
+    return model.module(images.to(model.device, model.dtype)).softmax(dim=-1)
 
 
 def visualize(
@@ -111,10 +112,11 @@ def visualize(
         One per target, in order; ``result.record`` (:class:`vital.record.Record`) says what
         ran and how the picture scores (``evaluation``).
     """
-    batch_size, force = plain(batch_size), plain(force)
+    batch_size, force, progress = plain(batch_size), plain(force), plain(progress)
     check_count(batch_size, "batch_size")  # before ``out`` is made
-    if not isinstance(force, bool):
-        raise VitalError(f"force is True or False, not {force!r}.")
+    for name, flag in (("force", force), ("progress", progress)):
+        if not isinstance(flag, bool):  # "no" would be taken as true
+            raise VitalError(f"{name} is True or False, not {flag!r}.")
     if on_result is not None and not callable(on_result):  # said now, not after the run
         raise VitalError(f"on_result is a function of one Result (or None), not {on_result!r}.")
     with frozen(model):

@@ -180,7 +180,8 @@ def _refusal(model: Model, side: int) -> str:
                 model.module(probe)
             known[key] = ""
         except (AssertionError, RuntimeError, ValueError) as error:
-            known[key] = f"{type(error).__name__}: {error}"
+            first = (str(error).strip().splitlines() or [""])[0].rstrip(".")
+            known[key] = f"{type(error).__name__}: {first}"
     return known[key]
 
 
@@ -230,10 +231,14 @@ def run(
     if classes:  # before any work: a model without class scores fails at once
         metrics.check_classifier(model, max(classes))
     settings = fit_stages(model, settings)
+    side = resolution_of(model, settings)
+    if side != model.preprocessing.input_size and _refusal(model, side):
+        raise VitalError(
+            f"this model does not take {side}px images ({_refusal(model, side)}); leave "
+            f"resolution=R out (it takes {model.preprocessing.input_size}px) or give one it takes."
+        )
     # Above the usual side a batch must fit in memory: fewer at once, or a refusal, before work.
-    batch_size = pictures_at_once(
-        model, resolution_of(model, settings), min(batch_size, len(targets))
-    )
+    batch_size = pictures_at_once(model, side, min(batch_size, len(targets)))
     sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
     with (

@@ -56,10 +56,11 @@ def first_forward(input_size: int) -> Iterator[None]:
     """
     try:
         yield
-    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+    except (AssertionError, RuntimeError, ValueError, TypeError, IndexError) as error:
+        # AssertionError: ViTs assert their input size (timm, torchvision)
         if isinstance(error, VitalError):
             raise
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
         raise VitalError(
             f"the model failed on a (1, 3, {input_size}, {input_size}) RGB image: {first}. "
             "vital feeds RGB images at the model's input size: give a model that takes them "

@@ -65,10 +65,11 @@ def _check_pairs(images: torch.Tensor, labels: Sequence[int], what: str) -> None
 def model_input(model: Model, pixels: torch.Tensor) -> torch.Tensor:
     """Normalise pixels for ``model`` and resize them to its input size when they differ."""
     size = model.preprocessing.input_size
-    x = pixels.to(model.device, model.dtype)
+    x = pixels.to(model.device)
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-    return model.preprocessing.normalize(x)
+        # in float32: the antialiased filter has no float16 or bfloat16 kernel on the CPU
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
+    return model.preprocessing.normalize(x.to(model.dtype))
 
 
 def _chunks(images: torch.Tensor, size: int) -> Iterator[torch.Tensor]:

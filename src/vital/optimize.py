@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vital import losses
-from vital.errors import VitalError
+from vital.errors import VitalError, plain
 from vital.parametrizations import Parametrization, check_parametrization, create
 from vital.scales import COARSE_VIEWS, coarsen
 from vital.zoo import Preprocessing
@@ -160,7 +160,7 @@ class Settings:
             "fast": FAST,
         }
         key = setting_key(number)
-        if key not in presets:
+        if not isinstance(key, (int, str)) or key not in presets:
             raise VitalError(
                 f"setting {number} does not exist; choose 0, 1 or 2 (the authors') or fast."
             )
@@ -333,6 +333,11 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> floa
 
     ``lr·(t+1)/warmup`` for ``t < warmup``, then ``lr·½(1 + cos(π(t − warmup)/(T − warmup)))``.
     """
+    for value, name, low in ((step, "step", 0), (total, "total", 1), (warmup, "warmup", 1)):
+        if isinstance(value, bool) or not isinstance(plain(value), int) or value < low:
+            raise VitalError(f"{name} is a whole number of at least {low}, not {value!r}.")
+    if not _is_number(plain(peak)):
+        raise VitalError(f"peak is the largest learning rate, a finite number, not {peak!r}.")
     if step < warmup:
         return peak * (step + 1) / warmup
     remaining = max(total - warmup, 1)

@@ -91,6 +91,10 @@ def reference_folder(path: str | Path, kinds: str) -> Path:
 
     ``kinds`` says what a references folder may hold (for the message about a file).
     """
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise VitalError(f"a reference folder is a path, not {type(path).__name__}.")
     folder = Path(path)
     if folder.is_file():
         raise VitalError(f"{folder} is a file; references are {kinds}.")
@@ -401,6 +405,7 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 
 def from_folder(folder: str | Path, count: int = DEFAULT_REFERENCES, seed: int = 0) -> ReferenceSet:
     """All images under ``folder`` (any depth)."""
+    folder = os.fsdecode(folder) if isinstance(folder, bytes) else folder
     paths = find_images(folder)
     if not paths:
         raise VitalError(
@@ -415,6 +420,11 @@ def from_imagenet_class(
     root: str | Path, wnid: str, count: int = DEFAULT_REFERENCES, seed: int = 0
 ) -> ReferenceSet:
     """The class folder ``root/wnid`` of an ImageNet-style tree (e.g. ``train/n07920052``)."""
+    if not isinstance(root, (str, os.PathLike)) or not isinstance(wnid, str):
+        raise VitalError(
+            f"from_imagenet_class takes the tree's root (a path) and a WordNet id (text, e.g. "
+            f"'n07920052'), not {type(root).__name__} and {type(wnid).__name__}."
+        )
     folder = Path(root) / wnid
     if not folder.is_dir():
         raise VitalError(
@@ -673,6 +683,10 @@ def default_cache_dir() -> Path:
 Prototypes = dict[str, torch.Tensor]
 
 
+# Cache folders already reported as unwritable.
+_UNKEPT_CACHES: set[str] = set()
+
+
 def cached(kind: str, key: object, compute: Callable[[], dict], cache_dir: Path | None = None):
     """Return ``compute()``, stored on disk under ``cache_dir/kind`` keyed by ``key`` (JSON).
 
@@ -696,7 +710,17 @@ def cached(kind: str, key: object, compute: Callable[[], dict], cache_dir: Path 
         try:
             save_tensors(cache_file, value)
         except WriteError as error:  # a read-only or full cache slows later runs, nothing more
-            warnings.warn(f"the cache is not kept: {error}", stacklevel=2)
+            cause = error.__cause__
+            reason = getattr(cause, "strerror", None) or cause or error
+            if str(cache_dir) in _UNKEPT_CACHES:  # said once per folder and process
+                return value
+            _UNKEPT_CACHES.add(str(cache_dir))
+            warnings.warn(
+                f"the reference cache is not kept: cannot write into {Path(cache_dir)} ({reason});"
+                " set $VITAL_CACHE to a writable folder to keep it (it spares reading the "
+                "references again).",
+                stacklevel=2,
+            )
     return value
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import math
 import os
 import pickle
 import socket
@@ -42,7 +43,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from vital.errors import VitalError, close_matches
+from vital.errors import VitalError, close_matches, plain
 from vital.labels import ClassLabels, generic_labels, imagenet_labels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,7 +83,30 @@ class Preprocessing:
     source: str = "ImageNet defaults"
 
     def __post_init__(self) -> None:
-        if not 0 < self.crop_pct <= 1:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if hasattr(values, "tolist"):  # a numpy array or a tensor
+                values = values.tolist()
+            if (
+                not isinstance(values, (tuple, list))
+                or len(values) != 3
+                or not all(_is_real(v) for v in values)
+            ):
+                raise VitalError(
+                    f"{name} is three numbers, one per colour channel (R, G, B), not {values!r}."
+                )
+            object.__setattr__(self, name, tuple(float(plain(v)) for v in values))
+        if not all(v > 0 for v in self.std):
+            raise VitalError(
+                f"std divides the pixels: each of its values must be > 0, not {self.std}."
+            )
+        if not _is_whole(self.input_size) or self.input_size < 1:
+            raise VitalError(
+                f"input_size is the side in pixels the model sees, a whole number >= 1, "
+                f"not {self.input_size!r}."
+            )
+        object.__setattr__(self, "input_size", int(plain(self.input_size)))
+        if not _is_real(self.crop_pct) or not 0 < self.crop_pct <= 1:
             raise VitalError(f"crop_pct must be in (0, 1], not {self.crop_pct}.")
         if self.interpolation not in INTERPOLATIONS:
             raise VitalError(
@@ -210,6 +234,9 @@ class Model:
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.module = unwrapped(self.module)
+        if self.labels is None:  # as for a plain module: the head's width tells
+            self.labels = _labels_for(self.module)
         self.module.eval()
         self.module.requires_grad_(False)
 
@@ -248,7 +275,9 @@ class Model:
             digest = hashlib.sha256(self.name.encode())
             for key, tensor in self.module.state_dict().items():
                 digest.update(key.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+                # as raw bytes: numpy has no bfloat16
+                raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                digest.update(raw.numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
@@ -871,6 +900,38 @@ def _misfit(module: nn.Module, state: dict[str, torch.Tensor], error: RuntimeErr
     return f"{'; '.join(parts)}, of {len(own)} keys. Were they saved from another model (--model)?"
 
 
+def _is_real(value: object) -> bool:
+    value = plain(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value: object) -> bool:
+    value = plain(value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def unwrapped(module: Any) -> nn.Module:
+    """The module to explain: checked, and the original of a ``torch.compile``'d one.
+
+    A compiled module's hooks and probes would be traced and compiled again at every call; the
+    original holds the same parameters.
+    """
+    if not isinstance(module, nn.Module):
+        raise VitalError(
+            f"the model is a torch nn.Module, not {type(module).__name__}; for a model by name "
+            "use vital.load_model(NAME)."
+        )
+    original = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+    if isinstance(original, nn.Module):
+        module = original
+    if any(p.is_meta for p in module.parameters()):
+        raise VitalError(
+            "the model's parameters are on the meta device (shapes without values): load its "
+            "weights first (e.g. module.to_empty(device='cpu') and load_state_dict)."
+        )
+    return module
+
+
 def _labels_for(module: nn.Module) -> ClassLabels | None:
     out_features = _output_units(module)
     if out_features == 1000:
@@ -1094,6 +1155,7 @@ def as_model(model: Model | nn.Module | str, device: str | torch.device | None =
     if isinstance(model, str):
         return load_model(model, device=device or "cpu")
     if isinstance(model, nn.Module):
+        model = unwrapped(model)
         model = Model(model, preprocessing=preprocessing_of(model), labels=_labels_for(model))
     if not isinstance(model, Model):
         raise VitalError(f"expected a model name, nn.Module or vital.Model, got {type(model)}")

@@ -149,10 +149,16 @@ class Attributor:
         x.requires_grad_(True)
         with torch.enable_grad():
             logits = model.module(x)
-        if logits.dim() != 2:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = (
+                f"shape {tuple(logits.shape)}"
+                if isinstance(logits, torch.Tensor)
+                else f"a {type(logits).__name__}"
+            )
             raise VitalError(
-                f"the model's output has shape {tuple(logits.shape)}, not (batch, classes); "
-                "explain needs a classifier."
+                f"the model's output is {shape}, not one score per class (batch, classes); "
+                "relevance to a class needs a classifier (wrap the model so that it returns "
+                "its logits)."
             )
         activation = self._tap.outputs[self.layer]
         if activation.dim() not in (3, 4):

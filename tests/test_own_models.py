@@ -1,0 +1,143 @@
+"""Users' own modules and the API's helpers given the wrong thing: one clear error, or a run.
+
+Each case came from a hostile round through the Python API (2026-12-07); each failed before
+its fix with a traceback from inside torch or a wrong refusal.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import vital
+from conftest import write_images
+from vital.errors import VitalError
+
+STEPS = {"steps": 1, "resolution": 32}
+
+
+class Small(nn.Module):
+    """conv → ReLU → conv → ReLU → pool → Linear(16, 10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class FixedSize(Small):
+    """Takes 32 px images only, as a ViT asserts its input size."""
+
+    def forward(self, x):
+        assert x.shape[-1] == 32, f"Input height ({x.shape[-1]}) doesn't match model (32)"
+        return super().forward(x)
+
+
+class DictOutput(Small):
+    def forward(self, x):
+        return {"logits": super().forward(x)}
+
+
+@pytest.fixture
+def class_refs(tmp_path):
+    for index in (3, 5):
+        write_images(tmp_path / "refs" / str(index), 2, seed=index)
+    return tmp_path / "refs"
+
+
+def test_a_model_wrapped_with_its_preprocessing_keeps_its_classes(class_refs):
+    """docs/models.md's way to give preprocessing lost the labels: "no classifier output"."""
+    model = vital.Model(Small(), preprocessing=vital.Preprocessing(input_size=32))
+    assert model.labels is not None and len(model.labels) == 10
+    (result,) = vital.visualize(
+        model, [3], class_refs, settings={"steps": 1}, reference_count=2, progress=False
+    )
+    assert result.record.target["index"] == 3
+
+
+def test_a_compiled_model_is_explained_through_its_original(class_refs):
+    original = Small()
+    compiled = torch.compile(original, backend="eager")
+    assert vital.Model(compiled).module is original  # hooks would be traced again each call
+    assert vital.zoo.as_model(compiled).module is original
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_runs(class_refs, dtype):
+    model = Small().to(dtype)
+    (result,) = vital.visualize(
+        model, [3], class_refs, settings=STEPS, reference_count=2, progress=False
+    )
+    assert result.record.evaluation["probability"] >= 0
+
+
+def test_a_fixed_size_model_is_refused_at_another_resolution(class_refs):
+    model = vital.Model(FixedSize(), preprocessing=vital.Preprocessing(input_size=32))
+    with pytest.raises(VitalError, match=r"does not take 48px images .*it takes 32px"):
+        vital.visualize(
+            model, [3], class_refs, settings={"steps": 1, "resolution": 48}, progress=False
+        )
+    # and at the size its preprocessing claims wrongly, the first forward says what to set
+    with pytest.raises(VitalError, match=r"failed on a \(1, 3, 224, 224\) RGB image: Input"):
+        vital.visualize(FixedSize(), [3], class_refs, settings={"steps": 1}, progress=False)
+
+
+def test_explain_and_concepts_refuse_a_model_that_returns_a_dict(class_refs):
+    image = next(class_refs.rglob("*.png"))
+    with pytest.raises(VitalError, match="output is a dict, not one score per class"):
+        vital.explain(DictOutput(), image, layer="conv2", pictures=False, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: vital.Model(None), "the model is a torch nn.Module, not NoneType"),
+        (lambda: vital.Model("resnet18"), "vital.load_model"),
+        (lambda: vital.Model(Small().to("meta")), "meta device"),
+        (lambda: vital.Preprocessing(mean=(0.5,)), "mean is three numbers"),
+        (lambda: vital.Preprocessing(std=(0, 0, 0)), "std divides the pixels"),
+        (lambda: vital.Preprocessing(input_size=-32), "input_size is the side"),
+        (lambda: vital.Preprocessing(input_size="32"), "input_size is the side"),
+        (lambda: vital.from_folder(None), "a reference folder is a path, not NoneType"),
+        (lambda: vital.from_imagenet_class(None, "n07920052"), "the tree's root"),
+        (lambda: vital.from_imagenet_class(".", None), "WordNet id"),
+        (lambda: vital.learning_rate("1", 10, 0.1), "step is a whole number"),
+        (lambda: vital.learning_rate(1, 0, 0.1), "total is a whole number of at least 1"),
+        (lambda: vital.learning_rate(1, 10, None), "peak is the largest learning rate"),
+        (lambda: vital.visualize(Small(), [3], setting=[1]), "setting [1] does not exist"),
+        (lambda: vital.visualize(Small(), [3], progress="no"), "progress is True or False"),
+    ],
+)
+def test_a_wrong_value_is_one_clear_error(make, said):
+    with pytest.raises(VitalError) as error:
+        make()
+    assert said in str(error.value)
+
+
+def test_preprocessing_takes_numpy_values_as_numbers():
+    import numpy as np
+
+    preprocessing = vital.Preprocessing(mean=np.array([0.5, 0.5, 0.5]), input_size=np.int64(32))
+    assert preprocessing.mean == (0.5, 0.5, 0.5) and type(preprocessing.input_size) is int
+
+
+def test_classify_takes_images_of_another_float_type():
+    probabilities = vital.classify(vital.Model(Small()), torch.zeros(1, 3, 32, 32).double())
+    assert probabilities.shape == (1, 10) and torch.allclose(probabilities.sum(), torch.ones(()))
+
+
+def test_an_unwritable_cache_is_named_once_with_what_to_set(class_refs, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "afile"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("VITAL_CACHE", str(not_a_folder))
+    monkeypatch.setattr(vital.references, "_UNKEPT_CACHES", set())
+    with pytest.warns(UserWarning) as said:
+        vital.visualize(Small(), [3, 5], class_refs, settings=STEPS, reference_count=2,
+                        batch_size=1, progress=False)  # fmt: skip
+    lines = [str(w.message) for w in said if "cache" in str(w.message)]
+    assert len(lines) == 1 and "$VITAL_CACHE" in lines[0] and "out=DIR" not in lines[0]
