@@ -141,3 +141,47 @@ def test_an_unwritable_cache_is_named_once_with_what_to_set(class_refs, tmp_path
                         batch_size=1, progress=False)  # fmt: skip
     lines = [str(w.message) for w in said if "cache" in str(w.message)]
     assert len(lines) == 1 and "$VITAL_CACHE" in lines[0] and "out=DIR" not in lines[0]
+
+
+class Shared(nn.Module):
+    """conv2 and the ReLU run more than once per forward pass; ``unused`` never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, padding=1)
+        self.act, self.unused, self.head = nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.act(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("run", "said"),
+    [
+        (lambda refs: vital.visualize(Shared(), [vital.Channel("conv2", 0)], refs, settings=STEPS,
+                                      relevance="grad-x-act", progress=False),
+         "layer 'conv2' runs 2 times in one forward pass"),
+        (lambda refs: vital.visualize(Shared(), [vital.Channel("unused", 0)], refs, settings=STEPS,
+                                      relevance="grad-x-act", progress=False),
+         "layer 'unused' does not run in the model's forward pass"),
+        (lambda refs: vital.visualize(Shared(), [vital.Channel("conv1", 0)], refs, settings=STEPS,
+                                      relevance="grad-x-act", taps=["act=1"], progress=False),
+         "tap 'act' runs 3 times"),
+        (lambda refs: vital.visualize(Shared(), [3], refs, settings=STEPS, taps=["conv2"],
+                                      progress=False),
+         "tap 'conv2' runs 2 times"),
+        (lambda refs: vital.explain(Shared(), next(refs.rglob("*.png")), layer="unused",
+                                    pictures=False, progress=False),
+         "layer 'unused' does not run"),
+        (lambda refs: vital.mine(Shared(), "conv2", refs, refs.parent / "m", progress=False),
+         "layer 'conv2' runs 2 times"),
+    ],
+)  # fmt: skip
+def test_a_layer_that_runs_twice_or_never_is_refused(class_refs, run, said):
+    """A hook on a module used twice read its first call and said nothing of the second."""
+    with pytest.raises(VitalError) as error:
+        run(class_refs)
+    assert said in str(error.value)

@@ -395,6 +395,39 @@ def check_layer(name: str, module: nn.Module) -> None:
         raise VitalError(f"layer {name!r} not found{hint} Run `vital layers MODEL` to list them.")
 
 
+def check_runs_once(name: str, layers: Sequence[LayerInfo], what: str = "layer") -> None:
+    """Refuse a layer that runs several times in one forward pass, or never.
+
+    A module used at several places (a shared activation, a block applied twice) has no single
+    output: a hook would read one of its calls and say nothing of the others.
+    """
+    info = {layer.name: layer for layer in layers}
+    if name in info and info[name].calls > 1:
+        raise VitalError(
+            f"{what} {name!r} runs {info[name].calls} times in one forward pass (one module used "
+            "at several places), so it has no single output to read; choose a module that runs "
+            "once (`vital layers MODEL` marks the others)."
+        )
+
+
+def check_target_layer(
+    name: str, module: nn.Module, input_size: int, layers: Sequence[LayerInfo] | None = None
+) -> None:
+    """Refuse a layer to read a unit from that is not a module, never runs, or runs twice.
+
+    ``layers`` is :func:`list_layers`' answer when the caller has it already.
+    """
+    check_layer(name, module)
+    layers = list_layers(module, input_size) if layers is None else layers
+    # list_layers holds the modules that return a tensor; one missing may not run at all
+    if all(layer.name != name for layer in layers) and name not in _trace(module, input_size)[3]:
+        raise VitalError(
+            f"layer {name!r} does not run in the model's forward pass; choose one that does "
+            "(run `vital layers MODEL`)."
+        )
+    check_runs_once(name, layers)
+
+
 def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:
     """Parse ``["layer1=1", "layer4=0.5", "layer2"]`` into taps (weight 1 when omitted)."""
     return user_taps(specs)

@@ -35,7 +35,7 @@ from vital.relevance import RelevanceBackend, attention, check_supported, get_ba
 from vital.relevance.canonizers import POOLED_HEADS, PooledHeadCanonizer
 from vital.relevance.rules import AVERAGE_POOLS
 from vital.relevance.seeds import gradient_seed, restricted_seed
-from vital.taps import check_layer, list_layers, resolved_layout, tapped
+from vital.taps import check_target_layer, list_layers, resolved_layout, tapped
 from vital.zoo import Model
 
 
@@ -265,7 +265,7 @@ def attributor(
         For an unknown layer or backend, a backend that starts at a position of an inner
         layer (``lrp-restricted``), or a module the rules do not cover.
     """
-    check_layer(layer, model.module)
+    check_target_layer(layer, model.module, model.preprocessing.input_size)
     chosen = get_backend(backend)
     if chosen.seed is restricted_seed:
         raise VitalError(

@@ -31,7 +31,15 @@ from vital.references import (
     sample_photos_for_class,
 )
 from vital.relevance.canonizers import folded_batch_norms
-from vital.taps import Tap, check_layer, default_taps, list_layers, tapped, user_taps
+from vital.taps import (
+    Tap,
+    check_layer,
+    check_runs_once,
+    default_taps,
+    list_layers,
+    tapped,
+    user_taps,
+)
 from vital.targets import ClassTarget, class_target
 from vital.zoo import Model
 
@@ -121,6 +129,9 @@ def resolve_taps(model: Model, taps: Sequence[str | Tap] | None) -> tuple[tuple[
         chosen = user_taps(taps)
         for tap in chosen:
             check_layer(tap.layer, model.module)
+        layers = list_layers(model.module, model.preprocessing.input_size)
+        for tap in chosen:
+            check_runs_once(tap.layer, layers, "tap")
         return chosen, "given by the user"
     layers = list_layers(model.module, model.preprocessing.input_size)
     return default_taps(model.name, layers)

@@ -47,6 +47,8 @@ from vital.taps import (
     LayerInfo,
     Tap,
     check_layer,
+    check_runs_once,
+    check_target_layer,
     default_taps,
     list_layers,
     tapped,
@@ -120,6 +122,7 @@ def neuron_taps(
         chosen = user_taps(taps)
         for tap in chosen:
             check_layer(tap.layer, model.module)
+            check_runs_once(tap.layer, layers, "tap")
             if tap.layer not in info or not below(tap.layer):
                 raise VitalError(
                     f"tap {tap.layer!r} is not computed before the target layer "
@@ -379,7 +382,7 @@ class VitalNeuron(Method):
             tuple[NeuronTarget, str, ReferenceSet, list[float] | None, str, ReferenceSet]
         ] = []
         for target in targets:
-            check_layer(target.layer, model.module)
+            check_target_layer(target.layer, model.module, model.preprocessing.input_size, layers)
             if target.layer not in info or len(info[target.layer].shape) not in (2, 3):
                 raise VitalError(
                     f"layer {target.layer!r} has no positions (a (C, H, W) map or (T, D) "
