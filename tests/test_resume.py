@@ -73,7 +73,7 @@ def test_a_changed_input_does_not_replace_the_stored_pictures_unasked(
     out = tmp_path / "out"
     first = run_tiny(tiny_cnn, [1, 2], class_tree, out)
     before = {path: path.read_bytes() for path in out.iterdir() if path.suffix != ".sqlite"}
-    with pytest.raises(VitalError, match=rf"already holds the picture .*{said}.*--force"):
+    with pytest.raises(VitalError, match=rf"already holds the picture .*{said}.*force=True"):
         run_tiny(tiny_cnn, [1, 2], class_tree, out, **change)
     assert {path: path.read_bytes() for path in before} == before  # nothing rewritten
     again = run_tiny(tiny_cnn, [1, 2], class_tree, out, force=True, **change)

@@ -143,6 +143,18 @@ def test_library_messages_read_as_options_on_the_command_line():
     message = "pass references=DIR or reference_count=N; steps=N (patch_side=32)"
     assert cli_wording(message) == "pass --refs DIR or --ref-count N; --steps N (--patch 32)"
     assert cli_wording("no = here") == "no = here"
+    # flags lose their value; Python callers read the API's words, the command line options
+    said = "give force=True to replace it, or another out=DIR (try more steps=N or seed=S)"
+    assert cli_wording(said) == (
+        "give --force to replace it, or another --out DIR (try more --steps N or --seed S)"
+    )
+
+
+def test_warnings_read_as_options_on_the_command_line(capsys):
+    from vital.cli import _one_line_warning
+
+    _one_line_warning(UserWarning("try more steps=N, other references=DIR"), UserWarning, "", 0)
+    assert capsys.readouterr().err.strip() == "warning: try more --steps N, other --refs DIR"
 
 
 def test_steps_zero_and_negative_are_refused_alike():

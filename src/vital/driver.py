@@ -351,8 +351,8 @@ def _refuse_other_pictures(
             seed = spec.settings["seed"]
             raise VitalError(
                 f"{store.folder} already holds the picture of {target.describe()} (seed "
-                f"{seed}) made with other inputs ({changed}): give force=True (--force) to "
-                "replace it, or another out folder (--out)."
+                f"{seed}) made with other inputs ({changed}): give force=True to replace it, "
+                "or another out=DIR."
             )
 
 
@@ -375,7 +375,7 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
         warnings.warn(
             f"{target.describe()}: its activation ended at {final:.3g}, below the "
             f"{initial:.3g} of its starting noise: the picture does not show what drives it "
-            "up (try more --steps, other --refs or another --seed).",
+            "up (try more steps=N, other references=DIR or another seed=S).",
             stacklevel=3,
         )
     return checks

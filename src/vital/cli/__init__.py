@@ -68,7 +68,7 @@ _ABORTS = (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line each (``warning: …``), without the source line Python adds."""
-    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    typer.secho(f"warning: {cli_wording(str(message))}", fg=typer.colors.YELLOW, err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

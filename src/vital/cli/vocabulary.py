@@ -124,8 +124,17 @@ API_TO_OPTION: dict[str, str] = {
 _API_WORD = re.compile(r"\b(" + "|".join(API_TO_OPTION) + r")=(?=[\w'\"<(\[{./~-])")
 
 
+# API flags → command-line flags: ``force=True`` → ``--force``.
+API_FLAG_TO_OPTION: dict[str, str] = {"force": "--force", "channels_last": "--channels-last"}
+_API_FLAG = re.compile(r"\b(" + "|".join(API_FLAG_TO_OPTION) + r")=True\b")
+
+
 def cli_wording(message: str) -> str:
-    """A library message for the command line: ``references=DIR`` → ``--refs DIR``."""
+    """A library message for the command line: ``references=DIR`` → ``--refs DIR``.
+
+    Flags lose their value: ``force=True`` → ``--force``.
+    """
+    message = _API_FLAG.sub(lambda match: API_FLAG_TO_OPTION[match.group(1)], message)
     return _API_WORD.sub(lambda match: API_TO_OPTION[match.group(1)] + " ", message)
 
 
