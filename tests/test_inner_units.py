@@ -517,3 +517,29 @@ def test_a_held_targets_map_is_made_from_the_loss_without_its_floor(monkeypatch,
     floored, _ = run()
     assert torch.equal(held.pixels, floored.pixels)
     assert not torch.allclose(held.alpha, floored.alpha)
+
+
+def test_a_unit_that_never_fires_is_flagged_and_warned(tiny_cnn, image_folder):
+    """A dead channel (zero on its references, its start and its picture) gives a picture of
+    nothing: the record says so and a warning names the unit."""
+    with torch.no_grad():  # channel 3 of stage2: zero weights, a BatchNorm output of -1
+        tiny_cnn.module.stage2[0].weight[3] = 0
+        batch_norm = tiny_cnn.module.stage2[1]
+        batch_norm.weight[3], batch_norm.bias[3] = 0.0, -1.0
+        batch_norm.bias[4] = 3.0  # channel 4 fires everywhere
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (result,) = visualize(
+            tiny_cnn, [Channel("stage2", 3)], str(image_folder), settings={"steps": 2},
+            progress=False,
+        )  # fmt: skip
+    evaluation = result.record.evaluation
+    assert evaluation["reference_activation"] == 0 and evaluation["activation"] == 0
+    assert evaluation["silent"] is True
+    said = [str(w.message) for w in caught if "does not fire" in str(w.message)]
+    assert len(said) == 1 and "stage2" in said[0]
+    (alive,) = visualize(
+        tiny_cnn, [Channel("stage2", 4)], str(image_folder), settings={"steps": 2},
+        progress=False,
+    )  # fmt: skip
+    assert alive.record.evaluation["silent"] is False

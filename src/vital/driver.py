@@ -361,6 +361,8 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
 
     ``below_start``: the target ends below its activation on the starting noise, so the picture
     does not show what drives it up (a warning says so, which the command line prints);
+    ``silent``: the target does not fire at all (activation 0 on its references, its start and
+    its picture: a dead unit, or references that never reach it; a warning says so);
     ``transparency_top_quarter``: the share of the transparency map's mass in its brightest
     quarter of pixels (0.25: a flat map).
     """
@@ -371,7 +373,16 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
     if final is None or initial is None:
         return checks
     checks["below_start"] = bool(final < initial)
-    if checks["below_start"]:
+    reference = evaluation.get("reference_activation")
+    checks["silent"] = reference == 0 and final == 0 and initial == 0
+    if checks["silent"]:  # no relevance flows from a unit that never fires: nothing to match
+        warnings.warn(
+            f"{target.describe()}: it does not fire on its references, its starting noise or "
+            "its picture (activation 0 on each), so the picture shows nothing of it; choose "
+            "another unit, or references=DIR that drive it.",
+            stacklevel=3,
+        )
+    elif checks["below_start"]:
         warnings.warn(
             f"{target.describe()}: its activation ended at {final:.3g}, below the "
             f"{initial:.3g} of its starting noise: the picture does not show what drives it "
