@@ -185,3 +185,27 @@ def test_a_layer_that_runs_twice_or_never_is_refused(class_refs, run, said):
     with pytest.raises(VitalError) as error:
         run(class_refs)
     assert said in str(error.value)
+
+
+class Trunk(nn.Module):
+    """Every layer inside one container, as torchvision's ``features``."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_a_container_as_the_target_layer_names_a_layer_inside_it(image_folder):
+    model = vital.Model(Trunk(), preprocessing=vital.Preprocessing(input_size=32))
+    with pytest.raises(VitalError, match=r"'features' holds the layers .* its last, 'features.5'"):
+        vital.visualize(
+            model, [vital.Channel("features", 0)], image_folder, settings={"steps": 1},
+            progress=False,
+        )  # fmt: skip

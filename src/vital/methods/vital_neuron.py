@@ -137,6 +137,15 @@ def neuron_taps(
         if below(t.layer)
     )
     if not chosen:
+        inside = [
+            i.name for i in layers
+            if i.name.startswith(f"{target_layer}.") and i.calls == 1 and len(i.shape) in (2, 3)
+        ]  # fmt: skip
+        if inside:  # a container: everything below it runs inside it
+            raise VitalError(
+                f"{target_layer!r} holds the layers its features would be matched at (it starts "
+                f"before any of them); pick a layer inside it, e.g. its last, {inside[-1]!r}."
+            )
         raise VitalError(
             f"no feature tap lies below {target_layer!r} (default taps: "
             f"{', '.join(t.layer for t in defaults)}); pick a deeper layer or name taps with "
