@@ -87,7 +87,8 @@ def concepts_command(
     Random crops of the class's images are factorised (NMF) into concepts; each concept's share
     of the class's relevance at the layer (LRP from the logit), where it sits on each image,
     its examples (the part around its peak in its best crops) and its VITAL picture. Writes
-    OUT/concepts.json, OUT/overview.png, OUT/maps/, OUT/pictures/, OUT/examples/.
+    OUT/concepts.json, OUT/overview.png, OUT/directions.npy (the concepts' directions, one a
+    row), OUT/maps/, OUT/pictures/, OUT/examples/.
     """
     from vital.concepts import concepts
 

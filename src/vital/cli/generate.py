@@ -208,9 +208,9 @@ def neuron(
     ] = None,
     refs: Annotated[str | None, options.option("--refs", NEURON_REFS_HELP)] = None,
     mined_mode: options.MinedAs = "image",
-    relevance: Annotated[str | None, typer.Option("--relevance", help=options.RELEVANCE_HELP)] = (
-        None
-    ),
+    relevance: Annotated[
+        str | None, typer.Option("--relevance", help=options.RELEVANCE_HELP + " Default: lrp.")
+    ] = None,
     patch: Annotated[str | None, options.option("--patch", NEURON_PATCH_HELP)] = None,
     rank: Annotated[
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")

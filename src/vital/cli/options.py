@@ -78,7 +78,7 @@ WEIGHTS_HELP = (
 )
 CLASSES_HELP = "Class index, name or WordNet id; repeat or use commas."
 CHANNELS_HELP = "Channel indices of --layer; repeat or use commas."
-RELEVANCE_HELP = "Relevance backend: " + ", ".join(BACKENDS) + " (default lrp)."
+RELEVANCE_HELP = "Relevance backend: " + ", ".join(BACKENDS) + "."
 
 ModelName = Annotated[str, option("--model", "Model name (see `vital models`).")]
 Weights = Annotated[str | None, option("--weights", WEIGHTS_HELP)]

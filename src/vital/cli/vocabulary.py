@@ -75,7 +75,7 @@ TERMS: tuple[Term, ...] = (
     Term("steps", ("--steps",), "settings={'steps': N}", None, note="the setting's (fast: 300)"),
     Term("seed", ("--seed",), "seed (settings={'seed': S} in visualize)", 0),
     Term("batch (at least 1)", ("--batch",), "batch_size", PER_COMMAND,
-         note="8 pictures (atlas, explain: 4; mine: 32 images)"),
+         note="8 pictures (atlas, explain: 4; demo: 3; mine: 32 images)"),
     Term("device", ("--device",), "device", "auto"),
     Term("precision", ("--precision",), "settings={'precision': P}", None, note="float32"),
     Term("image side", ("--resolution",), "settings={'resolution': R}", None,
