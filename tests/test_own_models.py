@@ -209,3 +209,22 @@ def test_a_container_as_the_target_layer_names_a_layer_inside_it(image_folder):
             model, [vital.Channel("features", 0)], image_folder, settings={"steps": 1},
             progress=False,
         )  # fmt: skip
+
+
+def test_a_vit_built_for_another_size_is_fed_that_size():
+    """timm keeps its pretrained config's 224 after img_size=32, torchvision's ViT has no
+    config: the size the module declares is the one it is fed."""
+    import timm
+    import torchvision
+
+    from vital.zoo import preprocessing_of
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, pretrained=False)
+    preprocessing = preprocessing_of(vit)
+    assert preprocessing.input_size == 32 and "patch_embed.img_size" in preprocessing.source
+    assert preprocessing.mean == (0.5, 0.5, 0.5)  # the rest of its config is kept
+    torchvision_vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=16
+    )
+    assert preprocessing_of(torchvision_vit).input_size == 32
+    assert preprocessing_of(Small()).input_size == 224  # nothing declared: ImageNet's

@@ -14,6 +14,7 @@ branches. Add a family here, not an ``if`` elsewhere.
   installed.
 - :data:`RESIDUAL_BRANCHES`: the branch a residual block adds, matched for inner units of the
   block (:mod:`vital.methods.vital_neuron`).
+- :data:`INPUT_SIZE_ATTRIBUTES`: where a module with a fixed input size says which.
 """
 
 from __future__ import annotations
@@ -182,6 +183,12 @@ ATTENTION_QKV: dict[str, str] = {
     "timm.models.vision_transformer.Attention": "qkv",
     "timm.models.swin_transformer.WindowAttention": "qkv",
 }
+
+
+# Where a module that takes one input size says which (attribute paths, first found wins):
+# timm's ViTs keep their pretrained config's size after ``img_size=``, torchvision's ViT
+# carries no config at all. Read for plain modules (:func:`vital.zoo.preprocessing_of`).
+INPUT_SIZE_ATTRIBUTES: tuple[str, ...] = ("patch_embed.img_size", "image_size")
 
 
 def classes_named(paths: Sequence[str]) -> tuple[type, ...]:

@@ -24,6 +24,7 @@ library's metadata for those weights: torchvision's ``weights.transforms()``, ti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -45,6 +46,7 @@ from torch import nn
 
 from vital.errors import VitalError, close_matches, plain
 from vital.labels import ClassLabels, generic_labels, imagenet_labels
+from vital.presets import INPUT_SIZE_ATTRIBUTES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -204,8 +206,33 @@ def preprocessing_of(module: nn.Module) -> Preprocessing:
     """
     config = getattr(module, "pretrained_cfg", None)
     if isinstance(config, dict) and config.get("mean"):
-        return Preprocessing.from_timm(config)
-    return Preprocessing(source="ImageNet defaults (assumed: the module carries no metadata)")
+        preprocessing = Preprocessing.from_timm(config)
+    else:
+        preprocessing = Preprocessing(
+            source="ImageNet defaults (assumed: the module carries no metadata)"
+        )
+    declared = _declared_input_size(module)
+    if declared is None or declared[0] == preprocessing.input_size:
+        return preprocessing
+    size, where = declared
+    return dataclasses.replace(
+        preprocessing,
+        input_size=size,
+        source=f"{preprocessing.source}; input size {size} from the module's {where}",
+    )
+
+
+def _declared_input_size(module: nn.Module) -> tuple[int, str] | None:
+    """The one input side a module declares (``presets.INPUT_SIZE_ATTRIBUTES``), and where."""
+    for path in INPUT_SIZE_ATTRIBUTES:
+        value: Any = module
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+            value = value[0]
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, path
+    return None
 
 
 @dataclass
