@@ -45,7 +45,7 @@ from vital.mining.shards import (
 from vital.mining.topk import RunningTopK
 from vital.mining.units import Units, channel_units, direction_units
 from vital.store import output_folder
-from vital.taps import check_target_layer, tapped
+from vital.taps import check_target_layer, list_layers, tapped
 from vital.targets import Direction
 from vital.zoo import Model, as_model, frozen
 
@@ -113,8 +113,13 @@ class MiningReport:
 
 
 def _layer_channels(model: Model, layer: str) -> int:
+    """The layer's channel count, from the one probe pass that also checks the layer."""
     size = model.preprocessing.input_size
-    check_target_layer(layer, model.module, size)
+    layers = list_layers(model.module, size)
+    check_target_layer(layer, model.module, size, layers)
+    for info in layers:
+        if info.name == layer:
+            return info.channels
     with tapped(model.module, [layer], stop_early=True) as tap, torch.no_grad():
         features = tap(torch.zeros(1, 3, size, size, device=model.device))[layer]
     return features.shape[1]
