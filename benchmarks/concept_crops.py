@@ -64,7 +64,7 @@ def main() -> None:
             folder = arguments.out / f"{photo}-{scale[0]}-{scale[1]}-{crops}"
             report = vital.concepts(
                 model, name, None, layer="features.18", count=arguments.count, crops=crops,
-                scale=scale, pictures=False, out=folder, progress=False,
+                crop_scale=scale, pictures=False, out=folder, progress=False,
             )  # fmt: skip
             record = json.loads((folder / "concepts.json").read_text())
             shares = [c["share"] for c in record["concepts"]]

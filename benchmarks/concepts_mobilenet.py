@@ -169,7 +169,7 @@ def main() -> None:
         if computed:
             vital.concepts(
                 model, name, None, layer=LAYER, count=arguments.count, crops=arguments.crops,
-                examples=arguments.examples, pictures=arguments.pictured,
+                examples=arguments.examples, pictured=arguments.pictured,
                 settings={"steps": arguments.steps}, out=folder, progress=False,
             )  # fmt: skip
         seconds = time.time() - started if computed else None

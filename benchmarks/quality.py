@@ -60,7 +60,7 @@ def main() -> None:
         args.methods,
         judge=judge,
         setting=1,  # the authors' setting, as the RESULTS sections of this script report
-        steps=args.steps,
+        settings={"steps": args.steps},
         seed=args.seed,
         out=args.out / "runs",
         batch_size=8,

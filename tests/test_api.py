@@ -100,8 +100,19 @@ def test_reference_lookup(tiny_cnn, class_tree, image_folder, tmp_path):
     with pytest.raises(VitalError, match="same references"):
         class_references(tiny_cnn, target, image_folder)
     assert class_references(tiny_cnn, target, image_folder, shared_ok=True).sources
-    with pytest.raises(VitalError, match="no embedded photo shows"):
+    with pytest.raises(VitalError) as error:
         class_references(tiny_cnn, target, None)
+    assert str(error.value).startswith(  # the class once (not "class 2 (2)"), in the API's words
+        "no embedded photo shows class 2; give images of it with references=DIR"
+    )
+
+
+def test_concepts_without_an_embedded_photo_ask_for_data(tiny_cnn, tmp_path):
+    with pytest.raises(VitalError) as error:
+        vital.concepts(tiny_cnn, 3, None, layer="stage3", pictures=False, out=tmp_path)
+    assert str(error.value).startswith(
+        "no embedded photo shows class 3; give images of it with data=DIR"
+    )
 
 
 def test_bad_targets(tiny_cnn, class_tree):

@@ -87,6 +87,18 @@ def test_rerunning_does_no_work(tmp_path, data):
     assert images(tmp_path / "atlas") == before
 
 
+def test_seed_is_the_first_units_seed_and_device_where_it_runs(tmp_path, data):
+    build(tiny_cnn_model(), data, tmp_path / "atlas")  # settings={"seed": 7}
+    report = build(
+        tiny_cnn_model(), data, tmp_path / "atlas", {"steps": 5, "jitter": 2}, seed=7,
+        device="cpu",
+    )  # fmt: skip
+    assert (report.skipped, report.finished) == (5, 0)  # the same inputs: nothing to do
+    assert [seed for _, seed, _ in store_rows(tmp_path / "atlas")] == [7, 8, 9, 10, 11]
+    with pytest.raises(VitalError, match="disagree"):
+        build(tiny_cnn_model(), data, tmp_path / "atlas", seed=3)
+
+
 def test_killed_build_resumes_to_the_uninterrupted_store(tmp_path, data):
     build(double_model(), data, tmp_path / "whole")
     count = []

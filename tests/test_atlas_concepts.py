@@ -347,7 +347,7 @@ def test_an_atlas_inside_the_imported_folder_is_not_copied_into_itself(tmp_path)
 def test_importing_a_folder_that_is_not_a_whole_concepts_run_is_one_line(tmp_path, spoil, message):
     data, run = tmp_path / "images", tmp_path / "run"
     write_images(data, 3, size=64)
-    concepts(tiny_cnn_model(), 3, data, out=run, progress=False, **{**CONCEPTS, "pictures": 1})
+    concepts(tiny_cnn_model(), 3, data, out=run, progress=False, **{**CONCEPTS, "pictured": 1})
     spoil(run)
     result = CliRunner().invoke(app, ["atlas", "import", str(run), "--out", str(tmp_path / "a")])
     assert isinstance(result.exception, VitalError) and message in str(result.exception)

@@ -27,7 +27,7 @@ def test_compare_runs_every_method_and_writes_the_report(tiny_cnn, tmp_path):
         METHODS,
         judge=tiny_cnn_model(seed=1),
         references=references,
-        steps=3,
+        settings={"steps": 3},
         out=tmp_path / "runs",
         reference_count=4,
         progress=False,
@@ -57,7 +57,7 @@ def test_compare_rejects_unknown_methods_and_no_classes(tiny_cnn):
     with pytest.raises(VitalError, match="unknown method"):
         parse_methods("vital,lucid")
     with pytest.raises(VitalError, match="no targets"):
-        compare(tiny_cnn, [], "fourier", steps=1, progress=False)
+        compare(tiny_cnn, [], "fourier", settings={"steps": 1}, progress=False)
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_channel_comparison_scores_every_method_against_the_same_references(
         targets,
         ["vital", "fourier"],
         references=tmp_path / "refs",
-        steps=3,
+        settings={"steps": 3},
         reference_count=4,
         out=tmp_path / "out",
         progress=False,

@@ -270,7 +270,7 @@ def test_user_mistakes_are_one_line(tmp_path, data, monkeypatch):
         vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", count=30, crops=10,
                        pictures=False, out=tmp_path, progress=False)  # fmt: skip
     with pytest.raises(VitalError, match="crop scale"):
-        vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", scale=(0.5, 0.1),
+        vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", crop_scale=(0.5, 0.1),
                        pictures=False, out=tmp_path, progress=False)  # fmt: skip
     monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
     arguments = ["concepts", "--class", "2,3", "--layer", "stage3", "--out", str(tmp_path)]

@@ -56,7 +56,7 @@ def test_the_same_target_gets_the_same_settings_from_api_cli_atlas_and_compare(
     (atlas_record,) = store.records()
 
     comparison = compare(
-        model, [1], ["vital"], references=class_tree, steps=2, seed=0, progress=False
+        model, [1], ["vital"], references=class_tree, settings={"steps": 2}, seed=0, progress=False
     )
     compare_record = comparison.results["vital"][0].record
 

@@ -326,7 +326,7 @@ def test_pictures_are_reused_from_another_atlas_whatever_their_seed(tmp_path, da
         {**PICTURES, "seed": 7},
         progress=False,
     )
-    reused = run(data, tmp_path / "third", stores=[tmp_path / "other"])
+    reused = run(data, tmp_path / "third", store=[tmp_path / "other"])
     assert [e.picture["source"] for e in reused.top] == [f"store {tmp_path / 'other'}"] * 2
     assert [e.picture["seed"] for e in reused.top] == [7, 8]
     for evidence in reused.top:  # copied into this atlas, so its site stays self-contained
@@ -354,7 +354,7 @@ def test_store_records_are_reused_only_when_they_say_what_they_depended_on(tmp_p
         out=tmp_path / "plain",
         progress=False,
     )
-    record = run(data, tmp_path / "atlas", stores=[tmp_path / "plain"])
+    record = run(data, tmp_path / "atlas", store=[tmp_path / "plain"])
     assert [e.picture["source"] for e in record.top] == [f"store {tmp_path / 'plain'}"] * 2
     # A record that does not say which references it used is never taken for a match.
     with sqlite3.connect(tmp_path / "plain" / "index.sqlite") as connection:
@@ -364,7 +364,7 @@ def test_store_records_are_reused_only_when_they_say_what_they_depended_on(tmp_p
             connection.execute(
                 "UPDATE results SET record = ? WHERE unit = ?", (json.dumps(stripped), unit)
             )
-    record = run(data, tmp_path / "atlas2", stores=[tmp_path / "plain"])
+    record = run(data, tmp_path / "atlas2", store=[tmp_path / "plain"])
     assert [e.picture["source"] for e in record.top] == ["computed", "computed"]
 
 

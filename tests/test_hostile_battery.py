@@ -244,13 +244,29 @@ def test_a_crop_count_that_is_no_count_names_the_option(count):
         check_sampling(count, (0.1, 0.4))
 
 
-@pytest.mark.parametrize("pictures", [-1, "2", 1.5])
-def test_a_number_of_concepts_to_picture_below_zero_is_refused(tmp_path, image_folder, pictures):
-    with pytest.raises(VitalError, match=r"--pictured N, at least 1\), not"):
+@pytest.mark.parametrize("pictured", [-1, 0, "2", 1.5, True])
+def test_a_number_of_concepts_to_picture_below_one_is_refused(tmp_path, image_folder, pictured):
+    with pytest.raises(VitalError, match=r"^pictured=N pictures the N concepts .*at least 1"):
+        vital.concepts(
+            tiny_cnn_model(), 1, image_folder, layer="stage2", pictured=pictured,
+            out=tmp_path, progress=False,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "pictures, message",
+    [(-1, "pictured=N pictures at least 1 concept"), ("2", "pictures is True or False")],
+)
+def test_pictures_is_an_on_off_switch(tmp_path, image_folder, pictures, message):
+    with pytest.raises(VitalError, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pictures=N is the old pictured=N
         vital.concepts(
             tiny_cnn_model(), 1, image_folder, layer="stage2", pictures=pictures,
             out=tmp_path, progress=False,
         )  # fmt: skip
+    with pytest.raises(VitalError, match="pictures=False draws no concept"):
+        vital.concepts(tiny_cnn_model(), 1, image_folder, layer="stage2", pictures=False,
+                       pictured=2, out=tmp_path, progress=False)  # fmt: skip
 
 
 def test_layers_matching_nothing_say_so(monkeypatch, capsys):
@@ -333,10 +349,10 @@ def test_explain_refuses_a_reference_count_by_its_own_name(tmp_path, image_folde
 
 
 def test_one_store_folder_is_one_store_not_a_string_of_letters(tmp_path, image_folder):
-    with pytest.raises(VitalError, match=r"--store .*nothing is not a folder"):
+    with pytest.raises(VitalError, match=r"^store=.*nothing is not a folder"):
         vital.explain(
             tiny_cnn_model(), image_folder / "img000.png", layer="stage2",
-            stores=str(tmp_path / "nothing"), out=tmp_path, progress=False,
+            store=str(tmp_path / "nothing"), out=tmp_path, progress=False,
         )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ parameter added later in its own words fails here.
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 
 import pytest
@@ -94,15 +95,35 @@ API = {
     "build_atlas": build_atlas,
     "concepts": vital.concepts.concepts,
     "add_concepts": vital.concepts.add_concepts,
+    "mined_references": vital.mined_references,
 }
-# Names the API used before for concepts the table names otherwise.
-OLD_API_NAMES = {"patch", "patches", "ray_address", "classes", "class_refs"}
+# Names the API used before for concepts the table names otherwise (the later ones are still
+# accepted with a warning: OLD_API_KEYWORDS).
+OLD_API_NAMES = {
+    "patch", "patches", "ray_address", "classes", "class_refs",
+    "mode", "methods", "steps", "scale", "stores",
+}  # fmt: skip
+# Old keyword → its new name, per function; each still works, with a FutureWarning.
+OLD_API_KEYWORDS = {
+    "compare": {"methods": "method", "steps": "settings.steps"},
+    "explain": {"stores": "store"},
+    "concepts": {"scale": "crop_scale"},
+    "add_concepts": {"scale": "crop_scale"},
+    "mined_references": {"mode": "mined_as"},
+}
+# The functions that take a model by name, and so where to put it.
+TAKE_A_DEVICE = {"visualize", "explain", "compare", "build_atlas", "concepts", "add_concepts"}
 
 
 @pytest.mark.parametrize("name", API)
 def test_api_signatures_use_the_table_names(name):
     parameters = inspect.signature(API[name]).parameters
     assert not set(parameters) & OLD_API_NAMES, name
+    assert getattr(API[name], "__renamed__", {}) == OLD_API_KEYWORDS.get(name, {}), name
+    if name in TAKE_A_DEVICE:
+        assert "device" in parameters and parameters["device"].default is None, name
+    if "seeds" in parameters:  # one seed per target; seed (or settings["seed"]) the first's
+        assert "seed" in parameters or "settings" in parameters, name
     references = parameters.get("references")
     if references is not None and references.default is not inspect.Parameter.empty:
         assert not isinstance(references.default, int), f"{name}: references= is the folder"
@@ -137,6 +158,98 @@ def test_old_spellings_still_work_with_a_warning(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert seen == {"targets": ["1", "2"], "count": 3}
     assert "--classes is now --class" in result.output
+
+
+def test_the_table_names_every_renamed_keyword():
+    words = {term.api.split()[0].split("=")[0] for term in TERMS}
+    for renames in OLD_API_KEYWORDS.values():
+        for new in renames.values():
+            assert new.split(".")[0] in words, new
+    text = DOCS.read_text()
+    for name, renames in OLD_API_KEYWORDS.items():
+        for old in renames:
+            assert f"`{name}({old}=" in text, f"docs/cli.md does not list {name}({old}=)"
+
+
+def _warned(call, old: str, new: str):
+    """Run ``call``; it must warn once that ``old`` is now ``new``, and refuse (VitalError)."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(VitalError) as error:
+            call()
+    renamed = [w for w in seen if issubclass(w.category, FutureWarning)]
+    assert len(renamed) == 1, [str(w.message) for w in seen]
+    assert f"{old} is now {new}" in str(renamed[0].message)
+    assert renamed[0].filename == __file__  # it points at the caller's line
+    return str(error.value)
+
+
+def test_old_api_keywords_still_work_with_a_warning(tmp_path, image_folder):
+    from conftest import tiny_cnn_model
+
+    model = tiny_cnn_model()
+    # Each value reaches the new parameter: the refusal names it in the new words.
+    message = _warned(
+        lambda: vital.mined_references(tmp_path / "m.sqlite", model, "stage2", 0, mode="tile"),
+        "mode=",
+        "mined_as=",
+    )
+    assert message == "mined_as='image' or 'patch', not 'tile'."
+    message = _warned(lambda: compare(model, [1], methods="lucid"), "methods=", "method=")
+    assert message.startswith("unknown method(s) lucid")
+    message = _warned(
+        lambda: compare(model, [1], "lucid", steps=3, settings={"steps": 4}),
+        "steps=",
+        "settings={'steps': ...}",
+    )
+    assert "give one of them" in message
+    message = _warned(
+        lambda: vital.explain(model, image_folder / "img000.png", layer="stage2",
+                              stores=str(tmp_path / "nothing"), out=tmp_path, progress=False),
+        "stores=",
+        "store=",
+    )  # fmt: skip
+    assert message.startswith("store=") and message.endswith("nothing is not a folder; give an "
+                                                              "atlas or result folder to reuse "
+                                                              "pictures from.")  # fmt: skip
+    for function in (vital.concepts, vital.concepts.add_concepts):
+        message = _warned(
+            lambda f=function: f(model, 2, image_folder, layer="stage3", scale=(0.5, 0.1),
+                                 pictures=False, out=tmp_path / "c", progress=False),
+            "scale=",
+            "crop_scale=",
+        )  # fmt: skip
+        assert "(0.5, 0.1)" in message
+    message = _warned(
+        lambda: vital.concepts(model, 2, image_folder, layer="stage3", pictures=3, pictured=2),
+        "pictures=N",
+        "pictured=N",
+    )
+    assert message == "pictures=N is the old way to say pictured=N: give pictured=N alone."
+    with pytest.raises(VitalError, match="give one of them"), pytest.warns(FutureWarning):
+        compare(model, [1], "lucid", methods="vital")
+
+
+def test_old_compare_keywords_give_the_same_comparison(tiny_cnn, tmp_path):
+    from conftest import write_images
+
+    write_images(tmp_path / "refs", 2)
+    class_tree = tmp_path / "refs"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        old = compare(
+            tiny_cnn, [1], methods="fourier", steps=2, references=class_tree, progress=False
+        )
+    assert sorted(str(w.message).split(": ", 1)[1].split(";")[0] for w in seen) == [
+        "methods= is now method=",
+        "steps= is now settings={'steps': ...}",
+    ]
+    new = compare(
+        tiny_cnn, [1], method="fourier", settings={"steps": 2}, references=class_tree,
+        progress=False,
+    )  # fmt: skip
+    assert old.summary[0]["steps"] == new.summary[0]["steps"] == 2
+    assert (old.results["fourier"][0].pixels == new.results["fourier"][0].pixels).all()
 
 
 def test_library_messages_read_as_options_on_the_command_line():

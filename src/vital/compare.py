@@ -32,6 +32,7 @@ from vital.methods.vital_class import References, class_references
 from vital.methods.vital_neuron import neuron_references
 from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
+from vital.renamed import renamed
 from vital.store import Result
 from vital.targets import ClassTarget, Target, resolve_targets
 from vital.zoo import Model, as_model, frozen
@@ -109,15 +110,16 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+@renamed(methods="method", steps="settings.steps")
 def compare(
     model: Model | str,
     targets: Sequence[Target | int | str],
-    methods: str | Sequence[str] = METHODS,
+    method: str | Sequence[str] = METHODS,
     *,
     judge: Model | str | None = None,
     references: References = None,
     real_references: References = None,
-    steps: int | None = None,
+    settings: Mapping[str, object] | None = None,
     seed: int = 0,
     out: str | Path | None = None,
     batch_size: int = 8,
@@ -129,8 +131,9 @@ def compare(
     progress: bool = True,
     setting: int | str = DEFAULT_SETTING,
     force: bool = False,
+    device: str | torch.device | None = None,
 ) -> Comparison:
-    """Run ``methods`` on the same targets and score them.
+    """Run every ``method`` on the same targets and score them.
 
     Parameters
     ----------
@@ -142,8 +145,9 @@ def compare(
         target's activation relative to the mean over the references VITAL matches, the same
         yardstick for VITAL and for activation maximisation (Fourier FV with a channel
         objective, as Lucent does, and MaCo).
-    methods
-        ``"vital"`` and baseline names (comma-separated text or a list).
+    method
+        ``"vital"`` and baseline names: one name, comma-separated text or a list (default:
+        every method; ``methods=``, the old name, still works with a warning).
     judge
         A second, independent model for top-1/top-5 recognisability and realism.
     references
@@ -151,10 +155,12 @@ def compare(
     real_references
         Real images for FID and realism, per class like ``references`` (default: the same
         as ``references``, which makes both metrics in-sample for VITAL).
-    steps
-        Optimisation steps, the same for every method (default: each method's own).
+    settings
+        Changes to every method's defaults, as a mapping of Settings fields (as for
+        :func:`vital.visualize`): ``{"steps": N}`` gives every method the same steps (default:
+        each method's own; ``steps=N``, the old keyword, still works with a warning).
     seed
-        Seed of the first image of every method.
+        Seed of the first image of every method (``settings["seed"]`` says the same).
     out
         Folder for each method's PNG + JSON records (one sub-folder per method).
     batch_size
@@ -176,12 +182,17 @@ def compare(
         Compute every picture again, replacing the pictures ``out`` holds (by default a
         picture stored there with the same inputs is reused, and one made with other inputs
         is not replaced: the run is refused).
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"`` for the model, the judge and FID's model; default:
+        where each is (a model given by name loads on the CPU).
     """
     check_count(batch_size, "batch_size")
+    overrides = _common_settings(settings, seed)
+    seed = overrides["seed"]
     # A caller's own modules are handed back in the state they came in.
     with frozen(model), frozen(judge), frozen(fid_model):
-        model = as_model(model)
-        names = parse_methods(methods)
+        model = as_model(model, device)
+        names = parse_methods(method)
         targets = resolve_targets(model, targets)
         inner = not isinstance(targets[0], ClassTarget)
         if inner and (judge or real_references or clip_weights or fid_model):
@@ -190,10 +201,10 @@ def compare(
                 "scored by their activation relative to their references (references=DIR)."
             )
         options = dict(method_options or {})
-        for method in names:  # refuse a method that cannot take these targets before any runs
-            get_method(method, targets, **_options_of(method, targets, options, reference_count))
-        judge_model = as_model(judge) if judge is not None else None
-        fid_model = as_model(fid_model) if fid_model is not None else model
+        for name in names:  # refuse a method that cannot take these targets before any runs
+            get_method(name, targets, **_options_of(name, targets, options, reference_count))
+        judge_model = as_model(judge, device) if judge is not None else None
+        fid_model = as_model(fid_model, device) if fid_model is not None else model
         held_out = real_references is not None
         if inner:
             means = _reference_means(model, targets, references, reference_count, seed)
@@ -203,17 +214,17 @@ def compare(
                 seed + 1,
             )  # fmt: skip
         comparison = Comparison(model.name, judge_model.name if judge_model else None, targets, {})
-        for method in names:
+        for name in names:
             results = _run(
-                model, targets, method, references, steps, seed, setting, out, batch_size,
-                progress, _options_of(method, targets, options, reference_count), force,
+                model, targets, name, references, overrides, setting, out, batch_size,
+                progress, _options_of(name, targets, options, reference_count), force,
             )  # fmt: skip
-            comparison.results[method] = results
+            comparison.results[name] = results
             if inner:
-                _score_inner(comparison, method, results, means)
+                _score_inner(comparison, name, results, means)
                 continue
             labels = [t.index for t in targets]
-            _score(comparison, method, results, model, judge_model, real, real_labels, labels)
+            _score(comparison, name, results, model, judge_model, real, real_labels, labels)
             comparison.summary[-1]["fid"] = _fid(comparison, results, real, fid_model, fid_layer)
         if inner:
             comparison.notes.append(
@@ -238,6 +249,22 @@ def _fid(comparison: Comparison, results, real, fid_model, fid_layer):
     return metrics.fid(torch.stack([r.saved_pixels for r in results]), real, fid_model, fid_layer)
 
 
+def _common_settings(settings: Mapping[str, object] | None, seed: int) -> dict:
+    """The changes every method runs with, their seed included (``seed=`` or ``settings``)."""
+    if settings is not None and not isinstance(settings, Mapping):
+        raise VitalError(
+            "compare takes changes to the methods' defaults as a mapping, e.g. "
+            "settings={'steps': 300}: each method has its own defaults."
+        )
+    chosen = {name: value for name, value in (settings or {}).items() if value is not None}
+    if "seed" in chosen and seed != 0 and chosen["seed"] != seed:
+        raise VitalError(
+            f"seed={seed} and settings={{'seed': {chosen['seed']!r}}} disagree: give one of them."
+        )
+    chosen.setdefault("seed", seed)
+    return chosen
+
+
 def _options_of(method: str, targets, options: dict, reference_count: int) -> dict:
     """The options ``method`` runs with: the caller's, and the reference count if it has one."""
     chosen = dict(options.get(method) or {})
@@ -247,10 +274,10 @@ def _options_of(method: str, targets, options: dict, reference_count: int) -> di
 
 
 def _run(
-    model, targets, method, references, steps, seed, setting, out, batch_size, progress, chosen,
+    model, targets, method, references, overrides, setting, out, batch_size, progress, chosen,
     force,
 ) -> list[Result]:  # fmt: skip
-    """One method on every target, with the same steps and seed as the others."""
+    """One method on every target, with the same settings (steps, seed) as the others."""
     kind = method_class(method, targets)
     return visualize(
         model,
@@ -258,7 +285,7 @@ def _run(
         references if kind.uses_references else None,
         method=method,
         setting=setting if kind.named_settings else None,
-        settings={"steps": steps, "seed": seed},
+        settings=dict(overrides),
         out=Path(out) / method if out is not None else None,
         batch_size=batch_size,
         progress=progress,

@@ -227,16 +227,19 @@ def build_atlas(
     batch_size: int = 4,
     progress: bool = True,
     on_unit: Callable[[UnitOutcome], None] | None = None,
+    seed: int | None = None,
     seeds: Sequence[int] | None = None,
     force: bool = False,
     render: bool = True,
+    device: str | torch.device | None = None,
 ) -> BuildReport:
     """Run every unit not yet in the atlas with these inputs and record it; render the site.
 
     Parameters
     ----------
     model
-        A model name, :class:`ModelSpec` or loaded :class:`vital.Model`.
+        A model name, :class:`ModelSpec` or loaded :class:`vital.Model` (loaded, or moved, on
+        each worker's ``device``).
     targets
         What to visualise, in order.
     references
@@ -246,7 +249,7 @@ def build_atlas(
     settings
         The user's changes to the methods' defaults, as a mapping of Settings fields (as for
         :func:`vital.visualize`): classes and channels each get their own method's defaults
-        under them. ``settings["seed"]`` (default 0) seeds the first unit.
+        under them. ``settings["seed"]`` is ``seed``.
     setting
         A named setting of VITAL: ``"fast"`` (the default) or the authors' 0, 1, 2.
     engine
@@ -257,12 +260,18 @@ def build_atlas(
         Show units done/total, units/min and the time left.
     on_unit
         Called after each unit is recorded (for callers' own progress or tests).
+    seed
+        Seed of the first unit, ``--seed`` of the command line (default 0): the ``i``-th unit
+        gets ``seed + i``.
     seeds
-        One seed per target (default: ``settings["seed"] + i`` for the ``i``-th).
+        One seed per target instead (default: ``seed + i`` for the ``i``-th).
     force
         Recompute every unit, even those stored with the same inputs.
     render
         Write the site when the build ends.
+    device
+        ``"auto"`` (the default: CUDA where a worker has it), ``"cpu"`` or ``"cuda"``; for a
+        :class:`ModelSpec`, replaces its own.
 
     Raises
     ------
@@ -277,13 +286,21 @@ def build_atlas(
             "an atlas takes changes to the methods' defaults as a mapping, e.g. "
             "{'steps': 300}: classes and channels have different defaults."
         )
+    settings = dict(settings or {})
+    given_seed = settings.pop("seed", None)
+    if seed is not None and given_seed is not None and given_seed != seed:
+        raise VitalError(
+            f"seed={seed} and settings={{'seed': {given_seed!r}}} disagree: give one of them."
+        )
+    first_seed = int(next((s for s in (seed, given_seed) if s is not None), 0))
     spec = ModelSpec(model) if isinstance(model, str) else model
     spec = GivenModel(spec) if isinstance(spec, Model) else spec
+    if device is not None and isinstance(spec, (ModelSpec, GivenModel)):
+        spec = dataclasses.replace(spec, device=str(device).strip().lower())  # "CPU" as "cpu"
     loaded = spec()
     fingerprint = loaded.fingerprint
     atlas = Atlas(folder)
-    settings = dict(settings or {})
-    units = plan_units(targets, int(settings.pop("seed", 0) or 0), seeds)
+    units = plan_units(targets, first_seed, seeds)
     reference_sets = {unit.id: references(unit.target) for unit in units}
     atlas.planned = {
         unit.id: picture_spec(

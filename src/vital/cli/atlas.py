@@ -183,7 +183,7 @@ def atlas_build(
         # Each class's concepts are one step, finished or not: an interrupted one runs again.
         for target in classes if by_concepts else []:
             added = add_concepts(
-                loaded, target, data, layer=layer, count=count, crops=crops, scale=crop_range,
+                loaded, target, data, layer=layer, count=count, crops=crops, crop_scale=crop_range,
                 setting=setting_name, settings={k: v for k, v in overrides.items() if k != "seed"},
                 seed=common["seed"], out=out, batch_size=common["batch"], force=force,
                 render=False,

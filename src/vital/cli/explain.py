@@ -117,7 +117,7 @@ def explain_command(
             top_images=top_images,
             patch_side=patch,
             pictures=not no_pictures,
-            stores=stores or (),
+            store=stores or (),
             force=force,
             batch_size=common["batch"],
         )

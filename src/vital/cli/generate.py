@@ -155,7 +155,7 @@ def compare_command(
         judge=session.load(judge, judge_weights, device) if judge else None,
         references=refs,
         real_references=real_refs,
-        steps=steps,
+        settings=options.overrides(steps=steps),
         seed=seed,
         setting=options.setting_value(setting),
         out=out,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vital.concepts.crops import DEFAULT_SCALE
 from vital.references import DEFAULT_REFERENCES
 
 # A default that each command chooses for itself (e.g. the batch: targets vs. images).
@@ -83,6 +84,12 @@ TERMS: tuple[Term, ...] = (
     Term("channels-last memory format", ("--channels-last",),
          "settings={'channels_last': True}", False, flag=True),
     Term("number of concepts", ("--count",), "count", PER_COMMAND),
+    Term("mined references as", ("--mined-as",), "mined_as ('image' or 'patch')", "image"),
+    Term("crops' area range", ("--crop-scale",), "crop_scale=(LOW, HIGH)",
+         ",".join(str(v) for v in DEFAULT_SCALE)),
+    Term("concepts pictured", ("--pictured",), "pictured", None, note="every concept"),
+    Term("no pictures", ("--no-pictures",), "pictures=False", False, flag=True),
+    Term("store to reuse pictures from", ("--store",), "store (a folder or a list)", None),
     Term("force recompute", ("--force",), "force", False, flag=True),
 )  # fmt: skip
 
@@ -115,6 +122,9 @@ API_TO_OPTION: dict[str, str] = {
     "method": "--method",
     "top_images": "--top-images",
     "mined_as": "--mined-as",
+    "crop_scale": "--crop-scale",
+    "pictured": "--pictured",
+    "store": "--store",
     "top": "--top",
     "shard_size": "--shard-size",
     "workers": "--workers",

@@ -31,9 +31,10 @@ from torch import nn
 from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.keys import differences, picture_spec
 from vital.concepts.crops import class_images
-from vital.concepts.pipeline import concepts
+from vital.concepts.pipeline import concepts, picture_choice
 from vital.errors import VitalError, close_matches
 from vital.files import printable, write_file
+from vital.renamed import renamed
 from vital.targets import ClassTarget, Direction, class_target
 from vital.zoo import Model, as_model
 
@@ -160,6 +161,7 @@ def _check_free(atlas: Atlas, folder: Path) -> None:
             )
 
 
+@renamed(scale="crop_scale")
 def add_concepts(
     model: Model | nn.Module | str,
     target: int | str | ClassTarget,
@@ -191,9 +193,10 @@ def add_concepts(
     render
         Write the site afterwards (a caller adding several sets renders once at the end).
     **options
-        The other keywords of :func:`vital.concepts` (``count``, ``crops``, ``scale``,
-        ``examples``, ``pictures``, ``setting``, ``settings``, ``seed``, ``relevance``,
-        ``batch_size``), with its defaults: one signature, so the two cannot drift.
+        The other keywords of :func:`vital.concepts` (``count``, ``crops``, ``crop_scale``,
+        ``examples``, ``pictures``, ``pictured``, ``setting``, ``settings``, ``seed``,
+        ``relevance``, ``batch_size``), with its defaults: one signature, so the two cannot
+        drift (its old names, ``scale`` and ``pictures=N``, still work with a warning).
 
     Returns
     -------
@@ -206,11 +209,14 @@ def add_concepts(
     explained = class_target(model, target)
     atlas = Atlas(out)
     chosen = concept_options(options)
+    shown = picture_choice(chosen["pictures"], chosen["pictured"])  # warned about once, here
+    chosen["pictures"] = bool(shown)
+    chosen["pictured"] = None if isinstance(shown, bool) else shown
     images, _ = class_images(model, explained, data, seed=chosen["seed"])
     discovery = {name: chosen[name] for name in ("count", "crops", "examples", "relevance")}
-    discovery["scale"] = list(chosen["scale"])
+    discovery["scale"] = list(chosen["crop_scale"])  # the stored key: earlier keys still match
     inputs = concept_inputs(
-        model, explained, [s.identity for s in images], layer, discovery, chosen["pictures"],
+        model, explained, [s.identity for s in images], layer, discovery, shown,
         chosen["setting"], chosen["settings"], chosen["seed"],
     )  # fmt: skip
     key = _key(inputs)

@@ -256,7 +256,7 @@ def class_images(
             f"{path} is neither an image nor a mining database; --data is an image, a folder "
             "or OUT/mining.sqlite."
         )
-    found = class_references(model, target, data, limit, seed, shared_ok=True)
+    found = class_references(model, target, data, limit, seed, shared_ok=True, given_as="data")
     sources = list(found.sources)
     notes: list[str] = []
     if data is not None and not any(child.is_dir() for child in Path(data).iterdir()):

@@ -48,6 +48,7 @@ from vital.files import save_array, save_image, write_file
 from vital.grids import grid, to_image
 from vital.record import model_info, now
 from vital.references import ImageSource, center_crop, open_rgb
+from vital.renamed import renamed, warn_renamed
 from vital.store import output_folder
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
@@ -125,6 +126,41 @@ def _view(model: Model, source: ImageSource) -> torch.Tensor | None:
     )
 
 
+def picture_choice(pictures: object, pictured: object) -> bool | int:
+    """``pictures=`` and ``pictured=`` as one: ``True`` (every concept), ``False`` or N.
+
+    ``pictures=False`` is ``--no-pictures``, ``pictured=N`` is ``--pictured N`` (the N concepts
+    with the largest shares). ``pictures=N``, the earlier way to say ``pictured=N``, still
+    works with a warning.
+    """
+    if isinstance(pictures, int) and not isinstance(pictures, bool):
+        warn_renamed(
+            "concepts: pictures=N is now pictured=N (pictures=False: none); the old way will go."
+        )
+        if pictured is not None:
+            raise VitalError("pictures=N is the old way to say pictured=N: give pictured=N alone.")
+        if pictures < 0:  # -1 would picture all but the last
+            raise VitalError(
+                f"pictured=N pictures at least 1 concept (pictures=False: none), not {pictures}."
+            )
+        pictures, pictured = pictures > 0, pictures or None
+    if not isinstance(pictures, bool):
+        raise VitalError(
+            f"pictures is True or False (pictured=N: only the top N concepts), not {pictures!r}."
+        )
+    if pictured is None:
+        return pictures
+    if isinstance(pictured, bool) or not isinstance(pictured, int) or pictured < 1:
+        raise VitalError(
+            f"pictured=N pictures the N concepts with the largest shares (at least 1; "
+            f"pictures=False: none), not {pictured!r}."
+        )
+    if not pictures:  # it would be dropped unseen
+        raise VitalError("pictures=False draws no concept: leave out pictured=N, or it.")
+    return pictured
+
+
+@renamed(scale="crop_scale")
 def concepts(
     model: Model | nn.Module | str,
     target: int | str,
@@ -133,9 +169,10 @@ def concepts(
     layer: str,
     count: int = DEFAULT_COUNT,
     crops: int = DEFAULT_CROPS,
-    scale: tuple[float, float] = DEFAULT_SCALE,
+    crop_scale: tuple[float, float] = DEFAULT_SCALE,
     examples: int = DEFAULT_EXAMPLES,
-    pictures: bool | int = True,
+    pictures: bool = True,
+    pictured: int | None = None,
     setting: int | str | None = "fast",
     settings: Mapping[str, object] | None = None,
     seed: int = 0,
@@ -161,16 +198,18 @@ def concepts(
         The layer whose activations are factorised (``vital layers MODEL``).
     count
         K, the number of concepts.
-    crops, scale
+    crops, crop_scale
         Random square crops in all, and the range of their area as a fraction of each image's
-        largest square: a concept's possible examples.
+        largest square: a concept's possible examples (``--crops``, ``--crop-scale``;
+        ``scale=``, the old name, still works with a warning).
     examples
         Examples per concept: in each of the crops where its coefficient is highest, the
         tightest square around its peak that keeps half its coefficient (:func:`_examples`).
         They are its picture's references.
-    pictures
-        Make the concepts' VITAL pictures: ``True`` for every concept, a number for the top
-        ones by share, ``False`` for none.
+    pictures, pictured
+        Make the concepts' VITAL pictures (``False``: none, ``--no-pictures``); ``pictured=N``
+        (``--pictured N``): only the N concepts with the largest shares (default: every
+        concept).
     setting, settings
         VITAL's setting for the pictures (``fast`` by default) and changes to its defaults
         (``{"steps": 300}``).
@@ -190,18 +229,14 @@ def concepts(
     """
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise VitalError(f"the examples per concept (--examples) are at least 1, not {examples!r}.")
-    if not isinstance(pictures, int) or pictures < 0:  # -1 would picture all but the last
-        raise VitalError(
-            f"pictures is True, False or how many concepts to picture (--pictured N, at least "
-            f"1), not {pictures!r}."
-        )
+    shown = picture_choice(pictures, pictured)
     with frozen(model):
         model = as_model(model, device)
         explained = class_target(model, target)
         folder = output_folder(out)
         _check_not_the_users(folder)
         sources, notes = class_images(model, explained, data, seed=seed)
-        crop_set = sample_crops(sources, crops, scale, seed, model.preprocessing.crop_pct)
+        crop_set = sample_crops(sources, crops, crop_scale, seed, model.preprocessing.crop_pct)
         resolution = model.preprocessing.input_size
         crop_pixels = crop_set.pixels(model, resolution)
         crop_features = layer_features(model, layer, crop_pixels)
@@ -235,9 +270,9 @@ def concepts(
         map_files = _write_maps(folder, found, basis, order)
 
         picture_files: dict[int, dict] = {}
-        if pictures:
-            pictured = order if pictures is True else order[: int(pictures)]
-            named = [k for k in pictured if chosen[k]]
+        if shown:
+            drawn = order if shown is True else order[: int(shown)]
+            named = [k for k in drawn if chosen[k]]
             results = concept_pictures(
                 model,
                 basis,
@@ -325,7 +360,7 @@ def concepts(
                 f"peak (sides {', '.join(f'{z:g}' for z in EXAMPLE_ZOOMS)} of the crop's) that "
                 f"keeps {EXAMPLE_KEEP:g} of its coefficient on the crop",
             }
-            if pictures
+            if shown
             else None,
             fidelity=fidelity,
             files={"directions": "directions.npy", "overview": "overview.png"},

@@ -32,6 +32,7 @@ from vital.mining.scan import DEFAULT_PATCH
 from vital.optimize import DEFAULT_SETTING
 from vital.record import ChannelEvidence, Explanation, model_info
 from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop
+from vital.renamed import renamed
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
 
@@ -107,6 +108,7 @@ def _mined_examples(atlas: Atlas, model: Model, layer: str, channel: int, slug: 
     return info, entries
 
 
+@renamed(stores="store")
 def explain(
     model: Model | nn.Module | str,
     image: str | Path | Image.Image,
@@ -126,7 +128,7 @@ def explain(
     patch_side: int = DEFAULT_PATCH,
     examples: int = DEFAULT_EXAMPLES,
     pictures: bool = True,
-    stores: Sequence[str | Path] = (),
+    store: str | Path | Sequence[str | Path] = (),
     force: bool = False,
     batch_size: int = 4,
     workers: int | None = None,
@@ -170,8 +172,9 @@ def explain(
         Dataset examples shown per channel.
     pictures
         Make (or reuse) the channels' VITAL pictures.
-    stores
-        Other atlases or result folders whose pictures may be reused.
+    store
+        Another atlas or result folder whose pictures may be reused, or a list of them
+        (``--store``, repeated; ``stores=``, the old name, still works with a warning).
     force
         Compute the pictures again even when stored ones match.
     batch_size, workers
@@ -196,13 +199,13 @@ def explain(
     checked_overrides(settings)  # a misspelt setting is refused before the mining pass
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
-    if isinstance(stores, (str, Path)):  # one folder, not a sequence of one-letter names
-        stores = (stores,)
-    for store in stores:
-        if not Path(store).is_dir():
+    # One folder, not a sequence of one-letter names.
+    stores = (store,) if isinstance(store, (str, Path)) else tuple(store)
+    for folder in stores:
+        if not Path(folder).is_dir():
             raise VitalError(
-                f"--store {store} is not a folder; give an atlas or result folder to reuse "
-                "pictures from."
+                f"store={printable(folder)} is not a folder; give an atlas or result folder to "
+                "reuse pictures from."
             )
     with frozen(model):
         model = as_model(model, device)

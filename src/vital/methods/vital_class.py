@@ -53,6 +53,7 @@ def class_references(
     count: int = DEFAULT_REFERENCES,
     seed: int = 0,
     shared_ok: bool = False,
+    given_as: str = "references",
 ) -> ReferenceSet:
     """Find the reference set for a class target.
 
@@ -65,6 +66,9 @@ def class_references(
         class; or a mapping from class index (or target, WordNet id, name) to any of these.
     shared_ok
         Allow one plain folder to serve as references of several targets.
+    given_as
+        The caller's parameter for the images, named in the messages (``"data"`` for
+        :func:`vital.concepts`).
     """
     target = class_target(model, target)  # 967 or "espresso" as everywhere else
     if isinstance(references, ReferenceSet):
@@ -75,22 +79,24 @@ def class_references(
             index = key.index if isinstance(key, ClassTarget) else key
             same = isinstance(index, int) and not isinstance(index, bool) and index == target.index
             if key == target or same or (isinstance(key, str) and key in names):
-                given = one_targets_references(given, target.describe())
-                return class_references(model, target, given, count, seed, shared_ok=True)
-        raise VitalError(f"no references were given for {target.describe()}.")
+                given = one_targets_references(given, described(target))
+                return class_references(
+                    model, target, given, count, seed, shared_ok=True, given_as=given_as
+                )
+        raise VitalError(f"no references were given for {described(target)}.")
     if references is None or str(references) == "samples":
         sources = sample_photos_for_class(target.index)
         if not sources:
             raise VitalError(
-                f"no embedded photo shows {target.describe()}; give reference images with "
-                "references=DIR (a folder of that class, or an ImageNet-style tree)."
+                f"no embedded photo shows {described(target)}; give images of it with "
+                f"{given_as}=DIR (a folder of that class, or an ImageNet-style tree)."
             )
         return ReferenceSet(
             tuple(sources), count, seed, "embedded photos " + ", ".join(s.label for s in sources)
         )
     if not isinstance(references, (str, Path)):
         raise VitalError(
-            f"references must be a folder, a ReferenceSet or a mapping of them, not "
+            f"{given_as} must be a folder, a ReferenceSet or a mapping of them, not "
             f"{type(references).__name__}."
         )
     folder = reference_folder(
@@ -102,7 +108,7 @@ def class_references(
             return from_folder(folder / name, count, seed)
     if is_imagenet_tree(folder) or any(child.is_dir() for child in folder.iterdir()):
         raise VitalError(
-            f"{folder} has class sub-folders but none for {target.describe()}; expected one of "
+            f"{folder} has class sub-folders but none for {described(target)}; expected one of "
             f"{', '.join(class_folder_names(model, target))}."
         )
     if not shared_ok:
@@ -111,6 +117,16 @@ def class_references(
             "references; visualise one class at a time with it, or use one sub-folder per class."
         )
     return from_folder(folder, count, seed)
+
+
+def described(target: ClassTarget) -> str:
+    """The class in words, named once: ``espresso (967)``, ``class 3`` (not ``class 3 (3)``).
+
+    A model whose classes have no names but their numbers calls class 3 ``class 3``.
+    """
+    if target.name == f"class {target.index}":
+        return target.name
+    return target.describe()
 
 
 def class_folder_names(model: Model, target: ClassTarget) -> list[str]:

@@ -14,6 +14,7 @@ from vital.grids import grid
 from vital.mining.index import MiningIndex, Ranked, database_path
 from vital.mining.units import unit_key
 from vital.references import ImageSource, ReferenceSet, resize_for_crop
+from vital.renamed import renamed
 from vital.targets import Channel, Direction
 from vital.zoo import Model
 
@@ -82,44 +83,48 @@ def _source(entry: Ranked, mode: str) -> ImageSource:
     )
 
 
+@renamed(mode="mined_as")
 def mined_references(
     database: str | Path,
     model: Model | str,
     layer: str,
     channel_or_direction: Unit,
-    mode: str = "image",
+    mined_as: str = "image",
     count: int = 50,
     seed: int = 0,
 ) -> ReferenceSet:
-    """The top mined images (``mode="image"``) or their best patches (``"patch"``) of a unit.
+    """The top mined images (``mined_as="image"``) or their best patches (``"patch"``) of a unit.
 
     The released code of the paper uses the whole images, the paper describes the patches
     (METHOD.md section 3). The set holds the ``count`` best-ranked images; when fewer were
     mined, :class:`~vital.references.ReferenceSet` fills up with augmented views.
+    ``mined_as`` is ``--mined-as`` of the command line (``mode=``, its old name, still works
+    with a warning).
     """
     check_count(count, "count")  # 0 would be "no usable reference images (top 0 …)"
-    if mode not in ("image", "patch"):
-        raise VitalError(f"mode must be 'image' or 'patch', not {mode!r}.")
+    if mined_as not in ("image", "patch"):
+        raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     info, ranked = mined(database, model, layer, channel_or_direction)
     chosen = ranked[:count]
-    kind = "patches" if mode == "patch" else "images"
+    kind = "patches" if mined_as == "patch" else "images"
     description = (
         f"top {len(chosen)} mined {kind} of {layer} {info['unit_name']} "
         f"({info['scanned']} images scanned)"
     )
-    return ReferenceSet(tuple(_source(e, mode) for e in chosen), count, seed, description)
+    return ReferenceSet(tuple(_source(e, mined_as) for e in chosen), count, seed, description)
 
 
+@renamed(mode="mined_as")
 def mined_reference_sets(
     database: str | Path,
     model: Model | str,
     targets: Sequence[Channel | Direction],
-    mode: str = "image",
+    mined_as: str = "image",
     count: int = 50,
 ) -> dict[Channel | Direction, ReferenceSet]:
     """The mined references of several targets, keyed by target (for ``visualize``)."""
     return {
-        target: mined_references(database, model, target.layer, target, mode, count)
+        target: mined_references(database, model, target.layer, target, mined_as, count)
         for target in targets
     }
 
