@@ -230,17 +230,19 @@ def test_a_sheets_typo_is_refused_before_mining(monkeypatch, capsys, tmp_path, i
 
 @pytest.mark.parametrize("scale", [(0.0, 0.0), (0.1, 5), "0.1,0.4", (0.1, 0.2, 0.3), (0.3, 0.1)])
 def test_a_crop_scale_that_is_no_range_names_the_option(scale):
+    from vital.cli.vocabulary import cli_wording
     from vital.concepts.crops import check_sampling
 
-    with pytest.raises(VitalError, match=r"crop scale \(--crop-scale LOW,HIGH\)"):
+    with pytest.raises(VitalError, match=r"crop scale \(crop_scale=\(LOW, HIGH\)\)") as error:
         check_sampling(8, scale)
+    assert "(--crop-scale (LOW, HIGH))" in cli_wording(str(error.value))  # as the CLI shows it
 
 
 @pytest.mark.parametrize("count", [0, "8", 2.5])
 def test_a_crop_count_that_is_no_count_names_the_option(count):
     from vital.concepts.crops import check_sampling
 
-    with pytest.raises(VitalError, match=r"crops \(--crops\) is at least 1"):
+    with pytest.raises(VitalError, match=r"crops \(crops=N\) is at least 1"):
         check_sampling(count, (0.1, 0.4))
 
 

@@ -39,7 +39,9 @@ class ClassTarget:
 
     def describe(self) -> str:
         """Human-readable label."""
-        return f"{self.name} ({self.index})" if self.name else f"class {self.index}"
+        if not self.name or self.name in (f"class {self.index}", str(self.index)):
+            return f"class {self.index}"  # a model without class names: the number once
+        return f"{self.name} ({self.index})"
 
 
 class _Inner:

@@ -1000,7 +1000,7 @@ def _load_embedded(name: str, spec: EmbeddedModel) -> Model:
 def load_model(
     name: str,
     weights: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
 ) -> Model:
     """Build a model by name, with its weights and its preprocessing.
 
@@ -1018,7 +1018,8 @@ def load_model(
         downloaded once into torch's cache (``$TORCH_HOME/hub/checkpoints``). ``"random"``:
         untrained.
     device
-        ``"cpu"`` or ``"cuda"``.
+        ``"auto"`` (a CUDA GPU when one is visible, else the CPU, as ``--device``), ``"cpu"``
+        or ``"cuda"``.
 
     Raises
     ------
@@ -1180,7 +1181,7 @@ def as_model(model: Model | nn.Module | str, device: str | torch.device | None =
     ImageNet's; wrap it in :class:`Model` to give another.
     """
     if isinstance(model, str):
-        return load_model(model, device=device or "cpu")
+        return load_model(model, device=device or "auto")  # as the command line's --device
     if isinstance(model, nn.Module):
         model = unwrapped(model)
         model = Model(model, preprocessing=preprocessing_of(model), labels=_labels_for(model))

@@ -123,6 +123,7 @@ API_TO_OPTION: dict[str, str] = {
     "top_images": "--top-images",
     "mined_as": "--mined-as",
     "crop_scale": "--crop-scale",
+    "crops": "--crops",
     "pictured": "--pictured",
     "store": "--store",
     "top": "--top",

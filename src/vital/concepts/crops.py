@@ -153,11 +153,11 @@ def check_sampling(count: int, scale: tuple[float, float]) -> None:
         or (scale[0] > scale[1])
     ):
         raise VitalError(
-            f"the crop scale (--crop-scale LOW,HIGH) is a range 0 < low ≤ high ≤ 1 of fractions "
+            f"the crop scale (crop_scale=(LOW, HIGH)) is a range 0 < low ≤ high ≤ 1 of fractions "
             f"of the image's square, not {scale!r}."
         )
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise VitalError(f"the number of crops (--crops) is at least 1, not {count!r}.")
+        raise VitalError(f"the number of crops (crops=N) is at least 1, not {count!r}.")
 
 
 def check_data(data: str | Path | None) -> None:
