@@ -228,3 +228,26 @@ def test_a_vit_built_for_another_size_is_fed_that_size():
     )
     assert preprocessing_of(torchvision_vit).input_size == 32
     assert preprocessing_of(Small()).input_size == 224  # nothing declared: ImageNet's
+
+
+class ConvHead(nn.Module):
+    """A classifier without an nn.Linear: a 1×1 convolution to 10 maps, averaged (SqueezeNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.classifier = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.conv(x))).mean(dim=(2, 3))
+
+
+def test_a_classifier_whose_head_is_a_convolution_has_its_classes(class_refs):
+    model = vital.Model(ConvHead(), preprocessing=vital.Preprocessing(input_size=32))
+    assert model.labels is None  # no nn.Linear to read: the output's width tells, when asked
+    (result,) = vital.visualize(
+        model, [3], class_refs, settings={"steps": 1}, reference_count=2, taps=["conv"],
+        progress=False,
+    )  # fmt: skip
+    assert result.record.target["index"] == 3 and len(model.labels) == 10
+    with pytest.raises(VitalError, match="0..9"):
+        vital.visualize(model, [12], class_refs, settings={"steps": 1}, progress=False)

@@ -169,10 +169,13 @@ def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
         raise VitalError(
             f"a class is an index, a name or a WordNet id, not {type(query).__name__} ({query!r})."
         )
-    if model.labels is None:
+    labels = model.labels
+    if labels is None and hasattr(model, "probed_labels"):
+        labels = model.probed_labels()  # a head that is no nn.Linear: its output tells
+    if labels is None:
         raise VitalError("this model has no classifier output; visualise channels instead.")
-    index = model.labels.resolve(query)
-    return ClassTarget(index, model.labels.name(index))
+    index = labels.resolve(query)
+    return ClassTarget(index, labels.name(index))
 
 
 def resolve_targets(model, targets) -> list[Target]:

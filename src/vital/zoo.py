@@ -259,6 +259,7 @@ class Model:
     labels: ClassLabels | None = None
     weights_source: str = "user module"
     _fingerprint: str | None = field(default=None, repr=False)
+    _labels_probed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.module = unwrapped(self.module)
@@ -275,6 +276,26 @@ class Model:
             f"Model({self.name!r}, weights {self.weights_source!r}, {classes}, input {size} px, "
             f"{self.device})"
         )
+
+    def probed_labels(self) -> ClassLabels | None:
+        """The labels, from one probe pass's output width when no ``nn.Linear`` head said.
+
+        A classifier whose head is a 1×1 convolution and a pooling (torchvision's SqueezeNet)
+        has no last ``nn.Linear``; a (1, K) output on a probe image tells its K classes. Run
+        once, only when a class is asked for.
+        """
+        if self.labels is None and not self._labels_probed:
+            self._labels_probed = True
+            size = self.preprocessing.input_size
+            probe = torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype)
+            try:
+                with torch.no_grad():
+                    output = self.module(probe)
+            except Exception:  # noqa: BLE001 - the first real forward says what is wrong
+                return None
+            if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 1:
+                self.labels = _labels_of_width(output.shape[1])
+        return self.labels
 
     @property
     def device(self) -> torch.device:
@@ -961,9 +982,12 @@ def unwrapped(module: Any) -> nn.Module:
 
 def _labels_for(module: nn.Module) -> ClassLabels | None:
     out_features = _output_units(module)
-    if out_features == 1000:
-        return imagenet_labels()
-    return generic_labels(out_features) if out_features else None
+    return _labels_of_width(out_features) if out_features else None
+
+
+def _labels_of_width(classes: int) -> ClassLabels:
+    """ImageNet's names for 1000 outputs, else numbered classes."""
+    return imagenet_labels() if classes == 1000 else generic_labels(classes)
 
 
 def _output_units(module: nn.Module) -> int | None:

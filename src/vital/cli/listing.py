@@ -73,7 +73,7 @@ def classes(
 ) -> None:
     """List MODEL's output classes (index, WordNet id, name; other names in brackets)."""
     loaded = session.load(model, "random", "cpu")  # names depend on the architecture only
-    labels = loaded.labels
+    labels = loaded.probed_labels()
     if labels is None:
         raise VitalError(f"{model} has no classifier output.")
     indices = labels.search(search) if search else range(len(labels))
