@@ -48,19 +48,24 @@ def _evaluations(final: float, initial: float):
     return evaluate
 
 
+def _channel_and_warnings(model, folder, channel: int, phrase: str):
+    """Channel ``channel`` of stage2 after 2 steps, and the warnings that hold ``phrase``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (result,) = visualize(
+            model, [Channel("stage2", channel)], str(folder), settings={"steps": 2},
+            progress=False,
+        )  # fmt: skip
+    return result, [str(w.message) for w in caught if phrase in str(w.message)]
+
+
 @pytest.mark.parametrize(("final", "initial", "flagged"), [(0.2, 0.5, True), (0.6, 0.5, False)])
 def test_a_picture_below_its_starting_noise_is_flagged_and_warned(
     monkeypatch, tiny_cnn, image_folder, final, initial, flagged
 ):
     monkeypatch.setattr("vital.driver.metrics.evaluate", _evaluations(final, initial))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        (result,) = visualize(
-            tiny_cnn, [Channel("stage2", 3)], str(image_folder), settings={"steps": 2},
-            progress=False,
-        )  # fmt: skip
+    result, said = _channel_and_warnings(tiny_cnn, image_folder, 3, "starting noise")
     assert result.record.evaluation["below_start"] is flagged
-    said = [str(w.message) for w in caught if "starting noise" in str(w.message)]
     assert len(said) == flagged
     if flagged:
         assert "stage2 channel 3" in said[0] and "0.2" in said[0] and "0.5" in said[0]
@@ -527,19 +532,10 @@ def test_a_unit_that_never_fires_is_flagged_and_warned(tiny_cnn, image_folder):
         batch_norm = tiny_cnn.module.stage2[1]
         batch_norm.weight[3], batch_norm.bias[3] = 0.0, -1.0
         batch_norm.bias[4] = 3.0  # channel 4 fires everywhere
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        (result,) = visualize(
-            tiny_cnn, [Channel("stage2", 3)], str(image_folder), settings={"steps": 2},
-            progress=False,
-        )  # fmt: skip
+    result, said = _channel_and_warnings(tiny_cnn, image_folder, 3, "does not fire")
     evaluation = result.record.evaluation
     assert evaluation["reference_activation"] == 0 and evaluation["activation"] == 0
     assert evaluation["silent"] is True
-    said = [str(w.message) for w in caught if "does not fire" in str(w.message)]
     assert len(said) == 1 and "stage2" in said[0]
-    (alive,) = visualize(
-        tiny_cnn, [Channel("stage2", 4)], str(image_folder), settings={"steps": 2},
-        progress=False,
-    )  # fmt: skip
-    assert alive.record.evaluation["silent"] is False
+    alive, said = _channel_and_warnings(tiny_cnn, image_folder, 4, "does not fire")
+    assert alive.record.evaluation["silent"] is False and not said
