@@ -112,7 +112,9 @@ OLD_API_KEYWORDS = {
     "mined_references": {"mode": "mined_as"},
 }
 # The functions that take a model by name, and so where to put it.
-TAKE_A_DEVICE = {"visualize", "explain", "compare", "build_atlas", "concepts", "add_concepts"}
+TAKE_A_DEVICE = {
+    "visualize", "explain", "compare", "build_atlas", "concepts", "add_concepts", "mine"
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", API)

@@ -143,13 +143,14 @@ def mine(
     engine: str | Engine = "local",
     address: str | None = None,
     shard_size: int = DEFAULT_SHARD,
+    device: str | torch.device | None = None,
 ) -> MiningReport:
     """Mine the top images and patches of every selected unit of ``layer`` in one pass.
 
     Parameters
     ----------
     model
-        A :class:`vital.zoo.Model`.
+        A :class:`vital.zoo.Model`, an ``nn.Module`` or a model name.
     layer
         Module name of the layer (see ``vital layers``).
     data
@@ -192,6 +193,9 @@ def mine(
     shard_size
         Images per shard in stage 1 (stage 2: images whose patches make as many forward
         passes). The unit of distribution and of resuming; the result does not depend on it.
+    device
+        Where a model given by name or module runs (``None``: ``"auto"`` for a name, the
+        module's own device otherwise).
 
     Returns
     -------
@@ -222,7 +226,7 @@ def mine(
         frozen(model.module if isinstance(model, Model) else model),
     ):
         return _mine(
-            as_model(model), layer, data, database, channels, directions, direction_name,
+            as_model(model, device), layer, data, database, channels, directions, direction_name,
             top_images, top, patch_side, batch_size, workers, checkpoint_seconds, progress, engine,
             address, shard_size,
         )  # fmt: skip
