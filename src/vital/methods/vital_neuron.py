@@ -141,7 +141,8 @@ def neuron_taps(
             i.name for i in layers
             if i.name.startswith(f"{target_layer}.") and i.calls == 1 and len(i.shape) in (2, 3)
         ]  # fmt: skip
-        if inside:  # a container: everything below it runs inside it
+        # a container that holds the taps themselves (torchvision's "features"): a layer in it
+        if inside and any(t.layer.startswith(f"{target_layer}.") for t in defaults):
             raise VitalError(
                 f"{target_layer!r} holds the layers its features would be matched at (it starts "
                 f"before any of them); pick a layer inside it, e.g. its last, {inside[-1]!r}."
