@@ -42,12 +42,26 @@ def _free(monkeypatch, pictures: float, model, resolution: int) -> None:
 
 def test_a_batch_is_cut_to_what_fits_and_says_so(tiny_cnn, monkeypatch):
     _free(monkeypatch, 2 * vital.memory.STEP_SHARE + 0.5, tiny_cnn, 256)  # two steps fit
-    with pytest.warns(UserWarning, match=r"8 pictures of 256px .* optimising 2 at a time"):
+    with pytest.warns(UserWarning, match=r"8 pictures of 256px .* optimising 2 at a time") as said:
         assert pictures_at_once(tiny_cnn, 256, 8) == 2
+    assert said[0].filename == __file__  # the caller's line, not vital's
     assert pictures_at_once(tiny_cnn, 256, 2) == 2  # fits: nothing said
     assert pictures_at_once(tiny_cnn, 224, 8) == 8  # the usual side is not probed
     monkeypatch.setattr(vital.memory, "free_bytes", lambda device: None)
     assert pictures_at_once(tiny_cnn, 256, 8) == 8  # nothing known: as asked
+
+
+def test_a_step_larger_than_the_free_memory_is_refused_with_a_side_that_fits(tiny_cnn, monkeypatch):
+    """Room for the graph but not for a step (twice it) is refused too; the side it names
+    leaves room for a step."""
+    _free(monkeypatch, 1.5, tiny_cnn, 1024)
+    with pytest.raises(VitalError, match=r"about (\d+) fits") as error:
+        pictures_at_once(tiny_cnn, 1024, 1)
+    side = int(error.value.args[0].split("about ")[-1].split(" fits")[0])
+    assert 16 <= side < 1024
+    assert vital.memory.STEP_SHARE * picture_bytes(tiny_cnn, side) <= 1.5 * picture_bytes(
+        tiny_cnn, 1024
+    )
 
 
 def test_a_picture_larger_than_the_free_memory_is_refused_before_any_work(

@@ -7,8 +7,11 @@ traceback.
 from __future__ import annotations
 
 import difflib
+import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class VitalError(ValueError):
@@ -66,3 +69,18 @@ def first_forward(input_size: int) -> Iterator[None]:
             "vital feeds RGB images at the model's input size: give a model that takes them "
             "(or wrap yours), or set the size (resolution=R, or Preprocessing(input_size=...))."
         ) from error
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn at the first caller outside vital: the user's own line, however deep the call.
+
+    A fixed ``stacklevel`` would point inside the package, and Python's once-per-place filter
+    would then hide the same warning from the next call (another method of ``compare``).
+    """
+    frame, level = sys._getframe(0), 1  # stacklevel 1 is this frame
+    while frame is not None and _PACKAGE in Path(frame.f_code.co_filename).resolve().parents:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -8,12 +8,11 @@ operating system kill the process halfway through a run.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 
-from vital.errors import VitalError
+from vital.errors import VitalError, warn_at_caller
 from vital.zoo import Model
 
 # Up to this side every batch is taken as asked: the usual input side, where a batch of 8
@@ -84,7 +83,7 @@ def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
     """How many ``resolution`` px pictures to optimise at once: ``batch_size`` where they fit.
 
     Fewer (with a warning that says so) where the free memory holds fewer. Refused where even
-    one picture's forward graph is larger than the free memory.
+    one picture's step (twice its forward graph) is larger than the free memory.
     """
     if resolution <= CHECKED_ABOVE or batch_size < 1:
         return batch_size
@@ -92,20 +91,26 @@ def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
     if free is None:
         return batch_size
     graph = picture_bytes(model, resolution)
-    if graph > free:
-        fitting = int(resolution * (free / graph) ** 0.5) // 16 * 16
+    step = STEP_SHARE * graph
+    if step > free:
+        fitting = int(resolution * (free / step) ** 0.5) // 16 * 16
         raise VitalError(
-            f"one {resolution}px picture needs about {graph / 2**30:.1f} GB for the model's "
-            f"graph alone, and {free / 2**30:.1f} GB are free on {model.device}; give a smaller "
-            f"resolution=R (about {max(fitting, 16)} fits) or free some memory."
+            f"one {resolution}px picture needs about {_gigabytes(step)} for a step (the model's "
+            f"graph and the objective's), and {_gigabytes(free)} are free on {model.device}; "
+            f"give a smaller resolution=R (about {max(fitting, 16)} fits) or free some memory."
         )
-    fits = max(1, int(free // (STEP_SHARE * graph)))
+    fits = int(free // step)
     if fits < batch_size:
-        warnings.warn(
+        warn_at_caller(
             f"{batch_size} pictures of {resolution}px at once would need about "
-            f"{batch_size * STEP_SHARE * graph / 2**30:.1f} GB and {free / 2**30:.1f} GB are "
-            f"free on {model.device}: optimising {fits} at a time (batch_size={fits}).",
-            stacklevel=2,
+            f"{_gigabytes(batch_size * step)} and {_gigabytes(free)} are free on "
+            f"{model.device}: optimising {fits} at a time (batch_size={fits})."
         )
         return fits
     return batch_size
+
+
+def _gigabytes(count: float) -> str:
+    """Bytes as GB, with the precision that keeps small amounts apart (0.08 GB, 1.5 GB)."""
+    gigabytes = count / 2**30
+    return f"{gigabytes:.1f} GB" if gigabytes >= 1 else f"{gigabytes:.2f} GB"

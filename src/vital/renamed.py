@@ -11,21 +11,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
-from vital.errors import VitalError
+from vital.errors import VitalError, warn_at_caller
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_PACKAGE = Path(__file__).resolve().parent
-
-
-def _inside_vital(frame: Any) -> bool:
-    return _PACKAGE in Path(frame.f_code.co_filename).resolve().parents
 
 
 def warn_renamed(message: str) -> None:
@@ -34,10 +25,7 @@ def warn_renamed(message: str) -> None:
     The caller's own line is what to change, however many of vital's frames lie in between
     (``vital.concepts(...)`` goes through the package's ``__call__``, for one).
     """
-    frame, level = sys._getframe(0), 1  # stacklevel 1 is this frame
-    while frame is not None and _inside_vital(frame):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, FutureWarning, stacklevel=level)
+    warn_at_caller(message, FutureWarning)
 
 
 def _new_words(new: str) -> str:
