@@ -384,3 +384,27 @@ def test_a_rerun_with_fewer_concepts_leaves_no_pictures_of_the_old_ones(tmp_path
     assert {p.name for p in (out / "examples").iterdir()} == listed
     assert not list(out.glob("maps/*/concept-2.png"))
     assert len(list((out / "maps").glob("*.png"))) == record["images"]
+
+
+def test_a_stopped_run_keeps_its_finished_pictures_and_runs_again(tmp_path, data, monkeypatch):
+    """Ctrl-C after the first picture: that picture is on disk, and the same command again is
+    not refused as if directions.npy were the user's (it was: no concepts.json beside it)."""
+    import vital.concepts.pictures as pictures
+
+    out = tmp_path / "out"
+    arguments = dict(layer="stage3", count=2, crops=8, examples=2, settings={"steps": 1},
+                     batch_size=1, out=out, progress=False)  # fmt: skip
+    written = pictures.ResultStore.write
+
+    def stop_after_the_first(store, result):
+        written(store, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pictures.ResultStore, "write", stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        vital.concepts(tiny_cnn_model(), 3, data, **arguments)
+    monkeypatch.undo()
+    assert (out / "directions.npy").is_file() and not (out / "concepts.json").exists()
+    assert len(list((out / "pictures").glob("*.json"))) == 1  # the finished picture
+    vital.concepts(tiny_cnn_model(), 3, data, **arguments)
+    _check_contract(out, 2)

@@ -110,6 +110,18 @@ def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
     return batch_size
 
 
+def check_fits(model: Model, overrides: dict | None) -> None:
+    """Refuse, before any mining or unit runs, a resolution at which no picture fits.
+
+    For commands that run many units (``explain``, ``concepts``, ``atlas build``): each unit would
+    be refused alike, after the work before it. ``overrides`` are the run's setting changes.
+    """
+    resolution = (overrides or {}).get("resolution")
+    if isinstance(resolution, int) and not isinstance(resolution, bool):
+        if CHECKED_ABOVE < resolution <= 2048:  # outside: refused by the settings' own check
+            pictures_at_once(model, resolution, 1)
+
+
 def _gigabytes(count: float) -> str:
     """Bytes as GB, with the precision that keeps small amounts apart (0.08 GB, 1.5 GB)."""
     gigabytes = count / 2**30

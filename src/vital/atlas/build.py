@@ -27,8 +27,10 @@ from tqdm.auto import tqdm
 
 from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
+from vital.driver import checked_overrides
 from vital.engines import Engine, LocalEngine
 from vital.errors import VitalError, check_count
+from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
 from vital.optimize import DEFAULT_SETTING
 from vital.references import ReferenceSet
@@ -298,6 +300,7 @@ def build_atlas(
     if device is not None and isinstance(spec, (ModelSpec, GivenModel)):
         spec = dataclasses.replace(spec, device=str(device).strip().lower())  # "CPU" as "cpu"
     loaded = spec()
+    check_fits(loaded, checked_overrides(settings))  # else every unit is refused, one by one
     fingerprint = loaded.fingerprint
     atlas = Atlas(folder)
     units = plan_units(targets, first_seed, seeds)

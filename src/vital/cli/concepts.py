@@ -103,6 +103,10 @@ def concepts_command(
     session.check_out(out)
     loaded = session.load(model, weights, device)
     session.Session.out = out
+    session.Session.message = (
+        f"interrupted: the concepts' pictures finished so far are in {out / 'pictures'} (each "
+        "batch is written when it ends); the same command again runs the whole analysis anew."
+    )
     report = concepts(
         loaded,
         names[0],

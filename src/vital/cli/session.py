@@ -13,11 +13,12 @@ class Session:
     out: Path | None = None
     finished: int = 0
     resumable: bool = False
+    message: str | None = None  # a command's own account of what an interrupt keeps
 
     @classmethod
     def reset(cls) -> None:
         """Nothing written yet: the state at the start of a command."""
-        cls.out, cls.finished, cls.resumable = None, 0, False
+        cls.out, cls.finished, cls.resumable, cls.message = None, 0, False, None
 
     @classmethod
     def count(cls, _result) -> None:
@@ -99,6 +100,8 @@ def visualize(loaded, targets, references, out: Path, **arguments):
 
 def interrupted() -> str:
     """The message after Ctrl-C: what was saved, and whether running again resumes."""
+    if Session.message is not None:
+        return Session.message
     if Session.out is None:
         return "interrupted: nothing was written."
     if Session.resumable:

@@ -11,7 +11,7 @@ features that ranked the crops (as neuron records keep activations).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ def concept_pictures(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """VITAL pictures of ``concepts``, written to ``out`` with the coefficients in their records.
 
@@ -73,8 +74,27 @@ def concept_pictures(
         Folder of the pictures (PNG, RGBA PNG with the transparency map, JSON record).
     setting, settings, seed, batch_size, progress
         As for :func:`vital.visualize`; ``fast`` by default here.
+    on_result
+        Called with each picture once it is written (its batch finished).
     """
     targets = [concept_target(basis, k, n) for k, n in zip(concepts, names, strict=True)]
+    store = ResultStore(out)
+    of_target = dict(zip(targets, zip(concepts, reference_pixels, strict=True), strict=True))
+
+    def finish(result: Result) -> None:
+        """Each picture's coefficients, written as its batch ends (an interrupt keeps it)."""
+        k, pixels = of_target[result.target]
+        picture = crop_coefficients(model, basis, result.pixels[None])[0, k]
+        refs = crop_coefficients(model, basis, pixels)[:, k]
+        result.record.evaluation.update(
+            coefficient=float(picture),
+            reference_coefficient=float(refs.mean()),
+            relative_coefficient=float(picture / refs.mean()) if refs.mean() > 0 else None,
+        )
+        store.write(result)
+        if on_result is not None:
+            on_result(result)
+
     results = visualize(
         model,
         targets,
@@ -85,15 +105,6 @@ def concept_pictures(
         batch_size=batch_size,
         progress=progress,
         relevance_floor=CONCEPT_FLOOR,
+        on_result=finish,
     )
-    store = ResultStore(out)
-    for result, k, pixels in zip(results, concepts, reference_pixels, strict=True):
-        picture = crop_coefficients(model, basis, result.pixels[None])[0, k]
-        refs = crop_coefficients(model, basis, pixels)[:, k]
-        result.record.evaluation.update(
-            coefficient=float(picture),
-            reference_coefficient=float(refs.mean()),
-            relative_coefficient=float(picture / refs.mean()) if refs.mean() > 0 else None,
-        )
-        store.write(result)
     return results

@@ -42,10 +42,12 @@ from vital.concepts.fidelity import fidelity_curves
 from vital.concepts.maps import grid_of, map_image
 from vital.concepts.pictures import concept_pictures, crop_coefficients
 from vital.concepts.shares import concept_shares
-from vital.errors import VitalError
+from vital.driver import checked_overrides
+from vital.errors import VitalError, plain
 from vital.explanation.attribution import attributor
 from vital.files import save_array, save_image, write_file
 from vital.grids import grid, to_image
+from vital.memory import check_fits
 from vital.record import model_info, now
 from vital.references import ImageSource, center_crop, open_rgb
 from vital.renamed import renamed, warn_renamed
@@ -227,14 +229,22 @@ def concepts(
     ConceptReport
         Also written as ``out/concepts.json``.
     """
+    # numpy's integers (a loop over an array) are the counts they hold
+    count, crops, examples, pictures, pictured = (
+        plain(value) for value in (count, crops, examples, pictures, pictured)
+    )
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise VitalError(f"the examples per concept (--examples) are at least 1, not {examples!r}.")
     shown = picture_choice(pictures, pictured)
+    overrides = checked_overrides(settings)
     with frozen(model):
         model = as_model(model, device)
+        if shown:  # pictures at a resolution where none fits: refused before the discovery
+            check_fits(model, overrides)
         explained = class_target(model, target)
         folder = output_folder(out)
         _check_not_the_users(folder)
+        write_file(folder / RUN_MARK, "written by vital concepts\n")
         sources, notes = class_images(model, explained, data, seed=seed)
         crop_set = sample_crops(sources, crops, crop_scale, seed, model.preprocessing.crop_pct)
         resolution = model.preprocessing.input_size
@@ -426,6 +436,10 @@ def _explained_images(
     return found, notes
 
 
+# Written before a run's first file, so that a stopped run's files are known as vital's.
+RUN_MARK = ".vital-concepts"
+
+
 def _check_not_the_users(folder: Path) -> None:
     """Refuse a folder whose concept files vital did not write (a re-run replaces its own)."""
     report = folder / "concepts.json"
@@ -439,6 +453,8 @@ def _check_not_the_users(folder: Path) -> None:
             raise VitalError(
                 f"{report} was not written by vital concepts; choose another out=DIR or move it."
             )
+        return
+    if (folder / RUN_MARK).exists():  # a run of vital concepts began here and was stopped
         return
     for name in ("overview.png", "directions.npy"):
         if (folder / name).exists():

@@ -27,6 +27,7 @@ from vital.explanation.images import heatmap_image
 from vital.explanation.pictures import channel_pictures
 from vital.files import decoding, printable, save_image, to_rgb, write_file
 from vital.grids import to_image
+from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH
 from vital.optimize import DEFAULT_SETTING
@@ -196,7 +197,7 @@ def explain(
         raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
     check_count(batch_size, "batch_size")
     check_count(reference_count, "reference_count")  # mining would refuse it as top=N
-    checked_overrides(settings)  # a misspelt setting is refused before the mining pass
+    overrides = checked_overrides(settings)  # a misspelt setting: refused before mining
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     # One folder, not a sequence of one-letter names.
@@ -209,6 +210,7 @@ def explain(
             )
     with frozen(model):
         model = as_model(model, device)
+        check_fits(model, overrides)  # every picture would be refused after the mining pass
         pixels, image_info = load_image(image, model.preprocessing.input_size)
         explained = None if target is None else class_target(model, target).index
         atlas = Atlas(out)
