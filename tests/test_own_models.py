@@ -251,3 +251,13 @@ def test_a_classifier_whose_head_is_a_convolution_has_its_classes(class_refs):
     assert result.record.target["index"] == 3 and len(model.labels) == 10
     with pytest.raises(VitalError, match="0..9"):
         vital.visualize(model, [12], class_refs, settings={"steps": 1}, progress=False)
+
+
+def test_a_layer_the_relevance_rules_skip_is_named_with_what_to_choose(class_refs):
+    """EfficientNet's stochastic depth runs in the plain forward but not under the rules (the
+    residual split rewrites its block): explain said KeyError, a neuron "tap others"."""
+    model = vital.load_model("efficientnet_b0", weights="random")
+    image = next(class_refs.rglob("*.png"))
+    with pytest.raises(VitalError, match="does not run once the relevance rules are attached"):
+        vital.explain(model, image, layer="features.2.1.stochastic_depth", pictures=False,
+                      progress=False)  # fmt: skip

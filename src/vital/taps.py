@@ -570,7 +570,12 @@ class FeatureTap:
             pass
         missing = [name for name in self.layers if name not in self.outputs]
         if missing:
-            raise VitalError(f"layers {missing} did not run in the forward pass; tap others.")
+            raise VitalError(
+                f"layers {missing} did not run in the forward pass; choose others (where "
+                "relevance rules are attached, they rewrite a residual block's forward, which "
+                "then skips its stochastic-depth or drop-path module: choose the block itself "
+                "or a layer inside its branch, or relevance='grad-x-act')."
+            )
         try:
             return {
                 name: to_positions(self.outputs[name], self.layout(name)) for name in self.layers

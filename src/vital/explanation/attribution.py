@@ -160,7 +160,14 @@ class Attributor:
                 "relevance to a class needs a classifier (wrap the model so that it returns "
                 "its logits)."
             )
-        activation = self._tap.outputs[self.layer]
+        activation = self._tap.outputs.get(self.layer)
+        if activation is None:
+            raise VitalError(
+                f"layer {self.layer!r} does not run once the relevance rules are attached (they "
+                "rewrite a residual block's forward, which then skips its stochastic-depth or "
+                "drop-path module); choose the block itself or a layer inside its branch, or "
+                "relevance='grad-x-act'."
+            )
         if activation.dim() not in (3, 4):
             raise VitalError(
                 f"layer {self.layer!r} has output shape {tuple(activation.shape)}; explain a "
