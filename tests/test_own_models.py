@@ -6,12 +6,16 @@ its fix with a traceback from inside torch or a wrong refusal.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 import vital
 from conftest import write_images
+from vital.atlas import build_atlas
+from vital.compare import compare
 from vital.errors import VitalError
 
 STEPS = {"steps": 1, "resolution": 32}
@@ -261,3 +265,30 @@ def test_a_layer_the_relevance_rules_skip_is_named_with_what_to_choose(class_ref
     with pytest.raises(VitalError, match="does not run once the relevance rules are attached"):
         vital.explain(model, image, layer="features.2.1.stochastic_depth", pictures=False,
                       progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "said"),
+    [
+        (lambda m: compare(m, [1], method=5), "method= is a method name"),
+        (lambda m: compare(m, [1], steps=1, settings="fast"),
+         "settings= is a mapping of changes"),
+        (lambda m: vital.explain(m, "x.png", layer="stage2", store=5),
+         "store= is a folder or a list of folders"),
+        (lambda m: build_atlas(m, [1], lambda t: None, folder="atlas", seed=1.7),
+         "seed= is a whole number"),
+        (lambda m: build_atlas(m, [1], lambda t: None, folder="atlas", seed=True),
+         "seed= is a whole number"),
+    ],
+)  # fmt: skip
+def test_renamed_and_new_keywords_of_the_wrong_type_are_one_error(
+    call, said, tmp_path, monkeypatch
+):
+    from conftest import tiny_cnn_model
+
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # steps= is the old keyword
+        with pytest.raises(VitalError) as error:
+            call(tiny_cnn_model())
+    assert said in str(error.value)

@@ -79,6 +79,13 @@ def methods_for(targets: Sequence[Target]) -> list[str]:
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
     """``"vital,maco"`` or a list → checked method names, in order."""
+    if not isinstance(methods, str) and not (
+        isinstance(methods, Sequence) and all(isinstance(m, str) for m in methods)
+    ):
+        raise VitalError(
+            f"method= is a method name, names separated by commas, or a list of names "
+            f"(e.g. 'vital,maco'), not {methods!r}."
+        )
     names = methods.split(",") if isinstance(methods, str) else list(methods)
     names = [method_name(m) for m in names]
     names = [m for m in names if m]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from vital.errors import VitalError, warn_at_caller
@@ -64,6 +64,11 @@ def renamed(**new_names: str) -> Callable[[F], F]:
                     if name in positional[: len(args)]:
                         raise VitalError(f"give {name}= by name with {old}= (or leave {old}= out).")
                     mapping = kwargs.get(name)
+                    if mapping is not None and not isinstance(mapping, Mapping):
+                        raise VitalError(
+                            f"{name}= is a mapping of changes (e.g. {{'{key}': ...}}), not "
+                            f"{type(mapping).__name__}; with it give {key} inside, not {old}=."
+                        )
                     merged = dict(mapping or {})
                     if key in merged and merged[key] != value:
                         raise VitalError(

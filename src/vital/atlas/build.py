@@ -29,7 +29,7 @@ from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
 from vital.driver import checked_overrides
 from vital.engines import Engine, LocalEngine
-from vital.errors import VitalError, check_count
+from vital.errors import VitalError, check_count, plain
 from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
 from vital.optimize import DEFAULT_SETTING
@@ -294,7 +294,9 @@ def build_atlas(
         raise VitalError(
             f"seed={seed} and settings={{'seed': {given_seed!r}}} disagree: give one of them."
         )
-    first_seed = int(next((s for s in (seed, given_seed) if s is not None), 0))
+    first_seed = plain(next((s for s in (seed, given_seed) if s is not None), 0))
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0:
+        raise VitalError(f"seed= is a whole number of 0 or more, not {first_seed!r}.")
     spec = ModelSpec(model) if isinstance(model, str) else model
     spec = GivenModel(spec) if isinstance(spec, Model) else spec
     if device is not None and isinstance(spec, (ModelSpec, GivenModel)):

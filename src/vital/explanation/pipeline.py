@@ -201,7 +201,13 @@ def explain(
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     # One folder, not a sequence of one-letter names.
-    stores = (store,) if isinstance(store, (str, Path)) else tuple(store)
+    stores = (store,) if isinstance(store, (str, Path)) else store
+    if not isinstance(stores, (list, tuple)) or not all(
+        isinstance(folder, (str, Path)) for folder in stores
+    ):
+        raise VitalError(
+            f"store= is a folder or a list of folders to reuse pictures from, not {store!r}."
+        )
     for folder in stores:
         if not Path(folder).is_dir():
             raise VitalError(
