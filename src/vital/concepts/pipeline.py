@@ -583,14 +583,14 @@ def write_overview(folder: str | Path) -> Path:
                 if entry["reference_activation"]
                 else ""
             )
-            row[0] = (Image.open(folder / entry["picture"]), "VITAL" + ratio)
+            row[0] = (_read(folder / entry["picture"]), "VITAL" + ratio)
         if entry["alpha"] is not None:
-            row[1] = (Image.open(folder / entry["alpha"]), "transparency")
+            row[1] = (_read(folder / entry["alpha"]), "transparency")
         row.append(
-            (Image.open(folder / entry["maps"][0]), f"where, {first}") if entry["maps"] else blank
+            (_read(folder / entry["maps"][0]), f"where, {first}") if entry["maps"] else blank
         )
         for path, value in zip(entry["examples"], entry["example_coefficients"], strict=True):
-            row.append((Image.open(folder / path), f"{value:.2f}"))
+            row.append((_read(folder / path), f"{value:.2f}"))
         row = (row + [blank] * SHEET_EXAMPLES)[: 3 + SHEET_EXAMPLES]
         cells += [image for image, _ in row]
         captions += [caption for _, caption in row]
@@ -598,6 +598,12 @@ def write_overview(folder: str | Path) -> Path:
     path = folder / "overview.png"
     save_image(path, grid(cells, captions, columns=3 + SHEET_EXAMPLES, cell=128, row_labels=labels))
     return path
+
+
+def _read(path: Path) -> Image.Image:
+    """An image file read whole and closed (its mode kept: the transparency view is RGBA)."""
+    with Image.open(path) as image:
+        return image.copy()
 
 
 def _fidelity(
