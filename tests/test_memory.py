@@ -94,3 +94,19 @@ def test_a_run_whose_batch_does_not_fit_runs_fewer_at_a_time(tiny_cnn, monkeypat
 def test_free_memory_is_read_on_this_machine():
     free = vital.memory.free_bytes(torch.device("cpu"))
     assert free is None or free > 0
+
+
+def test_the_probe_runs_once_per_model_and_side(tiny_cnn, monkeypatch):
+    """An atlas sends every unit through the driver: one probe per model and side, not per unit."""
+    sides = []
+    real = vital.memory.graph_bytes
+
+    def counted(model, side):
+        sides.append(side)
+        return real(model, side)
+
+    monkeypatch.setattr(vital.memory, "graph_bytes", counted)
+    first = picture_bytes(tiny_cnn, 512)
+    assert picture_bytes(tiny_cnn, 512) == first and sides == [128]
+    picture_bytes(tiny_cnn, 256)
+    assert sides == [128, 128]  # another side is probed (and scaled) on its own

@@ -191,7 +191,7 @@ def compare(
         is not replaced: the run is refused).
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"`` for the model, the judge and FID's model; default:
-        where each is (a model given by name loads on the CPU).
+        where each is (a model given by name loads on ``"auto"``).
     """
     check_count(batch_size, "batch_size")
     overrides = _common_settings(settings, seed)

@@ -232,10 +232,11 @@ def run(
         metrics.check_classifier(model, max(classes))
     settings = fit_stages(model, settings)
     side = resolution_of(model, settings)
-    if side != model.preprocessing.input_size and _refusal(model, side):
+    refusal = _refusal(model, side) if side != model.preprocessing.input_size else ""
+    if refusal:
         raise VitalError(
-            f"this model does not take {side}px images ({_refusal(model, side)}); leave "
-            f"resolution=R out (it takes {model.preprocessing.input_size}px) or give one it takes."
+            f"this model does not take {side}px images ({refusal}); leave resolution=R out (it "
+            f"takes {model.preprocessing.input_size}px) or give one it takes."
         )
     # Above the usual side a batch must fit in memory: fewer at once, or a refusal, before work.
     batch_size = pictures_at_once(model, side, min(batch_size, len(targets)))

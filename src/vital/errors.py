@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,11 @@ def plain(value: object) -> object:
     if item is not None and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
         return item()
     return value
+
+
+def is_number(value: object) -> bool:
+    """A finite real number, not a bool (numpy scalars: unwrap them with :func:`plain` first)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_count(value: object, name: str) -> None:

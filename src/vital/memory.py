@@ -8,11 +8,13 @@ operating system kill the process halfway through a run.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import torch
 
 from vital.errors import VitalError, warn_at_caller
+from vital.optimize import MAX_RESOLUTION
 from vital.zoo import Model
 
 # Up to this side every batch is taken as asked: the usual input side, where a batch of 8
@@ -65,11 +67,24 @@ def graph_bytes(model: Model, side: int) -> int:
     return sum(kept.values())
 
 
+# Per module, (resolution, device, dtype) → its picture's graph: an atlas runs every unit
+# through the driver, the probe runs once per model and side.
+_PICTURE_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def picture_bytes(model: Model, resolution: int) -> int:
     """The forward graph of one ``resolution`` px picture, from a probe at a smaller side.
 
     A model that takes only its own input size (a ViT) is probed at ``resolution`` itself.
     """
+    known = _PICTURE_BYTES.setdefault(model.module, {})
+    key = (resolution, str(model.device), model.dtype)
+    if key not in known:
+        known[key] = _probed_picture_bytes(model, resolution)
+    return known[key]
+
+
+def _probed_picture_bytes(model: Model, resolution: int) -> int:
     side = min(resolution, PROBE_SIDE)
     try:
         return graph_bytes(model, side) * resolution**2 // side**2
@@ -118,7 +133,7 @@ def check_fits(model: Model, overrides: dict | None) -> None:
     """
     resolution = (overrides or {}).get("resolution")
     if isinstance(resolution, int) and not isinstance(resolution, bool):
-        if CHECKED_ABOVE < resolution <= 2048:  # outside: refused by the settings' own check
+        if CHECKED_ABOVE < resolution <= MAX_RESOLUTION:  # else refused by the settings' check
             pictures_at_once(model, resolution, 1)
 
 

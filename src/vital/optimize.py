@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vital import losses
-from vital.errors import VitalError, plain
+from vital.errors import VitalError, is_number, plain
 from vital.parametrizations import Parametrization, check_parametrization, create
 from vital.scales import COARSE_VIEWS, coarsen
 from vital.zoo import Preprocessing
@@ -192,7 +192,7 @@ class Settings:
         if not (
             isinstance(self.betas, (tuple, list))
             and len(self.betas) == 2
-            and all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+            and all(is_number(b) and 0 <= b < 1 for b in self.betas)
         ):
             raise VitalError(f"Adam's betas are two numbers in [0, 1), not {self.betas!r}.")
         if self.precision not in PRECISIONS:
@@ -214,7 +214,7 @@ class Settings:
         if not (
             isinstance(self.zoom, (tuple, list))
             and len(self.zoom) == 2
-            and all(_is_number(z) for z in self.zoom)
+            and all(is_number(z) for z in self.zoom)
             and 0 < self.zoom[0] <= self.zoom[1]
         ):
             raise VitalError(
@@ -222,7 +222,7 @@ class Settings:
                 f"{self.zoom!r}."
             )
         _number(self.rotate, "the rotation", "degrees")
-        if not (_is_number(self.coarse_start) and 0 <= self.coarse_start < 1):
+        if not (is_number(self.coarse_start) and 0 <= self.coarse_start < 1):
             raise VitalError(
                 f"coarse_start is the share of the steps run at half resolution first, in "
                 f"[0, 1), not {self.coarse_start!r}."
@@ -273,10 +273,6 @@ def _settings_init(self: Settings, *args: object, **fields: object) -> None:
 Settings.__init__ = _settings_init  # type: ignore[method-assign]
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def setting_key(setting: int | str | None) -> int | str | None:
     """A setting's name as :meth:`Settings.setting` knows it (``" 1"`` → 1, ``"FAST"`` → fast).
 
@@ -295,7 +291,7 @@ def _whole(value: object, what: str, option: str, low: int, high: int = 10**9) -
 
 
 def _number(value: object, what: str, option: str, positive: bool = False) -> None:
-    if not _is_number(value) or (value <= 0 if positive else value < 0):
+    if not is_number(value) or (value <= 0 if positive else value < 0):
         kind = "a positive" if positive else "a non-negative"
         raise VitalError(f"{what} must be {kind} finite number ({option}), not {value!r}.")
 
@@ -336,7 +332,7 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> floa
     for value, name, low in ((step, "step", 0), (total, "total", 1), (warmup, "warmup", 1)):
         if isinstance(value, bool) or not isinstance(plain(value), int) or value < low:
             raise VitalError(f"{name} is a whole number of at least {low}, not {value!r}.")
-    if not _is_number(plain(peak)):
+    if not is_number(plain(peak)):
         raise VitalError(f"peak is the largest learning rate, a finite number, not {peak!r}.")
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -688,7 +684,7 @@ def transparency(gradient_magnitude: torch.Tensor, percentile: float = 98.0) -> 
         raise VitalError(
             f"transparency takes accumulated |gradients| as a (B, C, H, W) tensor, not {shape}."
         )
-    if not _is_number(percentile) or not 0 <= percentile <= 100:
+    if not is_number(percentile) or not 0 <= percentile <= 100:
         raise VitalError(f"the percentile is a number from 0 to 100, not {percentile!r}.")
     mean = gradient_magnitude.mean(dim=1)
     limit = torch.quantile(mean.flatten(1).float(), percentile / 100, dim=1).view(-1, 1, 1)

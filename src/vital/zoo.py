@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
-import math
 import os
 import pickle
 import socket
@@ -44,7 +43,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from vital.errors import VitalError, close_matches, plain
+from vital.errors import VitalError, close_matches, is_number, plain
 from vital.labels import ClassLabels, generic_labels, imagenet_labels
 from vital.presets import INPUT_SIZE_ATTRIBUTES
 
@@ -92,7 +91,7 @@ class Preprocessing:
             if (
                 not isinstance(values, (tuple, list))
                 or len(values) != 3
-                or not all(_is_real(v) for v in values)
+                or not all(is_number(plain(v)) for v in values)
             ):
                 raise VitalError(
                     f"{name} is three numbers, one per colour channel (R, G, B), not {values!r}."
@@ -108,7 +107,7 @@ class Preprocessing:
                 f"not {self.input_size!r}."
             )
         object.__setattr__(self, "input_size", int(plain(self.input_size)))
-        if not _is_real(self.crop_pct) or not 0 < self.crop_pct <= 1:
+        if not is_number(plain(self.crop_pct)) or not 0 < self.crop_pct <= 1:
             raise VitalError(f"crop_pct must be in (0, 1], not {self.crop_pct}.")
         if self.interpolation not in INTERPOLATIONS:
             raise VitalError(
@@ -946,11 +945,6 @@ def _misfit(module: nn.Module, state: dict[str, torch.Tensor], error: RuntimeErr
     if not parts:
         return " ".join(str(error).split())[:300]
     return f"{'; '.join(parts)}, of {len(own)} keys. Were they saved from another model (--model)?"
-
-
-def _is_real(value: object) -> bool:
-    value = plain(value)
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_whole(value: object) -> bool:
