@@ -292,3 +292,9 @@ def test_renamed_and_new_keywords_of_the_wrong_type_are_one_error(
         with pytest.raises(VitalError) as error:
             call(tiny_cnn_model())
     assert said in str(error.value)
+
+
+def test_mine_refuses_a_device_that_is_not_there_before_making_its_folder(class_refs, tmp_path):
+    with pytest.raises(VitalError, match="unknown device 'gpu'"):
+        vital.mine(Small(), "conv2", class_refs, tmp_path / "mined", device="gpu")
+    assert not (tmp_path / "mined").exists()

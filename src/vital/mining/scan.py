@@ -47,7 +47,7 @@ from vital.mining.units import Units, channel_units, direction_units
 from vital.store import output_folder
 from vital.taps import check_target_layer, list_layers, tapped
 from vital.targets import Direction
-from vital.zoo import Model, as_model, frozen
+from vital.zoo import Model, as_model, frozen, resolve_device
 
 DEFAULT_TOP_IMAGES = 10_000
 DEFAULT_TOP = 50
@@ -218,6 +218,8 @@ def mine(
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):  # fmt: skip
         raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
+    if device is not None:  # a device that is not there: refused before the folder is made
+        resolve_device(device)
     output_folder(database_path(database).parent, "mining folder")
     lock = database_path(database).with_suffix(".lock")
     # Two runs into one index take turns: the second then reuses what the first finished.
