@@ -21,10 +21,12 @@ from vital.zoo import Model
 # MobileNetV2 pictures needs well under 1 GB.
 CHECKED_ABOVE = 224
 
-# A step holds more than the model's forward graph: the objective's taps, sorts and gradients,
-# and for inner units the relevance pass's own graph (MobileNetV2 at 1024 px: peak 2.0× the
-# graph for a channel, 1.25× for a class). Batches are sized by the larger share.
-STEP_SHARE = 2.0
+# A run's peak holds more than the model's forward graph: the objective's taps, sorts and
+# gradients, and for inner units the relevance pass's own graph. Measured on MobileNetV2
+# (benchmarks/peak_memory.py, peak above the loaded model over the probe's graph): a channel
+# 2.5× at 512 px and 2.2× at 1024 px, a class 1.15× at 512 px and 0.95× a picture at 1024 px
+# (two at once). Batches are sized by the larger share.
+STEP_SHARE = 2.5
 
 # The side a probe pass runs at; the graph is scaled from it by the square of the side.
 PROBE_SIDE = 128
@@ -98,7 +100,8 @@ def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
     """How many ``resolution`` px pictures to optimise at once: ``batch_size`` where they fit.
 
     Fewer (with a warning that says so) where the free memory holds fewer. Refused where even
-    one picture's step (twice its forward graph) is larger than the free memory.
+    one picture's step (``STEP_SHARE`` times its forward graph) is larger than the free
+    memory.
     """
     if resolution <= CHECKED_ABOVE or batch_size < 1:
         return batch_size
