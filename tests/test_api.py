@@ -1,3 +1,4 @@
+import inspect
 import json
 import sqlite3
 
@@ -135,3 +136,13 @@ def test_mobilenet_short_run_raises_the_target_probability(tmp_path):
     assert evaluation["initial_probability"] < 0.01
     assert evaluation["probability"] > 20 * evaluation["initial_probability"]
     assert evaluation["probability"] > 0.1
+
+
+def test_vital_concepts_shows_the_functions_parameters():
+    # The package is callable (vital.concepts(...)); its signature is the function's, so help,
+    # IDEs and inspect show the parameters instead of (*args, **kwargs).
+    from vital.concepts.pipeline import concepts as function
+
+    shown = inspect.signature(vital.concepts)
+    assert shown == inspect.signature(function)
+    assert {"layer", "count", "crop_scale"} <= set(shown.parameters)

@@ -8,6 +8,7 @@ class's relevance at the layer distributed over the concepts, with a residual), 
 :mod:`.fidelity` (deletion and insertion curves against channels).
 """
 
+import inspect
 import sys
 import types
 
@@ -54,3 +55,6 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+# ``inspect.signature(vital.concepts)`` and IDEs show the function's parameters, not
+# ``(*args, **kwargs)`` of ``__call__``.
+__signature__ = inspect.signature(concepts)
