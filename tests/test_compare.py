@@ -169,3 +169,30 @@ def test_channel_comparison_scores_every_method_against_the_same_references(
         assert message in str(result.exception), result.output
     # refused before any method ran: no picture or record was written
     assert not [path for path in (tmp_path / "refused").rglob("*") if path.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("seed", "settings", "match"),
+    [
+        (0, {"seed": 5}, "disagree"),  # 0 is a seed like any other, not "not given"
+        (2, {"seed": 3}, "disagree"),
+        (1.7, None, "whole number"),
+        (True, None, "whole number"),
+        (-1, None, "whole number"),
+        (None, {"seed": "4"}, "whole number"),
+    ],
+)
+def test_compare_checks_its_seed_as_an_atlas_does(tiny_cnn, seed, settings, match):
+    with pytest.raises(VitalError, match=match):
+        compare(tiny_cnn, [1], "fourier", seed=seed, settings=settings, progress=False)
+
+
+def test_compare_takes_its_seed_either_way(tiny_cnn, tmp_path):
+    write_images(tmp_path / "refs", 3)
+    references = {1: from_folder(tmp_path / "refs", count=4)}
+    common = {"references": references, "reference_count": 4, "progress": False}
+    by_keyword = compare(tiny_cnn, [1], "fourier", seed=4, settings={"steps": 2}, **common)
+    by_settings = compare(tiny_cnn, [1], "fourier", settings={"steps": 2, "seed": 4}, **common)
+    pictures = [c.results["fourier"][0].pixels for c in (by_keyword, by_settings)]
+    assert pictures[0].equal(pictures[1])
+    assert by_keyword.results["fourier"][0].record.seed == 4

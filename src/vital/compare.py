@@ -30,7 +30,7 @@ from vital.methods import METHODS as REGISTRY
 from vital.methods import get_method, method_class, method_name
 from vital.methods.vital_class import References, class_references
 from vital.methods.vital_neuron import neuron_references
-from vital.optimize import DEFAULT_SETTING
+from vital.optimize import DEFAULT_SETTING, first_seed
 from vital.references import DEFAULT_REFERENCES
 from vital.renamed import renamed
 from vital.store import Result
@@ -127,7 +127,7 @@ def compare(
     references: References = None,
     real_references: References = None,
     settings: Mapping[str, object] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     out: str | Path | None = None,
     batch_size: int = 8,
     reference_count: int = DEFAULT_REFERENCES,
@@ -167,7 +167,8 @@ def compare(
         :func:`vital.visualize`): ``{"steps": N}`` gives every method the same steps (default:
         each method's own; ``steps=N``, the old keyword, still works with a warning).
     seed
-        Seed of the first image of every method (``settings["seed"]`` says the same).
+        Seed of the first image of every method (default 0; or ``settings["seed"]``: where
+        both are given they must agree).
     out
         Folder for each method's PNG + JSON records (one sub-folder per method).
     batch_size
@@ -256,7 +257,7 @@ def _fid(comparison: Comparison, results, real, fid_model, fid_layer):
     return metrics.fid(torch.stack([r.saved_pixels for r in results]), real, fid_model, fid_layer)
 
 
-def _common_settings(settings: Mapping[str, object] | None, seed: int) -> dict:
+def _common_settings(settings: Mapping[str, object] | None, seed: int | None) -> dict:
     """The changes every method runs with, their seed included (``seed=`` or ``settings``)."""
     if settings is not None and not isinstance(settings, Mapping):
         raise VitalError(
@@ -264,11 +265,7 @@ def _common_settings(settings: Mapping[str, object] | None, seed: int) -> dict:
             "settings={'steps': 300}: each method has its own defaults."
         )
     chosen = {name: value for name, value in (settings or {}).items() if value is not None}
-    if "seed" in chosen and seed != 0 and chosen["seed"] != seed:
-        raise VitalError(
-            f"seed={seed} and settings={{'seed': {chosen['seed']!r}}} disagree: give one of them."
-        )
-    chosen.setdefault("seed", seed)
+    chosen["seed"] = first_seed(seed, chosen)
     return chosen
 
 

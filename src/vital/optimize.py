@@ -296,6 +296,20 @@ def _number(value: object, what: str, option: str, positive: bool = False) -> No
         raise VitalError(f"{what} must be {kind} finite number ({option}), not {value!r}.")
 
 
+def first_seed(seed: object, settings: dict) -> int:
+    """The seed of a run's first picture, from ``seed=`` or ``settings["seed"]`` (popped).
+
+    A run that plans many pictures (a comparison, an atlas) takes its seed either way; the two
+    must agree where both are given. Checked as :class:`Settings` checks its own.
+    """
+    given = settings.pop("seed", None)
+    if seed is not None and given is not None and plain(given) != plain(seed):
+        raise VitalError(f"seed={seed!r} and settings={{'seed': {given!r}}} disagree: give one.")
+    chosen = plain(next((s for s in (seed, given) if s is not None), 0))
+    _whole(chosen, "the seed", "seed=S", 0, 2**63 - 1)
+    return chosen
+
+
 # The largest side of a synthetic picture (Settings.resolution).
 MAX_RESOLUTION = 2048
 

@@ -29,10 +29,10 @@ from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
 from vital.driver import checked_overrides
 from vital.engines import Engine, LocalEngine
-from vital.errors import VitalError, check_count, plain
+from vital.errors import VitalError, check_count
 from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
-from vital.optimize import DEFAULT_SETTING
+from vital.optimize import DEFAULT_SETTING, first_seed
 from vital.references import ReferenceSet
 from vital.store import Result
 from vital.targets import Target
@@ -289,14 +289,7 @@ def build_atlas(
             "{'steps': 300}: classes and channels have different defaults."
         )
     settings = dict(settings or {})
-    given_seed = settings.pop("seed", None)
-    if seed is not None and given_seed is not None and given_seed != seed:
-        raise VitalError(
-            f"seed={seed} and settings={{'seed': {given_seed!r}}} disagree: give one of them."
-        )
-    first_seed = plain(next((s for s in (seed, given_seed) if s is not None), 0))
-    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0:
-        raise VitalError(f"seed= is a whole number of 0 or more, not {first_seed!r}.")
+    seed = first_seed(seed, settings)
     spec = ModelSpec(model) if isinstance(model, str) else model
     spec = GivenModel(spec) if isinstance(spec, Model) else spec
     if device is not None and isinstance(spec, (ModelSpec, GivenModel)):
@@ -305,7 +298,7 @@ def build_atlas(
     check_fits(loaded, checked_overrides(settings))  # else every unit is refused, one by one
     fingerprint = loaded.fingerprint
     atlas = Atlas(folder)
-    units = plan_units(targets, first_seed, seeds)
+    units = plan_units(targets, seed, seeds)
     reference_sets = {unit.id: references(unit.target) for unit in units}
     atlas.planned = {
         unit.id: picture_spec(
