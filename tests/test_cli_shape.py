@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from typer import rich_utils
 from typer.testing import CliRunner
 
 import vital
@@ -108,3 +109,32 @@ def test_version_and_module_entry_point():
         [sys.executable, "-m", "vital", "--version"], capture_output=True, text=True, timeout=120
     )
     assert process.returncode == 0 and process.stdout.strip() == f"vital {vital.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "words"),
+    [
+        (["class", "--help"], "--ref-count", "Reference images (views) per"),
+        (["atlas", "build", "--help"], "--layer", "Layer whose channels to"),
+        (["--help"], "--version", "Print the version and exit."),
+    ],
+)
+def test_help_on_a_narrow_terminal_keeps_options_beside_their_help(
+    argv, option, words, monkeypatch
+):
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)  # no TERMINAL_WIDTH from the environment
+    result = CliRunner().invoke(app, argv, env={"COLUMNS": "20"})
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    line = next(line for line in lines if line.startswith("│") and f" {option} " in line)
+    assert words in line, line
+    assert max(len(line) for line in lines) == 80  # the minimum width, not the terminal's 20
+
+
+def test_help_on_a_wide_terminal_keeps_its_width(monkeypatch):
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
+    result = CliRunner().invoke(app, ["class", "--help"], env={"COLUMNS": "150"})
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) == 150
+    line = next(line for line in lines if line.startswith("│") and " --ref-count " in line)
+    assert "Reference images (views) per target. [default: 50]" in line

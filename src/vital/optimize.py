@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from vital import losses
 from vital.errors import VitalError, is_number, plain
 from vital.parametrizations import Parametrization, check_parametrization, create
+from vital.progress import progress_bar
 from vital.scales import COARSE_VIEWS, coarsen
 from vital.zoo import Preprocessing
 
@@ -603,8 +603,9 @@ def optimize(
     source = objective  # the compiled one forwards calls, not attributes
     if settings.compile:
         objective = torch.compile(objective)
-    bar = tqdm(
-        total=total_steps,
+    bar = progress_bar(
+        total_steps,
+        "optimising" + (f" {progress}" if isinstance(progress, str) else ""),
         desc=progress if isinstance(progress, str) else "optimising",
         disable=not progress,
         unit="step",

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from vital.atlas.folder import Atlas
 from vital.atlas.keys import differences, picture_spec
@@ -33,6 +32,7 @@ from vital.errors import VitalError, check_count
 from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
 from vital.optimize import DEFAULT_SETTING, first_seed
+from vital.progress import progress_bar
 from vital.references import ReferenceSet
 from vital.store import Result
 from vital.targets import Target
@@ -329,7 +329,9 @@ def build_atlas(
     jobs = plan_jobs(spec, todo, reference_sets, batch_size, setting, settings)
     engine = engine or LocalEngine()
     started = time.perf_counter()
-    bar = tqdm(total=len(units), initial=report.skipped, unit="unit", disable=not progress)
+    bar = progress_bar(
+        len(units), "atlas", initial=report.skipped, unit="unit", disable=not progress
+    )
 
     def failed(job: Job, error: str) -> list[UnitOutcome]:
         # A batch that kept failing on the engine (say its worker died, after retries): each

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,12 +40,41 @@ def _flags_without_type(params: list) -> list:
     return params
 
 
+# Help narrower than this is unreadable: rich splits option names and squeezes their help into
+# a column a word or two wide. Wider terminals keep their own width.
+MIN_HELP_WIDTH = 80
+
+
+@contextmanager
+def _readable_width() -> Iterator[None]:
+    # typer's rich help takes its width from `rich_utils.MAX_WIDTH` (set from TERMINAL_WIDTH)
+    # or else from the terminal (rich reads COLUMNS); it has no minimum and ignores click's
+    # `terminal_width` / `max_content_width`. So the width is fixed here while help renders.
+    try:
+        from rich.console import Console
+        from typer import rich_utils
+    except ImportError:  # without rich, click's formatter: it keeps 50 columns at least
+        yield
+        return
+    chosen = rich_utils.MAX_WIDTH
+    rich_utils.MAX_WIDTH = max(chosen or Console().width, MIN_HELP_WIDTH)
+    try:
+        yield
+    finally:
+        rich_utils.MAX_WIDTH = chosen
+
+
 class Command(TyperCommand):
-    """A command whose flags print as flags."""
+    """A command whose flags print as flags and whose help is at least 80 columns wide."""
 
     def get_params(self, ctx: click.Context) -> list:
         """The parameters, flags without a value type."""
         return _flags_without_type(super().get_params(ctx))
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The help, at the terminal's width but never narrower than ``MIN_HELP_WIDTH``."""
+        with _readable_width():
+            super().format_help(ctx, formatter)
 
 
 class Group(TyperGroup):
@@ -53,6 +83,11 @@ class Group(TyperGroup):
     def get_params(self, ctx: click.Context) -> list:
         """The parameters, flags without a value type."""
         return _flags_without_type(super().get_params(ctx))
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The help, at the terminal's width but never narrower than ``MIN_HELP_WIDTH``."""
+        with _readable_width():
+            super().format_help(ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Rewrite old spellings (``--classes`` → ``--class``) before any command parses."""

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vital.engines import Engine, check_engine, make_engine
 from vital.errors import VitalError, check_count
@@ -44,6 +43,7 @@ from vital.mining.shards import (
 )
 from vital.mining.topk import RunningTopK
 from vital.mining.units import Units, channel_units, direction_units
+from vital.progress import progress_bar
 from vital.store import output_folder
 from vital.taps import check_target_layer, list_layers, tapped
 from vital.targets import Direction
@@ -430,8 +430,9 @@ class _Pass:
             batch_size,
             0 if self.engine.remote else self.workers,
         )
-        bar = tqdm(
-            total=len(positions),
+        bar = progress_bar(
+            len(positions),
+            f"mining stage {stage}",
             initial=sum(done.values()),
             unit="img",
             desc=f"stage {stage}",
