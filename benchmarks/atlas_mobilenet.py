@@ -94,7 +94,7 @@ def main() -> None:
         args.work / "mining",
         channels=channels,
         top_images=12,
-        top=8,
+        reference_count=8,
         patch_side=64,
         progress=False,
     )

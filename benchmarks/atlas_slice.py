@@ -15,7 +15,7 @@ pictures and pages scale with the number of channels.
 
 The same from the command line (the stages this script times)::
 
-    vital mine --layer features.18 --data PHOTOS --channels all --top 8 --patch 64 --out OUT
+    vital mine --layer features.18 --data PHOTOS --channel all --ref-count 8 --patch 64 --out OUT
     vital atlas build --layer features.18 --channel 0,40,... --data PHOTOS --setting fast \\
         --out OUT/atlas
 """
@@ -65,8 +65,8 @@ def main() -> None:
     started = time.perf_counter()
     mine(
         model, args.layer, data, args.work / "mining",
-        channels=channels if args.mine_slice else None, top_images=12, top=8, patch_side=64,
-        progress=False,
+        channels=channels if args.mine_slice else None, top_images=12, reference_count=8,
+        patch_side=64, progress=False,
     )  # fmt: skip
     mining = time.perf_counter() - started
 

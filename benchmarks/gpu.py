@@ -99,8 +99,8 @@ def mining_images_per_second(model, layer: str, count: int, batch: int) -> float
             (data / f"{i:05d}.jpg").write_bytes(photos[i % len(photos)].read_bytes())
         started = time.perf_counter()
         report = vital.mine(
-            model, layer, data, Path(folder) / "mining", top_images=16, top=4, patch_side=0,
-            batch_size=batch, progress=False,
+            model, layer, data, Path(folder) / "mining", top_images=16, reference_count=4,
+            patch_side=0, batch_size=batch, progress=False,
         )  # fmt: skip
         return report.images / (time.perf_counter() - started)
 

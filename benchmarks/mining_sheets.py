@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--layer", default="features.18")
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--top-images", type=int, default=16)
-    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--ref-count", type=int, default=12)
     parser.add_argument("--patch", type=int, default=64)
     arguments = parser.parse_args()
     torch.set_num_threads(1)
@@ -59,7 +59,7 @@ def main() -> None:
         OUT / "mining-sheets",
         channels=list(channels.values()),
         top_images=arguments.top_images,
-        top=arguments.top,
+        reference_count=arguments.ref_count,
         patch_side=arguments.patch,
         batch_size=32,
         workers=1,
@@ -75,7 +75,13 @@ def main() -> None:
             + f"; patch scores {ranked[0].score:.2f} .. {ranked[-1].score:.2f}"
         )
         sheet = contact_sheet(
-            report.database, model, arguments.layer, channel, arguments.top, columns=6, cell=96
+            report.database,
+            model,
+            arguments.layer,
+            channel,
+            arguments.ref_count,
+            columns=6,
+            cell=96,
         )
         path = FIGURES / f"mining-{arguments.layer}-ch{channel}-{photo}.png"
         sheet.save(path, optimize=True)

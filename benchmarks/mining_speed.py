@@ -114,7 +114,7 @@ def mining(model, data: Path, layer: str, batch: int, workers: int, engine, shar
             data,
             folder,
             patch_side=0,  # stage 1 only: the stage whose cost grows with the dataset
-            top=1,
+            reference_count=1,
             batch_size=batch,
             workers=workers,
             progress=False,

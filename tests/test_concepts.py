@@ -344,7 +344,7 @@ def test_concepts_from_a_mining_database_use_its_images(tmp_path, data):
     from vital.mining import mine
 
     model = tiny_cnn_model()
-    mine(model, "stage3", data, tmp_path / "mined", channels=[0], top_images=3, top=2,
+    mine(model, "stage3", data, tmp_path / "mined", channels=[0], top_images=3, reference_count=2,
          patch_side=16, workers=0, progress=False)  # fmt: skip
     report = vital.concepts(
         model, 1, tmp_path / "mined" / "mining.sqlite", layer="stage3", count=2, crops=12,

@@ -316,8 +316,8 @@ def test_pictures_are_reused_from_another_atlas_whatever_their_seed(tmp_path, da
     first = run(data, tmp_path / "first")
     channels = [e.channel for e in first.top]
     # The same units, built in another atlas with other seeds (7 and 8).
-    mine(model, "stage3", data, tmp_path / "other", channels=channels, top_images=6, top=3,
-         patch_side=16, workers=0, progress=False)  # fmt: skip
+    mine(model, "stage3", data, tmp_path / "other", channels=channels, top_images=6,
+         reference_count=3, patch_side=16, workers=0, progress=False)  # fmt: skip
     build_atlas(
         model,
         [Channel("stage3", c) for c in channels],

@@ -360,8 +360,8 @@ def test_one_store_folder_is_one_store_not_a_string_of_letters(tmp_path, image_f
 
 def test_contact_sheets_and_mined_references_refuse_counts_below_one(tmp_path, image_folder):
     model = tiny_cnn_model()
-    vital.mine(model, "stage2", image_folder, tmp_path / "m.sqlite", channels=[0], top=2,
-               patch_side=0, progress=False)  # fmt: skip
+    vital.mine(model, "stage2", image_folder, tmp_path / "m.sqlite", channels=[0],
+               reference_count=2, patch_side=0, progress=False)  # fmt: skip
     with pytest.raises(VitalError, match="cell=N"):
         vital.contact_sheet(tmp_path / "m.sqlite", model, "stage2", 0, cell=0)
     with pytest.raises(VitalError, match="count=N"):

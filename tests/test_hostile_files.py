@@ -379,7 +379,7 @@ def test_a_file_name_that_is_not_utf8_is_read_or_skipped_with_a_warning(
     write_images(folder, 3)
     latin1_file(folder)
     model = tiny_cnn_model()
-    arguments = ["mine", "--layer", "stage2", "--data", folder, "--top", "2", "--patch", "0"]
+    arguments = ["mine", "--layer", "stage2", "--data", folder, "--ref-count", "2", "--patch", "0"]
     code, out, err = run(monkeypatch, capsys, *arguments, "--out", tmp_path / "m", model=model)
     assert code == 0, err
     assert "caf\\xe9.png" in err and "UTF-8" in err
@@ -528,7 +528,7 @@ def test_mine_names_the_files_it_could_not_read(monkeypatch, capsys, tmp_path):
     folder = tmp_path / "data"
     write_images(folder, 3)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    arguments = ["mine", "--layer", "stage2", "--data", folder, "--top", "2", "--patch", "0"]
+    arguments = ["mine", "--layer", "stage2", "--data", folder, "--ref-count", "2", "--patch", "0"]
     code, out, err = run(
         monkeypatch, capsys, *arguments, "--out", tmp_path / "m", model=tiny_cnn_model()
     )

@@ -71,7 +71,7 @@ def write_dataset(folder: Path, count: int = COUNT, seed: int = 1) -> dict[int, 
 def mine_kwargs() -> dict:
     return dict(
         top_images=TOP_IMAGES,
-        top=TOP,
+        reference_count=TOP,
         patch_side=PATCH,
         batch_size=4,
         shard_size=8,  # two batches per shard in stage 1, one image per shard in stage 2
@@ -242,7 +242,7 @@ def test_mined_lists_equal_a_brute_force_scan_for_every_channel(dataset, tmp_pat
 def test_stage_one_alone_ranks_whole_images_as_brute_force(dataset, tmp_path):
     folder, _ = dataset
     model = planted_model()
-    kwargs = {**mine_kwargs(), "patch_side": 0, "top": TOP_IMAGES}
+    kwargs = {**mine_kwargs(), "patch_side": 0, "reference_count": TOP_IMAGES}
     report = mine(model, LAYER, folder, tmp_path / "out", **kwargs)
     paths = list(list_images(folder).paths)
     crops = [center_crop(open_rgb_path(p), 32) for p in paths]
@@ -457,7 +457,8 @@ def test_cli_mines_mobilenet_and_writes_sheets(tmp_path):
         open_rgb(sample_photo(name)).save(data / f"{name}.jpg")
     np.save(tmp_path / "concept.npy", np.random.default_rng(0).normal(size=160))
     arguments = ["mine", "--layer", "features.16", "--data", str(data), "--top-images", "2"]
-    arguments += ["--top", "2", "--patch", "112", "--out", str(tmp_path / "out"), "--workers", "0"]
+    arguments += ["--ref-count", "2", "--patch", "112", "--out", str(tmp_path / "out")]
+    arguments += ["--workers", "0"]
     result = CliRunner().invoke(app, [*arguments, "--channel", "3,7"])
     assert result.exit_code == 0, result.output
     assert "2 unit(s) of features.16 over 3 images" in result.output
@@ -486,7 +487,8 @@ def test_neuron_command_uses_mined_references_end_to_end(tmp_path):
         open_rgb(sample_photo(name)).save(data / f"{name}.jpg")
     out = str(tmp_path / "out")
     mining = ["mine", "--layer", "features.16", "--data", str(data), "--channel", "5"]
-    mining += ["--top-images", "3", "--top", "2", "--patch", "112", "--out", out, "--workers", "0"]
+    mining += ["--top-images", "3", "--ref-count", "2", "--patch", "112", "--out", out]
+    mining += ["--workers", "0"]
     assert CliRunner().invoke(app, mining).exit_code == 0
     for mode in ("image", "patch"):
         neuron = ["neuron", "--layer", "features.16", "--channel", "5", "--refs", "mined"]

@@ -7,6 +7,7 @@ parameter added later in its own words fails here.
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from vital.cli import app
 from vital.cli.vocabulary import (
     BY_OPTION,
     OLD_SPELLINGS,
+    OLD_SPELLINGS_ON,
     PER_COMMAND,
     TERMS,
     cli_wording,
@@ -29,6 +31,7 @@ from vital.cli.vocabulary import (
 from vital.compare import compare
 from vital.errors import VitalError
 from vital.optimize import DEFAULT_SETTING, Settings
+from vital.references import DEFAULT_REFERENCES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
@@ -58,6 +61,8 @@ def test_the_walk_sees_every_command():
 def test_every_option_is_spelled_and_defaulted_as_the_table_says(path, param):
     spellings = set(param.opts) | set(param.secondary_opts)
     assert not spellings & set(OLD_SPELLINGS), f"{path}: an old spelling is visible"
+    own_old = OLD_SPELLINGS_ON.get(path.partition(" ")[2], {})
+    assert not spellings & set(own_old), f"{path}: an old spelling of its own is visible"
     terms = {BY_OPTION[name] for name in spellings if name in BY_OPTION}
     if not terms:
         return
@@ -110,6 +115,7 @@ OLD_API_KEYWORDS = {
     "concepts": {"scale": "crop_scale"},
     "add_concepts": {"scale": "crop_scale"},
     "mined_references": {"mode": "mined_as"},
+    "mine": {"top": "reference_count"},
 }
 # The functions that take a model by name, and so where to put it.
 TAKE_A_DEVICE = {
@@ -122,6 +128,7 @@ def test_api_signatures_use_the_table_names(name):
     parameters = inspect.signature(API[name]).parameters
     assert not set(parameters) & OLD_API_NAMES, name
     assert getattr(API[name], "__renamed__", {}) == OLD_API_KEYWORDS.get(name, {}), name
+    assert not set(parameters) & set(OLD_API_KEYWORDS.get(name, {})), name
     if name in TAKE_A_DEVICE:
         assert "device" in parameters and parameters["device"].default is None, name
     if "seeds" in parameters:  # one seed per target; seed (or settings["seed"]) the first's
@@ -160,6 +167,66 @@ def test_old_spellings_still_work_with_a_warning(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert seen == {"targets": ["1", "2"], "count": 3}
     assert "--classes is now --class" in result.output
+
+
+MINE = ["mine", "--layer", "stage2", "--channel", "0,1", "--top-images", "4", "--patch", "16"]
+
+
+def test_mine_keeps_ref_count_images_per_unit_and_takes_its_old_top(monkeypatch, tmp_path):
+    from conftest import tiny_cnn_model, write_images
+    from vital.mining import mined
+
+    model = tiny_cnn_model()
+    monkeypatch.setattr("vital.cli.session.load", lambda *args: model)
+    data = tmp_path / "data"
+    write_images(data, 6)
+    mine = [*MINE, "--data", str(data), "--workers", "0"]
+    new = CliRunner().invoke(app, [*mine, "--ref-count", "2", "--out", str(tmp_path / "new")])
+    assert new.exit_code == 0, new.output
+    assert "is now" not in new.output
+    old = CliRunner().invoke(app, [*mine, "--top", "3", "--out", str(tmp_path / "old")])
+    assert old.exit_code == 0, old.output
+    assert "warning: --top is now --ref-count; the old spelling will go." in old.output
+    help_text = CliRunner().invoke(app, ["mine", "--help"], terminal_width=200).output
+    assert "--ref-count" in help_text and not re.search(r"--top(?![\w-])", help_text)
+    for out, count in (("new", 2), ("old", 3)):
+        assert len(list((tmp_path / out / "sheets").iterdir())) == 2
+        for channel in (0, 1):
+            info, ranked = mined(tmp_path / out, model, "stage2", channel)
+            assert len(ranked) == count
+            assert info["settings"]["top"] == count  # its stored name: older indexes match
+
+
+def test_top_stays_the_channels_shown_in_explain(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr("vital.cli.session.load", lambda *args: object())
+    monkeypatch.setattr(
+        "vital.cli.explain._explain_one", lambda *args, **kwargs: seen.update(kwargs)
+    )
+    arguments = ["explain", str(tmp_path / "photo.png"), "--layer", "stage2", "--top", "3"]
+    result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "is now" not in result.output
+    assert (seen["top"], seen["reference_count"]) == (3, DEFAULT_REFERENCES)
+
+
+def test_the_old_mine_keyword_mines_the_same_lists(tmp_path, image_folder):
+    from conftest import tiny_cnn_model
+    from vital.mining import mined
+
+    model = tiny_cnn_model()
+    kwargs = dict(channels=[0, 1], top_images=3, patch_side=16, workers=0, progress=False)
+    with pytest.warns(FutureWarning, match=r"mine: top= is now reference_count=") as seen:
+        old = vital.mine(model, "stage2", image_folder, tmp_path / "m", top=2, **kwargs)
+    assert seen[0].filename == __file__
+    assert old.reused == [] and len(mined(old.database, model, "stage2", 0)[1]) == 2
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        new = vital.mine(model, "stage2", image_folder, tmp_path / "m", reference_count=2, **kwargs)
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)]
+    assert new.reused == new.units == old.units  # the same settings: nothing mined again
+    fewer = vital.mine(model, "stage2", image_folder, tmp_path / "m", reference_count=1, **kwargs)
+    assert fewer.reused == [] and len(mined(fewer.database, model, "stage2", 0)[1]) == 1
 
 
 def test_the_table_names_every_renamed_keyword():
@@ -228,8 +295,16 @@ def test_old_api_keywords_still_work_with_a_warning(tmp_path, image_folder):
         "pictured=N",
     )
     assert message == "pictures=N is the old way to say pictured=N: give pictured=N alone."
+    message = _warned(
+        lambda: vital.mine(model, "stage2", image_folder, tmp_path / "m", top=0, progress=False),
+        "top=",
+        "reference_count=",
+    )
+    assert message == "reference_count=N is a whole number of at least 1, not 0."
     with pytest.raises(VitalError, match="give one of them"), pytest.warns(FutureWarning):
         compare(model, [1], "lucid", methods="vital")
+    with pytest.raises(VitalError, match="give one of them"), pytest.warns(FutureWarning):
+        vital.mine(model, "stage2", image_folder, tmp_path / "m", top=2, reference_count=2)
 
 
 def test_old_compare_keywords_give_the_same_comparison(tiny_cnn, tmp_path):

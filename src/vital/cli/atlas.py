@@ -26,7 +26,6 @@ from vital.cli.options import (
     MinedAs,
     MiningPatch,
     Out,
-    ReferenceCount,
     TopImages,
 )
 from vital.concepts.crops import DEFAULT_CROPS
@@ -52,6 +51,9 @@ BY_HELP = (
     "What shows --layer: channels (default), or concepts: each --class's --count concepts at "
     "--layer, each with its page, and the class's concept overview."
 )
+REF_COUNT_HELP = (
+    "Reference images (views) per target; for channels, the images mining keeps per channel."
+)
 REFS_HELP = (
     "References of the classes: an ImageNet-style tree or class sub-folders (default: the "
     "embedded photos)."
@@ -70,7 +72,7 @@ def atlas_build(
     crops: Crops = DEFAULT_CROPS,
     scale: CropScale = DEFAULT_CROP_SCALE,
     refs: Annotated[str | None, options.option("--refs", REFS_HELP)] = None,
-    ref_count: ReferenceCount = DEFAULT_REFERENCES,
+    ref_count: Annotated[int, options.option("--ref-count", REF_COUNT_HELP)] = DEFAULT_REFERENCES,
     top_images: TopImages = DEFAULT_TOP_IMAGES,
     patch: MiningPatch = DEFAULT_PATCH,
     mined_as: MinedAs = "image",
@@ -151,7 +153,7 @@ def atlas_build(
             out,
             channels=selected,
             top_images=top_images,
-            top=ref_count,
+            reference_count=ref_count,
             patch_side=patch,
             engine=chosen_engine,
         )

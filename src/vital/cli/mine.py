@@ -22,15 +22,16 @@ from vital.mining.scan import (
     DEFAULT_MINING_BATCH,
     DEFAULT_PATCH,
     DEFAULT_SHARD,
-    DEFAULT_TOP,
     DEFAULT_TOP_IMAGES,
 )
+from vital.references import DEFAULT_REFERENCES
 
 DATA_HELP = "Image folder (any depth, ImageNet-style trees too) or list file."
 SHEETS_HELP = (
     "Contact sheets: 'all', 'none', unit numbers (3,17), or 'auto' (all when at most 32 units)."
 )
-BATCH_HELP = "Images per forward pass."
+REF_COUNT_HELP = "Stage 2: images kept per unit by their best patch (the unit's references)."
+BATCH_HELP = "Images per forward pass (stage 2: their patches, at least one image's)."
 WORKERS_HELP = "Local engine's decoding processes (default: cores - 1)."
 
 
@@ -44,9 +45,7 @@ def mine_command(
         options.option("--direction", "Concept direction(s): a .npy of shape (C,) or (D, C)."),
     ] = None,
     top_images: TopImages = DEFAULT_TOP_IMAGES,
-    top: Annotated[
-        int, typer.Option("--top", help="Stage 2: images kept per unit (best patch).")
-    ] = DEFAULT_TOP,
+    ref_count: Annotated[int, options.option("--ref-count", REF_COUNT_HELP)] = DEFAULT_REFERENCES,
     patch: MiningPatch = DEFAULT_PATCH,
     out: Out = Path("vital-out"),
     sheets: Annotated[str, typer.Option("--sheets", help=SHEETS_HELP)] = "auto",
@@ -95,7 +94,7 @@ def mine_command(
         directions=directions,
         direction_name=direction.stem if direction is not None else "direction",
         top_images=top_images,
-        top=top,
+        reference_count=ref_count,
         patch_side=patch,
         batch_size=batch,
         workers=workers,
@@ -134,7 +133,7 @@ def mine_command(
         folder = out / "sheets"
         for unit in chosen:
             path = folder / f"{layer}-{unit.replace(':', '-')}.png"
-            save_image(path, contact_sheet(report.database, loaded, layer, unit, count=top))
+            save_image(path, contact_sheet(report.database, loaded, layer, unit, count=ref_count))
         typer.echo(f"contact sheets: {folder} ({len(chosen)})")
 
 

@@ -18,7 +18,7 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from vital.cli.vocabulary import BY_OPTION, OLD_SPELLINGS
+from vital.cli.vocabulary import BY_OPTION, OLD_SPELLINGS, OLD_SPELLINGS_ON
 from vital.errors import VitalError, check_count
 from vital.methods import DEFAULT_METHOD, METHODS
 from vital.optimize import DEFAULT_SETTING, PRECISIONS, Settings
@@ -65,7 +65,7 @@ def _readable_width() -> Iterator[None]:
 
 
 class Command(TyperCommand):
-    """A command whose flags print as flags and whose help is at least 80 columns wide."""
+    """A command: flags print as flags, its own old spellings work, help is 80 columns or more."""
 
     def get_params(self, ctx: click.Context) -> list:
         """The parameters, flags without a value type."""
@@ -75,6 +75,17 @@ class Command(TyperCommand):
         """The help, at the terminal's width but never narrower than ``MIN_HELP_WIDTH``."""
         with _readable_width():
             super().format_help(ctx, formatter)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Rewrite this command's old spellings (``mine --top`` → ``--ref-count``) first.
+
+        Only this command's: the same spelling may be another option elsewhere (``explain
+        --top``, the channels shown).
+        """
+        spellings = OLD_SPELLINGS_ON.get(_command_words(ctx))
+        if spellings:
+            args = [_today(arg, spellings) for arg in args]
+        return super().parse_args(ctx, args)
 
 
 class Group(TyperGroup):
@@ -91,19 +102,29 @@ class Group(TyperGroup):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Rewrite old spellings (``--classes`` → ``--class``) before any command parses."""
-        return super().parse_args(ctx, [_today(arg) for arg in args])
+        return super().parse_args(ctx, [_today(arg, OLD_SPELLINGS) for arg in args])
 
 
-def _today(arg: str) -> str:
+def _command_words(ctx: click.Context) -> str:
+    """The command's words after the program's name: ``"mine"``, ``"atlas build"``."""
+    words = []
+    while ctx.parent is not None:
+        words.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(words))
+
+
+def _today(arg: str, spellings: dict[str, str]) -> str:
+    """``arg`` with an old spelling of ``spellings`` replaced by today's, with a warning."""
     name, equals, value = arg.partition("=")
-    if name not in OLD_SPELLINGS:
+    if name not in spellings:
         return arg
     typer.secho(
-        f"warning: {name} is now {OLD_SPELLINGS[name]}; the old spelling will go.",
+        f"warning: {name} is now {spellings[name]}; the old spelling will go.",
         fg=typer.colors.YELLOW,
         err=True,
     )
-    return OLD_SPELLINGS[name] + equals + value
+    return spellings[name] + equals + value
 
 
 WEIGHTS_HELP = (
@@ -159,7 +180,8 @@ def at_least_one(value: int) -> int:
     return value
 
 
-Batch = Annotated[int, option("--batch", "Targets optimised together.", callback=at_least_one)]
+BATCH_HELP = "Targets optimised together: pictures per optimisation batch."
+Batch = Annotated[int, option("--batch", BATCH_HELP, callback=at_least_one)]
 SettingName = Annotated[
     str,
     option(
@@ -185,7 +207,10 @@ TopImages = Annotated[
     int, typer.Option("--top-images", help="Mining stage 1: images kept per channel.")
 ]
 MiningPatch = Annotated[
-    int, option("--patch", "Mining stage 2's patch side on the centre crop (0: whole images).")
+    int,
+    option(
+        "--patch", "Mining stage 2's patch side in pixels on the centre crop (0: whole images)."
+    ),
 ]
 
 

@@ -38,6 +38,10 @@ class Term:
         An on/off switch: ``--force``, never ``--force true``.
     old
         Earlier spellings: accepted with a warning, never shown in the help.
+    old_on
+        Earlier spellings of one command only, as (command, spelling) pairs
+        (``("mine", "--top")``): the same spelling means something else on another command
+        (``explain --top``: the channels shown), so only that command rewrites it.
     note
         What the default is in words, where the value alone does not say it.
     """
@@ -49,6 +53,7 @@ class Term:
     repeat: bool = False
     flag: bool = False
     old: tuple[str, ...] = ()
+    old_on: tuple[tuple[str, str], ...] = ()
     note: str = ""
 
 
@@ -64,7 +69,8 @@ TERMS: tuple[Term, ...] = (
     Term("reference image folder", ("--refs",), "references", None, old=("--class-refs",)),
     Term("image set to mine, explain or discover over", ("--data",), "data", None),
     Term("reference count", ("--ref-count",), "reference_count", DEFAULT_REFERENCES,
-         old=("--references",)),
+         old=("--references",), old_on=(("mine", "--top"),),
+         note=f"{DEFAULT_REFERENCES} (mine: images kept per unit)"),
     Term("patch side", ("--patch",), "patch_side", PER_COMMAND, old=("--patches",),
          note="64 when mining; neuron: whole images"),
     Term("output folder", ("--out",), "out", "vital-out"),
@@ -76,7 +82,7 @@ TERMS: tuple[Term, ...] = (
     Term("steps", ("--steps",), "settings={'steps': N}", None, note="the setting's (fast: 300)"),
     Term("seed", ("--seed",), "seed (settings={'seed': S} in visualize)", 0),
     Term("batch (at least 1)", ("--batch",), "batch_size", PER_COMMAND,
-         note="8 pictures (atlas, explain: 4; demo: 3; mine: 32 images)"),
+         note="8 pictures (atlas build, explain: 4; demo: 3); mine: 32 images per pass"),
     Term("device", ("--device",), "device", "auto"),
     Term("precision", ("--precision",), "settings={'precision': P}", None, note="float32"),
     Term("image side", ("--resolution",), "settings={'resolution': R}", None,
@@ -97,6 +103,14 @@ BY_OPTION: dict[str, Term] = {name: term for term in TERMS for name in term.opti
 
 # Old spelling → today's long option.
 OLD_SPELLINGS: dict[str, str] = {old: term.option[0] for term in TERMS for old in term.old}
+
+# Command (its words after ``vital``) → its own old spellings → today's long option.
+OLD_SPELLINGS_ON: dict[str, dict[str, str]] = {
+    command: {
+        old: term.option[0] for term in TERMS for where, old in term.old_on if where == command
+    }
+    for command in sorted({where for term in TERMS for where, _ in term.old_on})
+}
 
 # API parameter → command-line option, for messages the library words for Python callers.
 API_TO_OPTION: dict[str, str] = {

@@ -196,7 +196,7 @@ def explain(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
     check_count(batch_size, "batch_size")
-    check_count(reference_count, "reference_count")  # mining would refuse it as top=N
+    check_count(reference_count, "reference_count")  # refused before any work
     overrides = checked_overrides(settings)  # a misspelt setting: refused before mining
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
@@ -239,7 +239,7 @@ def explain(
                 atlas.folder,
                 channels=chosen,
                 top_images=top_images,
-                top=reference_count,
+                reference_count=reference_count,
                 patch_side=patch_side,
                 workers=workers,
                 progress=progress,

@@ -3,8 +3,8 @@
 Stage 1 reads every image once and keeps, for every unit at once, the ``top_images`` images
 with the highest spatial maximum. Stage 2 cuts each of those images' centre crop into square
 patches (stride half a side), resizes every patch to the model's input size, scores it by the
-unit's spatially averaged activation, keeps the best patch per image and the ``top`` images by
-that score.
+unit's spatially averaged activation, keeps the best patch per image and the
+``reference_count`` images by that score (the unit's references).
 
 Both stages cut their ordered image list into fixed shards and hand them to an engine (this
 process, or Ray tasks on a cluster: see ``vital.engines``); each shard comes back with its own
@@ -44,13 +44,14 @@ from vital.mining.shards import (
 from vital.mining.topk import RunningTopK
 from vital.mining.units import Units, channel_units, direction_units
 from vital.progress import progress_bar
+from vital.references import DEFAULT_REFERENCES
+from vital.renamed import renamed
 from vital.store import output_folder
 from vital.taps import check_target_layer, list_layers, tapped
 from vital.targets import Direction
 from vital.zoo import Model, as_model, frozen, resolve_device
 
 DEFAULT_TOP_IMAGES = 10_000
-DEFAULT_TOP = 50
 DEFAULT_PATCH = 64
 DEFAULT_MINING_BATCH = 32
 DEFAULT_SHARD = 1024
@@ -125,6 +126,7 @@ def _layer_channels(model: Model, layer: str) -> int:
     return features.shape[1]
 
 
+@renamed(top="reference_count")
 def mine(
     model: Model,
     layer: str,
@@ -134,7 +136,7 @@ def mine(
     directions: np.ndarray | Sequence[Direction] | None = None,
     direction_name: str = "direction",
     top_images: int = DEFAULT_TOP_IMAGES,
-    top: int = DEFAULT_TOP,
+    reference_count: int = DEFAULT_REFERENCES,
     patch_side: int = DEFAULT_PATCH,
     batch_size: int = DEFAULT_MINING_BATCH,
     workers: int | None = None,
@@ -167,8 +169,9 @@ def mine(
         Display name of array directions.
     top_images
         N of stage 1: images kept per unit by spatial-maximum activation.
-    top
-        k of stage 2: images kept per unit by their best patch.
+    reference_count
+        k of stage 2: images kept per unit by their best patch, the unit's references
+        (``--ref-count``; ``top=``, the old name, still works with a warning).
     patch_side
         Patch side on the centre crop (32 or 64 in METHOD.md for a 224 crop); 0 skips stage 2
         and ranks whole images by their spatial maximum (the box is then the whole crop).
@@ -210,7 +213,7 @@ def mine(
     """
     for value, name in (
         (top_images, "top_images"),
-        (top, "top"),
+        (reference_count, "reference_count"),
         (shard_size, "shard_size"),
         (batch_size, "batch_size"),
     ):
@@ -229,8 +232,8 @@ def mine(
     ):
         return _mine(
             as_model(model, device), layer, data, database, channels, directions, direction_name,
-            top_images, top, patch_side, batch_size, workers, checkpoint_seconds, progress, engine,
-            address, shard_size,
+            top_images, reference_count, patch_side, batch_size, workers, checkpoint_seconds,
+            progress, engine, address, shard_size,
         )  # fmt: skip
 
 
@@ -243,7 +246,7 @@ def _mine(
     directions: np.ndarray | Sequence[Direction] | None,
     direction_name: str,
     top_images: int,
-    top: int,
+    reference_count: int,
     patch: int,
     batch_size: int,
     workers: int | None,
@@ -269,7 +272,8 @@ def _mine(
     settings = json.dumps(
         {
             "top_images": top_images,
-            "top": min(top, top_images),
+            # Stored as "top" (its name before): finished lists of older indexes still match.
+            "top": min(reference_count, top_images),
             "patch": patch,
             "stride": patches.stride if patches else 0,
             "crop": resolution,
@@ -306,7 +310,7 @@ def _mine(
         progress=progress,
     )
     try:
-        final = scan.run(top_images, min(top, top_images), patches)
+        final = scan.run(top_images, min(reference_count, top_images), patches)
     finally:
         if runner is not engine:  # made here: stop the Ray instance it started
             runner.shutdown()
@@ -352,7 +356,9 @@ class _Pass:
     unreadable: int = 0  # stage-1 unreadable images, this call and before
     unreadable_positions: list[int] = field(default_factory=list)  # the first few, this call
 
-    def run(self, top_images: int, top: int, patches: Patches | None) -> list[list[tuple]]:
+    def run(
+        self, top_images: int, reference_count: int, patches: Patches | None
+    ) -> list[list[tuple]]:
         """Both stages (or what is left of them): each unit's ranked rows for the index."""
         saved = self.index.load_pass(self.key)
         self.unreadable = saved.unreadable if saved is not None else 0
@@ -369,9 +375,9 @@ class _Pass:
         self.seconds["stage1"] = time.perf_counter() - started
         started = time.perf_counter()
         if patches is None:
-            rows = self._whole_images(candidates, top)
+            rows = self._whole_images(candidates, reference_count)
         else:
-            rows = self._stage2(candidates, patches, top, saved)
+            rows = self._stage2(candidates, patches, reference_count, saved)
         self.seconds["stage2"] = time.perf_counter() - started
         return rows
 
@@ -476,12 +482,13 @@ class _Pass:
             )
         return ranking
 
-    def _whole_images(self, candidates: dict, top: int) -> list[list[tuple]]:
-        """Without stage 2: each unit's ``top`` stage-1 images, scored by their maximum."""
+    def _whole_images(self, candidates: dict, reference_count: int) -> list[list[tuple]]:
+        """Without stage 2: each unit's first ``reference_count`` stage-1 images (by maximum)."""
         crop = self.model.preprocessing.input_size
         rows = []
         for u in range(len(self.units)):
-            scores, ids = candidates["scores"][u][:top], candidates["ids"][u][:top]
+            scores = candidates["scores"][u][:reference_count]
+            ids = candidates["ids"][u][:reference_count]
             keep = torch.isfinite(scores)
             rows.append(
                 [
@@ -494,7 +501,7 @@ class _Pass:
         return rows
 
     def _stage2(
-        self, candidates: dict, patches: Patches, top: int, saved: PassState | None
+        self, candidates: dict, patches: Patches, reference_count: int, saved: PassState | None
     ) -> list[list[tuple]]:
         """Best patch of every candidate image; returns each unit's ranked rows."""
         candidate_ids = torch.where(
@@ -503,7 +510,7 @@ class _Pass:
         sorted_ids, order = candidate_ids.sort(dim=1)
         sorted_scores = candidates["scores"].gather(1, order)
         union = [int(p) for p in torch.unique(candidate_ids) if p >= 0]
-        scorer = self._scorer(top, patches=patches, members=sorted_ids)
+        scorer = self._scorer(reference_count, patches=patches, members=sorted_ids)
         ranking = self._stage(
             2,
             union,
