@@ -1,10 +1,13 @@
 """Peak memory of one short run at a given resolution (issue: memory at large resolutions).
 
 Each case runs in a fresh process with an empty prototype cache (so the references' passes are
-measured too), the embedded MobileNetV2, `fast` and two steps; the peak resident memory of that
-process above what it held once the model was loaded is printed, with the wall time.
+measured too), `fast` and two steps; the peak resident memory of that process above what it held
+once the model was loaded is printed, with the wall time, the forward graph of one picture that
+:mod:`vital.memory` probes, and the peak over that graph per picture: the share a step needs,
+which ``vital.memory.STEP_SHARE`` must cover.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/peak_memory.py --cases class@512,neuron@512
+    ... --model resnet50 --weights random      # another architecture (random weights suffice)
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ import time
 
 KINDS = ("class", "neuron")
 CLASSES = [967, 285, 670, 698]  # classes with an embedded photo (their references)
+# A deep layer of each model for the neuron cases (its channels 0, 1, ...).
+NEURON_LAYERS = {
+    "mobilenet_v2": "features.16",
+    "efficientnet_lite0": "blocks.5.2",
+    "resnet50": "layer3.5",
+    "convnext_tiny": "features.5.8",  # torchvision's
+}
 
 
 def case(text: str) -> tuple[str, int, int]:
@@ -32,16 +42,18 @@ def case(text: str) -> tuple[str, int, int]:
     return kind, int(side), int(batch or 1)
 
 
-def child(kind: str, side: int, batch: int) -> None:
+def child(kind: str, side: int, batch: int, name: str, weights: str | None) -> None:
     import vital
+    from vital.memory import picture_bytes
     from vital.targets import Channel
 
-    model = vital.load_model("mobilenet_v2")
+    model = vital.load_model(name, weights=weights)
+    graph = picture_bytes(model, side) / 2**20
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if kind == "class":
         targets = CLASSES[:batch]
     else:
-        targets = [Channel("features.16", k) for k in range(batch)]
+        targets = [Channel(NEURON_LAYERS[name], k) for k in range(batch)]
     started = time.perf_counter()
     vital.visualize(
         model, targets, setting="fast", settings={"steps": 2, "resolution": side},
@@ -49,27 +61,40 @@ def child(kind: str, side: int, batch: int) -> None:
     )  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds = time.perf_counter() - started
-    print(f"| {kind} | {side} | {batch} | {peak - loaded:.0f} | {seconds:.1f} |", flush=True)
+    above = peak - loaded
+    print(
+        f"| {name}{' (' + weights + ')' if weights else ''} | {kind} | {side} | {batch} | "
+        f"{above:.0f} | {seconds:.1f} | {graph:.0f} | {above / (batch * graph):.2f} |",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="class@512,neuron@512")
+    parser.add_argument("--model", default="mobilenet_v2", choices=sorted(NEURON_LAYERS))
+    parser.add_argument("--weights", default=None, help="e.g. random (default: embedded)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), int(args.child[2]))
+        child(args.child[0], int(args.child[1]), int(args.child[2]), args.model, args.weights)
         return
     try:
         cases = [case(text) for text in args.cases.split(",")]
     except argparse.ArgumentTypeError as error:
         parser.error(f"--cases: {error}")
-    print("| kind | side | batch | peak MB above the loaded model | seconds |")
-    print("|---|---|---|---|---|")
+    print(
+        "| model | kind | side | batch | peak MB above the loaded model | seconds "
+        "| graph MB per picture (probed) | peak / (batch × graph) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for kind, side, batch in cases:
         with tempfile.TemporaryDirectory() as cache:
             environment = {**os.environ, "VITAL_CACHE": cache}
-            arguments = [sys.executable, __file__, "--child", kind, str(side), str(batch)]
+            arguments = [sys.executable, __file__, "--model", args.model, "--child", kind]
+            arguments += [str(side), str(batch)]
+            if args.weights:
+                arguments += ["--weights", args.weights]
             subprocess.run(arguments, env=environment, check=False)
 
 

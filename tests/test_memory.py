@@ -41,7 +41,7 @@ def _free(monkeypatch, pictures: float, model, resolution: int) -> None:
 
 
 def test_a_batch_is_cut_to_what_fits_and_says_so(tiny_cnn, monkeypatch):
-    _free(monkeypatch, 2 * vital.memory.STEP_SHARE + 0.5, tiny_cnn, 256)  # two steps fit
+    _free(monkeypatch, 2 * vital.memory.STEP_SHARES["unit"] + 0.5, tiny_cnn, 256)  # two fit
     with pytest.warns(UserWarning, match=r"8 pictures of 256px .* optimising 2 at a time") as said:
         assert pictures_at_once(tiny_cnn, 256, 8) == 2
     assert said[0].filename == __file__  # the caller's line, not vital's
@@ -59,7 +59,7 @@ def test_a_step_larger_than_the_free_memory_is_refused_with_a_side_that_fits(tin
         pictures_at_once(tiny_cnn, 1024, 1)
     side = int(error.value.args[0].split("about ")[-1].split(" fits")[0])
     assert 16 <= side < 1024
-    assert vital.memory.STEP_SHARE * picture_bytes(tiny_cnn, side) <= 1.5 * picture_bytes(
+    assert vital.memory.STEP_SHARES["unit"] * picture_bytes(tiny_cnn, side) <= 1.5 * picture_bytes(
         tiny_cnn, 1024
     )
 
@@ -81,7 +81,7 @@ def test_a_run_whose_batch_does_not_fit_runs_fewer_at_a_time(tiny_cnn, monkeypat
 
     for index in (1, 2):
         write_images(tmp_path / "refs" / str(index), 2, seed=index)
-    _free(monkeypatch, vital.memory.STEP_SHARE + 0.5, tiny_cnn, 240)  # one step fits
+    _free(monkeypatch, vital.memory.STEP_SHARES["class"] + 0.5, tiny_cnn, 240)  # one step fits
     with pytest.warns(UserWarning, match="optimising 1 at a time"):
         results = vital.visualize(
             tiny_cnn, [1, 2], tmp_path / "refs", settings={"steps": 1, "resolution": 240},
@@ -110,3 +110,26 @@ def test_the_probe_runs_once_per_model_and_side(tiny_cnn, monkeypatch):
     assert picture_bytes(tiny_cnn, 512) == first and sides == [128]
     picture_bytes(tiny_cnn, 256)
     assert sides == [128, 128]  # another side is probed (and scaled) on its own
+
+
+def test_an_inner_units_step_is_budgeted_larger_than_a_classs(tiny_cnn, monkeypatch, tmp_path):
+    """Its relevance pass runs beside the forward graph (RESULTS: ResNet-50 4.5 graphs at 512
+    px against a class's 1.7), so the same memory holds fewer inner units than classes."""
+    shares = vital.memory.STEP_SHARES
+    assert shares["unit"] >= 4.5 and shares["class"] >= 2.11
+    _free(monkeypatch, 2 * shares["unit"] + 0.5, tiny_cnn, 256)
+    with pytest.warns(UserWarning, match="optimising 2 at a time"):
+        assert pictures_at_once(tiny_cnn, 256, 8, "unit") == 2
+    with pytest.warns(UserWarning, match="at a time"):
+        assert pictures_at_once(tiny_cnn, 256, 8, "class") > 2
+    # the driver budgets a channel as an inner unit: one fits where two classes would
+    _free(monkeypatch, shares["unit"] + 0.5, tiny_cnn, 240)
+    from conftest import write_images
+
+    write_images(tmp_path / "refs", 2)
+    with pytest.warns(UserWarning, match="optimising 1 at a time"):
+        results = vital.visualize(
+            tiny_cnn, [vital.Channel("stage3", 0), vital.Channel("stage3", 1)],
+            tmp_path / "refs", settings={"steps": 1, "resolution": 240}, progress=False,
+        )  # fmt: skip
+    assert [r.record.batch_size for r in results] == [1, 1]

@@ -239,7 +239,8 @@ def run(
             f"takes {model.preprocessing.input_size}px) or give one it takes."
         )
     # Above the usual side a batch must fit in memory: fewer at once, or a refusal, before work.
-    batch_size = pictures_at_once(model, side, min(batch_size, len(targets)))
+    kind = "class" if all(isinstance(t, ClassTarget) for t in targets) else "unit"
+    batch_size = pictures_at_once(model, side, min(batch_size, len(targets)), kind)
     sink = sink if sink is not None else ResultSink(None)
     batch_count = -(-len(targets) // batch_size)
     with (

@@ -22,11 +22,14 @@ from vital.zoo import Model
 CHECKED_ABOVE = 224
 
 # A run's peak holds more than the model's forward graph: the objective's taps, sorts and
-# gradients, and for inner units the relevance pass's own graph. Measured on MobileNetV2
-# (benchmarks/peak_memory.py, peak above the loaded model over the probe's graph): a channel
-# 2.5× at 512 px and 2.2× at 1024 px, a class 1.15× at 512 px and 0.95× a picture at 1024 px
-# (two at once). Batches are sized by the larger share.
-STEP_SHARE = 2.5
+# gradients, and for inner units the relevance pass beside the forward graph, in the steps and
+# in the references' passes (one view per pass at least). Measured at 512 px
+# (benchmarks/peak_memory.py: the process's peak above the loaded model over the probed graph;
+# RESULTS "Memory at large resolutions" and "The step's memory on four architectures"):
+# classes 1.15 (MobileNetV2), 1.37 (EfficientNet-Lite0), 1.71 (ResNet-50), 2.11 (ConvNeXt-T);
+# inner units 2.5, 3.0 and 4.5 (the first three). A batch is sized by its kind's largest share,
+# with a margin.
+STEP_SHARES = {"class": 2.5, "unit": 5.0}
 
 # The side a probe pass runs at; the graph is scaled from it by the square of the side.
 PROBE_SIDE = 128
@@ -96,12 +99,12 @@ def _probed_picture_bytes(model: Model, resolution: int) -> int:
         return graph_bytes(model, resolution)
 
 
-def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
+def pictures_at_once(model: Model, resolution: int, batch_size: int, kind: str = "unit") -> int:
     """How many ``resolution`` px pictures to optimise at once: ``batch_size`` where they fit.
 
     Fewer (with a warning that says so) where the free memory holds fewer. Refused where even
-    one picture's step (``STEP_SHARE`` times its forward graph) is larger than the free
-    memory.
+    one picture's step (its kind's share of :data:`STEP_SHARES` times its forward graph:
+    ``"class"``, or ``"unit"`` for inner units and concepts) is larger than the free memory.
     """
     if resolution <= CHECKED_ABOVE or batch_size < 1:
         return batch_size
@@ -109,7 +112,7 @@ def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
     if free is None:
         return batch_size
     graph = picture_bytes(model, resolution)
-    step = STEP_SHARE * graph
+    step = STEP_SHARES[kind] * graph
     if step > free:
         fitting = int(resolution * (free / step) ** 0.5) // 16 * 16
         raise VitalError(
@@ -128,16 +131,17 @@ def pictures_at_once(model: Model, resolution: int, batch_size: int) -> int:
     return batch_size
 
 
-def check_fits(model: Model, overrides: dict | None) -> None:
+def check_fits(model: Model, overrides: dict | None, kind: str = "unit") -> None:
     """Refuse, before any mining or unit runs, a resolution at which no picture fits.
 
     For commands that run many units (``explain``, ``concepts``, ``atlas build``): each unit would
-    be refused alike, after the work before it. ``overrides`` are the run's setting changes.
+    be refused alike, after the work before it. ``overrides`` are the run's setting changes;
+    ``kind`` is the pictures' (:func:`pictures_at_once`).
     """
     resolution = (overrides or {}).get("resolution")
     if isinstance(resolution, int) and not isinstance(resolution, bool):
         if CHECKED_ABOVE < resolution <= MAX_RESOLUTION:  # else refused by the settings' check
-            pictures_at_once(model, resolution, 1)
+            pictures_at_once(model, resolution, 1, kind)
 
 
 def _gigabytes(count: float) -> str:

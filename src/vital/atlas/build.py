@@ -35,7 +35,7 @@ from vital.optimize import DEFAULT_SETTING, first_seed
 from vital.progress import progress_bar
 from vital.references import ReferenceSet
 from vital.store import Result
-from vital.targets import Target
+from vital.targets import ClassTarget, Target, resolve_targets
 from vital.zoo import Model, load_model
 
 
@@ -219,7 +219,7 @@ def plan_units(
 
 def build_atlas(
     model: Model | ModelSpec | str,
-    targets: Sequence[Target],
+    targets: Sequence[Target | int | str],
     references: Callable[[Target], ReferenceSet],
     folder: str | Path,
     settings: Mapping[str, object] | None = None,
@@ -243,7 +243,8 @@ def build_atlas(
         A model name, :class:`ModelSpec` or loaded :class:`vital.Model` (loaded, or moved, on
         each worker's ``device``).
     targets
-        What to visualise, in order.
+        What to visualise, in order: :class:`~vital.targets.ClassTarget`, ``Channel`` or
+        ``Direction`` objects, or classes by index, name or WordNet id.
     references
         Gives each target's reference set (called in the driver, before any work starts).
     folder
@@ -295,7 +296,10 @@ def build_atlas(
     if device is not None and isinstance(spec, (ModelSpec, GivenModel)):
         spec = dataclasses.replace(spec, device=str(device).strip().lower())  # "CPU" as "cpu"
     loaded = spec()
-    check_fits(loaded, checked_overrides(settings))  # else every unit is refused, one by one
+    targets = resolve_targets(loaded, targets)  # a class by index or name, a generator: as given
+    # else every unit is refused, one by one, after the mining
+    kind = "class" if all(isinstance(t, ClassTarget) for t in targets) else "unit"
+    check_fits(loaded, checked_overrides(settings), kind)
     fingerprint = loaded.fingerprint
     atlas = Atlas(folder)
     units = plan_units(targets, seed, seeds)
