@@ -62,6 +62,7 @@ REFS_HELP = (
 
 @options.sharing(options.model_options, options.picture_options, batch=4)
 def atlas_build(
+    context: typer.Context,
     out: Out = Path("vital-out"),
     layer: Annotated[str | None, options.option("--layer", LAYER_HELP)] = None,
     channels: ChannelSelection = None,
@@ -118,9 +119,20 @@ def atlas_build(
     crop_range = crop_scale(scale)
     if by_concepts:  # refused before the classes' pictures are made, not after
         from vital.concepts.crops import check_data, check_sampling
+        from vital.concepts.discovery import check_concept_count
 
         check_sampling(crops, crop_range)
+        check_concept_count(count, crops)
         check_data(data)
+        options.refuse_unused(
+            context,
+            ("top_images", "patch", "mined_as"),
+            "with --by concepts nothing is mined (they choose the channels' mined references)",
+        )
+    else:
+        options.refuse_unused(
+            context, ("count", "crops", "scale"), "they choose the concepts of --by concepts"
+        )
     setting_name = options.setting_value(common["setting"])
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, address)

@@ -15,11 +15,18 @@ from vital.cli.options import (
     Relevance,
     TopImages,
 )
+from vital.concepts.crops import DEFAULT_CROPS
 from vital.concepts.discovery import DEFAULT_COUNT
 from vital.errors import VitalError
 from vital.explanation.pipeline import DEFAULT_TOP
 from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
 from vital.references import DEFAULT_REFERENCES
+
+# What only the channels' way (mining, their references) or only the pictures use.
+CHANNEL_OPTIONS = ("top", "data", "ref_count", "mined_as", "top_images", "patch", "stores")
+PICTURE_OPTIONS = (
+    "setting", "steps", "seed", "precision", "resolution", "channels_last", "batch", "force",
+)  # fmt: skip
 
 DATA_HELP = (
     "Images to mine the channels' dataset examples and picture references from "
@@ -29,6 +36,7 @@ DATA_HELP = (
 
 @options.sharing(options.model_options, options.picture_options, batch=4)
 def explain_command(
+    context: typer.Context,
     image: Annotated[Path, typer.Argument(help="The image to explain (its centre crop).")],
     layer: Annotated[
         str, options.option("--layer", "Layer whose channels explain the prediction.")
@@ -88,6 +96,28 @@ def explain_command(
     """
     if by not in ("channels", "concepts"):
         raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
+    if no_pictures:
+        # With --by concepts the seed also draws the crops and the factorisation, and --force
+        # finds the concepts again.
+        kept = ("seed", "force") if by == "concepts" else ()
+        unused = tuple(name for name in PICTURE_OPTIONS if name not in kept)
+        options.refuse_unused(context, unused, "--no-pictures makes no pictures")
+    if by == "concepts":
+        options.refuse_unused(
+            context,
+            CHANNEL_OPTIONS,
+            "--by concepts finds the concepts, their examples and references in the photo's own "
+            "crops (for a class's concepts over a data set: `vital concepts --data`)",
+        )
+        if count > DEFAULT_CROPS:
+            raise VitalError(
+                f"--by concepts factorises {DEFAULT_CROPS} crops of the photo: --count is at most "
+                f"{DEFAULT_CROPS}, not {count}."
+            )
+    else:
+        options.refuse_unused(
+            context, ("count",), "--count is the number of concepts of --by concepts"
+        )
     loaded = session.load(common["model"], common["weights"], common["device"])
     settings = options.settings_of(common, seed=False)
     if by == "concepts":

@@ -257,6 +257,32 @@ Method = Annotated[
 ]
 
 
+def typed(context: typer.Context, *names: str) -> list[str]:
+    """The options among the parameters ``names`` that the user typed (or set in the environment).
+
+    Their values alone cannot tell: ``--count 10`` typed is the default, and still asks for
+    something.
+    """
+    by_name = {param.name: param for param in context.command.params}
+    return [
+        by_name[name].opts[0]
+        for name in names
+        if name in by_name
+        and getattr(context.get_parameter_source(name), "name", None)
+        in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+
+
+def refuse_unused(context: typer.Context, names: tuple[str, ...], why: str) -> None:
+    """Refuse the options among ``names`` the user typed where ``why`` says they do nothing.
+
+    An option that changes nothing would be dropped unseen: the run would not be what was asked.
+    """
+    given = typed(context, *names)
+    if given:
+        raise VitalError(f"{why}: leave out {' and '.join(given)}.")
+
+
 def overrides(**given) -> dict:
     """The settings the user gave (``None``: not given)."""
     return {name: value for name, value in given.items() if value is not None}

@@ -118,6 +118,17 @@ class ConceptBasis:
         return features[: self.channels] - features[self.channels :] if self.signed else features
 
 
+def check_concept_count(count: int, crops: int) -> None:
+    """Refuse a number of concepts that ``crops`` crops cannot give (before any work)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise VitalError(f"the number of concepts (--count) is at least 1, not {count!r}.")
+    if count > crops:
+        raise VitalError(
+            f"{count} concepts cannot be found in {crops} crops; ask for fewer (--count) or "
+            "more crops (--crops)."
+        )
+
+
 def discover(
     features: torch.Tensor, layer: str, count: int = DEFAULT_COUNT, seed: int = 0
 ) -> ConceptBasis:
@@ -137,14 +148,7 @@ def discover(
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise VitalError(f"the number of concepts (--count) is at least 1, not {count!r}.")
-    crops = features.shape[0]
-    if count > crops:
-        raise VitalError(
-            f"{count} concepts cannot be found in {crops} crops; ask for fewer (--count) or "
-            "more crops (--crops)."
-        )
+    check_concept_count(count, features.shape[0])
     signed = bool((features < 0).any())
     matrix = split_sign(features, signed).mean(dim=-1).double().numpy()
     if not matrix.any():
