@@ -182,7 +182,16 @@ def test_an_interrupted_run_leaves_nothing_and_loses_no_finished_set(tmp_path, m
     write_images(data, 2, size=64)
     model, folder = tiny_cnn_model(), tmp_path / "atlas"
     kept = add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".sqlite")
+
+    def pages() -> list[Path]:  # the atlas's files, but its databases and staging folder
+        staging = folder / vital.concepts.atlas.STAGING
+        return sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file() and p.suffix != ".sqlite" and not p.is_relative_to(staging)
+        )
+
+    files = pages()
     run = vital.concepts.atlas.concepts
 
     def interrupted(*args, **kwargs):
@@ -192,7 +201,7 @@ def test_an_interrupted_run_leaves_nothing_and_loses_no_finished_set(tmp_path, m
     monkeypatch.setattr(vital.concepts.atlas, "concepts", interrupted)
     with pytest.raises(KeyboardInterrupt):
         add_concepts(model, 5, data, out=folder, progress=False, **CONCEPTS)
-    assert sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".sqlite") == files
+    assert pages() == files
     monkeypatch.setattr(vital.concepts.atlas, "concepts", run)
     again = add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS)
     assert again.reused and again.folder == kept.folder
@@ -200,6 +209,41 @@ def test_an_interrupted_run_leaves_nothing_and_loses_no_finished_set(tmp_path, m
     assert not finished.reused and finished.page.is_file()
     index = Page(folder / "index.html").links
     assert {p.page.relative_to(folder).as_posix() for p in (kept, finished)} <= set(index)
+
+
+def test_an_interrupted_set_resumes_from_its_finished_pictures(tmp_path, monkeypatch):
+    """Ctrl-C after the first picture: it stays in the atlas's staging folder (once a system
+    temporary folder, deleted on the way out), and the same build again takes it."""
+    from vital.store import ResultSink, ResultStore
+
+    data = tmp_path / "images"
+    write_images(data, 2, size=64)
+    model, folder = tiny_cnn_model(), tmp_path / "atlas"
+    arguments = dict(out=folder, progress=False, batch_size=1, **CONCEPTS)
+    written = ResultStore.write
+
+    def stop_after_the_first(store, result):
+        written(store, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultStore, "write", stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        add_concepts(model, 2, data, **arguments)
+    monkeypatch.undo()
+    staging = folder / vital.concepts.atlas.STAGING
+    assert len(list(staging.glob("*/pictures/*.json"))) == 1  # the finished picture, kept
+    reused = []
+    sink = ResultSink.__call__
+
+    def counted(self, result):
+        reused.append(result.stored)
+        sink(self, result)
+
+    monkeypatch.setattr(ResultSink, "__call__", counted)
+    added = add_concepts(model, 2, data, **arguments)
+    assert reused == [True, False, False]  # one picture taken, two made
+    assert added.page.is_file() and not staging.exists()  # removed once copied in
+    assert vital.concepts.atlas.STAGING not in Page(folder / "index.html").links
 
 
 def test_a_hostile_class_name_is_text_on_every_page(tmp_path):

@@ -365,6 +365,29 @@ def test_a_users_files_in_the_out_folder_are_refused_and_kept(tmp_path, data, na
     assert sorted(p.name for p in out.iterdir()) == [name]  # nothing written beside it
 
 
+def test_an_out_folder_inside_the_data_is_not_taken_for_images(data):
+    """Once refused as a class folder ("has class sub-folders"), then its examples and maps
+    would have been the next run's images."""
+    arguments = dict(layer="stage3", count=2, crops=8, examples=2, pictures=False)
+    for _ in range(2):
+        report = vital.concepts(
+            tiny_cnn_model(), 3, data, out=data / "out", progress=False, **arguments
+        )
+        assert report.images == 3
+
+
+def test_an_out_folder_of_the_users_photos_is_refused_and_kept(tmp_path, data):
+    before = sorted(p.name for p in data.iterdir())
+    arguments = dict(layer="stage3", count=2, crops=8, examples=2, pictures=False)
+    with pytest.raises(VitalError, match="holds images that vital did not write.*new or empty"):
+        vital.concepts(tiny_cnn_model(), 3, data, out=data, progress=False, **arguments)
+    assert sorted(p.name for p in data.iterdir()) == before  # nothing written among them
+    vital_out = tmp_path / "vital-out"  # a folder vital wrote pictures into is no one's photos
+    write_images(vital_out, 1, size=32)
+    (vital_out / "index.sqlite").write_bytes(b"")
+    vital.concepts(tiny_cnn_model(), 3, data, out=vital_out, progress=False, **arguments)
+
+
 def test_a_second_run_replaces_its_own_report(tmp_path, data):
     out = tmp_path / "out"
     arguments = dict(layer="stage3", count=2, crops=8, examples=2, settings={"steps": 1})
@@ -389,18 +412,18 @@ def test_a_rerun_with_fewer_concepts_leaves_no_pictures_of_the_old_ones(tmp_path
 def test_a_stopped_run_keeps_its_finished_pictures_and_runs_again(tmp_path, data, monkeypatch):
     """Ctrl-C after the first picture: that picture is on disk, and the same command again is
     not refused as if directions.npy were the user's (it was: no concepts.json beside it)."""
-    import vital.concepts.pictures as pictures
+    from vital.store import ResultStore
 
     out = tmp_path / "out"
     arguments = dict(layer="stage3", count=2, crops=8, examples=2, settings={"steps": 1},
                      batch_size=1, out=out, progress=False)  # fmt: skip
-    written = pictures.ResultStore.write
+    written = ResultStore.write
 
     def stop_after_the_first(store, result):
         written(store, result)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pictures.ResultStore, "write", stop_after_the_first)
+    monkeypatch.setattr(ResultStore, "write", stop_after_the_first)
     with pytest.raises(KeyboardInterrupt):
         vital.concepts(tiny_cnn_model(), 3, data, **arguments)
     monkeypatch.undo()
@@ -408,3 +431,37 @@ def test_a_stopped_run_keeps_its_finished_pictures_and_runs_again(tmp_path, data
     assert len(list((out / "pictures").glob("*.json"))) == 1  # the finished picture
     vital.concepts(tiny_cnn_model(), 3, data, **arguments)
     _check_contract(out, 2)
+
+
+@pytest.mark.parametrize("pictures", [False, True])
+def test_ctrl_c_names_only_the_pictures_that_were_finished(tmp_path, data, monkeypatch, capsys,
+                                                           pictures):  # fmt: skip
+    """--no-pictures, stopped: once it pointed at OUT/pictures, a folder that was never made."""
+    import vital.cli
+    from vital.store import ResultStore
+
+    written = ResultStore.write
+
+    def stop(*args):
+        if pictures:  # after the first picture
+            written(*args)
+        raise KeyboardInterrupt
+
+    target = (ResultStore, "write") if pictures else ("vital.concepts.pipeline.discover",)
+    monkeypatch.setattr(*target, stop)
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
+    out = tmp_path / "out"
+    arguments = ["concepts", "-c", "2", "--layer", "stage3", "--data", str(data), "--count", "2"]
+    arguments += ["--crops", "8", "--steps", "1", "--batch", "1", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_:
+        vital.cli.main(arguments + ([] if pictures else ["--no-pictures"]))
+    assert exit_.value.code == 130
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    if pictures:
+        assert str(out / "pictures") in message and "takes those pictures" in message
+    else:
+        assert "pictures" not in message and not (out / "pictures").exists()
+        assert (
+            message
+            == "interrupted: the analysis was not finished; the same command again runs it anew."
+        )

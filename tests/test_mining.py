@@ -385,6 +385,33 @@ def test_empty_or_missing_data_gives_a_clear_error(tmp_path, tiny_cnn):
         mine(tiny_cnn, LAYER, tmp_path / "nowhere", tmp_path / "out", progress=False)
 
 
+def test_an_out_folder_inside_the_data_is_never_mined(dataset, tmp_path):
+    """`cd photos && vital mine --data .` run twice: the second run's data are the photos, not
+    the contact sheets the first wrote into ./vital-out (nor another vital folder's files)."""
+    folder, _ = dataset
+    model = planted_model()
+    first = mine(model, LAYER, folder, folder / "vital-out", channels=[0], **mine_kwargs())
+    (folder / "vital-out" / "sheets").mkdir()
+    sheet = (folder / "img000.png").read_bytes()
+    (folder / "vital-out" / "sheets" / "stem-channel-0.png").write_bytes(sheet)
+    (folder / "atlas").mkdir()  # an atlas an earlier run wrote into the data
+    (folder / "atlas" / "atlas.sqlite").write_bytes(b"")
+    (folder / "atlas" / "overview.png").write_bytes(sheet)
+    with pytest.warns(UserWarning, match=r"leaving out 2 image\(s\) under .*atlas, .*vital-out"):
+        again = mine(model, LAYER, folder, folder / "vital-out", channels=[1], **mine_kwargs())
+    assert first.images == again.images == COUNT
+    assert again.not_images == 0  # nor are vital's own files counted as the user's
+    _, ranked = mined(again.database, model, LAYER, 1)
+    assert all(Path(r.path).parent == folder.resolve() for r in ranked)
+
+
+def test_the_data_folder_itself_as_the_out_folder_is_refused(dataset, tmp_path):
+    folder, _ = dataset
+    with pytest.raises(VitalError, match="is the data folder.*a folder of its own"):
+        mine(planted_model(), LAYER, folder, folder, **mine_kwargs())
+    assert not (folder / "mining.sqlite").exists()
+
+
 def test_list_file_and_imagenet_class_folders(tmp_path):
     tree = tmp_path / "train"
     for wnid, seed in (("n01440764", 1), ("n01443537", 2)):

@@ -155,3 +155,15 @@ def test_reference_passes_above_224px_hold_fewer_views_with_the_same_mean(tiny_c
     views = torch.stack(list(references.views(448)))
     expected = tiny_cnn.preprocessing.normalize(views).mean(dim=(2, 3)).mean(dim=0)
     assert torch.allclose(seen["mean"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_empty_vital_cache_variable_counts_as_unset(monkeypatch, tmp_path, given):
+    """Taken as a path, "" was the working folder, which then got the cache's files."""
+    from vital.references import default_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VITAL_CACHE", given)
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "vital"
+    monkeypatch.setenv("VITAL_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache"

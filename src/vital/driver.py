@@ -251,7 +251,7 @@ def run(
         # Without a folder or with force, nothing stored is read and every picture is new.
         reading = sink.reuse and sink.store is not None
         specs = _specs(method, model, settings, plans, seeds) if reading else None
-        if specs is not None:
+        if specs is not None and not sink.replace:
             _refuse_other_pictures(specs, target_plan(plans), sink.store)
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]

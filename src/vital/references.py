@@ -103,16 +103,76 @@ def reference_folder(path: str | Path, kinds: str) -> Path:
     return folder
 
 
+# A folder holding one of these is one vital writes into (a mining index, an atlas, a store of
+# pictures, a concepts run). Its files are vital's output, never the user's data: an `--out`
+# inside `--data` (`cd photos && vital mine --data .` writes ./vital-out) would otherwise have
+# the next run mine its own contact sheets and pages.
+VITAL_MARKS = ("mining.sqlite", "mining.lock", "atlas.sqlite", "index.sqlite", ".vital-concepts")
+
+
+def vital_output(folder: str | Path) -> str | None:
+    """The mark file that shows ``folder`` to be one vital writes into, or ``None``."""
+    folder = Path(folder)
+    return next((mark for mark in VITAL_MARKS if (folder / mark).is_file()), None)
+
+
+def has_data_folders(folder: str | Path) -> bool:
+    """Whether ``folder`` has sub-folders other than vital's output folders (class folders)."""
+    return any(child.is_dir() and vital_output(child) is None for child in Path(folder).iterdir())
+
+
+def data_files(folder: str | Path) -> tuple[list[Path], dict[Path, list[Path]]]:
+    """Every file under ``folder`` (any depth), sorted, but those of vital's output folders.
+
+    A sub-folder holding one of :data:`VITAL_MARKS` is left out with everything under it
+    (``folder`` itself is what the user named, and is kept).
+
+    Returns
+    -------
+    files, left_out
+        The files, and per output folder left out the files under it.
+    """
+    folder = Path(folder)
+    marked: dict[Path, bool] = {}
+    files: list[Path] = []
+    left_out: dict[Path, list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        # The first marked folder between ``folder`` and the file (each folder checked once).
+        parts = path.relative_to(folder).parts[:-1]
+        inside = (folder.joinpath(*parts[: n + 1]) for n in range(len(parts)))
+        owner = next((d for d in inside if marked.setdefault(d, vital_output(d) is not None)), None)
+        if owner is None:
+            files.append(path)
+        else:
+            left_out.setdefault(owner, []).append(path)
+    return files, left_out
+
+
 def find_images(folder: str | Path) -> list[Path]:
-    """All image files under ``folder`` (any depth), sorted for determinism."""
+    """All image files under ``folder`` (any depth), sorted for determinism.
+
+    Files in sub-folders that vital writes into (:func:`data_files`) are left out, with a
+    warning that names them.
+    """
     folder = reference_folder(
         folder,
         "a folder of images (any depth) or, for inner neurons, a mining database (`vital mine` "
         "writes OUT/mining.sqlite)",
     )
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    is_image = lambda path: path.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
+    files, left_out = data_files(folder)
+    skipped = {d: n for d, paths in left_out.items() if (n := sum(map(is_image, paths)))}
+    if skipped:
+        named = ", ".join(printable(d) for d in list(skipped)[:3])
+        warnings.warn(
+            f"leaving out {sum(skipped.values())} image(s) under {named}"
+            f"{' and more' if len(skipped) > 3 else ''}: folders vital writes into are "
+            "never data.",
+            stacklevel=2,
+        )
+    return [p for p in files if is_image(p)]
 
 
 # --- the embedded photos ----------------------------------------------------------------------
@@ -676,8 +736,13 @@ def _view_patch(
 
 
 def default_cache_dir() -> Path:
-    """``$VITAL_CACHE`` or ``~/.cache/vital``."""
-    return Path(os.environ.get("VITAL_CACHE", Path.home() / ".cache" / "vital"))
+    """``$VITAL_CACHE`` or ``~/.cache/vital``.
+
+    An empty (or blank) ``$VITAL_CACHE`` counts as unset, as for most variables: taken as a
+    path it was the working folder, which then got the cache's files.
+    """
+    given = os.environ.get("VITAL_CACHE", "")
+    return Path(given) if given.strip() else Path.home() / ".cache" / "vital"
 
 
 Prototypes = dict[str, torch.Tensor]

@@ -283,12 +283,23 @@ class ResultSink:
     reuse
         Whether a picture stored in ``out`` with exactly the same inputs is taken instead of
         being computed again (:meth:`stored`).
+    replace
+        Whether a picture stored in ``out`` with other inputs is replaced; by default the run
+        is refused (a folder whose files one command owns, as ``vital concepts``'s pictures,
+        replaces them).
     """
 
-    def __init__(self, out: str | Path | None, on_result=None, reuse: bool = False):
+    def __init__(
+        self,
+        out: str | Path | None,
+        on_result=None,
+        reuse: bool = False,
+        replace: bool = False,
+    ):
         self.store = ResultStore(out) if out is not None else None
         self.on_result = on_result
         self.reuse = reuse
+        self.replace = replace
         self.results: list[Result] = []
 
     def stored(self, spec: PictureSpec, target: object) -> Result | None:

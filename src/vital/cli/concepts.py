@@ -103,10 +103,7 @@ def concepts_command(
     session.check_out(out)
     loaded = session.load(model, weights, device)
     session.Session.out = out
-    session.Session.message = (
-        f"interrupted: the concepts' pictures finished so far are in {out / 'pictures'} (each "
-        "batch is written when it ends); the same command again runs the whole analysis anew."
-    )
+    session.Session.message = lambda: _interrupted(out)
     report = concepts(
         loaded,
         names[0],
@@ -128,6 +125,17 @@ def concepts_command(
     print_concepts(json.loads(report.to_json()))
     typer.echo(f"record: {out / 'concepts.json'}")
     typer.echo(f"overview: {out / 'overview.png'}")
+
+
+def _interrupted(out: Path) -> str:
+    """What a stopped run keeps: only pictures that were finished are named (there may be none)."""
+    if not any((out / "pictures").glob("*.json")):
+        return "interrupted: the analysis was not finished; the same command again runs it anew."
+    return (
+        f"interrupted: the concepts' pictures finished so far are in {out / 'pictures'}; the "
+        "same command again finds the concepts anew and takes those pictures, not making them "
+        "again."
+    )
 
 
 def print_concepts(record: Mapping) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -13,7 +14,9 @@ class Session:
     out: Path | None = None
     finished: int = 0
     resumable: bool = False
-    message: str | None = None  # a command's own account of what an interrupt keeps
+    # A command's own account of what an interrupt keeps; a function when it depends on what
+    # was finished by then.
+    message: str | Callable[[], str] | None = None
 
     @classmethod
     def reset(cls) -> None:
@@ -101,7 +104,7 @@ def visualize(loaded, targets, references, out: Path, **arguments):
 def interrupted() -> str:
     """The message after Ctrl-C: what was saved, and whether running again resumes."""
     if Session.message is not None:
-        return Session.message
+        return Session.message if isinstance(Session.message, str) else Session.message()
     if Session.out is None:
         return "interrupted: nothing was written."
     if Session.resumable:

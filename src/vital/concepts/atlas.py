@@ -8,9 +8,13 @@ otherwise (saying what changed), and ``force`` recomputes it. Each result goes i
 its own, ``concepts/<class>-<layer>-<images>-<key>/``, and the atlas shows the current one; the
 files of earlier results stay, as units' earlier results stay in ``results/``.
 
-The analysis runs in a temporary folder outside the atlas; only a finished one is copied in,
-every file claimed in the atlas's ledger first (:mod:`vital.atlas.ledger`), so an interrupted
-run leaves nothing half-made in the atlas and loses no set finished before it.
+The analysis runs in a staging folder of its own, ``.vital-staging/<name>`` inside the atlas
+(on the disk the atlas is on, not in the system's temporary folder); only a finished one is
+copied in, every file claimed in the atlas's ledger first (:mod:`vital.atlas.ledger`), and the
+staging folder is then removed. An interrupted run leaves nothing half-made in the atlas's
+pages and loses no set finished before it; its staging folder stays, and the same build again
+takes the pictures finished there (:func:`vital.concepts` reuses a picture made with the same
+inputs).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import hashlib
 import inspect
 import json
 import re
-import tempfile
+import shutil
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,8 @@ from vital.targets import ClassTarget, Direction, class_target
 from vital.zoo import Model, as_model
 
 FOLDER = "concepts"  # inside the atlas: one sub-folder per concept set's result
+# Inside the atlas: a concept set's analysis until it is finished and copied in (not a page).
+STAGING = ".vital-staging"
 CONCEPT_PARAMETERS = inspect.signature(concepts).parameters  # add_concepts's **options
 
 
@@ -236,11 +243,13 @@ def add_concepts(
     elif stored is not None:
         added.changed = differences(stored.inputs, inputs)
     _check_free(atlas, folder)
-    with tempfile.TemporaryDirectory(prefix="vital-concepts-") as staging:
-        concepts(
-            model, explained.index, data, layer=layer, out=staging, progress=progress, **chosen
-        )
-        _copy_in(atlas, Path(staging), folder)
+    # Named by the result's folder (its key): only a build with the same inputs resumes there.
+    staging = atlas.folder / STAGING / Path(name).name
+    concepts(model, explained.index, data, layer=layer, out=staging, progress=progress, **chosen)
+    _copy_in(atlas, staging, folder)
+    shutil.rmtree(staging)
+    with suppress(OSError):  # another build's staging folder may be beside it
+        staging.parent.rmdir()
     atlas.register_concepts(StoredConcepts(set_id, key, inputs, name))
     added.record = json.loads(record_file.read_text("utf-8"))
     if render:
@@ -255,8 +264,11 @@ def _copy_in(atlas: Atlas, source: Path, folder: Path) -> None:
     files are not the run's, and copying them would nest the atlas into itself.
     """
     own = atlas.folder.resolve()
+    nested = own.is_relative_to(source.resolve())  # not a staging folder inside the atlas
     made = sorted(
-        p for p in source.rglob("*") if p.is_file() and not p.resolve().is_relative_to(own)
+        p
+        for p in source.rglob("*")
+        if p.is_file() and not (nested and p.resolve().is_relative_to(own))
     )
     copies = {path: folder / path.relative_to(source) for path in made}
     atlas.ledger.claim(copies.values())

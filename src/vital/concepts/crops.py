@@ -26,6 +26,7 @@ from vital.references import (
     IMAGE_SUFFIXES,
     ImageSource,
     ReferenceSet,
+    has_data_folders,
     open_rgb,
     to_rgb,
 )
@@ -259,7 +260,7 @@ def class_images(
     found = class_references(model, target, data, limit, seed, shared_ok=True, given_as="data")
     sources = list(found.sources)
     notes: list[str] = []
-    if data is not None and not any(child.is_dir() for child in Path(data).iterdir()):
+    if data is not None and not has_data_folders(data):
         sources, notes = _of_the_class(model, target, sources)
     if len(sources) > limit:
         chosen = np.random.default_rng(seed).choice(len(sources), size=limit, replace=False)

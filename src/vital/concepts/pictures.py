@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vital.api import visualize
 from vital.concepts.discovery import ConceptBasis, layer_features
+from vital.driver import resolve_settings, run, setting_name
+from vital.methods import get_method
 from vital.references import ReferenceSet
-from vital.store import Result, ResultStore
+from vital.store import Result, ResultSink
 from vital.targets import Direction
 from vital.zoo import Model
 
@@ -78,33 +79,37 @@ def concept_pictures(
         Called with each picture once it is written (its batch finished).
     """
     targets = [concept_target(basis, k, n) for k, n in zip(concepts, names, strict=True)]
-    store = ResultStore(out)
     of_target = dict(zip(targets, zip(concepts, reference_pixels, strict=True), strict=True))
 
     def finish(result: Result) -> None:
         """Each picture's coefficients, written as its batch ends (an interrupt keeps it)."""
-        k, pixels = of_target[result.target]
-        picture = crop_coefficients(model, basis, result.pixels[None])[0, k]
-        refs = crop_coefficients(model, basis, pixels)[:, k]
-        result.record.evaluation.update(
-            coefficient=float(picture),
-            reference_coefficient=float(refs.mean()),
-            relative_coefficient=float(picture / refs.mean()) if refs.mean() > 0 else None,
-        )
-        store.write(result)
+        if not (result.stored and "coefficient" in result.record.evaluation):
+            k, pixels = of_target[result.target]
+            picture = crop_coefficients(model, basis, result.pixels[None])[0, k]
+            refs = crop_coefficients(model, basis, pixels)[:, k]
+            result.record.evaluation.update(
+                coefficient=float(picture),
+                reference_coefficient=float(refs.mean()),
+                relative_coefficient=float(picture / refs.mean()) if refs.mean() > 0 else None,
+            )
+            sink.store.write(result)
         if on_result is not None:
             on_result(result)
 
-    results = visualize(
+    # The pictures of a stopped run with the same inputs (the discovery is seeded, so its
+    # concepts and examples are the same) are taken, not made again; others are replaced, as
+    # a rerun of `vital concepts` replaces its own files.
+    sink = ResultSink(out, finish, reuse=True, replace=True)
+    method = get_method("vital", targets, relevance_floor=CONCEPT_FLOOR)
+    return run(
+        method,
         model,
         targets,
         dict(zip(targets, references, strict=True)),
-        setting=setting,
-        settings=dict(settings or {}),
+        settings=resolve_settings(method, model, setting, dict(settings or {})),
+        setting=setting_name(method, setting, dict(settings or {})),
         seeds=[seed] * len(targets),
         batch_size=batch_size,
+        sink=sink,
         progress=progress,
-        relevance_floor=CONCEPT_FLOOR,
-        on_result=finish,
     )
-    return results

@@ -45,11 +45,11 @@ from vital.concepts.shares import concept_shares
 from vital.driver import checked_overrides
 from vital.errors import VitalError, plain
 from vital.explanation.attribution import attributor
-from vital.files import save_array, save_image, write_file
+from vital.files import printable, save_array, save_image, write_file
 from vital.grids import grid, to_image
 from vital.memory import check_fits
 from vital.record import model_info, now
-from vital.references import ImageSource, center_crop, open_rgb
+from vital.references import IMAGE_SUFFIXES, ImageSource, center_crop, open_rgb, vital_output
 from vital.renamed import renamed, warn_renamed
 from vital.store import output_folder
 from vital.targets import class_target
@@ -461,6 +461,19 @@ def _check_not_the_users(folder: Path) -> None:
             raise VitalError(
                 f"{folder / name} was not written by vital concepts (there is no concepts.json "
                 "beside it); choose another out=DIR or move it."
+            )
+    if vital_output(folder) is None:  # not a folder vital writes into: the user's photos?
+        # Refused, not mixed in: the examples, maps and overview written among the photos would
+        # be taken for photos by the next run over the folder. (Photos in a sub-folder are
+        # safe: the run's mark file keeps this folder out of a listing of its parent.)
+        image = next(
+            (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+            None,
+        )
+        if image is not None:
+            raise VitalError(
+                f"{folder} holds images that vital did not write (e.g. {printable(image)}); "
+                "choose a new or empty out=DIR for the concepts' files."
             )
 
 

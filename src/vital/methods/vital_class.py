@@ -25,6 +25,7 @@ from vital.references import (
     ReferenceSet,
     compute_prototypes,
     from_folder,
+    has_data_folders,
     is_imagenet_tree,
     one_targets_references,
     reference_folder,
@@ -106,7 +107,7 @@ def class_references(
     for name in class_folder_names(model, target):
         if (folder / name).is_dir():
             return from_folder(folder / name, count, seed)
-    if is_imagenet_tree(folder) or any(child.is_dir() for child in folder.iterdir()):
+    if is_imagenet_tree(folder) or has_data_folders(folder):
         raise VitalError(
             f"{folder} has class sub-folders but none for {described(target)}; expected one of "
             f"{', '.join(class_folder_names(model, target))}."

@@ -24,6 +24,7 @@ from vital.files import is_printable, open_image, printable
 from vital.references import (
     IMAGE_SUFFIXES,
     ImageSource,
+    data_files,
     find_images,
     is_imagenet_tree,
     open_rgb,
@@ -78,7 +79,7 @@ def list_images(data: str | Path) -> ImageList:
     data = Path(data)
     if data.is_dir():
         paths = find_images(data)
-        others = sum(1 for p in data.rglob("*") if p.is_file()) - len(paths)
+        others = len(data_files(data)[0]) - len(paths)
         labelled = is_imagenet_tree(data)
         labels = [p.relative_to(data).parts[0] if labelled else "" for p in paths]
     elif data.is_file() and data.suffix.lower() in IMAGE_SUFFIXES:
