@@ -315,6 +315,36 @@ def test_atlas_build_by_concepts_from_the_command_line(tmp_path, tiny_everywhere
     assert "0 units visualised, 0 failed, 1 already done" in again.output
 
 
+def test_atlas_build_by_concepts_takes_any_case_and_every_seed_vital_takes(
+    tmp_path, tiny_everywhere
+):
+    # --by was case-sensitive, and a seed past 2**32 - 1 failed in NMF after the class's unit.
+    data = tmp_path / "tree"
+    write_images(data / "3", 2, size=64)
+    arguments = ["atlas", "build", "--class", "3", "--layer", "stage3", "--by", "Concepts"]
+    arguments += ["--data", str(data), "--count", "2", "--crops", "12", "--steps", "1"]
+    arguments += ["--refs", str(data), "--ref-count", "2", "--seed", str(2**32)]
+    result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "atlas")])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "atlas" / "concepts").iterdir()
+    assert json.loads((folder / "concepts.json").read_text())["discovery"]["seed"] == 2**32
+
+
+def test_numbers_from_numpy_and_a_backend_in_capitals_key_a_set_as_python_numbers(tmp_path):
+    data = tmp_path / "images"
+    write_images(data, 2, size=64)
+    model, folder = tiny_cnn_model(), tmp_path / "atlas"
+    options = dict(layer="stage3", count=2, crops=12, pictures=False, out=folder, progress=False)
+    first = add_concepts(model, 2, data, seed=3, crop_scale=(0.25, 0.5), **options)
+    again = add_concepts(
+        model, 2, data, seed=np.int64(3), crop_scale=np.array([0.25, 0.5]), relevance="LRP",
+        **options,
+    )  # fmt: skip
+    assert again.reused and again.folder == first.folder
+    with pytest.raises(VitalError, match="seed must be a whole number"):
+        add_concepts(model, 2, data, seed=-1, **options)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -324,6 +354,8 @@ def test_atlas_build_by_concepts_from_the_command_line(tmp_path, tiny_everywhere
         (["--by", "concepts", "--layer", "stage3", "--crop-scale", "x"], "--crop-scale is LOW"),
         (["--by", "concepts", "--layer", "stage3", "--crops", "0"], "number of crops"),
         (["--by", "concepts", "--layer", "stage3", "--data", "/no/such/photos"], "does not exist"),
+        (["--by", "concepts", "--layer", "stage3", "--seed", "-1"], "seed must be a whole"),
+        (["--by", "concepts", "--layer", "stage3", "--seed", str(2**63)], "seed must be a whole"),
     ],
 )
 def test_atlas_build_by_concepts_mistakes_are_one_line(tmp_path, tiny_everywhere, extra, message):

@@ -465,3 +465,70 @@ def test_ctrl_c_names_only_the_pictures_that_were_finished(tmp_path, data, monke
             message
             == "interrupted: the analysis was not finished; the same command again runs it anew."
         )
+
+
+SEED_RANGE = r"the seed must be a whole number from 0 to 9223372036854775807 \(seed=S\)"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.5, True, "3"])
+def test_a_seed_outside_vitals_range_is_refused_before_any_work(tmp_path, data, seed):
+    out = tmp_path / "out"
+    with pytest.raises(VitalError, match=SEED_RANGE):
+        vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", seed=seed, pictures=False,
+                       out=out, progress=False)  # fmt: skip
+    assert not out.exists()
+
+
+def test_nmf_gets_seeds_below_2_32_as_they_are_and_a_32_bit_one_derived_from_larger_ones():
+    from vital.concepts.discovery import nmf_seed
+
+    assert [nmf_seed(s) for s in (0, 7, 2**32 - 1)] == [0, 7, 2**32 - 1]  # results unchanged
+    derived = [nmf_seed(s) for s in (2**32, 2**32 + 1, 2**63 - 1)]
+    assert all(0 <= s < 2**32 for s in derived) and len(set(derived)) == 3
+    assert derived == [nmf_seed(s) for s in (2**32, 2**32 + 1, 2**63 - 1)]  # deterministic
+    features = torch.rand(12, 16, 4, generator=torch.Generator().manual_seed(0))
+    found = discover(features, "layer", count=3, seed=2**40)
+    assert np.array_equal(found.directions, discover(features, "layer", 3, 2**40).directions)
+    with pytest.raises(VitalError, match=SEED_RANGE):
+        discover(features, "layer", count=3, seed=-1)
+
+
+def test_numbers_from_numpy_are_taken_and_recorded_as_python_numbers(tmp_path, data):
+    # seed=np.int64 used to fail in json after the whole analysis; a numpy crop scale and a
+    # relevance backend in capitals were refused.
+    out = tmp_path / "out"
+    vital.concepts(
+        tiny_cnn_model(), 2, data, layer="stage3", count=2, crops=12, seed=np.int64(3),
+        crop_scale=np.array([0.2, 0.5]), relevance="GRAD-X-ACT", pictures=False, out=out,
+        progress=False,
+    )  # fmt: skip
+    record = json.loads((out / "concepts.json").read_text())
+    assert record["discovery"]["seed"] == 3 and record["relevance"]["backend"] == "grad-x-act"
+    assert record["discovery"]["crop_scale"] == [0.2, 0.5]
+    for scale in ((np.float32(0.25), np.float64(0.5)), torch.tensor([0.25, 0.5])):
+        crops = sample_crops([ImageSource.from_path(data / "img000.png")], 4, scale, seed=1)
+        assert crops.scale == (0.25, 0.5) and all(type(v) is float for v in crops.scale)
+    for scale in (np.array([[0.2, 0.5]]), (0.2, True), torch.tensor([0.5, 0.2])):
+        with pytest.raises(VitalError, match="crop scale"):
+            sample_crops([ImageSource.from_path(data / "img000.png")], 4, scale)
+
+
+def test_the_commands_take_every_seed_vital_takes_and_refuse_others_in_one_line(
+    tmp_path, data, monkeypatch
+):
+    monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
+    concepts = ["concepts", "--class", "2", "--layer", "stage3", "--data", str(data)]
+    concepts += ["--count", "2", "--crops", "12", "--no-pictures", "--out", str(tmp_path / "c")]
+    photo = data / "img002.png"
+    explained = ["explain", str(photo), "--layer", "stage3", "--by", "concepts", "--count", "2"]
+    explained += ["--no-pictures", "--out", str(tmp_path / "e")]
+    for arguments in (concepts, explained):
+        refused = CliRunner().invoke(app, [*arguments, "--seed", "-1"])
+        assert isinstance(refused.exception, VitalError), refused.output
+        assert "the seed must be a whole number from 0" in str(refused.exception)
+        result = CliRunner().invoke(app, [*arguments, "--seed", str(2**32)])  # NMF's limit + 1
+        assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "c" / "concepts.json").read_text())
+    assert record["discovery"]["seed"] == 2**32
+    (folder,) = (tmp_path / "e" / "concepts").iterdir()
+    assert json.loads((folder / "concepts.json").read_text())["discovery"]["seed"] == 2**32

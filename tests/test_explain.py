@@ -465,3 +465,28 @@ def test_the_share_of_relevance_reaching_the_input_is_recorded_shown_and_explain
     for evidence in record.top:
         share = evidence.heatmap_total / evidence.relevance
         assert f"{100 * share:.2f}% of its" in page
+
+
+def test_numbers_from_numpy_are_taken_as_the_counts_they_hold(tmp_path, data):
+    # top=np.int64(2) and reference_count=np.int64(3) were refused as not whole numbers.
+    record = run(
+        data, tmp_path / "atlas", top=np.int64(2), reference_count=np.int64(3),
+        batch_size=np.int64(2), pictures=False,
+    )  # fmt: skip
+    assert len(record.top) == 2 and all(len(e.examples) == 3 for e in record.top)
+    with pytest.raises(VitalError, match="top=N"):
+        run(None, tmp_path / "atlas", image=str(data / "img001.png"), top=np.float64(2.5))
+
+
+def test_by_and_relevance_are_taken_in_any_case_from_the_command_line(tmp_path, data, monkeypatch):
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli.session, "load", lambda *a: tiny_cnn_model())
+    arguments = ["explain", str(data / "img002.png"), "--layer", "stage3", "--top", "2"]
+    arguments += ["--by", " Channels", "--relevance", "GRAD-X-ACT", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "explanations").glob("*.json")
+    assert Explanation.from_json(path.read_text()).relevance == "grad-x-act"
+    refused = CliRunner().invoke(app, [*arguments, "--by", "units"])  # the last one counts
+    assert "--by is 'channels' or 'concepts', not 'units'" in str(refused.exception)

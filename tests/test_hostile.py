@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import warnings
 import zlib
@@ -208,6 +209,64 @@ def test_api_misuse_is_refused_before_any_work(refs):
         vital.visualize(model, [1], refs, bogus=1, progress=False)
     with pytest.raises(VitalError, match="seed"):
         vital.visualize(model, [1], refs, seeds=[-1], progress=False)
+
+
+def test_a_channel_from_numpy_or_torch_is_recorded_as_a_python_int(refs, tmp_path):
+    # The PNG used to be written, then json failed on np.int64 (the record was lost).
+    model = tiny_cnn_model()
+    for index in (np.int64(3), np.uint8(3), torch.tensor(3)):
+        assert Channel("stage3", index) == Channel("stage3", 3)
+        assert type(Channel("stage3", index).index) is int
+    (result,) = vital.visualize(
+        model, Channel("stage3", np.int64(1)), refs, settings={"steps": 1},
+        reference_count=np.int64(2), out=tmp_path / "out", progress=False,
+    )  # fmt: skip
+    assert json.loads(result.paths["json"].read_text())["target"]["index"] == 1
+    for index in (torch.tensor(3.0), np.float64(3.0), torch.tensor([3])):
+        with pytest.raises(VitalError, match="a channel index is a whole number"):
+            Channel("stage3", index)
+
+
+def test_a_record_never_fails_on_numbers_from_numpy_or_torch(refs):
+    from vital.record import json_default
+
+    (result,) = vital.visualize(tiny_cnn_model(), [1], refs, settings={"steps": 1},
+                                reference_count=2, progress=False)  # fmt: skip
+    record = result.record
+    record.target = {**record.target, "index": np.int64(1)}
+    record.evaluation = {**record.evaluation, "score": np.float32(0.5), "n": torch.tensor(2)}
+    written = json.loads(record.to_json())
+    assert written["target"]["index"] == 1 and written["evaluation"]["score"] == 0.5
+    assert written["evaluation"]["n"] == 2
+    assert json.dumps(np.float32("nan"), default=json_default) == "null"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        json.dumps(object(), default=json_default)
+
+
+def test_zero_dimensional_arrays_and_tensors_are_the_class_they_hold(refs):
+    from vital.targets import resolve_targets
+
+    model = tiny_cnn_model()
+    for targets, indices in (
+        (np.array(1), [1]),
+        (torch.tensor(1), [1]),
+        (torch.tensor([1, 2]), [1, 2]),  # as numpy's integer arrays are taken
+        (np.array([1, 2]), [1, 2]),
+        ([torch.tensor(2), np.array(1)], [2, 1]),
+    ):
+        assert [t.index for t in resolve_targets(model, targets)] == indices
+    (result,) = vital.visualize(model, torch.tensor(1), refs, settings={"steps": 1},
+                                reference_count=2, progress=False)  # fmt: skip
+    assert result.record.target["index"] == 1
+    for targets, phrase in (
+        (torch.tensor(1.0), "a class index is a whole number, not float"),
+        (torch.tensor([1.5, 2.0]), "a class index is a whole number, not float"),
+        (np.array(1.0), "a class index is a whole number, not float"),
+        (torch.tensor(True), "not bool"),
+        (torch.tensor([[1, 2]]), "not list"),
+    ):
+        with pytest.raises(VitalError, match=phrase):
+            vital.visualize(model, targets, refs, progress=False)
 
 
 class FeatureMapModel(nn.Module):

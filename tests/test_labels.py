@@ -23,9 +23,28 @@ def test_unknown_names_suggest_close_ones():
 
 
 def test_ambiguous_names_list_the_candidates():
-    # "crane" is both a bird (134) and a machine (517) in ImageNet.
-    with pytest.raises(VitalError, match="ambiguous: 134.*517"):
-        imagenet_labels().resolve("crane")
+    # "panda" is a synonym of both pandas, the display name of neither.
+    with pytest.raises(VitalError, match=r"ambiguous: 387 \(lesser panda\), 388 \(giant panda\)"):
+        imagenet_labels().resolve("panda")
+    # Both cardigans' display names in another case: the case as printed tells them apart.
+    with pytest.raises(VitalError, match=r"ambiguous: 264 \(Cardigan\), 474 \(cardigan\)"):
+        imagenet_labels().resolve("CARDIGAN")
+
+
+def test_names_as_vital_classes_prints_them_are_taken():
+    labels = imagenet_labels()
+    # A display name exactly as printed wins over the same text in another case or a synonym.
+    assert labels.resolve("Cardigan") == 264 and labels.resolve("cardigan") == 474
+    assert labels.resolve("maillot") == 638  # 639 "maillot tank suit" has it as a synonym
+    assert labels.resolve("crane") == 517 and labels.resolve("crane bird") == 134
+    assert labels.resolve("Partridge") == 86  # a display name in another case, then synonyms
+    assert labels.resolve("cardigan welsh corgi") == 264
+    # WordNet ids in any case; underscores and runs of spaces as one space.
+    assert labels.resolve("N07920052") == 967 and labels.resolve(" n07920052 ") == 967
+    for typed in ("egyptian_cat", "Egyptian_Cat", "egyptian  cat", "egyptian\tcat"):
+        assert labels.resolve(typed) == 285
+    with pytest.raises(VitalError, match="class name is empty"):
+        labels.resolve("  ")
 
 
 def test_generic_labels():

@@ -113,7 +113,7 @@ def visualize(
         ran and how the picture scores (``evaluation``).
     """
     batch_size, force, progress = plain(batch_size), plain(force), plain(progress)
-    check_count(batch_size, "batch_size")  # before ``out`` is made
+    batch_size = check_count(batch_size, "batch_size")  # before ``out`` is made
     for name, flag in (("force", force), ("progress", progress)):
         if not isinstance(flag, bool):  # "no" would be taken as true
             raise VitalError(f"{name} is True or False, not {flag!r}.")

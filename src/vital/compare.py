@@ -194,7 +194,7 @@ def compare(
         ``"auto"``, ``"cpu"`` or ``"cuda"`` for the model, the judge and FID's model; default:
         where each is (a model given by name loads on ``"auto"``).
     """
-    check_count(batch_size, "batch_size")
+    batch_size = check_count(batch_size, "batch_size")
     overrides = _common_settings(settings, seed)
     seed = overrides["seed"]
     # A caller's own modules are handed back in the state they came in.

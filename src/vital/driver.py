@@ -223,7 +223,7 @@ def run(
     progress
         Show progress bars.
     """
-    check_count(batch_size, "batch_size")
+    batch_size = check_count(batch_size, "batch_size")
     if not targets:
         raise VitalError("no targets given; name at least one class (targets=C) or channel.")
     seeds = _seeds(settings, len(targets), seeds)

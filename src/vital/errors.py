@@ -20,13 +20,16 @@ class VitalError(ValueError):
 
 
 def plain(value: object) -> object:
-    """A numpy scalar as the Python number it holds (``np.int64(3)`` → 3); else ``value``.
+    """A numpy scalar or 0-d array or tensor as the Python number it holds; else ``value``.
 
-    Numbers often come out of numpy (an argmax, a loop over an array); records are JSON and
-    the checks want Python's ``int``, so they are unwrapped where they enter.
+    ``np.int64(3)``, ``np.array(3)`` and ``torch.tensor(3)`` → 3. Numbers often come out of
+    numpy or torch (an argmax, a loop over an array); records are JSON and the checks want
+    Python's ``int``, so they are unwrapped where they enter. Arrays of more values are left
+    as they are, to be refused (or iterated) by the caller.
     """
     item = getattr(value, "item", None)
-    if item is not None and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
+    library = type(value).__module__.partition(".")[0]
+    if item is not None and library in ("numpy", "torch") and getattr(value, "ndim", 1) == 0:
         return item()
     return value
 
@@ -36,14 +39,22 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_count(value: object, name: str) -> None:
+def check_count(value: object, name: str) -> int:
     """Refuse anything but a whole number of at least 1; ``name`` is the parameter's name.
 
     The message names the Python parameter (``batch_size=N``); the command line shows it with
     its option (``--batch N``), so every caller refuses a count the same way.
+
+    Returns
+    -------
+    int
+        The count as Python's ``int`` (numpy's integers and 0-d tensors are the count they
+        hold, :func:`plain`): callers keep this one, as it may reach a JSON record.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    count = plain(value)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise VitalError(f"{name}=N is a whole number of at least 1, not {value!r}.")
+    return count
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:

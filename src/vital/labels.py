@@ -40,12 +40,23 @@ class ClassLabels:
     def resolve(self, query: str | int) -> int:
         """Turn ``967``, ``"espresso"`` or ``"n07920052"`` into an output index.
 
+        Names are read as typed: underscores and runs of spaces are one space
+        (``egyptian_cat``), WordNet ids in any case. A display name exactly as
+        :attr:`names` has it wins (``Cardigan`` is the dog 264, ``cardigan`` the sweater 474;
+        ``maillot`` is 638, though 639 has it as a synonym), then a display name in any case,
+        then the synonyms.
+
         Raises
         ------
         VitalError
             When nothing matches or a name is ambiguous; the message lists candidates.
         """
         text = str(query).strip()
+        if not text:
+            raise VitalError(
+                "the class name is empty; give a class index, a name or a WordNet id (run "
+                "`vital classes MODEL` to list them)."
+            )
         if text.lstrip("-").isdigit():
             index = int(text)
             if not 0 <= index < len(self.names):
@@ -54,16 +65,24 @@ class ClassLabels:
                     f"classes (0..{len(self.names) - 1})."
                 )
             return index
-        if text in self._wnid_index():
-            return self._wnid_index()[text]
-        lowered = text.lower()
-        exact = [i for i, names in enumerate(self.synonyms) if lowered in names]
-        if len(exact) == 1:
-            return exact[0]
-        if len(exact) > 1:
-            options = ", ".join(f"{i} ({self.names[i]})" for i in exact)
-            raise VitalError(f"class name {text!r} is ambiguous: {options}. Use the index.")
-        every_name = {name: i for i, names in enumerate(self.synonyms) for name in names}
+        if text.lower() in self._wnid_index():
+            return self._wnid_index()[text.lower()]
+        typed = _typed(text)
+        lowered = typed.lower()
+        for found in (
+            [i for i, name in enumerate(self._typed_names()) if name == typed],
+            [i for i, name in enumerate(self._typed_names()) if name.lower() == lowered],
+            [i for i, names in enumerate(self._typed_synonyms()) if lowered in names],
+        ):
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                options = ", ".join(f"{i} ({self.names[i]})" for i in found)
+                raise VitalError(
+                    f"class name {text!r} is ambiguous: {options}. Give one of these indices "
+                    "(or a name as `vital classes MODEL` prints it)."
+                )
+        every_name = {name: i for i, names in enumerate(self._typed_synonyms()) for name in names}
         hints = close_matches(lowered, every_name)
         hint = (
             "; did you mean " + ", ".join(f"{h!r} ({every_name[h]})" for h in hints) + "?"
@@ -95,7 +114,20 @@ class ClassLabels:
 
     @cache  # noqa: B019 - labels are few, immutable and live for the whole process
     def _wnid_index(self) -> dict[str, int]:
-        return {wnid: i for i, wnid in enumerate(self.wnids)}
+        return {wnid.lower(): i for i, wnid in enumerate(self.wnids)}
+
+    @cache  # noqa: B019
+    def _typed_names(self) -> tuple[str, ...]:
+        return tuple(_typed(name) for name in self.names)
+
+    @cache  # noqa: B019
+    def _typed_synonyms(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(_typed(name) for name in names) for names in self.synonyms)
+
+
+def _typed(name: str) -> str:
+    """A name as people type it: underscores (folder names) and runs of spaces as one space."""
+    return " ".join(name.replace("_", " ").split())
 
 
 def _torchvision_categories() -> list[str]:

@@ -180,7 +180,7 @@ class Settings:
         _whole(self.warmup, "the warm-up", "warmup", 0)
         _whole(self.jitter, "jitter", "pixels, jitter=J", 0)
         _whole(self.views, "the number of views per step", "views=V", 1, 64)
-        _whole(self.seed, "the seed", "seed=S", 0, 2**63 - 1)
+        _whole(self.seed, "the seed", "seed=S", 0, MAX_SEED)
         if self.resolution is not None:
             # Memory grows with the square of the side: at 2048 px one MobileNetV2 picture's
             # graph takes several GB, at 8192 px more than 20 GB (the process was killed).
@@ -305,10 +305,23 @@ def first_seed(seed: object, settings: dict) -> int:
     given = settings.pop("seed", None)
     if seed is not None and given is not None and plain(given) != plain(seed):
         raise VitalError(f"seed={seed!r} and settings={{'seed': {given!r}}} disagree: give one.")
-    chosen = plain(next((s for s in (seed, given) if s is not None), 0))
-    _whole(chosen, "the seed", "seed=S", 0, 2**63 - 1)
+    return check_seed(next((s for s in (seed, given) if s is not None), 0))
+
+
+def check_seed(seed: object) -> int:
+    """A seed as a Python ``int``, refused as :class:`Settings` refuses its own (0 … 2**63 - 1).
+
+    numpy's integers and 0-d tensors are the seeds they hold. Runs that hand the seed to other
+    libraries (the concepts' crops and factorisation) check it here where it enters, before
+    any work, so a seed is refused in the same words everywhere.
+    """
+    chosen = plain(seed)
+    _whole(chosen, "the seed", "seed=S", 0, MAX_SEED)
     return chosen
 
+
+# The largest seed (torch's generators take 64 bits; Settings.seed and check_seed).
+MAX_SEED = 2**63 - 1
 
 # The largest side of a synthetic picture (Settings.resolution).
 MAX_RESOLUTION = 2048

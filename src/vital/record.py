@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from vital.errors import VitalError
+from vital.errors import VitalError, plain
 from vital.version import __version__
 
 SCHEMA_VERSION = 2
@@ -32,6 +32,19 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(item) for item in value]
     return value
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default=`` for vital's documents: numpy's scalars as Python numbers.
+
+    The entry points unwrap numbers that come from numpy or torch (:func:`vital.errors.plain`);
+    this is the second guard, so a number that slipped through cannot fail the record's writing
+    after the work is done (the picture already saved). Anything else is refused as json would.
+    """
+    number = plain(value)
+    if number is value:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    return finite(number)
 
 
 def model_info(model) -> dict:
@@ -65,7 +78,7 @@ class Document:
 
     def to_json(self, indent: int | None = 2) -> str:
         """Valid JSON (no NaN or Infinity)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=json_default)
 
     @classmethod
     def known_fields(cls, data: Any) -> dict:

@@ -300,7 +300,8 @@ class ReferenceSet:
     def __post_init__(self) -> None:
         if not self.sources:
             raise VitalError(f"no usable reference images ({self.description or 'empty set'}).")
-        check_count(self.count, "reference_count")
+        # frozen: the count as Python's int (a numpy one would reach the cache key as JSON)
+        object.__setattr__(self, "count", check_count(self.count, "reference_count"))
         if self.count > MAX_REFERENCES:
             # every view is a forward pass before the first step, with no progress shown
             raise VitalError(

@@ -29,7 +29,7 @@ from vital.files import (
     write_file,
 )
 from vital.grids import as_saved, display_pixels, to_image
-from vital.record import Record
+from vital.record import Record, json_default
 from vital.specs import PictureSpec
 
 _SCHEMA = """
@@ -187,7 +187,7 @@ class ResultStore:
                     unit,
                     record.method,
                     record.model["fingerprint"],
-                    json.dumps(record.target),
+                    json.dumps(record.target, default=json_default),
                     record.seed,
                     png.name,
                     record.to_json(indent=None),

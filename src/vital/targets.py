@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from vital.errors import VitalError
+from vital.errors import VitalError, plain
 
 
 def _slug(text: str) -> str:
@@ -75,11 +76,15 @@ class Channel(_Inner):
 
     def __post_init__(self) -> None:
         _check_layer_name(self.layer)
-        if isinstance(self.index, bool) or not isinstance(self.index, (int, np.integer)):
+        # numpy's integers and 0-d tensors (an argsort, a loop over an array) are the index
+        # they hold, kept as Python's int: records are JSON.
+        index = plain(self.index)
+        if isinstance(index, bool) or not isinstance(index, int):
             raise VitalError(
                 f"a channel index is a whole number, not {type(self.index).__name__} "
                 f"({self.index!r})."
             )
+        object.__setattr__(self, "index", index)
 
     def _label(self) -> tuple[str, str, str]:
         return str(self.index), f"ch{self.index}", f"channel {self.index}"
@@ -158,13 +163,21 @@ def _check_layer_name(layer: object) -> None:
 def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
     """Resolve ``967``, ``"espresso"``, ``"n07920052"`` or a ``ClassTarget`` for ``model``."""
     if isinstance(query, ClassTarget):
-        if isinstance(query.index, bool) or not isinstance(query.index, int):
+        index = plain(query.index)
+        if isinstance(index, bool) or not isinstance(index, int):
             raise VitalError(f"a ClassTarget's index is a whole number, not {query.index!r}.")
+        query = ClassTarget(index, query.name)  # Python's int: records are JSON
         if model.labels is not None:
             model.labels.resolve(query.index)  # in range, or one line saying the range
         return query
+    query = plain(query)  # numpy's integers and 0-d tensors, as an argmax gives them
     if isinstance(query, numbers.Integral) and not isinstance(query, bool):
-        query = int(query)  # numpy's integers, as an argmax gives them
+        query = int(query)
+    if isinstance(query, float):  # from a float array or tensor, or a division
+        raise VitalError(
+            f"a class index is a whole number, not float ({query!r}): give an int (or an "
+            "integer array or tensor)."
+        )
     if isinstance(query, bool) or not isinstance(query, (int, str)):
         raise VitalError(
             f"a class is an index, a name or a WordNet id, not {type(query).__name__} ({query!r})."
@@ -179,8 +192,16 @@ def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
 
 
 def resolve_targets(model, targets) -> list[Target]:
-    """One target or a sequence of them → checked targets (classes resolved by ``model``)."""
-    if isinstance(targets, (str, numbers.Integral, ClassTarget, Channel, Direction)):
+    """One target or a sequence of them → checked targets (classes resolved by ``model``).
+
+    An array or tensor of class indices is taken as the list of numbers it holds (a 0-d one
+    as the number), so ``np.array(967)``, ``torch.tensor(967)`` and ``torch.tensor([967,
+    285])`` are taken as ``967`` and ``[967, 285]``; floats and bools among them are refused
+    one by one, as in a list.
+    """
+    if isinstance(targets, (np.ndarray, torch.Tensor)):
+        targets = targets.tolist()  # Python numbers (a nested list for 2-d: refused below)
+    if isinstance(targets, (str, numbers.Integral, float, ClassTarget, Channel, Direction)):
         targets = [targets]
     if targets is None or not hasattr(targets, "__iter__"):
         raise VitalError(

@@ -283,7 +283,7 @@ def build_atlas(
     """
     from vital.atlas.site import render_site
 
-    check_count(batch_size, "batch_size")
+    batch_size = check_count(batch_size, "batch_size")
     if settings is not None and not isinstance(settings, Mapping):
         raise VitalError(
             "an atlas takes changes to the methods' defaults as a mapping, e.g. "

@@ -68,7 +68,7 @@ def atlas_build(
     channels: ChannelSelection = None,
     class_list: Classes = None,
     data: Annotated[str | None, options.option("--data", DATA_HELP)] = None,
-    by: Annotated[str, typer.Option("--by", help=BY_HELP)] = "channels",
+    by: Annotated[str, typer.Option("--by", help=BY_HELP, callback=options.by_choice)] = "channels",
     count: Count = DEFAULT_COUNT,
     crops: Crops = DEFAULT_CROPS,
     scale: CropScale = DEFAULT_CROP_SCALE,
@@ -102,8 +102,6 @@ def atlas_build(
     from vital.taps import check_layer, list_layers
     from vital.targets import Channel, class_target
 
-    if by not in ("channels", "concepts"):
-        raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
     by_concepts = by == "concepts"
     if by_concepts and not (layer and class_list):
         raise VitalError("--by concepts finds each --class's concepts at --layer; name both.")

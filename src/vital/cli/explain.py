@@ -48,7 +48,9 @@ def explain_command(
     by: Annotated[
         str,
         typer.Option(
-            "--by", help="channels (default) or concepts: the concepts found in the photo's crops."
+            "--by",
+            help="channels (default) or concepts: the concepts found in the photo's crops.",
+            callback=options.by_choice,
         ),
     ] = "channels",
     count: Annotated[
@@ -94,8 +96,6 @@ def explain_command(
     concepts found in the photo's own crops, their shares of the class's relevance, maps on the
     photo, examples and VITAL pictures (as `vital concepts`), with their pages in the atlas.
     """
-    if by not in ("channels", "concepts"):
-        raise VitalError(f"--by is 'channels' or 'concepts', not {by!r}.")
     if no_pictures:
         # With --by concepts the seed also draws the crops and the factorisation, and --force
         # finds the concepts again.

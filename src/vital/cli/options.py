@@ -228,6 +228,14 @@ def _mined_as(value: str) -> str:
     return value
 
 
+def by_choice(value: str) -> str:
+    """``--by`` of explain and atlas build, checked where typed (any case, as ``--mined-as``)."""
+    chosen = value.strip().lower()
+    if chosen not in ("channels", "concepts"):
+        raise VitalError(f"--by is 'channels' or 'concepts', not {value!r}.")
+    return chosen
+
+
 MinedAs = Annotated[
     str,
     typer.Option(

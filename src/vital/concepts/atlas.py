@@ -35,10 +35,12 @@ from torch import nn
 
 from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.keys import differences, picture_spec
-from vital.concepts.crops import class_images
+from vital.concepts.crops import check_sampling, class_images
 from vital.concepts.pipeline import concepts, picture_choice
 from vital.errors import VitalError, close_matches
 from vital.files import printable, write_file
+from vital.optimize import check_seed
+from vital.relevance.backends import backend_name
 from vital.renamed import renamed
 from vital.targets import ClassTarget, Direction, class_target
 from vital.zoo import Model, as_model
@@ -212,10 +214,14 @@ def add_concepts(
     """
     from vital.atlas.site import render_site
 
+    chosen = concept_options(options)
+    # Checked before any work, and Python numbers: they key the set (as JSON) and reach NMF.
+    chosen["seed"] = check_seed(chosen["seed"])
+    chosen["crop_scale"] = check_sampling(chosen["crops"], chosen["crop_scale"])
+    chosen["relevance"] = backend_name(chosen["relevance"])  # "LRP" keys the set as lrp
     model = as_model(model, device)
     explained = class_target(model, target)
     atlas = Atlas(out)
-    chosen = concept_options(options)
     shown = picture_choice(chosen["pictures"], chosen["pictured"])  # warned about once, here
     chosen["pictures"] = bool(shown)
     chosen["pictured"] = None if isinstance(shown, bool) else shown

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vital.errors import VitalError
+from vital.errors import VitalError, is_number, plain
 from vital.methods.vital_class import class_folder_names, class_references
+from vital.optimize import check_seed
 from vital.references import (
     IMAGE_SUFFIXES,
     ImageSource,
@@ -145,20 +146,28 @@ def around_peak(
     return Crop(crop_source(image, box, crop_pct, _label(image, box)), crop.image, box)
 
 
-def check_sampling(count: int, scale: tuple[float, float]) -> None:
-    """Refuse a crop count or scale range :func:`sample_crops` cannot use (before any work)."""
+def check_sampling(count: int, scale: tuple[float, float]) -> tuple[float, float]:
+    """Refuse a crop count or scale range :func:`sample_crops` cannot use (before any work).
+
+    Returns
+    -------
+    tuple of float
+        The scale range as Python numbers (numpy's, an array's or a tensor's too: it is
+        recorded as JSON).
+    """
+    if isinstance(scale, (np.ndarray, torch.Tensor)):
+        scale = scale.tolist()  # a 2-d one becomes lists, refused below
     pair = isinstance(scale, (tuple, list)) and len(scale) == 2
-    if (
-        not pair
-        or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in scale)
-        or (scale[0] > scale[1])
-    ):
+    values = tuple(plain(v) for v in scale) if pair else ()
+    if not pair or not all(is_number(v) and 0 < v <= 1 for v in values) or values[0] > values[1]:
         raise VitalError(
             f"the crop scale (crop_scale=(LOW, HIGH)) is a range 0 < low ≤ high ≤ 1 of fractions "
             f"of the image's square, not {scale!r}."
         )
+    count = plain(count)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise VitalError(f"the number of crops (crops=N) is at least 1, not {count!r}.")
+    return values
 
 
 def check_data(data: str | Path | None) -> None:
@@ -198,9 +207,8 @@ def sample_crops(
     crop_pct
         The model's centre-crop ratio (see :func:`crop_source`).
     """
-    check_sampling(count, scale)
-    low, high = scale
-    generator = np.random.default_rng(seed)
+    low, high = check_sampling(count, scale)
+    generator = np.random.default_rng(check_seed(seed))
     readable = [(s, size) for s in images if (size := _size(s)) is not None]
     if not readable:
         raise VitalError("none of the images could be read; check the files.")

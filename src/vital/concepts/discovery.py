@@ -24,6 +24,7 @@ import torch
 from scipy.optimize import nnls
 
 from vital.errors import VitalError
+from vital.optimize import check_seed
 from vital.taps import tapped, to_positions
 from vital.zoo import Model
 
@@ -129,6 +130,18 @@ def check_concept_count(count: int, crops: int) -> None:
         )
 
 
+def nmf_seed(seed: int) -> int:
+    """The seed scikit-learn's NMF is given for vital's ``seed`` (it takes 0 … 2**32 - 1).
+
+    A seed below 2**32 is NMF's as it is, so results (and the keys of stored concept sets)
+    stay those of earlier versions; a larger one is hashed into 32 bits by numpy's
+    ``SeedSequence``, the same number on every machine.
+    """
+    if seed < 2**32:
+        return seed
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
 def discover(
     features: torch.Tensor, layer: str, count: int = DEFAULT_COUNT, seed: int = 0
 ) -> ConceptBasis:
@@ -143,11 +156,13 @@ def discover(
     count
         K, the number of concepts.
     seed
-        Seed of the factorisation.
+        Seed of the factorisation (0 … 2**63 - 1, as every seed of vital's; see
+        :func:`nmf_seed`).
     """
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 
+    seed = check_seed(seed)
     check_concept_count(count, features.shape[0])
     signed = bool((features < 0).any())
     matrix = split_sign(features, signed).mean(dim=-1).double().numpy()
@@ -156,7 +171,7 @@ def discover(
             f"layer {layer!r} is zero on every crop; choose another layer or other images."
         )
     used = matrix.any(axis=0)  # features that never fire stay out of NMF's initialisation
-    nmf = NMF(count, init="nndsvda", max_iter=NMF_ITERATIONS, random_state=seed)
+    nmf = NMF(count, init="nndsvda", max_iter=NMF_ITERATIONS, random_state=nmf_seed(seed))
     with warnings.catch_warnings():  # a concept basis is usable before full convergence
         warnings.simplefilter("ignore", ConvergenceWarning)
         nmf.fit(matrix[:, used])

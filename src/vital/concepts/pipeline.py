@@ -48,8 +48,10 @@ from vital.explanation.attribution import attributor
 from vital.files import printable, save_array, save_image, write_file
 from vital.grids import grid, to_image
 from vital.memory import check_fits
-from vital.record import model_info, now
+from vital.optimize import check_seed
+from vital.record import json_default, model_info, now
 from vital.references import IMAGE_SUFFIXES, ImageSource, center_crop, open_rgb, vital_output
+from vital.relevance.backends import backend_name
 from vital.renamed import renamed, warn_renamed
 from vital.store import output_folder
 from vital.targets import class_target
@@ -110,7 +112,9 @@ class ConceptReport:
         data["model_info"] = self.model
         data["class"] = data.pop("target")
         order = ["model", "layer", "class", "images", "crops", "explained_share"]
-        return json.dumps({**{k: data.pop(k) for k in order}, **data}, indent=2)
+        return json.dumps(
+            {**{k: data.pop(k) for k in order}, **data}, indent=2, default=json_default
+        )
 
 
 def _stem(source: ImageSource, number: int) -> str:
@@ -235,6 +239,8 @@ def concepts(
     )
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise VitalError(f"the examples per concept (--examples) are at least 1, not {examples!r}.")
+    seed = check_seed(seed)  # before any work, and a Python int for the record
+    relevance = backend_name(relevance)  # "LRP" is lrp, with lrp's fallback below
     shown = picture_choice(pictures, pictured)
     overrides = checked_overrides(settings)
     with frozen(model):

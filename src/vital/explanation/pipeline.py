@@ -21,7 +21,7 @@ from torch import nn
 from vital.atlas.folder import Atlas
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.driver import checked_overrides
-from vital.errors import VitalError, check_count
+from vital.errors import VitalError, check_count, plain
 from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.images import heatmap_image
 from vital.explanation.pictures import channel_pictures
@@ -193,10 +193,11 @@ def explain(
     """
     from vital.atlas.site import render_site
 
+    top = plain(top)  # numpy's integers are the number they hold, as every count
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
-    check_count(batch_size, "batch_size")
-    check_count(reference_count, "reference_count")  # refused before any work
+    batch_size = check_count(batch_size, "batch_size")
+    reference_count = check_count(reference_count, "reference_count")  # before any work
     overrides = checked_overrides(settings)  # a misspelt setting: refused before mining
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from vital.errors import VitalError
+from vital.errors import VitalError, plain
 from vital.methods.base import Method
 from vital.methods.deepinversion import DeepInversion
 from vital.methods.fourier import Fourier
@@ -66,7 +66,9 @@ def get_method(name: str, targets: Sequence[Target], **options: object) -> Metho
     if unknown:
         takes = f"it takes {', '.join(known)}" if known else "it takes no options"
         raise VitalError(f"{name} has no option {', '.join(unknown)} for these targets; {takes}.")
-    return cls(**options)
+    # numpy's numbers and 0-d tensors (reference_count=np.int64(4)) are the numbers they hold,
+    # as settings' are (driver.checked_overrides): the fields are checked and recorded as such.
+    return cls(**{name: plain(value) for name, value in options.items()})
 
 
 __all__ = [

@@ -101,7 +101,7 @@ def mined_references(
     ``mined_as`` is ``--mined-as`` of the command line (``mode=``, its old name, still works
     with a warning).
     """
-    check_count(count, "count")  # 0 would be "no usable reference images (top 0 …)"
+    count = check_count(count, "count")  # 0 would be "no usable reference images (top 0 …)"
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     info, ranked = mined(database, model, layer, channel_or_direction)
@@ -148,8 +148,11 @@ def contact_sheet(
     cell: int = 96,
 ) -> Image.Image:
     """The top ``count`` patches of a unit in a grid, each with its score underneath."""
-    for value, name in ((count, "count"), (columns, "columns"), (cell, "cell")):
-        check_count(value, name)  # cell=0 would be PIL's "height and width must be > 0"
+    # cell=0 would be PIL's "height and width must be > 0"
+    count, columns, cell = (
+        check_count(value, name)
+        for value, name in ((count, "count"), (columns, "columns"), (cell, "cell"))
+    )
     info, ranked = mined(database, model, layer, unit)
     chosen = ranked[:count]
     if not chosen:

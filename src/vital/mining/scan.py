@@ -211,13 +211,15 @@ def mine(
         asked for but not installed, or a shard that kept failing (the finished shards are
         saved: run again to retry the rest).
     """
-    for value, name in (
-        (top_images, "top_images"),
-        (reference_count, "reference_count"),
-        (shard_size, "shard_size"),
-        (batch_size, "batch_size"),
-    ):
+    top_images, reference_count, shard_size, batch_size = (
         check_count(value, name)
+        for value, name in (
+            (top_images, "top_images"),
+            (reference_count, "reference_count"),
+            (shard_size, "shard_size"),
+            (batch_size, "batch_size"),
+        )
+    )
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):  # fmt: skip
         raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")

@@ -223,10 +223,19 @@ BACKENDS: dict[str, Callable[[], RelevanceBackend]] = {
 }
 
 
+def backend_name(name: object) -> object:
+    """A backend's name as :data:`BACKENDS` spells it (``" GRAD-X-ACT"`` → ``grad-x-act``).
+
+    Typed by people, like method and setting names, which are taken in any case too.
+    """
+    return name.strip().lower() if isinstance(name, str) else name
+
+
 def get_backend(name: str | RelevanceBackend) -> RelevanceBackend:
-    """A new backend by name (or a backend the caller built, as it is)."""
+    """A new backend by name, in any case (or a backend the caller built, as it is)."""
     if isinstance(name, RelevanceBackend):
         return name
+    name = backend_name(name)
     if not isinstance(name, str) or name not in BACKENDS:
         raise VitalError(
             f"unknown relevance backend {name!r}; choose one of {', '.join(BACKENDS)}."
