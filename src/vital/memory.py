@@ -26,7 +26,7 @@ CHECKED_ABOVE = 224
 # in the references' passes (one view per pass at least). Measured at 512 px
 # (benchmarks/peak_memory.py: the process's peak above the loaded model over the probed graph;
 # RESULTS "Memory at large resolutions" and "The step's memory on four architectures"):
-# classes 1.15 (MobileNetV2), 1.37 (EfficientNet-Lite0), 1.71 (ResNet-50), 2.11 (ConvNeXt-T);
+# classes 1.15 (MobileNetV2), 1.37 (EfficientNet-Lite0), 1.71 (ResNet-50), 2.1-2.2 (ConvNeXt-T);
 # inner units 2.5, 3.0 and 4.5 (the first three). A batch is sized by its kind's largest share,
 # with a margin.
 STEP_SHARES = {"class": 2.5, "unit": 5.0}
