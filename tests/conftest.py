@@ -178,3 +178,16 @@ def first_caller(marker: str) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def stop_after_the_first_picture(monkeypatch) -> None:
+    """Ctrl-C right after the first picture is written: a run stopped halfway."""
+    from vital.store import ResultStore
+
+    written = ResultStore.write
+
+    def stop(store, result):
+        written(store, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultStore, "write", stop)

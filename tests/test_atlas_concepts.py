@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from tests.conftest import tiny_cnn_model, write_images
+from tests.conftest import stop_after_the_first_picture, tiny_cnn_model, write_images
 from typer.testing import CliRunner
 
 import vital.concepts.atlas
@@ -214,19 +214,13 @@ def test_an_interrupted_run_leaves_nothing_and_loses_no_finished_set(tmp_path, m
 def test_an_interrupted_set_resumes_from_its_finished_pictures(tmp_path, monkeypatch):
     """Ctrl-C after the first picture: it stays in the atlas's staging folder (once a system
     temporary folder, deleted on the way out), and the same build again takes it."""
-    from vital.store import ResultSink, ResultStore
+    from vital.store import ResultSink
 
     data = tmp_path / "images"
     write_images(data, 2, size=64)
     model, folder = tiny_cnn_model(), tmp_path / "atlas"
     arguments = dict(out=folder, progress=False, batch_size=1, **CONCEPTS)
-    written = ResultStore.write
-
-    def stop_after_the_first(store, result):
-        written(store, result)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ResultStore, "write", stop_after_the_first)
+    stop_after_the_first_picture(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         add_concepts(model, 2, data, **arguments)
     monkeypatch.undo()

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import tiny_cnn_model, tiny_vit_model, write_images
+from tests.conftest import (
+    stop_after_the_first_picture,
+    tiny_cnn_model,
+    tiny_vit_model,
+    write_images,
+)
 from typer.testing import CliRunner
 
 import vital
@@ -412,18 +417,11 @@ def test_a_rerun_with_fewer_concepts_leaves_no_pictures_of_the_old_ones(tmp_path
 def test_a_stopped_run_keeps_its_finished_pictures_and_runs_again(tmp_path, data, monkeypatch):
     """Ctrl-C after the first picture: that picture is on disk, and the same command again is
     not refused as if directions.npy were the user's (it was: no concepts.json beside it)."""
-    from vital.store import ResultStore
 
     out = tmp_path / "out"
     arguments = dict(layer="stage3", count=2, crops=8, examples=2, settings={"steps": 1},
                      batch_size=1, out=out, progress=False)  # fmt: skip
-    written = ResultStore.write
-
-    def stop_after_the_first(store, result):
-        written(store, result)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ResultStore, "write", stop_after_the_first)
+    stop_after_the_first_picture(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         vital.concepts(tiny_cnn_model(), 3, data, **arguments)
     monkeypatch.undo()
