@@ -389,7 +389,11 @@ def test_an_out_folder_of_the_users_photos_is_refused_and_kept(tmp_path, data):
     assert sorted(p.name for p in data.iterdir()) == before  # nothing written among them
     vital_out = tmp_path / "vital-out"  # a folder vital wrote pictures into is no one's photos
     write_images(vital_out, 1, size=32)
-    (vital_out / "index.sqlite").write_bytes(b"")
+    (vital_out / "index.sqlite").write_bytes(b"")  # a file of that name is not vital's mark
+    with pytest.raises(VitalError, match="holds images that vital did not write"):
+        vital.concepts(tiny_cnn_model(), 3, data, out=vital_out, progress=False, **arguments)
+    (vital_out / "index.sqlite").unlink()
+    vital.store.ResultStore(vital_out)  # vital's index of the pictures it wrote there
     vital.concepts(tiny_cnn_model(), 3, data, out=vital_out, progress=False, **arguments)
 
 

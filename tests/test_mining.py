@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from conftest import tiny_cnn_model
+from vital.atlas.folder import Atlas
 from vital.errors import VitalError
 from vital.mining import contact_sheet, list_images, mine, mined, mined_references
 from vital.mining.topk import RunningTopK
@@ -394,15 +395,20 @@ def test_an_out_folder_inside_the_data_is_never_mined(dataset, tmp_path):
     (folder / "vital-out" / "sheets").mkdir()
     sheet = (folder / "img000.png").read_bytes()
     (folder / "vital-out" / "sheets" / "stem-channel-0.png").write_bytes(sheet)
-    (folder / "atlas").mkdir()  # an atlas an earlier run wrote into the data
-    (folder / "atlas" / "atlas.sqlite").write_bytes(b"")
+    Atlas(folder / "atlas")  # an atlas an earlier run wrote into the data
     (folder / "atlas" / "overview.png").write_bytes(sheet)
+    (folder / "mine").mkdir()  # a user's folder with a file named as vital's marks, not vital's
+    (folder / "mine" / "index.sqlite").write_bytes(b"")
+    (folder / "mine" / "atlas.sqlite").write_bytes(b"not a database")
+    (folder / "mine" / "photo.png").write_bytes(sheet)
     with pytest.warns(UserWarning, match=r"leaving out 2 image\(s\) under .*atlas, .*vital-out"):
         again = mine(model, LAYER, folder, folder / "vital-out", channels=[1], **mine_kwargs())
-    assert first.images == again.images == COUNT
-    assert again.not_images == 0  # nor are vital's own files counted as the user's
+    assert first.images == COUNT and again.images == COUNT + 1  # the user's folder's photo too
+    assert again.not_images == 2  # the user's two files; vital's own are not counted
     _, ranked = mined(again.database, model, LAYER, 1)
-    assert all(Path(r.path).parent == folder.resolve() for r in ranked)
+    assert all(
+        Path(r.path).parent in (folder.resolve(), (folder / "mine").resolve()) for r in ranked
+    )
 
 
 def test_the_data_folder_itself_as_the_out_folder_is_refused(dataset, tmp_path):

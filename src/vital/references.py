@@ -8,11 +8,13 @@ disk keyed by model, taps, references and resolution.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import sqlite3
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -104,16 +106,47 @@ def reference_folder(path: str | Path, kinds: str) -> Path:
 
 
 # A folder holding one of these is one vital writes into (a mining index, an atlas, a store of
-# pictures, a concepts run). Its files are vital's output, never the user's data: an `--out`
-# inside `--data` (`cd photos && vital mine --data .` writes ./vital-out) would otherwise have
-# the next run mine its own contact sheets and pages.
-VITAL_MARKS = ("mining.sqlite", "mining.lock", "atlas.sqlite", "index.sqlite", ".vital-concepts")
+# pictures, a concepts run): mark file → a table it has (or the text it starts with). Its files
+# are vital's output, never the user's data: an `--out` inside `--data` (`cd photos && vital
+# mine --data .` writes ./vital-out) would otherwise have the next run mine its own contact
+# sheets and pages. Each mark is checked to be vital's, so that a user's own file of that
+# name (an `index.sqlite` of theirs) does not hide their images.
+VITAL_MARKS = {
+    "mining.sqlite": "ranked",
+    "atlas.sqlite": "atlas_units",
+    "index.sqlite": "results",
+    ".vital-concepts": "written by vital concepts",
+}
+
+
+def _is_vitals(mark: Path, sign: str) -> bool:
+    """Whether the file ``mark`` is one vital wrote (a table ``sign``, or text that starts so)."""
+    try:
+        if mark.suffix == ".sqlite":
+            with contextlib.closing(
+                sqlite3.connect(f"{mark.resolve().as_uri()}?mode=ro", uri=True)
+            ) as db:
+                found = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (sign,)
+                ).fetchone()
+            return found is not None
+        with open(mark, "rb") as handle:
+            return handle.read(len(sign)).decode("utf-8", "replace") == sign
+    except (OSError, sqlite3.Error):
+        return False
 
 
 def vital_output(folder: str | Path) -> str | None:
     """The mark file that shows ``folder`` to be one vital writes into, or ``None``."""
     folder = Path(folder)
-    return next((mark for mark in VITAL_MARKS if (folder / mark).is_file()), None)
+    return next(
+        (
+            mark
+            for mark, sign in VITAL_MARKS.items()
+            if (folder / mark).is_file() and _is_vitals(folder / mark, sign)
+        ),
+        None,
+    )
 
 
 def has_data_folders(folder: str | Path) -> bool:
@@ -148,6 +181,24 @@ def data_files(folder: str | Path) -> tuple[list[Path], dict[Path, list[Path]]]:
         else:
             left_out.setdefault(owner, []).append(path)
     return files, left_out
+
+
+def check_apart(data: object, out: str | Path) -> None:
+    """Refuse an output folder that is the data folder itself, before anything is written.
+
+    Sub-folders vital writes into are left out of the data (:func:`data_files`), but the data
+    folder is what the user named: the contact sheets, pictures and pages written into it
+    would be read as images by the next run. An image list, a list file or one image is the
+    user's own choice of paths.
+    """
+    if not isinstance(data, (str, os.PathLike)) or not Path(data).is_dir():
+        return
+    if Path(out).resolve() == Path(data).resolve():
+        raise VitalError(
+            f"the output folder {printable(Path(out))} is the data folder: the next run would "
+            "read the pictures vital writes there as images; give the output a folder of its "
+            "own (out=DIR, e.g. a sub-folder of the data)."
+        )
 
 
 def find_images(folder: str | Path) -> list[Path]:

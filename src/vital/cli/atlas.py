@@ -99,6 +99,7 @@ def atlas_build(
     from vital.methods import get_method
     from vital.methods.vital_class import class_references
     from vital.mining import mine, mined_references
+    from vital.references import check_apart
     from vital.taps import check_layer, list_layers
     from vital.targets import Channel, class_target
 
@@ -132,6 +133,8 @@ def atlas_build(
             context, ("count", "crops", "scale"), "they choose the concepts of --by concepts"
         )
     setting_name = options.setting_value(common["setting"])
+    if layer and not by_concepts:
+        check_apart(data, out)  # before the atlas's own files make the photos' folder vital's
     prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, address)
     spec = ModelSpec(common["model"], common["weights"], common["device"])

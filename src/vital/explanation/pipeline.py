@@ -32,7 +32,7 @@ from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH
 from vital.optimize import DEFAULT_SETTING
 from vital.record import ChannelEvidence, Explanation, model_info
-from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop
+from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop, check_apart
 from vital.renamed import renamed
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
@@ -209,6 +209,8 @@ def explain(
         raise VitalError(
             f"store= is a folder or a list of folders to reuse pictures from, not {store!r}."
         )
+    if data is not None:
+        check_apart(data, out)  # before Atlas(out) writes its index into the user's photos
     for folder in stores:
         if not Path(folder).is_dir():
             raise VitalError(

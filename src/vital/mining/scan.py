@@ -30,7 +30,7 @@ import torch
 
 from vital.engines import Engine, check_engine, make_engine
 from vital.errors import VitalError, check_count
-from vital.files import exclusive, printable
+from vital.files import exclusive
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import MiningIndex, PassState, database_path
 from vital.mining.shards import (
@@ -44,7 +44,7 @@ from vital.mining.shards import (
 from vital.mining.topk import RunningTopK
 from vital.mining.units import Units, channel_units, direction_units
 from vital.progress import progress_bar
-from vital.references import DEFAULT_REFERENCES
+from vital.references import DEFAULT_REFERENCES, check_apart
 from vital.renamed import renamed
 from vital.store import output_folder
 from vital.taps import check_target_layer, list_layers, tapped
@@ -225,7 +225,7 @@ def mine(
         raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
     if device is not None:  # a device that is not there: refused before the folder is made
         resolve_device(device)
-    _check_apart(data, database)
+    check_apart(data, database_path(database).parent)
     output_folder(database_path(database).parent, "mining folder")
     lock = database_path(database).with_suffix(".lock")
     # Two runs into one index take turns: the second then reuses what the first finished.
@@ -238,24 +238,6 @@ def mine(
             top_images, reference_count, patch_side, batch_size, workers, checkpoint_seconds,
             progress, engine, address, shard_size,
         )  # fmt: skip
-
-
-def _check_apart(data: str | Path | ImageList, database: str | Path) -> None:
-    """Refuse a data folder that is the mining folder itself.
-
-    Sub-folders vital writes into are left out of the data (:func:`vital.references.data_files`),
-    but the data folder is what the user named: its contact sheets and pages, written beside
-    ``mining.sqlite``, would be mined as images by the next run.
-    """
-    if not isinstance(data, (str, os.PathLike)) or not Path(data).is_dir():
-        return  # an ImageList, a list file or one image: its paths are the user's choice
-    folder = database_path(database).parent
-    if folder.resolve() == Path(data).resolve():
-        raise VitalError(
-            f"the output folder {printable(folder)} is the data folder: the next run would mine "
-            "the pictures vital writes there; give the output a folder of its own (out=DIR, "
-            "e.g. a sub-folder of the data)."
-        )
 
 
 def _mine(
