@@ -454,9 +454,11 @@ def test_ctrl_c_names_only_the_pictures_that_were_finished(tmp_path, data, monke
     monkeypatch.setattr("vital.cli.session.load", lambda *a: tiny_cnn_model())
     out = tmp_path / "out"
     arguments = ["concepts", "-c", "2", "--layer", "stage3", "--data", str(data), "--count", "2"]
-    arguments += ["--crops", "8", "--steps", "1", "--batch", "1", "--out", str(out)]
-    with pytest.raises(SystemExit) as exit_:
-        vital.cli.main(arguments + ([] if pictures else ["--no-pictures"]))
+    arguments += ["--crops", "8", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_:  # the picture options are refused without pictures
+        vital.cli.main(
+            arguments + (["--steps", "1", "--batch", "1"] if pictures else ["--no-pictures"])
+        )
     assert exit_.value.code == 130
     message = capsys.readouterr().err.strip().splitlines()[-1]
     if pictures:

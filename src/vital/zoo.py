@@ -25,6 +25,7 @@ library's metadata for those weights: torchvision's ``weights.transforms()``, ti
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -537,8 +538,25 @@ def _safe_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
-def _download_failed(what: str, error: Exception, cache: str) -> MissingWeightsError:
+# The errors of a cache folder that cannot be made or written (a file in its place, a read-only
+# or full file system): the network is not the cause then, and connecting would not help.
+_CACHE_ERRNOS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+    errno.ENOSPC, errno.EDQUOT,
+}  # fmt: skip
+
+
+def _download_failed(
+    what: str, error: Exception, cache: str, variable: str = "TORCH_HOME"
+) -> MissingWeightsError:
+    """Why weights could not be had: the cache folder (``variable`` sets it), else the network."""
     reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    if isinstance(error, OSError) and error.filename and error.errno in _CACHE_ERRNOS:
+        return MissingWeightsError(
+            f"could not get {what}: their cache folder {cache} cannot be written "
+            f"({type(error).__name__}: {reason}). Point {variable} at a folder you can write, "
+            "or pass weights=PATH (a state dict) or weights=random."
+        )
     return MissingWeightsError(
         f"could not get {what} ({type(error).__name__}{': ' + reason if reason else ''}); "
         f"they are not in the local cache ({cache}) and could not be downloaded. Connect to "
@@ -714,7 +732,7 @@ class _Timm:
             except OSError as error:
                 raise _download_failed(
                     f"timm's pretrained weights for {full}", error, constants.HF_HUB_CACHE
-                ) from error
+                ) from error  # the name could not be looked up: the network, not the cache
         try:
             with _safe_loads():
                 module = timm.create_model(full, pretrained=True)
@@ -722,7 +740,7 @@ class _Timm:
             raise
         except Exception as error:  # network and hub errors come in many types
             raise _download_failed(
-                f"timm's pretrained weights for {full}", error, constants.HF_HUB_CACHE
+                f"timm's pretrained weights for {full}", error, constants.HF_HUB_CACHE, "HF_HOME"
             ) from error
         return module, f"timm {full} (pretrained=True)"
 

@@ -42,6 +42,9 @@ OUTPUT_FOLDERS = (
     "explanations",
     "concepts",
 )
+# The mark a `vital concepts` run writes first into its folder (its RUN_MARK): its examples/
+# are vital's, but a concepts run's, which an atlas would write over.
+CONCEPTS_RUN_MARK = ".vital-concepts"
 # Tables that mark each database as vital's.
 _OWN_TABLES = {ATLAS_DATABASE: {"results"}, MINING_DATABASE: {"lists"}}
 # Side files of a database that are part of what vital wrote.
@@ -265,6 +268,13 @@ class Ledger:
         found = self.foreign()
         if found:
             shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            if (self.folder / CONCEPTS_RUN_MARK).is_file():  # vital's files, not the user's
+                raise VitalError(
+                    f"{self.folder} holds a `vital concepts` run, whose files an atlas would "
+                    f"write over ({shown}). Give the atlas its own folder (out=DIR) and put the "
+                    f"run into it with `vital atlas import {self.folder} --out DIR` "
+                    "(vital.concepts.import_concepts in Python)."
+                )
             raise VitalError(
                 f"{self.folder} holds files that vital did not write and an atlas would write "
                 f"over ({shown}); vital never overwrites them. Choose a new or empty folder "

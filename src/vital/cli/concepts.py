@@ -51,13 +51,16 @@ def crop_scale(text: str) -> tuple[float, float]:
 
 DATA_HELP = (
     "The class's images: one image, a folder (ImageNet-style tree, class sub-folders, or a plain "
-    "folder, e.g. one photo per class) or OUT/mining.sqlite. Default: the embedded photos of the "
-    "class."
+    "folder, e.g. one photo per class), a list file (one image path a line) or "
+    "OUT/mining.sqlite. Default: the embedded photos of the class."
 )
+# The options only the concepts' pictures use; --seed also draws the crops and the NMF.
+PICTURE_ONLY = ("pictured", "setting", "steps", "batch")
 EXAMPLES_HELP = "Examples per concept: squares around its peak in its best crops."
 
 
 def concepts_command(
+    context: typer.Context,
     classes: Classes,
     layer: Annotated[str, options.option("--layer", "Layer whose activations are factorised.")],
     data: Annotated[Path | None, options.option("--data", DATA_HELP)] = None,
@@ -95,8 +98,8 @@ def concepts_command(
     names = options.names(classes)
     if len(names) != 1:
         raise VitalError("concepts are found for one class at a time: give one --class.")
-    if no_pictures and pictured is not None:  # it would be dropped unseen
-        raise VitalError("--no-pictures draws no concept: leave out --pictured N, or it.")
+    if no_pictures:  # what only the pictures use would be dropped unseen
+        options.refuse_unused(context, PICTURE_ONLY, "--no-pictures makes no pictures")
     if pictured is not None and pictured < 1:
         raise VitalError(f"--pictured N pictures at least 1 concept (or give --no-pictures), "
                          f"not {pictured}.")  # fmt: skip

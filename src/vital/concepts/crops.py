@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from vital.errors import VitalError, is_number, plain
+from vital.files import printable
 from vital.methods.vital_class import class_folder_names, class_references
 from vital.optimize import check_seed
 from vital.references import (
@@ -43,7 +44,9 @@ DEFAULT_SCALE = (0.05, 0.4)
 # their examples".
 EXAMPLE_ZOOMS = (0.5, 0.75, 1.0)
 EXAMPLE_KEEP = 0.5
+MIN_SIDE = 8  # a crop's smallest side in pixels (a smaller range is cut at it)
 MAX_IMAGES = 200  # images of a class folder used (a seeded subset of larger folders)
+DATABASE_SUFFIXES = (".sqlite", ".sqlite3", ".db")  # a --data file named as a database is one
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ def around_peak(
     if not 0 < zoom <= 1:
         raise VitalError(f"an example's zoom is a fraction of its crop, in (0, 1], not {zoom}.")
     left, top, side = crop.box
-    small = min(side, max(8, round(side * zoom)))
+    small = min(side, max(MIN_SIDE, round(side * zoom)))
     if small == side:
         return crop
     row, column = np.unravel_index(int(np.argmax(grid)), grid.shape)
@@ -175,13 +178,14 @@ def check_data(data: str | Path | None) -> None:
     if data is not None and not isinstance(data, (str, Path)):
         # An image object or a list of paths would otherwise fail deep inside pathlib.
         raise VitalError(
-            "data is a path (an image file, a folder of images or OUT/mining.sqlite), not an "
-            f"object of type {type(data).__name__}: save the images to a folder and give its path."
+            "data is a path (an image file, a folder of images, a list file or "
+            f"OUT/mining.sqlite), not an object of type {type(data).__name__}: save the images "
+            "to a folder, or write their paths into a list file, and give its path."
         )
     if data is not None and not Path(data).exists():
         raise VitalError(
-            f"data={data} does not exist; the class's images are an image, a folder of images "
-            "or OUT/mining.sqlite (or leave it out for the embedded photos)."
+            f"data={data} does not exist; the class's images are an image, a folder of images, "
+            "a list file or OUT/mining.sqlite (or leave it out for the embedded photos)."
         )
 
 
@@ -212,18 +216,36 @@ def sample_crops(
     readable = [(s, size) for s in images if (size := _size(s)) is not None]
     if not readable:
         raise VitalError("none of the images could be read; check the files.")
+    _check_reachable(high, max(min(size) for _, size in readable))
     per_image = math.ceil(count / len(readable))
     crops = []
     for index, (source, (width, height)) in enumerate(readable):
         short = min(width, height)
         for _ in range(per_image):
             # at least 8 pixels, but never more than the image has (a 1×1 or 3×500 image)
-            side = min(short, max(8, round(math.sqrt(generator.uniform(low, high)) * short)))
+            side = min(short, max(MIN_SIDE, round(math.sqrt(generator.uniform(low, high)) * short)))
             left = int(generator.integers(0, width - side + 1))
             top = int(generator.integers(0, height - side + 1))
             box = (left, top, side)
             crops.append(Crop(crop_source(source, box, crop_pct, _label(source, box)), index, box))
     return CropSet(tuple(s for s, _ in readable), tuple(crops), (low, high), seed)
+
+
+def _check_reachable(high: float, short: int) -> None:
+    """Refuse a scale range whose every crop would be cut at :data:`MIN_SIDE` instead.
+
+    ``short``: the largest image's shorter side. Images no larger than a smallest crop are
+    cropped whole whatever the range, so they refuse nothing.
+    """
+    if short > MIN_SIDE and math.sqrt(high) * short < MIN_SIDE:
+        needed = (MIN_SIDE / short) ** 2
+        step = 10.0 ** (math.floor(math.log10(needed)) - 1)  # two digits, rounded up
+        raise VitalError(
+            f"the crop scale (crop_scale=(LOW, HIGH)) asks for crops under {MIN_SIDE} pixels on "
+            f"every image (the largest is {short} px across), and crops are at least "
+            f"{MIN_SIDE}: give a HIGH of at least {math.ceil(needed / step) * step:.2g}, not "
+            f"{high:g}."
+        )
 
 
 def _label(source: ImageSource, box: tuple[int, int, int]) -> str:
@@ -247,10 +269,11 @@ def class_images(
 
     ``data``: ``None`` (the embedded photos of the class), one image file, a mining database
     (its images of the class when it was mined over an ImageNet-style tree, else all of them),
-    or a folder: an ImageNet-style tree or one sub-folder per class (the class's folder), or a
-    plain folder. A plain folder may hold photos of several classes (one photo per class): the
-    images whose file name names the class are used; without such names, the images whose
-    top five predictions hold the class; when there are none, the one that ranks it highest.
+    a list file as ``vital mine`` takes it (all its images), or a folder: an ImageNet-style
+    tree or one sub-folder per class (the class's folder), or a plain folder. A plain folder
+    may hold photos of several classes (one photo per class): the images whose file name names
+    the class are used; without such names, the images whose top five predictions hold the
+    class; when there are none, the one that ranks it highest.
     """
     check_data(data)
     if data is not None and Path(data).is_file():
@@ -261,20 +284,36 @@ def class_images(
 
         if is_mining_database(path):
             return _mined_images(model, target, path, limit, seed), []
-        raise VitalError(
-            f"{path} is neither an image nor a mining database; --data is an image, a folder "
-            "or OUT/mining.sqlite."
-        )
+        if path.suffix.lower() in DATABASE_SUFFIXES:  # read as a list, it would "name" garbage
+            raise VitalError(
+                f"{printable(path)} is not a mining database; --data is an image, a folder, a "
+                "list file (one image path a line) or OUT/mining.sqlite."
+            )
+        # A list file, as `vital mine` takes it: its images are the class's (as a mining
+        # database's are when it holds no labels), a seeded subset of a long list.
+        from vital.mining.datasets import list_images
+
+        sources = [ImageSource.from_path(p) for p in list_images(path).paths]
+        return _subset(sources, limit, seed)
     found = class_references(model, target, data, limit, seed, shared_ok=True, given_as="data")
     sources = list(found.sources)
     notes: list[str] = []
     if data is not None and not has_data_folders(data):
         sources, notes = _of_the_class(model, target, sources)
-    if len(sources) > limit:
-        chosen = np.random.default_rng(seed).choice(len(sources), size=limit, replace=False)
-        sources = [sources[i] for i in sorted(chosen)]
-        notes.append(f"a random {limit} of the class's images were used.")
-    return sources, notes
+    sources, subset = _subset(sources, limit, seed)
+    return sources, notes + subset
+
+
+def _subset(
+    sources: list[ImageSource], limit: int, seed: int
+) -> tuple[list[ImageSource], list[str]]:
+    """A seeded ``limit`` of ``sources`` (in their order) when there are more, and its note."""
+    if len(sources) <= limit:
+        return sources, []
+    chosen = np.random.default_rng(seed).choice(len(sources), size=limit, replace=False)
+    return [sources[i] for i in sorted(chosen)], [
+        f"a random {limit} of the class's images were used."
+    ]
 
 
 def _words(text: str) -> str:

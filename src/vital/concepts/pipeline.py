@@ -198,8 +198,9 @@ def concepts(
         The class (index, name or WordNet id).
     data
         The class's images: ``None`` (its embedded photos), one image file, a folder (an
-        ImageNet-style tree, one sub-folder per class, or the class's images) or a mining
-        database (``OUT/mining.sqlite``).
+        ImageNet-style tree, one sub-folder per class, or the class's images), a list file
+        (one image path a line, as for ``vital mine``) or a mining database
+        (``OUT/mining.sqlite``).
     layer
         The layer whose activations are factorised (``vital layers MODEL``).
     count
@@ -253,6 +254,11 @@ def concepts(
         write_file(folder / RUN_MARK, "written by vital concepts\n")
         sources, notes = class_images(model, explained, data, seed=seed)
         crop_set = sample_crops(sources, crops, crop_scale, seed, model.preprocessing.crop_pct)
+        if examples > len(crop_set.crops):  # said, not refused: the default (16) is a "most"
+            notes.append(
+                f"{examples} examples per concept were asked for, but they are chosen among the "
+                f"{len(crop_set.crops)} crops: each concept has at most {len(crop_set.crops)}."
+            )
         resolution = model.preprocessing.input_size
         crop_pixels = crop_set.pixels(model, resolution)
         crop_features = layer_features(model, layer, crop_pixels)
@@ -443,7 +449,7 @@ def _explained_images(
 
 
 # Written before a run's first file, so that a stopped run's files are known as vital's.
-RUN_MARK = ".vital-concepts"
+RUN_MARK = ".vital-concepts"  # its name is known to vital.atlas.ledger (CONCEPTS_RUN_MARK)
 
 
 def _check_not_the_users(folder: Path) -> None:

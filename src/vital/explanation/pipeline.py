@@ -44,9 +44,10 @@ DEFAULT_EXAMPLES = 8
 def load_image(image: str | Path | Image.Image, resolution: int) -> tuple[torch.Tensor, dict]:
     """The centre crop the model sees (as in ImageNet evaluation), and where it came from."""
     if isinstance(image, Image.Image):
-        digest = hashlib.sha256(image.tobytes()).hexdigest()[:16]
-        source = ImageSource(f"image:{digest}", lambda: image, "image")
         description = "an image given in memory"
+        with decoding(description):
+            digest = hashlib.sha256(_pixels_of(image)).hexdigest()[:16]
+        source = ImageSource(f"image:{digest}", lambda: image, "image")
     elif isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
@@ -61,6 +62,23 @@ def load_image(image: str | Path | Image.Image, resolution: int) -> tuple[torch.
         rgb = to_rgb(source.open())
     info = {"source": description, "identity": source.identity, "crop": resolution}
     return center_crop(rgb, resolution), info
+
+
+def _pixels_of(image: Image.Image) -> bytes:
+    """The pixels of a PIL image handed in; one that was closed is refused in words."""
+    try:
+        image.load()  # a lazily opened file is decoded now, while it may still be open
+        return image.tobytes()
+    except (AssertionError, ValueError) as error:
+        # Pillow's words for it: an assertion that its file is open (closed before loading),
+        # or "Operation on closed image" (closed after).
+        if isinstance(error, ValueError) and "closed" not in str(error):
+            raise  # a damaged image: said as for a file
+        raise VitalError(
+            "the PIL image to explain was closed (Image.close(), or the end of its `with "
+            "Image.open(...)` block), so its pixels are gone: pass it before closing it, or "
+            "pass its file path."
+        ) from error
 
 
 def _slug(info: dict, explained: int, layer: str, backend: str) -> str:

@@ -7,6 +7,7 @@ identity (paths, sizes, modification times) says whether earlier mining work sti
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import signal
@@ -63,8 +64,9 @@ class ImageList:
 def list_images(data: str | Path) -> ImageList:
     """List the images of a folder tree (any depth), of a list file (one path a line), or one.
 
-    In a list file, blank lines and lines starting with ``#`` are skipped, and relative paths
-    are relative to the list file's folder.
+    In a list file (UTF-8, with or without a byte-order mark, or the file system's encoding),
+    blank lines and lines whose first non-blank character is ``#`` are skipped, and relative
+    paths are relative to the list file's folder.
 
     Raises
     ------
@@ -87,8 +89,17 @@ def list_images(data: str | Path) -> ImageList:
         paths, others, labels = [data], 0, [""]
     elif data.is_file():
         # Names as the file system takes them: a list written in Latin-1 is read, not refused.
-        lines = [os.fsdecode(line) for line in data.read_bytes().splitlines()]
-        entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        # Hence bytes, not "utf-8-sig" text: the BOM an editor (Notepad) puts first is dropped
+        # here, or the first path would carry an invisible character and "not exist".
+        raw = data.read_bytes().removeprefix(codecs.BOM_UTF8)
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise VitalError(
+                f"the list file {printable(data)} is saved as UTF-16; save it as UTF-8 (one "
+                "image path a line)."
+            )
+        lines = [os.fsdecode(line).strip() for line in raw.splitlines()]
+        # An indented "# note" is a comment too, not a path named "# note"
+        entries = [line for line in lines if line and not line.startswith("#")]
         if not entries:  # "no images found in LIST (0 other files …)" would send one looking
             raise VitalError(
                 f"the list file {printable(data)} names no images; write one image path a line."
