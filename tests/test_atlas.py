@@ -482,3 +482,21 @@ def test_names_with_markup_are_shown_as_text_on_every_page(tmp_path, data):
     assert hostile[1] in shown[unit_page][0]
     assert f"Why tiny_cnn says “{explained}”" in shown[record.files["page"]][0]
     assert explained in hostile
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"seed": 2**63 - 2}, r"seeds past 2\*\*63 - 1 .* at most 9223372036854775803"),
+        ({"seeds": [1, 2, 3, 4, -1]}, "the seed must be a whole number from 0"),
+        ({"seeds": [1, 2]}, "2 seeds were given for 5 targets"),
+        ({"seed": 1, "settings": {"seed": True}}, "the seed must be a whole number"),
+    ],
+)
+def test_seeds_past_the_range_are_refused_before_any_unit(tmp_path, data, options, said):
+    """Once, unit i took seed + i unchecked: units past 2**63 - 1 failed one by one after the
+    first ones ran, and the build exited 0."""
+    settings = options.pop("settings", {"steps": 1})
+    with pytest.raises(VitalError, match=said):
+        build(tiny_cnn_model(), data, tmp_path / "atlas", settings, **options)
+    assert not list((tmp_path / "atlas").glob("results/*.png"))

@@ -167,3 +167,5 @@ def test_an_empty_vital_cache_variable_counts_as_unset(monkeypatch, tmp_path, gi
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "vital"
     monkeypatch.setenv("VITAL_CACHE", str(tmp_path / "cache"))
     assert default_cache_dir() == tmp_path / "cache"
+    monkeypatch.setenv("VITAL_CACHE", f" {tmp_path / 'cache'}\n")  # pasted with blanks
+    assert default_cache_dir() == tmp_path / "cache"

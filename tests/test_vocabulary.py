@@ -195,6 +195,11 @@ def test_mine_keeps_ref_count_images_per_unit_and_takes_its_old_top(monkeypatch,
             info, ranked = mined(tmp_path / out, model, "stage2", channel)
             assert len(ranked) == count
             assert info["settings"]["top"] == count  # its stored name: older indexes match
+    for both in (["--top", "3", "--ref-count", "4"], ["--ref-count=4", "--top=3"]):
+        refused = CliRunner().invoke(app, [*mine, *both, "--out", str(tmp_path / "both")])
+        assert refused.exit_code != 0  # once, whichever came last won
+        assert "--top is the old name of --ref-count: give one of them." in str(refused.exception)
+        assert not (tmp_path / "both").exists()
 
 
 def test_top_stays_the_channels_shown_in_explain(monkeypatch, tmp_path):

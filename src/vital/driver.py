@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from vital.optimize import (
     Settings,
     check_setting_names,
     optimize,
+    picture_seeds,
     resolved,
     setting_key,
     transparency,
@@ -114,22 +115,7 @@ def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
 
 
 def _seeds(settings: Settings, count: int, seeds: Sequence[int] | None) -> list[int]:
-    if seeds is None:
-        if settings.seed + count - 1 >= 2**63:  # image i takes seed + i
-            raise VitalError(
-                f"seed {settings.seed} with {count} targets would use seeds past 2**63 - 1 "
-                f"(image i takes seed + i): choose a seed of at most {2**63 - count}."
-            )
-        return [settings.seed + i for i in range(count)]
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
-        raise VitalError(f"seeds are one whole number per target (a list), not {seeds!r}.")
-    seeds = [plain(seed) for seed in seeds]
-    if len(seeds) != count:
-        raise VitalError(f"{len(seeds)} seeds were given for {count} targets.")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise VitalError(f"a seed is a whole number from 0 to 2**63 - 1, not {seed!r}.")
-    return seeds
+    return picture_seeds(settings.seed, count, seeds)
 
 
 def _merge(record: Record, fields: Mapping[str, Any]) -> None:

@@ -303,9 +303,30 @@ def first_seed(seed: object, settings: dict) -> int:
     must agree where both are given. Checked as :class:`Settings` checks its own.
     """
     given = settings.pop("seed", None)
-    if seed is not None and given is not None and plain(given) != plain(seed):
+    seed, given = (None if s is None else check_seed(s) for s in (seed, given))
+    if seed is not None and given is not None and given != seed:
         raise VitalError(f"seed={seed!r} and settings={{'seed': {given!r}}} disagree: give one.")
-    return check_seed(next((s for s in (seed, given) if s is not None), 0))
+    return next((s for s in (seed, given) if s is not None), 0)
+
+
+def picture_seeds(first: int, count: int, seeds: object = None) -> list[int]:
+    """One seed per picture: ``seeds`` as given (checked), or ``first + i`` for the ``i``-th.
+
+    Refused before any work where they would pass :data:`MAX_SEED`, not picture by picture.
+    """
+    if seeds is None:
+        if first + count - 1 > MAX_SEED:
+            raise VitalError(
+                f"seed {first} with {count} targets would use seeds past 2**63 - 1 (picture i "
+                f"takes seed + i): choose a seed of at most {MAX_SEED - count + 1}."
+            )
+        return [first + i for i in range(count)]
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise VitalError(f"seeds are one whole number per target (a list), not {seeds!r}.")
+    chosen = [check_seed(seed) for seed in seeds]
+    if len(chosen) != count:
+        raise VitalError(f"{len(chosen)} seeds were given for {count} targets.")
+    return chosen
 
 
 def check_seed(seed: object) -> int:

@@ -793,8 +793,8 @@ def default_cache_dir() -> Path:
     An empty (or blank) ``$VITAL_CACHE`` counts as unset, as for most variables: taken as a
     path it was the working folder, which then got the cache's files.
     """
-    given = os.environ.get("VITAL_CACHE", "")
-    return Path(given) if given.strip() else Path.home() / ".cache" / "vital"
+    given = os.environ.get("VITAL_CACHE", "").strip()  # " /path" pasted with a space is /path
+    return Path(given) if given else Path.home() / ".cache" / "vital"
 
 
 Prototypes = dict[str, torch.Tensor]

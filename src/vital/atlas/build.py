@@ -31,7 +31,7 @@ from vital.engines import Engine, LocalEngine
 from vital.errors import VitalError, check_count
 from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
-from vital.optimize import DEFAULT_SETTING, first_seed
+from vital.optimize import DEFAULT_SETTING, first_seed, picture_seeds
 from vital.progress import progress_bar
 from vital.references import ReferenceSet
 from vital.store import Result
@@ -211,9 +211,7 @@ def plan_units(
     ids = [target.unit() for target in targets]
     if len(set(ids)) != len(ids):
         raise VitalError("the atlas plan names a target twice; give each class or channel once.")
-    if seeds is not None and len(seeds) != len(targets):
-        raise VitalError(f"{len(seeds)} seeds were given for {len(targets)} units.")
-    chosen = list(seeds) if seeds is not None else [seed + i for i in range(len(targets))]
+    chosen = picture_seeds(seed, len(targets), seeds)
     return [Unit(target, s) for target, s in zip(targets, chosen, strict=True)]
 
 

@@ -126,11 +126,13 @@ def atlas_build(
         options.refuse_unused(
             context,
             ("top_images", "patch", "mined_as"),
-            "with --by concepts nothing is mined (they choose the channels' mined references)",
+            "--by concepts mines nothing (these options choose the channels' mined references)",
         )
     else:
         options.refuse_unused(
-            context, ("count", "crops", "scale"), "they choose the concepts of --by concepts"
+            context,
+            ("count", "crops", "scale"),
+            "--count, --crops and --crop-scale choose the concepts of --by concepts",
         )
     setting_name = options.setting_value(common["setting"])
     if layer and not by_concepts:

@@ -84,6 +84,10 @@ class Command(TyperCommand):
         """
         spellings = OLD_SPELLINGS_ON.get(_command_words(ctx))
         if spellings:
+            names = {arg.partition("=")[0] for arg in args}
+            for old, new in spellings.items():
+                if old in names and new in names:  # else the later one would win unseen
+                    raise VitalError(f"{old} is the old name of {new}: give one of them.")
             args = [_today(arg, spellings) for arg in args]
         return super().parse_args(ctx, args)
 
