@@ -276,9 +276,9 @@ def test_a_layer_the_relevance_rules_skip_is_named_with_what_to_choose(class_ref
         (lambda m: vital.explain(m, "x.png", layer="stage2", store=5),
          "store= is a folder or a list of folders"),
         (lambda m: build_atlas(m, [1], lambda t: None, folder="atlas", seed=1.7),
-         "seed= is a whole number"),
+         "the seed must be a whole number"),
         (lambda m: build_atlas(m, [1], lambda t: None, folder="atlas", seed=True),
-         "seed= is a whole number"),
+         "the seed must be a whole number"),
     ],
 )  # fmt: skip
 def test_renamed_and_new_keywords_of_the_wrong_type_are_one_error(

@@ -82,7 +82,7 @@ def test_mine_on_a_cluster_by_its_address_gives_the_local_index(
     options = mine_kwargs()
     arguments = ["mine", "--layer", LAYER, "--data", data, "--out", tmp_path / "out"]
     arguments += ["--engine", "ray", "--address", head.address]
-    arguments += ["--top-images", options["top_images"], "--top", options["top"]]
+    arguments += ["--top-images", options["top_images"], "--ref-count", options["reference_count"]]
     arguments += ["--patch", options["patch_side"], "--batch", options["batch_size"]]
     arguments += ["--shard-size", options["shard_size"], "--sheets", "none"]
     code, out, err = run(monkeypatch, capsys, *arguments, model=planted_model())
