@@ -228,6 +228,17 @@ def test_server_refuses_links_that_leave_the_atlas(server, tmp_path):
     assert status == 403 and b"TOP-SECRET-CONTENT" not in body
 
 
+def test_server_serves_no_working_files_of_vitals(server, tmp_path):
+    """A concepts build's staging folder (left by a stopped build) is no page of the atlas."""
+    staging = tmp_path / "atlas" / ".vital-staging" / "run"
+    staging.mkdir(parents=True)
+    (staging / "directions.npy").write_text("STAGED")
+    for path in ("/.vital-staging/run/directions.npy", "/%2evital-staging/run/directions.npy"):
+        status, body = get(server, path)
+        assert status == 404 and b"STAGED" not in body
+    assert get(server, "/index.html")[0] == 200
+
+
 def test_serving_a_folder_that_is_no_atlas(tmp_path):
     with pytest.raises(VitalError, match="not an atlas"):
         make_server(tmp_path, 0)

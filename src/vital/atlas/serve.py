@@ -37,6 +37,11 @@ class AtlasRequestHandler(SimpleHTTPRequestHandler):
         if target is None:
             self.send_error(403, "outside the atlas")
             return None
+        root = Path(self.directory).resolve()
+        if any(part.startswith(".") for part in target.relative_to(root).parts):
+            # vital's own working files (a concepts build's .vital-staging/, marks) are no page
+            self.send_error(404, "not part of the atlas")
+            return None
         if target.is_dir() and not (target / "index.html").is_file():
             self.send_error(404, "no listing")
             return None
