@@ -50,7 +50,7 @@ from vital.atlas.charts import Series, line_chart
 from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError
-from vital.files import save_image, write_file
+from vital.files import exclusive, save_image, write_file
 from vital.record import Explanation, Record
 
 _ENVIRONMENT = Environment(
@@ -434,11 +434,18 @@ def _explanations(atlas: Atlas) -> list[Explanation]:
     return found
 
 
+# Held while pages are written and sealed: two builds into one folder at once (threads or
+# processes) could otherwise seal a page with one's digest after the other had replaced it, and
+# the next build would refuse the page as changed since vital wrote it.
+PAGES_LOCK = ".vital-pages.lock"
+
+
 def _write(atlas: Atlas, pages: dict[Path, str]) -> None:
-    atlas.ledger.claim(pages)
-    for path, text in pages.items():
-        write_file(path, text)
-    atlas.ledger.seal(pages)
+    with exclusive(atlas.folder / PAGES_LOCK, "writing of this atlas's pages"):
+        atlas.ledger.claim(pages)
+        for path, text in pages.items():
+            write_file(path, text)
+        atlas.ledger.seal(pages)
 
 
 def render_site(folder: str | Path, examples: int = 8) -> Path:
