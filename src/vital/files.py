@@ -372,3 +372,22 @@ def create_database(path: str | os.PathLike, schema: str, what: str = "index") -
     with database(path, what) as connection:
         connection.executescript(schema)
     return path
+
+
+def sqlite_tables(path: str | os.PathLike) -> set[str] | None:
+    """The tables of an SQLite file, or ``None`` if it is not one (an empty file has none)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+            if not header:  # being created (by sqlite, or by a build of another version)
+                return set()
+            if header != b"SQLite format 3\x00":
+                return None
+        connection = read_only(path)
+        try:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            return {row[0] for row in rows}
+        finally:
+            connection.close()
+    except (OSError, sqlite3.DatabaseError):
+        return None

@@ -8,13 +8,11 @@ disk keyed by model, taps, references and resolution.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import sqlite3
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from vital.files import (
     printable,
     save_image,
     save_tensors,
+    sqlite_tables,
     to_rgb,
 )
 from vital.losses import sorted_prototype
@@ -111,28 +110,25 @@ def reference_folder(path: str | Path, kinds: str) -> Path:
 # mine --data .` writes ./vital-out) would otherwise have the next run mine its own contact
 # sheets and pages. Each mark is checked to be vital's, so that a user's own file of that
 # name (an `index.sqlite` of theirs) does not hide their images.
+# The mark a `vital concepts` run writes first into its folder, and the text it holds.
+CONCEPTS_MARK = ".vital-concepts"
+CONCEPTS_MARK_TEXT = "written by vital concepts\n"
 VITAL_MARKS = {
     "mining.sqlite": "ranked",
     "atlas.sqlite": "atlas_units",
     "index.sqlite": "results",
-    ".vital-concepts": "written by vital concepts",
+    CONCEPTS_MARK: CONCEPTS_MARK_TEXT,
 }
 
 
 def _is_vitals(mark: Path, sign: str) -> bool:
     """Whether the file ``mark`` is one vital wrote (a table ``sign``, or text that starts so)."""
+    if mark.suffix == ".sqlite":
+        return sign in (sqlite_tables(mark) or set())
     try:
-        if mark.suffix == ".sqlite":
-            with contextlib.closing(
-                sqlite3.connect(f"{mark.resolve().as_uri()}?mode=ro", uri=True)
-            ) as db:
-                found = db.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (sign,)
-                ).fetchone()
-            return found is not None
         with open(mark, "rb") as handle:
-            return handle.read(len(sign)).decode("utf-8", "replace") == sign
-    except (OSError, sqlite3.Error):
+            return handle.read(len(sign.encode())) == sign.encode()
+    except OSError:
         return False
 
 
@@ -207,6 +203,14 @@ def find_images(folder: str | Path) -> list[Path]:
     Files in sub-folders that vital writes into (:func:`data_files`) are left out, with a
     warning that names them.
     """
+    return images_and_others(folder)[0]
+
+
+def images_and_others(folder: str | Path) -> tuple[list[Path], int]:
+    """:func:`find_images`, and how many other files of the user's lie beside them.
+
+    One walk of the tree for both (a data set's folder may hold a million files).
+    """
     folder = reference_folder(
         folder,
         "a folder of images (any depth) or, for inner neurons, a mining database (`vital mine` "
@@ -221,9 +225,10 @@ def find_images(folder: str | Path) -> list[Path]:
             f"leaving out {sum(skipped.values())} image(s) under {named}"
             f"{' and more' if len(skipped) > 3 else ''}: folders vital writes into are "
             "never data.",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return [p for p in files if is_image(p)]
+    images = [p for p in files if is_image(p)]
+    return images, len(files) - len(images)
 
 
 # --- the embedded photos ----------------------------------------------------------------------

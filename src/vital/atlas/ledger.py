@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vital.errors import VitalError
-from vital.files import create_database, database, read_only, temporary_target
+from vital.files import create_database, database, sqlite_tables, temporary_target
+from vital.references import CONCEPTS_MARK
 
 ATLAS_DATABASE = "atlas.sqlite"
 MINING_DATABASE = "mining.sqlite"
@@ -42,9 +43,6 @@ OUTPUT_FOLDERS = (
     "explanations",
     "concepts",
 )
-# The mark a `vital concepts` run writes first into its folder (its RUN_MARK): its examples/
-# are vital's, but a concepts run's, which an atlas would write over.
-CONCEPTS_RUN_MARK = ".vital-concepts"
 # Tables that mark each database as vital's.
 _OWN_TABLES = {ATLAS_DATABASE: {"results"}, MINING_DATABASE: {"lists"}}
 # Side files of a database that are part of what vital wrote.
@@ -74,25 +72,6 @@ def _stamp(path: Path, digest: bool = True) -> Stamp:
     return stat.st_size, stat.st_mtime_ns, sha
 
 
-def _tables(path: Path) -> set[str] | None:
-    """The tables of an SQLite file, or ``None`` if it is not one (an empty file has none)."""
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(16)
-            if not header:  # being created (by sqlite, or by a build of another version)
-                return set()
-            if header != b"SQLite format 3\x00":
-                return None
-        connection = read_only(path)
-        try:
-            rows = connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            return {row[0] for row in rows}
-        finally:
-            connection.close()
-    except (OSError, sqlite3.DatabaseError):
-        return None
-
-
 class Ledger:
     """The list of files vital wrote in an atlas folder.
 
@@ -109,7 +88,7 @@ class Ledger:
                 f"{self.folder} is a file, not a folder; give a folder for the atlas (out=DIR)."
             )
         self.database = self.folder / ATLAS_DATABASE
-        tables = _tables(self.database) if self.database.exists() else set()
+        tables = sqlite_tables(self.database) if self.database.exists() else set()
         # A database without tables has nothing to lose (and may be another build's, being made).
         if tables is None or (tables and not tables & {"atlas_files", "results"}):
             raise VitalError(
@@ -253,7 +232,9 @@ class Ledger:
                     found.append(f"{name}/")
         for name, tables in _OWN_TABLES.items():
             path = self.folder / name
-            if name != ATLAS_DATABASE and path.exists() and not tables <= (_tables(path) or set()):
+            if name == ATLAS_DATABASE or not path.exists():
+                continue
+            if not tables <= (sqlite_tables(path) or set()):
                 found.append(name)
         return sorted(found)
 
@@ -268,7 +249,7 @@ class Ledger:
         found = self.foreign()
         if found:
             shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-            if (self.folder / CONCEPTS_RUN_MARK).is_file():  # vital's files, not the user's
+            if (self.folder / CONCEPTS_MARK).is_file():  # vital's files, not the user's
                 raise VitalError(
                     f"{self.folder} holds a `vital concepts` run, whose files an atlas would "
                     f"write over ({shown}). Give the atlas its own folder (out=DIR) and put the "

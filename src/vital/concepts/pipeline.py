@@ -50,7 +50,15 @@ from vital.grids import grid, to_image
 from vital.memory import check_fits
 from vital.optimize import check_seed
 from vital.record import json_default, model_info, now
-from vital.references import IMAGE_SUFFIXES, ImageSource, center_crop, open_rgb, vital_output
+from vital.references import (
+    CONCEPTS_MARK,
+    CONCEPTS_MARK_TEXT,
+    IMAGE_SUFFIXES,
+    ImageSource,
+    center_crop,
+    open_rgb,
+    vital_output,
+)
 from vital.relevance.backends import backend_name
 from vital.renamed import renamed, warn_renamed
 from vital.store import output_folder
@@ -251,7 +259,7 @@ def concepts(
         explained = class_target(model, target)
         folder = output_folder(out)
         _check_not_the_users(folder)
-        write_file(folder / RUN_MARK, "written by vital concepts\n")
+        write_file(folder / RUN_MARK, CONCEPTS_MARK_TEXT)
         sources, notes = class_images(model, explained, data, seed=seed)
         crop_set = sample_crops(sources, crops, crop_scale, seed, model.preprocessing.crop_pct)
         if examples > len(crop_set.crops):  # said, not refused: the default (16) is a "most"
@@ -449,7 +457,7 @@ def _explained_images(
 
 
 # Written before a run's first file, so that a stopped run's files are known as vital's.
-RUN_MARK = ".vital-concepts"  # its name is known to vital.atlas.ledger (CONCEPTS_RUN_MARK)
+RUN_MARK = CONCEPTS_MARK
 
 
 def _check_not_the_users(folder: Path) -> None:

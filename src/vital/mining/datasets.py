@@ -25,8 +25,7 @@ from vital.files import is_printable, open_image, printable
 from vital.references import (
     IMAGE_SUFFIXES,
     ImageSource,
-    data_files,
-    find_images,
+    images_and_others,
     is_imagenet_tree,
     open_rgb,
     resize_for_crop,
@@ -80,8 +79,7 @@ def list_images(data: str | Path) -> ImageList:
         )
     data = Path(data)
     if data.is_dir():
-        paths = find_images(data)
-        others = len(data_files(data)[0]) - len(paths)
+        paths, others = images_and_others(data)
         labelled = is_imagenet_tree(data)
         labels = [p.relative_to(data).parts[0] if labelled else "" for p in paths]
     elif data.is_file() and data.suffix.lower() in IMAGE_SUFFIXES:
