@@ -138,3 +138,33 @@ def test_help_on_a_wide_terminal_keeps_its_width(monkeypatch):
     assert max(len(line) for line in lines) == 150
     line = next(line for line in lines if line.startswith("│") and " --ref-count " in line)
     assert "Reference images (views) per target. [default: 50]" in line
+
+
+@pytest.mark.parametrize(
+    "argv", [["concepts", "--help"], ["explain", "--help"], ["atlas", "build", "--help"]]
+)
+def test_help_paragraphs_flow_at_80_columns(argv, monkeypatch):
+    """A docstring's own line breaks (at 95 columns) must not cut every other help line short."""
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
+    result = CliRunner().invoke(app, argv, env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    prose = lines[3 : next(i for i, line in enumerate(lines) if line.startswith("╭"))]
+    paragraphs = [[]]
+    for line in prose:
+        if line.strip():
+            paragraphs[-1].append(line.rstrip())
+        else:
+            paragraphs.append([])
+    filled = [line for paragraph in paragraphs for line in paragraph[:-1]]  # all but the last
+    assert len(filled) >= 3
+    assert all(len(line) >= 60 for line in filled), "\n".join(filled)
+
+
+def test_laid_out_help_paragraphs_keep_their_line_breaks():
+    from vital.cli.options import reflowed
+
+    text = "First line.\n\nA paragraph\nwrapped here.\n\nExamples:\n  vital a\n  vital b"
+    assert reflowed(text) == (
+        "First line.\n\nA paragraph wrapped here.\n\nExamples:\n  vital a\n  vital b"
+    )

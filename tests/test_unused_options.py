@@ -57,6 +57,40 @@ def test_explain_refuses_options_that_change_nothing(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        (["--steps", "5"], "--steps"),
+        (["--setting", "1", "--seed", "3"], "--setting and --seed"),
+        (["--ref-count", "5"], "--ref-count"),
+        (["--mined-as", "patch"], "--mined-as"),
+        (["--store", "."], "--store"),
+        (["--force"], "--force"),
+    ],
+)
+def test_explain_without_data_refuses_what_only_pictures_use(
+    _run, photo, tmp_path, monkeypatch, extra, refused
+):
+    """Without --data nothing is mined, so nothing is pictured: those options would do nothing."""
+    monkeypatch.setattr(vital.cli.explain.session, "load", _no_model)
+    result = _run(["explain", photo, "--layer", "features.18", "--out", tmp_path / "out", *extra])
+    assert result.exit_code == 2, result.output
+    assert "without --data" in result.output and f"leave out {refused}." in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_explain_with_data_takes_the_picture_options(_run, photo, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(vital.cli.explain.session, "load", lambda *a: "model")
+    monkeypatch.setattr(vital.cli.explain, "_explain_one", lambda *a, **k: calls.append(k))
+    arguments = ["--data", tmp_path, "--steps", "5", "--ref-count", "3", "--force"]
+    result = _run(["explain", photo, "--layer", "L", "--out", tmp_path / "out", *arguments])
+    assert result.exit_code == 0, result.output
+    assert [(c["settings"], c["reference_count"], c["force"]) for c in calls] == [
+        ({"steps": 5}, 3, True)
+    ]
+
+
 def test_explain_by_concepts_takes_too_many_concepts_in_its_own_words(
     _run, photo, tmp_path, monkeypatch
 ):

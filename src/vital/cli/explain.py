@@ -28,6 +28,10 @@ PICTURE_OPTIONS = (
     "setting", "steps", "seed", "precision", "resolution", "channels_last", "batch", "force",
 )  # fmt: skip
 
+# What the channels' way uses only when --data gives it images to mine.
+DATA_ONLY_OPTIONS = (
+    tuple(name for name in CHANNEL_OPTIONS if name not in ("top", "data")) + PICTURE_OPTIONS
+)
 DATA_HELP = (
     "Images to mine the channels' dataset examples and picture references from "
     "(folder or list file)."
@@ -118,6 +122,14 @@ def explain_command(
         options.refuse_unused(
             context, ("count",), "--count is the number of concepts of --by concepts"
         )
+        if data is None:
+            # The channels' examples, references and pictures all come from mining --data.
+            options.refuse_unused(
+                context,
+                DATA_ONLY_OPTIONS,
+                "without --data there is nothing to mine the channels' examples and picture "
+                "references from, so no pictures are made (give --data FOLDER to make them)",
+            )
     loaded = session.load(common["model"], common["weights"], common["device"])
     settings = options.settings_of(common, seed=False)
     if by == "concepts":

@@ -46,6 +46,41 @@ MIN_HELP_WIDTH = 80
 
 
 @contextmanager
+def _readable(command: click.Command) -> Iterator[None]:
+    """While ``command``'s help renders: 80 columns at least, its paragraphs as flowing text."""
+    written = command.help
+    if written:
+        command.help = reflowed(written)
+    try:
+        with _readable_width():
+            yield
+    finally:
+        command.help = written
+
+
+def reflowed(text: str) -> str:
+    r"""``text`` with the line breaks inside each paragraph made spaces.
+
+    typer (>= 0.29) keeps a docstring's line breaks after its first paragraph, so a docstring
+    wrapped at 95 columns shows on an 80-column terminal as every other line cut short. A
+    paragraph that is laid out on purpose (indented lines, a list, click's ``\b`` marker)
+    keeps its breaks.
+    """
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph if _laid_out(paragraph) else " ".join(paragraph.split("\n"))
+        for paragraph in paragraphs
+    )
+
+
+def _laid_out(paragraph: str) -> bool:
+    lines = paragraph.split("\n")
+    return paragraph.startswith("\b") or any(
+        line[:1].isspace() or line.lstrip().startswith(("- ", "* ", "$ ")) for line in lines
+    )
+
+
+@contextmanager
 def _readable_width() -> Iterator[None]:
     # typer's rich help takes its width from `rich_utils.MAX_WIDTH` (set from TERMINAL_WIDTH)
     # or else from the terminal (rich reads COLUMNS); it has no minimum and ignores click's
@@ -65,7 +100,7 @@ def _readable_width() -> Iterator[None]:
 
 
 class Command(TyperCommand):
-    """A command: flags print as flags, its own old spellings work, help is 80 columns or more."""
+    """A command: flags print as flags, its own old spellings work, help flows in 80 columns+."""
 
     def get_params(self, ctx: click.Context) -> list:
         """The parameters, flags without a value type."""
@@ -73,7 +108,7 @@ class Command(TyperCommand):
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The help, at the terminal's width but never narrower than ``MIN_HELP_WIDTH``."""
-        with _readable_width():
+        with _readable(self):
             super().format_help(ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -101,7 +136,7 @@ class Group(TyperGroup):
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The help, at the terminal's width but never narrower than ``MIN_HELP_WIDTH``."""
-        with _readable_width():
+        with _readable(self):
             super().format_help(ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
