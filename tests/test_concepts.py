@@ -14,10 +14,11 @@ from tests.conftest import (
 from typer.testing import CliRunner
 
 import vital
+import vital.concepts.pipeline
 from vital.cli import app
 from vital.concepts import ConceptBasis, concept_shares, discover, fidelity_curves, sample_crops
-from vital.concepts.crops import around_peak
-from vital.concepts.maps import upsampled
+from vital.concepts.crops import CropSet, around_peak
+from vital.concepts.maps import grid_of, upsampled
 from vital.concepts.pictures import CONCEPT_FLOOR
 from vital.errors import VitalError
 from vital.explanation import attributor
@@ -176,8 +177,41 @@ def test_each_example_is_the_tightest_square_that_keeps_its_concept(data):
     basis = discover(features, "stage3", count=3)
     coefficients = basis.coefficients(features.mean(dim=-1))
     best = {k: [int(i) for i in np.argsort(-coefficients[:, k])[:4]] for k in range(3)}
-    examples, pixels, values, chosen = _examples(model, crops, features, coefficients, basis, best)
+    crop_pixels = crops.pixels(model, 32)
+    passed, settled = [], []
+    real_coefficients = vital.concepts.pipeline.crop_coefficients
+
+    def counted(model, basis, pixels, **kwargs):
+        passed.append(len(pixels))
+        return real_coefficients(model, basis, pixels, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vital.concepts.pipeline, "crop_coefficients", counted)
+        examples, pixels, values, chosen = _examples(
+            model, crops, crop_pixels, features, coefficients, basis, best, settled.append
+        )
     assert len(examples.crops) == len(pixels) == len(values) == 12
+    assert sum(settled) == 12
+    # Every zoom of every example, as brute force finds them: the first that keeps enough.
+    tried = [
+        around_peak(crops.images[0], crops.crops[i], grid_of(basis.position_coefficients(
+            features[i]))[k], zoom)
+        for k in best for i in best[k] for zoom in EXAMPLE_ZOOMS
+    ]  # fmt: skip
+    every = real_coefficients(
+        model, basis, CropSet(crops.images, tuple(tried), crops.scale, crops.seed).pixels(model, 32)
+    )
+    owners = [(k, i) for k in best for i in best[k]]
+    for n, (k, i) in enumerate(owners):
+        first = n * len(EXAMPLE_ZOOMS)
+        kept = [j for j in range(first, first + len(EXAMPLE_ZOOMS))
+                if every[j, k] >= EXAMPLE_KEEP * coefficients[i, k]]  # fmt: skip
+        assert examples.crops[n].box == tried[kept[0] if kept else first + 2].box
+        assert np.allclose(values[n], every[kept[0] if kept else first + 2], atol=1e-5)
+    # ... with fewer squares through the model: none after its example, never a whole crop.
+    assert sum(passed) < len(tried)
+    assert sum(passed) <= sum(t.box != crops.crops[i].box for t, (_, i) in zip(
+        tried, [o for o in owners for _ in EXAMPLE_ZOOMS], strict=True))  # fmt: skip
     sides = {c.box: c.box[2] for c in crops.crops}
     for k, found in chosen.items():
         assert sorted(found) == list(range(4 * k, 4 * k + 4))

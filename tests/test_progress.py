@@ -113,3 +113,34 @@ def test_an_atlas_build_writes_lines_and_its_units_no_bars_of_their_own(tmp_path
     assert lines[0].startswith("atlas: 0/2 unit (0%)"), lines
     assert lines[-1].startswith("atlas: 2/2 unit (100%)") and "failed=0" in lines[-1]
     assert not [line for line in lines if line.startswith("optimising")]
+
+
+def test_concepts_says_how_far_each_stage_before_the_pictures_got(tmp_path, tiny_cnn, capsys):
+    """Crops' features, relevance and examples can take minutes; each writes its own lines."""
+    from vital.concepts import concepts
+
+    write_images(tmp_path / "data", 3)
+    concepts(
+        tiny_cnn, 3, tmp_path / "data", layer="stage3", count=2, crops=12, examples=2,
+        pictures=False, out=tmp_path / "out",
+    )  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines)
+    for stage, total, unit in (("crops' features", 12, "crop"), ("relevance", 3, "image"),
+                               ("examples", None, "example")):  # fmt: skip
+        mine = [line for line in lines if line.startswith(f"concepts: {stage}: ")]
+        assert len(mine) >= 2, lines
+        done = mine[-1].split(": ")[2].split(" ")[0]
+        assert done.split("/")[0] == done.split("/")[1] and f" {unit} (100%)" in mine[-1]
+        assert total is None or done == f"{total}/{total}"
+
+
+def test_concepts_without_progress_writes_no_stage_lines(tmp_path, tiny_cnn, capsys):
+    from vital.concepts import concepts
+
+    write_images(tmp_path / "data", 2)
+    concepts(
+        tiny_cnn, 3, tmp_path / "data", layer="stage3", count=2, crops=8, examples=2,
+        pictures=False, out=tmp_path / "out", progress=False,
+    )  # fmt: skip
+    assert "concepts: " not in capsys.readouterr().err

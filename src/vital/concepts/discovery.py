@@ -17,6 +17,7 @@ layer's own channel space is the positive half minus the negative half.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +35,16 @@ NMF_ITERATIONS = 1000
 
 @torch.no_grad()
 def layer_features(
-    model: Model, layer: str, pixels: torch.Tensor, batch_size: int = 32
+    model: Model,
+    layer: str,
+    pixels: torch.Tensor,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] = lambda count: None,
 ) -> torch.Tensor:
-    """(N, C, P) a layer's outputs on images in [0, 1], channels first (tokens: (N, D, T))."""
+    """(N, C, P) a layer's outputs on images in [0, 1], channels first (tokens: (N, D, T)).
+
+    ``on_batch`` hears how many images each batch held, as it finishes (a progress bar).
+    """
     values = []
     with tapped(model.module, [layer], stop_early=True) as tap:
         for chunk in pixels.split(batch_size):
@@ -48,6 +56,7 @@ def layer_features(
                     "layer with positions ((C, H, W) maps or (T, D) tokens)."
                 )
             values.append(to_positions(output, tap.layout(layer)).float().cpu())
+            on_batch(len(chunk))
     return torch.cat(values)
 
 

@@ -39,10 +39,15 @@ def concept_target(basis: ConceptBasis, index: int, name: str) -> Direction:
     return Direction(basis.layer, tuple(float(v) for v in basis.direction(index)), name=name)
 
 
-def crop_coefficients(model: Model, basis: ConceptBasis, pixels: torch.Tensor) -> np.ndarray:
+def crop_coefficients(
+    model: Model,
+    basis: ConceptBasis,
+    pixels: torch.Tensor,
+    on_batch: Callable[[int], None] = lambda count: None,
+) -> np.ndarray:
     """(N, K) the concepts' coefficients of images in [0, 1] (position-averaged features)."""
-    features = basis.features(layer_features(model, basis.layer, pixels)).mean(dim=-1)
-    return basis.coefficients(features)
+    features = layer_features(model, basis.layer, pixels, on_batch=on_batch)
+    return basis.coefficients(basis.features(features).mean(dim=-1))
 
 
 def concept_pictures(

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from contextlib import ExitStack, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from vital.concepts.crops import (
     DEFAULT_SCALE,
     EXAMPLE_KEEP,
     EXAMPLE_ZOOMS,
+    Crop,
     CropSet,
     around_peak,
     class_images,
@@ -49,6 +50,7 @@ from vital.files import printable, save_array, save_image, write_file
 from vital.grids import grid, to_image
 from vital.memory import check_fits
 from vital.optimize import check_seed
+from vital.progress import progress_bar
 from vital.record import json_default, model_info, now
 from vital.references import (
     CONCEPTS_MARK,
@@ -268,8 +270,9 @@ def concepts(
                 f"{len(crop_set.crops)} crops: each concept has at most {len(crop_set.crops)}."
             )
         resolution = model.preprocessing.input_size
-        crop_pixels = crop_set.pixels(model, resolution)
-        crop_features = layer_features(model, layer, crop_pixels)
+        with _stage(progress, len(crop_set.crops), "crops' features", "crop") as advance:
+            crop_pixels = crop_set.pixels(model, resolution)
+            crop_features = layer_features(model, layer, crop_pixels, on_batch=advance)
         basis = discover(crop_features, layer, count, seed)
         coefficients = basis.coefficients(basis.features(crop_features).mean(dim=-1))  # (N, K)
         held = coefficients.max(axis=0) > 0
@@ -277,9 +280,10 @@ def concepts(
             basis = ConceptBasis(basis.layer, basis.directions[held], basis.signed)
             coefficients = coefficients[:, held]
 
-        found, relevance_notes = _explained_images(
-            model, explained.index, crop_set, basis, relevance
-        )
+        with _stage(progress, len(crop_set.images), "relevance", "image") as advance:
+            found, relevance_notes = _explained_images(
+                model, explained.index, crop_set, basis, relevance, on_image=advance
+            )
         if not found:
             raise VitalError("none of the images could be read; check the files.")
         total = sum((f["shares"] for f in found[1:]), found[0]["shares"])
@@ -290,9 +294,10 @@ def concepts(
                 if coefficients[i, k] > 0]
             for k in order
         }  # fmt: skip
-        example_set, example_pixels, example_coefficients, chosen = _examples(
-            model, crop_set, crop_features, coefficients, basis, best
-        )
+        with _stage(progress, sum(map(len, best.values())), "examples", "example") as advance:
+            example_set, example_pixels, example_coefficients, chosen = _examples(
+                model, crop_set, crop_pixels, crop_features, coefficients, basis, best, advance
+            )
         example_files = _write_examples(folder, example_pixels, chosen)
         save_array(
             folder / "directions.npy", np.stack([basis.direction(k) for k in range(basis.count)])
@@ -415,8 +420,27 @@ def concepts(
     return report
 
 
+@contextmanager
+def _stage(progress: bool, total: int, what: str, unit: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar over one stage of the analysis; yields the function that advances it.
+
+    The stages before the pictures take from seconds to minutes (a forward pass per crop, a
+    relevance pass per image), and a run that says nothing for that long looks stuck.
+    """
+    bar = progress_bar(total, f"concepts: {what}", desc=what, unit=unit, disable=not progress)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
 def _explained_images(
-    model: Model, index: int, crop_set: CropSet, basis: ConceptBasis, relevance: str
+    model: Model,
+    index: int,
+    crop_set: CropSet,
+    basis: ConceptBasis,
+    relevance: str,
+    on_image: Callable[[int], None] = lambda count: None,
 ) -> tuple[list[dict], list[str]]:
     """Per image: its view, the layer's relevance and activation, coefficients and shares.
 
@@ -435,6 +459,7 @@ def _explained_images(
             attribute = stack.enter_context(attributor(model, basis.layer, "grad-x-act"))
         for number, source in enumerate(crop_set.images):
             pixels = _view(model, source)
+            on_image(1)
             if pixels is None:
                 continue
             explained = attribute(pixels, index)
@@ -500,10 +525,12 @@ def _check_not_the_users(folder: Path) -> None:
 def _examples(
     model: Model,
     crop_set: CropSet,
+    crop_pixels: torch.Tensor,
     features: torch.Tensor,
     coefficients: np.ndarray,
     basis: ConceptBasis,
     best: dict[int, list[int]],
+    on_settled: Callable[[int], None] = lambda count: None,
 ) -> tuple[CropSet, torch.Tensor, np.ndarray, dict[int, list[int]]]:
     """Each concept's examples: in each of its best crops, the tightest square around its peak.
 
@@ -514,37 +541,58 @@ def _examples(
     coefficient on the crop is the example (the crop itself when none does: a concept that
     lives on its context keeps it).
 
+    A larger square is cut and passed through the model only for the examples no smaller one
+    settled, and the crop itself (a zoom of 1) is never passed again: its pixels and
+    coefficients are ``crop_pixels`` and ``coefficients``. ``on_settled`` hears how many
+    examples each zoom settled.
+
     Returns
     -------
     examples, pixels, values, chosen
         The examples as a crop set, their pixels, (N, K) their concepts' coefficients, and
         each concept's indices into them, its highest coefficient first.
     """
-    tried, owners = [], []
+    owners = [(k, i) for k, crops in best.items() for i in crops]
+    peaks = [grid_of(basis.position_coefficients(features[i]))[k] for k, i in owners]
     crop_pct = model.preprocessing.crop_pct
-    for k, crops in best.items():
-        for i in crops:
-            grid = grid_of(basis.position_coefficients(features[i]))[k]
-            crop = crop_set.crops[i]
+    settled: dict[int, tuple[Crop, torch.Tensor, np.ndarray]] = {}
+    for zoom in EXAMPLE_ZOOMS:
+        waiting = [n for n in range(len(owners)) if n not in settled]
+        squares = {}
+        for n in waiting:
+            crop = crop_set.crops[owners[n][1]]
             image = crop_set.images[crop.image]
-            tried += [around_peak(image, crop, grid, zoom, crop_pct) for zoom in EXAMPLE_ZOOMS]
-            owners.append((k, i))
-    candidates = CropSet(crop_set.images, tuple(tried), crop_set.scale, crop_set.seed)
-    pixels = candidates.pixels(model, model.preprocessing.input_size)
-    values = crop_coefficients(model, basis, pixels)
-    picked, chosen = [], {k: [] for k in best}
-    for number, (k, i) in enumerate(owners):
-        first = number * len(EXAMPLE_ZOOMS)
-        tries = range(first, first + len(EXAMPLE_ZOOMS))
-        kept = [j for j in tries if values[j, k] >= EXAMPLE_KEEP * coefficients[i, k]]
-        chosen[k].append(len(picked))
-        picked.append(kept[0] if kept else tries[-1])
+            squares[n] = around_peak(image, crop, peaks[n], zoom, crop_pct)
+        cut = [n for n in waiting if squares[n] is not crop_set.crops[owners[n][1]]]
+        seen = {n: (crop_pixels[owners[n][1]], coefficients[owners[n][1]]) for n in waiting}
+        if cut:
+            square_set = CropSet(
+                crop_set.images, tuple(squares[n] for n in cut), crop_set.scale, crop_set.seed
+            )
+            pixels = square_set.pixels(model, model.preprocessing.input_size)
+            values = crop_coefficients(model, basis, pixels)
+            seen.update({n: (pixels[j], values[j]) for j, n in enumerate(cut)})
+        last = zoom == EXAMPLE_ZOOMS[-1]
+        for n in waiting:
+            k, i = owners[n]
+            pixels_n, values_n = seen[n]
+            if last or values_n[k] >= EXAMPLE_KEEP * coefficients[i, k]:
+                settled[n] = (squares[n], pixels_n, values_n)
+        on_settled(len(waiting) - sum(n not in settled for n in waiting))
+    chosen: dict[int, list[int]] = {k: [] for k in best}
+    for n, (k, _) in enumerate(owners):
+        chosen[k].append(n)
+    values = np.stack([settled[n][2] for n in range(len(owners))]) if owners else coefficients[:0]
     for k in chosen:
-        chosen[k].sort(key=lambda n, k=k: -values[picked[n], k])
+        chosen[k].sort(key=lambda n, k=k: -values[n, k])
     examples = CropSet(
-        crop_set.images, tuple(tried[j] for j in picked), crop_set.scale, crop_set.seed
+        crop_set.images,
+        tuple(settled[n][0] for n in range(len(owners))),
+        crop_set.scale,
+        crop_set.seed,
     )
-    return examples, pixels[picked], values[picked], chosen
+    pixels = torch.stack([settled[n][1] for n in range(len(owners))]) if owners else crop_pixels[:0]
+    return examples, pixels, values, chosen
 
 
 def _remove_earlier(folder: Path, pattern: str) -> None:
