@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 
 import pytest
@@ -144,3 +145,29 @@ def test_concepts_without_progress_writes_no_stage_lines(tmp_path, tiny_cnn, cap
         pictures=False, out=tmp_path / "out", progress=False,
     )  # fmt: skip
     assert "concepts: " not in capsys.readouterr().err
+
+
+def test_a_tqdm_setting_tqdm_cannot_read_is_set_aside_and_named_once(tmp_path):
+    """TQDM_MININTERVAL=abc made tqdm raise as torch imported it: every command a traceback."""
+    import subprocess
+
+    script = (
+        "import os, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "import vital\n"
+        "from vital.progress import progress_bar\n"
+        "print(sorted(k for k in os.environ if k.startswith('TQDM_')))\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    progress_bar(2, 'x', disable=True).close()\n"
+        "    progress_bar(2, 'x', disable=True).close()\n"
+        "print([str(w.message).split('=')[0] for w in seen])\n"
+    )
+    environment = {**os.environ, "TQDM_MININTERVAL": "abc", "TQDM_NCOLS": "7"}
+    process = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True
+    )
+    assert process.returncode == 0, process.stderr
+    kept, warned = process.stdout.splitlines()
+    assert kept == "['TQDM_NCOLS']"  # the readable one stays
+    assert warned == "['TQDM_MININTERVAL']"  # named once, at the first bar

@@ -8,6 +8,11 @@
 ``setting=1`` runs the authors' own setting (2000 steps); ``out="vital-out"`` writes PNG + JSON.
 """
 
+# ruff: noqa: E402  (the imports below come after the environment's check, on purpose)
+from vital.environment import set_aside_unreadable_tqdm_settings
+
+set_aside_unreadable_tqdm_settings()  # before torch imports tqdm, which would fail on them
+
 from vital import concepts  # callable: vital.concepts(model, class, data, layer=...)
 from vital.api import class_references, classify, visualize
 from vital.errors import VitalError

@@ -28,6 +28,8 @@ from typing import IO, Any
 from tqdm.auto import tqdm as terminal_tqdm
 from tqdm.std import tqdm as std_tqdm
 
+from vital.environment import warn_set_aside
+
 # Seconds between two lines of a bar written to a file (besides its first and last line).
 LOG_INTERVAL = 30.0
 
@@ -115,6 +117,7 @@ def progress_bar(
     tqdm.std.tqdm
         The bar; use it as any tqdm bar (``update``, ``set_postfix``, ``close``).
     """
+    warn_set_aside()
     if disable or is_terminal(options.get("file") or sys.stderr):
         return terminal_tqdm(total=total, disable=disable, **options)
     interval = os.environ.get("TQDM_MININTERVAL")
