@@ -422,3 +422,42 @@ def test_importing_a_folder_that_is_not_a_whole_concepts_run_is_one_line(tmp_pat
     result = CliRunner().invoke(app, ["atlas", "import", str(run), "--out", str(tmp_path / "a")])
     assert isinstance(result.exception, VitalError) and message in str(result.exception)
     assert not (tmp_path / "a" / "concepts").exists()
+
+
+def test_a_finished_set_removes_what_its_stopped_builds_with_other_inputs_left(
+    tmp_path, monkeypatch
+):
+    """A stopped build's staging folder stays for a resume, until the set is finished with other
+    inputs: then nothing would take it, and it was disk space nobody saw."""
+    from vital.files import exclusive
+
+    data = tmp_path / "images"
+    write_images(data, 2, size=64)
+    model, folder = tiny_cnn_model(), tmp_path / "atlas"
+    staging = folder / vital.concepts.atlas.STAGING
+    run = vital.concepts.atlas.concepts
+
+    def interrupted(*args, **kwargs):
+        run(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vital.concepts.atlas, "concepts", interrupted)
+    for target, seed in ((2, 5), (2, 6), (3, 5)):  # two stopped builds of one set, one of another
+        with pytest.raises(KeyboardInterrupt):
+            add_concepts(model, target, data, out=folder, progress=False, **CONCEPTS, seed=seed)
+    monkeypatch.setattr(vital.concepts.atlas, "concepts", run)
+    stopped = sorted(p for p in staging.iterdir() if p.is_dir())
+    prefixes = [p.name.rpartition("-")[0] for p in stopped]  # the name less the inputs' key
+    same_set = [
+        p for p, prefix in zip(stopped, prefixes, strict=True) if prefixes.count(prefix) == 2
+    ]
+    others_set = [p for p in stopped if p not in same_set]
+    assert len(same_set) == 2 and len(others_set) == 1
+    busy = same_set[0]
+    with exclusive(busy.with_name(f"{busy.name}.lock"), "test"):  # another build at work there
+        add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS, seed=7)
+    left = sorted(p for p in staging.iterdir() if p.is_dir())
+    assert left == sorted([busy, *others_set])  # the free one of the same set is gone
+    add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS, seed=8)
+    assert sorted(p for p in staging.iterdir() if p.is_dir()) == others_set
+    assert not list(staging.glob(f"{busy.name.rpartition('-')[0]}*.lock"))

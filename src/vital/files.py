@@ -307,6 +307,37 @@ def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+@contextlib.contextmanager
+def held_if_free(path: str | os.PathLike) -> Iterator[bool]:
+    """Take the lock on the file ``path`` if no one holds it; yield whether it was taken.
+
+    For clean-up: what another process is working on (it holds the lock, as with
+    :func:`exclusive`) is left alone. A missing file is free and is not created.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: never sure, so never free
+        yield False
+        return
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
+
+
 # --- databases --------------------------------------------------------------------------------
 
 _WRITE_FAILURES = ("disk is full", "disk i/o error", "readonly database", "unable to open")

@@ -14,11 +14,14 @@ copied in, every file claimed in the atlas's ledger first (:mod:`vital.atlas.led
 staging folder is then removed. An interrupted run leaves nothing half-made in the atlas's
 pages and loses no set finished before it; its staging folder stays, and the same build again
 takes the pictures finished there (:func:`vital.concepts` reuses a picture made with the same
-inputs).
+inputs). A build holds a lock beside its staging folder while it works there; once a set is
+finished, the staging folders its stopped builds with other inputs left are removed, unless
+another build holds their lock.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import inspect
 import json
@@ -38,10 +41,11 @@ from vital.atlas.keys import differences, picture_spec
 from vital.concepts.crops import check_sampling, class_images
 from vital.concepts.pipeline import concepts, picture_choice
 from vital.errors import VitalError, close_matches
-from vital.files import printable, write_file
+from vital.files import exclusive, held_if_free, printable, write_file
 from vital.optimize import check_seed
 from vital.relevance.backends import backend_name
 from vital.renamed import renamed
+from vital.store import output_folder
 from vital.targets import ClassTarget, Direction, class_target
 from vital.zoo import Model, as_model
 
@@ -251,9 +255,15 @@ def add_concepts(
     _check_free(atlas, folder)
     # Named by the result's folder (its key): only a build with the same inputs resumes there.
     staging = atlas.folder / STAGING / Path(name).name
-    concepts(model, explained.index, data, layer=layer, out=staging, progress=progress, **chosen)
-    _copy_in(atlas, staging, folder)
-    shutil.rmtree(staging)
+    output_folder(staging.parent, "atlas's staging folder")
+    with exclusive(_lock_of(staging), "concepts build of this set"):
+        concepts(
+            model, explained.index, data, layer=layer, out=staging, progress=progress, **chosen
+        )
+        _copy_in(atlas, staging, folder)
+        shutil.rmtree(staging)
+    _lock_of(staging).unlink(missing_ok=True)
+    _remove_superseded(staging)
     with suppress(OSError):  # another build's staging folder may be beside it
         staging.parent.rmdir()
     atlas.register_concepts(StoredConcepts(set_id, key, inputs, name))
@@ -261,6 +271,30 @@ def add_concepts(
     if render:
         render_site(atlas.folder)
     return added
+
+
+def _lock_of(staging: Path) -> Path:
+    """The lock a build holds while it works in ``staging`` (beside it, hidden from pages)."""
+    return staging.with_name(f"{staging.name}.lock")
+
+
+def _remove_superseded(staging: Path) -> None:
+    """Remove the staging folders of the same set left by stopped builds with other inputs.
+
+    They differ from ``staging`` only in the key at the end of their name. Now that the set has
+    a finished result, resuming them would mean going back to the old inputs: the pictures
+    they hold would be made again if asked for, so they are only disk space. One whose lock
+    another build holds is at work and stays.
+    """
+    same_set = staging.name.rpartition("-")[0]
+    for other in staging.parent.glob(f"{glob.escape(same_set)}-*"):
+        if not other.is_dir() or other.name.rpartition("-")[0] != same_set:
+            continue
+        with held_if_free(_lock_of(other)) as free:
+            if free:
+                shutil.rmtree(other, ignore_errors=True)
+        if free:
+            _lock_of(other).unlink(missing_ok=True)
 
 
 def _copy_in(atlas: Atlas, source: Path, folder: Path) -> None:
