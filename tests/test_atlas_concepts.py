@@ -461,3 +461,36 @@ def test_a_finished_set_removes_what_its_stopped_builds_with_other_inputs_left(
     add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS, seed=8)
     assert sorted(p for p in staging.iterdir() if p.is_dir()) == others_set
     assert not list(staging.glob(f"{busy.name.rpartition('-')[0]}*.lock"))
+
+
+def test_two_builds_of_one_set_at_once_analyse_it_once(tmp_path, monkeypatch):
+    """The second waits for the first's lock, then takes its result instead of redoing it."""
+    import threading
+    import time
+
+    data = tmp_path / "images"
+    write_images(data, 2, size=64)
+    model, folder = tiny_cnn_model(), tmp_path / "atlas"
+    run, started, calls = vital.concepts.atlas.concepts, threading.Event(), []
+
+    def slow(*args, **kwargs):
+        calls.append(kwargs["out"])
+        started.set()
+        time.sleep(1.0)  # the second build arrives while this one works
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(vital.concepts.atlas, "concepts", slow)
+    added = {}
+
+    def build(name):
+        added[name] = add_concepts(model, 2, data, out=folder, progress=False, **CONCEPTS)
+
+    first = threading.Thread(target=build, args=("first",))
+    first.start()
+    started.wait(30)
+    with pytest.warns(UserWarning, match="waiting for another vital concepts build"):
+        build("second")
+    first.join()
+    assert len(calls) == 1
+    assert not added["first"].reused and added["second"].reused
+    assert added["second"].folder == added["first"].folder

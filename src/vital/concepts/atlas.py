@@ -246,7 +246,7 @@ def add_concepts(
     added = AddedConcepts(set_id, folder, folder / "index.html", {})
     record_file = folder / "concepts.json"
     if stored is not None and stored.key == key:
-        if record_file.is_file() and atlas.ledger.owns(record_file) and not force:
+        if not force and _finished(atlas, set_id, key, record_file):
             added.reused, added.record = True, json.loads(record_file.read_text("utf-8"))
             return added
         added.forced = force
@@ -257,20 +257,34 @@ def add_concepts(
     staging = atlas.folder / STAGING / Path(name).name
     output_folder(staging.parent, "atlas's staging folder")
     with exclusive(_lock_of(staging), "concepts build of this set"):
+        if not force and _finished(atlas, set_id, key, record_file):  # while this one waited
+            added.reused, added.record = True, json.loads(record_file.read_text("utf-8"))
+            return added
         concepts(
             model, explained.index, data, layer=layer, out=staging, progress=progress, **chosen
         )
         _copy_in(atlas, staging, folder)
         shutil.rmtree(staging)
+        atlas.register_concepts(StoredConcepts(set_id, key, inputs, name))
     _lock_of(staging).unlink(missing_ok=True)
     _remove_superseded(staging)
     with suppress(OSError):  # another build's staging folder may be beside it
         staging.parent.rmdir()
-    atlas.register_concepts(StoredConcepts(set_id, key, inputs, name))
     added.record = json.loads(record_file.read_text("utf-8"))
     if render:
         render_site(atlas.folder)
     return added
+
+
+def _finished(atlas: Atlas, set_id: str, key: str, record_file: Path) -> bool:
+    """Whether the atlas holds the set's result for inputs ``key``, as vital wrote it."""
+    stored = atlas.concept_sets().get(set_id)
+    return (
+        stored is not None
+        and stored.key == key
+        and record_file.is_file()
+        and atlas.ledger.owns(record_file)
+    )
 
 
 def _lock_of(staging: Path) -> Path:
