@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vital.driver import SettingsOverrides, resolve_settings, run, setting_name
+from vital.driver import SettingsOverrides, run_setting
 from vital.errors import VitalError, check_count, plain
 from vital.methods import DEFAULT_METHOD, get_method
 from vital.methods.vital_class import class_references
@@ -123,13 +123,13 @@ def visualize(
         model = as_model(model, device)
         resolved = resolve_targets(model, targets)
         chosen = get_method(method, resolved, **options)
-        return run(
+        return run_setting(
             chosen,
             model,
             resolved,
             references,
-            settings=resolve_settings(chosen, model, setting, settings),
-            setting=setting_name(chosen, setting, settings),
+            setting=setting,
+            overrides=settings,
             seeds=seeds,
             batch_size=batch_size,
             sink=ResultSink(out, on_result, reuse=not force),

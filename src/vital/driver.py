@@ -292,6 +292,32 @@ def run(
     return sink.results
 
 
+def run_setting(
+    method: Method,
+    model: Model,
+    targets: Sequence[Target],
+    references: Any = None,
+    *,
+    setting: int | str | None,
+    overrides: SettingsOverrides,
+    **options: Any,
+) -> list[Result]:
+    """:func:`run` under the named ``setting`` with the caller's ``overrides`` of it.
+
+    The one place a named setting and its overrides become the settings a run uses and the
+    name its records give (``options``: :func:`run`'s other keywords).
+    """
+    return run(
+        method,
+        model,
+        targets,
+        references,
+        settings=resolve_settings(method, model, setting, overrides),
+        setting=setting_name(method, setting, overrides),
+        **options,
+    )
+
+
 def _specs(
     method: Method, model: Model, settings: Settings, plans: Sequence[Any], seeds: Sequence[int]
 ) -> list[PictureSpec]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vital.concepts.discovery import ConceptBasis, layer_features
-from vital.driver import resolve_settings, run, setting_name
+from vital.driver import run_setting
 from vital.methods import get_method
 from vital.references import ReferenceSet
 from vital.store import Result, ResultSink
@@ -106,13 +106,13 @@ def concept_pictures(
     # a rerun of `vital concepts` replaces its own files.
     sink = ResultSink(out, finish, reuse=True, replace=True)
     method = get_method("vital", targets, relevance_floor=CONCEPT_FLOOR)
-    return run(
+    return run_setting(
         method,
         model,
         targets,
         dict(zip(targets, references, strict=True)),
-        settings=resolve_settings(method, model, setting, dict(settings or {})),
-        setting=setting_name(method, setting, dict(settings or {})),
+        setting=setting,
+        overrides=dict(settings or {}),
         seeds=[seed] * len(targets),
         batch_size=batch_size,
         sink=sink,
