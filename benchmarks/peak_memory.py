@@ -28,6 +28,7 @@ NEURON_LAYERS = {
     "efficientnet_lite0": "blocks.5.2",
     "resnet50": "layer3.5",
     "convnext_tiny": "features.5.8",  # torchvision's
+    "vit_b_16": "encoder.layers.encoder_layer_8",  # torchvision's; it takes 224 px only
 }
 
 
