@@ -570,3 +570,17 @@ def test_the_commands_take_every_seed_vital_takes_and_refuse_others_in_one_line(
     assert record["discovery"]["seed"] == 2**32
     (folder,) = (tmp_path / "e" / "concepts").iterdir()
     assert json.loads((folder / "concepts.json").read_text())["discovery"]["seed"] == 2**32
+
+
+def test_concepts_of_a_class_the_layer_speaks_against_are_listed_largest_share_first():
+    """A negative total made the list run 1.1 %, 20.1 %, 39.1 %: smallest share first."""
+    from vital.concepts.pipeline import _sign_notes, by_share
+    from vital.concepts.shares import ConceptShares
+
+    against = ConceptShares(np.array([-0.1, -1.9, -3.7]), residual=-3.8, total=-9.5)
+    assert by_share(against) == [2, 1, 0]
+    assert list(against.shares[by_share(against)]) == sorted(against.shares, reverse=True)
+    assert by_share(ConceptShares(np.array([0.1, 1.9, -0.2]), 0.2, 2.0)) == [1, 0, 2]
+    assert by_share(ConceptShares(np.array([0.0, 0.0]), 0.0, 0.0)) == [0, 1]
+    assert "negative" in _sign_notes(-9.5, "L")[0] and _sign_notes(2.0, "L") == []
+    assert "is 0" in _sign_notes(0.0, "L")[0]

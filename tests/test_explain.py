@@ -490,3 +490,46 @@ def test_by_and_relevance_are_taken_in_any_case_from_the_command_line(tmp_path, 
     assert Explanation.from_json(path.read_text()).relevance == "grad-x-act"
     refused = CliRunner().invoke(app, [*arguments, "--by", "units"])  # the last one counts
     assert "--by is 'channels' or 'concepts', not 'units'" in str(refused.exception)
+
+
+def _relevance(per_channel: list[float]):
+    from vital.explanation.attribution import ChannelRelevance
+
+    channels = torch.tensor(per_channel)
+    return ChannelRelevance(
+        probabilities=torch.tensor([0.5, 0.5]), logits=torch.zeros(2), target=0, layer="L",
+        backend="lrp", relevance=channels[:, None, None].expand(-1, 2, 2) / 4,
+        activation=torch.ones(len(per_channel), 2, 2), heatmap=torch.zeros(2, 2),
+    )  # fmt: skip
+
+
+def test_the_channels_shown_for_a_class_the_layer_speaks_against_are_the_ones_against_it():
+    """Airliner on a cat photo: every channel <= 0, and the "top" were channels of relevance 0."""
+    against = _relevance([0.0, -0.5, 0.0, -2.0, -1.0])
+    assert against.top(3) == [3, 4, 1]
+    said = " ".join(against.sign_notes())
+    assert "-3.5, not positive" in said and "most against the class" in said
+    mixed = _relevance([0.3, -2.0, 0.0, 0.1])
+    assert mixed.top(2) == [0, 3]  # the positive ones first, as always
+    assert "not positive" in " ".join(mixed.sign_notes())
+    assert "most against" not in " ".join(mixed.sign_notes())
+    assert _relevance([0.3, -0.1, 0.2]).sign_notes() == []
+    assert "is 0 in every channel" in " ".join(_relevance([0.0, 0.0]).sign_notes())
+
+
+def test_tied_scores_give_one_prediction_in_the_output_and_the_record(tmp_path):
+    """A head of zeros ties every class: the record's prediction was another tied class."""
+    model = tiny_cnn_model()
+    model.module.head = nn.Linear(16, 1000)  # as many classes as ImageNet: sorts differ there
+    with torch.no_grad():
+        model.module.head.weight.zero_()
+        model.module.head.bias.zero_()
+    model.labels = generic_labels(1000)
+    write_images(tmp_path / "images", 1)
+    record = explain(
+        model, tmp_path / "images" / "img000.png", layer="stage3", top=2, out=tmp_path / "a",
+        progress=False,
+    )  # fmt: skip
+    assert record.prediction["index"] == record.explained["index"] == 0
+    assert record.explained["rank"] == 1
+    assert any("is 0 in every channel" in note for note in record.notes)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vital.driver
 from conftest import tiny_vit_model, write_images
 from vital import Channel, visualize
 from vital.labels import generic_labels
@@ -539,3 +540,26 @@ def test_a_unit_that_never_fires_is_flagged_and_warned(tiny_cnn, image_folder):
     assert len(said) == 1 and "stage2" in said[0]
     alive, said = _channel_and_warnings(tiny_cnn, image_folder, 4, "does not fire")
     assert alive.record.evaluation["silent"] is False and not said
+
+
+@pytest.mark.parametrize(
+    ("reference", "initial", "final", "silent"),
+    [
+        (-9.5e-10, -3.3e-10, -3.1e-10, True),  # a signed unit of an untrained network
+        (0.0, 0.0, 0.0, True),  # a dead ReLU unit
+        (2e-3, -3.3e-10, 1e-3, False),  # weak, but its references drive it
+        (-0.4, -0.5, -0.3, False),  # a signed unit that is negative, not silent
+    ],
+)
+def test_a_unit_at_zero_up_to_float_rounding_is_silent(reference, initial, final, silent):
+    """efficientnet_b0 (random weights) gave -3e-10 everywhere and was not flagged."""
+    evaluation = {
+        "reference_activation": reference,
+        "initial_activation": initial,
+        "activation": final,
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checks = vital.driver._checks(Channel("stage2", 3), evaluation, None)
+    assert checks["silent"] is silent
+    assert any("does not fire" in str(w.message) for w in caught) is silent

@@ -370,6 +370,12 @@ def _refuse_other_pictures(
             )
 
 
+# A unit whose activation stays within this of 0 on its references, its start and its picture
+# does not fire: a signed unit of an untrained network reads -3e-10 where a ReLU unit reads 0.
+# Activations that carry anything are many orders larger (0.01 to 10 on trained models).
+SILENT_ACTIVATION = 1e-6
+
+
 def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor | None) -> dict:
     """What a record says about an inner picture's success, beside its numbers.
 
@@ -388,12 +394,15 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
         return checks
     checks["below_start"] = bool(final < initial)
     reference = evaluation.get("reference_activation")
-    checks["silent"] = reference == 0 and final == 0 and initial == 0
+    checks["silent"] = reference is not None and all(
+        abs(value) <= SILENT_ACTIVATION for value in (reference, final, initial)
+    )
     if checks["silent"]:  # no relevance flows from a unit that never fires: nothing to match
         warnings.warn(
             f"{target.describe()}: it does not fire on its references, its starting noise or "
-            "its picture (activation 0 on each), so the picture shows nothing of it; choose "
-            "another unit, or references=DIR that drive it.",
+            f"its picture (activation {reference:.3g}, {initial:.3g} and {final:.3g}: 0 up to "
+            "float rounding), so the picture shows nothing of it; choose another unit, or "
+            "references=DIR that drive it.",
             stacklevel=3,
         )
     elif checks["below_start"]:

@@ -42,7 +42,7 @@ from vital.concepts.discovery import DEFAULT_COUNT, ConceptBasis, discover, laye
 from vital.concepts.fidelity import fidelity_curves
 from vital.concepts.maps import grid_of, map_image
 from vital.concepts.pictures import concept_pictures, crop_coefficients
-from vital.concepts.shares import concept_shares
+from vital.concepts.shares import ConceptShares, concept_shares
 from vital.driver import checked_overrides
 from vital.errors import VitalError, plain
 from vital.explanation.attribution import attributor
@@ -287,7 +287,7 @@ def concepts(
         if not found:
             raise VitalError("none of the images could be read; check the files.")
         total = sum((f["shares"] for f in found[1:]), found[0]["shares"])
-        order = [int(k) for k in np.argsort(-total.relevance, kind="stable")]
+        order = by_share(total)
 
         best = {
             k: [int(i) for i in np.argsort(-coefficients[:, k], kind="stable")[:examples]
@@ -401,6 +401,7 @@ def concepts(
             files={"directions": "directions.npy", "overview": "overview.png"},
             notes=notes
             + relevance_notes
+            + _sign_notes(total.total, layer)
             + (
                 [
                     f"{count - basis.count} of {count} concepts were dropped "
@@ -418,6 +419,33 @@ def concepts(
         write_file(folder / "concepts.json", report.to_json())
         write_overview(folder)
     return report
+
+
+def by_share(shares: ConceptShares) -> list[int]:
+    """The concepts, largest share first.
+
+    Where the class's relevance at the layer is negative the shares are of a negative total,
+    so the most negative concept has the largest share (ordered by relevance, it came last).
+    """
+    ranked = shares.shares if shares.total else shares.relevance
+    return [int(k) for k in np.argsort(-ranked, kind="stable")]
+
+
+def _sign_notes(total: float, layer: str) -> list[str]:
+    """What the shares mean when the class's relevance at the layer is not positive."""
+    if total == 0:
+        return [
+            f"the class's relevance at {layer} is 0: its score does not depend on this layer on "
+            "these images (untrained weights or a head of zeros do this), so the shares are 0 "
+            "and the concepts' order is arbitrary."
+        ]
+    if total < 0:
+        return [
+            f"the class's relevance at {layer} is {total:.4g}, negative: on these images the "
+            "layer's evidence is against the class, and each share is of that negative total "
+            "(a concept with a large share is one that speaks against the class)."
+        ]
+    return []
 
 
 @contextmanager

@@ -97,9 +97,40 @@ class ChannelRelevance:
         return channels / total if total > 0 else torch.zeros_like(channels)
 
     def top(self, count: int) -> list[int]:
-        """The ``count`` channels with the highest (most positive) relevance, best first."""
-        order = torch.argsort(self.channels, descending=True, stable=True)
+        """The ``count`` channels with the highest (most positive) relevance, best first.
+
+        Where no channel has positive relevance (the image is evidence against the class at
+        this layer), the channels that speak most against it, most negative first: channels
+        of relevance 0 would explain nothing. :meth:`sign_notes` says which it is.
+        """
+        channels = self.channels
+        against = not bool((channels > 0).any())
+        order = torch.argsort(channels, descending=not against, stable=True)
         return [int(c) for c in order[:count]]
+
+    def sign_notes(self) -> list[str]:
+        """What the sign of the layer's relevance means for the channels shown, when it matters."""
+        channels = self.channels
+        total, absolute = float(channels.sum()), float(channels.abs().sum())
+        if absolute == 0:
+            return [
+                f"the class's relevance at {self.layer} is 0 in every channel: its score does "
+                "not depend on this layer's channels on this image (untrained weights or a head "
+                "of zeros do this), so no channel explains it and the ranking is arbitrary."
+            ]
+        if total > 0:
+            return []
+        notes = [
+            f"the class's relevance at {self.layer} is {total:.4g}, not positive: on this image "
+            "the layer's evidence is against the class (an explanation of why it is not the "
+            "prediction, rather than why it is)."
+        ]
+        if not bool((channels > 0).any()):
+            notes.append(
+                "no channel has positive relevance: the channels shown are the ones most against "
+                "the class, most negative first."
+            )
+        return notes
 
 
 def _channels_first(tensor: torch.Tensor, layout: str) -> torch.Tensor:

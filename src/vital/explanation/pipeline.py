@@ -315,7 +315,9 @@ def explain(
         relative = {k: p.relative_to(atlas.folder).as_posix() for k, p in files.items()}
         channels, shares = found.channels, found.shares
         activation = found.activation.flatten(1)
-        order = torch.argsort(found.probabilities, descending=True)
+        # The logits, in a stable order: the first of tied classes, as the explained
+        # prediction (`argmax`) takes it, so that the record's prediction is that class.
+        order = torch.argsort(found.logits, descending=True, stable=True)
         reaching = reaching_input(float(found.heatmap.sum()), float(channels.sum()))
         record = Explanation(
             slug=slug,
@@ -365,6 +367,7 @@ def explain(
             if pictures and data is not None
             else None,
             notes=found.notes
+            + found.sign_notes()
             + _conservation_note(reaching, layer, found.backend)
             + ([] if data is not None else ["no --data: no dataset examples and no pictures."]),
             files={"json": relative["json"], "page": f"explain/{slug}.html"},
