@@ -111,7 +111,7 @@ def test_a_reference_count_far_beyond_any_use_is_refused_before_any_work(
 
 def test_a_store_that_does_not_exist_is_named(monkeypatch, capsys, refs, tmp_path):
     image = next(refs.rglob("*.png"))
-    arguments = ["explain", image, "--layer", "stage2", "--top", "1"]
+    arguments = ["explain", image, "--layer", "stage2", "--top", "1", "--data", refs]
     arguments += ["--store", tmp_path / "typo", "--out", tmp_path / "o"]
     code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
     assert_one_line_error(code, err, "--store", "typo is not a folder")

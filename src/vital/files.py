@@ -353,9 +353,9 @@ def database(path: Path, what: str = "index") -> Iterator[sqlite3.Connection]:
     except sqlite3.OperationalError as error:
         if any(phrase in str(error).lower() for phrase in _WRITE_FAILURES):
             raise write_error(Path(path), error) from error
-        raise _damaged(path, what, error) from error
+        raise damaged_database(path, what, error) from error
     except sqlite3.DatabaseError as error:
-        raise _damaged(path, what, error) from error
+        raise damaged_database(path, what, error) from error
 
 
 def read_only(path: str | os.PathLike) -> sqlite3.Connection:
@@ -364,7 +364,8 @@ def read_only(path: str | os.PathLike) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True, timeout=BUSY_SECONDS)
 
 
-def _damaged(path: Path, what: str, error: Exception) -> VitalError:
+def damaged_database(path: Path, what: str, error: Exception) -> VitalError:
+    """The one-line error for a database (or a row of one) that cannot be read."""
     return VitalError(
         f"the {what} {path} cannot be read ({error}); it is damaged or not a vital {what}. "
         "Move it away (the results beside it stay) and run again to start a new one."

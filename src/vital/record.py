@@ -13,10 +13,14 @@ import dataclasses
 import datetime
 import json
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from vital.errors import VitalError, plain
+from vital.files import printable
 from vital.version import __version__
 
 SCHEMA_VERSION = 2
@@ -98,13 +102,134 @@ class Document:
         return {key: value for key, value in data.items() if key in names}
 
     @classmethod
-    def from_json(cls, text: str) -> Document:
-        """Parse :meth:`to_json` output."""
+    def from_json(cls, text: str, source: str | None = None) -> Document:
+        """Parse :meth:`to_json` output.
+
+        Parameters
+        ----------
+        text
+            The JSON text.
+        source
+            Where the text was read (a file, an index's row): a damaged one is then refused
+            naming it and saying what to do, not only what is wrong.
+        """
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise VitalError(f"the {cls.kind} is not valid JSON: {error}") from error
-        return cls.from_dict(data)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise VitalError(f"the {cls.kind} is not valid JSON: {error}") from error
+            return cls.from_dict(data)
+        except VitalError as error:
+            if source is None:
+                raise
+            raise VitalError(
+                f"{source} is damaged: {str(error).rstrip('.')}. Move it away (or delete it) "
+                "and run again."
+            ) from error
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Document:
+        """Read a document file; one that cannot be read is refused naming it.
+
+        Raises
+        ------
+        VitalError
+            When the file cannot be read or is not a readable document.
+        """
+        try:
+            text = Path(path).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise VitalError(
+                f"cannot read {printable(path)} ({error}); move it away (or delete it) and "
+                "run again."
+            ) from error
+        return cls.from_json(text, printable(path))
+
+
+def check_fields(kind: str, data: dict, types: Mapping[str, tuple[type, ...]]) -> None:
+    """Refuse a field of ``data`` whose value is not of its types, naming the field.
+
+    ``None`` is allowed where ``types`` lists ``type(None)``; a bool is never a number (JSON
+    tells ``true`` from ``1``, and a seed of ``true`` is a mistake).
+    """
+    for name, allowed in types.items():
+        if name not in data:
+            continue
+        value = data[name]
+        wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        if wrong:
+            names = " or ".join(_TYPE_NAMES[t] for t in allowed)
+            raise VitalError(
+                f"the {kind}'s {name} is {_TYPE_NAMES.get(type(value), type(value).__name__)} "
+                f"{_shown(value)}, not {names}; it is not a vital {kind}."
+            )
+
+
+def check_items(kind: str, name: str, items: list, allowed: tuple[type, ...]) -> None:
+    """Refuse an item of the list field ``name`` that is not of the ``allowed`` types."""
+    for position, item in enumerate(items):
+        check_fields(kind, {f"{name}[{position}]": item}, {f"{name}[{position}]": allowed})
+
+
+def _as_lists(value: Any) -> Any:
+    """``value`` with every tuple inside it (in dicts and lists) as a list, as JSON reads it."""
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(item) for item in value]
+    return value
+
+
+_NUMBER = (int, float)
+_NONE = type(None)
+# What each field of a record holds, as JSON gives it back (checked when one is read).
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "method": (str,),
+    "model": (dict,),
+    "target": (dict,),
+    "settings": (dict,),
+    "seed": (int,),
+    "evaluation": (dict,),
+    "final_loss": (dict,),
+    "final_total": (*_NUMBER, _NONE),
+    "loss_history": (list,),
+    "seconds": (*_NUMBER, _NONE),
+    "batch_size": (int,),
+    "device": (str,),
+    "setting": (str, int, _NONE),
+    "taps": (list, _NONE),
+    "taps_source": (str, _NONE),
+    "references": (dict, _NONE),
+    "relevance": (str, _NONE),
+    "options": (dict, _NONE),
+    "activation_trace": (list, _NONE),
+    "unit": (str, _NONE),
+    "files": (dict,),
+    "vital_version": (str,),
+    "created": (str,),
+}
+_RECORD_ITEMS: dict[str, tuple[type, ...]] = {
+    "loss_history": (*_NUMBER, _NONE),
+    "activation_trace": (list,),
+}
+# Fields holding structures: tuples in them become lists when a record is made.
+_STRUCTURED = ("model", "target", "settings", "evaluation", "final_loss", "loss_history")
+_STRUCTURED += ("taps", "references", "options", "activation_trace", "files")
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    dict: "a JSON object",
+    list: "a list",
+    type(None): "null",
+}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -184,6 +309,13 @@ class Record(Document):
 
     version: ClassVar[int] = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # As JSON gives them back: a record made now equals the same record read back (the
+        # settings' and preprocessing's tuples would otherwise differ from the file's lists).
+        for name in _STRUCTURED:
+            setattr(self, name, _as_lists(getattr(self, name)))
+
     def to_dict(self) -> dict:
         """Plain data, with non-finite numbers as ``None``; empty optional fields left out."""
         data = dataclasses.asdict(self)
@@ -204,6 +336,10 @@ class Record(Document):
         ]
         if missing:
             raise VitalError(f"the record lacks {', '.join(missing)}; it is not a vital record.")
+        check_fields("record", known, _RECORD_TYPES)
+        for name in ("loss_history", "activation_trace"):
+            check_items("record", name, known.get(name) or [], _RECORD_ITEMS[name])
+        check_items("record", "files", list((known.get("files") or {}).values()), (str,))
         known["schema"] = SCHEMA_VERSION
         return cls(**known)
 
@@ -329,6 +465,8 @@ class Explanation(Document):
     def from_dict(cls, data: Any) -> Explanation:
         """Read :meth:`to_dict` output."""
         known = cls.known_fields(data)
+        check_fields("explanation", known, _EXPLANATION_TYPES)
+        check_items("explanation", "top", known.get("top", []), (dict,))
         try:
             evidence = {f.name for f in dataclasses.fields(ChannelEvidence)}
             known["top"] = [
@@ -338,3 +476,27 @@ class Explanation(Document):
             return cls(**known)
         except TypeError as error:
             raise VitalError(f"not a vital explanation record: {error}") from error
+
+
+# What each field of an explanation holds, as JSON gives it back (checked when one is read).
+_EXPLANATION_TYPES: dict[str, tuple[type, ...]] = {
+    "slug": (str,),
+    "model": (dict,),
+    "image": (dict,),
+    "layer": (str,),
+    "relevance": (str,),
+    "prediction": (dict,),
+    "top5": (list,),
+    "explained": (dict,),
+    "channels": (list,),
+    "total": (*_NUMBER, _NONE),
+    "absolute_total": (*_NUMBER, _NONE),
+    "heatmap": (dict,),
+    "top": (list,),
+    "mining": (dict, _NONE),
+    "pictures": (dict, _NONE),
+    "notes": (list,),
+    "files": (dict,),
+    "vital_version": (str,),
+    "created": (str,),
+}

@@ -245,7 +245,7 @@ class ResultStore:
                 "WHERE unit = ? AND method = ? AND model = ? AND seed = ?",
                 (spec.unit, spec.method, spec.model, spec.settings.get("seed")),
             ).fetchone()
-        return Record.from_json(row[0]) if row is not None else None
+        return self._row(row[0], spec.unit) if row is not None else None
 
     def finished_units(self, method: str, model: str) -> set[str]:
         """Units with a stored result for ``method`` and model fingerprint ``model``."""
@@ -267,8 +267,14 @@ class ResultStore:
     def records(self) -> list[Record]:
         """Every indexed record, oldest first."""
         with self._connect() as connection:
-            rows = connection.execute("SELECT record FROM results ORDER BY created").fetchall()
-        return [Record.from_json(row[0]) for row in rows]
+            rows = connection.execute(
+                "SELECT unit, record FROM results ORDER BY created"
+            ).fetchall()
+        return [self._row(record, unit) for unit, record in rows]
+
+    def _row(self, text: str, unit: str) -> Record:
+        """The record of an index row; a damaged one is refused naming the index and the row."""
+        return Record.from_json(text, f"the result index {self.index} (its record of {unit})")
 
 
 class ResultSink:

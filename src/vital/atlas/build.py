@@ -160,6 +160,10 @@ class BuildReport:
         Units recomputed because something they depend on changed: id → what changed.
     forced
         Units recomputed only because ``force`` was given.
+    incomplete
+        Units stored with these inputs but recomputed because a file of theirs is gone or
+        was changed since vital wrote it: id → which (a changed file is not written over:
+        the build then stops, naming it).
     """
 
     planned: int
@@ -170,6 +174,7 @@ class BuildReport:
     reused: list[str] = dataclasses.field(default_factory=list)
     changed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     forced: list[str] = dataclasses.field(default_factory=list)
+    incomplete: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def units_per_minute(self) -> float:
@@ -314,10 +319,15 @@ def build_atlas(
     for unit in units:
         planned, current = atlas.planned[unit.id], stored.get(unit.id)
         unchanged = current is not None and current.key == planned.key()
-        if unchanged and (atlas.store.folder / current.record).is_file() and not force:
+        # A stored unit counts only when all its files are there as vital wrote them: one
+        # whose picture was deleted would be reused and shown as a broken image.
+        problem = atlas.unit_problem(current) if unchanged and not force else None
+        if unchanged and not force and problem is None:
             report.reused.append(unit.id)
             continue
-        if unchanged:
+        if problem is not None:
+            report.incomplete[unit.id] = problem
+        elif unchanged:
             report.forced.append(unit.id)
         elif current is not None:
             report.changed[unit.id] = differences(current.inputs, planned.inputs())

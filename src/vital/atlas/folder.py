@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vital.atlas.ledger import Ledger, prepare_folder
-from vital.files import create_database, database, save_image
+from vital.errors import VitalError
+from vital.files import create_database, damaged_database, database, printable, save_image
 from vital.grids import to_image
+from vital.record import Record
 from vital.references import ReferenceSet, center_crop, open_rgb
 from vital.specs import PictureSpec
 from vital.store import ResultStore
@@ -75,10 +77,53 @@ class Atlas:
         self.planned: dict[str, PictureSpec] = {}
 
     def units(self) -> dict[str, StoredUnit]:
-        """Every unit's current result (the one the site shows)."""
+        """Every unit's current result (the one the site shows).
+
+        Raises
+        ------
+        VitalError
+            When the atlas index is damaged (a row's inputs are not the JSON vital wrote).
+        """
         with database(self.store.index, "atlas index") as connection:
             rows = connection.execute("SELECT unit, key, inputs, record FROM atlas_units")
-            return {u: StoredUnit(u, k, json.loads(i), r) for u, k, i, r in rows.fetchall()}
+            return {u: StoredUnit(u, k, self._inputs(i, u), r) for u, k, i, r in rows.fetchall()}
+
+    def _inputs(self, text: object, row: str) -> dict:
+        """A row's stored inputs; a damaged row is the whole index's damage, said in one line."""
+        try:
+            inputs = json.loads(text) if isinstance(text, (str, bytes)) else None
+        except ValueError as error:  # JSONDecodeError, or bytes that are no text
+            raise damaged_database(
+                self.store.index, "atlas index", f"the inputs of {row}: {error}"
+            ) from error
+        if not isinstance(inputs, dict):
+            raise damaged_database(
+                self.store.index, "atlas index", f"the inputs of {row} are no JSON object"
+            )
+        return inputs
+
+    def unit_problem(self, stored: StoredUnit) -> str | None:
+        """Why a unit's stored result cannot be shown or reused as it is; ``None`` if it can.
+
+        It can when its record and every file the record names exist and are as vital wrote
+        them (:meth:`vital.atlas.ledger.Ledger.owns`).
+        """
+        path = self.store.folder / stored.record
+        if not path.is_file():
+            return f"its record {printable(path)} is gone"
+        if not self.ledger.owns(path):
+            return f"its record {printable(path)} was changed since vital wrote it"
+        try:
+            record = Record.from_file(path)
+        except VitalError as error:
+            return str(error)
+        for name in record.files.values():
+            file = self.store.folder / name
+            if not file.is_file():
+                return f"its file {printable(file)} is gone"
+            if not self.ledger.owns(file):
+                return f"its file {printable(file)} was changed since vital wrote it"
+        return None
 
     def register(self, spec: PictureSpec, record_file: str) -> None:
         """Make ``record_file`` (in ``results/``) the unit's current result under ``spec``."""
@@ -94,7 +139,9 @@ class Atlas:
             rows = connection.execute(
                 "SELECT id, key, inputs, folder FROM atlas_concepts ORDER BY created"
             )
-            return {i: StoredConcepts(i, k, json.loads(n), f) for i, k, n, f in rows.fetchall()}
+            return {
+                i: StoredConcepts(i, k, self._inputs(n, i), f) for i, k, n, f in rows.fetchall()
+            }
 
     def register_concepts(self, stored: StoredConcepts) -> None:
         """Make ``stored.folder`` the current concepts of ``stored.id``."""

@@ -82,6 +82,10 @@ class Ledger:
     """
 
     def __init__(self, folder: str | Path):
+        if isinstance(folder, bytes):  # a path as the operating system returns it
+            folder = os.fsdecode(folder)
+        if not isinstance(folder, (str, os.PathLike)):
+            raise VitalError(f"the atlas folder is a path (out=DIR), not {type(folder).__name__}.")
         self.folder = Path(folder).resolve()
         if self.folder.exists() and not self.folder.is_dir():
             raise VitalError(

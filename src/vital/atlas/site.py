@@ -49,8 +49,8 @@ from markupsafe import Markup
 from vital.atlas.charts import Series, line_chart
 from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.thumbnails import example_entry, write_example
-from vital.errors import VitalError
-from vital.files import exclusive, save_image, write_file
+from vital.errors import VitalError, warn_at_caller
+from vital.files import exclusive, printable, save_image, write_file
 from vital.record import Explanation, Record
 
 _ENVIRONMENT = Environment(
@@ -248,15 +248,25 @@ def _concept_sets(atlas: Atlas) -> list[_Concepts]:
     for stored in atlas.concept_sets().values():
         folder = atlas.folder / stored.folder
         path = folder / "concepts.json"
-        if not (path.is_file() and atlas.ledger.owns(path)):
+        if not path.is_file():
+            continue
+        if not atlas.ledger.owns(path):
+            _skipped(f"the concepts {printable(path)}: it was changed since vital wrote it")
             continue
         record = json.loads(path.read_text("utf-8"))
         directions = folder / record.get("files", {}).get("directions", "directions.npy")
-        pictures = {
-            entry["index"]: Record.from_json((folder / entry["record"]).read_text("utf-8"))
-            for entry in record["concepts"]
-            if entry.get("record") and (folder / entry["record"]).is_file()
-        }
+        pictures = {}
+        for entry in record["concepts"]:
+            picture = folder / entry["record"] if entry.get("record") else None
+            if picture is None or not picture.is_file():
+                continue
+            if not atlas.ledger.owns(picture):
+                _skipped(f"the picture {printable(picture)}: it was changed since vital wrote it")
+                continue
+            try:
+                pictures[entry["index"]] = Record.from_file(picture)
+            except VitalError as error:
+                warn_at_caller(f"leaving out of the atlas's pages: {error}")
         found.append(
             _Concepts(
                 stored, record, np.load(directions) if directions.is_file() else None, pictures
@@ -427,11 +437,27 @@ def _explain_page(explanation: Explanation, pages: dict[str, str]) -> str:
 
 
 def _explanations(atlas: Atlas) -> list[Explanation]:
+    """The explanations whose record vital wrote and nobody changed (the others are named)."""
     found = []
     for path in sorted((atlas.folder / "explanations").glob("*.json")):
-        if atlas.ledger.owns(path):
-            found.append(Explanation.from_json(path.read_text("utf-8")))
+        if not atlas.ledger.owns(path):
+            _skipped(f"the explanation {printable(path)}: it was changed since vital wrote it")
+            continue
+        try:
+            found.append(Explanation.from_file(path))
+        except VitalError as error:
+            warn_at_caller(f"leaving out of the atlas's pages: {error}")
     return found
+
+
+def _skipped(what: str, gone: bool = False) -> None:
+    """Warn, in one line, that ``what`` is left out of the pages, and what to do about it."""
+    advice = (
+        "run the build again to make it anew"
+        if gone
+        else "move the file away (or delete it) and run the build again to make it anew"
+    )
+    warn_at_caller(f"leaving out of the atlas's pages {what.rstrip('.')}; {advice}.")
 
 
 # Held while pages are written and sealed: two builds into one folder at once (threads or
@@ -466,9 +492,11 @@ def render_site(folder: str | Path, examples: int = 8) -> Path:
     atlas = Atlas(folder)
     records = []
     for stored in atlas.units().values():
-        path = atlas.store.folder / stored.record
-        if path.is_file():
-            records.append(Record.from_json(path.read_text("utf-8")))
+        problem = atlas.unit_problem(stored)
+        if problem is None:
+            records.append(Record.from_file(atlas.store.folder / stored.record))
+        else:
+            _skipped(f"{stored.unit}: {problem}", gone=problem.endswith("is gone"))
     records.sort(key=lambda r: (_layer_of(r) != "output", _layer_of(r), _index_of(r), r.unit))
     units = [_Unit(record) for record in records]
     by_id = {unit.id: unit for unit in units}

@@ -218,6 +218,10 @@ def _report_reuse(report) -> None:
         typer.echo(f"reused {len(report.reused)} unit(s) stored with the same inputs: {shown}")
     if report.forced:
         typer.echo(f"recomputing {len(report.forced)} stored unit(s) (--force)")
+    for unit, problem in list(report.incomplete.items())[:6]:
+        typer.echo(f"recomputing {unit}: {problem}")
+    if len(report.incomplete) > 6:
+        typer.echo(f"… and {len(report.incomplete) - 6} more unit(s) whose files are gone")
     for unit, changes in list(report.changed.items())[:6]:
         typer.echo(f"recomputing {unit}: " + "; ".join(changes[:3]))
     if len(report.changed) > 6:

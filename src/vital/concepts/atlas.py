@@ -25,6 +25,7 @@ import glob
 import hashlib
 import inspect
 import json
+import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from torch import nn
 
 from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.keys import differences, picture_spec
+from vital.atlas.ledger import Ledger
 from vital.concepts.crops import check_sampling, class_images
 from vital.concepts.pipeline import concepts, picture_choice
 from vital.errors import VitalError, close_matches
@@ -349,14 +351,7 @@ def _written_concepts(folder: Path) -> dict:
     needed = {"model", "model_info", "layer", "class", "concepts", "discovery"}
     if not isinstance(record, dict) or not needed <= record.keys():
         raise VitalError(f"{path} was not written by `vital concepts` (fields are missing).")
-    named = [
-        name
-        for entry in record["concepts"]
-        for name in [entry.get("picture"), entry.get("alpha"), entry.get("record")]
-        + list(entry.get("examples", []))
-        + list(entry.get("maps", []))
-        if name
-    ]
+    named = _checked_concepts(path, record)
     missing = [name for name in named if not (folder / name).is_file()]
     if missing:
         raise VitalError(
@@ -364,6 +359,89 @@ def _written_concepts(folder: Path) -> dict:
             f"{missing[0]}); copy the whole folder of the `vital concepts` run."
         )
     return record
+
+
+def _refuse(path: Path, field: str, problem: str) -> None:
+    """Refuse a hand-edited or damaged ``concepts.json`` in one line naming the field."""
+    raise VitalError(
+        f"{printable(path)} is not a record `vital concepts` wrote: its {field} is {problem}. "
+        "Run `vital concepts` into the folder again, or give the folder of an untouched run."
+    )
+
+
+def _of_type(path: Path, field: str, value: object, kind: type | tuple[type, ...]) -> None:
+    """Refuse ``value`` unless it is of ``kind`` (a bool is never a number)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(_KIND_NAMES[k] for k in kinds)
+        _refuse(path, field, f"{json.dumps(value, default=repr)[:40]}, not {wanted}")
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "a whole number",
+    float: "a number",
+    dict: "a JSON object",
+    list: "a list",
+    type(None): "null",
+}
+
+
+def _checked_concepts(path: Path, record: dict) -> list[str]:
+    """Check the fields the atlas reads from a ``concepts.json``; return the files it must hold.
+
+    A field of the wrong type would fail deep inside the import or the pages; every file name
+    must stay inside the run's folder, as the pages link it relative to the atlas's copy (a
+    ``../`` name would link, and serve, a file outside the atlas).
+    """
+    _of_type(path, "model", record["model"], str)
+    _of_type(path, "model_info", record["model_info"], dict)
+    _of_type(path, "model_info.fingerprint", record["model_info"].get("fingerprint"), (str,))
+    _of_type(path, "layer", record["layer"], str)
+    _of_type(path, "class", record["class"], dict)
+    index = record["class"].get("index")
+    _of_type(path, "class.index", index, int)
+    if index < 0:
+        _refuse(path, "class.index", f"{index}, not a class (a class index is 0 or more)")
+    _of_type(path, "class.name", record["class"].get("name", ""), str)
+    _of_type(path, "discovery", record["discovery"], dict)
+    _of_type(path, "concepts", record["concepts"], list)
+    _of_type(path, "files", record.get("files", {}), dict)
+    relevance = record.get("relevance", {})
+    _of_type(path, "relevance", relevance, dict)
+    _of_type(path, "relevance.per_image", relevance.get("per_image", []), list)
+    named, linked = [], []  # files the run must hold, and files pages link
+    for name, value in record.get("files", {}).items():
+        _of_type(path, f"files.{name}", value, str)
+        linked.append((f"files.{name}", value))
+    for position, image in enumerate(relevance.get("per_image", [])):
+        where = f"relevance.per_image[{position}]"
+        _of_type(path, where, image, dict)
+        _of_type(path, f"{where}.image", image.get("image"), str)
+        linked.append((f"{where}.image", f"maps/{image['image']}.png"))  # its concept maps
+    for position, entry in enumerate(record["concepts"]):
+        where = f"concepts[{position}]"
+        _of_type(path, where, entry, dict)
+        _of_type(path, f"{where}.index", entry.get("index"), int)
+        if entry["index"] < 0:
+            _refuse(path, f"{where}.index", f"{entry['index']}, below 0")
+        for number in ("share", "relevance"):  # null where a number was not finite
+            _of_type(path, f"{where}.{number}", entry.get(number), (int, float, type(None)))
+        for name in ("picture", "alpha", "record"):
+            _of_type(path, f"{where}.{name}", entry.get(name), (str, type(None)))
+            if entry.get(name):
+                named.append((f"{where}.{name}", entry[name]))
+        for name in ("examples", "maps"):
+            _of_type(path, f"{where}.{name}", entry.get(name, []), list)
+            for item, value in enumerate(entry.get(name, [])):
+                _of_type(path, f"{where}.{name}[{item}]", value, str)
+                if value:
+                    named.append((f"{where}.{name}[{item}]", value))
+    root = path.parent.resolve()
+    for entry_field, name in named + linked:
+        if not (root / name).resolve().is_relative_to(root):
+            _refuse(path, entry_field, f"{name!r}, a file outside its folder")
+    return [name for _, name in named]
 
 
 def import_concepts(
@@ -392,6 +470,14 @@ def import_concepts(
     """
     from vital.atlas.site import render_site
 
+    if isinstance(folder, bytes):  # a path as the operating system returns it
+        folder = os.fsdecode(folder)
+    if not isinstance(folder, (str, os.PathLike)):
+        raise VitalError(
+            "import_concepts takes the folder of a `vital concepts` run as a path, not "
+            f"{type(folder).__name__}."
+        )
+    Ledger(out)  # the atlas folder is checked before anything is read (nothing is written)
     source = Path(folder)
     record = _written_concepts(source)
     where = printable(source.resolve())
