@@ -12,6 +12,7 @@ from tests.conftest import tiny_cnn_model, write_images
 from typer.testing import CliRunner
 
 import vital
+import vital.cli
 from vital.atlas import build_atlas, make_server, render_site
 from vital.cli import app
 from vital.errors import VitalError
@@ -180,7 +181,7 @@ def server(tmp_path, data):
 
 
 def get(server, path):
-    connection = http.client.HTTPConnection(*server.server_address, timeout=5)
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=5)
     connection.request("GET", path)  # sent as written: no client-side normalisation
     response = connection.getresponse()
     body = response.read()
@@ -237,6 +238,58 @@ def test_server_serves_no_working_files_of_vitals(server, tmp_path):
         status, body = get(server, path)
         assert status == 404 and b"STAGED" not in body
     assert get(server, "/index.html")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "name", ["atlas.sqlite", "mining.sqlite", "mining.sqlite-wal", "mining.lock", "x.db"]
+)
+def test_server_serves_no_databases_or_locks(server, tmp_path, name):
+    """vital's databases and locks hold the absolute paths of the data and the weights."""
+    path = tmp_path / "atlas" / name
+    if not path.exists():
+        path.write_text("/home/someone/private/data")
+    status, body = get(server, f"/{name}")
+    assert status == 404 and b"/home/someone" not in body and b"SQLite" not in body
+
+
+def test_a_long_request_is_cut_in_the_log(server, capsys):
+    server.verbose = True
+    assert get(server, "/index.html?" + "q" * 20_000)[0] == 200
+    logged = capsys.readouterr().err.splitlines()
+    assert logged and all(len(line) < 400 for line in logged), [len(line) for line in logged]
+
+
+def test_server_listens_on_an_ipv6_address(tmp_path, data):
+    from vital.atlas.serve import url
+
+    build(tiny_cnn_model(), data, tmp_path / "atlas")
+    try:
+        server = make_server(tmp_path / "atlas", 0, host="::1")
+    except VitalError as error:  # a machine without IPv6
+        pytest.skip(str(error))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert server.server_address[0] == "::1"
+        assert get(server, "/index.html")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert url("::1", 8000) == "http://[::1]:8000/"
+    assert url("localhost", 8000) == "http://127.0.0.1:8000/"
+
+
+@pytest.mark.parametrize("host", ["", " ", "[]"])
+def test_serve_refuses_an_empty_host_in_one_line(tmp_path, data, host, monkeypatch, capsys):
+    build(tiny_cnn_model(), data, tmp_path / "atlas")
+    with pytest.raises(VitalError, match="--host is empty"):
+        make_server(tmp_path / "atlas", 0, host=host)
+    monkeypatch.setattr(sys, "argv", ["vital", "atlas", "serve", str(tmp_path / "atlas")])
+    sys.argv += ["--host", host, "--port", "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        vital.cli.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("error: --host is empty")
 
 
 def test_serving_a_folder_that_is_no_atlas(tmp_path):

@@ -140,6 +140,15 @@ def test_help_on_a_wide_terminal_keeps_its_width(monkeypatch):
     assert "Reference images (views) per target. [default: 50]" in line
 
 
+@pytest.mark.parametrize("argv", [["class", "--help"], ["--help"], ["atlas", "--help"]])
+def test_help_on_a_huge_terminal_is_at_most_200_columns(argv, monkeypatch):
+    """rich pads every line to the width: COLUMNS=100000 wrote megabytes of blanks."""
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
+    result = CliRunner().invoke(app, argv, env={"COLUMNS": "100000"})
+    assert result.exit_code == 0
+    assert max(len(line) for line in result.output.splitlines()) == 200
+
+
 @pytest.mark.parametrize(
     "argv", [["concepts", "--help"], ["explain", "--help"], ["atlas", "build", "--help"]]
 )

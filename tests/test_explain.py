@@ -1,5 +1,6 @@
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -488,7 +489,8 @@ def test_by_and_relevance_are_taken_in_any_case_from_the_command_line(tmp_path, 
     assert result.exit_code == 0, result.output
     (path,) = (tmp_path / "explanations").glob("*.json")
     assert Explanation.from_json(path.read_text()).relevance == "grad-x-act"
-    refused = CliRunner().invoke(app, [*arguments, "--by", "units"])  # the last one counts
+    units = [word if word != " Channels" else "units" for word in arguments]
+    refused = CliRunner().invoke(app, units)
     assert "--by is 'channels' or 'concepts', not 'units'" in str(refused.exception)
 
 
@@ -533,3 +535,18 @@ def test_tied_scores_give_one_prediction_in_the_output_and_the_record(tmp_path):
     assert record.prediction["index"] == record.explained["index"] == 0
     assert record.explained["rank"] == 1
     assert any("is 0 in every channel" in note for note in record.notes)
+
+
+def test_explain_records_absolute_paths_given_relative_ones(tmp_path, data, monkeypatch):
+    """A record read from another folder still says which image and which images were mined."""
+    monkeypatch.chdir(tmp_path)
+    record = run(Path("data"), tmp_path / "atlas", pictures=False)
+    stored = json.loads((tmp_path / "atlas" / record.files["json"]).read_text())
+    assert stored["image"]["source"] == str((data / "img000.png").resolve())
+    assert stored["mining"]["data"] == str(data.resolve())
+
+
+def test_explain_says_a_folder_is_no_image_and_where_folders_go(tmp_path, data):
+    with pytest.raises(VitalError, match=r"is a folder: .*a folder of images goes to data=DIR"):
+        explain(tiny_cnn_model(), data, layer="stage3", out=tmp_path / "atlas")
+    assert not (tmp_path / "atlas").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,19 +102,61 @@ class Result:
         return f"{self.record.method}-{self.target.slug()}-seed{self.record.seed}"
 
 
-def output_folder(path: str | Path, what: str = "output folder") -> Path:
-    """Create (if needed) and check a folder results are written to; say what is wrong if not.
+# A path that starts like "file://", "s3://" or "https://" is an address, not a folder here.
+# One slash is enough: a Path makes "file:///x" "file:/x". Two letters at least: "C:/x" is a
+# Windows folder.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def folder_path(path: str | Path, what: str = "output folder") -> Path:
+    """``path`` as the folder it names (``~`` expanded), or a :class:`VitalError` saying why not.
+
+    Nothing is created. Names that would make a folder no one meant are refused: ``-`` (the
+    standard output elsewhere), a URL (``file:///x`` would make a folder ``file:``) and a name
+    with blanks at its start or end (``"x "``).
 
     Raises
     ------
     VitalError
-        When the path is a file, cannot be created, or is not writable.
+        When the path is no path or names no folder one would mean.
     """
     if isinstance(path, bytes):  # a path as the operating system returns it
         path = os.fsdecode(path)
     if not isinstance(path, (str, os.PathLike)):
         raise VitalError(f"the {what} is a path (out=DIR), not {type(path).__name__}.")
-    folder = Path(path)
+    text = os.fspath(path)
+    if text == "-":
+        raise VitalError(
+            f"the {what} '-' is no folder: vital writes its results to files, not to the "
+            "standard output; give a folder (out=DIR)."
+        )
+    if _URL.match(text):
+        raise VitalError(f"the {what} {text!r} is a URL; give a folder on this machine (out=DIR).")
+    if any(part != part.strip() for part in Path(text).parts):
+        raise VitalError(
+            f"the {what} {text!r} has blanks at the start or end of a name; give it without "
+            "them (out=DIR)."
+        )
+    try:  # "~/x" quoted, so that the shell did not expand it, is still the home's x
+        return Path(text).expanduser()
+    except RuntimeError as error:  # "~nobody/x", or no home to expand to
+        raise VitalError(
+            f"cannot expand the {what} {text!r}: {error}; give a full path."
+        ) from error
+
+
+def output_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create (if needed) and check a folder results are written to; say what is wrong if not.
+
+    ``~`` is expanded; the names :func:`folder_path` refuses are refused.
+
+    Raises
+    ------
+    VitalError
+        When the path is a file, cannot be created, is not writable, or names no folder one
+        would mean (:func:`folder_path`).
+    """
+    folder = folder_path(path, what)
     if folder.exists() and not folder.is_dir():
         raise VitalError(f"the {what} {folder} is a file; give a folder (out=DIR).")
     try:

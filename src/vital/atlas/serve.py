@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import posixpath
+import socket
 import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,6 +14,17 @@ from urllib.parse import unquote, urlsplit
 from vital.errors import VitalError
 
 LOOPBACK = "127.0.0.1"
+# vital's working files in an atlas folder: its databases (with SQLite's journals) and locks.
+# They are no page, and they hold the absolute paths of the data and the weights.
+WORKING_SUFFIXES = (".sqlite", ".sqlite3", ".db", ".lock")
+# A request line longer than this is cut in the log: a 20 kB query string is no log line.
+LOG_LINE = 300
+
+
+def is_working_file(name: str) -> bool:
+    """Whether ``name`` is one of vital's working files (``mining.sqlite-wal``, ``mining.lock``)."""
+    suffix = Path(name).suffix.lower().partition("-")[0]  # ".sqlite-journal" -> ".sqlite"
+    return suffix in WORKING_SUFFIXES
 
 
 class AtlasRequestHandler(SimpleHTTPRequestHandler):
@@ -38,8 +50,10 @@ class AtlasRequestHandler(SimpleHTTPRequestHandler):
             self.send_error(403, "outside the atlas")
             return None
         root = Path(self.directory).resolve()
-        if any(part.startswith(".") for part in target.relative_to(root).parts):
-            # vital's own working files (a concepts build's .vital-staging/, marks) are no page
+        parts = target.relative_to(root).parts
+        if any(part.startswith(".") for part in parts) or (parts and is_working_file(parts[-1])):
+            # vital's own working files (a concepts build's .vital-staging/, marks, databases,
+            # locks) are no page
             self.send_error(404, "not part of the atlas")
             return None
         if target.is_dir() and not (target / "index.html").is_file():
@@ -53,7 +67,10 @@ class AtlasRequestHandler(SimpleHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002, D102 - quiet unless asked
         if getattr(self.server, "verbose", False):
-            super().log_message(format, *args)
+            line = format % args
+            if len(line) > LOG_LINE:
+                line = line[: LOG_LINE - 1] + "…"
+            super().log_message("%s", line)
 
 
 class AtlasServer(ThreadingHTTPServer):
@@ -72,8 +89,45 @@ class AtlasServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class AtlasServer6(AtlasServer):
+    """:class:`AtlasServer` on an IPv6 address (``--host ::1``)."""
+
+    address_family = socket.AF_INET6
+
+
+def check_host(host: str) -> str:
+    """The address to listen on (``[::1]`` read as ``::1``), or a :class:`VitalError`.
+
+    An empty host would listen on every interface unsaid.
+    """
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare.strip():
+        raise VitalError(
+            "--host is empty: give an address (127.0.0.1, this machine only; 0.0.0.0 or ::, "
+            "every interface)."
+        )
+    if bare != bare.strip():
+        raise VitalError(f"--host {host!r} has blanks around the address: give it without them.")
+    return bare
+
+
+def is_ipv6(host: str) -> bool:
+    """Whether ``host`` is an IPv6 address (``::1``, ``::``)."""
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def url(host: str, port: int) -> str:
+    """The address a browser opens: ``http://127.0.0.1:8000/``, ``http://[::1]:8000/``."""
+    host = "127.0.0.1" if host == "localhost" else host
+    return f"http://[{host}]:{port}/" if is_ipv6(host) else f"http://{host}:{port}/"
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine's loopback interface only."""
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
@@ -100,6 +154,7 @@ def make_server(
     this machine (there is no authentication); the command line warns about it.
     """
     check_port(port)
+    host = check_host(host)
     folder = Path(folder)
     if not (folder / "index.html").is_file():
         raise VitalError(
@@ -107,7 +162,7 @@ def make_server(
         )
     handler = functools.partial(AtlasRequestHandler, directory=str(folder.resolve()))
     try:
-        server = AtlasServer((host, port), handler)
+        server = (AtlasServer6 if is_ipv6(host) else AtlasServer)((host, port), handler)
     except (OSError, OverflowError) as error:
         raise VitalError(
             f"cannot listen on {host}:{port}: {error}; try another --port or --host."

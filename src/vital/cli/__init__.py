@@ -7,6 +7,8 @@ once in :mod:`vital.cli.options`; each command group has its own module, registe
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import warnings
 from typing import Annotated
@@ -71,13 +73,76 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     typer.secho(f"warning: {cli_wording(str(message))}", fg=typer.colors.YELLOW, err=True)
 
 
+class _OutputError(Exception):
+    """Writing the standard output failed (``error``): a closed pipe, a full disk."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Output:
+    """The standard output, whose failures are told apart from those of the files vital writes.
+
+    Everything else (encoding, ``isatty``, ``fileno``) is the stream's own.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        """Write ``text``; a failure raises :class:`_OutputError`."""
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            raise _OutputError(error) from error
+
+    def flush(self) -> None:
+        """Flush; a failure raises :class:`_OutputError`."""
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise _OutputError(error) from error
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _output_lost(error: OSError) -> int:
+    """The exit status after the standard output failed, with a line on stderr but for a pipe.
+
+    A closed pipe (``vital classes | head -1``) ends quietly as Unix tools do; the output
+    then goes to the null device so that Python's own flush at exit fails no more (Python's
+    "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured output)
+        pass
+    if error.errno == errno.EPIPE:
+        return 1
+    typer.secho(
+        f"error: could not write the output: {error.strerror or error}",
+        fg=typer.colors.RED,
+        err=True,
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes end with a one-line message and exit status 2."""
     session.Session.reset()
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning
+    stdout = sys.stdout
+    sys.stdout = _Output(stdout)
     try:
         code = app(args=argv, standalone_mode=False)
+        sys.stdout.flush()  # what is still buffered fails here, not unseen at exit
+    except _OutputError as lost:
+        sys.stdout = stdout
+        sys.exit(_output_lost(lost.error))
     except VitalError as error:
         typer.secho(f"error: {cli_wording(str(error))}", fg=typer.colors.RED, err=True)
         sys.exit(2)
@@ -89,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(error.exit_code)
     finally:
         warnings.showwarning = shown
+        sys.stdout = stdout
     if code == 130:  # typer turns Ctrl-C into this exit status before we see the interrupt
         typer.echo(session.interrupted(), err=True)
     sys.exit(code if isinstance(code, int) else 0)

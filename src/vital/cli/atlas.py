@@ -235,15 +235,16 @@ def atlas_serve(
         str,
         typer.Option(
             "--host",
-            help="Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every "
-            "interface, for a remote machine).",
+            help="Address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 or '::' for "
+            "every interface, for a remote machine; IPv6 ones such as ::1 work too).",
         ),
     ] = "127.0.0.1",
 ) -> None:
     """Serve an atlas on http://HOST:PORT (loopback by default) until Ctrl-C."""
-    from vital.atlas.serve import check_port, is_loopback, make_server
+    from vital.atlas.serve import check_host, check_port, is_loopback, make_server, url
 
     check_port(port)
+    host = check_host(host)
     server = make_server(folder, port, verbose=True, host=host)
     if not is_loopback(host):
         typer.secho(
@@ -253,8 +254,7 @@ def atlas_serve(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    shown = "127.0.0.1" if host == "localhost" else host
-    typer.echo(f"serving {folder} on http://{shown}:{server.server_address[1]}/ (Ctrl-C stops)")
+    typer.echo(f"serving {folder} on {url(host, server.server_address[1])} (Ctrl-C stops)")
     try:
         server.serve_forever()
     finally:
@@ -263,7 +263,9 @@ def atlas_serve(
 
 def atlas_import(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a `vital concepts` run.")],
-    out: Annotated[Path, options.option("--out", "The atlas folder.")] = Path("vital-out"),
+    out: Annotated[
+        Path, options.option("--out", "The atlas folder.", callback=options.out_folder)
+    ] = Path("vital-out"),
 ) -> None:
     """Put a finished `vital concepts` result into an atlas, with its pages; nothing is computed."""
     from vital.atlas.site import render_site

@@ -70,7 +70,10 @@ def explain_command(
     ] = None,
     relevance: Relevance = "lrp",
     out: Annotated[
-        Path, options.option("--out", "Atlas folder the explanation is written to.")
+        Path,
+        options.option(
+            "--out", "Atlas folder the explanation is written to.", callback=options.out_folder
+        ),
     ] = Path("vital-out"),
     ref_count: Annotated[
         int,

@@ -102,6 +102,23 @@ def mine_command(
         address=address,
         shard_size=shard_size,
     )
+    # The contact sheets are saved before the summary prints: printing can fail (a closed pipe)
+    # and the work must be saved by then.
+    many = sheets == "auto" and len(report.units) > 32
+    if sheets == "auto":
+        sheets = "none" if many else "all"
+    folder, chosen = out / "sheets", []
+    if sheets != "none":
+        chosen = (
+            report.units
+            if sheets == "all"
+            else [report.units[i] for i in _sheet_numbers(sheets, len(report.units))]
+        )
+        from vital.files import save_image
+
+        for unit in chosen:
+            path = folder / f"{layer}-{unit.replace(':', '-')}.png"
+            save_image(path, contact_sheet(report.database, loaded, layer, unit, count=ref_count))
     typer.echo(
         f"{len(report.units)} unit(s) of {layer} over {report.images} images "
         f"({report.unreadable} unreadable skipped, {report.not_images} other files ignored)"
@@ -118,22 +135,9 @@ def mine_command(
             f"stage 2: {report.seconds['stage2']:.1f} s"
         )
     typer.echo(f"index: {report.database}")
-    if sheets == "auto":
-        sheets = "all" if len(report.units) <= 32 else "none"
-        if sheets == "none":
-            typer.echo("no contact sheets for more than 32 units; ask with --sheets 3,17 or all")
+    if many:
+        typer.echo("no contact sheets for more than 32 units; ask with --sheets 3,17 or all")
     if sheets != "none":
-        chosen = (
-            report.units
-            if sheets == "all"
-            else [report.units[i] for i in _sheet_numbers(sheets, len(report.units))]
-        )
-        from vital.files import save_image
-
-        folder = out / "sheets"
-        for unit in chosen:
-            path = folder / f"{layer}-{unit.replace(':', '-')}.png"
-            save_image(path, contact_sheet(report.database, loaded, layer, unit, count=ref_count))
         typer.echo(f"contact sheets: {folder} ({len(chosen)})")
 
 

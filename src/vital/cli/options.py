@@ -41,8 +41,10 @@ def _flags_without_type(params: list) -> list:
 
 
 # Help narrower than this is unreadable: rich splits option names and squeezes their help into
-# a column a word or two wide. Wider terminals keep their own width.
+# a column a word or two wide. Wider terminals keep their own width, up to MAX_HELP_WIDTH:
+# rich pads every line to the width, so COLUMNS=100000 would write megabytes of blanks.
 MIN_HELP_WIDTH = 80
+MAX_HELP_WIDTH = 200
 
 
 @contextmanager
@@ -92,7 +94,7 @@ def _readable_width() -> Iterator[None]:
         yield
         return
     chosen = rich_utils.MAX_WIDTH
-    rich_utils.MAX_WIDTH = max(chosen or Console().width, MIN_HELP_WIDTH)
+    rich_utils.MAX_WIDTH = min(max(chosen or Console().width, MIN_HELP_WIDTH), MAX_HELP_WIDTH)
     try:
         yield
     finally:
@@ -107,7 +109,7 @@ class Command(TyperCommand):
         return _flags_without_type(super().get_params(ctx))
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The help, at the terminal's width but never narrower than ``MIN_HELP_WIDTH``."""
+        """The help at the terminal's width, within ``MIN_HELP_WIDTH`` and ``MAX_HELP_WIDTH``."""
         with _readable(self):
             super().format_help(ctx, formatter)
 
@@ -124,6 +126,7 @@ class Command(TyperCommand):
                 if old in names and new in names:  # else the later one would win unseen
                     raise VitalError(f"{old} is the old name of {new}: give one of them.")
             args = [_today(arg, spellings) for arg in args]
+        _refuse_repeated(self.get_params(ctx), args)
         return super().parse_args(ctx, args)
 
 
@@ -135,13 +138,64 @@ class Group(TyperGroup):
         return _flags_without_type(super().get_params(ctx))
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The help, at the terminal's width but never narrower than ``MIN_HELP_WIDTH``."""
+        """The help at the terminal's width, within ``MIN_HELP_WIDTH`` and ``MAX_HELP_WIDTH``."""
         with _readable(self):
             super().format_help(ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Rewrite old spellings (``--classes`` → ``--class``) before any command parses."""
         return super().parse_args(ctx, [_today(arg, OLD_SPELLINGS) for arg in args])
+
+
+def _refuse_repeated(params: list, args: list[str]) -> None:
+    """Refuse an option of one value given more than once (``--steps 1 --steps 2``).
+
+    click keeps the last value without a word, and the run would not be the one asked for.
+    List options (``--class``) repeat by design; a flag given twice asks the same thing twice.
+    ``--opt=value``, ``--opt value``, a short alias (``-c``) and ``-cVALUE`` are all read.
+    """
+    single = {}  # every spelling of a one-value option -> its long name
+    takes_value = set()  # every spelling of an option that takes a value (so skips one word)
+    for param in params:
+        # typer >= 0.29's options are not click's own class: their kind is what tells.
+        if param.param_type_name != "option" or param.is_flag or param.count:
+            continue
+        spellings = [*param.opts, *param.secondary_opts]
+        takes_value.update(spellings)
+        if not param.multiple and param.nargs == 1:
+            long = max(param.opts, key=len)
+            single.update(dict.fromkeys(spellings, long))
+    given: dict[str, list[str]] = {}
+    words = iter(args)
+    for word in words:
+        if word == "--":  # what follows is arguments, not options
+            break
+        name, value = _option_and_value(word, takes_value)
+        if name is None:
+            continue
+        if value is None:
+            value = next(words, "")
+        if name in single:
+            given.setdefault(single[name], []).append(value)
+    for name, values in given.items():
+        if len(values) > 1:
+            times = "twice" if len(values) == 2 else f"{len(values)} times"
+            raise VitalError(f"{name} was given {times} ({', '.join(values)}): give it once.")
+
+
+def _option_and_value(word: str, takes_value: set[str]) -> tuple[str | None, str | None]:
+    """The value-taking option ``word`` names and the value it carries (``None``: the next word).
+
+    ``(None, None)`` for a word that is no such option (an argument, a flag, a value).
+    """
+    if word.startswith("--"):
+        name, equals, value = word.partition("=")
+        if name in takes_value:
+            return name, value if equals else None
+        return None, None
+    if word.startswith("-") and len(word) > 1 and word[:2] in takes_value:
+        return word[:2], word[2:] or None  # -c espresso or -cespresso
+    return None, None
 
 
 def _command_words(ctx: click.Context) -> str:
@@ -190,7 +244,20 @@ STEPS_HELP = (
     "steps before these."
 )
 Steps = Annotated[int | None, option("--steps", STEPS_HELP)]
-Out = Annotated[Path, option("--out", "Output folder.")]
+
+
+def out_folder(value: Path) -> Path:
+    """``--out`` as the folder it names (``~`` expanded), refused where it names no folder.
+
+    Checked where typed, so that every command writes where :func:`vital.store.output_folder`
+    checks (a quoted ``"~/x"`` is the home's ``x``, not a folder ``~`` here).
+    """
+    from vital.store import folder_path
+
+    return folder_path(value)
+
+
+Out = Annotated[Path, option("--out", "Output folder.", callback=out_folder)]
 Seed = Annotated[int, option("--seed", "Seed of the first image; image i uses seed+i.")]
 Device = Annotated[str, option("--device", "auto (CUDA when present), cpu, cuda or cuda:N.")]
 Precision = Annotated[

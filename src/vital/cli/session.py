@@ -40,9 +40,12 @@ def load(model: str, weights: str | None, device: str):
 
 
 def report(results, out: Path, title: str) -> None:
-    """Print a line per result and write ``OUT/TITLE-grid.png`` of them all."""
-    from vital.grids import grid
+    """Write ``OUT/TITLE-grid.png`` of all results, then print a line per result.
 
+    The grid is written first: printing can fail (``vital class … | head -1`` closes the pipe)
+    and the work must be saved by then.
+    """
+    path = _write_grid(results, out, title)
     if results:
         record = results[0].record
         named = f"setting {record.setting}, " if record.setting is not None else ""
@@ -68,6 +71,14 @@ def report(results, out: Path, title: str) -> None:
             f"{stored} stored picture(s) made earlier with the same inputs were reused from "
             f"{out} (--force computes them again)."
         )
+    typer.echo(f"grid: {path}")
+
+
+def _write_grid(results, out: Path, title: str) -> Path:
+    """Save the grid of ``results`` as ``OUT/TITLE-grid.png``; its path."""
+    from vital.files import save_image
+    from vital.grids import grid
+
     if any(r.alpha is not None for r in results):
         # Each image next to its RGBA view, where the transparency shows the evidence.
         from vital.grids import display_pixels, to_image
@@ -79,11 +90,9 @@ def report(results, out: Path, title: str) -> None:
         sheet = grid(cells, captions, columns=min(4, len(cells)))
     else:
         sheet = grid([r.image for r in results], [r.target.describe() for r in results])
-    from vital.files import save_image
-
     path = out / f"{title}-grid.png"
     save_image(path, sheet)
-    typer.echo(f"grid: {path}")
+    return path
 
 
 def check_out(out: Path) -> Path:

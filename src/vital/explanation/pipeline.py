@@ -48,19 +48,27 @@ def load_image(image: str | Path | Image.Image, resolution: int) -> tuple[torch.
         with decoding(description):
             digest = hashlib.sha256(_pixels_of(image)).hexdigest()[:16]
         source = ImageSource(f"image:{digest}", lambda: image, "image")
+        recorded = description
     elif isinstance(image, (str, Path)):
         path = Path(image)
+        if path.is_dir():
+            raise VitalError(
+                f"image {printable(path)} is a folder: explain one image file; a folder of "
+                "images goes to data=DIR (the images mined for the top channels' references)."
+            )
         if not path.is_file():
             raise VitalError(f"image {printable(path)} does not exist or is not a file.")
         source = ImageSource.from_path(path)
         description = source.where
+        # The record says where the image is from any folder it is read in, not "coffee.jpg".
+        recorded = printable(path.resolve())
     else:
         raise VitalError(
             f"the image to explain is a file path or a PIL image, not {type(image).__name__}."
         )
     with decoding(description):  # an unreadable or too large image is an error here
         rgb = to_rgb(source.open())
-    info = {"source": description, "identity": source.identity, "crop": resolution}
+    info = {"source": recorded, "identity": source.identity, "crop": resolution}
     return center_crop(rgb, resolution), info
 
 
@@ -271,7 +279,8 @@ def explain(
                 )
             mining = {
                 "database": "mining.sqlite",
-                "data": str(data),
+                # Resolved: a record read from elsewhere still says which images were mined.
+                "data": printable(Path(data).resolve()),
                 "settings": info["settings"],
                 "scanned": info["scanned"],
             }
