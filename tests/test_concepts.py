@@ -427,7 +427,7 @@ def test_an_out_folder_of_the_users_photos_is_refused_and_kept(tmp_path, data):
     with pytest.raises(VitalError, match="holds images that vital did not write"):
         vital.concepts(tiny_cnn_model(), 3, data, out=vital_out, progress=False, **arguments)
     (vital_out / "index.sqlite").unlink()
-    vital.store.ResultStore(vital_out)  # vital's index of the pictures it wrote there
+    vital.store.ResultStore(vital_out, create=True)  # vital's index of the pictures it wrote
     vital.concepts(tiny_cnn_model(), 3, data, out=vital_out, progress=False, **arguments)
 
 

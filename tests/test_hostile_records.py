@@ -126,7 +126,7 @@ def test_damaged_inputs_in_the_atlas_index_are_one_line_naming_it(atlas):
 
 
 def test_a_damaged_row_of_a_result_index_names_the_index_and_what_to_do(tmp_path):
-    store = vital.ResultStore(tmp_path / "out")
+    store = vital.ResultStore(tmp_path / "out", create=True)
     with sqlite3.connect(store.index) as connection:
         connection.execute(
             "INSERT INTO results VALUES ('class/0', 'vital', 'x', '{}', 0, 'a.png', '{oops', 0)"
@@ -260,3 +260,19 @@ def test_the_command_line_says_a_damaged_import_in_one_line(run, tmp_path):
     copy = edited(run, tmp_path, _set(["layer"], 7))
     result = CliRunner().invoke(app, ["atlas", "import", str(copy), "--out", str(tmp_path / "a")])
     assert isinstance(result.exception, VitalError) and "layer is 7" in str(result.exception)
+
+
+def test_a_result_store_opened_to_read_makes_nothing_and_says_what_it_is(tmp_path):
+    """ResultStore(typo) made the folder and an index, and read as a folder without results."""
+    with pytest.raises(VitalError, match="holds no vital results"):
+        vital.ResultStore(tmp_path / "typo").records()
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "atlas").mkdir()
+    (tmp_path / "atlas" / "atlas.sqlite").write_bytes(b"")
+    with pytest.raises(VitalError, match=r"is an atlas: its results are ResultStore\("):
+        vital.ResultStore(tmp_path / "atlas")
+    assert not (tmp_path / "atlas" / "index.sqlite").exists()
+    with pytest.raises(VitalError, match="does not exist"):
+        vital.ResultStore(tmp_path / "atlas" / "results", tmp_path / "atlas" / "missing.sqlite")
+    made = vital.ResultStore(tmp_path / "new", create=True)
+    assert made.index.is_file() and vital.ResultStore(tmp_path / "new").records() == []

@@ -25,6 +25,7 @@ from vital.files import (
     create_database,
     database,
     open_image,
+    printable,
     save_array,
     save_image,
     write_file,
@@ -188,10 +189,48 @@ def load_result(record: Record, folder: Path, target: object) -> Result:
     return Result(target, torch.from_numpy(array).permute(2, 0, 1), record, alpha, paths)
 
 
-class ResultStore:
-    """A folder of results with an index (``index.sqlite``)."""
+def _check_readable(folder: Path, index: str | Path | None) -> None:
+    """Refuse to open for reading a result folder that has no index (see :class:`ResultStore`)."""
+    if index is None and not (folder / "index.sqlite").is_file():
+        atlas = folder / "atlas.sqlite"
+        where = (
+            f"; {folder} is an atlas: its results are ResultStore({str(folder / 'results')!r}, "
+            f"{str(atlas)!r})"
+            if atlas.is_file()
+            else ""
+        )
+        raise VitalError(
+            f"{printable(folder)} holds no vital results (no index.sqlite){where}; give the "
+            "folder a run wrote into (out=DIR), or create=True to start one."
+        )
+    if index is not None and not Path(index).is_file():
+        raise VitalError(
+            f"the result index {printable(index)} does not exist; give the index a run wrote, "
+            "or create=True to start one."
+        )
 
-    def __init__(self, folder: str | Path, index: str | Path | None = None):
+
+class ResultStore:
+    """A folder of results with an index (``index.sqlite``).
+
+    Parameters
+    ----------
+    folder
+        The folder of the results (``vital-out``; an atlas's are in ``ATLAS/results`` with the
+        index ``ATLAS/atlas.sqlite``).
+    index
+        The index's file, if not ``folder/index.sqlite``.
+    create
+        Make the folder and its index when they are missing, as a run writing results does. By
+        default a store is opened to be read, and a folder without an index is refused: a
+        mistyped folder would otherwise read as one without results, and be made.
+    """
+
+    def __init__(
+        self, folder: str | Path, index: str | Path | None = None, *, create: bool = False
+    ):
+        if not create:
+            _check_readable(folder_path(folder, "result folder"), index)
         self.folder = output_folder(folder)
         self.index = Path(index) if index is not None else self.folder / "index.sqlite"
         create_database(self.index, _SCHEMA, "result index")
@@ -345,7 +384,7 @@ class ResultSink:
         reuse: bool = False,
         replace: bool = False,
     ):
-        self.store = ResultStore(out) if out is not None else None
+        self.store = ResultStore(out, create=True) if out is not None else None
         self.on_result = on_result
         self.reuse = reuse
         self.replace = replace

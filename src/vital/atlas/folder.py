@@ -72,7 +72,9 @@ class Atlas:
     def __init__(self, folder: str | Path):
         self.ledger: Ledger = prepare_folder(folder)
         self.folder = self.ledger.folder  # resolved once: every path below is absolute
-        self.store = ResultStore(self.folder / "results", index=self.folder / "atlas.sqlite")
+        self.store = ResultStore(
+            self.folder / "results", index=self.folder / "atlas.sqlite", create=True
+        )
         create_database(self.store.index, _UNITS_SCHEMA, "atlas index")
         self.planned: dict[str, PictureSpec] = {}
 
