@@ -97,6 +97,11 @@ def test_an_option_of_one_value_given_twice_is_refused(monkeypatch, capsys, argu
     assert len(err.strip().splitlines()) == 1
 
 
+def test_help_is_shown_even_with_an_option_given_twice(monkeypatch, capsys):
+    code, out, err = _main(monkeypatch, capsys, "class", "--steps", "1", "--steps", "2", "--help")
+    assert code == 0 and "--steps" in out and err == ""
+
+
 def test_list_options_and_flags_may_repeat(monkeypatch, capsys):
     arguments = ["class", "-c", "1", "--class", "2", "-c3", "--force", "--force", "--help"]
     code, out, err = _main(monkeypatch, capsys, *arguments)
@@ -154,3 +159,33 @@ def test_an_output_folder_no_one_means_is_refused_in_one_line(
     assert code == 2 and words in err and "--out DIR" in err
     assert len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_atlas_is_not_written_among_the_users_photos(tmp_path):
+    """`atlas import --out PHOTOS` was taken where `concepts --out PHOTOS` was refused: its pages
+    marked the photos' folder as vital's output, and later runs left the photos out."""
+    from vital.atlas import Atlas
+    from vital.errors import VitalError
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "cat.jpg")
+    with pytest.raises(VitalError, match="holds images that vital did not write"):
+        Atlas(photos)
+    assert sorted(p.name for p in photos.iterdir()) == ["cat.jpg"]
+    Atlas(tmp_path / "atlas")  # a new folder, and then one vital wrote, are taken
+    Image.new("RGB", (8, 8)).save(tmp_path / "atlas" / "stray.png")
+    Atlas(tmp_path / "atlas")
+
+
+def test_pictures_are_not_written_loose_into_an_atlas(tmp_path, monkeypatch, capsys):
+    """`vital class --out ATLAS` wrote its PNGs and an index.sqlite into the atlas's root."""
+    from vital.atlas import Atlas
+    from vital.errors import VitalError
+    from vital.store import ResultSink
+
+    Atlas(tmp_path / "atlas")
+    with pytest.raises(VitalError, match="is an atlas; its pictures are made by `vital atlas"):
+        ResultSink(tmp_path / "atlas")
+    assert not (tmp_path / "atlas" / "index.sqlite").exists()
+    ResultSink(tmp_path / "other")  # any other folder is taken

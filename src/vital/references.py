@@ -145,6 +145,22 @@ def vital_output(folder: str | Path) -> str | None:
     )
 
 
+def users_image(folder: str | Path) -> Path | None:
+    """An image of the user's at the top of ``folder`` (one that is not vital's output), if any.
+
+    Output written among a user's photos would be taken for photos by the next run over the
+    folder, and the folder, once marked as vital's, left out of the data: such a folder is
+    refused as an output folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or vital_output(folder) is not None:
+        return None
+    return next(
+        (p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        None,
+    )
+
+
 def has_data_folders(folder: str | Path) -> bool:
     """Whether ``folder`` has sub-folders other than vital's output folders (class folders)."""
     return any(child.is_dir() and vital_output(child) is None for child in Path(folder).iterdir())

@@ -32,6 +32,7 @@ from vital.files import (
 )
 from vital.grids import as_saved, display_pixels, to_image
 from vital.record import Record, json_default
+from vital.references import vital_output
 from vital.specs import PictureSpec
 
 _SCHEMA = """
@@ -231,6 +232,14 @@ class ResultStore:
     ):
         if not create:
             _check_readable(folder_path(folder, "result folder"), index)
+        elif index is None and vital_output(folder_path(folder)) == "atlas.sqlite":
+            # Loose pictures and an index.sqlite beside an atlas's own: not its units, not
+            # shown on its pages, and the folder then reads as two kinds of output.
+            raise VitalError(
+                f"{printable(folder)} is an atlas; its pictures are made by `vital atlas build "
+                "--out` into it (build_atlas in Python). Give these results another folder "
+                "(out=DIR)."
+            )
         self.folder = output_folder(folder)
         self.index = Path(index) if index is not None else self.folder / "index.sqlite"
         create_database(self.index, _SCHEMA, "result index")

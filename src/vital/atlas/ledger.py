@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vital.errors import VitalError
-from vital.files import create_database, database, sqlite_tables, temporary_target
-from vital.references import CONCEPTS_MARK
+from vital.files import create_database, database, printable, sqlite_tables, temporary_target
+from vital.references import CONCEPTS_MARK, users_image
 
 ATLAS_DATABASE = "atlas.sqlite"
 MINING_DATABASE = "mining.sqlite"
@@ -321,4 +321,12 @@ def prepare_folder(folder: str | Path) -> Ledger:
     """Open (or start) the ledger of an atlas folder and refuse a folder that is not vital's."""
     ledger = Ledger(folder)
     ledger.check()
+    image = users_image(ledger.folder)
+    if image is not None:  # the pages among the photos, and the photos left out as vital's
+        raise VitalError(
+            f"{ledger.folder} holds images that vital did not write (e.g. {printable(image)}); "
+            "an atlas goes into a new or empty folder (out=DIR), or one vital wrote: written "
+            "among the photos, its pages would mark the folder as vital's output, and later "
+            "runs over the photos would leave them out."
+        )
     return ledger.create()

@@ -126,7 +126,8 @@ class Command(TyperCommand):
                 if old in names and new in names:  # else the later one would win unseen
                     raise VitalError(f"{old} is the old name of {new}: give one of them.")
             args = [_today(arg, spellings) for arg in args]
-        _refuse_repeated(self.get_params(ctx), args)
+        if not set(ctx.help_option_names) & set(args):  # help is shown whatever else is typed
+            _refuse_repeated(self.get_params(ctx), args)
         return super().parse_args(ctx, args)
 
 

@@ -55,11 +55,10 @@ from vital.record import json_default, model_info, now
 from vital.references import (
     CONCEPTS_MARK,
     CONCEPTS_MARK_TEXT,
-    IMAGE_SUFFIXES,
     ImageSource,
     center_crop,
     open_rgb,
-    vital_output,
+    users_image,
 )
 from vital.relevance.backends import backend_name
 from vital.renamed import renamed, warn_renamed
@@ -535,19 +534,15 @@ def _check_not_the_users(folder: Path) -> None:
                 f"{folder / name} was not written by vital concepts (there is no concepts.json "
                 "beside it); choose another out=DIR or move it."
             )
-    if vital_output(folder) is None:  # not a folder vital writes into: the user's photos?
-        # Refused, not mixed in: the examples, maps and overview written among the photos would
-        # be taken for photos by the next run over the folder. (Photos in a sub-folder are
-        # safe: the run's mark file keeps this folder out of a listing of its parent.)
-        image = next(
-            (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-            None,
+    # Refused, not mixed in: the examples, maps and overview written among the user's photos
+    # would be taken for photos by the next run over the folder. (Photos in a sub-folder are
+    # safe: the run's mark file keeps this folder out of a listing of its parent.)
+    image = users_image(folder)
+    if image is not None:
+        raise VitalError(
+            f"{folder} holds images that vital did not write (e.g. {printable(image)}); "
+            "choose a new or empty out=DIR for the concepts' files."
         )
-        if image is not None:
-            raise VitalError(
-                f"{folder} holds images that vital did not write (e.g. {printable(image)}); "
-                "choose a new or empty out=DIR for the concepts' files."
-            )
 
 
 def _examples(
