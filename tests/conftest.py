@@ -162,6 +162,27 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+# The checkout's own folder; tests write into temporary folders, never here (a default
+# --out of vital-out written by a test made the next `make demo` meet another run's files).
+CHECKOUT = Path(__file__).resolve().parent.parent
+_TOOL_FOLDERS = {".pytest_cache", ".ruff_cache", "__pycache__", ".coverage"}
+
+
+def _checkout_entries() -> set[Path]:
+    entries = {p for p in CHECKOUT.iterdir() if p.name not in _TOOL_FOLDERS}
+    output = CHECKOUT / "vital-out"
+    return entries | (set(output.iterdir()) if output.is_dir() else set())
+
+
+@pytest.fixture(autouse=True)
+def _nothing_written_into_the_checkout():
+    """Fail a test that leaves a new file in the checkout (or in its vital-out)."""
+    before = _checkout_entries()
+    yield
+    added = sorted(str(p.relative_to(CHECKOUT)) for p in _checkout_entries() - before)
+    assert not added, f"the test wrote into the checkout: {added}"
+
+
 def quadratic_objective(target: float):
     """An objective pulling every model-input value towards ``target`` (no model needed)."""
 

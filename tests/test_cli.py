@@ -14,7 +14,8 @@ def run_cli(monkeypatch, capsys, *args):
     return exit_info.value.code, captured.out, captured.err
 
 
-def test_user_mistakes_are_one_line_messages(monkeypatch, capsys):
+def test_user_mistakes_are_one_line_messages(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the runs' default --out, vital-out, is made before a refusal
     code, _, err = run_cli(monkeypatch, capsys, "class", "--class", "expresso", "--steps", "1")
     assert code == 2 and "did you mean 'espresso'" in err and "Traceback" not in err
     code, _, err = run_cli(

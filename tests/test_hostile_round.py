@@ -178,14 +178,11 @@ def test_an_atlas_is_not_written_among_the_users_photos(tmp_path):
     Atlas(tmp_path / "atlas")
 
 
-def test_pictures_are_not_written_loose_into_an_atlas(tmp_path, monkeypatch, capsys):
-    """`vital class --out ATLAS` wrote its PNGs and an index.sqlite into the atlas's root."""
+def test_pictures_may_go_into_a_folder_that_is_also_an_atlas(tmp_path):
+    """`explain` and `class` share their default --out (vital-out): explain makes it an atlas,
+    and class must still write there (refusing it broke `make demo` after an explain)."""
     from vital.atlas import Atlas
-    from vital.errors import VitalError
     from vital.store import ResultSink
 
-    Atlas(tmp_path / "atlas")
-    with pytest.raises(VitalError, match="is an atlas; its pictures are made by `vital atlas"):
-        ResultSink(tmp_path / "atlas")
-    assert not (tmp_path / "atlas" / "index.sqlite").exists()
-    ResultSink(tmp_path / "other")  # any other folder is taken
+    Atlas(tmp_path / "vital-out")
+    assert ResultSink(tmp_path / "vital-out").store.index.is_file()

@@ -234,11 +234,13 @@ def run(
         channels_last(model.module, settings.channels_last),
         method.prepare(model, targets, references, settings) as plans,
     ):
+        # The output folder is made here, once the references are read and before any step.
+        store = sink.store
         # Without a folder or with force, nothing stored is read and every picture is new.
-        reading = sink.reuse and sink.store is not None
+        reading = sink.reuse and store is not None
         specs = _specs(method, model, settings, plans, seeds) if reading else None
         if specs is not None and not sink.replace:
-            _refuse_other_pictures(specs, target_plan(plans), sink.store)
+            _refuse_other_pictures(specs, target_plan(plans), store)
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]
             batch_targets = target_plan(batch)

@@ -32,7 +32,6 @@ from vital.files import (
 )
 from vital.grids import as_saved, display_pixels, to_image
 from vital.record import Record, json_default
-from vital.references import vital_output
 from vital.specs import PictureSpec
 
 _SCHEMA = """
@@ -232,14 +231,7 @@ class ResultStore:
     ):
         if not create:
             _check_readable(folder_path(folder, "result folder"), index)
-        elif index is None and vital_output(folder_path(folder)) == "atlas.sqlite":
-            # Loose pictures and an index.sqlite beside an atlas's own: not its units, not
-            # shown on its pages, and the folder then reads as two kinds of output.
-            raise VitalError(
-                f"{printable(folder)} is an atlas; its pictures are made by `vital atlas build "
-                "--out` into it (build_atlas in Python). Give these results another folder "
-                "(out=DIR)."
-            )
+
         self.folder = output_folder(folder)
         self.index = Path(index) if index is not None else self.folder / "index.sqlite"
         create_database(self.index, _SCHEMA, "result index")
@@ -393,11 +385,25 @@ class ResultSink:
         reuse: bool = False,
         replace: bool = False,
     ):
-        self.store = ResultStore(out, create=True) if out is not None else None
+        if out is not None:
+            folder_path(out)  # a name that is no folder is refused now; it is made later
+        self._out = out
+        self._store: ResultStore | None = None
         self.on_result = on_result
         self.reuse = reuse
         self.replace = replace
         self.results: list[Result] = []
+
+    @property
+    def store(self) -> ResultStore | None:
+        """The folder's store (``None`` in memory), made when first asked for.
+
+        The driver asks once the references are read, before the first step: a run refused
+        for its references (a missing folder) leaves no output folder behind.
+        """
+        if self._out is not None and self._store is None:
+            self._store = ResultStore(self._out, create=True)
+        return self._store
 
     def stored(self, spec: PictureSpec, target: object) -> Result | None:
         """The picture of ``spec`` already in the folder, when reusing; else ``None``."""

@@ -248,11 +248,11 @@ def explain(
         check_fits(model, overrides)  # every picture would be refused after the mining pass
         pixels, image_info = load_image(image, model.preprocessing.input_size)
         explained = None if target is None else class_target(model, target).index
-        atlas = Atlas(out)
         with attributor(model, layer, relevance) as attribute:
             found = attribute(pixels, explained)
             chosen = found.top(top)
             conditional = attribute.conditional(chosen)
+        atlas = Atlas(out)  # made once the layer is known to be one: a refusal leaves none
         slug = _slug(image_info, found.target, layer, found.backend)
         folder = atlas.folder / "explanations" / slug
         spatial = found.relevance.dim() == 3
