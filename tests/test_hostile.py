@@ -20,6 +20,12 @@ from vital.errors import VitalError
 from vital.targets import Channel, Direction
 
 
+@pytest.fixture(autouse=True)
+def _in_a_temporary_folder(tmp_path, monkeypatch):
+    """Runs here without --out write their default vital-out into a temporary folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def run(monkeypatch, capsys, *arguments, model=None):
     """``vital ARGUMENTS`` in this process; returns (exit status, stdout, stderr)."""
     if model is not None:

@@ -182,6 +182,7 @@ def test_cli_says_in_one_line_what_to_do_offline(tmp_path, monkeypatch, capsys):
 
     from vital import cli
 
+    monkeypatch.chdir(tmp_path)  # the run's default --out is made before the refusal
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(
         torch.hub,
