@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import struct
 import warnings
 import zlib
@@ -176,6 +177,23 @@ def test_a_damaged_result_index_names_the_file(monkeypatch, capsys, tmp_path, re
     arguments = ["class", "-c", "1", "--refs", refs, "--steps", "1", "--out", out]
     code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
     assert_one_line_error(code, err, "index.sqlite", "Move it away")
+
+
+def test_an_index_of_another_version_is_refused_before_the_picture(
+    monkeypatch, capsys, tmp_path, refs
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    with sqlite3.connect(out / "index.sqlite") as connection:  # an older vital's six columns
+        connection.execute(
+            "CREATE TABLE results (unit TEXT, method TEXT, model TEXT, seed INTEGER, "
+            "image TEXT, record TEXT, PRIMARY KEY (unit, method, model, seed))"
+        )
+    connection.close()
+    arguments = ["class", "-c", "1", "--refs", refs, "--steps", "1", "--out", out]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=tiny_cnn_model())
+    assert_one_line_error(code, err, "another version of vital", "move index.sqlite away")
+    assert list(out.glob("*.png")) == []  # refused before the work, not after it
 
 
 def test_a_damaged_cache_file_is_rebuilt(tmp_path, refs, monkeypatch):

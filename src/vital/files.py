@@ -26,7 +26,7 @@ import re
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -372,11 +372,17 @@ def damaged_database(path: Path, what: str, error: Exception) -> VitalError:
     )
 
 
-def create_database(path: str | os.PathLike, schema: str, what: str = "index") -> Path:
+def create_database(
+    path: str | os.PathLike, schema: str, what: str = "index", *, upgraded: Iterable[str] = ()
+) -> Path:
     """Make sure the SQLite file ``path`` exists with ``schema`` (``CREATE … IF NOT EXISTS``).
 
     A new file is made complete under a temporary name and linked into place, which fails
     when another process got there first; then both add their tables to the one file.
+
+    A table the file already holds with other columns (written by another version of vital)
+    is refused here, before any work whose result could not be indexed; the tables named in
+    ``upgraded`` are left to their owner's upgrade.
     """
     path = Path(path)
     if not path.exists():
@@ -403,7 +409,35 @@ def create_database(path: str | os.PathLike, schema: str, what: str = "index") -
                 os.unlink(temporary)
     with database(path, what) as connection:
         connection.executescript(schema)
+        _check_columns(connection, path, schema, what, set(upgraded))
     return path
+
+
+def _check_columns(
+    connection: sqlite3.Connection, path: Path, schema: str, what: str, upgraded: set[str]
+) -> None:
+    """Refuse a table of ``schema`` that the file holds with other columns than it defines."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as blank:
+        blank.executescript(schema)
+        tables = [
+            row[0] for row in blank.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        wanted = {table: _columns(blank, table) for table in tables}
+    for table, columns in wanted.items():
+        found = _columns(connection, table)
+        if table in upgraded or not found or found == columns:
+            continue  # "not found": another process is creating it
+        raise VitalError(
+            f"the {what} {path} was written by another version of vital (its table {table} "
+            f"has the columns {', '.join(found)}; this version writes "
+            f"{', '.join(columns)}). Give another folder, or move {path.name} away (the files "
+            "beside it stay) to start a new one."
+        )
+
+
+def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
+    """The column names of ``table`` in their order (empty when there is no such table)."""
+    return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
 
 
 def sqlite_tables(path: str | os.PathLike) -> set[str] | None:

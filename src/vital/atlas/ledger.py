@@ -160,7 +160,7 @@ class Ledger:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise VitalError(f"cannot use {self.folder} as an atlas folder: {error}") from error
-        create_database(self.database, _SCHEMA, "atlas index")
+        create_database(self.database, _SCHEMA, "atlas index", upgraded=["atlas_files"])
         self._upgrade()
         return self
 
