@@ -7,6 +7,7 @@ Jobs that fail "once" leave a marker file, so the retry that follows sees it and
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import warnings
@@ -129,9 +130,11 @@ def test_without_an_address_ray_starts_its_own_instance_even_beside_another(monk
     from vital.engines import RayEngine
 
     RayEngine(num_cpus=2)
-    RayEngine(address="10.0.0.1:6379")
+    with socket.create_server(("127.0.0.1", 0)) as head:  # a cluster's address that answers
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        RayEngine(address=address)
     assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
-    assert calls[1]["address"] == "10.0.0.1:6379" and "num_cpus" not in calls[1]
+    assert calls[1]["address"] == address and "num_cpus" not in calls[1]
 
     def refused(**options):
         raise ValueError("no room")
@@ -139,6 +142,23 @@ def test_without_an_address_ray_starts_its_own_instance_even_beside_another(monk
     fake.init = refused
     with pytest.raises(VitalError, match="cannot start a local Ray instance: no room"):
         RayEngine(num_cpus=2)
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "nowhere", "x:y"])
+def test_an_address_nothing_answers_at_is_refused_before_ray_retries_it(monkeypatch, form):
+    """``ray.init`` retries an unreachable address for minutes, its log lines on the terminal."""
+    import types
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **k: calls.append(k))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    from vital.engines import RayEngine
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    with pytest.raises(VitalError, match="cannot reach a Ray cluster|is not HOST:PORT"):
+        RayEngine(address=form.format(port=port))
+    assert calls == []
 
 
 # --- on a local Ray instance ---------------------------------------------------------------

@@ -224,8 +224,28 @@ def test_a_sheets_typo_is_refused_before_mining(monkeypatch, capsys, tmp_path, i
         monkeypatch, capsys, "mine", "-l", "stage2", "--data", image_folder, "--sheets",
         "1,abc", "--out", tmp_path / "out", model=tiny_cnn_model(),
     )  # fmt: skip
-    assert_one_line_error(code, err, "--sheets takes auto, all, none or unit numbers")
+    assert_one_line_error(code, err, "--sheets takes auto, all, none or channel numbers")
     assert not (tmp_path / "out" / "mining.sqlite").exists() and "index:" not in out
+
+
+def test_sheets_are_named_by_channel_and_checked_before_mining(
+    monkeypatch, capsys, tmp_path, image_folder
+):
+    from test_hostile import assert_one_line_error, run
+
+    mine = ["mine", "-l", "stage2", "--data", image_folder, "--channel", "3,5", "--patch", "16"]
+    code, out, err = run(
+        monkeypatch, capsys, *mine, "--sheets", "0", "--out", tmp_path / "a",
+        model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--sheets [0]: not among the channels mined")
+    assert not (tmp_path / "a" / "mining.sqlite").exists()
+    code, out, err = run(
+        monkeypatch, capsys, *mine, "--sheets", "5", "--out", tmp_path / "b",
+        model=tiny_cnn_model(),
+    )  # fmt: skip
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "b" / "sheets").iterdir()] == ["stage2-channel-5.png"]
 
 
 @pytest.mark.parametrize("scale", [(0.0, 0.0), (0.1, 5), "0.1,0.4", (0.1, 0.2, 0.3), (0.3, 0.1)])

@@ -25,6 +25,7 @@ workers by itself.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -169,6 +170,8 @@ class RayEngine:
         self.retries = retries
         self.window = window
         self.started = not ray.is_initialized()
+        if self.started and address is not None:
+            _check_reachable(address)
         if self.started:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None:
@@ -239,6 +242,40 @@ class RayEngine:
         """Stop the cluster if this engine started it (a cluster it connected to keeps running)."""
         if self.started:
             self._ray.shutdown()
+
+
+# Seconds to wait for a cluster's address to answer before calling it unreachable.
+_REACH_SECONDS = 10
+
+# Ray's default client port, for a "ray://HOST" address without one.
+_RAY_CLIENT_PORT = 10001
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a cluster address that nothing answers at, before Ray retries it for minutes.
+
+    ``ray.init`` keeps retrying an unreachable address (several minutes, its log lines on the
+    terminal meanwhile) before it fails. "auto" and "local" name no host and are left to Ray.
+    """
+    if address in ("auto", "local"):
+        return
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host:  # "ray://HOST" alone, or a bare host
+        host, port = where, str(_RAY_CLIENT_PORT) if address.startswith("ray://") else ""
+    if not port.isdigit() or not host:
+        raise VitalError(
+            f"the Ray address {address!r} is not HOST:PORT; give the address `ray start --head` "
+            "printed (e.g. 192.168.1.5:6379), or leave the address out to start a local one."
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_REACH_SECONDS).close()
+    except OSError as error:
+        raise VitalError(
+            f"cannot reach a Ray cluster at {address!r} ({error}); is it running? "
+            "`ray start --head` prints its address, or leave the address out to start a local "
+            "one."
+        ) from None
 
 
 def check_engine(name: str, address: str | None = None) -> None:

@@ -28,7 +28,8 @@ from vital.references import DEFAULT_REFERENCES
 
 DATA_HELP = "Image folder (any depth, ImageNet-style trees too) or list file."
 SHEETS_HELP = (
-    "Contact sheets: 'all', 'none', unit numbers (3,17), or 'auto' (all when at most 32 units)."
+    "Contact sheets: 'all', 'none', channel numbers (3,17; with --direction the file's row "
+    "numbers), or 'auto' (all when at most 32 units)."
 )
 REF_COUNT_HELP = "Stage 2: images kept per unit by their best patch (the unit's references)."
 BATCH_HELP = "Images per forward pass (stage 2: their patches, at least one image's)."
@@ -73,13 +74,20 @@ def mine_command(
             "--channel and --direction choose what to mine; give one of them (a direction "
             "file is mined instead of channels)."
         )
+    chosen_channels = options.channel_list(channels)
     if sheets not in ("auto", "all", "none"):
         try:  # a typo is refused before the pass, not after
-            options.integers([sheets], "--sheets")
+            numbers = options.integers([sheets], "--sheets")
         except VitalError:
             raise VitalError(
-                f"--sheets takes auto, all, none or unit numbers (3,17), not {sheets!r}."
+                f"--sheets takes auto, all, none or channel numbers (3,17), not {sheets!r}."
             ) from None
+        unmined = [n for n in numbers if chosen_channels is not None and n not in chosen_channels]
+        if unmined:
+            raise VitalError(
+                f"--sheets {unmined}: not among the channels mined (--channel "
+                f"{','.join(map(str, chosen_channels))}); a sheet is of a mined channel."
+            )
     loaded = session.load(common["model"], common["weights"], device)
     directions = None
     if direction is not None:
@@ -90,7 +98,7 @@ def mine_command(
         layer,
         data,
         out,
-        channels=options.channel_list(channels),
+        channels=chosen_channels,
         directions=directions,
         direction_name=direction.stem if direction is not None else "direction",
         top_images=top_images,
@@ -109,11 +117,7 @@ def mine_command(
         sheets = "none" if many else "all"
     folder, chosen = out / "sheets", []
     if sheets != "none":
-        chosen = (
-            report.units
-            if sheets == "all"
-            else [report.units[i] for i in _sheet_numbers(sheets, len(report.units))]
-        )
+        chosen = report.units if sheets == "all" else _sheet_units(sheets, report.units)
         from vital.files import save_image
 
         for unit in chosen:
@@ -141,9 +145,17 @@ def mine_command(
         typer.echo(f"contact sheets: {folder} ({len(chosen)})")
 
 
-def _sheet_numbers(text: str, units: int) -> list[int]:
+def _sheet_units(text: str, units: list[str]) -> list[str]:
+    """The mined units ``--sheets`` names: channels by number, directions by row."""
     numbers = options.integers([text], "--sheets")
-    wrong = [n for n in numbers if not 0 <= n < units]
+    channel_numbers = {
+        int(unit.removeprefix("channel:")): unit for unit in units if unit.startswith("channel:")
+    }
+    by_number = channel_numbers or dict(enumerate(units))
+    wrong = [n for n in numbers if n not in by_number]
     if wrong:
-        raise VitalError(f"--sheets {wrong}: there are {units} mined units (0..{units - 1}).")
-    return numbers
+        kind = "channels" if channel_numbers else "direction rows"
+        shown = sorted(by_number)
+        listed = ", ".join(map(str, shown[:8])) + (" …" if len(shown) > 8 else "")
+        raise VitalError(f"--sheets {wrong}: the mined {kind} are {listed}.")
+    return [by_number[n] for n in numbers]
