@@ -395,6 +395,18 @@ def test_explain_refuses_bad_inputs(tmp_path, data):
         run(data, tmp_path / "atlas", image="broken.png")
 
 
+def test_more_channels_than_the_layer_has_are_refused_and_many_have_progress(
+    tmp_path, data, capsys
+):
+    # --top 100000 ran a relevance pass for every one of a layer's 1280 channels, silently.
+    with pytest.raises(VitalError, match="top=17, but stage3 has 16 channels: show at most 16"):
+        run(None, tmp_path / "refused", image=str(data / "img001.png"), top=17)
+    assert not (tmp_path / "refused").exists()
+    record = run(None, tmp_path / "all", image=str(data / "img001.png"), top=16, progress=True)
+    assert sorted(e.channel for e in record.top) == list(range(16))
+    assert "heatmaps: 16/16" in capsys.readouterr().err
+
+
 def test_load_image_takes_the_centre_crop():
     image = Image.new("RGB", (80, 40), (255, 0, 0))
     image.paste((0, 0, 255), (0, 0, 10, 40))  # a blue strip on the left, cut off by the crop

@@ -22,7 +22,7 @@ proportion to the activations instead of evenly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -245,7 +245,11 @@ class Attributor:
             mask = mask.view(-1, *([1] * (first.dim() - 2)))
         return _own_layout(mask[None].expand_as(first), self._layout)
 
-    def conditional(self, masks: Sequence[torch.Tensor] | Sequence[int]) -> torch.Tensor:
+    def conditional(
+        self,
+        masks: Sequence[torch.Tensor] | Sequence[int],
+        on_heatmap: Callable[[int], None] = lambda count: None,
+    ) -> torch.Tensor:
         """Heatmaps of the relevance that flows through parts of the layer only.
 
         Parameters
@@ -253,6 +257,8 @@ class Attributor:
         masks
             Channel indices, or masks over the layer's output, channels first: ``(C,)`` over
             channels, or ``(C, H, W)`` / ``(C, T)`` over channels and positions; one per heatmap.
+        on_heatmap
+            Called with 1 after each heatmap (each is a relevance pass: hundreds take minutes).
 
         Returns
         -------
@@ -271,6 +277,7 @@ class Attributor:
                 retain_graph=True,
             )
             heatmaps.append(self._times_activation(at_input, x).sum(dim=1)[0].detach().cpu())
+            on_heatmap(1)
         return torch.stack(heatmaps)
 
 

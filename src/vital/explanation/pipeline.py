@@ -31,11 +31,15 @@ from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH
 from vital.optimize import DEFAULT_SETTING
+from vital.progress import progress_bar
 from vital.record import ChannelEvidence, Explanation, model_info
 from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop, check_apart
 from vital.renamed import renamed
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
+
+# Fewer heatmaps than this take seconds: no progress bar for them.
+_HEATMAPS_WITHOUT_BAR = 16
 
 DEFAULT_TOP = 5
 DEFAULT_EXAMPLES = 8
@@ -250,8 +254,20 @@ def explain(
         explained = None if target is None else class_target(model, target).index
         with attributor(model, layer, relevance) as attribute:
             found = attribute(pixels, explained)
+            channels = found.channels.numel()
+            if top > channels:  # each shown channel costs a relevance pass, mining, a picture
+                raise VitalError(
+                    f"top={top}, but {layer} has {channels} channels: show at most {channels}."
+                )
             chosen = found.top(top)
-            conditional = attribute.conditional(chosen)
+            with progress_bar(
+                len(chosen),
+                "explain: heatmaps",
+                desc="heatmaps",
+                unit="channel",
+                disable=not progress or len(chosen) < _HEATMAPS_WITHOUT_BAR,
+            ) as bar:
+                conditional = attribute.conditional(chosen, on_heatmap=bar.update)
         atlas = Atlas(out)  # made once the layer is known to be one: a refusal leaves none
         slug = _slug(image_info, found.target, layer, found.backend)
         folder = atlas.folder / "explanations" / slug
