@@ -60,6 +60,18 @@ def test_compare_rejects_unknown_methods_and_no_classes(tiny_cnn):
         compare(tiny_cnn, [], "fourier", settings={"steps": 1}, progress=False)
 
 
+def test_clip_weights_that_cannot_be_used_are_refused_before_any_picture(
+    tiny_cnn, tmp_path, monkeypatch
+):
+    import vital.compare
+
+    made = []
+    monkeypatch.setattr(vital.compare, "visualize", lambda *a, **k: made.append(a))
+    with pytest.raises(VitalError, match="CLIP zero-shot needs"):
+        compare(tiny_cnn, [1], ["fourier"], clip_weights=tmp_path / "nowhere.pt", out=tmp_path)
+    assert made == [] and not (tmp_path / "table.md").exists()
+
+
 @pytest.mark.slow
 def test_cli_compare_and_class_method_on_the_embedded_model(tmp_path):
     runner = CliRunner()

@@ -163,5 +163,5 @@ def test_metrics_reject_empty_and_mismatched_inputs(tiny_cnn):
 
 @pytest.mark.skipif(importlib.util.find_spec("open_clip") is not None, reason="open_clip present")
 def test_clip_is_skipped_with_a_clear_message():
-    with pytest.raises(metrics.MetricUnavailableError, match="open_clip is not installed"):
+    with pytest.raises(metrics.MetricUnavailableError, match="open_clip, which is not installed"):
         metrics.clip_zero_shot(_pixels(2), [0, 1], ["cat", "dog"])

@@ -208,6 +208,8 @@ def compare(
                 "a judge, held-out real images, CLIP and FID score classes; inner channels are "
                 "scored by their activation relative to their references (references=DIR)."
             )
+        if clip_weights is not None:  # asked for by name: refused now, not skipped at the end
+            metrics.check_clip(clip_weights)
         options = dict(method_options or {})
         for name in names:  # refuse a method that cannot take these targets before any runs
             get_method(name, targets, **_options_of(name, targets, options, reference_count))

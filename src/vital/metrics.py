@@ -23,6 +23,7 @@ penultimate features) unless a layer is named, so no function knows any architec
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vital.errors import VitalError, first_forward
+from vital.files import printable
 from vital.relevance.seeds import target_activation
 from vital.taps import check_layer, tapped, to_positions
 from vital.targets import Channel, ClassTarget, Direction, Target
@@ -349,6 +351,29 @@ def realism(
 # --- CLIP -------------------------------------------------------------------------------------
 
 
+def check_clip(weights: str | Path | None) -> None:
+    """Raise :class:`MetricUnavailableError` when CLIP zero-shot cannot run, saying why.
+
+    Callers that were given ``weights`` explicitly check this before any work: a metric asked
+    for by name should not be skipped after the pictures were made.
+    """
+    if importlib.util.find_spec("open_clip") is None:
+        raise MetricUnavailableError(
+            "CLIP zero-shot needs open_clip, which is not installed (pip install "
+            "open_clip_torch), and a local CLIP weights file."
+        )
+    if weights is None:
+        raise MetricUnavailableError(
+            "CLIP zero-shot needs a local CLIP weights file, and none was given (vital never "
+            "downloads)."
+        )
+    if not Path(weights).is_file():
+        raise MetricUnavailableError(
+            f"CLIP zero-shot needs a local CLIP weights file, and {printable(weights)} does not "
+            "exist (vital never downloads)."
+        )
+
+
 def clip_zero_shot(
     images: torch.Tensor,
     labels: Sequence[int],
@@ -366,17 +391,9 @@ def clip_zero_shot(
         When ``open_clip`` is not installed or no weights file is given.
     """
     _check_pairs(images, labels, "visualisations")
-    try:
-        import open_clip
-    except ImportError as error:
-        raise MetricUnavailableError(
-            "CLIP zero-shot skipped: open_clip is not installed (pip install open_clip_torch) "
-            "and local CLIP weights are needed."
-        ) from error
-    if weights is None or not Path(weights).is_file():
-        raise MetricUnavailableError(
-            "CLIP zero-shot skipped: no local CLIP weights file was given (vital never downloads)."
-        )
+    check_clip(weights)
+    import open_clip
+
     model, _, preprocess = open_clip.create_model_and_transforms(
         architecture, pretrained=str(weights)
     )
