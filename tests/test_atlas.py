@@ -79,6 +79,16 @@ def test_build_writes_store_and_site(tmp_path, data):
     assert "<svg class='curve'" in page.read_text()
 
 
+def test_the_overview_counts_in_words_that_agree_with_the_numbers(tmp_path, data):
+    folder = tmp_path / "atlas"
+    build_atlas(
+        tiny_cnn_model(), TARGETS[:1], lambda t: from_folder(data / str(t.index), count=3),
+        folder, {"steps": 2}, progress=False,
+    )  # fmt: skip
+    index = (folder / "index.html").read_text()
+    assert " 1 unit · 0 failed · 0 explanations · 0 concept sets" in index
+
+
 def test_rerunning_does_no_work(tmp_path, data):
     build(tiny_cnn_model(), data, tmp_path / "atlas")
     before = images(tmp_path / "atlas")

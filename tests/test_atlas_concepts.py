@@ -298,7 +298,7 @@ def test_atlas_build_by_concepts_from_the_command_line(tmp_path, tiny_everywhere
     arguments += ["--refs", str(data), "--ref-count", "2", "--out", str(tmp_path / "atlas")]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
-    assert "1 units visualised" in result.output
+    assert "1 unit visualised, 0 failed, 0 already done" in result.output
     (folder,) = (tmp_path / "atlas" / "concepts").iterdir()
     record = json.loads((folder / "concepts.json").read_text())
     for entry in record["concepts"]:

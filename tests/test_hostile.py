@@ -170,6 +170,23 @@ def test_refs_and_out_that_are_files(monkeypatch, capsys, tmp_path, refs):
     assert_one_line_error(code, err, "cannot create")
 
 
+def test_a_refused_command_leaves_no_empty_output_folder(monkeypatch, capsys, tmp_path, refs):
+    model = tiny_cnn_model()
+    for arguments, phrase in (
+        (["class", "-c", "no such class"], "not found"),
+        (["neuron", "--layer", "no.such.layer", "--channel", "1"], "not found"),
+        (["neuron", "--layer", "stage3", "--channel", "1", "--refs", tmp_path / "mined"], ""),
+    ):
+        out = tmp_path / "new" / "out"
+        code, _, err = run(monkeypatch, capsys, *arguments, "--out", out, model=model)
+        assert_one_line_error(code, err, phrase)
+        assert not (tmp_path / "new").exists(), arguments
+    arguments = ["class", "-c", "1", "--refs", refs, "--steps", "1", "--out", tmp_path / "new"]
+    code, _, err = run(monkeypatch, capsys, *arguments, model=model)
+    assert code == 0, err
+    assert (tmp_path / "new" / "index.sqlite").is_file()  # made when there is something to write
+
+
 def test_a_damaged_result_index_names_the_file(monkeypatch, capsys, tmp_path, refs):
     out = tmp_path / "out"
     out.mkdir()

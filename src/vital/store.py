@@ -172,6 +172,37 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
     return folder
 
 
+def writable_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Check, without creating anything, that results could be written to ``path``.
+
+    :func:`output_folder` as a check made before any work: a folder that does not exist yet
+    is not made here (a command refused afterwards, for a mistyped class or layer, leaves no
+    empty folder behind); its nearest existing parent must be a writable folder.
+
+    Raises
+    ------
+    VitalError
+        As :func:`output_folder`.
+    """
+    folder = folder_path(path, what)
+    if folder.exists():
+        return output_folder(folder, what)
+    parent = folder.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VitalError(
+            f"cannot create the {what} {folder}: {parent} is a file; choose another folder "
+            "(out=DIR)."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VitalError(
+            f"cannot create the {what} {folder}: {parent} is not writable; choose another "
+            "folder (out=DIR)."
+        )
+    return folder
+
+
 def load_result(record: Record, folder: Path, target: object) -> Result:
     """A stored result back as a :class:`Result` (its PNG is 8-bit, so re-saving is exact).
 

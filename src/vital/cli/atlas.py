@@ -194,7 +194,8 @@ def atlas_build(
         )
         _report_reuse(result)
         typer.echo(
-            f"{result.finished} units visualised, {result.failed} failed, {result.skipped} "
+            f"{result.finished} unit{'' if result.finished == 1 else 's'} visualised, "
+            f"{result.failed} failed, {result.skipped} "
             f"already done ({result.units_per_minute:.1f} units/min)."
         )
         # Each class's concepts are one step, finished or not: an interrupted one runs again.
@@ -229,7 +230,7 @@ def _report_reuse(report) -> None:
 
 
 def atlas_serve(
-    folder: Annotated[Path, typer.Argument(help="Atlas folder.")],
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Atlas folder.")],
     port: Annotated[int, typer.Option("--port", help="Port (1-65535; 0: any free one).")] = 8000,
     host: Annotated[
         str,
@@ -262,7 +263,9 @@ def atlas_serve(
 
 
 def atlas_import(
-    folder: Annotated[Path, typer.Argument(help="The --out folder of a `vital concepts` run.")],
+    folder: Annotated[
+        Path, typer.Argument(metavar="FOLDER", help="The --out folder of a `vital concepts` run.")
+    ],
     out: Annotated[
         Path, options.option("--out", "The atlas folder.", callback=options.out_folder)
     ] = Path("vital-out"),

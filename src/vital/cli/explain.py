@@ -41,7 +41,9 @@ DATA_HELP = (
 @options.sharing(options.model_options, options.picture_options, batch=4)
 def explain_command(
     context: typer.Context,
-    image: Annotated[Path, typer.Argument(help="The image to explain (its centre crop).")],
+    image: Annotated[
+        Path, typer.Argument(metavar="IMAGE", help="The image to explain (its centre crop).")
+    ],
     layer: Annotated[
         str, options.option("--layer", "Layer whose channels explain the prediction.")
     ],

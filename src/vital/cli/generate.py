@@ -26,7 +26,9 @@ from vital.optimize import DEFAULT_SETTING
 from vital.references import DEFAULT_REFERENCES
 from vital.targets import resolve_targets
 
-COMPARE_REFS_HELP = "VITAL's references and the metrics' real images (default: photos)."
+COMPARE_REFS_HELP = (
+    "VITAL's references and the metrics' real images (default: the embedded photos)."
+)
 REAL_REFS_HELP = "Held-out real images for FID/realism (default: --refs)."
 COMPARE_STEPS_HELP = "Steps for every method (default: each method's own)."
 NEURON_REFS_HELP = (

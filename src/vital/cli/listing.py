@@ -12,7 +12,7 @@ from vital.errors import VitalError
 
 
 def layers(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
     weights: Weights = None,
     match: Annotated[
         str | None, typer.Option("--match", help="Only names containing this.")
@@ -65,7 +65,7 @@ def layers(
 
 
 def classes(
-    model: Annotated[str, typer.Argument(help="Model name.")] = "mobilenet_v2",
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")] = "mobilenet_v2",
     search: Annotated[
         str | None,
         typer.Option("--search", help="Filter by text in any of a class's names or its id."),

@@ -355,7 +355,8 @@ LearningRate = Annotated[
     float | None, typer.Option("--lr", help="Peak learning rate (default: the method's).")
 ]
 Jitter = Annotated[
-    int | None, typer.Option("--jitter", help="Largest random shift in pixels (default: method's).")
+    int | None,
+    typer.Option("--jitter", help="Largest random shift in pixels (default: the method's)."),
 ]
 TapOption = Annotated[
     list[str] | None,

@@ -96,10 +96,10 @@ def _write_grid(results, out: Path, title: str) -> Path:
 
 
 def check_out(out: Path) -> Path:
-    """Fail before any work when results could not be written."""
-    from vital.store import output_folder
+    """Fail before any work when results could not be written; create nothing yet."""
+    from vital.store import writable_folder
 
-    return output_folder(out)
+    return writable_folder(out)
 
 
 def visualize(loaded, targets, references, out: Path, **arguments):
