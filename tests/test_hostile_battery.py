@@ -384,8 +384,8 @@ def test_contact_sheets_and_mined_references_refuse_counts_below_one(tmp_path, i
                reference_count=2, patch_side=0, progress=False)  # fmt: skip
     with pytest.raises(VitalError, match="cell=N"):
         vital.contact_sheet(tmp_path / "m.sqlite", model, "stage2", 0, cell=0)
-    with pytest.raises(VitalError, match="count=N"):
-        vital.mined_references(tmp_path / "m.sqlite", model, "stage2", 0, count=0)
+    with pytest.raises(VitalError, match="reference_count=N"):
+        vital.mined_references(tmp_path / "m.sqlite", model, "stage2", 0, reference_count=0)
 
 
 def test_an_explanation_is_an_explanation():

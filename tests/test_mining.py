@@ -444,9 +444,13 @@ def test_mined_references_give_images_or_the_scored_patches(dataset, tmp_path):
     model = planted_model()
     report = mine(model, LAYER, folder, tmp_path / "out", channels=[0], **mine_kwargs())
     _, ranked = mined(report.database, model, LAYER, 0)
-    images = mined_references(tmp_path / "out", model, LAYER, 0, mined_as="image", count=3)
+    images = mined_references(
+        tmp_path / "out", model, LAYER, 0, mined_as="image", reference_count=3
+    )
     assert [s.identity.split(":")[0] for s in images.sources] == [r.path for r in ranked[:3]]
-    patches = mined_references(report.database, model, LAYER, 0, mined_as="patch", count=TOP)
+    patches = mined_references(
+        report.database, model, LAYER, 0, mined_as="patch", reference_count=TOP
+    )
     views = list(patches.views(32))
     assert len(views) == TOP
     for view, entry in zip(views, ranked, strict=True):
@@ -500,7 +504,9 @@ def test_cli_mines_mobilenet_and_writes_sheets(tmp_path):
     result = CliRunner().invoke(app, [*arguments, "--direction", str(tmp_path / "concept.npy")])
     assert result.exit_code == 0, result.output
     model = load_model("mobilenet_v2")
-    refs = mined_references(tmp_path / "out", model, "features.16", 7, mined_as="patch", count=2)
+    refs = mined_references(
+        tmp_path / "out", model, "features.16", 7, mined_as="patch", reference_count=2
+    )
     assert len(refs.sources) == 2
     _, ranked = mined(tmp_path / "out", model, "features.16", np.load(tmp_path / "concept.npy"))
     assert len(ranked) == 2

@@ -116,6 +116,32 @@ def test_an_atlas_build_writes_lines_and_its_units_no_bars_of_their_own(tmp_path
     assert not [line for line in lines if line.startswith("optimising")]
 
 
+def test_a_run_counts_its_reference_views_before_the_first_step(
+    tmp_path, tiny_cnn, capsys, monkeypatch
+):
+    """An inner unit's references (a forward and a relevance pass per view, per stage) took a
+    minute and more before the first step's line, in silence."""
+    import vital
+    from vital.targets import Channel
+
+    monkeypatch.setenv("VITAL_CACHE", str(tmp_path / "cache"))
+    write_images(tmp_path / "refs", 3)
+    arguments = {"settings": {"steps": 2}, "reference_count": 4}
+    vital.visualize(tiny_cnn, [Channel("stage3", 1)], tmp_path / "refs", **arguments)
+    lines = capsys.readouterr().err.splitlines()
+    counted = [line for line in lines if line.startswith("references: ")]
+    assert counted and lines.index(counted[-1]) < lines.index(
+        next(line for line in lines if line.startswith("optimising"))
+    )
+    assert int(counted[-1].split(" ")[1]) >= 4 and " view, " in counted[-1]
+    vital.visualize(tiny_cnn, [Channel("stage3", 1)], tmp_path / "refs", **arguments)
+    lines = capsys.readouterr().err.splitlines()  # all from the cache: nothing to count
+    assert not [line for line in lines if line.startswith("references: ")]
+    quiet = {**arguments, "progress": False}
+    vital.visualize(tiny_cnn, [Channel("stage3", 2)], tmp_path / "refs", **quiet)
+    assert capsys.readouterr().err == ""
+
+
 def test_concepts_says_how_far_each_stage_before_the_pictures_got(tmp_path, tiny_cnn, capsys):
     """Crops' features, relevance and examples can take minutes; each writes its own lines."""
     from vital.concepts import concepts

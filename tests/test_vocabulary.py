@@ -114,7 +114,7 @@ OLD_API_KEYWORDS = {
     "explain": {"stores": "store"},
     "concepts": {"scale": "crop_scale"},
     "add_concepts": {"scale": "crop_scale"},
-    "mined_references": {"mode": "mined_as"},
+    "mined_references": {"mode": "mined_as", "count": "reference_count"},
     "mine": {"top": "reference_count"},
 }
 # The functions that take a model by name, and so where to put it.

@@ -33,6 +33,7 @@ from vital.optimize import (
     setting_key,
     transparency,
 )
+from vital.progress import counting_views
 from vital.record import Record, model_info
 from vital.specs import PictureSpec
 from vital.store import Result, ResultSink, ResultStore
@@ -232,7 +233,7 @@ def run(
     with (
         frozen(model.module),
         channels_last(model.module, settings.channels_last),
-        method.prepare(model, targets, references, settings) as plans,
+        counting_views(method.prepare(model, targets, references, settings), progress) as plans,
     ):
         # The output folder is made here, once the references are read and before any step.
         store = sink.store
@@ -404,14 +405,15 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
             f"{target.describe()}: it does not fire on its references, its starting noise or "
             f"its picture (activation {reference:.3g}, {initial:.3g} and {final:.3g}: 0 up to "
             "float rounding), so the picture shows nothing of it; choose another unit, or "
-            "references=DIR that drive it.",
+            "references that drive it (given as a folder, or mined from other data).",
             stacklevel=3,
         )
     elif checks["below_start"]:
         warnings.warn(
             f"{target.describe()}: its activation ended at {final:.3g}, below the "
             f"{initial:.3g} of its starting noise: the picture does not show what drives it "
-            "up (try more steps=N, other references=DIR or another seed=S).",
+            "up (try more steps=N, other references (a folder, or other data to mine them "
+            "from) or another seed=S).",
             stacklevel=3,
         )
     return checks

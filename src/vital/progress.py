@@ -21,9 +21,13 @@ ETA and postfixes are tqdm's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
+from typing import IO, Any, TypeVar
 
 from tqdm.auto import tqdm as terminal_tqdm
 from tqdm.std import tqdm as std_tqdm
@@ -38,6 +42,9 @@ LINE_FORMAT = (
     "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {elapsed} elapsed, "
     "{remaining} left, {rate_fmt}{postfix}"
 )
+
+# The same for a count whose end is not known in advance.
+OPEN_LINE_FORMAT = "{desc}: {n_fmt} {unit}, {elapsed} elapsed, {rate_fmt}{postfix}"
 
 
 class LogLines(std_tqdm):
@@ -74,7 +81,8 @@ class LogLines(std_tqdm):
         super().close()
 
     def _write_line(self) -> None:
-        line = self.format_meter(**{**self.format_dict, "bar_format": LINE_FORMAT, "ncols": None})
+        form = LINE_FORMAT if self.total else OPEN_LINE_FORMAT
+        line = self.format_meter(**{**self.format_dict, "bar_format": form, "ncols": None})
         self.fp.write(line.replace(",  ", ", ") + "\n")  # tqdm pads a rate to 5 characters
         self.fp.flush()
         self._written_at, self._written_n = self._time(), self.n
@@ -130,3 +138,50 @@ def progress_bar(
         "mininterval": float(interval) if interval else LOG_INTERVAL,
     }
     return LogLines(total=total, **options)
+
+
+# --- the references' passes before the first step --------------------------------------------
+
+_Value = TypeVar("_Value")
+
+# What counts a reference view passed through the model while a run prepares (None: nothing).
+_VIEWS_COUNTER: ContextVar[Callable[[int], None] | None] = ContextVar("vital_views", default=None)
+
+
+@contextlib.contextmanager
+def counting_views(
+    preparation: AbstractContextManager[_Value], enabled: bool, label: str = "references"
+) -> Iterator[_Value]:
+    """Enter ``preparation`` under a progress bar of the reference views it passes to the model.
+
+    Preparing a run's references (an inner unit's: a forward and a relevance pass per view, for
+    every stage; the ranking of candidate patches) takes from seconds to minutes before the
+    first step, and a run that says nothing for that long looks stuck. The code that passes
+    views calls :func:`views_done`; the bar appears with the first view it counts (none when
+    everything came from the cache) and closes once ``preparation`` is entered, which stays
+    entered until this block ends.
+    """
+    bar: std_tqdm | None = None
+
+    def count(views: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(None, label, desc=label, unit="view")
+        bar.update(views)
+
+    with contextlib.ExitStack() as stack:
+        token = _VIEWS_COUNTER.set(count if enabled else None)
+        try:
+            value = stack.enter_context(preparation)
+        finally:
+            _VIEWS_COUNTER.reset(token)
+            if bar is not None:
+                bar.close()
+        yield value
+
+
+def views_done(views: int) -> None:
+    """Count ``views`` reference views as passed through the model (see :func:`counting_views`)."""
+    count = _VIEWS_COUNTER.get()
+    if count is not None:
+        count(views)

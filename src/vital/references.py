@@ -37,6 +37,7 @@ from vital.files import (
     to_rgb,
 )
 from vital.losses import sorted_prototype
+from vital.progress import views_done
 from vital.scales import coarse_key, coarsen
 from vital.taps import tapped
 
@@ -713,12 +714,14 @@ def top_references(
     if patch_side is None:
         crops = torch.stack([center_crop(image, resolution) for _, image in sources])
         values = torch.cat([score(chunk) for chunk in crops.split(batch_size)])
+        views_done(len(crops))
         scored = [(float(v), s) for v, (s, _) in zip(values, sources, strict=True)]
     else:
         for source, image in sources:
             values, corners = score_patches(
                 center_crop(image, resolution), patch_side, resolution, score, batch_size
             )
+            views_done(1)
             best = int(values.argmax())
             patch = _patch_source(source, corners[best], patch_side, resolution)
             scored.append((float(values[best]), patch))
@@ -775,6 +778,7 @@ def best_patches(
     scored: list[tuple[float, ImageSource]] = []
     for number, view in enumerate(references.views(resolution, crop_pct, interpolation)):
         values, corners = score_patches(view, patch_side, resolution, score, batch_size)
+        views_done(1)
         best = int(values.argmax())
         identity = (
             f"{references.identity()}#view{number}#patch{patch_side}@{corners[best]}/{resolution}"
@@ -926,6 +930,7 @@ def average_over_views(
             )
             sums[name] = sums[name] + total if name in sums else total
         seen += batch.shape[0]
+        views_done(batch.shape[0])
     return {name: (total / seen).cpu() for name, total in sums.items()}
 
 

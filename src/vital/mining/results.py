@@ -83,25 +83,26 @@ def _source(entry: Ranked, mode: str) -> ImageSource:
     )
 
 
-@renamed(mode="mined_as")
+@renamed(mode="mined_as", count="reference_count")
 def mined_references(
     database: str | Path,
     model: Model | str,
     layer: str,
     channel_or_direction: Unit,
     mined_as: str = "image",
-    count: int = 50,
+    reference_count: int = 50,
     seed: int = 0,
 ) -> ReferenceSet:
     """The top mined images (``mined_as="image"``) or their best patches (``"patch"``) of a unit.
 
     The released code of the paper uses the whole images, the paper describes the patches
-    (METHOD.md section 3). The set holds the ``count`` best-ranked images; when fewer were
-    mined, :class:`~vital.references.ReferenceSet` fills up with augmented views.
-    ``mined_as`` is ``--mined-as`` of the command line (``mode=``, its old name, still works
-    with a warning).
+    (METHOD.md section 3). The set holds the ``reference_count`` best-ranked images; when
+    fewer were mined, :class:`~vital.references.ReferenceSet` fills up with augmented views.
+    ``mined_as`` is ``--mined-as`` of the command line and ``reference_count`` its
+    ``--ref-count`` (``mode=`` and ``count=``, their old names, still work with a warning).
     """
-    count = check_count(count, "count")  # 0 would be "no usable reference images (top 0 …)"
+    # 0 would be "no usable reference images (top 0 …)"
+    count = check_count(reference_count, "reference_count")
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")
     info, ranked = mined(database, model, layer, channel_or_direction)
@@ -114,17 +115,17 @@ def mined_references(
     return ReferenceSet(tuple(_source(e, mined_as) for e in chosen), count, seed, description)
 
 
-@renamed(mode="mined_as")
+@renamed(mode="mined_as", count="reference_count")
 def mined_reference_sets(
     database: str | Path,
     model: Model | str,
     targets: Sequence[Channel | Direction],
     mined_as: str = "image",
-    count: int = 50,
+    reference_count: int = 50,
 ) -> dict[Channel | Direction, ReferenceSet]:
     """The mined references of several targets, keyed by target (for ``visualize``)."""
     return {
-        target: mined_references(database, model, target.layer, target, mined_as, count)
+        target: mined_references(database, model, target.layer, target, mined_as, reference_count)
         for target in targets
     }
 
