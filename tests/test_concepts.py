@@ -305,7 +305,7 @@ def test_cli_and_api_find_the_same_concepts(tmp_path, data, monkeypatch):
 def test_user_mistakes_are_one_line(tmp_path, data, monkeypatch):
     import vital.cli
 
-    with pytest.raises(VitalError, match="--count"):
+    with pytest.raises(VitalError, match="count=K"):
         vital.concepts(tiny_cnn_model(), 2, data, layer="stage3", count=30, crops=10,
                        pictures=False, out=tmp_path, progress=False)  # fmt: skip
     with pytest.raises(VitalError, match="crop scale"):

@@ -84,7 +84,9 @@ def first_forward(input_size: int) -> Iterator[None]:
         raise VitalError(
             f"the model failed on a (1, 3, {input_size}, {input_size}) RGB image: {first}. "
             "vital feeds RGB images at the model's input size: give a model that takes them "
-            "(or wrap yours), or set the size (resolution=R, or Preprocessing(input_size=...))."
+            "(or wrap yours), or tell vital the size it takes (vital.Model(module, "
+            "preprocessing=vital.Preprocessing(input_size=S))); resolution=R does not change "
+            "it, pictures are resized to that size for the model."
         ) from error
 
 

@@ -97,6 +97,14 @@ def check_classifier(model: Model, largest_class: int) -> None:
     with first_forward(size):
         output = model.module(model_input(model, torch.zeros(1, 3, size, size)))
     scores = class_scores(model, output)
+    if not torch.isfinite(scores).all():
+        # NaN compares false with every score: each picture's class would be recorded as
+        # ranked first, with a probability of NaN
+        raise VitalError(
+            f"{model.name} gives class scores that are not finite (NaN or inf) on a plain "
+            "image: check its weights for NaN or inf values, and that it runs in the dtype it "
+            "was made for."
+        )
     if largest_class >= scores.shape[1]:
         raise VitalError(
             f"class {largest_class} is not an output of {model.name}, which has "

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vital.errors import VitalError, close_matches, first_forward
+from vital.errors import VitalError, close_matches, first_forward, is_number, plain
 from vital.presets import PRESETS, Tap
 
 # Layouts of a tap output, in timm's naming: channels-first and channels-last maps, tokens,
@@ -433,6 +433,17 @@ def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:
     return user_taps(specs)
 
 
+def _mapped_tap(name: object, weight: object) -> Tap:
+    """One ``{layer: weight}`` entry as a tap."""
+    weight = plain(weight)
+    if not isinstance(name, str) or isinstance(weight, bool) or not is_number(weight):
+        raise VitalError(
+            f"taps given as a mapping are {{layer name: weight}} (e.g. {{'layer3': 0.5}}), not "
+            f"{{{name!r}: {weight!r}}}."
+        )
+    return Tap(name.strip(), float(weight))
+
+
 def _parsed_tap(spec: str) -> Tap:
     if not isinstance(spec, str):
         raise VitalError(f"a tap is a Tap or NAME=WEIGHT text (e.g. layer3=0.5), not {spec!r}.")
@@ -452,6 +463,9 @@ def user_taps(taps: Sequence[str | Tap]) -> tuple[Tap, ...]:
     """
     if isinstance(taps, (str, Tap)):
         taps = [taps]
+    if isinstance(taps, Mapping):
+        # {layer: weight} would iterate as its layers alone, each at weight 1
+        taps = [_mapped_tap(name, weight) for name, weight in taps.items()]
     chosen = tuple(t if isinstance(t, Tap) else _parsed_tap(t) for t in taps)
     names = [tap.layer for tap in chosen]
     twice = sorted({name for name in names if names.count(name) > 1})

@@ -169,6 +169,7 @@ def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
         query = ClassTarget(index, query.name)  # Python's int: records are JSON
         if model.labels is not None:
             model.labels.resolve(query.index)  # in range, or one line saying the range
+            _check_named_as(model.labels, query)
         return query
     query = plain(query)  # numpy's integers and 0-d tensors, as an argmax gives them
     if isinstance(query, numbers.Integral) and not isinstance(query, bool):
@@ -191,6 +192,31 @@ def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
     return ClassTarget(index, labels.name(index))
 
 
+def _check_named_as(labels, target: ClassTarget) -> None:
+    """Refuse a ``ClassTarget`` whose name is another class's: records would name the wrong one.
+
+    A name the labels do not know is the user's own (their classes, generic labels) and is
+    kept; only a name that resolves to a different index is a contradiction.
+    """
+    if not isinstance(target.name, str):
+        raise VitalError(f"a ClassTarget's name is text, not {target.name!r}.")
+    typed = " ".join(target.name.replace("_", " ").split()).lower()
+    own = {" ".join(n.replace("_", " ").split()).lower() for n in labels.synonyms[target.index]}
+    if typed in own or typed == labels.name(target.index).lower():
+        return  # one of the class's own names ("crane" is 134's too, though 517's display name)
+    try:
+        named = labels.resolve(target.name)
+    except VitalError:  # unknown or ambiguous: the user's own word for the class
+        return
+    if named != target.index:
+        raise VitalError(
+            f"ClassTarget({target.index}, {target.name!r}) names class {named} "
+            f"({labels.name(named)!r}), but its index {target.index} is "
+            f"{labels.name(target.index)!r}; give the index alone (or the name alone) so the "
+            "records name the class that ran."
+        )
+
+
 def resolve_targets(model, targets) -> list[Target]:
     """One target or a sequence of them → checked targets (classes resolved by ``model``).
 
@@ -201,6 +227,20 @@ def resolve_targets(model, targets) -> list[Target]:
     """
     if isinstance(targets, (np.ndarray, torch.Tensor)):
         targets = targets.tolist()  # Python numbers (a nested list for 2-d: refused below)
+    if isinstance(targets, (bytes, bytearray)):
+        # bytes iterate as their byte values: b"cat" would be the classes 99, 97 and 116
+        raise VitalError(
+            f"targets are classes (index, name, WordNet id), Channel or Direction objects, or a "
+            f"list of them, not bytes ({targets!r}); give the name as text "
+            f"({targets.decode(errors='replace')!r})."
+        )
+    if isinstance(targets, Mapping):
+        # a mapping iterates as its keys: references given in the targets' place
+        raise VitalError(
+            f"targets are classes (index, name, WordNet id), Channel or Direction objects, or a "
+            f"list of them, not a mapping ({targets!r}); a mapping of target → images goes to "
+            "references=."
+        )
     if isinstance(targets, (str, numbers.Integral, float, ClassTarget, Channel, Direction)):
         targets = [targets]
     if targets is None or not hasattr(targets, "__iter__"):

@@ -248,7 +248,8 @@ class Model:
     preprocessing
         Mean, std, input size, resize ratio and interpolation.
     labels
-        Names of the output units.
+        Names of the output units: a :class:`~vital.labels.ClassLabels`, or a sequence of
+        names, one per output (taken as their display names, typed in any case).
     weights_source
         Where the weights came from, for records.
     """
@@ -263,6 +264,22 @@ class Model:
 
     def __post_init__(self) -> None:
         self.module = unwrapped(self.module)
+        # Checked here: a wrong type would fail far away (a name in the fingerprint, the
+        # preprocessing at the first resize, labels when a class is resolved).
+        for name in ("name", "weights_source"):
+            if not isinstance(getattr(self, name), str):
+                raise VitalError(
+                    f"Model's {name} is text, not {type(getattr(self, name)).__name__} "
+                    f"({getattr(self, name)!r})."
+                )
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise VitalError(
+                "Model's preprocessing is a vital.Preprocessing (e.g. "
+                f"preprocessing=vital.Preprocessing(input_size=32)), not "
+                f"{type(self.preprocessing).__name__}."
+            )
+        if self.labels is not None and not isinstance(self.labels, ClassLabels):
+            self.labels = _labels_from_names(self.labels)
         if self.labels is None:  # as for a plain module: the head's width tells
             self.labels = _labels_for(self.module)
         self.module.eval()
@@ -990,6 +1007,21 @@ def unwrapped(module: Any) -> nn.Module:
             "weights first (e.g. module.to_empty(device='cpu') and load_state_dict)."
         )
     return module
+
+
+def _labels_from_names(names: Any) -> ClassLabels:
+    """Labels from a user's sequence of class names, one per output (``["cat", "dog"]``)."""
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
+        raise VitalError(
+            "Model's labels are a sequence of class names, one per output (labels=['cat', "
+            f"'dog']), or a vital.labels.ClassLabels, not {type(names).__name__}."
+        )
+    names = tuple(names)
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise VitalError(
+            f"Model's labels are non-empty names (text), one per output, not {list(names)[:5]!r}."
+        )
+    return ClassLabels(names=names, synonyms=tuple((n.lower(),) for n in names))
 
 
 def _labels_for(module: nn.Module) -> ClassLabels | None:

@@ -209,13 +209,22 @@ def plan_jobs(
     return jobs
 
 
+def check_once(targets: Sequence[Target]) -> None:
+    """Refuse a plan that names a target twice (before mining its references, too)."""
+    ids = [target.unit() for target in targets]
+    if len(set(ids)) != len(ids):
+        twice = sorted({unit for unit in ids if ids.count(unit) > 1})
+        raise VitalError(
+            f"the atlas plan names a target twice ({', '.join(map(str, twice))}); give each "
+            "class or channel once."
+        )
+
+
 def plan_units(
     targets: Sequence[Target], seed: int, seeds: Sequence[int] | None = None
 ) -> list[Unit]:
     """Units in the order given; unit ``i`` gets ``seeds[i]``, by default ``seed + i``."""
-    ids = [target.unit() for target in targets]
-    if len(set(ids)) != len(ids):
-        raise VitalError("the atlas plan names a target twice; give each class or channel once.")
+    check_once(targets)
     chosen = picture_seeds(seed, len(targets), seeds)
     return [Unit(target, s) for target, s in zip(targets, chosen, strict=True)]
 

@@ -92,6 +92,8 @@ class _Output:
 
     def write(self, text: str) -> int:
         """Write ``text``; a failure raises :class:`_OutputError`."""
+        if self._stream is None:  # started with the output closed (``vital … >&-``)
+            raise _OutputError(OSError(errno.EBADF, "the standard output is closed"))
         try:
             return self._stream.write(text)
         except OSError as error:
@@ -99,12 +101,20 @@ class _Output:
 
     def flush(self) -> None:
         """Flush; a failure raises :class:`_OutputError`."""
+        if self._stream is None:  # nothing was written, or write said so already
+            return
         try:
             self._stream.flush()
         except OSError as error:
             raise _OutputError(error) from error
 
+    def isatty(self) -> bool:
+        """Whether the output is a terminal (a closed one is not)."""
+        return self._stream is not None and self._stream.isatty()
+
     def __getattr__(self, name: str):
+        if self._stream is None:  # Python sets sys.stdout to None when descriptor 1 is closed
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 

@@ -92,6 +92,7 @@ def atlas_build(
     they stopped. vital never writes over a file in --out that it did not write.
     """
     from vital.atlas import ModelSpec, build_atlas, render_site
+    from vital.atlas.build import check_once
     from vital.atlas.ledger import prepare_folder
     from vital.concepts import add_concepts
     from vital.driver import resolve_settings
@@ -159,6 +160,8 @@ def atlas_build(
                 i.name: i for i in list_layers(loaded.module, loaded.preprocessing.input_size)
             }
             selected = list(range(shapes[layer].channels))
+    # a class or channel named twice is refused now, not after the mining pass
+    check_once([*classes, *(Channel(layer, index) for index in selected)])
     if layer and not by_concepts:
         session.Session.out, session.Session.resumable = out, True
         mine(

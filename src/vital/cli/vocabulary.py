@@ -138,6 +138,8 @@ API_TO_OPTION: dict[str, str] = {
     "mined_as": "--mined-as",
     "crop_scale": "--crop-scale",
     "crops": "--crops",
+    "count": "--count",
+    "examples": "--examples",
     "pictured": "--pictured",
     "store": "--store",
     "top": "--top",

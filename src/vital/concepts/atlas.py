@@ -347,7 +347,10 @@ def _written_concepts(folder: Path) -> dict:
     try:
         record = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise VitalError(f"cannot read {path}: {error}") from error
+        raise VitalError(
+            f"cannot read {path} ({error}): it is damaged; copy the whole folder of the `vital "
+            "concepts` run again, or run `vital concepts` again to write it anew."
+        ) from error
     needed = {"model", "model_info", "layer", "class", "concepts", "discovery"}
     if not isinstance(record, dict) or not needed <= record.keys():
         raise VitalError(f"{path} was not written by `vital concepts` (fields are missing).")

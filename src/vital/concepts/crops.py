@@ -26,6 +26,7 @@ from vital.methods.vital_class import class_folder_names, class_references
 from vital.optimize import check_seed
 from vital.references import (
     IMAGE_SUFFIXES,
+    MAX_REFERENCES,
     ImageSource,
     ReferenceSet,
     has_data_folders,
@@ -170,6 +171,13 @@ def check_sampling(count: int, scale: tuple[float, float]) -> tuple[float, float
     count = plain(count)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise VitalError(f"the number of crops (crops=N) is at least 1, not {count!r}.")
+    if count > MAX_REFERENCES:
+        # the crops become one set of views, whose own cap would name --ref-count, an option
+        # concepts does not have; and every crop is held at the model's side at once
+        raise VitalError(
+            f"the number of crops (crops=N) is at most {MAX_REFERENCES:,} (each is held in "
+            f"memory as the model sees it; the default is {DEFAULT_CROPS}), not {count:,}."
+        )
     return values
 
 

@@ -131,11 +131,11 @@ class ConceptBasis:
 def check_concept_count(count: int, crops: int) -> None:
     """Refuse a number of concepts that ``crops`` crops cannot give (before any work)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise VitalError(f"the number of concepts (--count) is at least 1, not {count!r}.")
+        raise VitalError(f"the number of concepts (count=K) is at least 1, not {count!r}.")
     if count > crops:
         raise VitalError(
-            f"{count} concepts cannot be found in {crops} crops; ask for fewer (--count) or "
-            "more crops (--crops)."
+            f"{count} concepts cannot be found in {crops} crops; ask for fewer (count=K) or "
+            "more crops (crops=N)."
         )
 
 
@@ -180,6 +180,19 @@ def discover(
             f"layer {layer!r} is zero on every crop; choose another layer or other images."
         )
     used = matrix.any(axis=0)  # features that never fire stay out of NMF's initialisation
+    if count > int(used.sum()):
+        # NMF's start (nndsvda) takes at most as many concepts as features; said in vital's
+        # words instead of scikit-learn's
+        kind = (
+            f"features (its {matrix.shape[1] // 2} channels split by sign)"
+            if signed
+            else "channels"
+        )
+        raise VitalError(
+            f"{count} concepts cannot be found at {layer!r}: only {int(used.sum())} of its "
+            f"{matrix.shape[1]} {kind} are ever above zero on these crops; ask for at most "
+            f"{int(used.sum())} (count=K), or choose a layer with more channels."
+        )
     nmf = NMF(count, init="nndsvda", max_iter=NMF_ITERATIONS, random_state=nmf_seed(seed))
     with warnings.catch_warnings():  # a concept basis is usable before full convergence
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -35,10 +35,17 @@ from vital.concepts.crops import (
     Crop,
     CropSet,
     around_peak,
+    check_sampling,
     class_images,
     sample_crops,
 )
-from vital.concepts.discovery import DEFAULT_COUNT, ConceptBasis, discover, layer_features
+from vital.concepts.discovery import (
+    DEFAULT_COUNT,
+    ConceptBasis,
+    check_concept_count,
+    discover,
+    layer_features,
+)
 from vital.concepts.fidelity import fidelity_curves
 from vital.concepts.maps import grid_of, map_image
 from vital.concepts.pictures import concept_pictures, crop_coefficients
@@ -248,8 +255,11 @@ def concepts(
         plain(value) for value in (count, crops, examples, pictures, pictured)
     )
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-        raise VitalError(f"the examples per concept (--examples) are at least 1, not {examples!r}.")
+        raise VitalError(f"the examples per concept (examples=N) are at least 1, not {examples!r}.")
     seed = check_seed(seed)  # before any work, and a Python int for the record
+    # the counts before the model loads: a --count 0 was refused only after the crops' pass
+    check_sampling(crops, crop_scale)
+    check_concept_count(count, crops)
     relevance = backend_name(relevance)  # "LRP" is lrp, with lrp's fallback below
     shown = picture_choice(pictures, pictured)
     overrides = checked_overrides(settings)

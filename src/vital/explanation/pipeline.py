@@ -30,7 +30,7 @@ from vital.grids import to_image
 from vital.memory import check_fits
 from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH
-from vital.optimize import DEFAULT_SETTING
+from vital.optimize import DEFAULT_SETTING, check_seed
 from vital.progress import progress_bar
 from vital.record import ChannelEvidence, Explanation, model_info
 from vital.references import DEFAULT_REFERENCES, ImageSource, center_crop, check_apart
@@ -228,6 +228,9 @@ def explain(
         raise VitalError(f"top=N is the number of channels to show (at least 1), not {top!r}.")
     batch_size = check_count(batch_size, "batch_size")
     reference_count = check_count(reference_count, "reference_count")  # before any work
+    # a seed no picture could take was accepted without pictures and refused after mining
+    # with them; a Python int for the record either way
+    seed = check_seed(seed)
     overrides = checked_overrides(settings)  # a misspelt setting: refused before mining
     if mined_as not in ("image", "patch"):
         raise VitalError(f"mined_as='image' or 'patch', not {mined_as!r}.")

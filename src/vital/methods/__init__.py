@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 from vital.errors import VitalError, plain
 from vital.methods.base import Method
@@ -18,6 +19,7 @@ from vital.methods.fourier import Fourier
 from vital.methods.maco import Maco
 from vital.methods.vital_class import VitalClass
 from vital.methods.vital_neuron import VitalNeuron
+from vital.optimize import MAX_SEED
 from vital.targets import Target
 
 # The method a run uses unless one is named.
@@ -68,7 +70,30 @@ def get_method(name: str, targets: Sequence[Target], **options: object) -> Metho
         raise VitalError(f"{name} has no option {', '.join(unknown)} for these targets; {takes}.")
     # numpy's numbers and 0-d tensors (reference_count=np.int64(4)) are the numbers they hold,
     # as settings' are (driver.checked_overrides): the fields are checked and recorded as such.
-    return cls(**{name: plain(value) for name, value in options.items()})
+    return cls(**{name: _checked(name, plain(value)) for name, value in options.items()})
+
+
+def _checked(name: str, value: object) -> object:
+    """The options VITAL's methods share, checked where they enter, before any work.
+
+    Unchecked, a negative ``reference_seed`` failed inside numpy once the references were
+    drawn, a ``cache_dir`` of another type inside pathlib, and ``rank="no"`` was taken as
+    true.
+    """
+    if name == "reference_seed":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+            raise VitalError(
+                f"reference_seed=S is a whole number from 0 to {MAX_SEED}, not {value!r}."
+            )
+    if name == "cache_dir" and value is not None and value is not False:  # False: no cache
+        if not isinstance(value, (str, Path)):
+            raise VitalError(
+                f"cache_dir is a folder (a path), or False for no cache, not {value!r}."
+            )
+        return Path(value).expanduser() if str(value) else value  # "" is no cache, as False
+    if name == "rank" and value is not None and not isinstance(value, bool):
+        raise VitalError(f"rank is True or False, not {value!r}.")
+    return value
 
 
 __all__ = [

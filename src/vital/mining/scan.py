@@ -120,6 +120,14 @@ def _layer_channels(model: Model, layer: str) -> int:
     check_target_layer(layer, model.module, size, layers)
     for info in layers:
         if info.name == layer:
+            if len(info.shape) not in (2, 3):
+                # said here, before any shard: each shard failed on it, and the message then
+                # said to run the same command again
+                raise VitalError(
+                    f"layer {layer!r} has no positions (its output is {tuple(info.shape)}, not "
+                    "a (C, H, W) map or (T, D) tokens), so it has no patches to mine; choose "
+                    "another layer (run `vital layers MODEL`)."
+                )
             return info.channels
     with tapped(model.module, [layer], stop_early=True) as tap, torch.no_grad():
         features = tap(torch.zeros(1, 3, size, size, device=model.device))[layer]
@@ -264,7 +272,6 @@ def _mine(
     elif address is not None:
         raise VitalError("address goes with an engine name; this engine is already connected.")
     images = data if isinstance(data, ImageList) else list_images(data)
-    index = MiningIndex(database)
     layer_channels = _layer_channels(model, layer)
     if directions is not None:
         units = direction_units(directions, layer_channels, direction_name)
@@ -272,6 +279,9 @@ def _mine(
         units = channel_units(channels, layer_channels)
     resolution = model.preprocessing.input_size
     patches = Patches(patch, resolution) if patch else None
+    # made once the layer, units and patches are known to be good: a refused run leaves no
+    # empty database behind
+    index = MiningIndex(database)
     settings = json.dumps(
         {
             "top_images": top_images,

@@ -36,9 +36,9 @@ class Patches:
     def __post_init__(self) -> None:
         if not smallest_patch_side(self.crop) <= self.size <= self.crop:
             raise VitalError(
-                f"the patch side (--patch) must be between {smallest_patch_side(self.crop)} and "
-                f"the crop side {self.crop} (the authors use 32 or 64; 0: whole images), "
-                f"not {self.size}."
+                f"the patch side (patch_side=N) must be between "
+                f"{smallest_patch_side(self.crop)} and the crop side {self.crop} (the authors "
+                f"use 32 or 64; 0: whole images), not {self.size}."
             )
 
     @property
