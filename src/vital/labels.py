@@ -9,6 +9,7 @@ Mau").
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -103,14 +104,23 @@ class ClassLabels:
         return tuple(n for n in self.synonyms[index] if n != self.names[index].lower())
 
     def search(self, text: str) -> list[int]:
-        """Indices whose display name, a synonym or the WordNet id contains ``text``."""
+        """Indices whose display name, a synonym or the WordNet id contains ``text``.
+
+        Whole-word matches (and the WordNet id itself) come first, then the names that only
+        contain it: ``cat`` lists the tabby and the Persian cat before the bullfrog (*Rana
+        catesbeiana*) and the oscilloscope (*cathode-ray oscilloscope*). Each group is in
+        index order.
+        """
         needle = text.strip().lower()
         wnids = self.wnids or ("",) * len(self.names)
-        return [
-            index
-            for index, names in enumerate(self.synonyms)
-            if any(needle in name for name in names) or needle == wnids[index].lower()
-        ]
+        word = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
+        whole, inside = [], []
+        for index, names in enumerate(self.synonyms):
+            if needle == wnids[index].lower() or any(word.search(name) for name in names):
+                whole.append(index)
+            elif any(needle in name for name in names):
+                inside.append(index)
+        return whole + inside
 
     @cache  # noqa: B019 - labels are few, immutable and live for the whole process
     def _wnid_index(self) -> dict[str, int]:

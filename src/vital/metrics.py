@@ -36,7 +36,7 @@ from torch import nn
 from vital.errors import VitalError, first_forward
 from vital.files import printable
 from vital.relevance.seeds import target_activation
-from vital.taps import check_layer, tapped, to_positions
+from vital.taps import check_layer, layers_command, tapped, to_positions
 from vital.targets import Channel, ClassTarget, Direction, Target
 from vital.zoo import Model
 
@@ -197,7 +197,7 @@ def features(
     check_images(images)
     rows = []
     if layer is not None:
-        check_layer(layer, model.module)
+        check_layer(layer, model.module, model.zoo_name)
         with tapped(model.module, [layer], stop_early=True) as tap:
             for chunk in _chunks(images, batch_size):
                 rows.append(tap(model_input(model, chunk))[layer].mean(dim=-1))
@@ -209,7 +209,7 @@ def features(
             if not seen:
                 raise VitalError(
                     f"{model.name} has no nn.Linear classifier to read penultimate features "
-                    "from; name a feature layer instead (run `vital layers MODEL`)."
+                    f"from; name a feature layer instead (run {layers_command(model.zoo_name)})."
                 )
             last = seen[-1]
             rows.append(last.flatten(1) if last.dim() == 2 else last.flatten(1, -2).mean(dim=1))
@@ -481,7 +481,7 @@ def relative_activation(
     """
     check_images(images, "visualisations")
     check_images(reference_images, "reference images")
-    check_layer(layer, model.module)
+    check_layer(layer, model.module, model.zoo_name)
     with tapped(model.module, [layer], stop_early=True) as tap:
 
         def mean_activation(pixels: torch.Tensor) -> torch.Tensor:

@@ -329,8 +329,8 @@ def discover_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...
     runs = _merge_broken_runs(runs)
     if len(runs) < 2:
         raise VitalError(
-            "could not find feature stages automatically; name the taps yourself with "
-            "--tap NAME=WEIGHT (run `vital layers MODEL` to list them)."
+            "could not find feature stages automatically; name the taps yourself "
+            "(taps=['NAME=WEIGHT'], one per layer; run `vital layers MODEL` to list them)."
         )
     shallowest = min(info.name.count(".") for info in runs[0])
     stem = next(info for info in runs[0] if info.name.count(".") == shallowest)
@@ -384,48 +384,72 @@ def _longest_block_sequence(tokens: list[LayerInfo]) -> list[LayerInfo]:
     return max(groups.values(), key=lambda group: (len(group), -group[0].name.count(".")))
 
 
-def check_layer(name: str, module: nn.Module) -> None:
-    """Raise a helpful error when ``name`` is not a module of ``module``."""
+def layers_command(model_name: str | None = None) -> str:
+    """The command that lists a model's layers: its name where the zoo loads it, else ``MODEL``.
+
+    Looked up only here, when a message is written (the first lookup imports timm): a name
+    the zoo does not know (a test's ``tiny_cnn``) would send the user to an error.
+    """
+    from vital.zoo import knows
+
+    return f"`vital layers {model_name if model_name and knows(model_name) else 'MODEL'}`"
+
+
+def check_layer(name: str, module: nn.Module, model_name: str | None = None) -> None:
+    """Raise a helpful error when ``name`` is not a module of ``module``.
+
+    ``model_name`` (:attr:`vital.Model.zoo_name`) names the model in the advice.
+    """
     if not isinstance(name, str):  # layer=None would reach difflib as a TypeError
         raise VitalError(f"a layer is named by its module name (text), not {name!r}.")
     names = [n for n, _ in module.named_modules() if n]
     if name not in names:
         hints = close_matches(name, names)
         hint = f"; did you mean {', '.join(repr(h) for h in hints)}?" if hints else "."
-        raise VitalError(f"layer {name!r} not found{hint} Run `vital layers MODEL` to list them.")
+        raise VitalError(
+            f"layer {name!r} not found{hint} Run {layers_command(model_name)} to list them."
+        )
 
 
-def check_runs_once(name: str, layers: Sequence[LayerInfo], what: str = "layer") -> None:
+def check_runs_once(
+    name: str, layers: Sequence[LayerInfo], what: str = "layer", model_name: str | None = None
+) -> None:
     """Refuse a layer that runs several times in one forward pass, or never.
 
     A module used at several places (a shared activation, a block applied twice) has no single
-    output: a hook would read one of its calls and say nothing of the others.
+    output: a hook would read one of its calls and say nothing of the others. ``model_name``
+    names the model in the advice.
     """
     info = {layer.name: layer for layer in layers}
     if name in info and info[name].calls > 1:
         raise VitalError(
             f"{what} {name!r} runs {info[name].calls} times in one forward pass (one module used "
             "at several places), so it has no single output to read; choose a module that runs "
-            "once (`vital layers MODEL` marks the others)."
+            f"once ({layers_command(model_name)} marks the others)."
         )
 
 
 def check_target_layer(
-    name: str, module: nn.Module, input_size: int, layers: Sequence[LayerInfo] | None = None
+    name: str,
+    module: nn.Module,
+    input_size: int,
+    layers: Sequence[LayerInfo] | None = None,
+    model_name: str | None = None,
 ) -> None:
     """Refuse a layer to read a unit from that is not a module, never runs, or runs twice.
 
-    ``layers`` is :func:`list_layers`' answer when the caller has it already.
+    ``layers`` is :func:`list_layers`' answer when the caller has it already; ``model_name``
+    (:attr:`vital.Model.zoo_name`) names the model in the advice.
     """
-    check_layer(name, module)
+    check_layer(name, module, model_name)
     layers = list_layers(module, input_size) if layers is None else layers
     # list_layers holds the modules that return a tensor; one missing may not run at all
     if all(layer.name != name for layer in layers) and name not in _trace(module, input_size)[3]:
         raise VitalError(
             f"layer {name!r} does not run in the model's forward pass; choose one that does "
-            "(run `vital layers MODEL`)."
+            f"(run {layers_command(model_name)})."
         )
-    check_runs_once(name, layers)
+    check_runs_once(name, layers, model_name=model_name)
 
 
 def parse_taps(specs: Sequence[str]) -> tuple[Tap, ...]:

@@ -294,6 +294,17 @@ class Model:
             f"{self.device})"
         )
 
+    @property
+    def zoo_name(self) -> str | None:
+        """The name the zoo loaded this model by, where it may have (``vital layers NAME``).
+
+        ``None`` for a module the user wrapped without naming its weights: its name
+        (``custom`` unless given) need not be the zoo's network of that name. A name given
+        with weights is checked against the zoo where a message uses it
+        (:func:`vital.taps.layers_command`).
+        """
+        return None if self.weights_source == "user module" else self.name
+
     def probed_labels(self) -> ClassLabels | None:
         """The labels, from one probe pass's output width when no ``nn.Linear`` head said.
 
@@ -818,6 +829,15 @@ def _find_architecture(name: str) -> _Architecture:
         f"unknown model {name!r}.{_hint(name, known)} Use a torchvision or timm architecture "
         f"name, or one with embedded weights: {', '.join(sorted(EMBEDDED))}."
     )
+
+
+def knows(name: str) -> bool:
+    """Whether ``name`` is a model the zoo builds (``vital layers NAME`` lists its layers)."""
+    try:
+        _find_architecture(name)
+    except VitalError:
+        return False
+    return True
 
 
 def _hint(name: str, known: list[str]) -> str:

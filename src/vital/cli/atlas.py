@@ -152,7 +152,7 @@ def atlas_build(
             resolve_settings(get_method(DEFAULT_METHOD, kind), loaded, setting_name, overrides)
     selected = []
     if layer:
-        check_layer(layer, loaded.module)
+        check_layer(layer, loaded.module, loaded.zoo_name)
     if layer and not by_concepts:
         selected = options.channel_list(channels)
         if selected is None:

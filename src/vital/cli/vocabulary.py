@@ -156,12 +156,25 @@ API_FLAG_TO_OPTION: dict[str, str] = {"force": "--force", "channels_last": "--ch
 _API_FLAG = re.compile(r"\b(" + "|".join(API_FLAG_TO_OPTION) + r")=True\b")
 
 
+# API lists → a repeated command-line option: ``taps=['A=1', 'B']`` → ``--tap A=1 --tap B``.
+API_LIST_TO_OPTION: dict[str, str] = {"taps": "--tap"}
+_API_LIST = re.compile(r"\b(" + "|".join(API_LIST_TO_OPTION) + r")=\[([^\]]*)\]")
+
+
+def _repeated(match: re.Match[str]) -> str:
+    option = API_LIST_TO_OPTION[match.group(1)]
+    items = [item.strip().strip("'\"") for item in match.group(2).split(",") if item.strip()]
+    return " ".join(f"{option} {item}" for item in items)
+
+
 def cli_wording(message: str) -> str:
     """A library message for the command line: ``references=DIR`` → ``--refs DIR``.
 
-    Flags lose their value: ``force=True`` → ``--force``.
+    Flags lose their value: ``force=True`` → ``--force``; a list becomes a repeated option:
+    ``taps=['A=1', 'B']`` → ``--tap A=1 --tap B``.
     """
     message = _API_FLAG.sub(lambda match: API_FLAG_TO_OPTION[match.group(1)], message)
+    message = _API_LIST.sub(_repeated, message)
     return _API_WORD.sub(lambda match: API_TO_OPTION[match.group(1)] + " ", message)
 
 

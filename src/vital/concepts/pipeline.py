@@ -278,6 +278,11 @@ def concepts(
                 f"{examples} examples per concept were asked for, but they are chosen among the "
                 f"{len(crop_set.crops)} crops: each concept has at most {len(crop_set.crops)}."
             )
+        if shown is not True and shown and shown > count:  # said, as the examples above
+            notes.append(
+                f"{shown} concepts were asked to be pictured, but {count} are discovered: "
+                "each is pictured."
+            )
         resolution = model.preprocessing.input_size
         with _stage(progress, len(crop_set.crops), "crops' features", "crop") as advance:
             crop_pixels = crop_set.pixels(model, resolution)

@@ -310,7 +310,9 @@ def attributor(
         For an unknown layer or backend, a backend that starts at a position of an inner
         layer (``lrp-restricted``), or a module the rules do not cover.
     """
-    check_target_layer(layer, model.module, model.preprocessing.input_size)
+    check_target_layer(
+        layer, model.module, model.preprocessing.input_size, model_name=model.zoo_name
+    )
     chosen = get_backend(backend)
     if chosen.seed is restricted_seed:
         raise VitalError(

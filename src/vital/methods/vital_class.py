@@ -145,10 +145,10 @@ def resolve_taps(model: Model, taps: Sequence[str | Tap] | None) -> tuple[tuple[
     if taps:
         chosen = user_taps(taps)
         for tap in chosen:
-            check_layer(tap.layer, model.module)
+            check_layer(tap.layer, model.module, model.zoo_name)
         layers = list_layers(model.module, model.preprocessing.input_size)
         for tap in chosen:
-            check_runs_once(tap.layer, layers, "tap")
+            check_runs_once(tap.layer, layers, "tap", model.zoo_name)
         return chosen, "given by the user"
     layers = list_layers(model.module, model.preprocessing.input_size)
     return default_taps(model.name, layers)

@@ -50,6 +50,7 @@ from vital.taps import (
     check_runs_once,
     check_target_layer,
     default_taps,
+    layers_command,
     list_layers,
     tapped,
     to_positions,
@@ -79,6 +80,58 @@ def direction_of(target: Channel | Direction, info: LayerInfo) -> torch.Tensor:
     if not np.isfinite(vector).all() or not np.any(vector):
         raise VitalError(f"the direction {target.describe()!r} is zero or not finite.")
     return torch.from_numpy(vector.astype(np.float32))
+
+
+# Modules whose output is never negative, by what they compute: a direction with no positive
+# component at such a layer is highest at 0 and cannot be driven up.
+NON_NEGATIVE_KINDS = frozenset({"ReLU", "ReLU6", "Sigmoid", "Softmax", "Softplus", "Hardsigmoid"})
+
+# Noise images a layer of another kind is probed on: a signed layer (a linear bottleneck, a
+# residual stream) has negative values among the thousands of values these give; a post-ReLU
+# one (a block ending in its ReLU) has none.
+SIGN_PROBES = 4
+
+
+def never_negative(model: Model, info: LayerInfo) -> str | None:
+    """Why ``info``'s outputs are never negative (a phrase), or ``None`` where they can be.
+
+    Known non-negative modules (``NON_NEGATIVE_KINDS``) answer by their kind; other layers by a
+    probe: a forward pass on ``SIGN_PROBES`` noise images (as :func:`receptive_field` uses),
+    in which no value below 0 marks a post-ReLU output.
+    """
+    if info.kind in NON_NEGATIVE_KINDS:
+        return f"a {info.kind}'s output"
+    side = model.preprocessing.input_size
+    noise = torch.randn(SIGN_PROBES, 3, side, side, generator=torch.Generator().manual_seed(0)).to(
+        model.device, model.dtype
+    )
+    with tapped(model.module, [info.name], stop_early=True) as tap, torch.no_grad():
+        tap(noise)
+        lowest = float(tap.outputs[info.name].min())
+    if lowest < 0:
+        return None
+    return f"post-ReLU: none of its values on {SIGN_PROBES} noise images is below 0"
+
+
+def check_drivable(
+    model: Model, target: Channel | Direction, direction: torch.Tensor, info: LayerInfo
+) -> None:
+    """Refuse a direction with no positive component at a layer that is never negative.
+
+    Its value, the weighted sum of non-negative outputs, is at most 0 and highest where the
+    layer is silent: the optimisation would run all its steps and end below its start.
+    """
+    if isinstance(target, Channel) or float(direction.max()) > 0:
+        return
+    why = never_negative(model, info)
+    if why is None:  # a signed layer: its negative values drive the direction up
+        return
+    raise VitalError(
+        f"the direction {target.describe()!r} has no positive component, but the outputs of "
+        f"{target.layer!r} are never negative ({why}), so it is highest where the layer is "
+        "silent and cannot be driven up; flip its sign (e.g. numpy.save('d.npy', "
+        "-numpy.load(FILE))) or give it at a layer with signed outputs (before its ReLU)."
+    )
 
 
 def direction_target(layer: str, path: str | Path) -> Direction:
@@ -121,8 +174,8 @@ def neuron_taps(
     if taps:
         chosen = user_taps(taps)
         for tap in chosen:
-            check_layer(tap.layer, model.module)
-            check_runs_once(tap.layer, layers, "tap")
+            check_layer(tap.layer, model.module, model.zoo_name)
+            check_runs_once(tap.layer, layers, "tap", model.zoo_name)
             if tap.layer not in info or not below(tap.layer):
                 raise VitalError(
                     f"tap {tap.layer!r} is not computed before the target layer "
@@ -391,19 +444,23 @@ class VitalNeuron(Method):
         resolved: list[
             tuple[NeuronTarget, str, ReferenceSet, list[float] | None, str, ReferenceSet]
         ] = []
-        for target in targets:
-            check_target_layer(target.layer, model.module, model.preprocessing.input_size, layers)
+        directions = []
+        for target in targets:  # every target checked before any target's references are read
+            check_target_layer(
+                target.layer, model.module, model.preprocessing.input_size, layers, model.zoo_name
+            )
             if target.layer not in info or len(info[target.layer].shape) not in (2, 3):
                 raise VitalError(
                     f"layer {target.layer!r} has no positions (a (C, H, W) map or (T, D) "
-                    "tokens); choose another layer (run `vital layers MODEL`)."
+                    f"tokens); choose another layer (run {layers_command(model.zoo_name)})."
                 )
+            directions.append(direction_of(target, info[target.layer]))
+            check_drivable(model, target, directions[-1], info[target.layer])
+        for target, direction in zip(targets, directions, strict=True):
             chosen, source = neuron_taps(
                 model, layers, target.layer, self.taps, near=settings.near_tap
             )
-            neuron = NeuronTarget(
-                target.layer, direction_of(target, info[target.layer]), chosen, float(floor)
-            )
+            neuron = NeuronTarget(target.layer, direction, chosen, float(floor))
             candidates = neuron_references(
                 target, references, self.reference_count, self.reference_seed
             ).readable(self.cache_dir)

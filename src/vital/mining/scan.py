@@ -47,7 +47,7 @@ from vital.progress import progress_bar
 from vital.references import DEFAULT_REFERENCES, check_apart
 from vital.renamed import renamed
 from vital.store import output_folder
-from vital.taps import check_target_layer, list_layers, tapped
+from vital.taps import check_target_layer, layers_command, list_layers, tapped
 from vital.targets import Direction
 from vital.zoo import Model, as_model, frozen, resolve_device
 
@@ -117,7 +117,7 @@ def _layer_channels(model: Model, layer: str) -> int:
     """The layer's channel count, from the one probe pass that also checks the layer."""
     size = model.preprocessing.input_size
     layers = list_layers(model.module, size)
-    check_target_layer(layer, model.module, size, layers)
+    check_target_layer(layer, model.module, size, layers, model.zoo_name)
     for info in layers:
         if info.name == layer:
             if len(info.shape) not in (2, 3):
@@ -126,7 +126,7 @@ def _layer_channels(model: Model, layer: str) -> int:
                 raise VitalError(
                     f"layer {layer!r} has no positions (its output is {tuple(info.shape)}, not "
                     "a (C, H, W) map or (T, D) tokens), so it has no patches to mine; choose "
-                    "another layer (run `vital layers MODEL`)."
+                    f"another layer (run {layers_command(model.zoo_name)})."
                 )
             return info.channels
     with tapped(model.module, [layer], stop_early=True) as tap, torch.no_grad():
