@@ -415,7 +415,7 @@ def test_ctrl_c_with_force_promises_no_resume(monkeypatch, capsys, tmp_path, ref
     [
         (["neuron", "--channel", "0"], "--layer"),
         (["class", "--class"], "--class"),
-        (["explain"], "image"),
+        (["explain"], "IMAGE"),
         (["mine"], "--layer"),
         (["atlas", "build", "--out"], "--out"),
         (["class", "--no-such-option"], "--no-such-option"),

@@ -121,17 +121,18 @@ def test_a_quoted_tilde_is_the_home_folder(tmp_path, monkeypatch, home_relative)
 
 
 def test_the_command_line_writes_under_the_home_for_a_quoted_tilde(tmp_path, monkeypatch, capsys):
-    from vital.errors import VitalError
+    from conftest import tiny_cnn_model, write_images
 
-    def stop(*args):
-        raise VitalError("stopped before any work")
-
+    write_images(tmp_path / "refs", 2)
+    (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(session, "load", stop)
-    code, _, err = _main(monkeypatch, capsys, "class", "-c", "967", "--out", "~/results")
-    assert code == 2 and "stopped before any work" in err
-    assert (tmp_path / "home" / "results").is_dir() and not (tmp_path / "~").exists()
+    monkeypatch.setattr(session, "load", lambda *args: tiny_cnn_model())
+    arguments = ["class", "-c", "1", "--refs", "refs", "--steps", "1", "--out", "~/results"]
+    code, _, err = _main(monkeypatch, capsys, *arguments)
+    assert code == 0, err
+    assert (tmp_path / "home" / "results" / "index.sqlite").is_file()
+    assert not (tmp_path / "~").exists()
 
 
 @pytest.mark.parametrize(

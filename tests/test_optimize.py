@@ -399,6 +399,8 @@ def test_a_heap_the_caller_froze_stays_frozen():
         count = gc.get_freeze_count()
         settings = resolved(Settings(steps=2, jitter=0))
         optimize(quadratic_objective(0.5), 1, Preprocessing(input_size=8), settings, "cpu", False)
-        assert gc.get_freeze_count() == count
+        # An unfreeze would empty the permanent generation; a frozen object that an earlier
+        # test let go of may leave it meanwhile (the count fell by 2 in a full run).
+        assert gc.get_freeze_count() > count - 100
     finally:
         gc.unfreeze()
