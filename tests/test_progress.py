@@ -137,6 +137,9 @@ def test_a_run_counts_its_reference_views_before_the_first_step(
     vital.visualize(tiny_cnn, [Channel("stage3", 1)], tmp_path / "refs", **arguments)
     lines = capsys.readouterr().err.splitlines()  # all from the cache: nothing to count
     assert not [line for line in lines if line.startswith("references: ")]
+    vital.visualize(tiny_cnn, [1], tmp_path / "refs", **arguments)  # a class's, as it starts
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if line.startswith("references: ")], lines
     quiet = {**arguments, "progress": False}
     vital.visualize(tiny_cnn, [Channel("stage3", 2)], tmp_path / "refs", **quiet)
     assert capsys.readouterr().err == ""

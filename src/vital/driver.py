@@ -260,7 +260,9 @@ def run(
                 start = model.preprocessing.denormalize(parametrization.images().detach())
                 initial = metrics.evaluate(model, start, batch_targets)
             label = method.name + (f" batch {number}/{batch_count}" if batch_count > 1 else "")
-            with method.objective(model, batch, settings, batch_seeds) as objective:
+            # a class's references pass through the model here, an inner unit's in prepare
+            objective_of_batch = method.objective(model, batch, settings, batch_seeds)
+            with counting_views(objective_of_batch, bool(progress)) as objective:
                 run_ = optimize(
                     objective,
                     len(batch),
