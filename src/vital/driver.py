@@ -262,7 +262,7 @@ def run(
             label = method.name + (f" batch {number}/{batch_count}" if batch_count > 1 else "")
             # a class's references pass through the model here, an inner unit's in prepare
             objective_of_batch = method.objective(model, batch, settings, batch_seeds)
-            with counting_views(objective_of_batch, bool(progress)) as objective:
+            with counting_views(objective_of_batch, progress) as objective:
                 run_ = optimize(
                     objective,
                     len(batch),

@@ -224,16 +224,17 @@ def _check_readable(folder: Path, index: str | Path | None) -> None:
     """Refuse to open for reading a result folder that has no index (see :class:`ResultStore`)."""
     if index is None and not (folder / "index.sqlite").is_file():
         atlas, parent = folder / "atlas.sqlite", folder.parent / "atlas.sqlite"
-        where = (
-            f"; {folder} is an atlas: its results are ResultStore({str(folder / 'results')!r}, "
-            f"{str(atlas)!r})"
-            if atlas.is_file()
-            # an atlas's results folder: its index is the atlas's, one folder up
-            else f"; it is an atlas's results folder, whose index is the atlas's: "
-            f"ResultStore({str(folder)!r}, index={str(parent)!r})"
-            if parent.is_file()
-            else ""
-        )
+        where = ""
+        if atlas.is_file():
+            where = (
+                f"; {folder} is an atlas: its results are "
+                f"ResultStore({str(folder / 'results')!r}, {str(atlas)!r})"
+            )
+        elif parent.is_file():  # an atlas's results folder: its index is the atlas's
+            where = (
+                "; it is an atlas's results folder, whose index is the atlas's: "
+                f"ResultStore({str(folder)!r}, index={str(parent)!r})"
+            )
         raise VitalError(
             f"{printable(folder)} holds no vital results (no index.sqlite){where}; give the "
             "folder a run wrote into (out=DIR), or create=True to start one."
