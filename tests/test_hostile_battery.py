@@ -241,11 +241,22 @@ def test_sheets_are_named_by_channel_and_checked_before_mining(
     assert_one_line_error(code, err, "--sheets [0]: not among the channels mined")
     assert not (tmp_path / "a" / "mining.sqlite").exists()
     code, out, err = run(
-        monkeypatch, capsys, *mine, "--sheets", "5", "--out", tmp_path / "b",
+        monkeypatch, capsys, *mine, "--sheets", "5,5", "--out", tmp_path / "b",
         model=tiny_cnn_model(),
     )  # fmt: skip
     assert code == 0, err
     assert [p.name for p in (tmp_path / "b" / "sheets").iterdir()] == ["stage2-channel-5.png"]
+    assert "contact sheets:" in out and "(1)" in out  # a number given twice is one sheet
+    every = ["mine", "-l", "stage2", "--data", image_folder, "--patch", "16"]  # 16 channels
+    for sheets, phrase in (("16", "not among the channels of stage2"),
+                           ("-1", "not among the channels of stage2"),
+                           ("", "--sheets takes auto, all, none or channel numbers")):  # fmt: skip
+        code, out, err = run(
+            monkeypatch, capsys, *every, "--sheets", sheets, "--out", tmp_path / "c",
+            model=tiny_cnn_model(),
+        )  # fmt: skip
+        assert_one_line_error(code, err, phrase)
+        assert not (tmp_path / "c" / "mining.sqlite").exists()  # refused before the pass
 
 
 @pytest.mark.parametrize("scale", [(0.0, 0.0), (0.1, 5), "0.1,0.4", (0.1, 0.2, 0.3), (0.3, 0.1)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -75,23 +76,24 @@ def mine_command(
             "file is mined instead of channels)."
         )
     chosen_channels = options.channel_list(channels)
-    if sheets not in ("auto", "all", "none"):
-        try:  # a typo is refused before the pass, not after
-            numbers = options.integers([sheets], "--sheets")
-        except VitalError:
-            raise VitalError(
-                f"--sheets takes auto, all, none or channel numbers (3,17), not {sheets!r}."
-            ) from None
-        unmined = [n for n in numbers if chosen_channels is not None and n not in chosen_channels]
-        if unmined:
-            raise VitalError(
-                f"--sheets {unmined}: not among the channels mined (--channel "
-                f"{','.join(map(str, chosen_channels))}); a sheet is of a mined channel."
-            )
+    numbers = None if sheets in ("auto", "all", "none") else _sheet_numbers(sheets)
+    if numbers is not None and chosen_channels is not None:  # before the model loads
+        _refuse_unmined(numbers, chosen_channels, "channels mined (--channel)")
     loaded = session.load(common["model"], common["weights"], device)
     directions = None
     if direction is not None:
         directions = load_vectors(direction)
+    if numbers is not None and chosen_channels is None:  # before the pass, not after it
+        if directions is not None:
+            rows = len(directions) if directions.ndim == 2 else 1  # a (D, C) file, or one (C,)
+            _refuse_unmined(numbers, range(rows), f"rows of {direction.name}")
+        else:
+            from vital.taps import list_layers
+
+            size = loaded.preprocessing.input_size
+            found = [i for i in list_layers(loaded.module, size) if i.name == layer]
+            if found:  # an unknown layer is mine's to refuse, in its words
+                _refuse_unmined(numbers, range(found[0].channels), f"channels of {layer}")
     session.Session.out, session.Session.resumable = out, True
     report = mine(
         loaded,
@@ -117,7 +119,7 @@ def mine_command(
         sheets = "none" if many else "all"
     folder, chosen = out / "sheets", []
     if sheets != "none":
-        chosen = report.units if sheets == "all" else _sheet_units(sheets, report.units)
+        chosen = report.units if sheets == "all" else _sheet_units(numbers, report.units)
         from vital.files import save_image
 
         for unit in chosen:
@@ -145,17 +147,34 @@ def mine_command(
         typer.echo(f"contact sheets: {folder} ({len(chosen)})")
 
 
-def _sheet_units(text: str, units: list[str]) -> list[str]:
-    """The mined units ``--sheets`` names: channels by number, directions by row."""
-    numbers = options.integers([text], "--sheets")
+def _sheet_numbers(text: str) -> list[int]:
+    """``--sheets`` numbers, each once; a typo is refused before the pass, not after."""
+    try:
+        numbers = list(dict.fromkeys(options.integers([text], "--sheets")))
+    except VitalError:
+        numbers = []
+    if not numbers:
+        raise VitalError(f"--sheets takes auto, all, none or channel numbers (3,17), not {text!r}.")
+    return numbers
+
+
+def _refuse_unmined(numbers: list[int], mined: Iterable[int], what: str) -> None:
+    """Refuse sheet numbers that name no unit of the pass."""
+    mined = list(mined)
+    known = set(mined)
+    unmined = [n for n in numbers if n not in known]
+    if unmined:
+        shown = ", ".join(map(str, mined[:8])) + (" …" if len(mined) > 8 else "")
+        raise VitalError(
+            f"--sheets {unmined}: not among the {what}: {shown}; a sheet is of a mined unit."
+        )
+
+
+def _sheet_units(numbers: list[int], units: list[str]) -> list[str]:
+    """The mined units the ``--sheets`` numbers name: channels by number, directions by row."""
     channel_numbers = {
         int(unit.removeprefix("channel:")): unit for unit in units if unit.startswith("channel:")
     }
     by_number = channel_numbers or dict(enumerate(units))
-    wrong = [n for n in numbers if n not in by_number]
-    if wrong:
-        kind = "channels" if channel_numbers else "direction rows"
-        shown = sorted(by_number)
-        listed = ", ".join(map(str, shown[:8])) + (" …" if len(shown) > 8 else "")
-        raise VitalError(f"--sheets {wrong}: the mined {kind} are {listed}.")
+    _refuse_unmined(numbers, sorted(by_number), "units mined")
     return [by_number[n] for n in numbers]
