@@ -18,6 +18,7 @@ from PIL import Image
 import vital.driver
 from conftest import tiny_vit_model, write_images
 from vital import Channel, visualize
+from vital.cli.vocabulary import cli_wording
 from vital.labels import generic_labels
 from vital.methods.vital_neuron import auto_patch_side, neuron_taps, receptive_field
 from vital.metrics import concentration, target_activations
@@ -70,6 +71,10 @@ def test_a_picture_below_its_starting_noise_is_flagged_and_warned(
     assert len(said) == flagged
     if flagged:
         assert "stage2 channel 3" in said[0] and "0.2" in said[0] and "0.5" in said[0]
+        # The advice names what to change, in the API's words and, printed, in the options'.
+        assert "steps=N" in said[0] and "seed=S" in said[0]
+        printed = cli_wording(said[0])
+        assert "--steps N" in printed and "--seed S" in printed and "=N" not in printed
     assert 0.25 <= result.record.evaluation["transparency_top_quarter"] <= 1
 
 
