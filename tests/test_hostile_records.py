@@ -148,7 +148,8 @@ def test_a_damaged_record_file_names_the_file_and_what_to_do(tmp_path):
 
 def record_data():
     return {
-        "method": "vital", "model": {"name": "m", "fingerprint": "f"}, "target": {"kind": "x"},
+        "method": "vital", "model": {"name": "m", "fingerprint": "f"},
+        "target": {"kind": "class", "index": 0, "name": "class 0"},
         "settings": {"scale": [0.1, 0.2]}, "seed": 0, "evaluation": {}, "final_loss": {},
         "final_total": None, "loss_history": [1.0, None], "seconds": 1.0, "batch_size": 1,
         "device": "cpu",

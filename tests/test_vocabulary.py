@@ -115,7 +115,7 @@ OLD_API_KEYWORDS = {
     "concepts": {"scale": "crop_scale"},
     "add_concepts": {"scale": "crop_scale"},
     "mined_references": {"mode": "mined_as", "count": "reference_count"},
-    "mine": {"top": "reference_count"},
+    "mine": {"top": "reference_count", "database": "out"},
 }
 # The functions that take a model by name, and so where to put it.
 TAKE_A_DEVICE = {

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from vital.errors import VitalError, plain
 from vital.files import printable
+from vital.targets import target_from_record
 from vital.version import __version__
 
 SCHEMA_VERSION = 2
@@ -340,6 +341,9 @@ class Record(Document):
         for name in ("loss_history", "activation_trace"):
             check_items("record", name, known.get(name) or [], _RECORD_ITEMS[name])
         check_items("record", "files", list((known.get("files") or {}).values()), (str,))
+        # The target is read by every later run (the store's unit ids, the atlas's pages): one
+        # of an unknown kind is refused here, naming it, not read as valid and failing there.
+        target_from_record(known["target"])
         known["schema"] = SCHEMA_VERSION
         return cls(**known)
 

@@ -128,6 +128,14 @@ class Direction(_Inner):
 
 Target = ClassTarget | Channel | Direction
 
+# The kinds of target a record may hold (``record.target["kind"]``), and the fields each needs.
+TARGET_KINDS = ("class", "channel", "direction")
+_TARGET_FIELDS = {
+    "class": ("index",),
+    "channel": ("layer", "index"),
+    "direction": ("layer", "name"),
+}
+
 
 def target_record(target: Target) -> dict:
     """A target as records store it (``record.target``); :func:`target_from_record` reads it."""
@@ -144,15 +152,42 @@ def target_record(target: Target) -> dict:
 
 
 def target_from_record(data: Mapping[str, Any]) -> Target:
-    """The target of a record's ``target`` field (as :func:`target_record` wrote it)."""
+    """The target of a record's ``target`` field (as :func:`target_record` wrote it).
+
+    Raises
+    ------
+    VitalError
+        When ``data`` is not a target :func:`target_record` could have written: an unknown
+        ``kind`` (a hand edit, or a record of another program), a missing or mistyped field.
+        A record is read by every later run (the store, the atlas, ``explain``); refused here,
+        it is named once, not taken as valid and failing deep inside one of them.
+    """
+    if not isinstance(data, Mapping):
+        raise VitalError(f"a record's target is a JSON object, not {type(data).__name__}.")
     kind = data.get("kind")
+    if kind not in TARGET_KINDS:
+        raise VitalError(
+            f"a record's target.kind is {kind!r}, not a kind vital knows "
+            f"({', '.join(TARGET_KINDS)})."
+        )
+    missing = [name for name in _TARGET_FIELDS[kind] if name not in data]
+    if missing:
+        raise VitalError(f"a record's {kind} target lacks {', '.join(missing)}.")
+    index = data.get("index")
+    if kind != "direction" and (isinstance(index, bool) or not isinstance(index, int)):
+        # int() would take 1.5 as 1 and true as 1: another unit than the one recorded
+        raise VitalError(f"a record's target.index is a whole number, not {index!r}.")
     if kind == "class":
-        return ClassTarget(int(data["index"]), data.get("name") or "")
+        name = data.get("name") or ""
+        if not isinstance(name, str):
+            raise VitalError(f"a record's target.name is text, not {name!r}.")
+        return ClassTarget(index, name)
     if kind == "channel":
-        return Channel(data["layer"], int(data["index"]))
-    if kind == "direction":
-        return Direction(data["layer"], tuple(data.get("direction") or ()), data["name"])
-    raise VitalError(f"a record's target has kind class, channel or direction, not {kind!r}.")
+        return Channel(data["layer"], index)
+    values = data.get("direction") or ()
+    if not isinstance(values, (list, tuple)):
+        raise VitalError(f"a record's target.direction is a list of numbers, not {values!r}.")
+    return Direction(data["layer"], tuple(values), data["name"])
 
 
 def _check_layer_name(layer: object) -> None:

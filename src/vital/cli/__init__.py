@@ -118,12 +118,18 @@ class _Output:
         return getattr(self._stream, name)
 
 
+# The exit status of a command whose reader closed the pipe: 128 + SIGPIPE, as the shell
+# reports a Unix tool that SIGPIPE ended (`set -o pipefail` scripts tell it from a failure).
+CLOSED_PIPE_STATUS = 128 + 13  # SIGPIPE is signal 13 on Linux and macOS
+
+
 def _output_lost(error: OSError) -> int:
     """The exit status after the standard output failed, with a line on stderr but for a pipe.
 
-    A closed pipe (``vital classes | head -1``) ends quietly as Unix tools do; the output
-    then goes to the null device so that Python's own flush at exit fails no more (Python's
-    "Note on SIGPIPE").
+    A closed pipe (``vital classes | head -1``) ends quietly as Unix tools do: nothing on
+    stderr and status 141 (:data:`CLOSED_PIPE_STATUS`), the reader having taken what it
+    wanted. The output then goes to the null device so that Python's own flush at exit fails
+    no more (Python's "Note on SIGPIPE"). Another failure (a full disk) is one line, status 1.
     """
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -131,7 +137,7 @@ def _output_lost(error: OSError) -> int:
     except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured output)
         pass
     if error.errno == errno.EPIPE:
-        return 1
+        return CLOSED_PIPE_STATUS
     typer.secho(
         f"error: could not write the output: {error.strerror or error}",
         fg=typer.colors.RED,

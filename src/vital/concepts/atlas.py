@@ -44,6 +44,7 @@ from vital.concepts.crops import check_sampling, class_images
 from vital.concepts.pipeline import concepts, picture_choice
 from vital.errors import VitalError, close_matches
 from vital.files import exclusive, held_if_free, printable, write_file
+from vital.labels import classes_command
 from vital.optimize import check_seed
 from vital.relevance.backends import backend_name
 from vital.renamed import renamed
@@ -390,6 +391,13 @@ _KIND_NAMES = {
 }
 
 
+def _zoo_name(record: dict) -> str | None:
+    """The name the zoo may load a report's model by (``None``: a module the user wrapped)."""
+    if record["model_info"].get("weights") == "user module":
+        return None
+    return record["model"]
+
+
 def _checked_concepts(path: Path, record: dict) -> list[str]:
     """Check the fields the atlas reads from a ``concepts.json``; return the files it must hold.
 
@@ -406,6 +414,21 @@ def _checked_concepts(path: Path, record: dict) -> list[str]:
     _of_type(path, "class.index", index, int)
     if index < 0:
         _refuse(path, "class.index", f"{index}, not a class (a class index is 0 or more)")
+    # How many classes the model has: the report stores it (an import loads no model);
+    # reports written before it was stored are taken as they are.
+    classes = record["class"].get("classes")
+    if classes is not None:
+        _of_type(path, "class.classes", classes, int)
+        if classes < 1:
+            _refuse(path, "class.classes", f"{classes}, not a number of classes (1 or more)")
+        if index >= classes:
+            command = classes_command(_zoo_name(record))
+            _refuse(
+                path,
+                "class.index",
+                f"{index}, beyond the model's {classes} classes (0 to {classes - 1}; "
+                f"{command} lists them)",
+            )
     _of_type(path, "class.name", record["class"].get("name", ""), str)
     _of_type(path, "discovery", record["discovery"], dict)
     _of_type(path, "concepts", record["concepts"], list)

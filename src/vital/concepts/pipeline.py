@@ -102,7 +102,9 @@ class ConceptReport:
 
     ``activation`` / ``reference_activation`` of a concept are its coefficient on its picture
     and its references' mean coefficient; ``explained_share`` is the concepts' total share of
-    the class's relevance at the layer, ``residual_share`` the rest.
+    the class's relevance at the layer, ``residual_share`` the rest. ``target`` (written as
+    ``class``) holds the class's ``index`` and ``name`` and, where the model's output tells,
+    ``classes``: how many the model has, against which an import checks the index.
     """
 
     model: dict
@@ -371,7 +373,7 @@ def concepts(
         report = ConceptReport(
             model=model_info(model),
             layer=layer,
-            target={"index": explained.index, "name": explained.name},
+            target={"index": explained.index, "name": explained.name, **_class_count(model)},
             images=len(found),
             crops=len(crop_set.crops),
             explained_share=total.explained,
@@ -433,6 +435,16 @@ def concepts(
         write_file(folder / "concepts.json", report.to_json())
         write_overview(folder)
     return report
+
+
+def _class_count(model: Model) -> dict[str, int]:
+    """``{"classes": N}``, the model's number of classes, for the report; empty if unknown.
+
+    Stored because an import into an atlas (:func:`vital.concepts.import_concepts`) loads no
+    model: the report is all it has to refuse a class index beyond the model's classes.
+    """
+    labels = model.probed_labels()  # known by now: the explained class was resolved by them
+    return {} if labels is None else {"classes": len(labels)}
 
 
 def by_share(shares: ConceptShares) -> list[int]:

@@ -134,12 +134,12 @@ def _layer_channels(model: Model, layer: str) -> int:
     return features.shape[1]
 
 
-@renamed(top="reference_count")
+@renamed(top="reference_count", database="out")
 def mine(
     model: Model,
     layer: str,
     data: str | Path | ImageList,
-    database: str | Path,
+    out: str | Path,
     channels: Sequence[int] | None = None,
     directions: np.ndarray | Sequence[Direction] | None = None,
     direction_name: str = "direction",
@@ -166,9 +166,10 @@ def mine(
     data
         A folder tree of images (any depth; ImageNet-style class folders are recorded as
         labels), a list file with one image path per line, or an :class:`ImageList`.
-    database
-        The SQLite index (a file, or a folder to hold ``mining.sqlite``). Finished lists in it
-        are reused, an interrupted pass with the same inputs resumes.
+    out
+        Where the SQLite index goes: a folder to hold ``mining.sqlite`` (``--out``), or the
+        index file itself. Finished lists in it are reused, an interrupted pass with the same
+        inputs resumes (``database=``, the old name, still works with a warning).
     channels
         Channel indices; ``None`` for all channels (ignored when ``directions`` are given).
     directions
@@ -233,16 +234,17 @@ def mine(
         raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
     if device is not None:  # a device that is not there: refused before the folder is made
         resolve_device(device)
-    check_apart(data, database_path(database).parent)
-    output_folder(database_path(database).parent, "mining folder")
-    lock = database_path(database).with_suffix(".lock")
+    database = database_path(out)
+    check_apart(data, database.parent)
+    output_folder(database.parent, "mining folder")
+    lock = database.with_suffix(".lock")
     # Two runs into one index take turns: the second then reuses what the first finished.
     with (
-        exclusive(lock, f"run mining into {database_path(database)}"),
+        exclusive(lock, f"run mining into {database}"),
         frozen(model.module if isinstance(model, Model) else model),
     ):
         return _mine(
-            as_model(model, device), layer, data, database, channels, directions, direction_name,
+            as_model(model, device), layer, data, out, channels, directions, direction_name,
             top_images, reference_count, patch_side, batch_size, workers, checkpoint_seconds,
             progress, engine, address, shard_size,
         )  # fmt: skip
