@@ -381,6 +381,23 @@ def test_activation_trace_starts_at_the_initial_activation(tiny_cnn, image_folde
         (["--layer", "stage3", "--direction", "DIR", "--refs", "REFS"], "has 3 values"),
         (["--layer", "stage3", "--channel", "1", "--refs", "/nonexistent"], "does not exist"),
         (["--layer", "stage3", "--channel", "1", "--refs", "REFS", "--lr", "0"], "learning rate"),
+        (
+            ["--layer", "stage3", "--channel", "1", "--refs", "REFS", "--relevance-floor", "1"],
+            "relevance_floor=F is a number in [0, 1)",
+        ),
+        (
+            [
+                "--layer",
+                "stage3",
+                "--channel",
+                "1",
+                "--relevance-floor",
+                "0.5",
+                "--method",
+                "fourier",
+            ],
+            "--method fourier weighs nothing by relevance: leave out --relevance-floor.",
+        ),
     ],
 )
 def test_neuron_cli_errors(monkeypatch, tiny_cnn, image_folder, tmp_path, arguments, message):
@@ -436,6 +453,35 @@ def test_neuron_cli_runs(monkeypatch, tiny_cnn, image_folder, tmp_path):
     assert all(r["settings"]["lr"] == 0.25 and r["settings"]["jitter"] == 4 for r in records)
     sheet = Image.open(tmp_path / "o" / "neuron-grid.png")
     assert sheet.width > 3 * 224  # four cells in a row: two images, each with its RGBA view
+
+
+def test_neuron_cli_takes_the_floor_concept_pictures_use(
+    monkeypatch, tiny_cnn, image_folder, tmp_path
+):
+    """``--relevance-floor`` reaches the method: a concept pictured by hand as `concepts` does."""
+    import vital.cli
+
+    monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
+    direction = tmp_path / "concept.npy"
+    np.save(direction, np.linspace(0, 1, 16).astype(np.float32))
+    pixels = {}
+    for floor in ("0.5", None):
+        out = tmp_path / f"floor-{floor}"
+        given = ["--relevance-floor", floor] if floor else []
+        result = CliRunner().invoke(
+            app,
+            [
+                "neuron", "--layer", "stage3", "--direction", str(direction), *given,
+                "--refs", str(image_folder), "--ref-count", "2", "--steps", "2",
+                "--out", str(out),
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+        assert record["options"]["relevance_floor"] == (0.5 if floor else 0.0)
+        (png,) = out.glob("vital-*seed0.png")
+        pixels[floor] = np.asarray(Image.open(png), dtype=np.float32)
+    assert np.abs(pixels["0.5"] - pixels[None]).max() > 0  # the floor changed the loss
 
 
 def test_mixing_class_and_channel_targets_is_refused(tiny_cnn):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,11 @@ NEURON_PATCH_HELP = (
     "References: the best patch of this side (32, 64) of each image; 'auto': sized to the unit's "
     "receptive field (whole images where it covers most of the image); 0 or left out: whole "
     "images."
+)
+RELEVANCE_FLOOR_HELP = (
+    "A floor F in [0, 1) under the normalised relevance at every position, F + (1 - F)·r: "
+    "0.5 pictures a concept's examples (OUT/examples of `vital concepts`) as that command "
+    "does. Default: 0, the authors' weights."
 )
 
 
@@ -194,6 +200,28 @@ def _reference_count(method: str, targets, count: int, method_options: dict) -> 
     return {}
 
 
+# The options of relevance-weighted VITAL, and the command-line options that set them.
+_RELEVANCE_OPTIONS = {"relevance": "--relevance", "relevance_floor": "--relevance-floor"}
+
+
+def _check_relevance_options(method: str, targets, method_options: dict) -> None:
+    """Refuse relevance options given to a method that weighs nothing by relevance.
+
+    The method would refuse them in the API's words (``fourier has no option relevance``);
+    here they are named as the options they came from.
+    """
+    fields = {field.name for field in dataclasses.fields(method_class(method, targets))}
+    given = [
+        option
+        for name, option in _RELEVANCE_OPTIONS.items()
+        if method_options.get(name) is not None and name not in fields
+    ]
+    if given:
+        raise VitalError(
+            f"--method {method} weighs nothing by relevance: leave out {' and '.join(given)}."
+        )
+
+
 def _print_report(paths: dict[str, Path]) -> None:
     typer.echo(paths["table"].read_text().split("\n\n")[0])
     for kind, path in paths.items():
@@ -217,6 +245,9 @@ def neuron(
     rank: Annotated[
         bool, typer.Option("--rank", help="Keep the references that activate the target most.")
     ] = False,
+    relevance_floor: Annotated[
+        float | None, typer.Option("--relevance-floor", help=RELEVANCE_FLOOR_HELP)
+    ] = None,
     **common,
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
@@ -228,6 +259,11 @@ def neuron(
     targets += [direction_target(layer, path) for path in direction or []]
     if not targets:
         raise VitalError("name at least one target: --channel K or --direction FILE.npy.")
+    _check_relevance_options(
+        method_name(common["method"]),
+        targets,
+        {"relevance": relevance, "relevance_floor": relevance_floor},
+    )
     mined = refs == "mined" or (refs is not None and is_mining_database(refs))
     if mined_mode != "image" and not mined:  # "image" is the default: only another is a choice
         raise VitalError(
@@ -250,6 +286,7 @@ def neuron(
         relevance=relevance,
         patch_side=options.patch_side(patch),
         rank=rank or None,
+        relevance_floor=relevance_floor,
     )
     if results and results[0].record.relevance:
         typer.echo(f"relevance backend: {results[0].record.relevance}")

@@ -133,6 +133,7 @@ API_TO_OPTION: dict[str, str] = {
     "layer": "--layer",
     "data": "--data",
     "relevance": "--relevance",
+    "relevance_floor": "--relevance-floor",
     "method": "--method",
     "top_images": "--top-images",
     "mined_as": "--mined-as",

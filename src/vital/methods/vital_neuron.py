@@ -428,7 +428,7 @@ class VitalNeuron(Method):
         """Resolve each target, choose its references, attach the backend, summarise them."""
         floor = self.relevance_floor
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-            raise VitalError(f"relevance_floor is a number in [0, 1), not {floor!r}.")
+            raise VitalError(f"relevance_floor=F is a number in [0, 1), not {floor!r}.")
         backend = get_backend(self.relevance)
         if settings.compile and backend.composite is not None:
             # Dynamo traces the rules' hooks into the compiled graph and breaks them (a weak
