@@ -67,6 +67,29 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+# What an inner picture's record says it failed at (``evaluation`` flags the driver sets), in
+# the words grids, overviews and atlas pages show under the picture.
+SHORTFALLS = {
+    "silent": "silent",
+    "below_start": "below start",
+}
+
+
+def shortfall(evaluation: Mapping[str, Any] | None) -> str | None:
+    """Why an inner picture does not show its target, in two words; ``None`` if nothing failed.
+
+    ``"silent"``: the unit fires on neither its references, its start nor its picture;
+    ``"below start"``: its activation ended below that of its starting noise, so the picture
+    does not show what drives it up. Both come from the record's ``evaluation`` (the driver
+    warns of each when the picture is made); a view of the picture names it with them, as
+    the warning is long gone by the time someone looks at a grid or a page.
+    """
+    for flag, words in SHORTFALLS.items():
+        if (evaluation or {}).get(flag) is True:
+            return words
+    return None
+
+
 class Document:
     """JSON in and out with a schema version: what every document vital writes shares.
 

@@ -51,7 +51,7 @@ from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError, warn_at_caller
 from vital.files import exclusive, printable, save_image, write_file
-from vital.record import Explanation, Record
+from vital.record import Explanation, Record, shortfall
 
 _ENVIRONMENT = Environment(
     loader=PackageLoader("vital.atlas", "templates"),
@@ -84,6 +84,7 @@ _ENVIRONMENT.filters.update(
     step=lambda value: f"{value:g}",
     # A concepts record names each image by its maps' stem, "000-coffee": the image is "coffee".
     image_name=lambda stem: stem.split("-", 1)[-1],
+    shortfall=shortfall,
 )
 
 

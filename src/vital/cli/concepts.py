@@ -155,6 +155,8 @@ def print_concepts(record: Mapping) -> None:
             if entry["activation"] is not None and entry["reference_activation"]
             else "no picture"
         )
+        if entry.get("shortfall"):  # a report written before the field: nothing to say
+            picture += f" ({entry['shortfall']}: it does not show the concept)"
         typer.echo(
             f"  concept {entry['index']:3d}  share {entry['share']:6.1%}  "
             f"{len(entry['examples'])} examples  {picture}"

@@ -86,13 +86,21 @@ def _write_grid(results, out: Path, title: str) -> Path:
         cells, captions = [], []
         for r in results:
             cells += [r.image, to_image(display_pixels(r.pixels), r.alpha)]
-            captions += [r.target.describe(), "RGBA (transparency)"]
+            captions += [_caption(r), "RGBA (transparency)"]
         sheet = grid(cells, captions, columns=min(4, len(cells)))
     else:
-        sheet = grid([r.image for r in results], [r.target.describe() for r in results])
+        sheet = grid([r.image for r in results], [_caption(r) for r in results])
     path = out / f"{title}-grid.png"
     save_image(path, sheet)
     return path
+
+
+def _caption(result) -> str:
+    """The target's name, and why its picture does not show it where the record says so."""
+    from vital.record import shortfall
+
+    failed = shortfall(result.record.evaluation)
+    return result.target.describe() + (f" ({failed})" if failed else "")
 
 
 def check_out(out: Path) -> Path:

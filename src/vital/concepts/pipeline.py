@@ -58,7 +58,7 @@ from vital.grids import grid, to_image
 from vital.memory import check_fits
 from vital.optimize import check_seed
 from vital.progress import progress_bar
-from vital.record import json_default, model_info, now
+from vital.record import json_default, model_info, now, shortfall
 from vital.references import (
     CONCEPTS_MARK,
     CONCEPTS_MARK_TEXT,
@@ -94,6 +94,8 @@ class ConceptEntry:
     reference_activation: float | None
     maps: list[str]
     record: str | None = None
+    # Why the picture does not show the concept (:func:`vital.record.shortfall`), else None.
+    shortfall: str | None = None
 
 
 @dataclass
@@ -345,6 +347,7 @@ def concepts(
                     "record": result.paths["json"],
                     "activation": result.record.evaluation["coefficient"],
                     "reference_activation": result.record.evaluation["reference_coefficient"],
+                    "shortfall": shortfall(result.record.evaluation),
                 }
 
         relative = lambda path: None if path is None else path.relative_to(folder).as_posix()  # noqa: E731
@@ -367,6 +370,7 @@ def concepts(
                     reference_activation=files.get("reference_activation"),
                     maps=[relative(m[k]) for m in map_files],
                     record=relative(files.get("record")),
+                    shortfall=files.get("shortfall"),
                 )
             )
         fidelity = _fidelity(model, layer, explained.index, basis, found[:FIDELITY_IMAGES], count)
@@ -714,7 +718,12 @@ def write_overview(folder: str | Path) -> Path:
                 if entry["reference_activation"]
                 else ""
             )
-            row[0] = (_read(folder / entry["picture"]), "VITAL" + ratio)
+            # A picture that failed says so where it is looked at (the warning is long gone).
+            failed = entry.get("shortfall")
+            row[0] = (
+                _read(folder / entry["picture"]),
+                f"{failed}{ratio.removesuffix(' refs')}" if failed else "VITAL" + ratio,
+            )
         if entry["alpha"] is not None:
             row[1] = (_read(folder / entry["alpha"]), "transparency")
         row.append(
