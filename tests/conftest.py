@@ -212,3 +212,18 @@ def stop_after_the_first_picture(monkeypatch) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ResultStore, "write", stop)
+
+
+def activations_from(final: float, initial: float):
+    """A stand-in for ``metrics.evaluate``: ``initial`` on the starting noise, ``final`` after.
+
+    The driver evaluates the start first, then each finished picture; monkeypatched in as
+    ``vital.driver.metrics.evaluate``, it makes a picture end above or below its start at will.
+    """
+
+    def evaluate(model, images, targets):
+        is_start = not hasattr(evaluate, "called")
+        evaluate.called = True
+        return [{"activation": initial if is_start else final} for _ in targets]
+
+    return evaluate

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import vital.driver
-from conftest import tiny_vit_model, write_images
+from conftest import activations_from, tiny_vit_model, write_images
 from vital import Channel, visualize
 from vital.cli.vocabulary import cli_wording
 from vital.labels import generic_labels
@@ -41,15 +41,6 @@ def test_concentration_is_the_brightest_quarters_share():
     assert concentration(torch.zeros(4, 4)) == 0.0
 
 
-def _evaluations(final: float, initial: float):
-    def evaluate(model, images, targets):
-        is_start = not hasattr(evaluate, "called")
-        evaluate.called = True
-        return [{"activation": initial if is_start else final} for _ in targets]
-
-    return evaluate
-
-
 def _channel_and_warnings(model, folder, channel: int, phrase: str):
     """Channel ``channel`` of stage2 after 2 steps, and the warnings that hold ``phrase``."""
     with warnings.catch_warnings(record=True) as caught:
@@ -65,7 +56,7 @@ def _channel_and_warnings(model, folder, channel: int, phrase: str):
 def test_a_picture_below_its_starting_noise_is_flagged_and_warned(
     monkeypatch, tiny_cnn, image_folder, final, initial, flagged
 ):
-    monkeypatch.setattr("vital.driver.metrics.evaluate", _evaluations(final, initial))
+    monkeypatch.setattr("vital.driver.metrics.evaluate", activations_from(final, initial))
     result, said = _channel_and_warnings(tiny_cnn, image_folder, 3, "starting noise")
     assert result.record.evaluation["below_start"] is flagged
     assert len(said) == flagged
@@ -85,7 +76,7 @@ def test_the_command_line_prints_the_failure_as_one_warning_line(
     import vital.cli.session
 
     monkeypatch.setattr(vital.cli.session, "load", lambda *args: tiny_cnn)
-    monkeypatch.setattr("vital.driver.metrics.evaluate", _evaluations(-0.3, 0.1))
+    monkeypatch.setattr("vital.driver.metrics.evaluate", activations_from(-0.3, 0.1))
     with pytest.raises(SystemExit) as exit_:
         vital.cli.main(
             ["neuron", "--layer", "stage2", "--channel", "1", "--refs", str(image_folder),

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import vital.concepts.pipeline as pipeline
+from conftest import activations_from
 from vital.atlas import build_atlas
 from vital.cli.concepts import print_concepts
 from vital.cli.session import _caption
@@ -90,22 +91,11 @@ def test_the_concepts_overview_and_summary_name_a_failed_picture(
         assert "below start" not in printed
 
 
-def _final_below_start(final: float, initial: float):
-    """``metrics.evaluate`` giving ``initial`` on the starting noise and ``final`` after."""
-
-    def evaluate(model, images, targets):
-        is_start = not hasattr(evaluate, "called")
-        evaluate.called = True
-        return [{"activation": initial if is_start else final} for _ in targets]
-
-    return evaluate
-
-
 @pytest.mark.parametrize(("final", "said"), [(0.2, True), (0.6, False)])
 def test_an_atlas_unit_page_says_its_picture_ended_below_its_start(
     tmp_path, monkeypatch, tiny_cnn, image_folder, final, said
 ):
-    monkeypatch.setattr("vital.driver.metrics.evaluate", _final_below_start(final, 0.5))
+    monkeypatch.setattr("vital.driver.metrics.evaluate", activations_from(final, 0.5))
     with warnings.catch_warnings():  # the driver's warning is tested elsewhere
         warnings.simplefilter("ignore")
         build_atlas(
