@@ -245,11 +245,8 @@ def run(
         for number, (start, batch) in enumerate(_batches(plans, batch_size), 1):
             batch_seeds = seeds[start : start + len(batch)]
             batch_targets = target_plan(batch)
-            stored = (
-                _stored(specs[start : start + len(batch)], batch_targets, sink)
-                if specs is not None
-                else []
-            )
+            batch_specs = specs[start : start + len(batch)] if specs is not None else None
+            stored = _stored(batch_specs, batch_targets, sink) if batch_specs is not None else []
             if stored:
                 for result in stored:
                     sink(result)
@@ -293,6 +290,8 @@ def run(
                 _merge(record, method.record_fields(plan, objective, item))
                 alpha = alphas[item] if alphas is not None else None
                 record.evaluation.update(_checks(batch_targets[item], record.evaluation, alpha))
+                if batch_specs is not None and not sink.replace:
+                    _refuse_replaced_meanwhile(batch_specs[item], batch_targets[item], store)
                 sink(Result(batch_targets[item], run_.pixels[item].cpu(), record, alpha))
     return sink.results
 
@@ -373,6 +372,25 @@ def _refuse_other_pictures(
                 f"{seed}) made with other inputs ({changed}): give force=True to replace it, "
                 "or another out=DIR."
             )
+
+
+def _refuse_replaced_meanwhile(spec: PictureSpec, target: Target, store: ResultStore) -> None:
+    """Refuse to write a picture whose files another run filled with other inputs meanwhile.
+
+    :func:`_refuse_other_pictures` looks before the first step; a second run into the same
+    folder started at about the same time (other steps, other references) passes that look
+    too, and each would overwrite the other's pictures without a word. What this run finished
+    before is kept.
+    """
+    record = store.other_picture(spec)
+    if record is not None:
+        changed = "; ".join(spec.differences(record)[:3])
+        raise VitalError(
+            f"while this run worked, another wrote the picture of {target.describe()} (seed "
+            f"{spec.settings['seed']}) into {store.folder} with other inputs ({changed}); this "
+            "run's picture is not written over it: run it again with another out=DIR (or "
+            "force=True to replace that picture)."
+        )
 
 
 # A unit whose activation stays within this of 0 on its references, its start and its picture

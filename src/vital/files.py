@@ -245,7 +245,13 @@ def load_vectors(path: str | os.PathLike, what: str = "direction file") -> np.nd
     path = Path(path)
     advice = "save the vector with np.save(path, vector)"
     if not path.is_file():
-        kind = "is a folder" if path.is_dir() else "does not exist"
+        kind = (
+            "is a folder"
+            if path.is_dir()
+            else "is not a regular file"
+            if path.exists()  # a device or a pipe
+            else "does not exist"
+        )
         raise VitalError(f"the {what} {path} {kind}; give a .npy file ({advice}).")
     try:
         values = np.load(path, allow_pickle=False)

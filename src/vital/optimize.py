@@ -276,8 +276,10 @@ Settings.__init__ = _settings_init  # type: ignore[method-assign]
 def setting_key(setting: int | str | None) -> int | str | None:
     """A setting's name as :meth:`Settings.setting` knows it (``" 1"`` → 1, ``"FAST"`` → fast).
 
-    Anything else comes back unchanged, to be refused there by name.
+    A numpy or torch integer is the number it holds (``np.int64(1)`` was "setting 1 does not
+    exist"). Anything else comes back unchanged, to be refused there by name.
     """
+    setting = plain(setting)
     if not isinstance(setting, str):
         return setting
     key = setting.strip().lower()  # typed by people, like the class names that are also found

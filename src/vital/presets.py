@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vital.errors import VitalError
+from vital.errors import VitalError, plain
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class Tap:
     def __post_init__(self) -> None:
         if not isinstance(self.layer, str) or not self.layer.strip():
             raise VitalError(f"a tap names a layer (run `vital layers MODEL`), not {self.layer!r}.")
-        weight = self.weight
+        weight = plain(self.weight)  # a weight from numpy (an array of weights) is its number
+        object.__setattr__(self, "weight", weight)  # frozen: the record stores a Python number
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise VitalError(f"tap {self.layer!r}: its weight is a number, not {weight!r}.")
         if not math.isfinite(weight) or weight < 0:

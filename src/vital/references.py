@@ -100,8 +100,9 @@ def reference_folder(path: str | Path, kinds: str) -> Path:
     folder = Path(path)
     if folder.is_file():
         raise VitalError(f"{folder} is a file; references are {kinds}.")
-    if not folder.is_dir():
-        raise VitalError(f"reference folder {folder} does not exist.")
+    if not folder.is_dir():  # a device (/dev/zero) exists, and is no folder
+        missing = "is not a folder" if folder.exists() else "does not exist"
+        raise VitalError(f"reference folder {folder} {missing}.")
     return folder
 
 
@@ -825,6 +826,17 @@ def default_cache_dir() -> Path:
 Prototypes = dict[str, torch.Tensor]
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a path the system refuses (too long a name) is none.
+
+    Writing the entry then fails too, and says once that the cache is not kept.
+    """
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 # Cache folders already reported as unwritable.
 _UNKEPT_CACHES: set[str] = set()
 
@@ -838,7 +850,7 @@ def cached(kind: str, key: object, compute: Callable[[], dict], cache_dir: Path 
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     cache_file = Path(cache_dir) / kind / f"{digest}.pt" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
+    if cache_file is not None and _is_file(cache_file):
         try:
             return torch.load(cache_file, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any damage: the entry is rebuilt

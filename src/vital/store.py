@@ -138,12 +138,42 @@ def folder_path(path: str | Path, what: str = "output folder") -> Path:
             f"the {what} {text!r} has blanks at the start or end of a name; give it without "
             "them (out=DIR)."
         )
+    # A newline or tab inside a name comes from a paste, not from a folder anyone means; the
+    # folder made of it prints over two lines and is hard to name in a shell afterwards.
+    controls = sorted({char for char in text if ord(char) < 32 or ord(char) == 127})
+    if controls:
+        named = ", ".join(_CONTROL_NAMES.get(char, repr(char)) for char in controls)
+        raise VitalError(
+            f"the {what} {text!r} has a control character in it ({named}); give the name "
+            "without it (out=DIR)."
+        )
     try:  # "~/x" quoted, so that the shell did not expand it, is still the home's x
-        return Path(text).expanduser()
+        folder = Path(text).expanduser()
     except RuntimeError as error:  # "~nobody/x", or no home to expand to
         raise VitalError(
             f"cannot expand the {what} {text!r}: {error}; give a full path."
         ) from error
+    try:  # a name past the file system's limits fails in every later call on it
+        folder.exists()
+    except OSError as error:
+        raise VitalError(
+            f"the {what} {shortened(text)} cannot be a folder here: {error.strerror or error}; "
+            "give a shorter path (out=DIR)."
+        ) from error
+    return folder
+
+
+_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
+
+
+def shortened(text: str, keep: int = 60) -> str:
+    """``text`` quoted, its middle cut out when it is longer than ``keep`` characters.
+
+    For paths in messages: a 5,000-character path printed whole buries the sentence around it.
+    """
+    if len(text) <= keep:
+        return repr(text)
+    return repr(f"{text[: keep // 2]}…{text[-keep // 2 :]}") + f" ({len(text)} characters)"
 
 
 def output_folder(path: str | Path, what: str = "output folder") -> Path:

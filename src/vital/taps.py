@@ -225,6 +225,9 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
             f"list_layers takes the network (an nn.Module, e.g. model.module), not "
             f"{type(module).__name__}."
         )
+    from vital.zoo import unwrapped  # the layers of the module vital runs, named as it does
+
+    module = unwrapped(module)
     starts, ends, shapes, calls, kinds = _trace(module, input_size)
     stages = library_stages(module)
     declared = declared_layouts(module)

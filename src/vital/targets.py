@@ -137,6 +137,31 @@ _TARGET_FIELDS = {
 }
 
 
+# A refused object is shown up to this many characters: a Result's repr holds its pixels
+# (3,800 characters for one 64 px picture), which buried the sentence around it.
+_SHOWN = 80
+
+
+def _described(value: object) -> str:
+    """``value`` named in a refusal: its type and a short repr, or what to give instead.
+
+    A finished :class:`~vital.store.Result` or a :class:`~vital.record.Record` given where a
+    target goes (to make a picture again) is pointed at the target it holds.
+    """
+    kind = type(value).__name__
+    held = getattr(value, "target", None)
+    if isinstance(held, (ClassTarget, Channel, Direction)):  # a Result
+        return f"a {kind} (a finished picture): give its target (result.target)"
+    if isinstance(held, Mapping) and "kind" in held:  # a Record
+        return (
+            f"a {kind}: give the target it holds (vital.targets.target_from_record(record.target))"
+        )
+    shown = repr(value)
+    if len(shown) > _SHOWN:
+        shown = f"{shown[: _SHOWN - 1]}…"
+    return f"{kind} ({shown})"
+
+
 def target_record(target: Target) -> dict:
     """A target as records store it (``record.target``); :func:`target_from_record` reads it."""
     if isinstance(target, ClassTarget):
@@ -215,9 +240,7 @@ def class_target(model, query: ClassTarget | int | str) -> ClassTarget:
             "integer array or tensor)."
         )
     if isinstance(query, bool) or not isinstance(query, (int, str)):
-        raise VitalError(
-            f"a class is an index, a name or a WordNet id, not {type(query).__name__} ({query!r})."
-        )
+        raise VitalError(f"a class is an index, a name or a WordNet id, not {_described(query)}.")
     labels = model.labels
     if labels is None and hasattr(model, "probed_labels"):
         labels = model.probed_labels()  # a head that is no nn.Linear: its output tells
@@ -281,7 +304,7 @@ def resolve_targets(model, targets) -> list[Target]:
     if targets is None or not hasattr(targets, "__iter__"):
         raise VitalError(
             f"targets are classes (index, name, WordNet id), Channel or Direction objects, or "
-            f"a list of them; got {targets!r}."
+            f"a list of them, not {_described(targets)}."
         )
     resolved = [
         t if isinstance(t, (Channel, Direction)) else class_target(model, t) for t in targets

@@ -853,8 +853,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         raise VitalError(f"weights file {path} is a folder; give the state-dict file in it.")
-    if not path.is_file():
-        raise VitalError(f"weights file {path} does not exist.")
+    if not path.is_file():  # /dev/null exists: "does not exist" sent people looking for a typo
+        missing = "is not a regular file" if path.exists() else "does not exist"
+        raise VitalError(f"weights file {path} {missing}.")
     if path.stat().st_size == 0:  # torch would say "EOFError: " and nothing else
         raise VitalError(
             f"weights file {path} is empty (0 bytes): its saving or download did not finish; "
@@ -1011,16 +1012,27 @@ def unwrapped(module: Any) -> nn.Module:
     """The module to explain: checked, and the original of a ``torch.compile``'d one.
 
     A compiled module's hooks and probes would be traced and compiled again at every call; the
-    original holds the same parameters.
+    original holds the same parameters, as the module a ``DataParallel`` wraps does. A
+    TorchScript module is refused: it takes no hooks.
     """
     if not isinstance(module, nn.Module):
         raise VitalError(
             f"the model is a torch nn.Module, not {type(module).__name__}; for a model by name "
             "use vital.load_model(NAME)."
         )
+    if isinstance(module, torch.jit.ScriptModule):  # script and trace alike
+        raise VitalError(
+            f"the model is a TorchScript module ({type(module).__name__}): it takes no hooks, "
+            "through which vital reads its layers; give the nn.Module it was scripted or traced "
+            "from, or load the model by name."
+        )
     original = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
     if isinstance(original, nn.Module):
         module = original
+    # DataParallel's replicas are made anew at each call, so hooks and parameters are read on
+    # the module it wraps (the same parameters; layer names without "module.").
+    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        module = module.module
     if any(p.is_meta for p in module.parameters()):
         raise VitalError(
             "the model's parameters are on the meta device (shapes without values): load its "
@@ -1175,8 +1187,8 @@ def frozen(module: object) -> Iterator[None]:
     and the driver wrap their work in this, so a caller's module is handed back in the training
     modes and with the ``requires_grad`` it came with. Anything but an ``nn.Module`` passes.
     """
-    if not isinstance(module, nn.Module):
-        yield
+    if not isinstance(module, nn.Module) or isinstance(module, torch.jit.ScriptModule):
+        yield  # refused by :func:`unwrapped` (a ScriptModule's requires_grad_ raises)
         return
     modes = [(child, child.training) for child in module.modules()]
     gradients = [(parameter, parameter.requires_grad) for parameter in module.parameters()]

@@ -7,8 +7,10 @@ once in :mod:`vital.cli.options`; each command group has its own module, registe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import sys
 import warnings
 from typing import Annotated
@@ -66,6 +68,42 @@ app.add_typer(atlas.atlas_app, name="atlas")
 _CLICKS = (click, *([typer._click] if hasattr(typer, "_click") else []))
 _USAGE_ERRORS = tuple(module.exceptions.ClickException for module in _CLICKS)
 _ABORTS = (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler's end of job) taken as Ctrl-C."""
+
+
+# Whether this command got SIGTERM: typer reports any interrupt as exit status 130, and a
+# terminated command exits with 143 (128 + 15) as a shell reports it.
+_terminated = False
+
+
+def _terminate(signum, frame) -> None:
+    global _terminated
+    _terminated = True
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM ends a command as Ctrl-C does, while the block runs.
+
+    Python's default for SIGTERM ends the process at once: no message saying what was saved,
+    and no clean-up (temporary files, staging folders and locks are left, for the next run to
+    sort out). As an interrupt, the same ``finally`` blocks run and the same message is shown.
+    """
+    global _terminated
+    _terminated = False
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (a test's runner): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -154,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     stdout = sys.stdout
     sys.stdout = _Output(stdout)
     try:
-        code = app(args=argv, standalone_mode=False)
+        with _terminate_as_interrupt():
+            code = app(args=argv, standalone_mode=False)
         sys.stdout.flush()  # what is still buffered fails here, not unseen at exit
     except _OutputError as lost:
         sys.stdout = stdout
@@ -164,13 +203,29 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except _ABORTS:
         typer.echo(session.interrupted(), err=True)
-        sys.exit(130)
+        sys.exit(143 if _terminated else 130)
     except _USAGE_ERRORS as error:  # a missing or malformed option: click's usage message
         error.show()
         sys.exit(error.exit_code)
+    except OSError as error:
+        # A path typed past the file system's limits fails wherever it is first used (a
+        # reference folder, a weights file, the data); that is the user's path, not a fault.
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        from vital.store import shortened
+
+        named = shortened(os.fsdecode(error.filename)) if error.filename else "a path given"
+        typer.secho(
+            f"error: {named} is too long a path for this system ({error.strerror}); give a "
+            "shorter one.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        sys.exit(2)
     finally:
         warnings.showwarning = shown
         sys.stdout = stdout
     if code == 130:  # typer turns Ctrl-C into this exit status before we see the interrupt
         typer.echo(session.interrupted(), err=True)
+        code = 143 if _terminated else code
     sys.exit(code if isinstance(code, int) else 0)

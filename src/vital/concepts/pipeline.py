@@ -53,7 +53,7 @@ from vital.concepts.shares import ConceptShares, concept_shares
 from vital.driver import checked_overrides
 from vital.errors import VitalError, plain
 from vital.explanation.attribution import attributor
-from vital.files import printable, save_array, save_image, write_file
+from vital.files import exclusive, printable, save_array, save_image, write_file
 from vital.grids import grid, to_image
 from vital.memory import check_fits
 from vital.optimize import check_seed
@@ -267,13 +267,17 @@ def concepts(
     relevance = backend_name(relevance)  # "LRP" is lrp, with lrp's fallback below
     shown = picture_choice(pictures, pictured)
     overrides = checked_overrides(settings)
-    with frozen(model):
+    with frozen(model), ExitStack() as held:
         model = as_model(model, device)
         if shown:  # pictures at a resolution where none fits: refused before the discovery
             check_fits(model, overrides)
         explained = class_target(model, target)
         folder = output_folder(out)
-        _check_not_the_users(folder)
+        _check_not_the_users(folder)  # first: no lock file is left among a user's photos
+        # One run at a time owns the folder: two at once (other counts) would each remove the
+        # other's examples and leave a report that does not match the files beside it. The
+        # second waits, then finds the first's folder as a rerun does.
+        held.enter_context(exclusive(folder / RUN_LOCK, "concepts run into this folder"))
         write_file(folder / RUN_MARK, CONCEPTS_MARK_TEXT)
         sources, notes = class_images(model, explained, data, seed=seed)
         crop_set = sample_crops(sources, crops, crop_scale, seed, model.preprocessing.crop_pct)
@@ -541,6 +545,8 @@ def _explained_images(
 
 # Written before a run's first file, so that a stopped run's files are known as vital's.
 RUN_MARK = CONCEPTS_MARK
+# Held while a run writes the folder (hidden: ``atlas serve`` does not serve it).
+RUN_LOCK = f"{CONCEPTS_MARK}.lock"
 
 
 def _check_not_the_users(folder: Path) -> None:

@@ -209,6 +209,9 @@ def _leave_interrupts_to_the_main_process(_worker: int) -> None:
     """Ctrl-C reaches every process of the group: decoders ignore it, the driver stops them.
 
     Otherwise each worker prints its own KeyboardInterrupt or ConnectionResetError traceback
-    over the driver's message about what was saved.
+    over the driver's message about what was saved. SIGTERM, which the command line takes as
+    Ctrl-C in its own process (a forked decoder inherits that), ends a decoder at once, as
+    the loader's shutdown expects.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
