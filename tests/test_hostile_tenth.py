@@ -22,6 +22,7 @@ import vital
 import vital.cli
 import vital.cli.session
 import vital.driver
+from test_hostile import run
 from vital import Channel, Tap
 from vital.errors import VitalError
 from vital.files import exclusive
@@ -29,16 +30,6 @@ from vital.optimize import setting_key
 from vital.taps import list_layers
 
 FAST = {"steps": 1, "resolution": 32}
-
-
-def run(monkeypatch, capsys, *arguments, model=None):
-    """``vital ARGUMENTS`` in this process; returns (exit status, stdout, stderr)."""
-    if model is not None:
-        monkeypatch.setattr(vital.cli.session, "load", lambda *args: model)
-    with pytest.raises(SystemExit) as exit_info:
-        vital.cli.main([str(a) for a in arguments])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture
