@@ -135,17 +135,6 @@ class ClassLabels:
         return tuple(tuple(_typed(name) for name in names) for names in self.synonyms)
 
 
-def classes_command(model_name: str | None = None) -> str:
-    """The command that lists a model's classes: its name where the zoo loads it, else ``MODEL``.
-
-    As :func:`vital.taps.layers_command`: a name the zoo does not know (a user's own module)
-    would send the user to an error, so it is looked up, and only when a message is written.
-    """
-    from vital.zoo import knows  # the zoo imports this module
-
-    return f"`vital classes {model_name if model_name and knows(model_name) else 'MODEL'}`"
-
-
 def _typed(name: str) -> str:
     """A name as people type it: underscores (folder names) and runs of spaces as one space."""
     return " ".join(name.replace("_", " ").split())

@@ -840,6 +840,15 @@ def knows(name: str) -> bool:
     return True
 
 
+def classes_command(model_name: str | None = None) -> str:
+    """The command that lists a model's classes: its name where the zoo loads it, else ``MODEL``.
+
+    As :func:`vital.taps.layers_command`: a name the zoo does not know (a user's own module)
+    would send the user to an error, so it is looked up, and only when a message is written.
+    """
+    return f"`vital classes {model_name if model_name and knows(model_name) else 'MODEL'}`"
+
+
 def _hint(name: str, known: list[str]) -> str:
     hints = close_matches(name, list(dict.fromkeys(known)))  # torchvision and timm share names
     return f" Did you mean {', '.join(hints)}?" if hints else ""

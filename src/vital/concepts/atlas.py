@@ -44,13 +44,12 @@ from vital.concepts.crops import check_sampling, class_images
 from vital.concepts.pipeline import concepts, picture_choice
 from vital.errors import VitalError, close_matches
 from vital.files import exclusive, held_if_free, printable, write_file
-from vital.labels import classes_command
 from vital.optimize import check_seed
 from vital.relevance.backends import backend_name
 from vital.renamed import renamed
 from vital.store import output_folder
 from vital.targets import ClassTarget, Direction, class_target
-from vital.zoo import Model, as_model
+from vital.zoo import Model, as_model, classes_command
 
 FOLDER = "concepts"  # inside the atlas: one sub-folder per concept set's result
 # Inside the atlas: a concept set's analysis until it is finished and copied in (not a page).
