@@ -52,6 +52,12 @@ def _channel_and_warnings(model, folder, channel: int, phrase: str):
     return result, [str(w.message) for w in caught if phrase in str(w.message)]
 
 
+def test_the_below_start_warning_tells_close_numbers_apart(monkeypatch, tiny_cnn, image_folder):
+    monkeypatch.setattr("vital.driver.metrics.evaluate", activations_from(0.47712, 0.47731))
+    _, said = _channel_and_warnings(tiny_cnn, image_folder, 3, "starting noise")
+    assert "ended at 0.4771, below the 0.4773 of its starting noise" in said[0]
+
+
 @pytest.mark.parametrize(("final", "initial", "flagged"), [(0.2, 0.5, True), (0.6, 0.5, False)])
 def test_a_picture_below_its_starting_noise_is_flagged_and_warned(
     monkeypatch, tiny_cnn, image_folder, final, initial, flagged

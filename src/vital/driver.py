@@ -429,14 +429,27 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
             stacklevel=3,
         )
     elif checks["below_start"]:
+        shown_final, shown_initial = _told_apart(final, initial)
         warnings.warn(
-            f"{target.describe()}: its activation ended at {final:.3g}, below the "
-            f"{initial:.3g} of its starting noise: the picture does not show what drives it "
+            f"{target.describe()}: its activation ended at {shown_final}, below the "
+            f"{shown_initial} of its starting noise: the picture does not show what drives it "
             "up (try more steps=N, other references (a folder, or other data to mine them "
             "from) or another seed=S).",
             stacklevel=3,
         )
     return checks
+
+
+def _told_apart(first: float, second: float) -> tuple[str, str]:
+    """Two different numbers in as few significant digits (3 or more) as tell them apart.
+
+    "ended at 0.477, below the 0.477 of its start" reads as a contradiction.
+    """
+    for digits in range(3, 10):
+        shown = f"{first:.{digits}g}", f"{second:.{digits}g}"
+        if shown[0] != shown[1]:
+            return shown
+    return f"{first!r}", f"{second!r}"
 
 
 def _record(
