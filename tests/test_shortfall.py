@@ -91,19 +91,31 @@ def test_the_concepts_overview_and_summary_name_a_failed_picture(
         assert "below start" not in printed
 
 
+def _atlas_unit_page(monkeypatch, tmp_path, model, images, final: float, initial: float) -> str:
+    """The atlas page of one channel whose picture ends at ``final`` from ``initial``."""
+    monkeypatch.setattr("vital.driver.metrics.evaluate", activations_from(final, initial))
+    with warnings.catch_warnings():  # the driver's warning is tested elsewhere
+        warnings.simplefilter("ignore")
+        build_atlas(
+            model, [Channel("stage2", 3)], lambda target: from_folder(images, count=2),
+            tmp_path / "atlas", {"steps": 2}, batch_size=1, progress=False,
+        )  # fmt: skip
+    (page,) = (tmp_path / "atlas" / "units").glob("*.html")
+    return page.read_text()
+
+
+def test_an_atlas_page_tells_close_activations_apart(tmp_path, monkeypatch, tiny_cnn, image_folder):
+    """Four digits would show 0.47712 and 0.47714 as the same 0.4771 "below" 0.4771."""
+    text = _atlas_unit_page(monkeypatch, tmp_path, tiny_cnn, image_folder, 0.47712, 0.47714)
+    note = text.split("id='shortfall'")[1].split("</p>")[0]
+    assert ">0.47712</span> against" in note and ">0.47714</span> on the noise" in note
+
+
 @pytest.mark.parametrize(("final", "said"), [(0.2, True), (0.6, False)])
 def test_an_atlas_unit_page_says_its_picture_ended_below_its_start(
     tmp_path, monkeypatch, tiny_cnn, image_folder, final, said
 ):
-    monkeypatch.setattr("vital.driver.metrics.evaluate", activations_from(final, 0.5))
-    with warnings.catch_warnings():  # the driver's warning is tested elsewhere
-        warnings.simplefilter("ignore")
-        build_atlas(
-            tiny_cnn, [Channel("stage2", 3)], lambda target: from_folder(image_folder, count=2),
-            tmp_path / "atlas", {"steps": 2}, batch_size=1, progress=False,
-        )  # fmt: skip
-    (page,) = (tmp_path / "atlas" / "units").glob("*.html")
-    text = page.read_text()
+    text = _atlas_unit_page(monkeypatch, tmp_path, tiny_cnn, image_folder, final, 0.5)
     assert ("id='shortfall'" in text) is said
     if said:
         note = text[text.index("id='shortfall'") :].split("</p>")[0]

@@ -34,7 +34,7 @@ from vital.optimize import (
     transparency,
 )
 from vital.progress import counting_views
-from vital.record import Record, model_info
+from vital.record import Record, model_info, told_apart
 from vital.specs import PictureSpec
 from vital.store import Result, ResultSink, ResultStore
 from vital.targets import ClassTarget, Target, target_record
@@ -429,7 +429,7 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
             stacklevel=3,
         )
     elif checks["below_start"]:
-        shown_final, shown_initial = _told_apart(final, initial)
+        shown_final, shown_initial = told_apart(final, initial)
         warnings.warn(
             f"{target.describe()}: its activation ended at {shown_final}, below the "
             f"{shown_initial} of its starting noise: the picture does not show what drives it "
@@ -438,18 +438,6 @@ def _checks(target: Target, evaluation: Mapping[str, Any], alpha: torch.Tensor |
             stacklevel=3,
         )
     return checks
-
-
-def _told_apart(first: float, second: float) -> tuple[str, str]:
-    """Two different numbers in as few significant digits (3 or more) as tell them apart.
-
-    "ended at 0.477, below the 0.477 of its start" reads as a contradiction.
-    """
-    for digits in range(3, 10):
-        shown = f"{first:.{digits}g}", f"{second:.{digits}g}"
-        if shown[0] != shown[1]:
-            return shown
-    return f"{first!r}", f"{second!r}"
 
 
 def _record(

@@ -90,6 +90,18 @@ def shortfall(evaluation: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def told_apart(first: float, second: float, digits: int = 3) -> tuple[str, str]:
+    """Two different numbers in as few significant digits (``digits`` or more) as tell them apart.
+
+    A picture that "ended at 0.477, below the 0.477 of its start" reads as a contradiction.
+    """
+    for shown_digits in range(digits, 10):
+        shown = f"{first:.{shown_digits}g}", f"{second:.{shown_digits}g}"
+        if shown[0] != shown[1]:
+            return shown
+    return f"{first!r}", f"{second!r}"
+
+
 class Document:
     """JSON in and out with a schema version: what every document vital writes shares.
 

@@ -51,7 +51,7 @@ from vital.atlas.folder import Atlas, StoredConcepts
 from vital.atlas.thumbnails import example_entry, write_example
 from vital.errors import VitalError, warn_at_caller
 from vital.files import exclusive, printable, save_image, write_file
-from vital.record import Explanation, Record, shortfall
+from vital.record import Explanation, Record, shortfall, told_apart
 
 _ENVIRONMENT = Environment(
     loader=PackageLoader("vital.atlas", "templates"),
@@ -85,6 +85,8 @@ _ENVIRONMENT.filters.update(
     # A concepts record names each image by its maps' stem, "000-coffee": the image is "coffee".
     image_name=lambda stem: stem.split("-", 1)[-1],
     shortfall=shortfall,
+    # the picture's and its start's activations, as many digits as tell them apart (at least 4)
+    told_apart=lambda first, second: told_apart(first, second, digits=4),
 )
 
 
