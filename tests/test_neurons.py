@@ -305,6 +305,27 @@ def test_top_references_keep_the_best_patch_of_each_image(tmp_path):
 # --- API and CLI -------------------------------------------------------------------------------
 
 
+def test_a_given_reference_set_is_recorded_with_its_own_count_and_seed(tiny_cnn, image_folder):
+    # An atlas hands its mined references over as a set; the record said the method's
+    # default "reference_count 50" while 3 images were matched.
+    given = ReferenceSet(
+        tuple(ImageSource.from_path(p) for p in sorted(image_folder.iterdir())[:3]), 3, 7, "mined"
+    )
+    target = Channel("stage3", 1)
+    short = Settings(steps=2, warmup=0)
+    (result,) = visualize(tiny_cnn, [target], {target: given}, settings=short, progress=False)
+    assert result.record.options["reference_count"] == 3
+    assert result.record.options["reference_seed"] == 7
+    (from_folder,) = visualize(
+        tiny_cnn, [target], image_folder, settings=short, reference_count=2, progress=False
+    )
+    assert from_folder.record.options["reference_count"] == 2
+    assert from_folder.record.options["reference_seed"] == 0
+    (of_class,) = visualize(tiny_cnn, [0], given, settings=short, progress=False)
+    assert of_class.record.options["reference_count"] == 3
+    assert of_class.record.options["reference_seed"] == 7
+
+
 def test_end_to_end_neuron_run_writes_image_rgba_alpha_and_record(tiny_cnn, image_folder, tmp_path):
     results = visualize(
         tiny_cnn,

@@ -96,7 +96,7 @@ class PictureSpec:
         references
             The reference set that identifies the picture (``None`` for methods without).
         """
-        options = {k: v for k, v in method.options().items() if k not in NOT_OUTPUT}
+        options = {k: v for k, v in method.options(references).items() if k not in NOT_OUTPUT}
         return cls(
             method=method.name,
             model=model,

@@ -131,15 +131,28 @@ class Method:
 
         The default records the method's options.
         """
-        return {"options": self.options()}
+        return {"options": self.options(getattr(plan, "references", None))}
 
-    def options(self) -> dict:
-        """The method's options as plain data, for records."""
-        return {
+    def options(self, references: ReferenceSet | None = None) -> dict:
+        """The method's options as plain data, for records.
+
+        With the reference set a picture used, ``reference_count`` and ``reference_seed`` are
+        that set's: the options only choose a set from a folder or the embedded photos, and a
+        set given as it is (an atlas's mined references) keeps its own count and seed.
+        """
+        options = {
             f.name: _plain(getattr(self, f.name))
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
             if not f.name.startswith("_")
         }
+        if references is not None:
+            for name, used in (
+                ("reference_count", references.count),
+                ("reference_seed", references.seed),
+            ):
+                if name in options:
+                    options[name] = used
+        return options
 
 
 def _plain(value: Any) -> Any:

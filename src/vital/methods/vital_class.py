@@ -267,5 +267,5 @@ class VitalClass(Method):
             "taps": [{"layer": t.layer, "weight": t.weight} for t in plan.taps],
             "taps_source": plan.taps_source,
             "references": reference_fields(plan.references),
-            "options": self.options(),
+            "options": self.options(plan.references),
         }

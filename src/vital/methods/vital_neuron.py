@@ -586,5 +586,5 @@ class VitalNeuron(Method):
                 and bool(objective.held[item]),
             },
             "activation_trace": _thinned(trace),
-            "options": self.options(),
+            "options": self.options(plan.given),
         }
