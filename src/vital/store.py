@@ -276,6 +276,26 @@ def _check_readable(folder: Path, index: str | Path | None) -> None:
         )
 
 
+def _refuse_atlas(folder: Path) -> None:
+    """Refuse an atlas folder (or its results folder) as the folder of a run's pictures.
+
+    The atlas's pages show only what its own index holds: a run's pictures would lie loose in
+    it, next to a second index, and the atlas's ledger would later refuse to write over them.
+    """
+    if (folder / "atlas.sqlite").is_file():
+        where = f"{printable(folder)} is an atlas folder"
+    elif folder.name == "results" and (folder.parent / "atlas.sqlite").is_file():
+        where = f"{printable(folder)} is an atlas's results folder"
+    else:
+        return
+    raise VitalError(
+        f"{where}: its pages show only what `vital atlas build` adds to it, and this run's "
+        "files would lie loose in it. Give the run another folder (out=DIR), or add the "
+        "targets to the atlas with `vital atlas build --out ATLAS --class C` (or --layer L "
+        "--channel N)."
+    )
+
+
 class ResultStore:
     """A folder of results with an index (``index.sqlite``).
 
@@ -452,7 +472,7 @@ class ResultSink:
         replace: bool = False,
     ):
         if out is not None:
-            folder_path(out)  # a name that is no folder is refused now; it is made later
+            _refuse_atlas(folder_path(out))  # a name that is no folder is refused now
         self._out = out
         self._store: ResultStore | None = None
         self.on_result = on_result
