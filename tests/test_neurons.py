@@ -435,6 +435,21 @@ def test_neuron_cli_errors(monkeypatch, tiny_cnn, image_folder, tmp_path, argume
     assert message in str(result.exception)
 
 
+@pytest.mark.parametrize("floor", ["1", "1.5", "-0.1", "nan", "inf"])
+def test_neuron_cli_refuses_the_floor_before_the_model_loads(monkeypatch, tmp_path, floor):
+    import vital.cli
+
+    def no_load(*args):
+        raise AssertionError("the model was loaded before the floor was checked")
+
+    monkeypatch.setattr(vital.cli.session, "load", no_load)
+    arguments = ["neuron", "--layer", "stage3", "--channel", "1", "--relevance-floor", floor]
+    result = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "out")])
+    assert isinstance(result.exception, VitalError), result.output
+    assert "relevance_floor=F is a number in [0, 1)" in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
 def test_neuron_cli_without_refs_uses_the_embedded_photos_and_says_so(
     monkeypatch, tiny_cnn, tmp_path
 ):

@@ -251,7 +251,7 @@ def neuron(
     **common,
 ) -> None:
     """Visualise inner channels or concept directions with relevance-weighted VITAL."""
-    from vital.methods.vital_neuron import direction_target
+    from vital.methods.vital_neuron import check_relevance_floor, direction_target
     from vital.mining import is_mining_database, mined_reference_sets
     from vital.targets import Channel
 
@@ -264,6 +264,8 @@ def neuron(
         targets,
         {"relevance": relevance, "relevance_floor": relevance_floor},
     )
+    if relevance_floor is not None:
+        check_relevance_floor(relevance_floor)  # before the model loads
     mined = refs == "mined" or (refs is not None and is_mining_database(refs))
     if mined_mode != "image" and not mined:  # "image" is the default: only another is a choice
         raise VitalError(

@@ -298,6 +298,13 @@ def auto_patch_side(field: int, resolution: int) -> int | None:
     return min(max(resolution // 7, field, smallest_patch_side(resolution)), resolution // 2)
 
 
+def check_relevance_floor(floor: object) -> float:
+    """The floor under the relevance weights, refused unless a number in [0, 1)."""
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise VitalError(f"relevance_floor=F is a number in [0, 1), not {floor!r}.")
+    return floor
+
+
 def neuron_references(
     target: Channel | Direction,
     references: NeuronReferences,
@@ -426,9 +433,7 @@ class VitalNeuron(Method):
         settings: Settings,
     ) -> Iterator[list[NeuronPlan]]:
         """Resolve each target, choose its references, attach the backend, summarise them."""
-        floor = self.relevance_floor
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-            raise VitalError(f"relevance_floor=F is a number in [0, 1), not {floor!r}.")
+        floor = check_relevance_floor(self.relevance_floor)
         backend = get_backend(self.relevance)
         if settings.compile and backend.composite is not None:
             # Dynamo traces the rules' hooks into the compiled graph and breaks them (a weak
