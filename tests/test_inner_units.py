@@ -19,10 +19,12 @@ import vital.driver
 from conftest import activations_from, tiny_vit_model, write_images
 from vital import Channel, visualize
 from vital.cli.vocabulary import cli_wording
+from vital.errors import VitalError
 from vital.labels import generic_labels
 from vital.methods.vital_neuron import auto_patch_side, neuron_taps, receptive_field
 from vital.metrics import concentration, target_activations
 from vital.parametrizations import create
+from vital.presets import Tap
 from vital.references import ImageSource, ReferenceSet, best_patches, from_folder
 from vital.taps import list_layers, tapped, to_positions
 from vital.zoo import Model, Preprocessing
@@ -272,6 +274,50 @@ def test_a_residual_sum_is_matched_at_both_of_its_inputs():
     taps, source = neuron_taps(model, layers, "widened", near=True)
     assert taps[-1].layer == "summed" and "branch" not in source
     assert "branch" not in neuron_taps(model, layers, "summed", near=False)[1]
+
+
+class _StagedNet(torch.nn.Module):
+    """A stem, then a stage of two inverted residuals (timm's and torchvision's ``blocks.5``,
+    ``layer4``): the stage returns its last block's output as it is."""
+
+    def __init__(self):
+        from torchvision.models.mobilenetv2 import InvertedResidual
+
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+        self.down = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+        self.stage = torch.nn.Sequential(InvertedResidual(8, 8, 1, 2), InvertedResidual(8, 8, 1, 2))
+        self.head = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.stage(self.down(self.stem(x))))
+
+
+def test_a_stage_of_blocks_is_matched_as_its_last_block(image_folder):
+    # Lite0's blocks.5 was matched at its input only, a whole stage below: its concepts'
+    # pictures reached 0.4-0.7 of their references' activation (benchmarks/RESULTS.md).
+    torch.manual_seed(0)
+    model = Model(_StagedNet().eval(), "staged", Preprocessing(input_size=32))
+    layers = list_layers(model.module, 32)
+    passes_on = {i.name: i.passes_on for i in layers}
+    assert passes_on["stage"] == "stage.1"  # a block with convolutions, returned as it is
+    assert passes_on["head"] is None  # its last child is a ReLU: no block
+    assert passes_on["stage.1"] is None  # a residual sum is no child's output
+    stage, source = neuron_taps(model, layers, "stage", near=True)
+    block, _ = neuron_taps(model, layers, "stage.1", near=True)
+    assert stage == block  # the near tap and the branch, as for the last block
+    assert [t.layer for t in stage][-2:] == ["stage.0", "stage.1.conv"]
+    assert "stage.0 just below it (its last block, stage.1)" in source
+    # the user may name a tap inside the stage, below its last block, and no deeper
+    assert neuron_taps(model, layers, "stage", [Tap("stage.0")])[0] == (Tap("stage.0"),)
+    with pytest.raises(VitalError, match="not computed before the target"):
+        neuron_taps(model, layers, "stage", [Tap("stage.1.conv")])
+    # the layers that follow the stage's last block are unchanged
+    assert neuron_taps(model, layers, "head", near=True)[0][-1] == Tap("stage")
+    (result,) = visualize(
+        model, [Channel("stage", 1)], image_folder, settings={"steps": 2}, progress=False
+    )
+    assert "stage.0" in [t["layer"] for t in result.record.taps]
 
 
 def test_a_timm_inverted_residuals_branch_is_read_while_the_lrp_rules_rewrite_it(image_folder):

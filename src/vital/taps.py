@@ -54,6 +54,9 @@ class LayerInfo:
     stage_reduction
         For a stage end the library lists in its feature metadata (timm's ``feature_info``),
         its reduction (input side / feature side); ``None`` for other modules.
+    passes_on
+        The block (a direct child with layers of its own) whose output this module returns as
+        it is: a stage of blocks returns its last block's. ``None`` for other modules.
     """
 
     name: str
@@ -64,6 +67,7 @@ class LayerInfo:
     calls: int
     layout: str = "NCHW"
     stage_reduction: int | None = None
+    passes_on: str | None = None
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -228,7 +232,7 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
     from vital.zoo import unwrapped  # the layers of the module vital runs, named as it does
 
     module = unwrapped(module)
-    starts, ends, shapes, calls, kinds = _trace(module, input_size)
+    starts, ends, shapes, calls, kinds, passes_on = _trace(module, input_size)
     stages = library_stages(module)
     declared = declared_layouts(module)
 
@@ -261,19 +265,39 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
             calls[name],
             layouts[name] or "NCHW",  # still ambiguous: warned about when it is tapped
             stages[name][0] if name in stages else None,
+            passes_on.get(name),
         )
         for name in sorted(shapes, key=lambda n: ends[n])
     ]
 
 
-def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, dict]:
-    """One forward pass on zeros with hooks on every module: starts, ends, shapes, calls, kinds."""
+_COMPUTING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, dict, dict]:
+    """One forward pass on zeros with hooks on every module.
+
+    Returns starts, ends, shapes, calls, kinds, and for each module that returns the output of
+    one of its blocks as it is (a stage of blocks), that block's name (``passes_on``).
+    """
     counter = iter(range(1 << 30))
     starts: dict[str, int] = {}
     ends: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     kinds: dict[str, str] = {}
+    passes_on: dict[str, str] = {}
+    # A block computes features of its own (a convolution or linear layer inside it); a
+    # normalisation with its activation (timm's BatchNormAct2d) has children but is no block.
+    blocks = {
+        name
+        for name, sub in module.named_modules()
+        if name
+        and next(sub.children(), None) is not None
+        and any(isinstance(inner, _COMPUTING) for inner in sub.modules())
+    }
+    # each parent's last finished block and its output, while the parent runs
+    finished_block: dict[str, tuple[str, object]] = {}
 
     def pre_hook(name: str):
         def hook(_module, _inputs):
@@ -289,6 +313,11 @@ def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, 
             tensor = _first_tensor(output)
             if tensor is not None:
                 shapes.setdefault(name, tuple(tensor.shape[1:]))
+            block, block_output = finished_block.pop(name, (None, None))
+            if calls[name] == 1 and tensor is not None and block_output is tensor:
+                passes_on[name] = block
+            if name in blocks:
+                finished_block[name.rpartition(".")[0]] = (name, tensor)
 
         return hook
 
@@ -304,7 +333,7 @@ def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, 
     finally:
         for handle in handles:
             handle.remove()
-    return starts, ends, shapes, calls, kinds
+    return starts, ends, shapes, calls, kinds, passes_on
 
 
 def discover_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...]:

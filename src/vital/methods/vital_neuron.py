@@ -170,7 +170,13 @@ def neuron_taps(
     an attention block; maps below a map).
     """
     info = {i.name: i for i in layers}
-    below = lambda name: info[name].end < info[target_layer].start  # noqa: E731
+    # A stage of blocks returns its last block's output as it is: the taps may come from the
+    # stage's earlier blocks, as for that block (else the nearest tap is the stage's input,
+    # several blocks and a downsampling below the target).
+    matched = target_layer
+    while info[matched].passes_on in info:
+        matched = info[matched].passes_on
+    below = lambda name: info[name].end < info[matched].start  # noqa: E731
     if taps:
         chosen = user_taps(taps)
         for tap in chosen:
@@ -215,8 +221,9 @@ def neuron_taps(
         nearest = max(candidates, key=lambda i: i.end, default=None)
         if nearest is not None and nearest.name not in {t.layer for t in chosen}:
             chosen = (*chosen, Tap(nearest.name))
-            source += f", and {nearest.name} just below it"
-        branch = residual_branch(model.module, target_layer)
+            inside = "" if matched == target_layer else f" (its last block, {matched})"
+            source += f", and {nearest.name} just below it{inside}"
+        branch = residual_branch(model.module, matched)
         if branch is not None and branch in info and info[branch].calls == 1:
             chosen = (*chosen, Tap(branch))
             source += f", and {branch}, the branch its residual sum adds"
