@@ -85,7 +85,10 @@ def test_other_weights_compute_again(class_tree, tmp_path):
 
     out = tmp_path / "out"
     run_tiny(tiny_cnn_model(seed=0), [1], class_tree, out)
-    assert not run_tiny(tiny_cnn_model(seed=1), [1], class_tree, out)[0].stored
+    # the other model's picture would go into the same files: asked first, as other settings
+    with pytest.raises(VitalError, match=r"made with other inputs \(model"):
+        run_tiny(tiny_cnn_model(seed=1), [1], class_tree, out)
+    assert not run_tiny(tiny_cnn_model(seed=1), [1], class_tree, out, force=True)[0].stored
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_pictures(

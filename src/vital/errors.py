@@ -54,7 +54,14 @@ def check_count(value: object, name: str) -> int:
     count = plain(value)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise VitalError(f"{name}=N is a whole number of at least 1, not {value!r}.")
+    if count > MAX_COUNT:  # Python's slices and torch's sizes stop there (a traceback past it)
+        raise VitalError(f"{name}=N is at most 2**63 - 1, not {value!r}.")
     return count
+
+
+# The largest count (sys.maxsize on 64-bit machines): `mine --batch 10**23` failed every shard
+# in itertools.islice.
+MAX_COUNT = 2**63 - 1
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:

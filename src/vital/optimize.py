@@ -185,8 +185,8 @@ class Settings:
             # Memory grows with the square of the side: at 2048 px one MobileNetV2 picture's
             # graph takes several GB, at 8192 px more than 20 GB (the process was killed).
             _whole(self.resolution, "the resolution", "resolution=R", 16, MAX_RESOLUTION)
-        _number(self.lr, "the learning rate", "lr=LR", positive=True)
-        _number(self.eps, "Adam's eps", "eps", positive=True)
+        _number(self.lr, "the learning rate", "lr=LR", positive=True, high=MAX_STEP_SIZE)
+        _number(self.eps, "Adam's eps", "eps", positive=True, high=MAX_STEP_SIZE)
         for name in ("tv_l2", "tv_l1", "l2", "feature_weight"):
             _number(getattr(self, name), f"the weight {name}", name)
         if not (
@@ -292,10 +292,23 @@ def _whole(value: object, what: str, option: str, low: int, high: int = 10**9) -
                          f"{value!r}.")  # fmt: skip
 
 
-def _number(value: object, what: str, option: str, positive: bool = False) -> None:
-    if not is_number(value) or (value <= 0 if positive else value < 0):
+def _number(
+    value: object, what: str, option: str, positive: bool = False, high: float | None = None
+) -> None:
+    if (
+        not is_number(value)
+        or (value <= 0 if positive else value < 0)
+        or (high is not None and value > high)
+    ):
         kind = "a positive" if positive else "a non-negative"
-        raise VitalError(f"{what} must be {kind} finite number ({option}), not {value!r}.")
+        most = "" if high is None else f" of at most {high:,.0f}"
+        raise VitalError(f"{what} must be {kind} finite number{most} ({option}), not {value!r}.")
+
+
+# The largest learning rate and Adam eps: torch's Adam takes lr / (1 - beta1**t) as a float32
+# (lr=1e300 ended in "value cannot be converted to type float without overflow"); the
+# methods use 0.05 to 1.
+MAX_STEP_SIZE = 1e6
 
 
 def first_seed(seed: object, settings: dict) -> int:

@@ -276,24 +276,22 @@ def _check_readable(folder: Path, index: str | Path | None) -> None:
         )
 
 
-def _refuse_atlas(folder: Path) -> None:
-    """Refuse an atlas folder (or its results folder) as the folder of a run's pictures.
+def _refuse_atlas_results(folder: Path) -> None:
+    """Refuse an atlas's results folder as the folder of a run's pictures.
 
-    The atlas's pages show only what its own index holds: a run's pictures would lie loose in
-    it, next to a second index, and the atlas's ledger would later refuse to write over them.
+    Its index is the atlas's (``atlas.sqlite``): a run's pictures would lie in it beside a
+    second index, where no page shows them, and the atlas's ledger would later refuse to write
+    over them. The atlas's own folder is taken: ``explain`` and ``class`` share the default
+    folder, and refusing it broke ``make demo`` after an explain.
     """
-    if (folder / "atlas.sqlite").is_file():
-        where = f"{printable(folder)} is an atlas folder"
-    elif folder.name == "results" and (folder.parent / "atlas.sqlite").is_file():
-        where = f"{printable(folder)} is an atlas's results folder"
-    else:
-        return
-    raise VitalError(
-        f"{where}: its pages show only what `vital atlas build` adds to it, and this run's "
-        "files would lie loose in it. Give the run another folder (out=DIR), or add the "
-        "targets to the atlas with `vital atlas build --out ATLAS --class C` (or --layer L "
-        "--channel N)."
-    )
+    real = folder.resolve()  # through symlinks, `.` and `x/..` (made or not)
+    if real.name == "results" and (real.parent / "atlas.sqlite").is_file():
+        raise VitalError(
+            f"{printable(folder)} is an atlas's results folder, whose index is the atlas's: "
+            "this run's pictures would lie in it where no page shows them. Give the run "
+            "another folder (out=DIR), or add the targets to the atlas with `vital atlas "
+            "build --out ATLAS --class C` (or --layer L --channel N)."
+        )
 
 
 class ResultStore:
@@ -396,8 +394,8 @@ class ResultStore:
     def other_picture(self, spec: PictureSpec) -> Record | None:
         """The record of a picture this folder holds in ``spec``'s files with other inputs.
 
-        Its files are those ``spec``'s picture would be written to (same unit, method, model
-        and seed); ``None`` when there is none, when its picture file is gone, or when it is
+        Its files are those ``spec``'s picture would be written to (same unit, method and
+        seed); ``None`` when there is none, when its picture file is gone, or when it is
         ``spec``'s own picture.
         """
         record = self._record_in_files_of(spec)
@@ -407,12 +405,16 @@ class ResultStore:
         return record
 
     def _record_in_files_of(self, spec: PictureSpec) -> Record | None:
-        """The indexed record under ``spec``'s unit, method, model and seed (its file names)."""
+        """The record last written into ``spec``'s files: its unit, method and seed.
+
+        Not its model: the file names do not hold it, and a run with other weights wrote
+        over another model's pictures unasked (whose rows then named the new pictures).
+        """
         with self._connect() as connection:
             row = connection.execute(
-                "SELECT record FROM results "
-                "WHERE unit = ? AND method = ? AND model = ? AND seed = ?",
-                (spec.unit, spec.method, spec.model, spec.settings.get("seed")),
+                "SELECT record FROM results WHERE unit = ? AND method = ? AND seed = ? "
+                "ORDER BY created DESC LIMIT 1",
+                (spec.unit, spec.method, spec.settings.get("seed")),
             ).fetchone()
         return self._row(row[0], spec.unit) if row is not None else None
 
@@ -472,7 +474,7 @@ class ResultSink:
         replace: bool = False,
     ):
         if out is not None:
-            _refuse_atlas(folder_path(out))  # a name that is no folder is refused now
+            _refuse_atlas_results(folder_path(out))  # a name that is no folder is refused now
         self._out = out
         self._store: ResultStore | None = None
         self.on_result = on_result

@@ -138,7 +138,6 @@ def atlas_build(
     setting_name = options.setting_value(common["setting"])
     if layer and not by_concepts:
         check_apart(data, out)  # before the atlas's own files make the photos' folder vital's
-    prepare_folder(out)  # refuse a folder with files of the user's before mining writes
     chosen_engine = make_engine(engine, address)
     spec = ModelSpec(common["model"], common["weights"], common["device"])
     loaded = spec()
@@ -162,6 +161,9 @@ def atlas_build(
             selected = list(range(shapes[layer].channels))
     # a class or channel named twice is refused now, not after the mining pass
     check_once([*classes, *(Channel(layer, index) for index in selected)])
+    # the folder once what was typed is checked (a refused seed, class or layer made an atlas
+    # folder), and before mining writes into it: a folder with files of the user's is refused
+    prepare_folder(out)
     if layer and not by_concepts:
         session.Session.out, session.Session.resumable = out, True
         mine(

@@ -70,6 +70,7 @@ from vital.references import (
 from vital.relevance.backends import backend_name
 from vital.renamed import renamed, warn_renamed
 from vital.store import output_folder
+from vital.taps import check_layer
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
 
@@ -272,6 +273,10 @@ def concepts(
         if shown:  # pictures at a resolution where none fits: refused before the discovery
             check_fits(model, overrides)
         explained = class_target(model, target)
+        # the layer and the images before the folder: a refused run left it with the run's
+        # mark, which keeps a folder out of every later listing of images as vital's
+        check_layer(layer, model.module, model.zoo_name)
+        sources, notes = class_images(model, explained, data, seed=seed)
         folder = output_folder(out)
         _check_not_the_users(folder)  # first: no lock file is left among a user's photos
         # One run at a time owns the folder: two at once (other counts) would each remove the
@@ -279,7 +284,6 @@ def concepts(
         # second waits, then finds the first's folder as a rerun does.
         held.enter_context(exclusive(folder / RUN_LOCK, "concepts run into this folder"))
         write_file(folder / RUN_MARK, CONCEPTS_MARK_TEXT)
-        sources, notes = class_images(model, explained, data, seed=seed)
         crop_set = sample_crops(sources, crops, crop_scale, seed, model.preprocessing.crop_pct)
         if examples > len(crop_set.crops):  # said, not refused: the default (16) is a "most"
             notes.append(

@@ -310,8 +310,8 @@ class Maco(Method):
         with activation_objective(model, target_plan(plans), views) as objective:
             yield objective
 
-    def options(self) -> dict:
-        """The options, for records."""
+    def options(self, references: ReferenceSet | None = None) -> dict:
+        """The options, for records (MACO takes no reference set: ``references`` is unused)."""
         source = self.spectrum_source
         description = source.summary() if isinstance(source, ReferenceSet) else source
         return {

@@ -30,7 +30,7 @@ import torch
 
 from vital.engines import Engine, check_engine, make_engine
 from vital.errors import VitalError, check_count
-from vital.files import exclusive
+from vital.files import exclusive, printable
 from vital.mining.datasets import ImageList, list_images
 from vital.mining.index import MiningIndex, PassState, database_path
 from vital.mining.shards import (
@@ -232,6 +232,12 @@ def mine(
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 0):  # fmt: skip
         raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
+    if workers is not None and workers > (most := 4 * (os.cpu_count() or 1)):
+        # each is a process: `--workers 100000` started processes until the machine stalled
+        raise VitalError(
+            f"workers=N is at most {most} (4 per core of this machine; more decoding "
+            f"processes only wait for the cores), not {workers!r}."
+        )
     if device is not None:  # a device that is not there: refused before the folder is made
         resolve_device(device)
     database = database_path(out)
@@ -331,6 +337,13 @@ def _mine(
             runner.shutdown()
     report.seconds, report.scanned, report.unreadable = scan.seconds, scan.scanned, scan.unreadable
     report.unreadable_examples = [images.paths[p] for p in scan.unreadable_positions]
+    if scan.unreadable >= len(images):  # else "nothing was mined for stage3 channel 0"
+        named = ", ".join(printable(p) for p in report.unreadable_examples[:3])
+        named = f" (e.g. {named})" if named else ""  # a resumed pass names none
+        raise VitalError(
+            f"none of the {len(images)} images could be read{named}: nothing was mined; "
+            "check the files (they are not images, or are damaged)."
+        )
 
     headers = [
         {
