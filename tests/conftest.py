@@ -149,6 +149,14 @@ def write_images(folder: Path, count: int, size: int = 48, seed: int = 0) -> lis
 
 
 @pytest.fixture
+def refs(tmp_path: Path) -> Path:
+    """Class sub-folders 1 and 2 of two images each (inner targets take every image below)."""
+    for index in (1, 2):
+        write_images(tmp_path / "refs" / str(index), 2, seed=index)
+    return tmp_path / "refs"
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "refs"
     write_images(folder, 4)

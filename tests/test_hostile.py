@@ -46,14 +46,6 @@ def assert_one_line_error(code, err, *phrases):
         assert phrase in lines[0], lines[0]
 
 
-@pytest.fixture
-def refs(tmp_path):
-    """Class sub-folders 1 and 2 (inner targets take every image below)."""
-    for index in (1, 2):
-        write_images(tmp_path / "refs" / str(index), 2, seed=index)
-    return tmp_path / "refs"
-
-
 def bomb_png(path: Path, side: int = 30000) -> Path:
     """A PNG whose header claims ``side`` × ``side`` pixels (a decompression bomb)."""
 

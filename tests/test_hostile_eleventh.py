@@ -7,23 +7,14 @@ run with other weights replaced another model's pictures without a word.
 """
 
 import os
-from pathlib import Path
 
 import pytest
-from tests.conftest import tiny_cnn_model, write_images
+from tests.conftest import tiny_cnn_model
 
 import vital
 from vital.errors import VitalError
 
 FAST = {"steps": 1, "resolution": 32}
-
-
-@pytest.fixture
-def refs(tmp_path: Path) -> Path:
-    """Class sub-folders 1 and 2."""
-    for index in (1, 2):
-        write_images(tmp_path / "refs" / str(index), 2, seed=index)
-    return tmp_path / "refs"
 
 
 # --- a run's folder that is an atlas's, however it is named ------------------------------------

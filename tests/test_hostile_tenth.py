@@ -32,14 +32,6 @@ from vital.taps import list_layers
 FAST = {"steps": 1, "resolution": 32}
 
 
-@pytest.fixture
-def refs(tmp_path: Path) -> Path:
-    """Class sub-folders 1 and 2."""
-    for index in (1, 2):
-        write_images(tmp_path / "refs" / str(index), 2, seed=index)
-    return tmp_path / "refs"
-
-
 # --- SIGTERM --------------------------------------------------------------------------------
 
 
