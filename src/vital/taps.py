@@ -55,8 +55,9 @@ class LayerInfo:
         For a stage end the library lists in its feature metadata (timm's ``feature_info``),
         its reduction (input side / feature side); ``None`` for other modules.
     passes_on
-        The block (a direct child with layers of its own) whose output this module returns as
-        it is: a stage of blocks returns its last block's. ``None`` for other modules.
+        The block (a direct child with a convolution or linear layer inside it) whose output
+        this module returns as it is: a stage of blocks returns its last block's. ``None`` for
+        other modules.
     """
 
     name: str
