@@ -432,6 +432,9 @@ def test_explain_from_the_command_line(tmp_path, data, monkeypatch):
         assert f"share {100 * evidence.share:5.2f}%" in result.output
     again = CliRunner().invoke(app, arguments)
     assert again.output.count("picture atlas") == 2
+    assert "seed" not in again.output  # the seed asked for is the pictures' own
+    other_seed = CliRunner().invoke(app, [*arguments, "--seed", "3"])
+    assert other_seed.output.count("picture atlas (seed 0; --force makes one with --seed 3)") == 2
     with sqlite3.connect(tmp_path / "atlas" / "atlas.sqlite") as connection:
         assert connection.execute("SELECT COUNT(*) FROM atlas_units").fetchone() == (2,)
 

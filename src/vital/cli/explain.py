@@ -184,6 +184,9 @@ def _explain_one(loaded, image: Path, out: Path, **arguments) -> None:
     for evidence in record.top:
         picture = evidence.picture
         where = f"picture {picture['source']}" if picture else "no picture"
+        if picture and picture["source"] != "computed" and picture["seed"] != arguments["seed"]:
+            # a stored picture is reused whatever its seed: say so, as --seed named another
+            where += f" (seed {picture['seed']}; --force makes one with --seed {arguments['seed']})"
         typer.echo(
             f"  #{evidence.rank + 1} channel {evidence.channel:5d}  relevance "
             f"{evidence.relevance:9.4g}  share {100 * evidence.share:5.2f}%  "
