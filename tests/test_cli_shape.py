@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from typer import rich_utils
@@ -45,6 +46,12 @@ def seen(monkeypatch):
     monkeypatch.setattr("vital.atlas.build_atlas", build_atlas)
     monkeypatch.setattr("vital.atlas.ModelSpec.__call__", lambda self: model)
     monkeypatch.setattr("vital.mining.mined_references", lambda *args: None)
+    # what `atlas build` checks before its folder: mining's plan and the classes' references
+    monkeypatch.setattr(
+        "vital.mining.plan_mining", lambda model, layer, data, *args, **kwargs: SimpleNamespace(
+            images=data)
+    )  # fmt: skip
+    monkeypatch.setattr("vital.methods.vital_class.class_references", lambda *args: None)
     monkeypatch.setattr(vital.cli.session, "report", lambda *args: None)
     return calls
 

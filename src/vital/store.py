@@ -28,6 +28,7 @@ from vital.files import (
     printable,
     save_array,
     save_image,
+    sqlite_tables,
     write_file,
 )
 from vital.grids import as_saved, display_pixels, to_image
@@ -250,17 +251,34 @@ def load_result(record: Record, folder: Path, target: object) -> Result:
     return Result(target, torch.from_numpy(array).permute(2, 0, 1), record, alpha, paths)
 
 
+# The tables of an atlas's database (it holds one at least): its ledger or, in an atlas written
+# before the ledger, only its result index. An `atlas.sqlite` with neither is the user's.
+ATLAS_TABLES = frozenset({"atlas_files", "results"})
+
+
+def is_atlas_database(path: str | Path) -> bool:
+    """Whether the file ``path`` is an atlas's database that vital wrote, or is making (empty).
+
+    A user's file of that name (text, or a database of other tables) is not: its folder is
+    not read as an atlas, and no atlas is written over it.
+    """
+    tables = sqlite_tables(path) if Path(path).is_file() else None
+    return tables is not None and (not tables or bool(tables & ATLAS_TABLES))
+
+
 def _check_readable(folder: Path, index: str | Path | None) -> None:
     """Refuse to open for reading a result folder that has no index (see :class:`ResultStore`)."""
     if index is None and not (folder / "index.sqlite").is_file():
         atlas, parent = folder / "atlas.sqlite", folder.parent / "atlas.sqlite"
         where = ""
-        if atlas.is_file():
+        if is_atlas_database(atlas):
             where = (
                 f"; {folder} is an atlas: its results are "
                 f"ResultStore({str(folder / 'results')!r}, {str(atlas)!r})"
             )
-        elif parent.is_file():  # an atlas's results folder: its index is the atlas's
+        elif atlas.exists():  # a file of the user's, not an atlas's index
+            where = "; its atlas.sqlite is not an atlas's index that vital wrote"
+        elif is_atlas_database(parent):  # an atlas's results folder: its index is the atlas's
             where = (
                 "; it is an atlas's results folder, whose index is the atlas's: "
                 f"ResultStore({str(folder)!r}, index={str(parent)!r})"
@@ -281,11 +299,12 @@ def _refuse_atlas_results(folder: Path) -> None:
 
     Its index is the atlas's (``atlas.sqlite``): a run's pictures would lie in it beside a
     second index, where no page shows them, and the atlas's ledger would later refuse to write
-    over them. The atlas's own folder is taken: ``explain`` and ``class`` share the default
-    folder, and refusing it broke ``make demo`` after an explain.
+    over them. The atlas's own folder is taken, as is a ``vital concepts`` run's: every command
+    shares the default folder (``vital-out``), and refusing it broke ``make demo`` after an
+    explain. An ``atlas.sqlite`` of the user's makes no atlas (:func:`is_atlas_database`).
     """
     real = folder.resolve()  # through symlinks, `.` and `x/..` (made or not)
-    if real.name == "results" and (real.parent / "atlas.sqlite").is_file():
+    if real.name == "results" and is_atlas_database(real.parent / "atlas.sqlite"):
         raise VitalError(
             f"{printable(folder)} is an atlas's results folder, whose index is the atlas's: "
             "this run's pictures would lie in it where no page shows them. Give the run "

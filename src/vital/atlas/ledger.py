@@ -27,6 +27,7 @@ from pathlib import Path
 from vital.errors import VitalError
 from vital.files import create_database, database, printable, sqlite_tables, temporary_target
 from vital.references import CONCEPTS_MARK, users_image
+from vital.store import is_atlas_database
 
 ATLAS_DATABASE = "atlas.sqlite"
 MINING_DATABASE = "mining.sqlite"
@@ -92,13 +93,13 @@ class Ledger:
                 f"{self.folder} is a file, not a folder; give a folder for the atlas (out=DIR)."
             )
         self.database = self.folder / ATLAS_DATABASE
-        tables = sqlite_tables(self.database) if self.database.exists() else set()
         # A database without tables has nothing to lose (and may be another build's, being made).
-        if tables is None or (tables and not tables & {"atlas_files", "results"}):
+        if self.database.exists() and not is_atlas_database(self.database):
             raise VitalError(
                 f"{self.database} exists and is not an atlas database written by vital; vital "
                 "will not write over it. Choose another folder (out=DIR), or move the file away."
             )
+        tables = sqlite_tables(self.database) if self.database.exists() else set()
         if "atlas_files" in tables:
             self._upgrade()
         self._owned: dict[str, Stamp] = self._read() if "atlas_files" in tables else {}

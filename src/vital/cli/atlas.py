@@ -30,7 +30,7 @@ from vital.cli.options import (
 )
 from vital.concepts.crops import DEFAULT_CROPS
 from vital.concepts.discovery import DEFAULT_COUNT
-from vital.errors import VitalError
+from vital.errors import VitalError, check_count
 from vital.methods import DEFAULT_METHOD
 from vital.mining.scan import DEFAULT_PATCH, DEFAULT_TOP_IMAGES
 from vital.references import DEFAULT_REFERENCES
@@ -99,7 +99,7 @@ def atlas_build(
     from vital.engines import make_engine
     from vital.methods import get_method
     from vital.methods.vital_class import class_references
-    from vital.mining import mine, mined_references
+    from vital.mining import mine, mined_references, plan_mining
     from vital.references import check_apart
     from vital.taps import check_layer, list_layers
     from vital.targets import Channel, class_target
@@ -152,6 +152,10 @@ def atlas_build(
     selected = []
     if layer:
         check_layer(layer, loaded.module, loaded.zoo_name)
+    if by_concepts:  # before the classes' pictures, which the concepts step came after
+        from vital.concepts.pipeline import check_positions
+
+        check_positions(layer, loaded)
     if layer and not by_concepts:
         selected = options.channel_list(channels)
         if selected is None:
@@ -161,15 +165,26 @@ def atlas_build(
             selected = list(range(shapes[layer].channels))
     # a class or channel named twice is refused now, not after the mining pass
     check_once([*classes, *(Channel(layer, index) for index in selected)])
+    # The classes' references and what mining refuses (a layer without positions, images that
+    # are not there, --ref-count 10**23) are checked before the folder too: refused after it,
+    # they left an atlas.sqlite, a mining.lock or the site's skeleton behind.
+    ref_count = check_count(ref_count, "reference_count")
+    class_sets = {target: class_references(loaded, target, refs, ref_count) for target in classes}
+    mining = None
+    if layer and not by_concepts:
+        mining = plan_mining(
+            loaded, layer, data, selected, patch_side=patch, engine=chosen_engine,
+            top_images=top_images, reference_count=ref_count,
+        )  # fmt: skip
     # the folder once what was typed is checked (a refused seed, class or layer made an atlas
     # folder), and before mining writes into it: a folder with files of the user's is refused
     prepare_folder(out)
-    if layer and not by_concepts:
+    if mining is not None:
         session.Session.out, session.Session.resumable = out, True
         mine(
             loaded,
             layer,
-            data,
+            mining.images,  # listed once, above
             out,
             channels=selected,
             top_images=top_images,
@@ -180,7 +195,7 @@ def atlas_build(
 
     def reference_set(target):
         if target.layer is None:
-            return class_references(loaded, target, refs, ref_count)
+            return class_sets[target]
         return mined_references(out, loaded, target.layer, target, mined_as, ref_count)
 
     session.Session.out, session.Session.resumable = out, True

@@ -360,6 +360,12 @@ def _of_the_class(
                 kept.append(source)
     if kept:
         return kept, [f"{len(kept)} of {len(sources)} images have the class in their top five."]
+    if not ranks:  # else min() of nothing: a ValueError's traceback
+        named = ", ".join(s.where for s in sources[:3])
+        raise VitalError(
+            f"none of the {len(sources)} images could be read (e.g. {named}); check the files "
+            "(they are not images, or are damaged)."
+        )
     rank, best = min(ranks, key=lambda pair: pair[0])
     return [best], [
         f"no image names the class or has it in its top five: the one that ranks it highest "

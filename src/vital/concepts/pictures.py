@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from vital.concepts.discovery import ConceptBasis, layer_features
-from vital.driver import run_setting
+from vital.driver import resolve_settings, run_setting
 from vital.methods import get_method
 from vital.references import ReferenceSet
 from vital.store import Result, ResultSink
-from vital.targets import Direction
+from vital.targets import Channel, Direction
 from vital.zoo import Model
 
 # The floor under a concept picture's normalised relevance (f + (1 − f)·r at every position of
@@ -32,6 +32,24 @@ from vital.zoo import Model
 # model took for another concept. Measured: benchmarks/RESULTS.md, "Concept pictures matched
 # as a whole".
 CONCEPT_FLOOR = 0.5
+
+
+def check_picture_setting(
+    model: Model, layer: str, setting: int | str | None, settings: Mapping[str, object] | None
+) -> None:
+    """Refuse a named setting (or overrides) the concepts' pictures could not take.
+
+    Called before the discovery: the pictures come last, and a setting refused there left the
+    run's folder with its examples and maps but no report. The concepts are not found yet; a
+    channel of their layer stands for them, as its unit kind gets the same method's defaults.
+
+    Raises
+    ------
+    VitalError
+        As :func:`vital.driver.resolve_settings`.
+    """
+    method = get_method("vital", [Channel(layer, 0)], relevance_floor=CONCEPT_FLOOR)
+    resolve_settings(method, model, setting, dict(settings or {}))
 
 
 def concept_target(basis: ConceptBasis, index: int, name: str) -> Direction:

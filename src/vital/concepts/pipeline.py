@@ -48,7 +48,11 @@ from vital.concepts.discovery import (
 )
 from vital.concepts.fidelity import fidelity_curves
 from vital.concepts.maps import grid_of, map_image
-from vital.concepts.pictures import concept_pictures, crop_coefficients
+from vital.concepts.pictures import (
+    check_picture_setting,
+    concept_pictures,
+    crop_coefficients,
+)
 from vital.concepts.shares import ConceptShares, concept_shares
 from vital.driver import checked_overrides
 from vital.errors import VitalError, plain
@@ -67,10 +71,10 @@ from vital.references import (
     open_rgb,
     users_image,
 )
-from vital.relevance.backends import backend_name
+from vital.relevance.backends import RelevanceBackend, backend_name, get_backend
 from vital.renamed import renamed, warn_renamed
 from vital.store import output_folder
-from vital.taps import check_layer
+from vital.taps import check_layer, layers_command, list_layers
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
 
@@ -276,6 +280,13 @@ def concepts(
         # the layer and the images before the folder: a refused run left it with the run's
         # mark, which keeps a folder out of every later listing of images as vital's
         check_layer(layer, model.module, model.zoo_name)
+        # and what was refused only after the folder was marked: a layer without positions, an
+        # unknown relevance backend, and (after the discovery) a setting no picture takes
+        check_positions(layer, model)
+        if not isinstance(relevance, RelevanceBackend):
+            get_backend(relevance)
+        if shown:
+            check_picture_setting(model, layer, setting, overrides)
         sources, notes = class_images(model, explained, data, seed=seed)
         folder = output_folder(out)
         _check_not_the_users(folder)  # first: no lock file is left among a user's photos
@@ -545,6 +556,23 @@ def _explained_images(
                 }
             )
     return found, notes
+
+
+def check_positions(layer: str, model: Model) -> None:
+    """Refuse a layer without positions (a vector's), whose crops' features have no map.
+
+    Concepts are factorised over a layer's positions (:func:`vital.taps.to_positions`); a
+    layer without them was refused only once the crops' features were read, after the run's
+    folder was marked as vital's.
+    """
+    layers = list_layers(model.module, model.preprocessing.input_size)
+    shape = next((info.shape for info in layers if info.name == layer), None)
+    if shape is not None and len(shape) not in (2, 3):
+        raise VitalError(
+            f"layer {layer!r} has no positions (its output is {tuple(shape)}, not a (C, H, W) "
+            "map or (T, D) tokens), so its concepts cannot be found among them; choose another "
+            f"layer (run {layers_command(model.zoo_name)})."
+        )
 
 
 # Written before a run's first file, so that a stopped run's files are known as vital's.

@@ -21,7 +21,7 @@ from vital.atlas.build import GivenModel, build_atlas
 from vital.atlas.folder import Atlas
 from vital.atlas.keys import picture_spec
 from vital.errors import VitalError
-from vital.files import read_only
+from vital.files import printable, read_only
 from vital.record import Record
 from vital.references import ReferenceSet
 from vital.specs import PictureSpec
@@ -30,24 +30,49 @@ from vital.targets import Channel
 from vital.zoo import Model
 
 
-def _store_records(folder: Path) -> list[tuple[Record, Path]]:
-    """Records of a result folder or an atlas, with the folder their files are in."""
-    for index, results in (
-        (folder / "atlas.sqlite", folder / "results"),
-        (folder / "index.sqlite", folder),
+def store_index(folder: str | Path) -> tuple[Path, Path]:
+    """The index of a store to reuse pictures from, and the folder its pictures are in.
+
+    An explanation checks its stores with this before it writes anything: a store that is not
+    vital's was refused only after the mining pass, beside the explanation's new atlas.
+
+    Raises
+    ------
+    VitalError
+        When ``folder`` holds no index vital wrote (an atlas's ``atlas.sqlite`` or a result
+        folder's ``index.sqlite``), or one that cannot be read.
+    """
+    folder = Path(folder)
+    for index, results, kind in (
+        (folder / "atlas.sqlite", folder / "results", "an atlas"),
+        (folder / "index.sqlite", folder, "a result store"),
     ):
         if not index.is_file():
             continue
         try:
             with contextlib.closing(read_only(index)) as connection:
-                rows = connection.execute("SELECT record FROM results").fetchall()
+                connection.execute("SELECT record FROM results LIMIT 1").fetchall()
         except sqlite3.DatabaseError as error:
-            raise VitalError(f"{index} is not a vital result store ({error}).") from error
-        return [(Record.from_json(row[0]), results) for row in rows]
+            raise VitalError(
+                f"{printable(index)} is not {kind} that vital wrote ({error}); give an atlas "
+                "or a folder written by `vital neuron --out` to reuse pictures from."
+            ) from error
+        return index, results
     raise VitalError(
-        f"{folder} holds no vital results (no atlas.sqlite or index.sqlite); name an atlas "
-        "folder or a folder written by `vital neuron --out`."
+        f"{printable(folder)} holds no vital results (no atlas.sqlite or index.sqlite); name "
+        "an atlas folder or a folder written by `vital neuron --out`."
     )
+
+
+def _store_records(folder: Path) -> list[tuple[Record, Path]]:
+    """Records of a result folder or an atlas, with the folder their files are in."""
+    index, results = store_index(folder)
+    try:
+        with contextlib.closing(read_only(index)) as connection:
+            rows = connection.execute("SELECT record FROM results").fetchall()
+    except sqlite3.DatabaseError as error:  # changed since it was checked
+        raise VitalError(f"{printable(index)} cannot be read ({error}).") from error
+    return [(Record.from_json(row[0]), results) for row in rows]
 
 
 def _in_atlas(atlas: Atlas, spec: PictureSpec) -> Record | None:

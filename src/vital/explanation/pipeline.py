@@ -24,7 +24,7 @@ from vital.driver import checked_overrides
 from vital.errors import VitalError, check_count, plain
 from vital.explanation.attribution import ChannelRelevance, attributor
 from vital.explanation.images import heatmap_image
-from vital.explanation.pictures import channel_pictures
+from vital.explanation.pictures import channel_pictures, store_index
 from vital.files import decoding, printable, save_image, to_rgb, write_file
 from vital.grids import to_image
 from vital.memory import check_fits
@@ -250,6 +250,7 @@ def explain(
                 f"store={printable(folder)} is not a folder; give an atlas or result folder to "
                 "reuse pictures from."
             )
+        store_index(folder)  # one that is not vital's was refused after the mining pass
     with frozen(model):
         model = as_model(model, device)
         check_fits(model, overrides)  # every picture would be refused after the mining pass
@@ -271,6 +272,13 @@ def explain(
                 disable=not progress or len(chosen) < _HEATMAPS_WITHOUT_BAR,
             ) as bar:
                 conditional = attribute.conditional(chosen, on_heatmap=bar.update)
+        if data is not None:  # mining's refusals (the images, the patch side) too
+            from vital.mining import plan_mining
+
+            mined_images = plan_mining(
+                model, layer, data, chosen, patch_side=patch_side, top_images=top_images,
+                reference_count=reference_count, workers=workers,
+            ).images  # fmt: skip
         atlas = Atlas(out)  # made once the layer is known to be one: a refusal leaves none
         slug = _slug(image_info, found.target, layer, found.backend)
         folder = atlas.folder / "explanations" / slug
@@ -283,7 +291,7 @@ def explain(
             mine(
                 model,
                 layer,
-                data,
+                mined_images,  # listed once, above
                 atlas.folder,
                 channels=chosen,
                 top_images=top_images,

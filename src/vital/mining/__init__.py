@@ -20,7 +20,7 @@ from vital.mining.results import (
     mined_references,
     open_patch,
 )
-from vital.mining.scan import MiningReport, default_workers, mine
+from vital.mining.scan import MiningPlan, MiningReport, default_workers, mine, plan_mining
 from vital.mining.shards import Patches
 from vital.mining.units import unit_key
 
@@ -30,6 +30,7 @@ __all__ = [
     "DATABASE_NAME",
     "ImageList",
     "MiningIndex",
+    "MiningPlan",
     "MiningReport",
     "Patches",
     "Ranked",
@@ -40,5 +41,6 @@ __all__ = [
     "mined",
     "mined_references",
     "open_patch",
+    "plan_mining",
     "unit_key",
 ]

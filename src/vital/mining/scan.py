@@ -134,6 +134,31 @@ def _layer_channels(model: Model, layer: str) -> int:
     return features.shape[1]
 
 
+def _checked_counts(
+    top_images: int, reference_count: int, shard_size: int, batch_size: int, workers: int | None
+) -> tuple[int, int, int, int]:
+    """The counts of a pass as Python's ints (:func:`check_count`), and the workers checked."""
+    top_images, reference_count, shard_size, batch_size = (
+        check_count(value, name)
+        for value, name in (
+            (top_images, "top_images"),
+            (reference_count, "reference_count"),
+            (shard_size, "shard_size"),
+            (batch_size, "batch_size"),
+        )
+    )
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 0):  # fmt: skip
+        raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
+    if workers is not None and workers > (most := 4 * (os.cpu_count() or 1)):
+        # each is a process: `--workers 100000` started processes until the machine stalled
+        raise VitalError(
+            f"workers=N is at most {most} (4 per core of this machine; more decoding "
+            f"processes only wait for the cores), not {workers!r}."
+        )
+    return top_images, reference_count, shard_size, batch_size
+
+
 @renamed(top="reference_count", database="out")
 def mine(
     model: Model,
@@ -220,61 +245,86 @@ def mine(
         asked for but not installed, or a shard that kept failing (the finished shards are
         saved: run again to retry the rest).
     """
-    top_images, reference_count, shard_size, batch_size = (
-        check_count(value, name)
-        for value, name in (
-            (top_images, "top_images"),
-            (reference_count, "reference_count"),
-            (shard_size, "shard_size"),
-            (batch_size, "batch_size"),
-        )
+    top_images, reference_count, shard_size, batch_size = _checked_counts(
+        top_images, reference_count, shard_size, batch_size, workers
     )
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 0):  # fmt: skip
-        raise VitalError(f"workers=N is 0 (decode in this process) or more, not {workers!r}.")
-    if workers is not None and workers > (most := 4 * (os.cpu_count() or 1)):
-        # each is a process: `--workers 100000` started processes until the machine stalled
-        raise VitalError(
-            f"workers=N is at most {most} (4 per core of this machine; more decoding "
-            f"processes only wait for the cores), not {workers!r}."
-        )
     if device is not None:  # a device that is not there: refused before the folder is made
         resolve_device(device)
     database = database_path(out)
     check_apart(data, database.parent)
-    output_folder(database.parent, "mining folder")
-    lock = database.with_suffix(".lock")
-    # Two runs into one index take turns: the second then reuses what the first finished.
-    with (
-        exclusive(lock, f"run mining into {database}"),
-        frozen(model.module if isinstance(model, Model) else model),
-    ):
-        return _mine(
-            as_model(model, device), layer, data, out, channels, directions, direction_name,
-            top_images, reference_count, patch_side, batch_size, workers, checkpoint_seconds,
-            progress, engine, address, shard_size,
-        )  # fmt: skip
+    with frozen(model.module if isinstance(model, Model) else model):
+        model = as_model(model, device)
+        # the layer, units, patches and images before the folder and its lock: a run refused
+        # for them left `mining.lock` (and the folder) behind
+        plan = plan_mining(
+            model, layer, data, channels, directions, direction_name, patch_side, engine, address
+        )
+        output_folder(database.parent, "mining folder")
+        # Two runs into one index take turns: the second then reuses what the first finished.
+        with exclusive(database.with_suffix(".lock"), f"run mining into {database}"):
+            return _mine(
+                model, layer, plan, out, top_images, reference_count, batch_size, workers,
+                checkpoint_seconds, progress, engine, address, shard_size,
+            )  # fmt: skip
 
 
-def _mine(
+@dataclass(frozen=True)
+class MiningPlan:
+    """What a pass mines, checked before anything is written (:func:`plan_mining`).
+
+    Attributes
+    ----------
+    images
+        The images, listed once: give them to :func:`mine` as its ``data``.
+    units
+        The units of the layer to mine.
+    patches
+        The stage-2 patches; ``None`` ranks whole images.
+    """
+
+    images: ImageList
+    units: Units
+    patches: Patches | None
+
+
+def plan_mining(
     model: Model,
     layer: str,
     data: str | Path | ImageList,
-    database: str | Path,
-    channels: Sequence[int] | None,
-    directions: np.ndarray | Sequence[Direction] | None,
-    direction_name: str,
-    top_images: int,
-    reference_count: int,
-    patch: int,
-    batch_size: int,
-    workers: int | None,
-    checkpoint_seconds: float,
-    progress: bool,
-    engine: str | Engine,
-    address: str | None,
-    shard_size: int,
-) -> MiningReport:
+    channels: Sequence[int] | None = None,
+    directions: np.ndarray | Sequence[Direction] | None = None,
+    direction_name: str = "direction",
+    patch_side: int = DEFAULT_PATCH,
+    engine: str | Engine = "local",
+    address: str | None = None,
+    top_images: int = DEFAULT_TOP_IMAGES,
+    reference_count: int = DEFAULT_REFERENCES,
+    batch_size: int = DEFAULT_MINING_BATCH,
+    workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD,
+) -> MiningPlan:
+    """Check what :func:`mine` would mine, writing nothing: the refusals it makes before its pass.
+
+    A caller that writes a folder of its own before mining (``atlas build``) checks first, so
+    that a run refused for its layer or images leaves nothing behind.
+
+    Parameters
+    ----------
+    model
+        A loaded :class:`vital.zoo.Model`.
+    layer, data, channels, directions, direction_name, patch_side, engine, address
+        As for :func:`mine`.
+    top_images, reference_count, batch_size, workers, shard_size
+        As for :func:`mine`: checked only.
+
+    Raises
+    ------
+    VitalError
+        A count that is not one, an unknown engine, missing or empty data, an unknown layer
+        or one without positions, channels or directions that do not fit it, or a patch side
+        outside the crop.
+    """
+    _checked_counts(top_images, reference_count, shard_size, batch_size, workers)
     if isinstance(engine, str):
         check_engine(engine, address)  # before listing a large dataset, not after
     elif address is not None:
@@ -285,8 +335,28 @@ def _mine(
         units = direction_units(directions, layer_channels, direction_name)
     else:
         units = channel_units(channels, layer_channels)
+    patches = Patches(patch_side, model.preprocessing.input_size) if patch_side else None
+    return MiningPlan(images, units, patches)
+
+
+def _mine(
+    model: Model,
+    layer: str,
+    plan: MiningPlan,
+    database: str | Path,
+    top_images: int,
+    reference_count: int,
+    batch_size: int,
+    workers: int | None,
+    checkpoint_seconds: float,
+    progress: bool,
+    engine: str | Engine,
+    address: str | None,
+    shard_size: int,
+) -> MiningReport:
+    images, units, patches = plan.images, plan.units, plan.patches
+    patch = patches.size if patches else 0
     resolution = model.preprocessing.input_size
-    patches = Patches(patch, resolution) if patch else None
     # made once the layer, units and patches are known to be good: a refused run leaves no
     # empty database behind
     index = MiningIndex(database)
