@@ -26,7 +26,7 @@ from vital.metrics import concentration, target_activations
 from vital.parametrizations import create
 from vital.presets import Tap
 from vital.references import ImageSource, ReferenceSet, best_patches, from_folder
-from vital.taps import list_layers, tapped, to_positions
+from vital.taps import default_taps, list_layers, same_tensor, tapped, to_positions
 from vital.zoo import Model, Preprocessing
 
 # --- measuring a picture -----------------------------------------------------------------------
@@ -318,6 +318,43 @@ def test_a_stage_of_blocks_is_matched_as_its_last_block(image_folder):
         model, [Channel("stage", 1)], image_folder, settings={"steps": 2}, progress=False
     )
     assert "stage.0" in [t["layer"] for t in result.record.taps]
+
+
+class _NestedStages(torch.nn.Module):
+    """A stem ``Sequential`` ending in its ReLU, then two stages inside one ``blocks`` (timm's
+    layout), then a strided head: ``stem`` and ``stem.1``, ``blocks`` and ``blocks.1`` are one
+    tensor each."""
+
+    def __init__(self):
+        from torchvision.models.mobilenetv2 import InvertedResidual
+
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+        self.blocks = torch.nn.Sequential(
+            torch.nn.Sequential(InvertedResidual(8, 8, 2, 2), InvertedResidual(8, 8, 1, 2)),
+            torch.nn.Sequential(InvertedResidual(8, 16, 2, 2), InvertedResidual(16, 16, 1, 2)),
+        )
+        self.head = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, 2, 1), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def test_one_tensor_is_matched_once_whatever_its_names():
+    # Lite0's conv_head matched its last stage twice (as the default tap blocks.6 and, as the
+    # whole `blocks`, the module just below it), and a user's stem `Sequential` was discovered
+    # as the stem and again as its ReLU: one tensor weighed twice.
+    torch.manual_seed(0)
+    model = Model(_NestedStages().eval(), "nested", Preprocessing(input_size=32))
+    layers = list_layers(model.module, 32)
+    assert same_tensor(layers, "stem") == same_tensor(layers, "stem.1") == "stem.1"
+    assert same_tensor(layers, "blocks") == same_tensor(layers, "blocks.1")
+    assert same_tensor(layers, "head.0") == "head.0"  # computes its own output
+    defaults, _ = default_taps(model.name, layers)
+    assert "stem" in [t.layer for t in defaults] and "blocks.1" in [t.layer for t in defaults]
+    for taps in (defaults, neuron_taps(model, layers, "head", near=True)[0]):
+        tensors = [same_tensor(layers, t.layer) for t in taps]
+        assert len(tensors) == len(set(tensors)), [t.layer for t in taps]
 
 
 def test_a_timm_inverted_residuals_branch_is_read_while_the_lrp_rules_rewrite_it(image_folder):

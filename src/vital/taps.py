@@ -58,6 +58,10 @@ class LayerInfo:
         The block (a direct child with a convolution or linear layer inside it) whose output
         this module returns as it is: a stage of blocks returns its last block's. ``None`` for
         other modules.
+    returns
+        The direct child, block or not, whose output this module returns as it is (a
+        ``Sequential`` ending in a ReLU returns the ReLU's): the two are one tensor, matched
+        once. ``None`` when the module computes its output itself.
     """
 
     name: str
@@ -69,6 +73,7 @@ class LayerInfo:
     layout: str = "NCHW"
     stage_reduction: int | None = None
     passes_on: str | None = None
+    returns: str | None = None
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -233,7 +238,7 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
     from vital.zoo import unwrapped  # the layers of the module vital runs, named as it does
 
     module = unwrapped(module)
-    starts, ends, shapes, calls, kinds, passes_on = _trace(module, input_size)
+    starts, ends, shapes, calls, kinds, passes_on, returns = _trace(module, input_size)
     stages = library_stages(module)
     declared = declared_layouts(module)
 
@@ -267,6 +272,7 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
             layouts[name] or "NCHW",  # still ambiguous: warned about when it is tapped
             stages[name][0] if name in stages else None,
             passes_on.get(name),
+            returns.get(name),
         )
         for name in sorted(shapes, key=lambda n: ends[n])
     ]
@@ -275,11 +281,12 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
 _COMPUTING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, dict, dict]:
+def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, dict, dict, dict]:
     """One forward pass on zeros with hooks on every module.
 
     Returns starts, ends, shapes, calls, kinds, and for each module that returns the output of
-    one of its blocks as it is (a stage of blocks), that block's name (``passes_on``).
+    one of its blocks as it is (a stage of blocks), that block's name (``passes_on``), and of
+    one of its children, block or not, that child's (``returns``).
     """
     counter = iter(range(1 << 30))
     starts: dict[str, int] = {}
@@ -288,17 +295,11 @@ def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, 
     calls: dict[str, int] = {}
     kinds: dict[str, str] = {}
     passes_on: dict[str, str] = {}
-    # A block computes features of its own (a convolution or linear layer inside it); a
-    # normalisation with its activation (timm's BatchNormAct2d) has children but is no block.
-    blocks = {
-        name
-        for name, sub in module.named_modules()
-        if name
-        and next(sub.children(), None) is not None
-        and any(isinstance(inner, _COMPUTING) for inner in sub.modules())
-    }
-    # each parent's last finished block and its output, while the parent runs
+    returns: dict[str, str] = {}
+    blocks = _blocks(module)
+    # each parent's last finished block, and last finished child, with its output
     finished_block: dict[str, tuple[str, object]] = {}
+    finished_child: dict[str, tuple[str, object]] = {}
 
     def pre_hook(name: str):
         def hook(_module, _inputs):
@@ -314,11 +315,14 @@ def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, 
             tensor = _first_tensor(output)
             if tensor is not None:
                 shapes.setdefault(name, tuple(tensor.shape[1:]))
-            block, block_output = finished_block.pop(name, (None, None))
-            if calls[name] == 1 and tensor is not None and block_output is tensor:
-                passes_on[name] = block
+            for finished, found in ((finished_block, passes_on), (finished_child, returns)):
+                child, child_output = finished.pop(name, (None, None))
+                if calls[name] == 1 and tensor is not None and child_output is tensor:
+                    found[name] = child
+            parent = name.rpartition(".")[0]
+            finished_child[parent] = (name, tensor)
             if name in blocks:
-                finished_block[name.rpartition(".")[0]] = (name, tensor)
+                finished_block[parent] = (name, tensor)
 
         return hook
 
@@ -334,7 +338,35 @@ def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, 
     finally:
         for handle in handles:
             handle.remove()
-    return starts, ends, shapes, calls, kinds, passes_on
+    return starts, ends, shapes, calls, kinds, passes_on, returns
+
+
+def same_tensor(layers: Sequence[LayerInfo] | Mapping[str, LayerInfo], name: str) -> str:
+    """The innermost module whose output ``name`` returns as it is (``name`` itself if none).
+
+    Two layers with the same answer are one tensor (a ``Sequential`` and its last ReLU, a
+    stage and its last block): matched under both names, it would weigh twice.
+    """
+    info = layers if isinstance(layers, Mapping) else {i.name: i for i in layers}
+    seen = {name}
+    while name in info and (inner := info[name].returns) is not None and inner not in seen:
+        seen.add(name := inner)
+    return name
+
+
+def _blocks(module: nn.Module) -> set[str]:
+    """Modules with children and a convolution or linear layer inside them.
+
+    A block computes features of its own; a normalisation with its activation (timm's
+    ``BatchNormAct2d``) has children but is no block.
+    """
+    return {
+        name
+        for name, sub in module.named_modules()
+        if name
+        and next(sub.children(), None) is not None
+        and any(isinstance(inner, _COMPUTING) for inner in sub.modules())
+    }
 
 
 def discover_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...]:
@@ -371,7 +403,11 @@ def discover_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...
         _representative(run, not_before=previous[0])
         for previous, run in zip([runs[0], *runs], runs, strict=False)
     ]
-    stages = [info for info in stages if info.name != stem.name][-(count - 1) :]
+    # a stage that is the stem's tensor under another name (a stem `Sequential` and its ReLU)
+    # would weigh the stem twice
+    stages = [
+        info for info in stages if same_tensor(layers, info.name) != same_tensor(layers, stem.name)
+    ][-(count - 1) :]
     return tuple(Tap(info.name) for info in (stem, *stages))
 
 

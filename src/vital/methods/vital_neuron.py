@@ -52,6 +52,7 @@ from vital.taps import (
     default_taps,
     layers_command,
     list_layers,
+    same_tensor,
     tapped,
     to_positions,
     user_taps,
@@ -219,7 +220,11 @@ def neuron_taps(
             and i.layout == info[target_layer].layout
         ]  # fmt: skip
         nearest = max(candidates, key=lambda i: i.end, default=None)
-        if nearest is not None and nearest.name not in {t.layer for t in chosen}:
+        # one tensor matched under two names would weigh twice: timm's and ConvNeXt's last
+        # stage is a default tap and, as the whole `blocks`, the module below the head
+        if nearest is not None and same_tensor(info, nearest.name) not in {
+            same_tensor(info, t.layer) for t in chosen
+        }:
             chosen = (*chosen, Tap(nearest.name))
             inside = "" if matched == target_layer else f" (its last block, {matched})"
             source += f", and {nearest.name} just below it{inside}"
