@@ -157,6 +157,17 @@ def refs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def unreadable_images(tmp_path: Path) -> Path:
+    """A folder of two files named as images that are none: text as ``a.png``, an empty
+    ``b.jpg``."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_text("not an image")
+    (folder / "b.jpg").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "refs"
     write_images(folder, 4)

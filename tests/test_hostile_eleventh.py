@@ -108,15 +108,12 @@ def test_a_concepts_run_refused_for_its_layer_or_images_leaves_no_mark(tmp_path,
 # --- images ------------------------------------------------------------------------------------
 
 
-def test_mining_over_images_none_of_which_reads_says_so(tmp_path):
+def test_mining_over_images_none_of_which_reads_says_so(tmp_path, unreadable_images):
     # "nothing was mined for stage3 channel 0": the files (text named .png, an empty .jpg)
     # were not named, nor that none of them could be read.
     from vital.mining import mine
 
-    data = tmp_path / "photos"
-    data.mkdir()
-    (data / "a.png").write_text("not an image")
-    (data / "b.jpg").write_bytes(b"")
+    data = unreadable_images
     with pytest.raises(VitalError, match="none of the 2 images could be read") as refused:
         mine(
             tiny_cnn_model(),

@@ -204,15 +204,12 @@ def test_a_concepts_run_refused_for_its_layer_backend_or_setting_leaves_no_mark(
     assert not out.exists()
 
 
-def test_concepts_over_images_none_of_which_reads_says_so(tmp_path):
+def test_concepts_over_images_none_of_which_reads_says_so(tmp_path, unreadable_images):
     # A plain folder of several files none of which is an image ended in "ValueError: min()
     # arg is an empty sequence" (the class's image was chosen among the read ones).
     from vital.concepts import concepts
 
-    data = tmp_path / "photos"
-    data.mkdir()
-    (data / "a.png").write_text("not an image")
-    (data / "b.jpg").write_bytes(b"")
+    data = unreadable_images
     with pytest.raises(VitalError, match="none of the 2 images could be read") as refused:
         concepts(
             tiny_cnn_model(), 1, data, layer="stage3", count=2, crops=8, pictures=False,
