@@ -32,7 +32,7 @@ TILE = 224
 
 def probe(
     model_name: str, layer: str, steps: int, out: Path, photos: list[str],
-    channels: list[int] | None, taps: list[str] | None,
+    channels: list[int] | None, taps: list[str] | None, seed_base: int = 0,
 ) -> dict:  # fmt: skip
     """Picture one channel per photo; the rows of the JSON line."""
     model = vital.load_model(model_name)
@@ -44,7 +44,8 @@ def probe(
     started = time.perf_counter()
     results = vital.visualize(
         model, targets, references, settings={"steps": steps}, out=out, progress=False,
-        batch_size=len(targets), **({"taps": taps} if taps else {}),
+        batch_size=len(targets), seeds=[seed_base + i for i in range(len(targets))],
+        **({"taps": taps} if taps else {}),
     )  # fmt: skip
     rows, grid = [], Image.new("RGB", (3 * TILE, TILE * len(photos)))
     for row, (photo, result) in enumerate(zip(photos, results, strict=True)):
@@ -75,12 +76,16 @@ def main() -> None:
     parser.add_argument("--photos", default="coffee,chelsea,motorcycle,daisy")
     parser.add_argument("--channels", help="one per photo, comma-separated")
     parser.add_argument("--taps", help="NAME=WEIGHT,...: the layers matched instead")
+    parser.add_argument("--seed-base", type=int, default=0, help="the pictures' seeds start here")
     args = parser.parse_args()
     photos = args.photos.split(",")
     channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     taps = args.taps.split(",") if args.taps else None
     args.out.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(probe(args.model, args.layer, args.steps, args.out, photos, channels, taps)))
+    found = probe(
+        args.model, args.layer, args.steps, args.out, photos, channels, taps, args.seed_base
+    )
+    print(json.dumps(found))
 
 
 if __name__ == "__main__":

@@ -357,6 +357,34 @@ def test_one_tensor_is_matched_once_whatever_its_names():
         assert len(tensors) == len(set(tensors)), [t.layer for t in taps]
 
 
+class _SiblingNorm(torch.nn.Module):
+    """timm's layout: a convolution, its BatchNorm and its activation as siblings, then a pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+        self.conv = torch.nn.Conv2d(8, 8, 3, 2, 1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.act = torch.nn.ReLU6()
+        self.pool = torch.nn.AvgPool2d(2)
+
+    def forward(self, x):
+        return self.pool(self.act(self.bn(self.conv(self.stem(x)))))
+
+
+def test_a_unit_of_a_normalisation_is_matched_below_its_convolution():
+    # The near tap of Lite0's bn2 was conv_head, the unit's own values before its BatchNorm, and
+    # MobileNetV2's features.18.2 got features.18.1 where the same tensor as features.18 got
+    # features.17; the pictures were less readable (benchmarks/RESULTS.md).
+    model = Model(_SiblingNorm().eval(), "siblings", Preprocessing(input_size=32))
+    layers = list_layers(model.module, 32)
+    taps = {name: neuron_taps(model, layers, name, near=True) for name in ("conv", "bn", "act")}
+    assert [t.layer for t in taps["conv"][0]] == ["stem"]  # the stem tap is the conv's input
+    assert taps["bn"][0] == taps["act"][0] == taps["conv"][0]  # not `conv` or `bn` again
+    # a pool changes the map's size: it is no channel-by-channel transform of the activation
+    assert neuron_taps(model, layers, "pool", near=True)[0][-1] == Tap("act")
+
+
 def test_a_timm_inverted_residuals_branch_is_read_while_the_lrp_rules_rewrite_it(image_folder):
     from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
 

@@ -232,16 +232,16 @@ def test_the_near_tap_is_the_module_just_below_the_target(tiny_resnet):
     assert [t.layer for t in given] == ["conv1"]
 
 
-def test_fast_matches_the_near_tap_for_inner_units_only(tiny_cnn, image_folder):
+def test_fast_matches_the_near_tap_for_inner_units_only(tiny_resnet, image_folder):
     assert Settings.setting("fast").near_tap and not Settings.setting(1).near_tap
     common = {"setting": "fast", "settings": {"steps": 2}, "reference_count": 2, "progress": False}
-    (neuron,) = visualize(tiny_cnn, [Channel("stage3.1", 1)], image_folder, **common)
-    assert neuron.record.taps[-1] == {"layer": "stage3.0", "weight": 1.0}  # the convolution
+    (neuron,) = visualize(tiny_resnet, [Channel("layer1", 1)], image_folder, **common)
+    assert neuron.record.taps[-1] == {"layer": "maxpool", "weight": 1.0}  # the block's input
     assert neuron.record.settings["near_tap"] is True
     (authors,) = visualize(
-        tiny_cnn, [Channel("stage3.1", 1)], image_folder, **{**common, "setting": 1}
+        tiny_resnet, [Channel("layer1", 1)], image_folder, **{**common, "setting": 1}
     )
-    assert [t["layer"] for t in authors.record.taps] == ["stem", "stage1", "stage2"]
+    assert [t["layer"] for t in authors.record.taps] == ["conv1", "relu"]
 
 
 # --- references: patches -----------------------------------------------------------------------

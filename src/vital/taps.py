@@ -354,6 +354,15 @@ def same_tensor(layers: Sequence[LayerInfo] | Mapping[str, LayerInfo], name: str
     return name
 
 
+def computes(module: nn.Module) -> bool:
+    """Whether ``module`` is or holds a convolution or linear layer.
+
+    Such a module computes features of its own, where a normalisation, an activation or a
+    dropout only transforms its input channel by channel.
+    """
+    return any(isinstance(inner, _COMPUTING) for inner in module.modules())
+
+
 def _blocks(module: nn.Module) -> set[str]:
     """Modules with children and a convolution or linear layer inside them.
 
@@ -363,9 +372,7 @@ def _blocks(module: nn.Module) -> set[str]:
     return {
         name
         for name, sub in module.named_modules()
-        if name
-        and next(sub.children(), None) is not None
-        and any(isinstance(inner, _COMPUTING) for inner in sub.modules())
+        if name and next(sub.children(), None) is not None and computes(sub)
     }
 
 

@@ -49,6 +49,7 @@ from vital.taps import (
     check_layer,
     check_runs_once,
     check_target_layer,
+    computes,
     default_taps,
     layers_command,
     list_layers,
@@ -214,10 +215,15 @@ def neuron_taps(
         )
     source = f"{source}, below {target_layer} (stem weight {NEURON_STEM_WEIGHT:g})"
     if near:
+        # A unit of a normalisation or activation is its convolution's unit, transformed channel
+        # by channel: just below it lies that convolution's input, not the unit's own values
+        # before normalising (a near tap there gave less readable pictures: RESULTS, "the module
+        # just below a unit"), and a unit asked for by either name gets the same taps.
+        unit = computed_at(model.module, info, matched)
         candidates = [
             i for i in layers
-            if below(i.name) and i.calls == 1 and len(i.shape) in (2, 3) and i.positions > 1
-            and i.layout == info[target_layer].layout
+            if info[i.name].end < info[unit].start and i.calls == 1 and len(i.shape) in (2, 3)
+            and i.positions > 1 and i.layout == info[target_layer].layout
         ]  # fmt: skip
         nearest = max(candidates, key=lambda i: i.end, default=None)
         # one tensor matched under two names would weigh twice: timm's and ConvNeXt's last
@@ -227,12 +233,31 @@ def neuron_taps(
         }:
             chosen = (*chosen, Tap(nearest.name))
             inside = "" if matched == target_layer else f" (its last block, {matched})"
+            if unit != matched:
+                inside = f" (below {unit}, whose output it transforms)"
             source += f", and {nearest.name} just below it{inside}"
         branch = residual_branch(model.module, matched)
         if branch is not None and branch in info and info[branch].calls == 1:
             chosen = (*chosen, Tap(branch))
             source += f", and {branch}, the branch its residual sum adds"
     return chosen, source
+
+
+def computed_at(module: torch.nn.Module, info: Mapping[str, LayerInfo], layer: str) -> str:
+    """The layer whose output ``layer`` transforms channel by channel, else ``layer`` itself.
+
+    A module that computes nothing of its own (:func:`vital.taps.computes`: a normalisation, an
+    activation, a dropout) and keeps the shape of the module that finished just before it is
+    that module's output transformed; followed down to a module that computes.
+    """
+    modules = dict(module.named_modules())
+    while layer in modules and not computes(modules[layer]):
+        before = [i for i in info.values() if i.end < info[layer].start and i.calls == 1]
+        producer = max(before, key=lambda i: i.end, default=None)
+        if producer is None or producer.shape != info[layer].shape:
+            break
+        layer = producer.name
+    return layer
 
 
 def residual_branch(module: torch.nn.Module, layer: str) -> str | None:
