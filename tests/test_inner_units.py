@@ -26,7 +26,7 @@ from vital.metrics import concentration, target_activations
 from vital.parametrizations import create
 from vital.presets import Tap
 from vital.references import ImageSource, ReferenceSet, best_patches, from_folder
-from vital.taps import default_taps, list_layers, same_tensor, tapped, to_positions
+from vital.taps import computes, default_taps, list_layers, same_tensor, tapped, to_positions
 from vital.zoo import Model, Preprocessing
 
 # --- measuring a picture -----------------------------------------------------------------------
@@ -358,7 +358,8 @@ def test_one_tensor_is_matched_once_whatever_its_names():
 
 
 class _SiblingNorm(torch.nn.Module):
-    """timm's layout: a convolution, its BatchNorm and its activation as siblings, then a pool."""
+    """timm's layout: a convolution, its BatchNorm and its activation as siblings, then a pool
+    and a BatchNorm after it."""
 
     def __init__(self):
         super().__init__()
@@ -367,9 +368,10 @@ class _SiblingNorm(torch.nn.Module):
         self.bn = torch.nn.BatchNorm2d(8)
         self.act = torch.nn.ReLU6()
         self.pool = torch.nn.AvgPool2d(2)
+        self.after_pool = torch.nn.BatchNorm2d(8)
 
     def forward(self, x):
-        return self.pool(self.act(self.bn(self.conv(self.stem(x)))))
+        return self.after_pool(self.pool(self.act(self.bn(self.conv(self.stem(x))))))
 
 
 def test_a_unit_of_a_normalisation_is_matched_below_its_convolution():
@@ -383,6 +385,10 @@ def test_a_unit_of_a_normalisation_is_matched_below_its_convolution():
     assert taps["bn"][0] == taps["act"][0] == taps["conv"][0]  # not `conv` or `bn` again
     # a pool changes the map's size: it is no channel-by-channel transform of the activation
     assert neuron_taps(model, layers, "pool", near=True)[0][-1] == Tap("act")
+    # nor is a BatchNorm after it a convolution's unit (ConvNeXt's LayerNorm after a permute)
+    assert neuron_taps(model, layers, "after_pool", near=True)[0][-1] == Tap("pool")
+    # a decoder's transposed convolution computes; a LayerNorm does not
+    assert computes(torch.nn.ConvTranspose2d(2, 2, 3)) and not computes(torch.nn.LayerNorm(4))
 
 
 def test_a_timm_inverted_residuals_branch_is_read_while_the_lrp_rules_rewrite_it(image_folder):

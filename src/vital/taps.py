@@ -278,7 +278,10 @@ def list_layers(module: nn.Module, input_size: int = 224) -> list[LayerInfo]:
     ]
 
 
-_COMPUTING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_COMPUTING = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Linear,
+)  # fmt: skip
 
 
 def _trace(module: nn.Module, input_size: int) -> tuple[dict, dict, dict, dict, dict, dict, dict]:
@@ -412,9 +415,10 @@ def discover_taps(layers: Sequence[LayerInfo], count: int = 5) -> tuple[Tap, ...
     ]
     # a stage that is the stem's tensor under another name (a stem `Sequential` and its ReLU)
     # would weigh the stem twice
-    stages = [
-        info for info in stages if same_tensor(layers, info.name) != same_tensor(layers, stem.name)
-    ][-(count - 1) :]
+    by_name = {info.name: info for info in layers}
+    stem_tensor = same_tensor(by_name, stem.name)
+    stages = [info for info in stages if same_tensor(by_name, info.name) != stem_tensor]
+    stages = stages[-(count - 1) :]
     return tuple(Tap(info.name) for info in (stem, *stages))
 
 

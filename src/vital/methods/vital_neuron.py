@@ -222,7 +222,7 @@ def neuron_taps(
         unit = computed_at(model.module, info, matched)
         candidates = [
             i for i in layers
-            if info[i.name].end < info[unit].start and i.calls == 1 and len(i.shape) in (2, 3)
+            if i.end < info[unit].start and i.calls == 1 and len(i.shape) in (2, 3)
             and i.positions > 1 and i.layout == info[target_layer].layout
         ]  # fmt: skip
         nearest = max(candidates, key=lambda i: i.end, default=None)
@@ -248,16 +248,19 @@ def computed_at(module: torch.nn.Module, info: Mapping[str, LayerInfo], layer: s
 
     A module that computes nothing of its own (:func:`vital.taps.computes`: a normalisation, an
     activation, a dropout) and keeps the shape of the module that finished just before it is
-    that module's output transformed; followed down to a module that computes.
+    that module's output transformed; followed down to a module that computes. A chain that
+    meets a module changing the shape first (a permute, a pool) leaves ``layer`` as it is: its
+    unit is not one of a convolution's.
     """
     modules = dict(module.named_modules())
-    while layer in modules and not computes(modules[layer]):
-        before = [i for i in info.values() if i.end < info[layer].start and i.calls == 1]
+    found = layer
+    while found in modules and not computes(modules[found]):
+        before = [i for i in info.values() if i.end < info[found].start and i.calls == 1]
         producer = max(before, key=lambda i: i.end, default=None)
-        if producer is None or producer.shape != info[layer].shape:
-            break
-        layer = producer.name
-    return layer
+        if producer is None or producer.shape != info[found].shape:
+            return layer
+        found = producer.name
+    return found
 
 
 def residual_branch(module: torch.nn.Module, layer: str) -> str | None:
