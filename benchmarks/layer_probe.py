@@ -22,7 +22,7 @@ from PIL import Image
 
 import vital
 from vital.grids import to_image
-from vital.references import from_samples
+from vital.references import SAMPLE_PHOTOS, from_samples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convergence import selective_channels  # noqa: E402  (benchmarks/ is not a package)
@@ -67,6 +67,13 @@ def probe(
     return {"model": model_name, "layer": layer, "steps": steps, "seconds": seconds, "rows": rows}
 
 
+def _whole_numbers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"whole numbers, comma-separated, not {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model")
@@ -74,17 +81,24 @@ def main() -> None:
     parser.add_argument("steps", type=int)
     parser.add_argument("out", type=Path)
     parser.add_argument("--photos", default="coffee,chelsea,motorcycle,daisy")
-    parser.add_argument("--channels", help="one per photo, comma-separated")
+    parser.add_argument("--channels", type=_whole_numbers, help="one per photo, comma-separated")
     parser.add_argument("--taps", help="NAME=WEIGHT,...: the layers matched instead")
     parser.add_argument("--seed-base", type=int, default=0, help="the pictures' seeds start here")
     args = parser.parse_args()
     photos = args.photos.split(",")
-    channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    unknown = [photo for photo in photos if photo not in SAMPLE_PHOTOS]
+    if unknown:
+        parser.error(f"no sample photo {unknown[0]!r}; there are {', '.join(SAMPLE_PHOTOS)}")
+    if args.channels is not None and len(args.channels) != len(photos):
+        parser.error(f"--channels gives {len(args.channels)} channels for {len(photos)} photos")
     taps = args.taps.split(",") if args.taps else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    found = probe(
-        args.model, args.layer, args.steps, args.out, photos, channels, taps, args.seed_base
-    )
+    try:
+        found = probe(
+            args.model, args.layer, args.steps, args.out, photos, args.channels, taps,
+            args.seed_base,
+        )  # fmt: skip
+    except vital.VitalError as error:  # a wrong model, layer, channel, tap or step count
+        parser.exit(2, f"error: {error}\n")
     print(json.dumps(found))
 
 
