@@ -464,6 +464,19 @@ def _longest_block_sequence(tokens: list[LayerInfo]) -> list[LayerInfo]:
     return max(groups.values(), key=lambda group: (len(group), -group[0].name.count(".")))
 
 
+def check_positions(info: LayerInfo, model_name: str | None, so: str) -> None:
+    """Refuse a layer whose output has no positions (a vector), saying what that rules out.
+
+    ``so`` ends the message's first clause: "so it has no patches to mine".
+    """
+    if len(info.shape) not in (2, 3):
+        raise VitalError(
+            f"layer {info.name!r} has no positions (its output is {tuple(info.shape)}, not a "
+            f"(C, H, W) map or (T, D) tokens), {so}; choose another layer (run "
+            f"{layers_command(model_name)})."
+        )
+
+
 def layers_command(model_name: str | None = None) -> str:
     """The command that lists a model's layers: its name where the zoo loads it, else ``MODEL``.
 

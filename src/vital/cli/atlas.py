@@ -153,9 +153,9 @@ def atlas_build(
     if layer:
         check_layer(layer, loaded.module, loaded.zoo_name)
     if by_concepts:  # before the classes' pictures, which the concepts step came after
-        from vital.concepts.pipeline import check_positions
+        from vital.concepts.pipeline import check_concept_layer
 
-        check_positions(layer, loaded)
+        check_concept_layer(layer, loaded)
     if layer and not by_concepts:
         selected = options.channel_list(channels)
         if selected is None:

@@ -74,7 +74,7 @@ from vital.references import (
 from vital.relevance.backends import RelevanceBackend, backend_name, get_backend
 from vital.renamed import renamed, warn_renamed
 from vital.store import output_folder
-from vital.taps import check_layer, layers_command, list_layers
+from vital.taps import check_layer, check_positions, list_layers
 from vital.targets import class_target
 from vital.zoo import Model, as_model, frozen
 
@@ -282,7 +282,7 @@ def concepts(
         check_layer(layer, model.module, model.zoo_name)
         # and what was refused only after the folder was marked: a layer without positions, an
         # unknown relevance backend, and (after the discovery) a setting no picture takes
-        check_positions(layer, model)
+        check_concept_layer(layer, model)
         if not isinstance(relevance, RelevanceBackend):
             get_backend(relevance)
         if shown:
@@ -558,21 +558,16 @@ def _explained_images(
     return found, notes
 
 
-def check_positions(layer: str, model: Model) -> None:
+def check_concept_layer(layer: str, model: Model) -> None:
     """Refuse a layer without positions (a vector's), whose crops' features have no map.
 
     Concepts are factorised over a layer's positions (:func:`vital.taps.to_positions`); a
     layer without them was refused only once the crops' features were read, after the run's
     folder was marked as vital's.
     """
-    layers = list_layers(model.module, model.preprocessing.input_size)
-    shape = next((info.shape for info in layers if info.name == layer), None)
-    if shape is not None and len(shape) not in (2, 3):
-        raise VitalError(
-            f"layer {layer!r} has no positions (its output is {tuple(shape)}, not a (C, H, W) "
-            "map or (T, D) tokens), so its concepts cannot be found among them; choose another "
-            f"layer (run {layers_command(model.zoo_name)})."
-        )
+    for info in list_layers(model.module, model.preprocessing.input_size):
+        if info.name == layer:
+            check_positions(info, model.zoo_name, "so its concepts cannot be found among them")
 
 
 # Written before a run's first file, so that a stopped run's files are known as vital's.

@@ -47,11 +47,11 @@ from vital.taps import (
     LayerInfo,
     Tap,
     check_layer,
+    check_positions,
     check_runs_once,
     check_target_layer,
     computes,
     default_taps,
-    layers_command,
     list_layers,
     same_tensor,
     tapped,
@@ -494,11 +494,12 @@ class VitalNeuron(Method):
             check_target_layer(
                 target.layer, model.module, model.preprocessing.input_size, layers, model.zoo_name
             )
-            if target.layer not in info or len(info[target.layer].shape) not in (2, 3):
+            if target.layer not in info:  # it runs, but returns no tensor
                 raise VitalError(
-                    f"layer {target.layer!r} has no positions (a (C, H, W) map or (T, D) "
-                    f"tokens); choose another layer (run {layers_command(model.zoo_name)})."
+                    f"layer {target.layer!r} returns no tensor, so it has no unit to picture; "
+                    "choose another layer."
                 )
+            check_positions(info[target.layer], model.zoo_name, "so it has no maps to weigh")
             directions.append(direction_of(target, info[target.layer]))
             check_drivable(model, target, directions[-1], info[target.layer])
         for target, direction in zip(targets, directions, strict=True):

@@ -47,7 +47,7 @@ from vital.progress import progress_bar
 from vital.references import DEFAULT_REFERENCES, check_apart
 from vital.renamed import renamed
 from vital.store import output_folder
-from vital.taps import check_target_layer, layers_command, list_layers, tapped
+from vital.taps import check_positions, check_target_layer, list_layers, tapped
 from vital.targets import Direction
 from vital.zoo import Model, as_model, frozen, resolve_device
 
@@ -120,14 +120,9 @@ def _layer_channels(model: Model, layer: str) -> int:
     check_target_layer(layer, model.module, size, layers, model.zoo_name)
     for info in layers:
         if info.name == layer:
-            if len(info.shape) not in (2, 3):
-                # said here, before any shard: each shard failed on it, and the message then
-                # said to run the same command again
-                raise VitalError(
-                    f"layer {layer!r} has no positions (its output is {tuple(info.shape)}, not "
-                    "a (C, H, W) map or (T, D) tokens), so it has no patches to mine; choose "
-                    f"another layer (run {layers_command(model.zoo_name)})."
-                )
+            # said here, before any shard: each shard failed on it, and the message then said
+            # to run the same command again
+            check_positions(info, model.zoo_name, "so it has no patches to mine")
             return info.channels
     with tapped(model.module, [layer], stop_early=True) as tap, torch.no_grad():
         features = tap(torch.zeros(1, 3, size, size, device=model.device))[layer]
